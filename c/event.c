@@ -1,0 +1,79 @@
+/* event.c - eventfd, epoll, and process signals turned into eventfd events. */
+#define _GNU_SOURCE
+#include "tsvm.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+int tsvm_eventfd(unsigned initval, int flags)
+{
+	int fd = eventfd(initval, flags | EFD_CLOEXEC);
+	return fd < 0 ? -errno : fd;
+}
+
+int tsvm_eventfd_write(int fd, uint64_t value)
+{
+	return write(fd, &value, sizeof(value)) == (ssize_t)sizeof(value) ? 0 : -errno;
+}
+
+int tsvm_eventfd_read(int fd, uint64_t *value_out)
+{
+	return read(fd, value_out, sizeof(*value_out)) == (ssize_t)sizeof(*value_out) ? 0 : -errno;
+}
+
+int tsvm_epoll_create(void)
+{
+	int fd = epoll_create1(EPOLL_CLOEXEC);
+	return fd < 0 ? -errno : fd;
+}
+
+int tsvm_epoll_ctl(int epfd, int op, int fd, uint32_t events, uint64_t token)
+{
+	struct epoll_event ev = { .events = events, .data = { .u64 = token } };
+	return epoll_ctl(epfd, op, fd, &ev) < 0 ? -errno : 0;
+}
+
+/* Fills `events` with packed struct epoll_event (12 bytes each on x86-64). */
+int tsvm_epoll_wait(int epfd, void *events, int max_events, int timeout_ms)
+{
+	int n = epoll_wait(epfd, (struct epoll_event *)events, max_events, timeout_ms);
+	return n < 0 ? -errno : n;
+}
+
+/* One eventfd per signal number, written by an async-signal-safe handler. */
+static int signal_eventfds[65] = { [0 ... 64] = -1 };
+
+static void notify_handler(int signum)
+{
+	int saved = errno;
+	uint64_t one = 1;
+	if (signum > 0 && signum <= 64 && signal_eventfds[signum] >= 0)
+		(void)!write(signal_eventfds[signum], &one, sizeof(one));
+	errno = saved;
+}
+
+int tsvm_signal_notify(int signum, int eventfd_fd)
+{
+	struct sigaction sa;
+	if (signum <= 0 || signum > 64)
+		return -EINVAL;
+	signal_eventfds[signum] = eventfd_fd;
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = notify_handler;
+	sa.sa_flags = SA_RESTART;
+	sigemptyset(&sa.sa_mask);
+	return sigaction(signum, &sa, NULL) < 0 ? -errno : 0;
+}
+
+int tsvm_signal_default(int signum)
+{
+	if (signum <= 0 || signum > 64)
+		return -EINVAL;
+	signal(signum, SIG_DFL);
+	signal_eventfds[signum] = -1;
+	return 0;
+}

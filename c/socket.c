@@ -1,0 +1,69 @@
+/* socket.c - SOCK_SEQPACKET socket pairs and messages carrying file descriptors. */
+#define _GNU_SOURCE
+#include "tsvm.h"
+
+#include <errno.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+/* bounds the fds in one message, like the kernel's SCM_MAX_FD but far smaller */
+#define TSVM_MAX_FDS 32
+
+int tsvm_seqpacket_pair(int *fds_out)
+{
+	return socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, fds_out) < 0 ? -errno : 0;
+}
+
+int64_t tsvm_send_with_fds(int fd, const void *buf, uint64_t len, const int *fds, int nfds)
+{
+	union { char buf[CMSG_SPACE(sizeof(int) * TSVM_MAX_FDS)]; struct cmsghdr align; } control;
+	struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
+	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
+	if (nfds < 0 || nfds > TSVM_MAX_FDS)
+		return -EINVAL;
+	if (nfds > 0) {
+		struct cmsghdr *c;
+		memset(&control, 0, sizeof(control));
+		msg.msg_control = control.buf;
+		msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+		c = CMSG_FIRSTHDR(&msg);
+		c->cmsg_level = SOL_SOCKET;
+		c->cmsg_type = SCM_RIGHTS;
+		c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+		memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
+	}
+	ssize_t n = sendmsg(fd, &msg, MSG_NOSIGNAL);
+	return n < 0 ? -errno : n;
+}
+
+/* Receives one datagram; fds beyond max_fds are closed by the kernel (MSG_CTRUNC -> -EMSGSIZE). */
+int64_t tsvm_recv_with_fds(int fd, void *buf, uint64_t len, int *fds_out, int max_fds, int *nfds_out)
+{
+	union { char buf[CMSG_SPACE(sizeof(int) * TSVM_MAX_FDS)]; struct cmsghdr align; } control;
+	struct iovec iov = { .iov_base = buf, .iov_len = len };
+	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
+			      .msg_controllen = sizeof(control.buf) };
+	int n_fds = 0;
+	ssize_t n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
+	if (n < 0)
+		return -errno;
+	for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+		if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+			continue;
+		int count = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+		for (int i = 0; i < count; i++) {
+			int received;
+			memcpy(&received, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+			if (n_fds < max_fds)
+				fds_out[n_fds++] = received;
+			else
+				close(received);
+		}
+	}
+	*nfds_out = n_fds;
+	if (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC))
+		return -EMSGSIZE;
+	return n;
+}

@@ -1,0 +1,59 @@
+/* sys.c - file descriptors, ioctls and memory mappings for tsvm. */
+#define _GNU_SOURCE
+#include "tsvm.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define RET(expr) do { long r_ = (long)(expr); return r_ < 0 ? -errno : (int)r_; } while (0)
+#define RET64(expr) do { int64_t r_ = (int64_t)(expr); return r_ < 0 ? -errno : r_; } while (0)
+
+int tsvm_open(const char *path, int flags, int mode) { RET(open(path, flags | O_CLOEXEC, mode)); }
+int tsvm_close(int fd) { RET(close(fd)); }
+int64_t tsvm_read(int fd, void *buf, uint64_t len) { RET64(read(fd, buf, len)); }
+int64_t tsvm_write(int fd, const void *buf, uint64_t len) { RET64(write(fd, buf, len)); }
+int64_t tsvm_pread(int fd, void *buf, uint64_t len, int64_t off) { RET64(pread(fd, buf, len, off)); }
+int64_t tsvm_pwrite(int fd, const void *buf, uint64_t len, int64_t off) { RET64(pwrite(fd, buf, len, off)); }
+
+int tsvm_fstat_size(int fd, int64_t *size_out)
+{
+	struct stat st;
+	if (fstat(fd, &st) < 0)
+		return -errno;
+	*size_out = st.st_size;
+	return 0;
+}
+
+int tsvm_ioctl_ptr(int fd, uint64_t request, void *arg) { RET(ioctl(fd, request, arg)); }
+int tsvm_ioctl_val(int fd, uint64_t request, uint64_t arg) { RET(ioctl(fd, request, arg)); }
+int tsvm_memfd_create(const char *name, unsigned flags) { RET(memfd_create(name, flags)); }
+int tsvm_ftruncate(int fd, int64_t len) { RET(ftruncate(fd, len)); }
+
+int tsvm_mmap(uint64_t *addr_out, uint64_t len, int prot, int flags, int fd, int64_t off)
+{
+	void *p = mmap(NULL, len, prot, flags, fd, off);
+	if (p == MAP_FAILED)
+		return -errno;
+	*addr_out = (uint64_t)(uintptr_t)p;
+	return 0;
+}
+
+int tsvm_munmap(uint64_t addr, uint64_t len) { RET(munmap((void *)(uintptr_t)addr, len)); }
+int tsvm_madvise(uint64_t addr, uint64_t len, int advice) { RET(madvise((void *)(uintptr_t)addr, len, advice)); }
+
+int tsvm_fcntl_setfl(int fd, int flags)
+{
+	int old = fcntl(fd, F_GETFL);
+	if (old < 0)
+		return -errno;
+	RET(fcntl(fd, F_SETFL, old | flags));
+}
+
+int tsvm_dup(int fd) { RET(fcntl(fd, F_DUPFD_CLOEXEC, 3)); }
+int tsvm_getpid(void) { return getpid(); }
+int tsvm_gettid(void) { return (int)syscall(SYS_gettid); }

@@ -1,0 +1,58 @@
+/* tsvm.h - the C mechanism library under tsvm's bun:ffi bindings.
+ *
+ * Every function returns a non-negative value on success and -errno on failure; nothing here
+ * allocates, logs or decides policy. Pointers come from the caller (TypedArrays in Bun).
+ */
+#ifndef TSVM_H
+#define TSVM_H
+
+#include <stdint.h>
+#include <stddef.h>
+
+/* sys.c: plain file descriptors, ioctls and memory mappings */
+int tsvm_open(const char *path, int flags, int mode);
+int tsvm_close(int fd);
+int64_t tsvm_read(int fd, void *buf, uint64_t len);
+int64_t tsvm_write(int fd, const void *buf, uint64_t len);
+int64_t tsvm_pread(int fd, void *buf, uint64_t len, int64_t off);
+int64_t tsvm_pwrite(int fd, const void *buf, uint64_t len, int64_t off);
+int tsvm_fstat_size(int fd, int64_t *size_out);
+int tsvm_ioctl_ptr(int fd, uint64_t request, void *arg);
+int tsvm_ioctl_val(int fd, uint64_t request, uint64_t arg);
+int tsvm_memfd_create(const char *name, unsigned flags);
+int tsvm_ftruncate(int fd, int64_t len);
+int tsvm_mmap(uint64_t *addr_out, uint64_t len, int prot, int flags, int fd, int64_t off);
+int tsvm_munmap(uint64_t addr, uint64_t len);
+int tsvm_madvise(uint64_t addr, uint64_t len, int advice);
+int tsvm_fcntl_setfl(int fd, int flags);
+int tsvm_dup(int fd);
+int tsvm_getpid(void);
+int tsvm_gettid(void);
+
+/* vcpu.c: the vCPU run call and the kick signal */
+int tsvm_vcpu_bind(uint64_t kvm_run_addr);
+int tsvm_vcpu_run(int vcpu_fd);
+int tsvm_kick_install(int signum);
+int tsvm_kick(int tgid, int tid, int signum);
+
+/* event.c: eventfd, epoll and signals delivered as events */
+int tsvm_eventfd(unsigned initval, int flags);
+int tsvm_eventfd_write(int fd, uint64_t value);
+int tsvm_eventfd_read(int fd, uint64_t *value_out);
+int tsvm_epoll_create(void);
+int tsvm_epoll_ctl(int epfd, int op, int fd, uint32_t events, uint64_t token);
+int tsvm_epoll_wait(int epfd, void *events, int max_events, int timeout_ms);
+int tsvm_signal_notify(int signum, int eventfd);
+int tsvm_signal_default(int signum);
+
+/* term.c: raw mode for the console's stdin */
+int tsvm_term_raw(int fd, void *saved, uint64_t saved_len);
+int tsvm_term_restore(int fd, const void *saved, uint64_t saved_len);
+int tsvm_isatty(int fd);
+
+/* socket.c: SOCK_SEQPACKET pairs with SCM_RIGHTS fd passing */
+int tsvm_seqpacket_pair(int *fds_out);
+int64_t tsvm_send_with_fds(int fd, const void *buf, uint64_t len, const int *fds, int nfds);
+int64_t tsvm_recv_with_fds(int fd, void *buf, uint64_t len, int *fds_out, int max_fds, int *nfds_out);
+
+#endif

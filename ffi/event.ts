@@ -1,0 +1,43 @@
+// event.ts - bindings for c/event.c: eventfd, epoll and signal notification.
+import { checked } from "../src/base/errno.ts";
+import { native } from "./lib.ts";
+
+/** Creates an eventfd (close-on-exec added). */
+export function eventfd(initval: number, flags: number): number {
+  return checked(native.tsvm_eventfd(initval, flags), "create eventfd");
+}
+
+/** Adds `value` to an eventfd's counter; returns 0 or -errno. */
+export function eventfdWrite(fd: number, value: number): number {
+  return native.tsvm_eventfd_write(fd, value);
+}
+
+/** Reads and resets an eventfd's counter into `out[0]`; returns 0 or -errno. */
+export function eventfdRead(fd: number, out: BigUint64Array): number {
+  return native.tsvm_eventfd_read(fd, out);
+}
+
+/** Creates an epoll instance (close-on-exec). */
+export function epollCreate(): number {
+  return checked(native.tsvm_epoll_create(), "create epoll");
+}
+
+/** Runs epoll_ctl with a 64-bit token; returns 0 or -errno. */
+export function epollCtl(epfd: number, op: number, fd: number, events: number, token: number): number {
+  return native.tsvm_epoll_ctl(epfd, op, fd, events, token);
+}
+
+/** Waits for events into `events` (12-byte packed epoll_event records); returns the count or -errno. */
+export function epollWait(epfd: number, events: Uint8Array, maxEvents: number, timeoutMs: number): number {
+  return native.tsvm_epoll_wait(epfd, events, maxEvents, timeoutMs);
+}
+
+/** Makes delivery of `signum` to the process add 1 to eventfd `fd`. */
+export function notifySignal(signum: number, fd: number): void {
+  checked(native.tsvm_signal_notify(signum, fd), `route signal ${signum} to an eventfd`);
+}
+
+/** Restores the default action of `signum`. */
+export function defaultSignal(signum: number): void {
+  native.tsvm_signal_default(signum);
+}

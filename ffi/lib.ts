@@ -1,0 +1,74 @@
+// lib.ts - loads libtsvm.so once (from a memfd inside the single executable) and declares every symbol.
+import { dlopen, FFIType, ptr } from "bun:ffi";
+import embeddedLibrary from "../build/libtsvm.so" with { type: "file" };
+
+const { i32, i64, u32, u64, ptr: pointer, cstring } = FFIType;
+
+/** The C functions of libtsvm.so, grouped by the C file that defines them. */
+const symbols = {
+  // sys.c
+  tsvm_open: { args: [cstring, i32, i32], returns: i32 },
+  tsvm_close: { args: [i32], returns: i32 },
+  tsvm_read: { args: [i32, pointer, u64], returns: FFIType.i64_fast },
+  tsvm_write: { args: [i32, pointer, u64], returns: FFIType.i64_fast },
+  tsvm_pread: { args: [i32, pointer, u64, i64], returns: FFIType.i64_fast },
+  tsvm_pwrite: { args: [i32, pointer, u64, i64], returns: FFIType.i64_fast },
+  tsvm_fstat_size: { args: [i32, pointer], returns: i32 },
+  tsvm_ioctl_ptr: { args: [i32, u64, pointer], returns: i32 },
+  tsvm_ioctl_val: { args: [i32, u64, u64], returns: i32 },
+  tsvm_memfd_create: { args: [cstring, u32], returns: i32 },
+  tsvm_ftruncate: { args: [i32, i64], returns: i32 },
+  tsvm_mmap: { args: [pointer, u64, i32, i32, i32, i64], returns: i32 },
+  tsvm_munmap: { args: [u64, u64], returns: i32 },
+  tsvm_madvise: { args: [u64, u64, i32], returns: i32 },
+  tsvm_fcntl_setfl: { args: [i32, i32], returns: i32 },
+  tsvm_dup: { args: [i32], returns: i32 },
+  tsvm_getpid: { args: [], returns: i32 },
+  tsvm_gettid: { args: [], returns: i32 },
+  // vcpu.c
+  tsvm_vcpu_bind: { args: [u64], returns: i32 },
+  tsvm_vcpu_run: { args: [i32], returns: i32 },
+  tsvm_kick_install: { args: [i32], returns: i32 },
+  tsvm_kick: { args: [i32, i32, i32], returns: i32 },
+  // event.c
+  tsvm_eventfd: { args: [u32, i32], returns: i32 },
+  tsvm_eventfd_write: { args: [i32, u64], returns: i32 },
+  tsvm_eventfd_read: { args: [i32, pointer], returns: i32 },
+  tsvm_epoll_create: { args: [], returns: i32 },
+  tsvm_epoll_ctl: { args: [i32, i32, i32, u32, u64], returns: i32 },
+  tsvm_epoll_wait: { args: [i32, pointer, i32, i32], returns: i32 },
+  tsvm_signal_notify: { args: [i32, i32], returns: i32 },
+  tsvm_signal_default: { args: [i32], returns: i32 },
+  // term.c
+  tsvm_term_raw: { args: [i32, pointer, u64], returns: i32 },
+  tsvm_term_restore: { args: [i32, pointer, u64], returns: i32 },
+  tsvm_isatty: { args: [i32], returns: i32 },
+  // socket.c
+  tsvm_seqpacket_pair: { args: [pointer], returns: i32 },
+  tsvm_send_with_fds: { args: [i32, pointer, u64, pointer, i32], returns: FFIType.i64_fast },
+  tsvm_recv_with_fds: { args: [i32, pointer, u64, pointer, i32, pointer], returns: FFIType.i64_fast },
+} as const;
+
+/** Copies the embedded library into a memfd so dlopen needs no writable temp directory. */
+function libraryPath(): string {
+  if (!Bun.isStandaloneExecutable) return embeddedLibrary;
+  const libc = dlopen("libc.so.6", {
+    memfd_create: { args: [cstring, u32], returns: i32 },
+    write: { args: [i32, pointer, u64], returns: FFIType.i64_fast },
+  });
+  const bytes = new Uint8Array(require("node:fs").readFileSync(embeddedLibrary));
+  const MFD_CLOEXEC = 1;
+  const fd = libc.symbols.memfd_create(Buffer.from("libtsvm.so\0"), MFD_CLOEXEC);
+  if (fd < 0) throw new Error("failed to create a memfd for libtsvm.so");
+  let done = 0;
+  while (done < bytes.length) {
+    const n = libc.symbols.write(fd, ptr(bytes, done), bytes.length - done);
+    if (n <= 0) throw new Error("failed to copy libtsvm.so into a memfd");
+    done += n;
+  }
+  libc.close();
+  return `/proc/self/fd/${fd}`;
+}
+
+/** The bound symbols; callers go through the typed wrappers in this folder, not this object. */
+export const native = dlopen(libraryPath(), symbols).symbols;

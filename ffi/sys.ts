@@ -1,0 +1,113 @@
+// sys.ts - bindings for c/sys.c: fds, ioctls, memfd and mappings.
+import { ptr, toArrayBuffer } from "bun:ffi";
+import { checked } from "../src/base/errno.ts";
+import { native } from "./lib.ts";
+
+/** A buffer the C side may read or write for the duration of one call. */
+export type NativeBuffer = ArrayBufferView | ArrayBuffer;
+
+const cString = (s: string): Buffer => Buffer.from(`${s}\0`);
+
+/** Opens `path` (always O_CLOEXEC); throws on failure. */
+export function open(path: string, flags: number, mode = 0): number {
+  return checked(native.tsvm_open(cString(path), flags, mode), `open ${path}`);
+}
+
+/** Closes `fd`; errors are ignored because the fd is gone either way. */
+export function close(fd: number): void {
+  native.tsvm_close(fd);
+}
+
+/** Reads up to `buf.byteLength` bytes; returns the count or -errno. */
+export function readRaw(fd: number, buf: Uint8Array, len = buf.byteLength): number {
+  return native.tsvm_read(fd, buf, len);
+}
+
+/** Writes `len` bytes of `buf`; returns the count or -errno. */
+export function writeRaw(fd: number, buf: Uint8Array, len = buf.byteLength): number {
+  return native.tsvm_write(fd, buf, len);
+}
+
+/** Reads into `buf` at file offset `offset`; returns the count or -errno. */
+export function preadRaw(fd: number, buf: Uint8Array, offset: number): number {
+  return native.tsvm_pread(fd, buf, buf.byteLength, offset);
+}
+
+/** Writes `buf` at file offset `offset`; returns the count or -errno. */
+export function pwriteRaw(fd: number, buf: Uint8Array, offset: number): number {
+  return native.tsvm_pwrite(fd, buf, buf.byteLength, offset);
+}
+
+/** Returns the size in bytes of the file behind `fd`. */
+export function fileSize(fd: number): number {
+  const out = new BigInt64Array(1);
+  checked(native.tsvm_fstat_size(fd, out), "stat file");
+  return Number(out[0]);
+}
+
+/** Runs ioctl(fd, request, arg); `arg` must stay valid and big enough for the request's struct. */
+export function ioctlPtr(fd: number, request: number, arg: NativeBuffer | null): number {
+  return native.tsvm_ioctl_ptr(fd, request, arg);
+}
+
+/** Runs ioctl(fd, request, value) with an integer argument; returns the result or -errno. */
+export function ioctlVal(fd: number, request: number, value: number): number {
+  return native.tsvm_ioctl_val(fd, request, value);
+}
+
+/** Creates a memfd (MFD_CLOEXEC is added by the caller's flags). */
+export function memfdCreate(name: string, flags: number): number {
+  return checked(native.tsvm_memfd_create(cString(name), flags), `create memfd ${name}`);
+}
+
+/** Sets the size of the file behind `fd`. */
+export function ftruncate(fd: number, length: number): void {
+  checked(native.tsvm_ftruncate(fd, length), "resize file");
+}
+
+/** Maps `length` bytes and returns the host address; unmap with munmap when every view is gone. */
+export function mmap(length: number, prot: number, flags: number, fd: number, offset: number): number {
+  const out = new BigUint64Array(1);
+  checked(native.tsvm_mmap(out, length, prot, flags, fd, offset), "map memory");
+  return Number(out[0]);
+}
+
+/** Unmaps a range returned by mmap. No view over it may be used afterwards. */
+export function munmap(address: number, length: number): void {
+  checked(native.tsvm_munmap(address, length), "unmap memory");
+}
+
+/** Gives the kernel `advice` about a mapped range; returns 0 or -errno. */
+export function madvise(address: number, length: number, advice: number): number {
+  return native.tsvm_madvise(address, length, advice);
+}
+
+/** Adds `flags` (O_NONBLOCK, say) to the file status flags of `fd`. */
+export function addFileFlags(fd: number, flags: number): void {
+  checked(native.tsvm_fcntl_setfl(fd, flags), "set file flags");
+}
+
+/** Duplicates `fd` (close-on-exec) to the lowest free number >= 3. */
+export function dup(fd: number): number {
+  return checked(native.tsvm_dup(fd), "duplicate fd");
+}
+
+/** Returns the process id. */
+export function getpid(): number {
+  return native.tsvm_getpid();
+}
+
+/** Returns the calling thread's id (for tgkill). */
+export function gettid(): number {
+  return native.tsvm_gettid();
+}
+
+/** Returns a zero-copy view of mapped memory; it must not outlive the mapping. */
+export function viewOf(address: number, length: number): ArrayBuffer {
+  return toArrayBuffer(address as never, 0, length);
+}
+
+/** Returns the host address of a buffer's first byte (only valid while the buffer lives). */
+export function addressOf(buf: NativeBuffer): number {
+  return ptr(buf) as unknown as number;
+}
