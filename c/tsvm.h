@@ -34,6 +34,7 @@ int tsvm_vcpu_bind(uint64_t kvm_run_addr);
 int tsvm_vcpu_run(int vcpu_fd);
 int tsvm_kick_install(int signum);
 int tsvm_kick(int tgid, int tid, int signum);
+int tsvm_sigrtmin(void);
 
 /* event.c: eventfd, epoll and signals delivered as events */
 int tsvm_eventfd(unsigned initval, int flags);

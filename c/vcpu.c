@@ -57,3 +57,6 @@ int tsvm_kick(int tgid, int tid, int signum)
 		return -errno;
 	return 0;
 }
+
+/* SIGRTMIN as glibc defines it at run time (it reserves the first few real-time signals). */
+int tsvm_sigrtmin(void) { return SIGRTMIN; }

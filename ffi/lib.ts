@@ -30,6 +30,7 @@ const symbols = {
   tsvm_vcpu_run: { args: [i32], returns: i32 },
   tsvm_kick_install: { args: [i32], returns: i32 },
   tsvm_kick: { args: [i32, i32, i32], returns: i32 },
+  tsvm_sigrtmin: { args: [], returns: i32 },
   // event.c
   tsvm_eventfd: { args: [u32, i32], returns: i32 },
   tsvm_eventfd_write: { args: [i32, u64], returns: i32 },

@@ -19,3 +19,8 @@ export function installKickHandler(signum: number): void {
 export function kickThread(tgid: number, tid: number, signum: number): number {
   return native.tsvm_kick(tgid, tid, signum);
 }
+
+/** Returns glibc's SIGRTMIN (the first real-time signal free for applications). */
+export function sigrtmin(): number {
+  return native.tsvm_sigrtmin();
+}

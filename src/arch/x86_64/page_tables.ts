@@ -1,0 +1,22 @@
+// page_tables.ts - identity-mapped page tables for entering the kernel in long mode.
+import type { GuestMemory } from "../../memory/mod.ts";
+import { IDENTITY_MAPPED_GIB, PD_ADDRESS, PDPT_ADDRESS, PML4_ADDRESS } from "./layout.ts";
+
+const PRESENT = 1n;
+const WRITABLE = 2n;
+const PAGE_SIZE_2M = 0x80n;
+const TWO_MIB = 0x200000n;
+
+/** Writes a PML4 -> PDPT -> 4 page directories of 2 MiB pages mapping [0, 4 GiB) 1:1; returns CR3. */
+export function writeIdentityPageTables(memory: GuestMemory): number {
+  memory.writeU64(PML4_ADDRESS, BigInt(PDPT_ADDRESS) | PRESENT | WRITABLE);
+  for (let gib = 0; gib < IDENTITY_MAPPED_GIB; gib++) {
+    const pd = PD_ADDRESS + gib * 0x1000;
+    memory.writeU64(PDPT_ADDRESS + gib * 8, BigInt(pd) | PRESENT | WRITABLE);
+    for (let i = 0; i < 512; i++) {
+      const frame = (BigInt(gib) * 512n + BigInt(i)) * TWO_MIB;
+      memory.writeU64(pd + i * 8, frame | PRESENT | WRITABLE | PAGE_SIZE_2M);
+    }
+  }
+  return PML4_ADDRESS;
+}

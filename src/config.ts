@@ -1,0 +1,164 @@
+// config.ts - the validated settings of one `tsvm run`, built from flags before anything is created.
+import * as v from "valibot";
+import { LOG_LEVELS, type LogLevel } from "./base/log.ts";
+import { MIN_MEMORY_SIZE } from "./arch/x86_64/layout.ts";
+
+/** Raised for user input that cannot become a Config; the CLI prints it and exits 2. */
+export class ConfigError extends Error {
+  override readonly name = "ConfigError";
+}
+
+const MIB = 1024 * 1024;
+/** 1 TiB: above this the guest address space and the host's memfd sizes stop being sensible. */
+const MAX_MEMORY_SIZE = 1024 * 1024 * MIB;
+/** crosvm's default when -m is not given. */
+export const DEFAULT_MEMORY_SIZE = 256 * MIB;
+/** The in-kernel LAPIC ids and our MP table use 8 bits; 254 leaves room for the IOAPIC id. */
+export const MAX_CPUS = 254;
+
+const SIZE_SUFFIX: Readonly<Record<string, number>> = { "": MIB, K: 1024, M: MIB, G: 1024 * MIB, T: 1024 * 1024 * MIB };
+
+/** Parses a memory size: a bare number is MiB (crosvm's -m), or a number with K, M, G or T. */
+export function parseSize(text: string): number | null {
+  const match = /^(\d+)([KMGT]?)(?:i?B)?$/i.exec(text.trim());
+  if (!match) return null;
+  const size = Number(match[1]) * SIZE_SUFFIX[match[2]!.toUpperCase()]!;
+  return Number.isSafeInteger(size) ? size : null;
+}
+
+export const SERIAL_TYPES = ["stdout", "file", "sink"] as const;
+export type SerialType = (typeof SERIAL_TYPES)[number];
+const SERIAL_KEYS = ["type", "num", "path", "console", "stdin"] as const;
+
+const BooleanText = v.pipe(v.picklist(["true", "false"], "expected true or false"), v.transform((s) => s === "true"));
+
+const SerialSchema = v.pipe(
+  v.strictObject({
+    type: v.optional(v.picklist(SERIAL_TYPES, `expected one of ${SERIAL_TYPES.join(", ")}`), "sink"),
+    num: v.pipe(
+      v.string("num is required"),
+      v.transform(Number),
+      v.integer("expected a port number 1-4"),
+      v.minValue(1, "expected a port number 1-4"),
+      v.maxValue(4, "expected a port number 1-4"),
+    ),
+    path: v.optional(v.pipe(v.string(), v.minLength(1, "expected a file path"))),
+    console: v.optional(BooleanText, "false"),
+    stdin: v.optional(BooleanText, "false"),
+  }),
+  v.check((s) => s.type !== "file" || s.path !== undefined, "type=file needs path=PATH"),
+  v.check((s) => s.type === "file" || s.path === undefined, "path= is only for type=file"),
+);
+export type SerialConfig = v.InferOutput<typeof SerialSchema>;
+
+/** Parses crosvm's `--serial type=stdout,num=1,console=true,...` syntax. */
+export function parseSerial(text: string): SerialConfig {
+  const fields: Record<string, string> = {};
+  for (const part of text.split(",")) {
+    if (part === "") continue;
+    const eq = part.indexOf("=");
+    const key = eq < 0 ? part : part.slice(0, eq);
+    if (!(SERIAL_KEYS as readonly string[]).includes(key)) {
+      throw new ConfigError(`--serial ${text}: unknown key "${key}" (accepted: ${SERIAL_KEYS.join(", ")})`);
+    }
+    if (eq < 0) throw new ConfigError(`--serial ${text}: "${key}" needs a value (${key}=...)`);
+    if (key in fields) throw new ConfigError(`--serial ${text}: "${key}" is given twice`);
+    fields[key] = part.slice(eq + 1);
+  }
+  const result = v.safeParse(SerialSchema, fields);
+  if (!result.success) throw new ConfigError(`--serial ${text}: ${describeIssues(result.issues)}`);
+  return result.output;
+}
+
+/** The settings `tsvm run` works from. */
+export type Config = {
+  /** Path of the kernel, or null for the built-in guest. */
+  readonly kernel: string | null;
+  readonly initrd: string | null;
+  readonly memorySize: number;
+  readonly cpus: number;
+  readonly params: readonly string[];
+  readonly serials: readonly SerialConfig[];
+  readonly logLevel: LogLevel;
+};
+
+/** The run options as they come from the command line, before validation. */
+export type RawRunOptions = {
+  readonly kernel?: string | undefined;
+  readonly initrd?: string | undefined;
+  readonly mem?: string | number | undefined;
+  readonly cpus?: string | number | undefined;
+  readonly params?: readonly string[] | undefined;
+  readonly serial?: readonly string[] | undefined;
+  readonly logLevel?: string | undefined;
+};
+
+const RunSchema = v.object({
+  kernel: v.optional(v.pipe(v.string(), v.minLength(1, "expected a kernel path"))),
+  initrd: v.optional(v.pipe(v.string(), v.minLength(1, "expected an initrd path"))),
+  mem: v.optional(v.pipe(
+    v.union([v.string(), v.number()], "expected a size such as 512, 512M or 2G"),
+    v.transform((m) => parseSize(String(m))),
+    v.number("expected a size such as 512, 512M or 2G"),
+    v.minValue(MIN_MEMORY_SIZE, `must be at least ${MIN_MEMORY_SIZE / MIB} MiB`),
+    v.maxValue(MAX_MEMORY_SIZE, "must be at most 1T"),
+    v.check((n) => n % 4096 === 0, "must be a multiple of 4 KiB"),
+  )),
+  cpus: v.optional(v.pipe(
+    v.union([v.string(), v.number()]),
+    v.transform(Number),
+    v.integer("expected a whole number of CPUs"),
+    v.minValue(1, "expected at least 1 CPU"),
+    v.maxValue(MAX_CPUS, `expected at most ${MAX_CPUS} CPUs`),
+  )),
+  params: v.optional(v.array(v.string())),
+  logLevel: v.optional(v.picklist(LOG_LEVELS, `expected one of ${LOG_LEVELS.join(", ")}`)),
+});
+
+const FLAG_NAMES: Readonly<Record<string, string>> = {
+  kernel: "KERNEL", initrd: "--initrd", mem: "--mem", cpus: "--cpus", params: "--params", logLevel: "--log-level",
+};
+
+function describeIssues(issues: readonly v.BaseIssue<unknown>[]): string {
+  return issues.map((i) => {
+    const path = i.path?.map((p) => String(p.key)).join(".");
+    return path ? `${path}: ${i.message}` : i.message;
+  }).join("; ");
+}
+
+/** Validates raw run options into a Config; throws ConfigError naming the flag and what it accepts. */
+export function parseRunConfig(raw: RawRunOptions): Config {
+  const result = v.safeParse(RunSchema, raw);
+  if (!result.success) {
+    const issue = result.issues[0]!;
+    const key = String(issue.path?.[0]?.key ?? "");
+    throw new ConfigError(`${FLAG_NAMES[key] ?? key}: ${issue.message} (got ${JSON.stringify(issue.input)})`);
+  }
+  const serials = (raw.serial ?? []).map(parseSerial);
+  const nums = new Set<number>();
+  for (const s of serials) {
+    if (nums.has(s.num)) throw new ConfigError(`--serial: port num=${s.num} is configured twice`);
+    nums.add(s.num);
+  }
+  if (serials.filter((s) => s.console).length > 1) throw new ConfigError("--serial: only one port can be the console");
+  if (serials.filter((s) => s.stdin).length > 1) throw new ConfigError("--serial: only one port can read stdin");
+  const o = result.output;
+  return {
+    kernel: o.kernel ?? null,
+    initrd: o.initrd ?? null,
+    memorySize: o.mem ?? DEFAULT_MEMORY_SIZE,
+    cpus: o.cpus ?? 1,
+    params: o.params ?? [],
+    // crosvm's default: COM1 on stdout, the console, reading stdin.
+    serials: serials.length > 0 ? serials : [{ type: "stdout", num: 1, console: true, stdin: true }],
+    logLevel: o.logLevel ?? "warn",
+  };
+}
+
+/** Joins -p values and adds `console=ttySn` for the console port unless the user chose a console. */
+export function kernelCmdline(config: Config): string {
+  const parts = config.params.filter((p) => p.length > 0);
+  const consolePort = config.serials.find((s) => s.console);
+  if (consolePort && !parts.some((p) => /(^|\s)console=/.test(p))) parts.push(`console=ttyS${consolePort.num - 1}`);
+  return parts.join(" ");
+}

@@ -1,0 +1,77 @@
+#!/usr/bin/env bun
+// main.ts - the tsvm command line: parse arguments into a Config, then run the subcommand.
+import yargs from "yargs";
+import { log } from "./base/log.ts";
+import { ConfigError, parseRunConfig, type RawRunOptions } from "./config.ts";
+import { EXIT_CODE, runVm } from "./run_vm.ts";
+import { VERSION } from "./version.ts";
+
+/** Runs the CLI with `argv` (without the program name); resolves to the exit code. */
+export async function main(argv: readonly string[]): Promise<number> {
+  let code: number | null = null;
+  const parser = yargs([...argv])
+    .scriptName("tsvm")
+    .usage("$0 <command> [options]")
+    .command(
+      "run [kernel]",
+      "Boot a kernel (ELF vmlinux or bzImage); with no kernel, boot the built-in test guest",
+      (y) => y
+        .positional("kernel", { type: "string", describe: "kernel image: ELF vmlinux or bzImage" })
+        .option("mem", { alias: "m", type: "string", describe: "guest memory: MiB, or a size with K/M/G/T (default 256)" })
+        .option("cpus", { alias: "c", type: "string", describe: "number of vCPUs (default 1)" })
+        .option("params", { alias: "p", type: "string", array: true, describe: "kernel command line parameters (repeatable)" })
+        .option("initrd", { alias: "i", type: "string", describe: "initial ramdisk loaded for the kernel" })
+        .option("serial", {
+          type: "string", array: true,
+          describe: "serial port: type=stdout|file|sink,num=1..4[,path=P][,console=true][,stdin=true] (repeatable)",
+        })
+        .option("log-level", { type: "string", describe: "error, warn, info or debug (default warn)" }),
+      async (args) => {
+        const raw: RawRunOptions = {
+          kernel: args.kernel, initrd: args.initrd, mem: args.mem, cpus: args.cpus,
+          params: args.params?.map(String), serial: args.serial?.map(String), logLevel: args["log-level"],
+        };
+        const config = parseRunConfig(raw);
+        code = await runVm(config);
+      },
+    )
+    .command("version", "Print tsvm's version", () => {}, () => {
+      console.log(`tsvm ${VERSION}`);
+      code = 0;
+    })
+    .demandCommand(1, "a command is required; try `tsvm run`")
+    .strict()
+    .recommendCommands()
+    .help()
+    .alias("help", "h")
+    .version(false)
+    .exitProcess(false)
+    .fail((message, error) => {
+      throw error ?? new ConfigError(message);
+    });
+  try {
+    await parser.parseAsync();
+  } catch (e) {
+    if (e instanceof ConfigError) {
+      log.error(e.message);
+      return EXIT_CODE.USAGE;
+    }
+    if (isUserInputError(e)) {
+      log.error(e.message);
+      return EXIT_CODE.USAGE;
+    }
+    log.error(e instanceof Error ? e.message : String(e));
+    return EXIT_CODE.VM_ERROR;
+  }
+  return code ?? 0;
+}
+
+/** Errors about the files the user named (missing kernel, malformed image): usage errors, exit 2. */
+function isUserInputError(e: unknown): e is Error {
+  if (!(e instanceof Error)) return false;
+  if (e.name === "KernelLoaderError") return true;
+  const code = (e as NodeJS.ErrnoException).code;
+  return code === "ENOENT" || code === "EISDIR" || code === "EACCES";
+}
+
+if (import.meta.main) process.exit(await main(Bun.argv.slice(2)));

@@ -1,0 +1,294 @@
+// run_vm.ts - runs a VM from a Config: builds it, wires devices to the buses, starts vCPU Workers,
+// and serves the control loop until the guest exits, a vCPU fails, or tsvm is told to stop.
+import { readFileSync } from "node:fs";
+import { sys, vcpu as vcpuFfi, event as eventFfi, term } from "../ffi/mod.ts";
+import { EventFd } from "./base/event_fd.ts";
+import { log, logOnce, setLogLevel } from "./base/log.ts";
+import { WaitContext } from "./base/wait_context.ts";
+import { buildVm, type BuiltVm } from "./arch/x86_64/build_vm.ts";
+import { lowMemoryEnd } from "./arch/x86_64/layout.ts";
+import { type Config, kernelCmdline } from "./config.ts";
+import { Bus } from "./devices/bus.ts";
+import { Cmos, CMOS_INDEX_PORT } from "./devices/cmos.ts";
+import { I8042, I8042_COMMAND_PORT, I8042_DATA_PORT } from "./devices/i8042.ts";
+import { GsiLine } from "./devices/interrupt.ts";
+import { Serial, SERIAL_PORT_SIZE, SERIAL_PORTS } from "./devices/serial.ts";
+import { FdOutput } from "./devices/serial_output.ts";
+import { DEBUG_PORT } from "./devices/sink.ts";
+import { Kvm } from "./kvm/kvm.ts";
+import { type AddressSpace, BusMailbox } from "./vcpu/bus_mailbox.ts";
+import type { VcpuWorkerInit, WorkerRange } from "./vcpu/vcpu_worker.ts";
+import { VCPU_OUTCOME, VCPU_STATE, VcpuShared } from "./vcpu/vcpu_shared.ts";
+import { builtinGuest } from "./builtin_guest.ts";
+
+/** Exit codes of `tsvm run`. */
+export const EXIT_CODE = { GUEST_EXIT: 0, VM_ERROR: 1, USAGE: 2 } as const;
+
+/** Tokens of the control loop's WaitContext. */
+type Token = "bus_request" | "vcpu_exit" | "device_exit" | "stdin" | "signal";
+
+const SIGINT = 2;
+const SIGTERM = 15;
+/** Real-time signal offset used to kick vCPU threads out of KVM_RUN. */
+const KICK_SIGNAL_OFFSET = 2;
+/** The loop returns to Bun's event loop this often so Worker error events are delivered. */
+const EVENT_LOOP_SLICE_MS = 100;
+/** How long stopping vCPUs may take before their Workers are terminated. */
+const VCPU_STOP_DEADLINE_MS = 1000;
+const STDIN_CHUNK = 4096;
+
+/** Why the control loop ended. */
+type Ending = { readonly code: number; readonly message: string | null };
+
+const yieldToEventLoop = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
+
+/** Runs the VM described by `config`; resolves to the process exit code. */
+export async function runVm(config: Config): Promise<number> {
+  setLogLevel(config.logLevel);
+  const kernel = config.kernel === null ? builtinGuest() : readFileSync(config.kernel);
+  const initrd = config.initrd === null ? null : readFileSync(config.initrd);
+  using kvm = Kvm.open();
+  const built = buildVm(kvm, {
+    memorySize: config.memorySize,
+    cpus: config.cpus,
+    kernel: new Uint8Array(kernel.buffer, kernel.byteOffset, kernel.byteLength),
+    initrd: initrd ? new Uint8Array(initrd.buffer, initrd.byteOffset, initrd.byteLength) : null,
+    cmdline: kernelCmdline(config),
+  });
+  try {
+    return await new VmRunner(config, built).run();
+  } finally {
+    built.close();
+  }
+}
+
+/** The running VM's devices, Workers and control loop. */
+class VmRunner {
+  readonly #config: Config;
+  readonly #built: BuiltVm;
+  readonly #wait = new WaitContext<Token>();
+  readonly #busRequest = new EventFd();
+  readonly #vcpuExit = new EventFd();
+  readonly #deviceExit = new EventFd();
+  readonly #signalEvent = new EventFd();
+  readonly #shared: VcpuShared;
+  readonly #mailboxes: BusMailbox[];
+  readonly #buses: Record<AddressSpace, Bus> = { io: new Bus(), mmio: new Bus() };
+  readonly #localRanges: Record<AddressSpace, WorkerRange[]> = { io: [], mmio: [] };
+  readonly #outputs: FdOutput[] = [];
+  readonly #workers: Worker[] = [];
+  readonly #unhandled = new Set<string>();
+  #stdinSerial: Serial | null = null;
+  #savedTerminal: Uint8Array | null = null;
+  #guestExit: string | null = null;
+  #workerFailure: string | null = null;
+  #signal = 0;
+
+  constructor(config: Config, built: BuiltVm) {
+    this.#config = config;
+    this.#built = built;
+    this.#shared = new VcpuShared(config.cpus);
+    this.#mailboxes = built.vcpus.map((v) => new BusMailbox(this.#shared, v.id));
+  }
+
+  async run(): Promise<number> {
+    try {
+      this.#createDevices();
+      this.#watch();
+      this.#startVcpus();
+      const ending = await this.#controlLoop();
+      await this.#stopVcpus();
+      if (ending.message) log.error(ending.message);
+      return ending.code;
+    } finally {
+      this.#release();
+    }
+  }
+
+  #createDevices(): void {
+    const { io } = this.#buses;
+    const vm = this.#built.vm;
+    const raise = (gsi: number, level: boolean): void => vm.setIrqLine(gsi, level);
+    SERIAL_PORTS.forEach((port, index) => {
+      const cfg = this.#config.serials.find((s) => s.num === index + 1);
+      let output: FdOutput | null = null;
+      if (cfg?.type === "stdout") output = new FdOutput(1, false);
+      else if (cfg?.type === "file") output = FdOutput.file(cfg.path!);
+      if (output) this.#outputs.push(output);
+      const serial = new Serial(`serial COM${index + 1}`, new GsiLine(port.irq, raise), output);
+      io.insert(serial, port.base, SERIAL_PORT_SIZE);
+      if (cfg?.stdin) this.#stdinSerial = serial;
+    });
+    const i8042 = new I8042(() => this.#requestGuestExit("guest requested a reset through the i8042"));
+    io.insert(i8042, I8042_DATA_PORT, 1, true);
+    io.insert(i8042, I8042_COMMAND_PORT, 1, true);
+    const memory = this.#config.memorySize;
+    io.insert(new Cmos({ belowHole: lowMemoryEnd(memory), aboveFourGib: memory - lowMemoryEnd(memory) }), CMOS_INDEX_PORT, 2, true);
+    // The debug port is stateless: each vCPU keeps its own sink instead of calling the control loop.
+    this.#localRanges.io.push({ base: DEBUG_PORT, length: 1, label: "debug port", kind: "sink" });
+  }
+
+  #requestGuestExit(message: string): void {
+    this.#guestExit ??= message;
+    this.#deviceExit.signal();
+  }
+
+  #watch(): void {
+    this.#wait.add(this.#busRequest.fd, "bus_request");
+    this.#wait.add(this.#vcpuExit.fd, "vcpu_exit");
+    this.#wait.add(this.#deviceExit.fd, "device_exit");
+    this.#wait.add(this.#signalEvent.fd, "signal");
+    eventFfi.notifySignal(SIGINT, this.#signalEvent.fd);
+    eventFfi.notifySignal(SIGTERM, this.#signalEvent.fd);
+    if (this.#stdinSerial) {
+      try {
+        this.#wait.add(0, "stdin");
+        if (term.isatty(0)) {
+          this.#savedTerminal = new Uint8Array(term.TERMIOS_SAVE_SIZE);
+          term.termRaw(0, this.#savedTerminal);
+        }
+      } catch (e) {
+        // A regular file cannot be polled (EPERM): the guest gets no input from it.
+        log.debug(`not reading stdin: ${e instanceof Error ? e.message : String(e)}`);
+      }
+    }
+  }
+
+  /** Describes the buses to a Worker: ranges of the control loop's devices are forwarded. */
+  #workerRanges(): Record<AddressSpace, WorkerRange[]> {
+    const describe = (space: AddressSpace): WorkerRange[] => [
+      ...this.#localRanges[space],
+      ...this.#buses[space].ranges.map((r): WorkerRange => ({ base: r.base, length: r.length, label: r.device.debugLabel, kind: "remote" })),
+    ];
+    return { io: describe("io"), mmio: describe("mmio") };
+  }
+
+  #startVcpus(): void {
+    const kickSignal = vcpuFfi.sigrtmin() + KICK_SIGNAL_OFFSET;
+    vcpuFfi.installKickHandler(kickSignal);
+    const mmapSize = this.#built.vm.kvm.vcpuMmapSize();
+    const ranges = this.#workerRanges();
+    for (const vcpu of this.#built.vcpus) {
+      const worker = new Worker(new URL("./vcpu/vcpu_worker.ts", import.meta.url).href);
+      worker.addEventListener("error", (e) => this.#onWorkerFailure(vcpu.id, e.message));
+      worker.addEventListener("close", () => {
+        if (this.#shared.state(vcpu.id) !== VCPU_STATE.STOPPED) this.#onWorkerFailure(vcpu.id, "Worker exited before its vCPU stopped");
+      });
+      const init: VcpuWorkerInit = {
+        vcpuId: vcpu.id, vcpuFd: vcpu.fd, mmapSize, shared: this.#shared.buffer, kickSignal,
+        busRequestFd: this.#busRequest.fd, exitFd: this.#vcpuExit.fd, ranges,
+      };
+      worker.postMessage(init);
+      this.#workers.push(worker);
+    }
+    this.#kickSignal = kickSignal;
+  }
+
+  #kickSignal = 0;
+
+  #onWorkerFailure(id: number, message: string): void {
+    this.#workerFailure ??= `vCPU ${id} Worker failed: ${message}`;
+    this.#vcpuExit.signal();
+  }
+
+  async #controlLoop(): Promise<Ending> {
+    let sliceStart = performance.now();
+    for (;;) {
+      const events = this.#wait.wait(EVENT_LOOP_SLICE_MS);
+      for (const { token } of events) {
+        switch (token) {
+          case "bus_request":
+            this.#busRequest.read();
+            this.#serveMailboxes();
+            break;
+          case "stdin":
+            this.#readStdin();
+            break;
+          case "signal":
+            this.#signalEvent.read();
+            this.#signal = SIGTERM;
+            return { code: 128 + SIGTERM, message: "stopping: tsvm received SIGINT or SIGTERM" };
+          case "device_exit":
+          case "vcpu_exit":
+            this.#deviceExit.read();
+            this.#vcpuExit.read();
+            break;
+        }
+      }
+      const ending = this.#ending();
+      if (ending) return ending;
+      if (events.length === 0 || performance.now() - sliceStart >= EVENT_LOOP_SLICE_MS) {
+        await yieldToEventLoop();
+        sliceStart = performance.now();
+        const late = this.#ending();
+        if (late) return late;
+      }
+    }
+  }
+
+  /** Returns how the VM ends if it should end now. */
+  #ending(): Ending | null {
+    if (this.#workerFailure) return { code: EXIT_CODE.VM_ERROR, message: this.#workerFailure };
+    for (const vcpu of this.#built.vcpus) {
+      if (this.#shared.state(vcpu.id) !== VCPU_STATE.STOPPED) continue;
+      const outcome = this.#shared.outcome(vcpu.id);
+      if (outcome === VCPU_OUTCOME.ERROR) return { code: EXIT_CODE.VM_ERROR, message: this.#shared.report(vcpu.id) };
+      if (outcome === VCPU_OUTCOME.GUEST_EXIT) return { code: EXIT_CODE.GUEST_EXIT, message: null };
+    }
+    if (this.#guestExit) {
+      log.info(this.#guestExit);
+      return { code: EXIT_CODE.GUEST_EXIT, message: null };
+    }
+    return null;
+  }
+
+  #serveMailboxes(): void {
+    const onUnhandled = (space: AddressSpace, address: number): void =>
+      logOnce(this.#unhandled, `${space}:${address}`, "debug", `unhandled ${space === "io" ? "port" : "MMIO"} access at 0x${address.toString(16)}`);
+    // Keep serving while requests arrive so a vCPU is never left waiting on a coalesced wake-up.
+    let served = true;
+    while (served) {
+      served = false;
+      this.#mailboxes.forEach((m, id) => {
+        if (m.serve(this.#buses, id, onUnhandled)) served = true;
+      });
+    }
+  }
+
+  #readStdin(): void {
+    const buf = new Uint8Array(STDIN_CHUNK);
+    const n = sys.readRaw(0, buf);
+    if (n <= 0) {
+      this.#wait.delete(0); // end of input: stop watching
+      return;
+    }
+    this.#stdinSerial?.queueInput(buf.subarray(0, n));
+  }
+
+  async #stopVcpus(): Promise<void> {
+    this.#shared.requestExit();
+    const pid = sys.getpid();
+    const deadline = performance.now() + VCPU_STOP_DEADLINE_MS;
+    const allStopped = (): boolean => this.#built.vcpus.every((v) => this.#shared.state(v.id) === VCPU_STATE.STOPPED);
+    while (!allStopped() && performance.now() < deadline) {
+      for (const v of this.#built.vcpus) {
+        const tid = this.#shared.tid(v.id);
+        if (this.#shared.state(v.id) === VCPU_STATE.RUNNING && tid > 0) vcpuFfi.kickThread(pid, tid, this.#kickSignal);
+      }
+      this.#mailboxes.forEach((m) => m.cancel());
+      this.#wait.wait(10);
+      this.#vcpuExit.read();
+      await yieldToEventLoop();
+    }
+    if (!allStopped()) log.warn("some vCPUs did not stop in time; terminating their Workers");
+  }
+
+  #release(): void {
+    for (const w of this.#workers) w.terminate();
+    if (this.#savedTerminal) term.termRestore(0, this.#savedTerminal);
+    eventFfi.defaultSignal(SIGINT);
+    eventFfi.defaultSignal(SIGTERM);
+    for (const o of this.#outputs) o.close();
+    for (const fd of [this.#wait, this.#busRequest, this.#vcpuExit, this.#deviceExit, this.#signalEvent]) fd.close();
+  }
+}

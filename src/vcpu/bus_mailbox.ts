@@ -1,0 +1,103 @@
+// bus_mailbox.ts - a vCPU Worker's synchronous call into the Bus owned by the control loop.
+//
+//   Worker (RemoteBusDevice)                      control loop (serveMailboxes)
+//   write flags, address, length, data
+//   state := REQUEST; eventfd += 1  ───────────▶  epoll wakes on the eventfd
+//   Atomics.wait(state == REQUEST)                 for each mailbox in REQUEST: run the Bus access,
+//                                   ◀───────────   write data, state := DONE, Atomics.notify
+//   read data, state := IDLE
+// A mailbox holds one request at a time (its vCPU is blocked until the answer). CANCELLED tells a
+// waiting vCPU that the VM is going down; it then stops at its next kick check.
+import { EventFd } from "../base/event_fd.ts";
+import type { Bus, BusAccess, BusDevice } from "../devices/bus.ts";
+import { MAILBOX_OFFSET, type VcpuShared } from "./vcpu_shared.ts";
+
+export const MAILBOX_STATE = { IDLE: 0, REQUEST: 1, DONE: 2, CANCELLED: 3 } as const;
+const FLAG_WRITE = 1;
+const FLAG_MMIO = 2;
+/** Word offsets inside the mailbox. */
+const M_STATE = 0;
+const M_FLAGS = 1;
+const M_ADDRESS_LO = 2;
+const M_ADDRESS_HI = 3;
+const M_LENGTH = 4;
+/** Byte offset of the data inside the mailbox. */
+const DATA_OFFSET = 24;
+const MAX_ACCESS = 8;
+
+/** The two address spaces a vCPU exit can touch. */
+export type AddressSpace = "io" | "mmio";
+
+/** One vCPU's mailbox over the shared buffer. */
+export class BusMailbox {
+  readonly #words: Int32Array;
+  readonly #data: Uint8Array;
+
+  constructor(shared: VcpuShared, vcpuId: number) {
+    const offset = shared.blockOffset(vcpuId) + MAILBOX_OFFSET;
+    this.#words = new Int32Array(shared.buffer, offset, 6);
+    this.#data = new Uint8Array(shared.buffer, offset + DATA_OFFSET, MAX_ACCESS);
+  }
+
+  /** Worker side: performs one access through the control loop; returns false if it was cancelled. */
+  call(space: AddressSpace, write: boolean, address: number, data: Uint8Array, wake: EventFd): boolean {
+    const w = this.#words;
+    w[M_FLAGS] = (write ? FLAG_WRITE : 0) | (space === "mmio" ? FLAG_MMIO : 0);
+    w[M_ADDRESS_LO] = address >>> 0;
+    w[M_ADDRESS_HI] = Math.floor(address / 0x1_0000_0000);
+    w[M_LENGTH] = data.byteLength;
+    if (write) this.#data.set(data);
+    Atomics.store(w, M_STATE, MAILBOX_STATE.REQUEST);
+    wake.signal();
+    while (Atomics.load(w, M_STATE) === MAILBOX_STATE.REQUEST) Atomics.wait(w, M_STATE, MAILBOX_STATE.REQUEST);
+    const done = Atomics.load(w, M_STATE) === MAILBOX_STATE.DONE;
+    if (done && !write) data.set(this.#data.subarray(0, data.byteLength));
+    Atomics.store(w, M_STATE, MAILBOX_STATE.IDLE);
+    return done;
+  }
+
+  /** Control-loop side: answers a pending request with `buses`; returns whether there was one. */
+  serve(buses: Record<AddressSpace, Bus>, vcpuId: number, onUnhandled: (space: AddressSpace, address: number) => void): boolean {
+    const w = this.#words;
+    if (Atomics.load(w, M_STATE) !== MAILBOX_STATE.REQUEST) return false;
+    const flags = w[M_FLAGS]!;
+    const address = (w[M_ADDRESS_HI]! >>> 0) * 0x1_0000_0000 + (w[M_ADDRESS_LO]! >>> 0);
+    const length = Math.min(MAX_ACCESS, Math.max(0, w[M_LENGTH]!));
+    const space: AddressSpace = flags & FLAG_MMIO ? "mmio" : "io";
+    const data = this.#data.subarray(0, length);
+    const handled = flags & FLAG_WRITE ? buses[space].write(address, data, vcpuId) : buses[space].read(address, data, vcpuId);
+    if (!handled) {
+      if (!(flags & FLAG_WRITE)) data.fill(0xff);
+      onUnhandled(space, address);
+    }
+    Atomics.store(w, M_STATE, MAILBOX_STATE.DONE);
+    Atomics.notify(w, M_STATE);
+    return true;
+  }
+
+  /** Control-loop side: releases a waiting vCPU without an answer. */
+  cancel(): void {
+    const w = this.#words;
+    if (Atomics.compareExchange(w, M_STATE, MAILBOX_STATE.REQUEST, MAILBOX_STATE.CANCELLED) === MAILBOX_STATE.REQUEST) {
+      Atomics.notify(w, M_STATE);
+    }
+  }
+}
+
+/** A BusDevice in a vCPU Worker that stands for a device owned by the control loop. */
+export class RemoteBusDevice implements BusDevice {
+  constructor(
+    readonly debugLabel: string,
+    readonly space: AddressSpace,
+    readonly mailbox: BusMailbox,
+    readonly wake: EventFd,
+  ) {}
+
+  read(access: BusAccess, data: Uint8Array): void {
+    if (!this.mailbox.call(this.space, false, access.address, data, this.wake)) data.fill(0xff);
+  }
+
+  write(access: BusAccess, data: Uint8Array): void {
+    this.mailbox.call(this.space, true, access.address, data, this.wake);
+  }
+}

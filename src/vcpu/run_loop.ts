@@ -1,0 +1,112 @@
+// run_loop.ts - a vCPU's loop: KVM_RUN, then dispatch the exit to the Bus, until the vCPU must stop.
+import { KVM_RUN } from "../kvm/kvm_structs.ts";
+import { exitReasonName, KVM_EXIT, KVM_EXIT_IO_OUT, KVM_INTERNAL_ERROR, KVM_SYSTEM_EVENT } from "../kvm/kvm_sys.ts";
+import type { Bus } from "../devices/bus.ts";
+
+const EINTR = 4;
+const EAGAIN = 11;
+/** kvm_run.mmio.data holds at most 8 bytes. */
+const MMIO_DATA_SIZE = 8;
+
+/** Why the loop returned. */
+export type VcpuStop =
+  | { readonly kind: "error"; readonly message: string }
+  | { readonly kind: "guest_exit"; readonly message: string }
+  | { readonly kind: "kicked" };
+
+/** What the loop needs: the run call, the kvm_run page, the buses and the exit flag. */
+export type RunLoopContext = {
+  readonly vcpuId: number;
+  readonly vcpuFd: number;
+  readonly run: (vcpuFd: number) => number;
+  readonly kvmRun: Uint8Array;
+  readonly io: Bus;
+  readonly mmio: Bus;
+  readonly exitRequested: () => boolean;
+};
+
+/**
+ * Runs the vCPU until it stops. The exit flag is checked only after KVM_RUN returns -EINTR (a kick),
+ * so the common exits (port and MMIO accesses) cost one run call and one Bus dispatch.
+ */
+export function runVcpu(ctx: RunLoopContext): VcpuStop {
+  const { vcpuId, vcpuFd, run, kvmRun, io, mmio } = ctx;
+  const view = new DataView(kvmRun.buffer, kvmRun.byteOffset, kvmRun.byteLength);
+  const mmioData = Array.from({ length: MMIO_DATA_SIZE + 1 }, (_, n) => kvmRun.subarray(KVM_RUN.mmio_data, KVM_RUN.mmio_data + n));
+  const ioViews = new Map<number, Uint8Array>();
+  const ioView = (offset: number, size: number): Uint8Array => {
+    const key = offset * 16 + size;
+    let v = ioViews.get(key);
+    if (v === undefined) {
+      v = kvmRun.subarray(offset, offset + size);
+      ioViews.set(key, v);
+    }
+    return v;
+  };
+
+  for (;;) {
+    const reason = run(vcpuFd);
+    if (reason === KVM_EXIT.KVM_EXIT_IO) {
+      const out = kvmRun[KVM_RUN.io_direction] === KVM_EXIT_IO_OUT;
+      const size = kvmRun[KVM_RUN.io_size]!;
+      const port = view.getUint16(KVM_RUN.io_port, true);
+      const count = view.getUint32(KVM_RUN.io_count, true);
+      const offset = view.getUint32(KVM_RUN.io_data_offset, true);
+      if (size === 0 || offset + size * count > kvmRun.byteLength) {
+        return { kind: "error", message: `vCPU ${vcpuId}: KVM reported a malformed port access (size ${size}, count ${count})` };
+      }
+      for (let i = 0; i < count; i++) {
+        const data = ioView(offset + i * size, size);
+        if (out) io.write(port, data, vcpuId);
+        else if (!io.read(port, data, vcpuId)) data.fill(0xff);
+      }
+      continue;
+    }
+    if (reason === KVM_EXIT.KVM_EXIT_MMIO) {
+      const address = Number(view.getBigUint64(KVM_RUN.mmio_phys_addr, true));
+      const length = Math.min(MMIO_DATA_SIZE, view.getUint32(KVM_RUN.mmio_len, true));
+      const data = mmioData[length]!;
+      if (kvmRun[KVM_RUN.mmio_is_write]) mmio.write(address, data, vcpuId);
+      else if (!mmio.read(address, data, vcpuId)) data.fill(0xff);
+      continue;
+    }
+    if (reason === -EINTR || reason === KVM_EXIT.KVM_EXIT_INTR) {
+      if (ctx.exitRequested()) return { kind: "kicked" };
+      continue;
+    }
+    if (reason === -EAGAIN) continue;
+    if (reason < 0) return { kind: "error", message: `vCPU ${vcpuId}: KVM_RUN failed: errno ${-reason}` };
+    return describeStop(vcpuId, reason, view);
+  }
+}
+
+/** Turns an exit the loop does not service into a stop. */
+function describeStop(vcpuId: number, reason: number, view: DataView): VcpuStop {
+  const name = exitReasonName(reason);
+  switch (reason) {
+    case KVM_EXIT.KVM_EXIT_SYSTEM_EVENT: {
+      const type = view.getUint32(KVM_RUN.system_event_type, true);
+      if (type === KVM_SYSTEM_EVENT.KVM_SYSTEM_EVENT_SHUTDOWN || type === KVM_SYSTEM_EVENT.KVM_SYSTEM_EVENT_RESET) {
+        return { kind: "guest_exit", message: `vCPU ${vcpuId}: guest ${type === 1 ? "powered off" : "reset"}` };
+      }
+      return { kind: "error", message: `vCPU ${vcpuId} stopped: ${name} type ${type}` };
+    }
+    case KVM_EXIT.KVM_EXIT_SHUTDOWN:
+      return { kind: "error", message: `vCPU ${vcpuId} stopped: KVM_EXIT_SHUTDOWN (triple fault)` };
+    case KVM_EXIT.KVM_EXIT_FAIL_ENTRY: {
+      const hw = view.getBigUint64(KVM_RUN.fail_entry_hardware_entry_failure_reason, true);
+      return { kind: "error", message: `vCPU ${vcpuId} stopped: KVM_EXIT_FAIL_ENTRY (hardware entry failure reason 0x${hw.toString(16)})` };
+    }
+    case KVM_EXIT.KVM_EXIT_INTERNAL_ERROR: {
+      const suberror = view.getUint32(KVM_RUN.internal_suberror, true);
+      const ndata = Math.min(16, view.getUint32(KVM_RUN.internal_ndata, true));
+      const data = Array.from({ length: ndata }, (_, i) => `0x${view.getBigUint64(KVM_RUN.internal_data + i * 8, true).toString(16)}`);
+      const what = suberror === KVM_INTERNAL_ERROR.KVM_INTERNAL_ERROR_EMULATION ? " (emulation failure)" : "";
+      return { kind: "error", message: `vCPU ${vcpuId} stopped: KVM_EXIT_INTERNAL_ERROR suberror ${suberror}${what}${data.length ? ` data [${data.join(", ")}]` : ""}` };
+    }
+    case KVM_EXIT.KVM_EXIT_HLT:
+      return { kind: "error", message: `vCPU ${vcpuId} stopped: KVM_EXIT_HLT with interrupts the in-kernel irqchip cannot deliver` };
+    default:
+      return { kind: "error", message: `vCPU ${vcpuId} stopped: unexpected ${name}` };
+  }
+}

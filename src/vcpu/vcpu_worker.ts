@@ -1,0 +1,83 @@
+// vcpu_worker.ts - the Worker entry point of one vCPU thread: set up, run the loop, report how it stopped.
+import { sys, vcpu as vcpuFfi } from "../../ffi/mod.ts";
+import { EventFd } from "../base/event_fd.ts";
+import { Bus } from "../devices/bus.ts";
+import { Sink } from "../devices/sink.ts";
+import { Vcpu } from "../kvm/vcpu.ts";
+import { type AddressSpace, BusMailbox, RemoteBusDevice } from "./bus_mailbox.ts";
+import { runVcpu, type VcpuStop } from "./run_loop.ts";
+import { formatRegisters } from "./vcpu_dump.ts";
+import { VCPU_OUTCOME, VcpuShared } from "./vcpu_shared.ts";
+
+declare const self: Worker;
+
+/** A Bus range as the control loop describes it to a Worker: forwarded to it, or a local sink. */
+export type WorkerRange = { readonly base: number; readonly length: number; readonly label: string; readonly kind: "remote" | "sink" };
+
+/** The one message a vCPU Worker receives. */
+export type VcpuWorkerInit = {
+  readonly vcpuId: number;
+  readonly vcpuFd: number;
+  readonly mmapSize: number;
+  readonly shared: SharedArrayBuffer;
+  readonly kickSignal: number;
+  readonly busRequestFd: number;
+  readonly exitFd: number;
+  readonly ranges: Readonly<Record<AddressSpace, readonly WorkerRange[]>>;
+};
+
+const PROT_READ = 1;
+const PROT_WRITE = 2;
+const MAP_SHARED = 1;
+
+function buildBus(space: AddressSpace, ranges: readonly WorkerRange[], mailbox: BusMailbox, wake: EventFd): Bus {
+  const bus = new Bus();
+  for (const r of ranges) {
+    const device = r.kind === "sink" ? new Sink(r.label) : new RemoteBusDevice(r.label, space, mailbox, wake);
+    bus.insert(device, r.base, r.length, true);
+  }
+  return bus;
+}
+
+function start(init: VcpuWorkerInit): void {
+  const shared = new VcpuShared(init.shared);
+  const exitEvent = new EventFd(init.exitFd);
+  let stop: VcpuStop;
+  try {
+    const wake = new EventFd(init.busRequestFd);
+    const mailbox = new BusMailbox(shared, init.vcpuId);
+    const io = buildBus("io", init.ranges.io, mailbox, wake);
+    const mmio = buildBus("mmio", init.ranges.mmio, mailbox, wake);
+    const runAddress = sys.mmap(init.mmapSize, PROT_READ | PROT_WRITE, MAP_SHARED, init.vcpuFd, 0);
+    const kvmRun = new Uint8Array(sys.viewOf(runAddress, init.mmapSize));
+    vcpuFfi.bindVcpuThread(runAddress);
+    // Publish the tid before the first exit-flag check: a kick is then either seen or delivered.
+    shared.markRunning(init.vcpuId, sys.gettid());
+    stop = shared.exitRequested
+      ? { kind: "kicked" }
+      : runVcpu({
+        vcpuId: init.vcpuId, vcpuFd: init.vcpuFd, run: vcpuFfi.vcpuRun, kvmRun, io, mmio,
+        exitRequested: () => shared.exitRequested,
+      });
+  } catch (e) {
+    stop = { kind: "error", message: `vCPU ${init.vcpuId}: ${e instanceof Error ? e.message : String(e)}` };
+  }
+  let report = stop.kind === "kicked" ? "" : stop.message;
+  if (stop.kind === "error") {
+    try {
+      const vcpu = new Vcpu(init.vcpuId, init.vcpuFd);
+      report += `\n${formatRegisters(vcpu.getRegs(), vcpu.getSregs())}`;
+    } catch (e) {
+      report += `\n(registers unavailable: ${e instanceof Error ? e.message : String(e)})`;
+    }
+  }
+  const outcome = stop.kind === "kicked" ? VCPU_OUTCOME.KICKED : stop.kind === "guest_exit" ? VCPU_OUTCOME.GUEST_EXIT : VCPU_OUTCOME.ERROR;
+  shared.markStopped(init.vcpuId, outcome, report);
+  exitEvent.signal();
+}
+
+self.onmessage = (event: MessageEvent<VcpuWorkerInit>) => {
+  start(event.data);
+  self.onmessage = null;
+  process.exit(0);
+};

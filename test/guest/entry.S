@@ -1,0 +1,120 @@
+/* entry.S - the test guest's entry points: the Linux 64-bit boot protocol entry (ELF e_entry), a PVH
+ * entry (32-bit, for QEMU -kernel), and the real-mode AP trampoline that reports each AP's APIC id. */
+
+#define XEN_ELFNOTE_PHYS32_ENTRY 18
+#define MSR_EFER 0xc0000080
+
+	.section .note.pvh, "a"
+	.balign 4
+	.long 4			/* name size: "Xen\0" */
+	.long 4			/* descriptor size */
+	.long XEN_ELFNOTE_PHYS32_ENTRY
+	.asciz "Xen"
+	.long pvh_start32
+
+	.section .text.entry, "ax"
+	.code64
+	.globl _start64
+/* Linux 64-bit boot protocol: long mode, identity paging, RSI = zero page. */
+_start64:
+	cli
+	lea stack_top(%rip), %rsp
+	mov %rsi, %rdi		/* zero page */
+	xor %esi, %esi		/* no PVH start_info */
+	call guest_main
+1:	cli
+	hlt
+	jmp 1b
+
+	.code32
+/* PVH: 32-bit protected mode, paging off, EBX = hvm_start_info. Build 1:1 tables for 4 GiB, enter long mode. */
+pvh_start32:
+	cli
+	mov %ebx, %esi
+	/* PML4[0] -> PDPT; PDPT[0..3] -> four page directories of 2 MiB pages */
+	lea pvh_pdpt, %eax
+	or $3, %eax
+	mov %eax, pvh_pml4
+	xor %ecx, %ecx
+2:	lea pvh_pd, %eax
+	mov %ecx, %edx
+	shl $12, %edx
+	add %edx, %eax
+	or $3, %eax
+	mov %eax, pvh_pdpt(,%ecx,8)
+	inc %ecx
+	cmp $4, %ecx
+	jne 2b
+	xor %ecx, %ecx
+3:	mov %ecx, %eax
+	shl $21, %eax
+	or $0x83, %eax		/* present, writable, 2 MiB page */
+	mov %eax, pvh_pd(,%ecx,8)
+	mov %ecx, %eax
+	shr $11, %eax		/* high dword: bits 32+ of the frame (entry index / 2048) */
+	mov %eax, pvh_pd+4(,%ecx,8)
+	inc %ecx
+	cmp $2048, %ecx
+	jne 3b
+	lea pvh_pml4, %eax
+	mov %eax, %cr3
+	mov %cr4, %eax
+	or $0x20, %eax		/* PAE */
+	mov %eax, %cr4
+	mov $MSR_EFER, %ecx
+	rdmsr
+	or $0x100, %eax		/* LME */
+	wrmsr
+	mov %cr0, %eax
+	or $0x80000001, %eax	/* PG | PE */
+	mov %eax, %cr0
+	lgdt pvh_gdt_desc
+	ljmp $0x08, $pvh_start64
+
+	.code64
+pvh_start64:
+	mov $0x10, %ax
+	mov %ax, %ds
+	mov %ax, %es
+	mov %ax, %ss
+	lea stack_top(%rip), %rsp
+	xor %edi, %edi		/* no zero page */
+	mov %esi, %esi		/* start_info, zero-extended */
+	call guest_main
+4:	cli
+	hlt
+	jmp 4b
+
+/* AP trampoline, copied to a page below 1 MiB and started by SIPI in real mode (CS = page >> 4, IP = 0):
+ * reads its APIC id with CPUID and sets ap_flags[id] at AP_FLAGS_ADDRESS, then halts. */
+	.code16
+	.globl ap_trampoline, ap_trampoline_end
+ap_trampoline:
+	cli
+	xor %ax, %ax
+	mov %ax, %ds
+	mov $1, %eax
+	cpuid
+	shr $24, %ebx
+	movb $1, 0x5000(%bx)	/* AP_FLAGS_ADDRESS in guest.c */
+5:	hlt
+	jmp 5b
+ap_trampoline_end:
+
+	.section .rodata
+	.balign 8
+pvh_gdt:
+	.quad 0
+	.quad 0x00af9b000000ffff	/* 0x08: 64-bit code */
+	.quad 0x00cf93000000ffff	/* 0x10: data */
+pvh_gdt_desc:
+	.word pvh_gdt_desc - pvh_gdt - 1
+	.long pvh_gdt
+
+	.section .bss
+	.balign 4096
+pvh_pml4:	.skip 4096
+pvh_pdpt:	.skip 4096
+pvh_pd:		.skip 4 * 4096
+stack:		.skip 16384
+stack_top:

@@ -1,0 +1,278 @@
+/* guest.c - tsvm's test guest: checks from inside the VM what the VMM promises, one line per check.
+ *
+ * Command-line options (from the zero page, or PVH start_info under QEMU):
+ *   tsvm.mode=spin        after the checks, halt forever instead of resetting (control tests)
+ *   tsvm.fault=triple     take an exception with no IDT (a triple fault) to test error reports
+ *   tsvm.bench=pio:N      N writes to port 0x80, then print TSC cycles per exit and reset
+ *   tsvm.bench=mmio:N     N writes to the unbacked MMIO address 0xd0000000, likewise
+ */
+#include <stdint.h>
+#include <stddef.h>
+
+#define COM1 0x3f8
+#define ZP_E820_ENTRIES 0x1e8
+#define ZP_BOOT_FLAG 0x1fe
+#define ZP_HEADER 0x202
+#define ZP_TYPE_OF_LOADER 0x210
+#define ZP_CMD_LINE_PTR 0x228
+#define ZP_E820_TABLE 0x2d0
+#define PVH_MAGIC 0x336ec578
+#define LAPIC_BASE 0xfee00000UL
+#define LAPIC_SVR 0xf0
+#define LAPIC_ICR_LOW 0x300
+#define LAPIC_ICR_HIGH 0x310
+#define AP_TRAMPOLINE_ADDRESS 0x3000
+#define AP_FLAGS_ADDRESS 0x5000
+#define MMIO_BENCH_ADDRESS 0xd0000000UL
+#define MAX_CPUS 256
+
+static inline void outb(uint16_t port, uint8_t v) { __asm__ volatile("outb %0, %1" ::"a"(v), "Nd"(port)); }
+static inline uint8_t inb(uint16_t port) { uint8_t v; __asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(port)); return v; }
+static inline uint64_t rdtsc(void) { uint32_t lo, hi; __asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi)); return ((uint64_t)hi << 32) | lo; }
+static inline void mmio_write32(uintptr_t a, uint32_t v) { *(volatile uint32_t *)a = v; }
+static inline uint32_t mmio_read32(uintptr_t a) { return *(volatile uint32_t *)a; }
+
+void *memcpy(void *dst, const void *src, size_t n) { uint8_t *d = dst; const uint8_t *s = src; while (n--) *d++ = *s++; return dst; }
+void *memset(void *dst, int c, size_t n) { uint8_t *d = dst; while (n--) *d++ = (uint8_t)c; return dst; }
+
+/* ---- output ---- */
+static void putc_serial(char c)
+{
+	for (int i = 0; i < 100000 && !(inb(COM1 + 5) & 0x20); i++)
+		;
+	outb(COM1, (uint8_t)c);
+}
+static void puts_(const char *s) { while (*s) { if (*s == '\n') putc_serial('\r'); putc_serial(*s++); } }
+static void putu(uint64_t v) { char b[21]; int i = 20; b[i] = 0; do { b[--i] = (char)('0' + v % 10); v /= 10; } while (v); puts_(b + i); }
+static void putx(uint64_t v) { char b[19]; int i = 18; b[i] = 0; do { b[--i] = "0123456789abcdef"[v & 15]; v >>= 4; } while (v); b[--i] = 'x'; b[--i] = '0'; puts_(b + i); }
+static void put2(unsigned v) { putc_serial((char)('0' + v / 10 % 10)); putc_serial((char)('0' + v % 10)); }
+
+static int passed, failed;
+static void result(int ok, const char *name, const char *detail)
+{
+	puts_(ok ? "ok   " : "FAIL ");
+	puts_(name);
+	puts_(": ");
+	puts_(detail);
+	puts_("\n");
+	if (ok) passed++; else failed++;
+}
+
+/* ---- command line ---- */
+static const char *cmdline = "";
+static const char *option(const char *key)
+{
+	for (const char *p = cmdline; *p; p++) {
+		if (p != cmdline && p[-1] != ' ')
+			continue;
+		const char *k = key, *q = p;
+		while (*k && *q == *k) { k++; q++; }
+		if (!*k && *q == '=')
+			return q + 1;
+	}
+	return NULL;
+}
+static int option_is(const char *key, const char *value)
+{
+	const char *v = option(key);
+	if (!v) return 0;
+	while (*value && *v == *value) { v++; value++; }
+	return !*value && (*v == 0 || *v == ' ');
+}
+static uint64_t parse_u64(const char *s) { uint64_t v = 0; while (*s >= '0' && *s <= '9') v = v * 10 + (uint64_t)(*s++ - '0'); return v; }
+
+/* ---- checks ---- */
+static uint64_t ram_bytes;
+
+static void check_zero_page(const uint8_t *zp)
+{
+	int ok = *(const uint16_t *)(zp + ZP_BOOT_FLAG) == 0xaa55 && *(const uint32_t *)(zp + ZP_HEADER) == 0x53726448 &&
+		 zp[ZP_TYPE_OF_LOADER] == 0xff && *(const uint32_t *)(zp + ZP_CMD_LINE_PTR) != 0;
+	result(ok, "zero-page", "boot flag 0xaa55, HdrS header, loader 0xff, command line pointer");
+}
+
+static void check_e820(const uint8_t *zp)
+{
+	unsigned n = zp[ZP_E820_ENTRIES];
+	int ok = n > 0 && n <= 128, low = 0, high = 0;
+	uint64_t prev_end = 0;
+	for (unsigned i = 0; i < n && i < 128; i++) {
+		const uint8_t *e = zp + ZP_E820_TABLE + i * 20;
+		uint64_t addr = *(const uint64_t *)e, size = *(const uint64_t *)(e + 8);
+		uint32_t type = *(const uint32_t *)(e + 16);
+		puts_("     e820 "); putx(addr); puts_("-"); putx(addr + size); puts_(type == 1 ? " RAM\n" : " reserved\n");
+		if (addr < prev_end || size == 0) ok = 0;
+		prev_end = addr + size;
+		if (type == 1) {
+			ram_bytes += size;
+			if (addr == 0) low = 1;
+			if (addr <= 0x100000 && addr + size > 0x100000) high = 1;
+		}
+	}
+	puts_("     e820 ram "); putu(ram_bytes >> 10); puts_(" KiB\n");
+	result(ok && low && high, "e820", "sorted, non-overlapping, RAM at 0 and at 1 MiB");
+}
+
+static void check_serial(void)
+{
+	int ok = 1;
+	outb(COM1 + 7, 0x5a); ok &= inb(COM1 + 7) == 0x5a;	/* scratch */
+	outb(COM1 + 7, 0xa5); ok &= inb(COM1 + 7) == 0xa5;
+	ok &= (inb(COM1 + 5) & 0x60) == 0x60;			/* THRE and TEMT */
+	outb(COM1 + 1, 0); ok &= (inb(COM1 + 2) & 0x0f) == 0x01;	/* no interrupt pending */
+	uint8_t mcr = inb(COM1 + 4);
+	outb(COM1 + 4, 0x1a);					/* loopback, OUT2, RTS */
+	ok &= (inb(COM1 + 6) & 0xf0) == 0x90;			/* DCD and CTS follow OUT2 and RTS */
+	while (inb(COM1 + 5) & 1) (void)inb(COM1);
+	outb(COM1, 0x42);
+	ok &= (inb(COM1 + 5) & 1) && inb(COM1) == 0x42;		/* the byte comes back */
+	outb(COM1 + 4, mcr);
+	result(ok, "serial", "scratch register, LSR, IIR, loopback and MSR wiring");
+}
+
+static uint8_t cmos_read(uint8_t reg) { outb(0x70, reg); return inb(0x71); }
+static unsigned bcd(uint8_t v) { return (v >> 4) * 10 + (v & 15); }
+static int valid_bcd(uint8_t v) { return (v >> 4) < 10 && (v & 15) < 10; }
+
+static void check_cmos(void)
+{
+	uint8_t b = cmos_read(0x0b), d = cmos_read(0x0d);
+	uint8_t s = cmos_read(0), m = cmos_read(2), h = cmos_read(4), day = cmos_read(7), mon = cmos_read(8), yr = cmos_read(9), cen = cmos_read(0x32);
+	int ok = (b & 0x06) == 0x02 && (d & 0x80) && valid_bcd(s) && valid_bcd(m) && valid_bcd(h) && valid_bcd(day) &&
+		 valid_bcd(mon) && valid_bcd(yr) && bcd(mon) >= 1 && bcd(mon) <= 12 && bcd(h) < 24;
+	puts_("     cmos time "); put2(bcd(cen)); put2(bcd(yr)); puts_("-"); put2(bcd(mon)); puts_("-"); put2(bcd(day));
+	puts_(" "); put2(bcd(h)); puts_(":"); put2(bcd(m)); puts_(":"); put2(bcd(s)); puts_(" UTC\n");
+	result(ok, "cmos", "BCD 24-hour clock, valid RAM flag, sane date");
+}
+
+static int i8042_read(uint8_t *out)
+{
+	for (int i = 0; i < 100000; i++)
+		if (inb(0x64) & 1) { *out = inb(0x60); return 1; }
+	return 0;
+}
+
+static void check_i8042(void)
+{
+	uint8_t v = 0, ctr = 0;
+	outb(0x64, 0xaa);
+	int ok = i8042_read(&v) && v == 0x55;
+	outb(0x64, 0x20);
+	ok &= i8042_read(&ctr);
+	result(ok, "i8042", "controller self test answers 0x55, command byte readable");
+}
+
+static uint8_t apic_ids[MAX_CPUS];
+static unsigned mp_cpus;
+
+static int sum_ok(const uint8_t *p, unsigned len) { uint8_t s = 0; for (unsigned i = 0; i < len; i++) s += p[i]; return s == 0; }
+
+static const uint8_t *find_mpf(uintptr_t start, uintptr_t end)
+{
+	for (uintptr_t a = start; a + 16 <= end; a += 16) {
+		const uint8_t *p = (const uint8_t *)a;
+		if (p[0] == '_' && p[1] == 'M' && p[2] == 'P' && p[3] == '_' && sum_ok(p, 16))
+			return p;
+	}
+	return NULL;
+}
+
+static void check_mptable(void)
+{
+	const uint8_t *mpf = find_mpf(0x9fc00, 0xa0000);
+	if (!mpf) mpf = find_mpf(0xf0000, 0x100000);
+	if (!mpf) { result(0, "mptable", "no _MP_ floating pointer in the EBDA or BIOS area"); return; }
+	const uint8_t *cfg = (const uint8_t *)(uintptr_t)*(const uint32_t *)(mpf + 4);
+	uint16_t len = *(const uint16_t *)(cfg + 4), count = *(const uint16_t *)(cfg + 34);
+	int ok = cfg[0] == 'P' && cfg[1] == 'C' && cfg[2] == 'M' && cfg[3] == 'P' && sum_ok(cfg, len);
+	const uint8_t *e = cfg + 44;
+	int bsp = 0, ioapic = 0;
+	for (unsigned i = 0; ok && i < count; i++) {
+		if (e[0] == 0) {
+			if (mp_cpus < MAX_CPUS) apic_ids[mp_cpus++] = e[1];
+			if (e[3] & 2) bsp++;
+			e += 20;
+		} else {
+			if (e[0] == 2 && *(const uint32_t *)(e + 4) == 0xfec00000) ioapic = 1;
+			e += 8;
+		}
+	}
+	puts_("     mptable cpus "); putu(mp_cpus); puts_("\n");
+	result(ok && bsp == 1 && ioapic && mp_cpus > 0, "mptable", "checksums, one boot CPU, IOAPIC at 0xfec00000");
+}
+
+static void check_smp(void)
+{
+	volatile uint8_t *flags = (volatile uint8_t *)AP_FLAGS_ADDRESS;
+	extern const uint8_t ap_trampoline[], ap_trampoline_end[];
+	memcpy((void *)AP_TRAMPOLINE_ADDRESS, ap_trampoline, (size_t)(ap_trampoline_end - ap_trampoline));
+	for (unsigned i = 0; i < MAX_CPUS; i++) flags[i] = 0;
+	mmio_write32(LAPIC_BASE + LAPIC_SVR, 0x1ff);	/* software-enable the local APIC */
+	unsigned online = 1;
+	for (unsigned i = 0; i < mp_cpus; i++) {
+		uint8_t id = apic_ids[i];
+		if (id == 0) continue;
+		mmio_write32(LAPIC_BASE + LAPIC_ICR_HIGH, (uint32_t)id << 24);
+		mmio_write32(LAPIC_BASE + LAPIC_ICR_LOW, 0x4500);	/* INIT */
+		for (int k = 0; k < 2; k++) {
+			mmio_write32(LAPIC_BASE + LAPIC_ICR_HIGH, (uint32_t)id << 24);
+			mmio_write32(LAPIC_BASE + LAPIC_ICR_LOW, 0x4600 | (AP_TRAMPOLINE_ADDRESS >> 12));	/* SIPI */
+		}
+		for (uint64_t spin = 0; spin < 50000000 && !flags[id]; spin++)
+			__asm__ volatile("pause");
+		if (flags[id]) online++;
+	}
+	puts_("     smp online "); putu(online); puts_(" of "); putu(mp_cpus); puts_("\n");
+	result(online == mp_cpus, "smp", "every CPU in the MP table answered INIT/SIPI");
+}
+
+static void bench(const char *spec)
+{
+	int mmio = spec[0] == 'm';
+	while (*spec && *spec != ':') spec++;
+	uint64_t n = *spec ? parse_u64(spec + 1) : 100000;
+	uint64_t t0 = rdtsc();
+	if (mmio)
+		for (uint64_t i = 0; i < n; i++) mmio_write32(MMIO_BENCH_ADDRESS, (uint32_t)i);
+	else
+		for (uint64_t i = 0; i < n; i++) outb(0x80, (uint8_t)i);
+	uint64_t t1 = rdtsc();
+	puts_(mmio ? "bench mmio exits " : "bench pio exits "); putu(n);
+	puts_(" tsc-per-exit "); putu((t1 - t0) / (n ? n : 1)); puts_("\n");
+}
+
+static void reset(void)
+{
+	outb(0x64, 0xfe);
+	for (;;) __asm__ volatile("cli; hlt");
+}
+
+void guest_main(const uint8_t *zero_page, const uint8_t *pvh_start_info)
+{
+	if (zero_page)
+		cmdline = (const char *)(uintptr_t)*(const uint32_t *)(zero_page + ZP_CMD_LINE_PTR);
+	else if (pvh_start_info && *(const uint32_t *)pvh_start_info == PVH_MAGIC)
+		cmdline = (const char *)(uintptr_t)*(const uint64_t *)(pvh_start_info + 24);
+	puts_(zero_page ? "tsvm-guest: booted by the Linux 64-bit boot protocol\n" : "tsvm-guest: booted by PVH\n");
+	puts_("     cmdline \""); puts_(cmdline); puts_("\"\n");
+
+	const char *b = option("tsvm.bench");
+	if (b) { bench(b); reset(); }
+	if (option_is("tsvm.fault", "triple")) {
+		puts_("tsvm-guest: faulting on purpose\n");
+		__asm__ volatile("lidt %0; ud2" :: "m"((struct { uint16_t l; uint64_t b; } __attribute__((packed))){0, 0}));
+	}
+	if (zero_page) {
+		check_zero_page(zero_page);
+		check_e820(zero_page);
+	}
+	check_serial();
+	check_cmos();
+	check_i8042();
+	check_mptable();
+	if (mp_cpus > 1) check_smp();
+	puts_("tsvm-guest: "); putu((uint64_t)passed); puts_(" passed, "); putu((uint64_t)failed); puts_(" failed\n");
+	if (option_is("tsvm.mode", "spin"))
+		for (;;) __asm__ volatile("cli; hlt");
+	reset();
+}
