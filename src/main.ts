@@ -19,17 +19,17 @@ export async function main(argv: readonly string[]): Promise<number> {
         .positional("kernel", { type: "string", describe: "kernel image: ELF vmlinux or bzImage" })
         .option("mem", { alias: "m", type: "string", describe: "guest memory: MiB, or a size with K/M/G/T (default 256)" })
         .option("cpus", { alias: "c", type: "string", describe: "number of vCPUs (default 1)" })
-        .option("params", { alias: "p", type: "string", array: true, describe: "kernel command line parameters (repeatable)" })
+        .option("params", { alias: "p", type: "string", describe: "kernel command line parameters (repeatable)" })
         .option("initrd", { alias: "i", type: "string", describe: "initial ramdisk loaded for the kernel" })
         .option("serial", {
-          type: "string", array: true,
+          type: "string",
           describe: "serial port: type=stdout|file|sink,num=1..4[,path=P][,console=true][,stdin=true] (repeatable)",
         })
         .option("log-level", { type: "string", describe: "error, warn, info or debug (default warn)" }),
       async (args) => {
         const raw: RawRunOptions = {
           kernel: args.kernel, initrd: args.initrd, mem: args.mem, cpus: args.cpus,
-          params: args.params?.map(String), serial: args.serial?.map(String), logLevel: args["log-level"],
+          params: repeated(args.params), serial: repeated(args.serial), logLevel: args["log-level"],
         };
         const config = parseRunConfig(raw);
         code = await runVm(config);
@@ -64,6 +64,12 @@ export async function main(argv: readonly string[]): Promise<number> {
     return EXIT_CODE.VM_ERROR;
   }
   return code ?? 0;
+}
+
+/** Returns a repeatable flag's values as a list (yargs gives a string for one use, an array for several). */
+function repeated(value: unknown): string[] | undefined {
+  if (value === undefined) return undefined;
+  return (Array.isArray(value) ? value : [value]).map(String);
 }
 
 /** Errors about the files the user named (missing kernel, malformed image): usage errors, exit 2. */
