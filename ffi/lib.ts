@@ -63,7 +63,7 @@ function libraryPath(): string {
   if (fd < 0) throw new Error("failed to create a memfd for libtsvm.so");
   let done = 0;
   while (done < bytes.length) {
-    const n = libc.symbols.write(fd, ptr(bytes, done), bytes.length - done);
+    const n = Number(libc.symbols.write(fd, ptr(bytes, done), bytes.length - done));
     if (n <= 0) throw new Error("failed to copy libtsvm.so into a memfd");
     done += n;
   }

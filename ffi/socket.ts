@@ -14,10 +14,10 @@ export function seqpacketPair(): [number, number] {
 
 /** Sends one datagram of `len` bytes with `fds` attached; returns the bytes sent or -errno. */
 export function sendWithFds(fd: number, buf: Uint8Array, len: number, fds: Int32Array): number {
-  return native.tsvm_send_with_fds(fd, buf, len, fds.length > 0 ? fds : null, fds.length);
+  return Number(native.tsvm_send_with_fds(fd, buf, len, fds.length > 0 ? fds : null, fds.length));
 }
 
 /** Receives one datagram; fds land in `fdsOut`, their count in `countOut[0]`; returns bytes or -errno. */
 export function recvWithFds(fd: number, buf: Uint8Array, fdsOut: Int32Array, countOut: Int32Array): number {
-  return native.tsvm_recv_with_fds(fd, buf, buf.byteLength, fdsOut, fdsOut.length, countOut);
+  return Number(native.tsvm_recv_with_fds(fd, buf, buf.byteLength, fdsOut, fdsOut.length, countOut));
 }

@@ -4,7 +4,7 @@ import { checked } from "../src/base/errno.ts";
 import { native } from "./lib.ts";
 
 /** A buffer the C side may read or write for the duration of one call. */
-export type NativeBuffer = ArrayBufferView | ArrayBuffer;
+export type NativeBuffer = Uint8Array | Int32Array | BigUint64Array | BigInt64Array;
 
 const cString = (s: string): Buffer => Buffer.from(`${s}\0`);
 
@@ -20,22 +20,22 @@ export function close(fd: number): void {
 
 /** Reads up to `buf.byteLength` bytes; returns the count or -errno. */
 export function readRaw(fd: number, buf: Uint8Array, len = buf.byteLength): number {
-  return native.tsvm_read(fd, buf, len);
+  return Number(native.tsvm_read(fd, buf, len));
 }
 
 /** Writes `len` bytes of `buf`; returns the count or -errno. */
 export function writeRaw(fd: number, buf: Uint8Array, len = buf.byteLength): number {
-  return native.tsvm_write(fd, buf, len);
+  return Number(native.tsvm_write(fd, buf, len));
 }
 
 /** Reads into `buf` at file offset `offset`; returns the count or -errno. */
 export function preadRaw(fd: number, buf: Uint8Array, offset: number): number {
-  return native.tsvm_pread(fd, buf, buf.byteLength, offset);
+  return Number(native.tsvm_pread(fd, buf, buf.byteLength, offset));
 }
 
 /** Writes `buf` at file offset `offset`; returns the count or -errno. */
 export function pwriteRaw(fd: number, buf: Uint8Array, offset: number): number {
-  return native.tsvm_pwrite(fd, buf, buf.byteLength, offset);
+  return Number(native.tsvm_pwrite(fd, buf, buf.byteLength, offset));
 }
 
 /** Returns the size in bytes of the file behind `fd`. */

@@ -16,28 +16,28 @@ for (const line of facts.trim().split("\n")) {
 describe("KVM struct layouts match gcc", () => {
   for (const [name, layout] of Object.entries(LAYOUTS)) {
     test(`${name} size and offsets`, () => {
-      const ours = Object.fromEntries(Object.entries(layout));
+      const ours: Record<string, number | undefined> = Object.fromEntries(Object.entries(layout));
       const gccs = Object.fromEntries(Object.keys(layout).map((k) => [k, structs.get(`${name}.${k}`)]));
       expect(ours).toEqual(gccs);
     });
   }
   test("kvm_run offsets", () => {
     const gccs = Object.fromEntries(Object.keys(KVM_RUN).map((k) => [k, structs.get(`kvm_run.${k}`)]));
-    expect({ ...KVM_RUN }).toEqual(gccs);
+    expect({ ...KVM_RUN } as Record<string, number | undefined>).toEqual(gccs);
   });
 });
 
 describe("KVM constants match <linux/kvm.h>", () => {
   test("ioctl request numbers", () => {
     const gccs = Object.fromEntries(Object.keys(KVM_IOCTL).map((k) => [k, constants.get(k)]));
-    expect({ ...KVM_IOCTL }).toEqual(gccs);
+    expect({ ...KVM_IOCTL } as Record<string, number | undefined>).toEqual(gccs);
   });
   test("capability numbers", () => {
     const gccs = Object.fromEntries(Object.keys(KVM_CAP).map((k) => [k, constants.get(k)]));
-    expect({ ...KVM_CAP }).toEqual(gccs);
+    expect({ ...KVM_CAP } as Record<string, number | undefined>).toEqual(gccs);
   });
   test("exit reasons tsvm handles", () => {
     const checked = ["KVM_EXIT_IO", "KVM_EXIT_MMIO", "KVM_EXIT_SHUTDOWN", "KVM_EXIT_FAIL_ENTRY", "KVM_EXIT_INTERNAL_ERROR", "KVM_EXIT_SYSTEM_EVENT", "KVM_EXIT_HLT", "KVM_EXIT_INTR"] as const;
-    expect(Object.fromEntries(checked.map((k) => [k, KVM_EXIT[k]]))).toEqual(Object.fromEntries(checked.map((k) => [k, constants.get(k)])));
+    expect(Object.fromEntries(checked.map((k): [string, number | undefined] => [k, KVM_EXIT[k]]))).toEqual(Object.fromEntries(checked.map((k) => [k, constants.get(k)])));
   });
 });

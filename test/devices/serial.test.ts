@@ -1,0 +1,112 @@
+import { describe, expect, test } from "bun:test";
+import type { BusAccess } from "../../src/devices/bus.ts";
+import { RecordingIrqLine } from "../../src/devices/interrupt.ts";
+import { Serial, type SerialOutput } from "../../src/devices/serial.ts";
+
+const THR = 0, IER = 1, IIR = 2, FCR = 2, LCR = 3, MCR = 4, LSR = 5, MSR = 6, SCR = 7;
+
+class Capture implements SerialOutput {
+  bytes: number[] = [];
+  write(b: Uint8Array): void {
+    this.bytes.push(...b);
+  }
+}
+
+function uart() {
+  const irq = new RecordingIrqLine();
+  const out = new Capture();
+  const serial = new Serial("test", irq, out);
+  const access = (offset: number): BusAccess => ({ offset, address: 0x3f8 + offset, vcpuId: 0 });
+  const read = (offset: number): number => {
+    const d = new Uint8Array(1);
+    serial.read(access(offset), d);
+    return d[0]!;
+  };
+  const write = (offset: number, value: number): void => serial.write(access(offset), Uint8Array.of(value));
+  return { serial, irq, out, read, write };
+}
+
+describe("Serial", () => {
+  test("THR writes go to the output and THR stays empty", () => {
+    const u = uart();
+    u.write(THR, 0x41);
+    u.write(THR, 0x42);
+    expect(u.out.bytes).toEqual([0x41, 0x42]);
+    expect(u.read(LSR) & 0x60).toBe(0x60);
+  });
+
+  test("the scratch register keeps what was written", () => {
+    const u = uart();
+    u.write(SCR, 0xa5);
+    expect(u.read(SCR)).toBe(0xa5);
+  });
+
+  test("DLAB switches offsets 0 and 1 to the divisor latch", () => {
+    const u = uart();
+    u.write(LCR, 0x83);
+    u.write(THR, 0x0c);
+    u.write(IER, 0x00);
+    expect([u.read(THR), u.read(IER)]).toEqual([0x0c, 0x00]);
+    u.write(LCR, 0x03);
+    expect(u.out.bytes).toEqual([]);
+  });
+
+  test("enabling the THRE interrupt raises it; reading IIR acknowledges it", () => {
+    const u = uart();
+    u.write(IER, 0x02);
+    expect(u.irq.level).toBe(true);
+    expect(u.read(IIR) & 0x0f).toBe(0x02);
+    expect(u.irq.level).toBe(false);
+    expect(u.read(IIR) & 0x0f).toBe(0x01);
+  });
+
+  test("a THR write re-arms the THRE interrupt", () => {
+    const u = uart();
+    u.write(IER, 0x02);
+    u.read(IIR);
+    u.write(THR, 0x30);
+    expect(u.irq.level).toBe(true);
+  });
+
+  test("host input sets DR and raises the receive interrupt until read", () => {
+    const u = uart();
+    u.write(IER, 0x01);
+    expect(u.serial.queueInput(Uint8Array.of(0x61))).toBe(1);
+    expect(u.read(LSR) & 0x01).toBe(1);
+    expect(u.read(IIR) & 0x0f).toBe(0x04);
+    expect(u.read(THR)).toBe(0x61);
+    expect(u.read(LSR) & 0x01).toBe(0);
+    expect(u.irq.level).toBe(false);
+  });
+
+  test("with the FIFO enabled, 16 bytes wait in the receiver", () => {
+    const u = uart();
+    u.write(FCR, 0x01);
+    u.serial.queueInput(new Uint8Array(20).map((_, i) => i));
+    const got = Array.from({ length: 20 }, () => u.read(THR));
+    expect(got).toEqual(Array.from({ length: 20 }, (_, i) => i));
+    expect(u.read(IIR) & 0xc0).toBe(0xc0);
+  });
+
+  test("loopback returns transmitted bytes and wires MCR to MSR", () => {
+    const u = uart();
+    u.write(MCR, 0x1a);
+    expect(u.read(MSR) & 0xf0).toBe(0x90);
+    u.write(THR, 0x42);
+    expect(u.out.bytes).toEqual([]);
+    expect(u.read(THR)).toBe(0x42);
+  });
+
+  test("a full receiver reports overrun in LSR, cleared by reading it", () => {
+    const u = uart();
+    u.write(MCR, 0x10);
+    u.write(THR, 1);
+    u.write(THR, 2);
+    expect(u.read(LSR) & 0x02).toBe(0x02);
+    expect(u.read(LSR) & 0x02).toBe(0);
+  });
+
+  test("the default modem status is a connected line", () => {
+    expect(uart().read(MSR)).toBe(0xb0);
+  });
+});
