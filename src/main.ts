@@ -56,10 +56,6 @@ export async function main(argv: readonly string[]): Promise<number> {
       log.error(e.message);
       return EXIT_CODE.USAGE;
     }
-    if (isUserInputError(e)) {
-      log.error(e.message);
-      return EXIT_CODE.USAGE;
-    }
     log.error(e instanceof Error ? e.message : String(e));
     return EXIT_CODE.VM_ERROR;
   }
@@ -72,12 +68,5 @@ function repeated(value: unknown): string[] | undefined {
   return (Array.isArray(value) ? value : [value]).map(String);
 }
 
-/** Errors about the files the user named (missing kernel, malformed image): usage errors, exit 2. */
-function isUserInputError(e: unknown): e is Error {
-  if (!(e instanceof Error)) return false;
-  if (e.name === "KernelLoaderError") return true;
-  const code = (e as NodeJS.ErrnoException).code;
-  return code === "ENOENT" || code === "EISDIR" || code === "EACCES";
-}
 
 if (import.meta.main) process.exit(await main(Bun.argv.slice(2)));

@@ -7,7 +7,8 @@ import { log, logOnce, setLogLevel } from "./base/log.ts";
 import { WaitContext } from "./base/wait_context.ts";
 import { buildVm, type BuiltVm } from "./arch/x86_64/build_vm.ts";
 import { lowMemoryEnd } from "./arch/x86_64/layout.ts";
-import { type Config, kernelCmdline } from "./config.ts";
+import { type Config, ConfigError, kernelCmdline } from "./config.ts";
+import { KernelLoaderError } from "./arch/x86_64/kernel_image.ts";
 import { Bus } from "./devices/bus.ts";
 import { Cmos, CMOS_INDEX_PORT } from "./devices/cmos.ts";
 import { I8042, I8042_COMMAND_PORT, I8042_DATA_PORT } from "./devices/i8042.ts";
@@ -45,20 +46,32 @@ const yieldToEventLoop = (): Promise<void> => new Promise((resolve) => setImmedi
 /** Runs the VM described by `config`; resolves to the process exit code. */
 export async function runVm(config: Config): Promise<number> {
   setLogLevel(config.logLevel);
-  const kernel = config.kernel === null ? builtinGuest() : readFileSync(config.kernel);
-  const initrd = config.initrd === null ? null : readFileSync(config.initrd);
+  const kernel = config.kernel === null ? builtinGuest() : readUserFile("kernel", config.kernel);
+  const initrd = config.initrd === null ? null : readUserFile("initrd", config.initrd);
   using kvm = Kvm.open();
-  const built = buildVm(kvm, {
-    memorySize: config.memorySize,
-    cpus: config.cpus,
-    kernel: new Uint8Array(kernel.buffer, kernel.byteOffset, kernel.byteLength),
-    initrd: initrd ? new Uint8Array(initrd.buffer, initrd.byteOffset, initrd.byteLength) : null,
-    cmdline: kernelCmdline(config),
-  });
+  let built: BuiltVm;
+  try {
+    built = buildVm(kvm, { memorySize: config.memorySize, cpus: config.cpus, kernel, initrd, cmdline: kernelCmdline(config) });
+  } catch (e) {
+    if (!(e instanceof KernelLoaderError)) throw e;
+    const what = e.kind === "initrd_does_not_fit" ? `initrd ${config.initrd}` : `kernel ${config.kernel ?? "(built-in)"}`;
+    throw new ConfigError(`failed to load ${what}: ${e.message}`, { cause: e });
+  }
   try {
     return await new VmRunner(config, built).run();
   } finally {
     built.close();
+  }
+}
+
+/** Reads a file the user named; a failure is a usage error that names the file. */
+function readUserFile(what: string, path: string): Uint8Array {
+  try {
+    const bytes = readFileSync(path);
+    return new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  } catch (e) {
+    const reason = (e as NodeJS.ErrnoException).code ?? (e instanceof Error ? e.message : String(e));
+    throw new ConfigError(`failed to read ${what} ${path}: ${reason}`, { cause: e });
   }
 }
 

@@ -5,6 +5,7 @@
  *   tsvm.fault=triple     take an exception with no IDT (a triple fault) to test error reports
  *   tsvm.bench=pio:N      N writes to port 0x80, then print TSC cycles per exit and reset
  *   tsvm.bench=mmio:N     N writes to the unbacked MMIO address 0xd0000000, likewise
+ *   tsvm.bench=spin:N     N iterations of a ring-0 loop with no exits (probes for emulated ring 0)
  */
 #include <stdint.h>
 #include <stddef.h>
@@ -228,16 +229,18 @@ static void check_smp(void)
 
 static void bench(const char *spec)
 {
-	int mmio = spec[0] == 'm';
+	int mmio = spec[0] == 'm', spin = spec[0] == 's';
 	while (*spec && *spec != ':') spec++;
 	uint64_t n = *spec ? parse_u64(spec + 1) : 100000;
 	uint64_t t0 = rdtsc();
-	if (mmio)
+	if (spin)
+		for (uint64_t i = 0; i < n; i++) __asm__ volatile("" ::: "memory");
+	else if (mmio)
 		for (uint64_t i = 0; i < n; i++) mmio_write32(MMIO_BENCH_ADDRESS, (uint32_t)i);
 	else
 		for (uint64_t i = 0; i < n; i++) outb(0x80, (uint8_t)i);
 	uint64_t t1 = rdtsc();
-	puts_(mmio ? "bench mmio exits " : "bench pio exits "); putu(n);
+	puts_(spin ? "bench spin loops " : mmio ? "bench mmio exits " : "bench pio exits "); putu(n);
 	puts_(" tsc-per-exit "); putu((t1 - t0) / (n ? n : 1)); puts_("\n");
 }
 

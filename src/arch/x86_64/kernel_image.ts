@@ -19,6 +19,7 @@ export type KernelLoaderErrorKind =
   | "bad_elf_header"
   | "bad_program_headers"
   | "bad_setup_header"
+  | "cmdline_too_long"
   | "does_not_fit"
   | "initrd_does_not_fit"
   | "not_a_kernel"

@@ -14,7 +14,8 @@ describe("memoryRegions", () => {
     expect(memoryRegions(12 * GIB)).toEqual([
       { base: 0, size: 0xd000_0000 },
       { base: 4 * GIB, size: 4 * GIB },
-      { base: 8 * GIB, size: 12 * GIB - 0xd000_0000 - 4 * GIB },
+      { base: 8 * GIB, size: 4 * GIB },
+      { base: 12 * GIB, size: 12 * GIB - 0xd000_0000 - 8 * GIB },
     ]);
   });
 });

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Builds dist/tsvm: the C library, the built-in guest, and one executable that embeds both with the
+# vCPU Worker entry point. The executable never reads bunfig.toml or .env from where it runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bun=node_modules/.bin/bun
+make -s -C c
+bash scripts/build_guest.sh
+mkdir -p dist
+"$bun" build --compile --minify-syntax --no-compile-autoload-bunfig --no-compile-autoload-dotenv \
+  src/main.ts src/vcpu/vcpu_worker.ts --outfile dist/tsvm >/dev/null
+echo "built dist/tsvm ($(du -h dist/tsvm | cut -f1))"

@@ -1,0 +1,92 @@
+// Boots the test guest under real KVM through the tsvm command line.
+import { describe, expect, test } from "bun:test";
+import { readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { craftBzImage, craftElf } from "../support/images.ts";
+import { GUEST_ELF, HAS_KVM, runTsvm, tempDir, TsvmProcess } from "../support/tsvm.ts";
+
+const TIMEOUT = 60_000;
+
+describe.skipIf(!HAS_KVM)("booting the test guest", () => {
+  test("the built-in guest passes its checks on 1 vCPU and resets to exit 0", async () => {
+    const r = await runTsvm(["run"]);
+    expect(r.stdout).toContain("booted by the Linux 64-bit boot protocol");
+    expect(r.stdout).toContain("tsvm-guest: 6 passed, 0 failed");
+    expect([r.code, r.stderr]).toEqual([0, ""]);
+  }, TIMEOUT);
+
+  test("an explicit ELF with -c 2 -m 256 -p, run from /, sees 2 CPUs, its command line and its RAM", async () => {
+    const r = await runTsvm(["run", "-c", "2", "-m", "256", "-p", "tsvm.marker=xyz", GUEST_ELF], { cwd: "/" });
+    expect(r.stdout).toContain('cmdline "tsvm.marker=xyz console=ttyS0"');
+    expect(r.stdout).toContain("mptable cpus 2");
+    expect(r.stdout).toContain("smp online 2 of 2");
+    expect(r.stdout).toContain(`e820 ram ${256 * 1024 - 385} KiB`); // all but the 385 KiB from the EBDA to 1 MiB
+    expect(r.stdout).toContain("tsvm-guest: 7 passed, 0 failed");
+    expect(r.code).toBe(0);
+  }, TIMEOUT);
+
+  test("four vCPUs all answer INIT/SIPI", async () => {
+    const r = await runTsvm(["run", "-c", "4"]);
+    expect(r.stdout).toContain("smp online 4 of 4");
+    expect(r.code).toBe(0);
+  }, TIMEOUT);
+
+  test("memory above the 32-bit hole continues at 4 GiB", async () => {
+    const r = await runTsvm(["run", "-m", "5G"]);
+    expect(r.stdout).toContain("e820 0x100000000-0x170000000 RAM");
+    expect(r.stdout).toContain("0 failed");
+    expect(r.code).toBe(0);
+  }, TIMEOUT);
+
+  test("serial output goes to a file when asked, and nothing to stdout", async () => {
+    const path = join(tempDir(), "com1.txt");
+    const r = await runTsvm(["run", "--serial", `type=file,num=1,path=${path},console=true`]);
+    expect(r.stdout).toBe("");
+    expect(readFileSync(path, "utf8")).toContain("tsvm-guest: 6 passed, 0 failed");
+    expect(r.code).toBe(0);
+  }, TIMEOUT);
+
+  test("a vCPU that stops is reported with its exit reason and registers, exit 1", async () => {
+    const r = await runTsvm(["run", "-p", "tsvm.fault=triple"]);
+    expect(r.stderr).toMatch(/vCPU 0 stopped: KVM_EXIT_(SHUTDOWN \(triple fault\)|INTERNAL_ERROR)/);
+    expect(r.stderr).toMatch(/RIP=[0-9a-f]{16}/);
+    expect(r.stderr).toMatch(/CR0=[0-9a-f]+ CR2=[0-9a-f]+ CR3=0000000000009000/);
+    expect(r.stderr).toContain("EFER=");
+    expect(r.code).toBe(1);
+  }, TIMEOUT);
+
+  test("SIGTERM stops a running VM promptly and cleanly", async () => {
+    using vm = new TsvmProcess(["run", "-c", "2", "-p", "tsvm.mode=spin"]);
+    await vm.waitForOutput(/7 passed, 0 failed/, 30_000);
+    vm.child.kill("SIGTERM");
+    expect(await vm.exit(5_000)).toBe(143);
+    expect(vm.stderr).toContain("received SIGINT or SIGTERM");
+  }, TIMEOUT);
+});
+
+describe.skipIf(!HAS_KVM)("bad input is refused with one line and exit 2", () => {
+  const dir = tempDir();
+  const file = (name: string, bytes: Uint8Array): string => {
+    const p = join(dir, name);
+    writeFileSync(p, bytes);
+    return p;
+  };
+  const cases: [string, () => string[], RegExp][] = [
+    ["a missing kernel", () => ["run", join(dir, "nope")], /nope/],
+    ["a garbage kernel", () => ["run", file("garbage", new TextEncoder().encode("hello"))], /neither an ELF file nor a bzImage/],
+    ["an ELF for another machine", () => ["run", file("arm.elf", craftElf({ entry: 0x200000, machine: 183, segments: [{ paddr: 0x200000, data: Uint8Array.of(0) }] }))], /not x86-64/],
+    ["a truncated bzImage", () => ["run", file("short.bzimage", craftBzImage({ truncateBy: 1000 }))], /truncated/],
+    ["--mem 0", () => ["run", "--mem", "0"], /--mem: must be at least/],
+    ["an unknown --serial key", () => ["run", "--serial", "type=stdout,num=1,baud=9600"], /unknown key "baud"/],
+    ["a command line that is too long", () => ["run", "-p", "x".repeat(4000)], /command line is 4014 bytes; the kernel accepts at most 2047/],
+    ["an unknown flag", () => ["run", "--bogus"], /Unknown argument: bogus/],
+  ];
+  for (const [name, args, message] of cases) {
+    test(name, async () => {
+      const r = await runTsvm(args());
+      expect(r.stderr).toMatch(message);
+      expect(r.stderr.trim().split("\n").length).toBe(1);
+      expect([r.code, r.stdout]).toEqual([2, ""]);
+    }, TIMEOUT);
+  }
+});

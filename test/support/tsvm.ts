@@ -1,0 +1,94 @@
+// tsvm.ts - runs the tsvm command line in a child process with a deadline, for integration tests.
+import { accessSync, constants, existsSync, mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+
+const ROOT = resolve(import.meta.dir, "../..");
+
+/** The command that runs tsvm: $TSVM_BIN (the built executable) or the sources through Bun. */
+export function tsvmCommand(): string[] {
+  const bin = process.env.TSVM_BIN;
+  if (bin) return [resolve(ROOT, bin)];
+  return [process.execPath, join(ROOT, "src/main.ts")];
+}
+
+/** Whether this machine can run VMs (tests that need KVM are skipped, loudly, without it). */
+export const HAS_KVM = ((): boolean => {
+  try {
+    accessSync("/dev/kvm", constants.R_OK | constants.W_OK);
+    return true;
+  } catch {
+    return false;
+  }
+})();
+if (!HAS_KVM) console.warn("tsvm tests: /dev/kvm is not usable here; KVM integration tests are skipped");
+
+/** The built test guest. */
+export const GUEST_ELF = join(ROOT, "build/guest/tsvm-guest.elf");
+export const guestBuilt = existsSync(GUEST_ELF);
+
+export type RunResult = { code: number | null; signal: string | null; stdout: string; stderr: string; timedOut: boolean };
+
+/** Runs tsvm with `args` and resolves when it exits or is killed at `timeoutMs`. */
+export async function runTsvm(args: readonly string[], opts: { timeoutMs?: number; cwd?: string } = {}): Promise<RunResult> {
+  const child = Bun.spawn([...tsvmCommand(), ...args], {
+    cwd: opts.cwd ?? ROOT, stdin: "ignore", stdout: "pipe", stderr: "pipe",
+  });
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    child.kill("SIGKILL");
+  }, opts.timeoutMs ?? 30_000);
+  const [stdout, stderr] = await Promise.all([new Response(child.stdout).text(), new Response(child.stderr).text()]);
+  await child.exited;
+  clearTimeout(timer);
+  return { code: child.exitCode, signal: child.signalCode, stdout, stderr, timedOut };
+}
+
+/** A running tsvm whose output is collected as it arrives. */
+export class TsvmProcess {
+  readonly child: ReturnType<typeof Bun.spawn>;
+  stdout = "";
+  stderr = "";
+  readonly #done: Promise<void>;
+
+  constructor(args: readonly string[]) {
+    this.child = Bun.spawn([...tsvmCommand(), ...args], { cwd: ROOT, stdin: "ignore", stdout: "pipe", stderr: "pipe" });
+    const pump = async (stream: ReadableStream<Uint8Array>, into: "stdout" | "stderr"): Promise<void> => {
+      const decoder = new TextDecoder();
+      for await (const chunk of stream) this[into] += decoder.decode(chunk, { stream: true });
+    };
+    this.#done = Promise.all([
+      pump(this.child.stdout as ReadableStream<Uint8Array>, "stdout"),
+      pump(this.child.stderr as ReadableStream<Uint8Array>, "stderr"),
+    ]).then(() => {});
+  }
+
+  /** Resolves once `pattern` has appeared on stdout; rejects if tsvm exits first or `timeoutMs` passes. */
+  async waitForOutput(pattern: RegExp, timeoutMs: number): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (!pattern.test(this.stdout)) {
+      if (this.child.exitCode !== null) throw new Error(`tsvm exited (${this.child.exitCode}) before ${pattern}: ${this.stderr}`);
+      if (Date.now() > deadline) throw new Error(`no ${pattern} within ${timeoutMs} ms; output so far:\n${this.stdout}`);
+      await Promise.race([this.#done, Bun.sleep(20)]);
+    }
+  }
+
+  /** Resolves with the exit code, killing the process at `timeoutMs`. */
+  async exit(timeoutMs: number): Promise<number | null> {
+    const timer = setTimeout(() => this.child.kill("SIGKILL"), timeoutMs);
+    await this.child.exited;
+    await this.#done;
+    clearTimeout(timer);
+    return this.child.exitCode;
+  }
+
+  [Symbol.dispose](): void {
+    if (this.child.exitCode === null) this.child.kill("SIGKILL");
+  }
+}
+
+/** Returns a fresh temporary directory. */
+export function tempDir(): string {
+  return mkdtempSync(join(tmpdir(), "tsvm-test-"));
+}
