@@ -26,7 +26,7 @@ import { builtinGuest } from "./builtin_guest.ts";
 export const EXIT_CODE = { GUEST_EXIT: 0, VM_ERROR: 1, USAGE: 2 } as const;
 
 /** Tokens of the control loop's WaitContext. */
-type Token = "bus_request" | "vcpu_exit" | "device_exit" | "stdin" | "signal";
+type Token = "bus_request" | "vcpu_exit" | "device_exit" | "stdin" | "sigint" | "sigterm";
 
 const SIGINT = 2;
 const SIGTERM = 15;
@@ -83,7 +83,8 @@ class VmRunner {
   readonly #busRequest = new EventFd();
   readonly #vcpuExit = new EventFd();
   readonly #deviceExit = new EventFd();
-  readonly #signalEvent = new EventFd();
+  readonly #sigint = new EventFd();
+  readonly #sigterm = new EventFd();
   readonly #shared: VcpuShared;
   readonly #mailboxes: BusMailbox[];
   readonly #buses: Record<AddressSpace, Bus> = { io: new Bus(), mmio: new Bus() };
@@ -95,7 +96,6 @@ class VmRunner {
   #savedTerminal: Uint8Array | null = null;
   #guestExit: string | null = null;
   #workerFailure: string | null = null;
-  #signal = 0;
 
   constructor(config: Config, built: BuiltVm) {
     this.#config = config;
@@ -150,9 +150,10 @@ class VmRunner {
     this.#wait.add(this.#busRequest.fd, "bus_request");
     this.#wait.add(this.#vcpuExit.fd, "vcpu_exit");
     this.#wait.add(this.#deviceExit.fd, "device_exit");
-    this.#wait.add(this.#signalEvent.fd, "signal");
-    eventFfi.notifySignal(SIGINT, this.#signalEvent.fd);
-    eventFfi.notifySignal(SIGTERM, this.#signalEvent.fd);
+    this.#wait.add(this.#sigint.fd, "sigint");
+    this.#wait.add(this.#sigterm.fd, "sigterm");
+    eventFfi.notifySignal(SIGINT, this.#sigint.fd);
+    eventFfi.notifySignal(SIGTERM, this.#sigterm.fd);
     if (this.#stdinSerial) {
       try {
         this.#wait.add(0, "stdin");
@@ -217,10 +218,10 @@ class VmRunner {
           case "stdin":
             this.#readStdin();
             break;
-          case "signal":
-            this.#signalEvent.read();
-            this.#signal = SIGTERM;
-            return { code: 128 + SIGTERM, message: "stopping: tsvm received SIGINT or SIGTERM" };
+          case "sigint":
+            return { code: 128 + SIGINT, message: "stopping: tsvm received SIGINT" };
+          case "sigterm":
+            return { code: 128 + SIGTERM, message: "stopping: tsvm received SIGTERM" };
           case "device_exit":
           case "vcpu_exit":
             this.#deviceExit.read();
@@ -302,6 +303,6 @@ class VmRunner {
     eventFfi.defaultSignal(SIGINT);
     eventFfi.defaultSignal(SIGTERM);
     for (const o of this.#outputs) o.close();
-    for (const fd of [this.#wait, this.#busRequest, this.#vcpuExit, this.#deviceExit, this.#signalEvent]) fd.close();
+    for (const fd of [this.#wait, this.#busRequest, this.#vcpuExit, this.#deviceExit, this.#sigint, this.#sigterm]) fd.close();
   }
 }
