@@ -42,7 +42,7 @@ export async function runTsvm(args: readonly string[], opts: { timeoutMs?: numbe
   const [stdout, stderr] = await Promise.all([new Response(child.stdout).text(), new Response(child.stderr).text()]);
   await child.exited;
   clearTimeout(timer);
-  return { code: child.exitCode, signal: child.signalCode, stdout, stderr, timedOut };
+  return { code: child.exitCode, signal: child.signalCode === null ? null : String(child.signalCode), stdout, stderr, timedOut };
 }
 
 /** A running tsvm whose output is collected as it arrives. */
