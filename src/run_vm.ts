@@ -96,6 +96,7 @@ class VmRunner {
   #savedTerminal: Uint8Array | null = null;
   #guestExit: string | null = null;
   #workerFailure: string | null = null;
+  #kickSignal = 0;
 
   constructor(config: Config, built: BuiltVm) {
     this.#config = config;
@@ -197,8 +198,6 @@ class VmRunner {
     }
     this.#kickSignal = kickSignal;
   }
-
-  #kickSignal = 0;
 
   #onWorkerFailure(id: number, message: string): void {
     this.#workerFailure ??= `vCPU ${id} Worker failed: ${message}`;
