@@ -1,19 +1,18 @@
 // event_fd.ts - an eventfd: a counter that wakes epoll when written.
-import { event, sys } from "../../ffi/mod.ts";
+import { event } from "../../ffi/mod.ts";
 import { checked } from "./errno.ts";
+import { OwnedFd } from "./owned_fd.ts";
 
 const EFD_NONBLOCK = 0o4000;
 const EAGAIN = 11;
 
 /** An eventfd owned by this object. */
-export class EventFd {
-  readonly fd: number;
+export class EventFd extends OwnedFd {
   readonly #value = new BigUint64Array(1);
-  #closed = false;
 
   /** Creates a non-blocking eventfd, or wraps `fd` (one made elsewhere in this process, say by the control loop). */
   constructor(fd?: number) {
-    this.fd = fd ?? event.eventfd(0, EFD_NONBLOCK);
+    super(fd ?? event.eventfd(0, EFD_NONBLOCK));
   }
 
   /** Adds `value` (default 1) to the counter. */
@@ -27,15 +26,5 @@ export class EventFd {
     if (r === -EAGAIN) return 0;
     checked(r, "read eventfd");
     return Number(this.#value[0]);
-  }
-
-  close(): void {
-    if (this.#closed) return;
-    this.#closed = true;
-    sys.close(this.fd);
-  }
-
-  [Symbol.dispose](): void {
-    this.close();
   }
 }

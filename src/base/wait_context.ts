@@ -1,6 +1,7 @@
 // wait_context.ts - epoll over file descriptors, each registered with a typed token.
-import { event, sys } from "../../ffi/mod.ts";
+import { event } from "../../ffi/mod.ts";
 import { checked } from "./errno.ts";
+import { OwnedFd } from "./owned_fd.ts";
 
 const EPOLL_CTL_ADD = 1;
 const EPOLL_CTL_DEL = 2;
@@ -16,17 +17,15 @@ const EINTR = 4;
 export type TriggeredEvent<T> = { readonly token: T; readonly readable: boolean; readonly hungUp: boolean };
 
 /** An epoll instance whose events come back as the tokens they were registered with. */
-export class WaitContext<T> {
-  readonly fd: number;
+export class WaitContext<T> extends OwnedFd {
   readonly #tokens = new Map<number, T>();
   readonly #fdsBySlot = new Map<number, number>();
   readonly #buffer = new Uint8Array(MAX_EVENTS * EPOLL_EVENT_SIZE);
   readonly #view = new DataView(this.#buffer.buffer);
   #nextSlot = 1;
-  #closed = false;
 
   constructor() {
-    this.fd = event.epollCreate();
+    super(event.epollCreate());
   }
 
   /** Watches `fd` for input; its events report `token`. */
@@ -62,15 +61,5 @@ export class WaitContext<T> {
       out.push({ token, readable: (events & EPOLLIN) !== 0, hungUp: (events & (EPOLLHUP | EPOLLERR)) !== 0 });
     }
     return out;
-  }
-
-  close(): void {
-    if (this.#closed) return;
-    this.#closed = true;
-    sys.close(this.fd);
-  }
-
-  [Symbol.dispose](): void {
-    this.close();
   }
 }

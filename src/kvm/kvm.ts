@@ -1,6 +1,7 @@
 // kvm.ts - the /dev/kvm system handle: API version, capabilities, supported CPUID and MSRs.
 import { sys } from "../../ffi/mod.ts";
 import { checked, SysError } from "../base/errno.ts";
+import { OwnedFd } from "../base/owned_fd.ts";
 import { type CpuidEntry, decodeCpuid, KVM_CPUID_ENTRY2, KVM_CPUID2 } from "./kvm_structs.ts";
 import { KVM_API_VERSION, KVM_IOCTL, KVM_MAX_CPUID_ENTRIES } from "./kvm_sys.ts";
 
@@ -8,13 +9,7 @@ const O_RDWR = 2;
 const E2BIG = 7;
 
 /** An open /dev/kvm. */
-export class Kvm {
-  readonly fd: number;
-  #closed = false;
-
-  private constructor(fd: number) {
-    this.fd = fd;
-  }
+export class Kvm extends OwnedFd {
 
   /** Opens `path` (default /dev/kvm) and checks the API version. */
   static open(path = "/dev/kvm"): Kvm {
@@ -54,15 +49,5 @@ export class Kvm {
   /** Creates a VM and returns its fd. */
   createVmFd(): number {
     return checked(sys.ioctlVal(this.fd, KVM_IOCTL.KVM_CREATE_VM, 0), "create VM");
-  }
-
-  close(): void {
-    if (this.#closed) return;
-    this.#closed = true;
-    sys.close(this.fd);
-  }
-
-  [Symbol.dispose](): void {
-    this.close();
   }
 }

@@ -1,6 +1,7 @@
 // vcpu.ts - one KVM vCPU's state ioctls (registers, special registers, FPU, MSRs, CPUID, LAPIC).
 import { sys } from "../../ffi/mod.ts";
 import { checked } from "../base/errno.ts";
+import { OwnedFd } from "../base/owned_fd.ts";
 import {
   type CpuidEntry, decodeRegs, decodeSregs, encodeCpuid, encodeMsrs, encodeRegs, encodeSregsInto,
   KVM_FPU, KVM_LAPIC_STATE, KVM_MSR_ENTRY, KVM_MSRS, KVM_REGS, KVM_SREGS, type MsrEntry, type Regs, type Sregs,
@@ -8,14 +9,12 @@ import {
 import { KVM_IOCTL } from "./kvm_sys.ts";
 
 /** The register state of a vCPU, as set at boot or read for an error report. */
-export class Vcpu {
+export class Vcpu extends OwnedFd {
   readonly id: number;
-  readonly fd: number;
-  #closed = false;
 
   constructor(id: number, fd: number) {
+    super(fd);
     this.id = id;
-    this.fd = fd;
   }
 
   getRegs(): Regs {
@@ -76,16 +75,6 @@ export class Vcpu {
     checked(sys.ioctlPtr(this.fd, KVM_IOCTL.KVM_GET_LAPIC, bytes), `get LAPIC of vCPU ${this.id}`);
     edit(new DataView(bytes.buffer));
     checked(sys.ioctlPtr(this.fd, KVM_IOCTL.KVM_SET_LAPIC, bytes), `set LAPIC of vCPU ${this.id}`);
-  }
-
-  close(): void {
-    if (this.#closed) return;
-    this.#closed = true;
-    sys.close(this.fd);
-  }
-
-  [Symbol.dispose](): void {
-    this.close();
   }
 
   #getSregsBytes(): Uint8Array {

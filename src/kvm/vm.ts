@@ -1,22 +1,21 @@
 // vm.ts - a KVM VM: memory slots, the in-kernel irqchip and PIT, interrupt lines, vCPU creation.
 import { sys } from "../../ffi/mod.ts";
 import { checked } from "../base/errno.ts";
+import { OwnedFd } from "../base/owned_fd.ts";
 import type { GuestMemory } from "../memory/mod.ts";
 import type { Kvm } from "./kvm.ts";
 import { encodeMemoryRegion, KVM_IRQ_LEVEL, KVM_PIT_CONFIG } from "./kvm_structs.ts";
 import { KVM_IOCTL, KVM_PIT_SPEAKER_DUMMY } from "./kvm_sys.ts";
 
 /** A KVM virtual machine (the VM fd). */
-export class Vm {
-  readonly fd: number;
+export class Vm extends OwnedFd {
   readonly kvm: Kvm;
   readonly #irqLevel = new Uint8Array(KVM_IRQ_LEVEL.size);
   readonly #irqLevelView = new DataView(this.#irqLevel.buffer);
-  #closed = false;
 
   constructor(kvm: Kvm) {
+    super(kvm.createVmFd());
     this.kvm = kvm;
-    this.fd = kvm.createVmFd();
   }
 
   /** Registers every region of `memory` as a KVM memory slot, numbered from 0. */
@@ -60,15 +59,5 @@ export class Vm {
   /** Creates vCPU `id` and returns its fd. */
   createVcpuFd(id: number): number {
     return checked(sys.ioctlVal(this.fd, KVM_IOCTL.KVM_CREATE_VCPU, id), `create vCPU ${id}`);
-  }
-
-  close(): void {
-    if (this.#closed) return;
-    this.#closed = true;
-    sys.close(this.fd);
-  }
-
-  [Symbol.dispose](): void {
-    this.close();
   }
 }
