@@ -50,9 +50,14 @@ const symbols = {
   tsvm_recv_with_fds: { args: [i32, pointer, u64, pointer, i32, pointer], returns: FFIType.i64_fast },
 } as const;
 
+/** Names the memfd holding the library, so Workers of the same process open it instead of copying again. */
+const LIBRARY_ENV = "TSVM_LIBRARY_FD_PATH";
+
 /** Copies the embedded library into a memfd so dlopen needs no writable temp directory. */
 function libraryPath(): string {
   if (!Bun.isStandaloneExecutable) return embeddedLibrary;
+  const inherited = process.env[LIBRARY_ENV];
+  if (inherited?.startsWith(`/proc/${process.pid}/fd/`)) return inherited;
   const libc = dlopen("libc.so.6", {
     memfd_create: { args: [cstring, u32], returns: i32 },
     write: { args: [i32, pointer, u64], returns: FFIType.i64_fast },
@@ -68,7 +73,9 @@ function libraryPath(): string {
     done += n;
   }
   libc.close();
-  return `/proc/self/fd/${fd}`;
+  const path = `/proc/${process.pid}/fd/${fd}`;
+  process.env[LIBRARY_ENV] = path;
+  return path;
 }
 
 /** The bound symbols; callers go through the typed wrappers in this folder, not this object. */

@@ -7,6 +7,7 @@ bun=node_modules/.bin/bun
 make -s -C c
 bash scripts/build_guest.sh
 mkdir -p dist
-"$bun" build --compile --minify-syntax --no-compile-autoload-bunfig --no-compile-autoload-dotenv \
+# --bytecode (ESM) precompiles the bundle: it halves the executable's start-up time.
+"$bun" build --compile --minify --bytecode --format=esm --no-compile-autoload-bunfig --no-compile-autoload-dotenv \
   src/main.ts src/vcpu/vcpu_worker.ts --outfile dist/tsvm >/dev/null
 echo "built dist/tsvm ($(du -h dist/tsvm | cut -f1))"

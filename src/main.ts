@@ -32,6 +32,7 @@ export async function main(argv: readonly string[]): Promise<number> {
           params: repeated(args.params), serial: repeated(args.serial), logLevel: args["log-level"],
         };
         const config = parseRunConfig(raw);
+        log.debug(`configuration parsed at ${performance.now().toFixed(1)} ms`);
         code = await runVm(config);
       },
     )
@@ -69,4 +70,4 @@ function repeated(value: unknown): string[] | undefined {
 }
 
 
-if (import.meta.main) process.exit(await main(Bun.argv.slice(2)));
+if (import.meta.main) void main(Bun.argv.slice(2)).then((code) => process.exit(code));

@@ -46,6 +46,16 @@ const yieldToEventLoop = (): Promise<void> => new Promise((resolve) => setImmedi
 /** Runs the VM described by `config`; resolves to the process exit code. */
 export async function runVm(config: Config): Promise<number> {
   setLogLevel(config.logLevel);
+  // Workers take a while to load their code: start them first, and hand them their vCPU once built.
+  const workers = Array.from({ length: config.cpus }, () => new Worker(new URL("./vcpu/vcpu_worker.ts", import.meta.url).href));
+  try {
+    return await buildAndRun(config, workers);
+  } finally {
+    for (const w of workers) w.terminate();
+  }
+}
+
+async function buildAndRun(config: Config, workers: readonly Worker[]): Promise<number> {
   const kernel = config.kernel === null ? builtinGuest() : readUserFile("kernel", config.kernel);
   const initrd = config.initrd === null ? null : readUserFile("initrd", config.initrd);
   using kvm = Kvm.open();
@@ -57,8 +67,9 @@ export async function runVm(config: Config): Promise<number> {
     const what = e.kind === "initrd_does_not_fit" ? `initrd ${config.initrd}` : `kernel ${config.kernel ?? "(built-in)"}`;
     throw new ConfigError(`failed to load ${what}: ${e.message}`, { cause: e });
   }
+  log.debug(`VM built at ${performance.now().toFixed(1)} ms`);
   try {
-    return await new VmRunner(config, built).run();
+    return await new VmRunner(config, built, workers).run();
   } finally {
     built.close();
   }
@@ -90,7 +101,7 @@ class VmRunner {
   readonly #buses: Record<AddressSpace, Bus> = { io: new Bus(), mmio: new Bus() };
   readonly #localRanges: Record<AddressSpace, WorkerRange[]> = { io: [], mmio: [] };
   readonly #outputs: FdOutput[] = [];
-  readonly #workers: Worker[] = [];
+  readonly #workers: readonly Worker[];
   readonly #unhandled = new Set<string>();
   #stdinSerial: Serial | null = null;
   #savedTerminal: Uint8Array | null = null;
@@ -98,9 +109,10 @@ class VmRunner {
   #workerFailure: string | null = null;
   #kickSignal = 0;
 
-  constructor(config: Config, built: BuiltVm) {
+  constructor(config: Config, built: BuiltVm, workers: readonly Worker[]) {
     this.#config = config;
     this.#built = built;
+    this.#workers = workers;
     this.#shared = new VcpuShared(config.cpus);
     this.#mailboxes = built.vcpus.map((v) => new BusMailbox(this.#shared, v.id));
   }
@@ -110,6 +122,7 @@ class VmRunner {
       this.#createDevices();
       this.#watch();
       this.#startVcpus();
+      log.debug(`vCPU Workers started at ${performance.now().toFixed(1)} ms`);
       const ending = await this.#controlLoop();
       await this.#stopVcpus();
       if (ending.message) log.error(ending.message);
@@ -184,7 +197,7 @@ class VmRunner {
     const mmapSize = this.#built.vm.kvm.vcpuMmapSize();
     const ranges = this.#workerRanges();
     for (const vcpu of this.#built.vcpus) {
-      const worker = new Worker(new URL("./vcpu/vcpu_worker.ts", import.meta.url).href);
+      const worker = this.#workers[vcpu.id]!;
       worker.addEventListener("error", (e) => this.#onWorkerFailure(vcpu.id, e.message));
       worker.addEventListener("close", () => {
         if (this.#shared.state(vcpu.id) !== VCPU_STATE.STOPPED) this.#onWorkerFailure(vcpu.id, "Worker exited before its vCPU stopped");
@@ -194,7 +207,6 @@ class VmRunner {
         busRequestFd: this.#busRequest.fd, exitFd: this.#vcpuExit.fd, ranges,
       };
       worker.postMessage(init);
-      this.#workers.push(worker);
     }
     this.#kickSignal = kickSignal;
   }
@@ -297,7 +309,6 @@ class VmRunner {
   }
 
   #release(): void {
-    for (const w of this.#workers) w.terminate();
     if (this.#savedTerminal) term.termRestore(0, this.#savedTerminal);
     eventFfi.defaultSignal(SIGINT);
     eventFfi.defaultSignal(SIGTERM);

@@ -9,14 +9,17 @@ const TWO_MIB = 0x200000n;
 
 /** Writes a PML4 -> PDPT -> 4 page directories of 2 MiB pages mapping [0, 4 GiB) 1:1; returns CR3. */
 export function writeIdentityPageTables(memory: GuestMemory): number {
-  memory.writeU64(PML4_ADDRESS, BigInt(PDPT_ADDRESS) | PRESENT | WRITABLE);
+  // The three levels are contiguous pages (layout.ts): build them in one buffer, write it once.
+  const tables = new BigUint64Array((PD_ADDRESS + IDENTITY_MAPPED_GIB * 0x1000 - PML4_ADDRESS) / 8);
+  const entry = (address: number): number => (address - PML4_ADDRESS) / 8;
+  tables[entry(PML4_ADDRESS)] = BigInt(PDPT_ADDRESS) | PRESENT | WRITABLE;
   for (let gib = 0; gib < IDENTITY_MAPPED_GIB; gib++) {
     const pd = PD_ADDRESS + gib * 0x1000;
-    memory.writeU64(PDPT_ADDRESS + gib * 8, BigInt(pd) | PRESENT | WRITABLE);
+    tables[entry(PDPT_ADDRESS) + gib] = BigInt(pd) | PRESENT | WRITABLE;
     for (let i = 0; i < 512; i++) {
-      const frame = (BigInt(gib) * 512n + BigInt(i)) * TWO_MIB;
-      memory.writeU64(pd + i * 8, frame | PRESENT | WRITABLE | PAGE_SIZE_2M);
+      tables[entry(pd) + i] = BigInt(gib * 512 + i) * TWO_MIB | PRESENT | WRITABLE | PAGE_SIZE_2M;
     }
   }
+  memory.write(PML4_ADDRESS, new Uint8Array(tables.buffer));
   return PML4_ADDRESS;
 }
