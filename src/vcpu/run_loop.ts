@@ -63,7 +63,8 @@ export function runVcpu(ctx: RunLoopContext): VcpuStop {
       continue;
     }
     if (reason === KVM_EXIT.KVM_EXIT_MMIO) {
-      const address = Number(view.getBigUint64(KVM_RUN.mmio_phys_addr, true));
+      // Two 32-bit reads instead of getBigUint64: no BigInt allocated on the hot path.
+      const address = view.getUint32(KVM_RUN.mmio_phys_addr, true) + view.getUint32(KVM_RUN.mmio_phys_addr + 4, true) * 0x1_0000_0000;
       const length = Math.min(MMIO_DATA_SIZE, view.getUint32(KVM_RUN.mmio_len, true));
       const data = mmioData[length]!;
       if (kvmRun[KVM_RUN.mmio_is_write]) mmio.write(address, data, vcpuId);

@@ -202,6 +202,37 @@ static void check_mptable(void)
 	result(ok && bsp == 1 && ioapic && mp_cpus > 0, "mptable", "checksums, one boot CPU, IOAPIC at 0xfec00000");
 }
 
+static unsigned acpi_cpus;
+
+static void check_acpi(void)
+{
+	const uint8_t *rsdp = NULL;
+	for (uintptr_t a = 0xe0000; a < 0x100000 && !rsdp; a += 16) {
+		const uint8_t *p = (const uint8_t *)a;
+		if (p[0] == 'R' && p[1] == 'S' && p[2] == 'D' && p[3] == ' ' && p[4] == 'P' && p[5] == 'T' && p[6] == 'R' && p[7] == ' ')
+			rsdp = p;
+	}
+	if (!rsdp) { result(0, "acpi", "no RSDP in 0xe0000-0xfffff"); return; }
+	int ok = sum_ok(rsdp, 20) && rsdp[15] >= 2 && sum_ok(rsdp, 36);
+	const uint8_t *xsdt = (const uint8_t *)(uintptr_t)*(const uint64_t *)(rsdp + 24);
+	uint32_t xlen = *(const uint32_t *)(xsdt + 4);
+	ok &= xsdt[0] == 'X' && xsdt[1] == 'S' && xsdt[2] == 'D' && xsdt[3] == 'T' && sum_ok(xsdt, xlen);
+	int madt = 0, fadt = 0;
+	for (uint32_t off = 36; ok && off + 8 <= xlen; off += 8) {
+		const uint8_t *t = (const uint8_t *)(uintptr_t)*(const uint64_t *)(xsdt + off);
+		uint32_t len = *(const uint32_t *)(t + 4);
+		ok &= sum_ok(t, len);
+		if (t[0] == 'F' && t[1] == 'A' && t[2] == 'C' && t[3] == 'P') fadt = 1;
+		if (t[0] == 'A' && t[1] == 'P' && t[2] == 'I' && t[3] == 'C') {
+			madt = 1;
+			for (uint32_t e = 44; e + 2 <= len && t[e + 1] >= 2; e += t[e + 1])
+				if (t[e] == 0 && (t[e + 4] & 1)) acpi_cpus++;
+		}
+	}
+	puts_("     acpi madt cpus "); putu(acpi_cpus); puts_("\n");
+	result(ok && madt && fadt && acpi_cpus == mp_cpus, "acpi", "RSDP, XSDT, FADT and MADT checksums; MADT CPUs match the MP table");
+}
+
 static void check_smp(void)
 {
 	volatile uint8_t *flags = (volatile uint8_t *)AP_FLAGS_ADDRESS;
@@ -273,6 +304,7 @@ void guest_main(const uint8_t *zero_page, const uint8_t *pvh_start_info)
 	check_cmos();
 	check_i8042();
 	check_mptable();
+	check_acpi();
 	if (mp_cpus > 1) check_smp();
 	puts_("tsvm-guest: "); putu((uint64_t)passed); puts_(" passed, "); putu((uint64_t)failed); puts_(" failed\n");
 	if (option_is("tsvm.mode", "spin"))

@@ -11,7 +11,7 @@ describe.skipIf(!HAS_KVM)("booting the test guest", () => {
   test("the built-in guest passes its checks on 1 vCPU and resets to exit 0", async () => {
     const r = await runTsvm(["run"]);
     expect(r.stdout).toContain("booted by the Linux 64-bit boot protocol");
-    expect(r.stdout).toContain("tsvm-guest: 6 passed, 0 failed");
+    expect(r.stdout).toContain("tsvm-guest: 7 passed, 0 failed");
     expect([r.code, r.stderr]).toEqual([0, ""]);
   }, TIMEOUT);
 
@@ -21,7 +21,8 @@ describe.skipIf(!HAS_KVM)("booting the test guest", () => {
     expect(r.stdout).toContain("mptable cpus 2");
     expect(r.stdout).toContain("smp online 2 of 2");
     expect(r.stdout).toContain(`e820 ram ${256 * 1024 - 385} KiB`); // all but the 385 KiB from the EBDA to 1 MiB
-    expect(r.stdout).toContain("tsvm-guest: 7 passed, 0 failed");
+    expect(r.stdout).toContain("acpi madt cpus 2");
+    expect(r.stdout).toContain("tsvm-guest: 8 passed, 0 failed");
     expect(r.code).toBe(0);
   }, TIMEOUT);
 
@@ -42,7 +43,7 @@ describe.skipIf(!HAS_KVM)("booting the test guest", () => {
     const path = join(tempDir(), "com1.txt");
     const r = await runTsvm(["run", "--serial", `type=file,num=1,path=${path},console=true`]);
     expect(r.stdout).toBe("");
-    expect(readFileSync(path, "utf8")).toContain("tsvm-guest: 6 passed, 0 failed");
+    expect(readFileSync(path, "utf8")).toContain("tsvm-guest: 7 passed, 0 failed");
     expect(r.code).toBe(0);
   }, TIMEOUT);
 
@@ -57,7 +58,7 @@ describe.skipIf(!HAS_KVM)("booting the test guest", () => {
 
   test("SIGTERM stops a running VM promptly and cleanly", async () => {
     using vm = new TsvmProcess(["run", "-c", "2", "-p", "tsvm.mode=spin"]);
-    await vm.waitForOutput(/7 passed, 0 failed/, 30_000);
+    await vm.waitForOutput(/8 passed, 0 failed/, 30_000);
     vm.child.kill("SIGTERM");
     expect(await vm.exit(5_000)).toBe(143);
     expect(vm.stderr).toContain("received SIGTERM");

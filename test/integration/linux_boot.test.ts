@@ -19,25 +19,31 @@ const E820_512M = [
   "BIOS-e820: [mem 0x00000000fffbc000-0x00000000fffbffff] reserved",
 ];
 
-/** Boots `kernel` until its e820 map is printed; returns the console output, then stops the VM. */
-async function earlyBoot(kernel: string, marker: string, timeoutMs: number): Promise<string> {
-  using vm = new TsvmProcess(["run", "-m", "512", "-p", `console=ttyS0 earlyprintk=ttyS0 ${marker}`, kernel]);
-  await vm.waitForOutput(/BIOS-e820: \[mem 0x00000000fffbc000-0x00000000fffbffff\] reserved/, timeoutMs);
+const LAST_E820_LINE = /BIOS-e820: \[mem 0x00000000fffbc000-0x00000000fffbffff\] reserved/;
+
+/** Boots `kernel` until `until` is printed; returns the console output, then stops the VM. */
+async function earlyBoot(kernel: string, args: string[], until: RegExp, timeoutMs: number): Promise<string> {
+  using vm = new TsvmProcess(["run", "-m", "512", ...args, kernel]);
+  await vm.waitForOutput(until, timeoutMs);
   vm.child.kill("SIGTERM");
   expect(await vm.exit(5_000)).toBe(143);
   return vm.stdout.replaceAll("\r", "");
 }
 
 describe.skipIf(!HAS_KVM || !haveLinux)("a Debian 6.1 kernel under tsvm", () => {
-  test("the ELF vmlinux prints its banner, our command line and our e820 map", async () => {
-    const out = await earlyBoot(VMLINUX, "tsvm.marker=elf", 120_000);
+  test("the ELF vmlinux prints its banner, our command line and e820 map, and finds 2 CPUs in our MADT", async () => {
+    const args = ["-c", "2", "-p", "console=ttyS0 earlyprintk=ttyS0 tsvm.marker=elf"];
+    const out = await earlyBoot(VMLINUX, args, /smpboot: Allowing \d+ CPUs/, 120_000);
     expect(out).toMatch(/Linux version 6\.1\.\d+/);
     expect(out).toContain("Command line: console=ttyS0 earlyprintk=ttyS0 tsvm.marker=elf\n");
     for (const line of E820_512M) expect(out).toContain(line);
+    expect(out).toMatch(/ACPI: RSDP 0x00000000000E0000 000024 \(v02 TSVM  \)/);
+    expect(out).toContain("IOAPIC[0]: apic_id 2, version 17, address 0xfec00000, GSI 0-23");
+    expect(out).toContain("smpboot: Allowing 2 CPUs, 0 hotplug CPUs");
   }, 150_000);
 
   test("the bzImage boots through its decompressor to the same point", async () => {
-    const out = await earlyBoot(VMLINUZ, "tsvm.marker=bzimage", 400_000);
+    const out = await earlyBoot(VMLINUZ, ["-p", "console=ttyS0 earlyprintk=ttyS0 tsvm.marker=bzimage"], LAST_E820_LINE, 400_000);
     expect(out).toMatch(/Linux version 6\.1\.\d+/);
     expect(out).toContain("Command line: console=ttyS0 earlyprintk=ttyS0 tsvm.marker=bzimage\n");
     for (const line of E820_512M) expect(out).toContain(line);
@@ -61,7 +67,8 @@ if (HAS_KVM && haveLinux && !native) {
 
 describe.skipIf(!native)("a full Linux boot (hardware virtualization only)", () => {
   test("the kernel runs to the end of its init, panics without a root, and reboots through the i8042", async () => {
-    const r = await runTsvm(["run", "-m", "512", "-p", "console=ttyS0 panic=-1 reboot=k", VMLINUX], { timeoutMs: 120_000 });
+    const r = await runTsvm(["run", "-m", "512", "-c", "2", "-p", "console=ttyS0 panic=-1 reboot=k", VMLINUX], { timeoutMs: 120_000 });
+    expect(r.stdout).toContain("smp: Brought up 1 node, 2 CPUs");
     expect(r.stdout).toMatch(/Kernel panic - not syncing: VFS: Unable to mount root fs/);
     expect(r.code).toBe(0);
   }, 150_000);

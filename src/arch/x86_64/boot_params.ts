@@ -9,6 +9,7 @@ import { E820_ENTRY_SIZE, E820_MAX_ENTRIES, type E820Entry } from "./e820.ts";
 /** Byte offsets in struct boot_params (the setup header starts at 0x1f1). */
 export const BOOT_PARAMS = {
   size: 4096,
+  acpi_rsdp_addr: 0x070,
   ext_ramdisk_image: 0x0c0,
   ext_ramdisk_size: 0x0c4,
   ext_cmd_line_ptr: 0x0c8,
@@ -59,6 +60,8 @@ export type BootParamsSpec = {
   readonly cmdlineSize: number;
   readonly initrd: { readonly address: number; readonly size: number } | null;
   readonly e820: readonly E820Entry[];
+  /** Physical address of the ACPI RSDP (boot protocol 2.14 reads it from the zero page). */
+  readonly acpiRsdp: number;
 };
 
 /** Builds the 4 KiB zero page. */
@@ -83,6 +86,7 @@ export function buildBootParams(spec: BootParamsSpec): Uint8Array {
     view.setUint32(BOOT_PARAMS.ramdisk_image, spec.initrd.address, true);
     view.setUint32(BOOT_PARAMS.ramdisk_size, spec.initrd.size, true);
   }
+  view.setBigUint64(BOOT_PARAMS.acpi_rsdp_addr, BigInt(spec.acpiRsdp), true);
   if (spec.e820.length > E820_MAX_ENTRIES) throw new RangeError(`too many e820 entries: ${spec.e820.length}`);
   view.setUint8(BOOT_PARAMS.e820_entries, spec.e820.length);
   spec.e820.forEach((e, i) => {

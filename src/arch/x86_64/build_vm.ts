@@ -5,12 +5,13 @@ import { Vcpu } from "../../kvm/vcpu.ts";
 import { Vm } from "../../kvm/vm.ts";
 import { KVM_CAP } from "../../kvm/kvm_sys.ts";
 import { GuestMemory } from "../../memory/mod.ts";
+import { buildAcpiTables } from "./acpi.ts";
 import { buildBootParams, writeCmdline } from "./boot_params.ts";
 import { buildE820, type E820Entry } from "./e820.ts";
 import { type LoadedKernel } from "./kernel_image.ts";
 import { loadInitrd, loadKernel } from "./kernel_loader.ts";
 import {
-  CMDLINE_ADDRESS, EBDA_START, IDENTITY_MAP_ADDRESS, lowMemoryEnd, memoryRegions, TSS_ADDRESS, ZERO_PAGE_ADDRESS,
+  ACPI_ADDRESS, CMDLINE_ADDRESS, EBDA_START, IDENTITY_MAP_ADDRESS, lowMemoryEnd, memoryRegions, TSS_ADDRESS, ZERO_PAGE_ADDRESS,
 } from "./layout.ts";
 import { buildMptable } from "./mptable.ts";
 import { writeIdentityPageTables } from "./page_tables.ts";
@@ -55,8 +56,10 @@ export function buildVm(kvm: Kvm, spec: VmSpec): BuiltVm {
       cmdlineSize: kernel.cmdlineMaxSize - 1,
       initrd: spec.initrd ? { address: initrdAddress, size: spec.initrd.byteLength } : null,
       e820,
+      acpiRsdp: ACPI_ADDRESS,
     }));
     memory.write(EBDA_START, buildMptable(EBDA_START, spec.cpus));
+    memory.write(ACPI_ADDRESS, buildAcpiTables(ACPI_ADDRESS, spec.cpus).bytes);
     const cr3 = writeIdentityPageTables(memory);
     writeGdt(memory);
 

@@ -2,7 +2,7 @@
 //
 //   0x0000_0000  RAM: real-mode area (GDT 0x500, zero page 0x7000, page tables 0x9000-0xefff)
 //   0x0002_0000  kernel command line (CMDLINE_MAX_SIZE bytes)
-//   0x0009_fc00  reserved: EBDA (MP table), VGA hole, BIOS area, up to 1 MiB
+//   0x0009_fc00  reserved: EBDA (MP table), VGA hole, ACPI tables at 0xe_0000, up to 1 MiB
 //   0x0010_0000  RAM: kernel, initrd, the rest of low memory
 //   0xd000_0000  32-bit MMIO hole: PCI BARs, then IOAPIC 0xfec0_0000, LAPIC 0xfee0_0000,
 //                TSS/identity map 0xfffb_c000 (reserved in e820)
@@ -22,6 +22,8 @@ export const CMDLINE_ADDRESS = 0x20000;
 export const CMDLINE_MAX_SIZE = 2048;
 /** Start of the EBDA, where the MP table goes (Linux scans 639 KiB..640 KiB). */
 export const EBDA_START = 0x9fc00;
+/** ACPI tables (RSDP first) in the BIOS read-only area Linux scans for "RSD PTR ". */
+export const ACPI_ADDRESS = 0xe0000;
 export const HIGH_MEMORY_START = 0x100000;
 export const MMIO_HOLE_START = 0xd000_0000;
 export const FOUR_GIB = 0x1_0000_0000;

@@ -7,7 +7,7 @@ const E820 = [{ address: 0, size: 0x9fc00, type: E820_TYPE.E820_RAM }, { address
 
 describe("buildBootParams", () => {
   test("an ELF kernel gets a synthesized header, the command line and the e820 map", () => {
-    const page = buildBootParams({ setupHeader: null, cmdlineAddress: 0x20000, cmdlineSize: 2047, initrd: null, e820: E820 });
+    const page = buildBootParams({ setupHeader: null, cmdlineAddress: 0x20000, cmdlineSize: 2047, initrd: null, e820: E820, acpiRsdp: 0xe0000 });
     const v = new DataView(page.buffer);
     expect({
       bootFlag: v.getUint16(BOOT_PARAMS.boot_flag, true),
@@ -24,7 +24,7 @@ describe("buildBootParams", () => {
   test("a bzImage's setup header is copied and the initrd recorded", () => {
     const header = new Uint8Array(0x26c - 0x1f1);
     header[BOOT_PARAMS.version - 0x1f1] = 0x0f;
-    const page = buildBootParams({ setupHeader: header, cmdlineAddress: 0x20000, cmdlineSize: 0, initrd: { address: 0x800000, size: 1234 }, e820: E820 });
+    const page = buildBootParams({ setupHeader: header, cmdlineAddress: 0x20000, cmdlineSize: 0, initrd: { address: 0x800000, size: 1234 }, e820: E820, acpiRsdp: 0xe0000 });
     const v = new DataView(page.buffer);
     expect([page[BOOT_PARAMS.version], v.getUint32(BOOT_PARAMS.ramdisk_image, true), v.getUint32(BOOT_PARAMS.ramdisk_size, true)]).toEqual([0x0f, 0x800000, 1234]);
   });
