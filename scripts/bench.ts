@@ -13,7 +13,7 @@ const arg = (name: string, fallback: number): number => {
   const i = Bun.argv.indexOf(name);
   return i > 0 ? Number(Bun.argv[i + 1]) : fallback;
 };
-const ROUNDS = arg("--rounds", 7);
+const ROUNDS = arg("--rounds", 11);
 const EXITS = arg("--exits", 50000);
 
 const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
