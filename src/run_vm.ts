@@ -6,7 +6,7 @@ import { EventFd } from "./base/event_fd.ts";
 import { log, logOnce, setLogLevel } from "./base/log.ts";
 import { WaitContext } from "./base/wait_context.ts";
 import { buildVm, type BuiltVm } from "./arch/x86_64/build_vm.ts";
-import { lowMemoryEnd } from "./arch/x86_64/layout.ts";
+import { FOUR_GIB, lowMemoryEnd, PCI_MMIO_END, PCI_MMIO_START } from "./arch/x86_64/layout.ts";
 import { type Config, ConfigError, kernelCmdline } from "./config.ts";
 import { KernelLoaderError } from "./arch/x86_64/kernel_image.ts";
 import { Bus } from "./devices/bus.ts";
@@ -16,6 +16,7 @@ import { GsiLine } from "./devices/interrupt.ts";
 import { Serial, SERIAL_PORT_SIZE, SERIAL_PORTS } from "./devices/serial.ts";
 import { FdOutput } from "./devices/serial_output.ts";
 import { DEBUG_PORT } from "./devices/sink.ts";
+import { AddressAllocator, PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_SIZE, PciConfigIo, PciRoot } from "./devices/pci/mod.ts";
 import { Kvm } from "./kvm/kvm.ts";
 import { type AddressSpace, BusMailbox } from "./vcpu/bus_mailbox.ts";
 import type { VcpuWorkerInit, WorkerRange } from "./vcpu/vcpu_worker.ts";
@@ -37,6 +38,12 @@ const EVENT_LOOP_SLICE_MS = 100;
 /** How long stopping vCPUs may take before their Workers are terminated. */
 const VCPU_STOP_DEADLINE_MS = 1000;
 const STDIN_CHUNK = 4096;
+const GIB = 1024 * 1024 * 1024;
+/** 64-bit BARs go in a 64 GiB window from the first GiB boundary above RAM and 4 GiB. */
+const PCI_MMIO64_SIZE = 64 * GIB;
+/** I/O port window for I/O BARs, above the legacy ISA ports. */
+const PCI_IO_START = 0xc000;
+const PCI_IO_END = 0x10000;
 
 /** Why the control loop ended. */
 type Ending = { readonly code: number; readonly message: string | null };
@@ -108,6 +115,7 @@ class VmRunner {
   #guestExit: string | null = null;
   #workerFailure: string | null = null;
   #kickSignal = 0;
+  #pciRoot: PciRoot | null = null;
 
   constructor(config: Config, built: BuiltVm, workers: readonly Worker[]) {
     this.#config = config;
@@ -151,8 +159,20 @@ class VmRunner {
     io.insert(i8042, I8042_COMMAND_PORT, 1, true);
     const memory = this.#config.memorySize;
     io.insert(new Cmos({ belowHole: lowMemoryEnd(memory), aboveFourGib: memory - lowMemoryEnd(memory) }), CMOS_INDEX_PORT, 2, true);
+    this.#pciRoot = this.#createPciRoot();
+    io.insert(new PciConfigIo(this.#pciRoot), PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_SIZE);
     // The debug port is stateless: each vCPU keeps its own sink instead of calling the control loop.
     this.#localRanges.io.push({ base: DEBUG_PORT, length: 1, label: "debug port", kind: "sink" });
+  }
+
+  #createPciRoot(): PciRoot {
+    const highStart = Math.max(FOUR_GIB, this.#built.memory.end);
+    const mmio64Start = Math.ceil(highStart / GIB) * GIB;
+    return new PciRoot(this.#buses, {
+      mmio32: new AddressAllocator(PCI_MMIO_START, PCI_MMIO_END),
+      mmio64: new AddressAllocator(mmio64Start, mmio64Start + PCI_MMIO64_SIZE),
+      io: new AddressAllocator(PCI_IO_START, PCI_IO_END),
+    });
   }
 
   #requestGuestExit(message: string): void {

@@ -76,6 +76,17 @@ export const KVM_IRQ_ROUTING_ENTRY = {
   irqchip_irqchip: 16, irqchip_pin: 20, msi_address_lo: 16, msi_address_hi: 20, msi_data: 24,
 } as const;
 
+/** struct kvm_irqfd { __u32 fd, gsi, flags, resamplefd; __u8 pad[16]; } */
+export const KVM_IRQFD = { size: 32, fd: 0, gsi: 4, flags: 8, resamplefd: 12 } as const;
+export const KVM_IRQFD_FLAG_DEASSIGN = 1;
+export const KVM_IRQFD_FLAG_RESAMPLE = 2;
+
+/** struct kvm_ioeventfd { __u64 datamatch, addr; __u32 len; __s32 fd; __u32 flags; __u8 pad[36]; } */
+export const KVM_IOEVENTFD = { size: 64, datamatch: 0, addr: 8, len: 16, fd: 20, flags: 24 } as const;
+export const KVM_IOEVENTFD_FLAG_DATAMATCH = 1;
+export const KVM_IOEVENTFD_FLAG_PIO = 2;
+export const KVM_IOEVENTFD_FLAG_DEASSIGN = 4;
+
 /** struct kvm_lapic_state { char regs[1024]; } with the LVT registers tsvm programs. */
 export const KVM_LAPIC_STATE = { size: 1024 } as const;
 export const APIC_LVT_LINT0 = 0x350;
@@ -257,4 +268,6 @@ export const LAYOUTS = {
   kvm_irq_routing: KVM_IRQ_ROUTING,
   kvm_irq_routing_entry: KVM_IRQ_ROUTING_ENTRY,
   kvm_lapic_state: KVM_LAPIC_STATE,
+  kvm_irqfd: KVM_IRQFD,
+  kvm_ioeventfd: KVM_IOEVENTFD,
 } as const;

@@ -4,8 +4,35 @@ import { checked } from "../base/errno.ts";
 import { OwnedFd } from "../base/owned_fd.ts";
 import type { GuestMemory } from "../memory/mod.ts";
 import type { Kvm } from "./kvm.ts";
-import { encodeMemoryRegion, KVM_IRQ_LEVEL, KVM_PIT_CONFIG } from "./kvm_structs.ts";
-import { KVM_IOCTL, KVM_PIT_SPEAKER_DUMMY } from "./kvm_sys.ts";
+import {
+  encodeMemoryRegion, KVM_IOEVENTFD, KVM_IOEVENTFD_FLAG_DEASSIGN, KVM_IOEVENTFD_FLAG_PIO, KVM_IRQ_LEVEL, KVM_IRQ_ROUTING,
+  KVM_IRQ_ROUTING_ENTRY, KVM_IRQFD, KVM_IRQFD_FLAG_DEASSIGN, KVM_PIT_CONFIG,
+} from "./kvm_structs.ts";
+import {
+  KVM_IOCTL, KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
+  KVM_PIT_SPEAKER_DUMMY,
+} from "./kvm_sys.ts";
+
+/** One GSI route: to an in-kernel irqchip pin, or an MSI message. */
+export type GsiRoute =
+  | { readonly gsi: number; readonly kind: "irqchip"; readonly chip: number; readonly pin: number }
+  | { readonly gsi: number; readonly kind: "msi"; readonly addressLo: number; readonly addressHi: number; readonly data: number };
+
+/** KVM's default routing, which KVM_SET_GSI_ROUTING replaces and so must repeat: GSI 0-15 to both
+ * PICs and the IOAPIC, GSI 16-23 to the IOAPIC. */
+export function defaultGsiRoutes(): GsiRoute[] {
+  const routes: GsiRoute[] = [];
+  for (let gsi = 0; gsi < 24; gsi++) {
+    if (gsi < 16) {
+      routes.push({ gsi, kind: "irqchip", chip: gsi < 8 ? KVM_IRQCHIP_PIC_MASTER : KVM_IRQCHIP_PIC_SLAVE, pin: gsi % 8 });
+    }
+    routes.push({ gsi, kind: "irqchip", chip: KVM_IRQCHIP_IOAPIC, pin: gsi });
+  }
+  return routes;
+}
+
+/** First GSI free for MSI routes, after the IOAPIC's 24 pins. */
+export const FIRST_MSI_GSI = 24;
 
 /** A KVM virtual machine (the VM fd). */
 export class Vm extends OwnedFd {
@@ -54,6 +81,49 @@ export class Vm extends OwnedFd {
     this.#irqLevelView.setUint32(KVM_IRQ_LEVEL.irq, irq, true);
     this.#irqLevelView.setUint32(KVM_IRQ_LEVEL.level, level ? 1 : 0, true);
     checked(sys.ioctlPtr(this.fd, KVM_IOCTL.KVM_IRQ_LINE, this.#irqLevel), `set IRQ ${irq}`);
+  }
+
+  /** Replaces the whole GSI routing table. */
+  setGsiRouting(routes: readonly GsiRoute[]): void {
+    const bytes = new Uint8Array(KVM_IRQ_ROUTING.size + routes.length * KVM_IRQ_ROUTING_ENTRY.size);
+    const v = new DataView(bytes.buffer);
+    v.setUint32(KVM_IRQ_ROUTING.nr, routes.length, true);
+    routes.forEach((r, i) => {
+      const at = KVM_IRQ_ROUTING.entries + i * KVM_IRQ_ROUTING_ENTRY.size;
+      v.setUint32(at + KVM_IRQ_ROUTING_ENTRY.gsi, r.gsi, true);
+      if (r.kind === "irqchip") {
+        v.setUint32(at + KVM_IRQ_ROUTING_ENTRY.type, KVM_IRQ_ROUTING_IRQCHIP, true);
+        v.setUint32(at + KVM_IRQ_ROUTING_ENTRY.irqchip_irqchip, r.chip, true);
+        v.setUint32(at + KVM_IRQ_ROUTING_ENTRY.irqchip_pin, r.pin, true);
+      } else {
+        v.setUint32(at + KVM_IRQ_ROUTING_ENTRY.type, KVM_IRQ_ROUTING_MSI, true);
+        v.setUint32(at + KVM_IRQ_ROUTING_ENTRY.msi_address_lo, r.addressLo, true);
+        v.setUint32(at + KVM_IRQ_ROUTING_ENTRY.msi_address_hi, r.addressHi, true);
+        v.setUint32(at + KVM_IRQ_ROUTING_ENTRY.msi_data, r.data, true);
+      }
+    });
+    checked(sys.ioctlPtr(this.fd, KVM_IOCTL.KVM_SET_GSI_ROUTING, bytes), "set GSI routing");
+  }
+
+  /** Makes writes to eventfd `fd` inject GSI `gsi` (assign), or stops that (deassign). */
+  setIrqfd(fd: number, gsi: number, assign: boolean): void {
+    const bytes = new Uint8Array(KVM_IRQFD.size);
+    const v = new DataView(bytes.buffer);
+    v.setUint32(KVM_IRQFD.fd, fd, true);
+    v.setUint32(KVM_IRQFD.gsi, gsi, true);
+    v.setUint32(KVM_IRQFD.flags, assign ? 0 : KVM_IRQFD_FLAG_DEASSIGN, true);
+    checked(sys.ioctlPtr(this.fd, KVM_IOCTL.KVM_IRQFD, bytes), `${assign ? "assign" : "deassign"} irqfd for GSI ${gsi}`);
+  }
+
+  /** Makes guest writes of `length` bytes to `address` signal eventfd `fd` without a vCPU exit. */
+  setIoeventfd(fd: number, space: "io" | "mmio", address: number, length: number, assign: boolean): void {
+    const bytes = new Uint8Array(KVM_IOEVENTFD.size);
+    const v = new DataView(bytes.buffer);
+    v.setBigUint64(KVM_IOEVENTFD.addr, BigInt(address), true);
+    v.setUint32(KVM_IOEVENTFD.len, length, true);
+    v.setInt32(KVM_IOEVENTFD.fd, fd, true);
+    v.setUint32(KVM_IOEVENTFD.flags, (space === "io" ? KVM_IOEVENTFD_FLAG_PIO : 0) | (assign ? 0 : KVM_IOEVENTFD_FLAG_DEASSIGN), true);
+    checked(sys.ioctlPtr(this.fd, KVM_IOCTL.KVM_IOEVENTFD, bytes), `${assign ? "register" : "unregister"} ioeventfd at 0x${address.toString(16)}`);
   }
 
   /** Creates vCPU `id` and returns its fd. */

@@ -134,6 +134,29 @@ export class GuestMemory {
     return at === null ? null : at.region.bytes.subarray(at.offset, at.offset + length);
   }
 
+  /**
+   * Returns live views covering [address, address + length), split where regions meet (RAM above
+   * 4 GiB is contiguous across regions), or null when any byte is not RAM.
+   */
+  slices(address: number, length: number): Uint8Array[] | null {
+    const whole = this.slice(address, length);
+    if (whole !== null) return [whole];
+    if (!Number.isSafeInteger(address) || !Number.isSafeInteger(length) || address < 0 || length < 0) return null;
+    const out: Uint8Array[] = [];
+    let at = address;
+    let left = length;
+    while (left > 0) {
+      const region = this.regionOf(at);
+      if (region === null) return null;
+      const offset = at - region.guestBase;
+      const n = Math.min(left, region.size - offset);
+      out.push(region.bytes.subarray(offset, offset + n));
+      at += n;
+      left -= n;
+    }
+    return out;
+  }
+
   /** Copies guest bytes into `dst`; throws when the range is not RAM. */
   read(address: number, dst: Uint8Array): void {
     dst.set(this.#slice(address, dst.byteLength));

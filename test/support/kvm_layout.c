@@ -62,6 +62,11 @@ int main(void)
 	OFF(kvm_irq_routing_entry, "msi_address_hi", u.msi.address_hi);
 	OFF(kvm_irq_routing_entry, "msi_data", u.msi.data);
 	SIZE(kvm_lapic_state);
+	SIZE(kvm_irqfd);
+	OFF(kvm_irqfd, "fd", fd); OFF(kvm_irqfd, "gsi", gsi); OFF(kvm_irqfd, "flags", flags); OFF(kvm_irqfd, "resamplefd", resamplefd);
+	SIZE(kvm_ioeventfd);
+	OFF(kvm_ioeventfd, "datamatch", datamatch); OFF(kvm_ioeventfd, "addr", addr); OFF(kvm_ioeventfd, "len", len);
+	OFF(kvm_ioeventfd, "fd", fd); OFF(kvm_ioeventfd, "flags", flags);
 
 	OFF(kvm_run, "request_interrupt_window", request_interrupt_window);
 	OFF(kvm_run, "immediate_exit", immediate_exit);

@@ -1,0 +1,120 @@
+// descriptor_chain.ts - a validated descriptor chain and sequential access to its buffers (virtio 1.2 §2.7.5).
+//
+// A chain is parsed completely when it is popped: every descriptor is checked against guest RAM, the
+// chain length is bounded, indirect tables are followed once, and device-writable buffers must come
+// after the readable ones. Buffers are kept as live views of guest memory, so a device reads and
+// writes the guest's pages directly.
+
+export const VIRTQ_DESC_F_NEXT = 1;
+export const VIRTQ_DESC_F_WRITE = 2;
+export const VIRTQ_DESC_F_INDIRECT = 4;
+/** struct virtq_desc { le64 addr; le32 len; le16 flags; le16 next; } */
+export const VIRTQ_DESC_SIZE = 16;
+
+/** A popped chain: its head index (for the used ring) and its buffers, split at region boundaries. */
+export type DescriptorChain = {
+  readonly head: number;
+  readonly readable: readonly Uint8Array[];
+  readonly writable: readonly Uint8Array[];
+  readonly readableLength: number;
+  readonly writableLength: number;
+};
+
+/** Reads a chain's device-readable bytes in order. */
+export class ChainReader {
+  #index = 0;
+  #offset = 0;
+  #consumed = 0;
+  constructor(readonly chain: DescriptorChain) {}
+
+  /** Bytes not yet read. */
+  get remaining(): number {
+    return this.chain.readableLength - this.#consumed;
+  }
+
+  /** Fills `dst` from the chain; returns false (having read nothing) when fewer bytes remain. */
+  read(dst: Uint8Array): boolean {
+    if (dst.byteLength > this.remaining) return false;
+    let done = 0;
+    while (done < dst.byteLength) {
+      const buf = this.chain.readable[this.#index]!;
+      const n = Math.min(buf.byteLength - this.#offset, dst.byteLength - done);
+      dst.set(buf.subarray(this.#offset, this.#offset + n), done);
+      done += n;
+      this.#advance(buf, n);
+    }
+    this.#consumed += done;
+    return true;
+  }
+
+  /** Returns the next `length` readable bytes as views (no copy), or null when fewer remain. */
+  take(length: number): Uint8Array[] | null {
+    if (length > this.remaining) return null;
+    const out: Uint8Array[] = [];
+    let left = length;
+    while (left > 0) {
+      const buf = this.chain.readable[this.#index]!;
+      const n = Math.min(buf.byteLength - this.#offset, left);
+      out.push(buf.subarray(this.#offset, this.#offset + n));
+      left -= n;
+      this.#advance(buf, n);
+    }
+    this.#consumed += length;
+    return out;
+  }
+
+  #advance(buf: Uint8Array, n: number): void {
+    this.#offset += n;
+    if (this.#offset === buf.byteLength) {
+      this.#index++;
+      this.#offset = 0;
+    }
+  }
+}
+
+/** Writes into a chain's device-writable buffers in order and counts what was written. */
+export class ChainWriter {
+  #index = 0;
+  #offset = 0;
+  #written = 0;
+  constructor(readonly chain: DescriptorChain) {}
+
+  /** Bytes written so far (the used length to report). */
+  get written(): number {
+    return this.#written;
+  }
+
+  get remaining(): number {
+    return this.chain.writableLength - this.#written;
+  }
+
+  /** Copies `src` into the chain; returns false (having written nothing) when it does not fit. */
+  write(src: Uint8Array): boolean {
+    if (src.byteLength > this.remaining) return false;
+    for (const view of this.take(src.byteLength)!) {
+      view.set(src.subarray(0, view.byteLength));
+      src = src.subarray(view.byteLength);
+    }
+    return true;
+  }
+
+  /** Returns the next `length` writable bytes as views to fill, counting them as written. */
+  take(length: number): Uint8Array[] | null {
+    if (length > this.remaining) return null;
+    const out: Uint8Array[] = [];
+    let left = length;
+    while (left > 0) {
+      const buf = this.chain.writable[this.#index]!;
+      const n = Math.min(buf.byteLength - this.#offset, left);
+      out.push(buf.subarray(this.#offset, this.#offset + n));
+      left -= n;
+      this.#offset += n;
+      if (this.#offset === buf.byteLength) {
+        this.#index++;
+        this.#offset = 0;
+      }
+    }
+    this.#written += length;
+    return out;
+  }
+}
