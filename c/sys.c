@@ -57,3 +57,6 @@ int tsvm_fcntl_setfl(int fd, int flags)
 int tsvm_dup(int fd) { RET(fcntl(fd, F_DUPFD_CLOEXEC, 3)); }
 int tsvm_getpid(void) { return getpid(); }
 int tsvm_gettid(void) { return (int)syscall(SYS_gettid); }
+
+/* Fills buf from the kernel's random pool (getrandom(2), no flags: blocks only before the pool is seeded). */
+int64_t tsvm_getrandom(void *buf, uint64_t len) { RET64(syscall(SYS_getrandom, buf, len, 0)); }

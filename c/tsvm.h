@@ -28,6 +28,7 @@ int tsvm_fcntl_setfl(int fd, int flags);
 int tsvm_dup(int fd);
 int tsvm_getpid(void);
 int tsvm_gettid(void);
+int64_t tsvm_getrandom(void *buf, uint64_t len);
 
 /* vcpu.c: the vCPU run call and the kick signal */
 int tsvm_vcpu_bind(uint64_t kvm_run_addr);

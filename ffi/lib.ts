@@ -25,6 +25,7 @@ const symbols = {
   tsvm_dup: { args: [i32], returns: i32 },
   tsvm_getpid: { args: [], returns: i32 },
   tsvm_gettid: { args: [], returns: i32 },
+  tsvm_getrandom: { args: [pointer, u64], returns: FFIType.i64_fast },
   // vcpu.c
   tsvm_vcpu_bind: { args: [u64], returns: i32 },
   tsvm_vcpu_run: { args: [i32], returns: i32 },

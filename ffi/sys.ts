@@ -111,3 +111,8 @@ export function viewOf(address: number, length: number): ArrayBuffer {
 export function addressOf(buf: NativeBuffer): number {
   return ptr(buf) as unknown as number;
 }
+
+/** Fills `buf` with random bytes from the kernel; returns the count or -errno. */
+export function getrandom(buf: Uint8Array): number {
+  return Number(native.tsvm_getrandom(buf, buf.byteLength));
+}

@@ -80,6 +80,8 @@ export type Config = {
   readonly params: readonly string[];
   readonly serials: readonly SerialConfig[];
   readonly logLevel: LogLevel;
+  /** virtio-rng, on unless --no-rng (as in crosvm). */
+  readonly rng: boolean;
 };
 
 /** The run options as they come from the command line, before validation. */
@@ -91,6 +93,7 @@ export type RawRunOptions = {
   readonly params?: readonly string[] | undefined;
   readonly serial?: readonly string[] | undefined;
   readonly logLevel?: string | undefined;
+  readonly rng?: boolean | undefined;
 };
 
 const RunSchema = v.object({
@@ -152,6 +155,7 @@ export function parseRunConfig(raw: RawRunOptions): Config {
     // crosvm's default: COM1 on stdout, the console, reading stdin.
     serials: serials.length > 0 ? serials : [{ type: "stdout", num: 1, console: true, stdin: true }],
     logLevel: o.logLevel ?? "warn",
+    rng: raw.rng ?? true,
   };
 }
 

@@ -25,11 +25,12 @@ export async function main(argv: readonly string[]): Promise<number> {
           type: "string",
           describe: "serial port: type=stdout|file|sink,num=1..4[,path=P][,console=true][,stdin=true] (repeatable)",
         })
-        .option("log-level", { type: "string", describe: "error, warn, info or debug (default warn)" }),
+        .option("log-level", { type: "string", describe: "error, warn, info or debug (default warn)" })
+        .option("rng", { type: "boolean", default: true, describe: "virtio-rng device (--no-rng to leave it out)" }),
       async (args) => {
         const raw: RawRunOptions = {
           kernel: args.kernel, initrd: args.initrd, mem: args.mem, cpus: args.cpus,
-          params: repeated(args.params), serial: repeated(args.serial), logLevel: args["log-level"],
+          params: repeated(args.params), serial: repeated(args.serial), logLevel: args["log-level"], rng: args.rng,
         };
         const config = parseRunConfig(raw);
         log.debug(`configuration parsed at ${performance.now().toFixed(1)} ms`);

@@ -17,6 +17,10 @@ import { Serial, SERIAL_PORT_SIZE, SERIAL_PORTS } from "./devices/serial.ts";
 import { FdOutput } from "./devices/serial_output.ts";
 import { DEBUG_PORT } from "./devices/sink.ts";
 import { AddressAllocator, PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_SIZE, PciConfigIo, PciRoot } from "./devices/pci/mod.ts";
+import { IrqRouter } from "./devices/irq_router.ts";
+import { Rng } from "./devices/virtio/rng.ts";
+import type { DeviceEventLoop, VirtioDevice } from "./devices/virtio/virtio_device.ts";
+import { VirtioPciDevice } from "./devices/virtio/virtio_pci_device.ts";
 import { Kvm } from "./kvm/kvm.ts";
 import { type AddressSpace, BusMailbox } from "./vcpu/bus_mailbox.ts";
 import type { VcpuWorkerInit, WorkerRange } from "./vcpu/vcpu_worker.ts";
@@ -27,7 +31,7 @@ import { builtinGuest } from "./builtin_guest.ts";
 export const EXIT_CODE = { GUEST_EXIT: 0, VM_ERROR: 1, USAGE: 2 } as const;
 
 /** Tokens of the control loop's WaitContext. */
-type Token = "bus_request" | "vcpu_exit" | "device_exit" | "stdin" | "sigint" | "sigterm";
+type Token = "bus_request" | "vcpu_exit" | "device_exit" | "stdin" | "sigint" | "sigterm" | { readonly device: () => void };
 
 const SIGINT = 2;
 const SIGTERM = 15;
@@ -44,6 +48,9 @@ const PCI_MMIO64_SIZE = 64 * GIB;
 /** I/O port window for I/O BARs, above the legacy ISA ports. */
 const PCI_IO_START = 0xc000;
 const PCI_IO_END = 0x10000;
+/** PCI INTx lines go to IOAPIC pins 16-23, the ones the ISA devices leave free. */
+const PCI_INTX_FIRST_PIN = 16;
+const PCI_INTX_PINS = 8;
 
 /** Why the control loop ended. */
 type Ending = { readonly code: number; readonly message: string | null };
@@ -116,6 +123,8 @@ class VmRunner {
   #workerFailure: string | null = null;
   #kickSignal = 0;
   #pciRoot: PciRoot | null = null;
+  readonly #virtio: VirtioPciDevice[] = [];
+  #irqRouter!: IrqRouter;
 
   constructor(config: Config, built: BuiltVm, workers: readonly Worker[]) {
     this.#config = config;
@@ -123,6 +132,7 @@ class VmRunner {
     this.#workers = workers;
     this.#shared = new VcpuShared(config.cpus);
     this.#mailboxes = built.vcpus.map((v) => new BusMailbox(this.#shared, v.id));
+    this.#irqRouter = new IrqRouter(built.vm);
   }
 
   async run(): Promise<number> {
@@ -161,6 +171,7 @@ class VmRunner {
     io.insert(new Cmos({ belowHole: lowMemoryEnd(memory), aboveFourGib: memory - lowMemoryEnd(memory) }), CMOS_INDEX_PORT, 2, true);
     this.#pciRoot = this.#createPciRoot();
     io.insert(new PciConfigIo(this.#pciRoot), PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_SIZE);
+    for (const device of this.#virtioDevices()) this.#addVirtio(device);
     // The debug port is stateless: each vCPU keeps its own sink instead of calling the control loop.
     this.#localRanges.io.push({ base: DEBUG_PORT, length: 1, label: "debug port", kind: "sink" });
   }
@@ -174,6 +185,34 @@ class VmRunner {
       io: new AddressAllocator(PCI_IO_START, PCI_IO_END),
     });
   }
+
+  /** The virtio devices the configuration asks for, in PCI slot order. */
+  #virtioDevices(): VirtioDevice[] {
+    const devices: VirtioDevice[] = [];
+    if (this.#config.rng) devices.push(new Rng());
+    return devices;
+  }
+
+  #addVirtio(device: VirtioDevice): void {
+    const vm = this.#built.vm;
+    const pin = PCI_INTX_FIRST_PIN + (this.#virtio.length % PCI_INTX_PINS);
+    const pci = new VirtioPciDevice(device, {
+      memory: this.#built.memory,
+      router: this.#irqRouter,
+      intx: new GsiLine(pin, (gsi, level) => vm.setIrqLine(gsi, level)),
+      intxLine: pin,
+      loop: this.#deviceLoop,
+      ioeventfd: (fd, address, length, assign) => vm.setIoeventfd(fd, "mmio", address, length, assign),
+    });
+    this.#pciRoot!.add(pci);
+    this.#virtio.push(pci);
+  }
+
+  /** Runs device workers on the control loop: their eventfds are watched like any other. */
+  readonly #deviceLoop: DeviceEventLoop = {
+    watch: (fd, onReadable) => this.#wait.add(fd, { device: onReadable }),
+    unwatch: (fd) => this.#wait.delete(fd),
+  };
 
   #requestGuestExit(message: string): void {
     this.#guestExit ??= message;
@@ -258,6 +297,8 @@ class VmRunner {
             this.#deviceExit.read();
             this.#vcpuExit.read();
             break;
+          default:
+            token.device();
         }
       }
       const ending = this.#ending();
@@ -329,6 +370,7 @@ class VmRunner {
   }
 
   #release(): void {
+    for (const d of this.#virtio) d.close();
     if (this.#savedTerminal) term.termRestore(0, this.#savedTerminal);
     eventFfi.defaultSignal(SIGINT);
     eventFfi.defaultSignal(SIGTERM);

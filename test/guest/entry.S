@@ -101,8 +101,28 @@ ap_trampoline:
 	jmp 5b
 ap_trampoline_end:
 
+/* Interrupt stubs for vectors 0x40-0x4f: count, end of interrupt at the LAPIC, return. */
+	.code64
+	.macro irq_stub n
+irq_stub_\n:
+	incl irq_counts + 4 * \n(%rip)
+	push %rax
+	mov $0xfee000b0, %eax
+	movl $0, (%rax)
+	pop %rax
+	iretq
+	.endm
+	.irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15
+	irq_stub \n
+	.endr
+
 	.section .rodata
 	.balign 8
+	.globl irq_stubs
+irq_stubs:
+	.irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15
+	.quad irq_stub_\n
+	.endr
 pvh_gdt:
 	.quad 0
 	.quad 0x00af9b000000ffff	/* 0x08: 64-bit code */

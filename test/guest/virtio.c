@@ -1,0 +1,178 @@
+/* virtio.c - a virtio 1.x modern PCI driver written from the spec, and the device checks that use it. */
+#include "guest.h"
+
+#define VIRTIO_VENDOR 0x1af4
+#define VIRTIO_F_VERSION_1 32
+#define VIRTIO_RING_F_INDIRECT_DESC 28
+#define VIRTIO_RING_F_EVENT_IDX 29
+#define STATUS_ACK 1
+#define STATUS_DRIVER 2
+#define STATUS_DRIVER_OK 4
+#define STATUS_FEATURES_OK 8
+#define STATUS_NEEDS_RESET 0x40
+#define DESC_F_NEXT 1
+#define DESC_F_WRITE 2
+#define DESC_F_INDIRECT 4
+#define QSIZE 8
+
+/* struct virtio_pci_common_cfg offsets */
+enum { DFSEL = 0x00, DF = 0x04, GFSEL = 0x08, GF = 0x0c, MSIX_CFG = 0x10, NUMQ = 0x12, STATUS = 0x14, GEN = 0x15,
+       QSEL = 0x16, QSIZEREG = 0x18, QMSIX = 0x1a, QEN = 0x1c, QNOFF = 0x1e, QDESC = 0x20, QDRV = 0x28, QDEV = 0x30 };
+
+struct desc { uint64_t addr; uint32_t len; uint16_t flags, next; };
+struct vq {
+	struct desc desc[QSIZE] __attribute__((aligned(16)));
+	struct { uint16_t flags, idx, ring[QSIZE], used_event; } avail __attribute__((aligned(2)));
+	struct { uint16_t flags, idx; struct { uint32_t id, len; } ring[QSIZE]; uint16_t avail_event; } used __attribute__((aligned(4)));
+	uint16_t next_avail, last_used, index;
+	uintptr_t notify;
+};
+struct vdev {
+	int slot;
+	uintptr_t bar, common, isr, device, notify_base;
+	uint32_t notify_mult;
+	unsigned msix_cap, msix_vectors;
+};
+
+static int find_caps(struct vdev *d)
+{
+	unsigned found = 0;
+	d->bar = pci_read32((unsigned)d->slot, 0x10) & ~0xfu;
+	for (unsigned at = pci_read8((unsigned)d->slot, 0x34); at; at = pci_read8((unsigned)d->slot, at + 1)) {
+		uint8_t id = pci_read8((unsigned)d->slot, at);
+		if (id == 0x11) {
+			d->msix_cap = at;
+			d->msix_vectors = (pci_read16((unsigned)d->slot, at + 2) & 0x7ff) + 1;
+			continue;
+		}
+		if (id != 0x09) continue;
+		uint8_t type = pci_read8((unsigned)d->slot, at + 3), bar = pci_read8((unsigned)d->slot, at + 4);
+		uint32_t offset = pci_read32((unsigned)d->slot, at + 8);
+		if (bar != 0) continue;
+		if (type == 1) { d->common = d->bar + offset; found |= 1; }
+		if (type == 2) { d->notify_base = d->bar + offset; d->notify_mult = pci_read32((unsigned)d->slot, at + 16); found |= 2; }
+		if (type == 3) { d->isr = d->bar + offset; found |= 4; }
+		if (type == 4) { d->device = d->bar + offset; found |= 8; }
+	}
+	return (found & 7) == 7 && d->msix_cap;
+}
+
+/* Resets, negotiates `wanted` (VERSION_1 always) and returns the accepted feature word pair, or -1. */
+static int64_t negotiate(struct vdev *d, uint64_t wanted)
+{
+	mmio_write8(d->common + STATUS, 0);
+	while (mmio_read8(d->common + STATUS) != 0) ;
+	mmio_write8(d->common + STATUS, STATUS_ACK);
+	mmio_write8(d->common + STATUS, STATUS_ACK | STATUS_DRIVER);
+	mmio_write32(d->common + DFSEL, 0);
+	uint64_t offered = mmio_read32(d->common + DF);
+	mmio_write32(d->common + DFSEL, 1);
+	offered |= (uint64_t)mmio_read32(d->common + DF) << 32;
+	uint64_t accept = offered & (wanted | (1ull << VIRTIO_F_VERSION_1));
+	mmio_write32(d->common + GFSEL, 0);
+	mmio_write32(d->common + GF, (uint32_t)accept);
+	mmio_write32(d->common + GFSEL, 1);
+	mmio_write32(d->common + GF, (uint32_t)(accept >> 32));
+	mmio_write8(d->common + STATUS, STATUS_ACK | STATUS_DRIVER | STATUS_FEATURES_OK);
+	if (!(mmio_read8(d->common + STATUS) & STATUS_FEATURES_OK)) return -1;
+	return (int64_t)accept;
+}
+
+/* Turns MSI-X on and points vector v at IDT vector IRQ_VECTOR_BASE + first + v on CPU 0. */
+static void msix_setup(struct vdev *d, unsigned first)
+{
+	uint32_t table = pci_read32((unsigned)d->slot, d->msix_cap + 4);
+	uintptr_t base = d->bar + (table & ~7u);
+	pci_write16((unsigned)d->slot, 4, pci_read16((unsigned)d->slot, 4) | 0x6); /* memory + bus master */
+	pci_write16((unsigned)d->slot, d->msix_cap + 2, 0x8000);
+	for (unsigned v = 0; v < d->msix_vectors && first + v < 16; v++) {
+		mmio_write32(base + v * 16, 0xfee00000);
+		mmio_write32(base + v * 16 + 4, 0);
+		mmio_write32(base + v * 16 + 8, IRQ_VECTOR_BASE + first + v);
+		mmio_write32(base + v * 16 + 12, 0); /* unmasked */
+	}
+}
+
+static int queue_setup(struct vdev *d, struct vq *q, uint16_t index, uint16_t vector)
+{
+	memset(q, 0, sizeof(*q));
+	q->index = index;
+	mmio_write16(d->common + QSEL, index);
+	if (mmio_read16(d->common + QSIZEREG) < QSIZE) return 0;
+	mmio_write16(d->common + QSIZEREG, QSIZE);
+	mmio_write16(d->common + QMSIX, vector);
+	if (mmio_read16(d->common + QMSIX) != vector) return 0;
+	mmio_write32(d->common + QDESC, (uint32_t)(uintptr_t)q->desc);
+	mmio_write32(d->common + QDESC + 4, 0);
+	mmio_write32(d->common + QDRV, (uint32_t)(uintptr_t)&q->avail);
+	mmio_write32(d->common + QDRV + 4, 0);
+	mmio_write32(d->common + QDEV, (uint32_t)(uintptr_t)&q->used);
+	mmio_write32(d->common + QDEV + 4, 0);
+	q->notify = d->notify_base + mmio_read16(d->common + QNOFF) * d->notify_mult;
+	mmio_write16(d->common + QEN, 1);
+	return 1;
+}
+
+static void driver_ok(struct vdev *d) { mmio_write8(d->common + STATUS, mmio_read8(d->common + STATUS) | STATUS_DRIVER_OK); }
+
+static void submit(struct vq *q, uint16_t head)
+{
+	q->avail.ring[q->next_avail % QSIZE] = head;
+	barrier();
+	q->avail.idx = ++q->next_avail;
+	barrier();
+	mmio_write16(q->notify, q->index);
+}
+
+/* Waits for the used ring to advance (by interrupt `irq`); returns the used length or -1. */
+static int64_t wait_used(struct vq *q, unsigned irq, uint32_t irq_before)
+{
+	int got_irq = wait_for_irq(irq, irq_before);
+	for (uint64_t spin = 0; spin < 1000000 && *(volatile uint16_t *)&q->used.idx == q->last_used; spin++) ;
+	if (*(volatile uint16_t *)&q->used.idx == q->last_used || !got_irq) return -1;
+	return q->used.ring[q->last_used++ % QSIZE].len;
+}
+
+static int open_device(struct vdev *d, uint16_t device_id, const char *name)
+{
+	memset(d, 0, sizeof(*d));
+	d->slot = pci_find(VIRTIO_VENDOR, device_id);
+	if (d->slot < 0) { result(0, name, "device not found on PCI bus 0"); return 0; }
+	if (!find_caps(d)) { result(0, name, "common/notify/ISR capabilities or MSI-X missing"); return 0; }
+	return 1;
+}
+
+/* ---- virtio-rng ---- */
+static struct vq rngq;
+static uint8_t rng_buf[2][32];
+
+static void check_rng(void)
+{
+	struct vdev d;
+	if (!open_device(&d, 0x1044, "virtio-rng")) return;
+	int64_t features = negotiate(&d, 0);
+	msix_setup(&d, 0);
+	mmio_write16(d.common + MSIX_CFG, 0);
+	int ok = features >= 0 && queue_setup(&d, &rngq, 0, 1);
+	driver_ok(&d);
+	for (int i = 0; ok && i < 2; i++) {
+		rngq.desc[i] = (struct desc){ (uint64_t)(uintptr_t)rng_buf[i], sizeof(rng_buf[i]), DESC_F_WRITE, 0 };
+		uint32_t before = irq_counts[1];
+		submit(&rngq, (uint16_t)i);
+		ok &= wait_used(&rngq, 1, before) == sizeof(rng_buf[i]);
+	}
+	int differ = 0, nonzero = 0;
+	for (unsigned i = 0; i < sizeof(rng_buf[0]); i++) {
+		differ |= rng_buf[0][i] != rng_buf[1][i];
+		nonzero |= rng_buf[0][i] | rng_buf[1][i];
+	}
+	puts_("     virtio-rng irqs "); putu(irq_counts[1]); puts_(" first bytes "); putx(rng_buf[0][0]); puts_(" "); putx(rng_buf[1][0]); puts_("\n");
+	result(ok && differ && nonzero && !(mmio_read8(d.common + STATUS) & STATUS_NEEDS_RESET), "virtio-rng",
+	       "found by PCI scan, features negotiated, two reads by MSI-X, the bytes differ");
+	mmio_write8(d.common + STATUS, 0);
+}
+
+void check_virtio(void)
+{
+	check_rng();
+}
