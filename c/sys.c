@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -60,3 +61,7 @@ int tsvm_gettid(void) { return (int)syscall(SYS_gettid); }
 
 /* Fills buf from the kernel's random pool (getrandom(2), no flags: blocks only before the pool is seeded). */
 int64_t tsvm_getrandom(void *buf, uint64_t len) { RET64(syscall(SYS_getrandom, buf, len, 0)); }
+
+int tsvm_fdatasync(int fd) { RET(fdatasync(fd)); }
+int tsvm_fallocate(int fd, int mode, int64_t offset, int64_t len) { RET(fallocate(fd, mode, offset, len)); }
+int tsvm_flock(int fd, int operation) { RET(flock(fd, operation)); }

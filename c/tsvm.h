@@ -29,6 +29,9 @@ int tsvm_dup(int fd);
 int tsvm_getpid(void);
 int tsvm_gettid(void);
 int64_t tsvm_getrandom(void *buf, uint64_t len);
+int tsvm_fdatasync(int fd);
+int tsvm_fallocate(int fd, int mode, int64_t offset, int64_t len);
+int tsvm_flock(int fd, int operation);
 
 /* vcpu.c: the vCPU run call and the kick signal */
 int tsvm_vcpu_bind(uint64_t kvm_run_addr);

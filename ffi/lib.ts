@@ -26,6 +26,9 @@ const symbols = {
   tsvm_getpid: { args: [], returns: i32 },
   tsvm_gettid: { args: [], returns: i32 },
   tsvm_getrandom: { args: [pointer, u64], returns: FFIType.i64_fast },
+  tsvm_fdatasync: { args: [i32], returns: i32 },
+  tsvm_fallocate: { args: [i32, i32, i64, i64], returns: i32 },
+  tsvm_flock: { args: [i32, i32], returns: i32 },
   // vcpu.c
   tsvm_vcpu_bind: { args: [u64], returns: i32 },
   tsvm_vcpu_run: { args: [i32], returns: i32 },

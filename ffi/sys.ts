@@ -116,3 +116,18 @@ export function addressOf(buf: NativeBuffer): number {
 export function getrandom(buf: Uint8Array): number {
   return Number(native.tsvm_getrandom(buf, buf.byteLength));
 }
+
+/** Flushes the file's data (and the metadata needed to read it) to stable storage; returns 0 or -errno. */
+export function fdatasync(fd: number): number {
+  return native.tsvm_fdatasync(fd);
+}
+
+/** fallocate(2): punch holes or zero ranges (mode FALLOC_FL_*); returns 0 or -errno. */
+export function fallocate(fd: number, mode: number, offset: number, length: number): number {
+  return native.tsvm_fallocate(fd, mode, offset, length);
+}
+
+/** flock(2) (LOCK_SH/LOCK_EX, | LOCK_NB); returns 0 or -errno. */
+export function flock(fd: number, operation: number): number {
+  return native.tsvm_flock(fd, operation);
+}

@@ -51,22 +51,47 @@ const SerialSchema = v.pipe(
 );
 export type SerialConfig = v.InferOutput<typeof SerialSchema>;
 
+/** Splits crosvm's `key=value,key=value` option syntax, refusing unknown and repeated keys. */
+function parseKeyValues(flag: string, text: string, keys: readonly string[], positionalKey?: string): Record<string, string> {
+  const fields: Record<string, string> = {};
+  text.split(",").forEach((part, index) => {
+    if (part === "") return;
+    const eq = part.indexOf("=");
+    if (eq < 0 && index === 0 && positionalKey) {
+      fields[positionalKey] = part; // crosvm allows a bare first value: --block disk.img,ro=true
+      return;
+    }
+    const key = eq < 0 ? part : part.slice(0, eq);
+    if (!keys.includes(key)) throw new ConfigError(`${flag} ${text}: unknown key "${key}" (accepted: ${keys.join(", ")})`);
+    if (eq < 0) throw new ConfigError(`${flag} ${text}: "${key}" needs a value (${key}=...)`);
+    if (key in fields) throw new ConfigError(`${flag} ${text}: "${key}" is given twice`);
+    fields[key] = part.slice(eq + 1);
+  });
+  return fields;
+}
+
 /** Parses crosvm's `--serial type=stdout,num=1,console=true,...` syntax. */
 export function parseSerial(text: string): SerialConfig {
-  const fields: Record<string, string> = {};
-  for (const part of text.split(",")) {
-    if (part === "") continue;
-    const eq = part.indexOf("=");
-    const key = eq < 0 ? part : part.slice(0, eq);
-    if (!(SERIAL_KEYS as readonly string[]).includes(key)) {
-      throw new ConfigError(`--serial ${text}: unknown key "${key}" (accepted: ${SERIAL_KEYS.join(", ")})`);
-    }
-    if (eq < 0) throw new ConfigError(`--serial ${text}: "${key}" needs a value (${key}=...)`);
-    if (key in fields) throw new ConfigError(`--serial ${text}: "${key}" is given twice`);
-    fields[key] = part.slice(eq + 1);
-  }
-  const result = v.safeParse(SerialSchema, fields);
+  const result = v.safeParse(SerialSchema, parseKeyValues("--serial", text, SERIAL_KEYS));
   if (!result.success) throw new ConfigError(`--serial ${text}: ${describeIssues(result.issues)}`);
+  return result.output;
+}
+
+const BLOCK_KEYS = ["path", "ro", "id", "root"] as const;
+/** virtio-blk serial numbers are at most 20 bytes (VIRTIO_BLK_ID_BYTES). */
+const BLOCK_ID_MAX = 20;
+const BlockSchema = v.strictObject({
+  path: v.pipe(v.string("path=PATH is required"), v.minLength(1, "path=PATH is required")),
+  ro: v.optional(BooleanText, "false"),
+  id: v.optional(v.pipe(v.string(), v.maxLength(BLOCK_ID_MAX, `id is at most ${BLOCK_ID_MAX} characters`)), ""),
+  root: v.optional(BooleanText, "false"),
+});
+export type BlockConfig = v.InferOutput<typeof BlockSchema>;
+
+/** Parses `--block path=P[,ro=true][,id=ID][,root=true]` (a bare first value is the path). */
+export function parseBlock(text: string, flag = "--block"): BlockConfig {
+  const result = v.safeParse(BlockSchema, parseKeyValues(flag, text, BLOCK_KEYS, "path"));
+  if (!result.success) throw new ConfigError(`${flag} ${text}: ${describeIssues(result.issues)}`);
   return result.output;
 }
 
@@ -82,6 +107,8 @@ export type Config = {
   readonly logLevel: LogLevel;
   /** virtio-rng, on unless --no-rng (as in crosvm). */
   readonly rng: boolean;
+  /** Disks in PCI order: a root disk first, then the others as given. */
+  readonly blocks: readonly BlockConfig[];
 };
 
 /** The run options as they come from the command line, before validation. */
@@ -94,6 +121,12 @@ export type RawRunOptions = {
   readonly serial?: readonly string[] | undefined;
   readonly logLevel?: string | undefined;
   readonly rng?: boolean | undefined;
+  readonly block?: readonly string[] | undefined;
+  /** crosvm 2020's disk flags: read-only and read-write disks and root disks. */
+  readonly disk?: readonly string[] | undefined;
+  readonly rwdisk?: readonly string[] | undefined;
+  readonly root?: string | undefined;
+  readonly rwroot?: string | undefined;
 };
 
 const RunSchema = v.object({
@@ -146,6 +179,14 @@ export function parseRunConfig(raw: RawRunOptions): Config {
   if (serials.filter((s) => s.console).length > 1) throw new ConfigError("--serial: only one port can be the console");
   if (serials.filter((s) => s.stdin).length > 1) throw new ConfigError("--serial: only one port can read stdin");
   const o = result.output;
+  const blocks = [
+    ...(raw.root !== undefined ? [{ ...parseBlock(raw.root, "--root"), ro: true, root: true }] : []),
+    ...(raw.rwroot !== undefined ? [{ ...parseBlock(raw.rwroot, "--rwroot"), ro: false, root: true }] : []),
+    ...(raw.block ?? []).map((b) => parseBlock(b)),
+    ...(raw.disk ?? []).map((b) => ({ ...parseBlock(b, "--disk"), ro: true })),
+    ...(raw.rwdisk ?? []).map((b) => ({ ...parseBlock(b, "--rwdisk"), ro: false })),
+  ].sort((a, b) => Number(b.root) - Number(a.root));
+  if (blocks.filter((b) => b.root).length > 1) throw new ConfigError("only one disk can be the root disk");
   return {
     kernel: o.kernel ?? null,
     initrd: o.initrd ?? null,
@@ -156,12 +197,15 @@ export function parseRunConfig(raw: RawRunOptions): Config {
     serials: serials.length > 0 ? serials : [{ type: "stdout", num: 1, console: true, stdin: true }],
     logLevel: o.logLevel ?? "warn",
     rng: raw.rng ?? true,
+    blocks,
   };
 }
 
-/** Joins -p values and adds `console=ttySn` for the console port unless the user chose a console. */
+/** Joins -p values, adds `root=/dev/vdX` for a root disk and `console=ttySn` for the console port. */
 export function kernelCmdline(config: Config): string {
   const parts = config.params.filter((p) => p.length > 0);
+  const root = config.blocks.findIndex((b) => b.root);
+  if (root >= 0) parts.unshift(`root=/dev/vd${String.fromCharCode(97 + root)} ${config.blocks[root]!.ro ? "ro" : "rw"}`);
   const consolePort = config.serials.find((s) => s.console);
   if (consolePort && !parts.some((p) => /(^|\s)console=/.test(p))) parts.push(`console=ttyS${consolePort.num - 1}`);
   return parts.join(" ");

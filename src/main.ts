@@ -26,11 +26,18 @@ export async function main(argv: readonly string[]): Promise<number> {
           describe: "serial port: type=stdout|file|sink,num=1..4[,path=P][,console=true][,stdin=true] (repeatable)",
         })
         .option("log-level", { type: "string", describe: "error, warn, info or debug (default warn)" })
-        .option("rng", { type: "boolean", default: true, describe: "virtio-rng device (--no-rng to leave it out)" }),
+        .option("rng", { type: "boolean", default: true, describe: "virtio-rng device (--no-rng to leave it out)" })
+        .option("block", { type: "string", describe: "virtio-blk disk: path=P[,ro=true][,id=ID][,root=true] (repeatable)" })
+        .option("disk", { alias: "d", type: "string", describe: "read-only disk image (repeatable)" })
+        .option("rwdisk", { type: "string", describe: "read-write disk image (repeatable)" })
+        .option("root", { alias: "r", type: "string", describe: "read-only root disk (adds root=/dev/vda ro)" })
+        .option("rwroot", { type: "string", describe: "read-write root disk (adds root=/dev/vda rw)" }),
       async (args) => {
         const raw: RawRunOptions = {
           kernel: args.kernel, initrd: args.initrd, mem: args.mem, cpus: args.cpus,
           params: repeated(args.params), serial: repeated(args.serial), logLevel: args["log-level"], rng: args.rng,
+          block: repeated(args.block), disk: repeated(args.disk), rwdisk: repeated(args.rwdisk),
+          root: single("--root", args.root), rwroot: single("--rwroot", args.rwroot),
         };
         const config = parseRunConfig(raw);
         log.debug(`configuration parsed at ${performance.now().toFixed(1)} ms`);
@@ -62,6 +69,12 @@ export async function main(argv: readonly string[]): Promise<number> {
     return EXIT_CODE.VM_ERROR;
   }
   return code ?? 0;
+}
+
+/** Returns a flag that may be given once, refusing repeats. */
+function single(flag: string, value: unknown): string | undefined {
+  if (Array.isArray(value)) throw new ConfigError(`${flag} can be given only once`);
+  return value === undefined ? undefined : String(value);
 }
 
 /** Returns a repeatable flag's values as a list (yargs gives a string for one use, an array for several). */

@@ -19,6 +19,8 @@ import { DEBUG_PORT } from "./devices/sink.ts";
 import { AddressAllocator, PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_SIZE, PciConfigIo, PciRoot } from "./devices/pci/mod.ts";
 import { IrqRouter } from "./devices/irq_router.ts";
 import { Rng } from "./devices/virtio/rng.ts";
+import { Block } from "./devices/virtio/block/block.ts";
+import { DiskFile } from "./devices/virtio/block/disk_file.ts";
 import type { DeviceEventLoop, VirtioDevice } from "./devices/virtio/virtio_device.ts";
 import { VirtioPciDevice } from "./devices/virtio/virtio_pci_device.ts";
 import { Kvm } from "./kvm/kvm.ts";
@@ -72,6 +74,18 @@ export async function runVm(config: Config): Promise<number> {
 async function buildAndRun(config: Config, workers: readonly Worker[]): Promise<number> {
   const kernel = config.kernel === null ? builtinGuest() : readUserFile("kernel", config.kernel);
   const initrd = config.initrd === null ? null : readUserFile("initrd", config.initrd);
+  const disks: DiskFile[] = [];
+  try {
+    for (const b of config.blocks) disks.push(openDisk(b.path, b.ro));
+    return await buildAndRunWithDisks(config, workers, kernel, initrd, disks);
+  } finally {
+    for (const d of disks) d.close();
+  }
+}
+
+async function buildAndRunWithDisks(
+  config: Config, workers: readonly Worker[], kernel: Uint8Array, initrd: Uint8Array | null, disks: readonly DiskFile[],
+): Promise<number> {
   using kvm = Kvm.open();
   let built: BuiltVm;
   try {
@@ -83,9 +97,18 @@ async function buildAndRun(config: Config, workers: readonly Worker[]): Promise<
   }
   log.debug(`VM built at ${performance.now().toFixed(1)} ms`);
   try {
-    return await new VmRunner(config, built, workers).run();
+    return await new VmRunner(config, built, workers, disks).run();
   } finally {
     built.close();
+  }
+}
+
+/** Opens and locks a disk image the user named; a failure is a usage error that names the file. */
+function openDisk(path: string, readOnly: boolean): DiskFile {
+  try {
+    return DiskFile.open(path, readOnly);
+  } catch (e) {
+    throw new ConfigError(e instanceof Error && e.message.startsWith("failed to lock") ? e.message : `failed to open disk image ${path}: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
   }
 }
 
@@ -126,7 +149,10 @@ class VmRunner {
   readonly #virtio: VirtioPciDevice[] = [];
   #irqRouter!: IrqRouter;
 
-  constructor(config: Config, built: BuiltVm, workers: readonly Worker[]) {
+  readonly #disks: readonly DiskFile[];
+
+  constructor(config: Config, built: BuiltVm, workers: readonly Worker[], disks: readonly DiskFile[]) {
+    this.#disks = disks;
     this.#config = config;
     this.#built = built;
     this.#workers = workers;
@@ -188,7 +214,7 @@ class VmRunner {
 
   /** The virtio devices the configuration asks for, in PCI slot order. */
   #virtioDevices(): VirtioDevice[] {
-    const devices: VirtioDevice[] = [];
+    const devices: VirtioDevice[] = this.#disks.map((disk, i) => new Block(disk, this.#config.blocks[i]!.id, `block${i}`));
     if (this.#config.rng) devices.push(new Rng());
     return devices;
   }

@@ -31,6 +31,7 @@ uint16_t pci_read16(unsigned slot, unsigned offset);
 void pci_write16(unsigned slot, unsigned offset, uint16_t value);
 uint8_t pci_read8(unsigned slot, unsigned offset);
 int pci_find(uint16_t vendor, uint16_t device);
+int pci_find_nth(uint16_t vendor, uint16_t device, unsigned nth);
 void check_pci(void);
 
 /* interrupts.c */

@@ -15,15 +15,17 @@ void pci_write16(unsigned slot, unsigned offset, uint16_t value)
 	__asm__ volatile("outw %0, %1" ::"a"(value), "Nd"((uint16_t)(0xcfc + (offset & 2))));
 }
 
-int pci_find(uint16_t vendor, uint16_t device)
+int pci_find_nth(uint16_t vendor, uint16_t device, unsigned nth)
 {
 	for (unsigned slot = 0; slot < 32; slot++) {
 		uint32_t id = pci_read32(slot, 0);
-		if ((id & 0xffff) == vendor && (id >> 16) == device)
+		if ((id & 0xffff) == vendor && (id >> 16) == device && nth-- == 0)
 			return (int)slot;
 	}
 	return -1;
 }
+
+int pci_find(uint16_t vendor, uint16_t device) { return pci_find_nth(vendor, device, 0); }
 
 void check_pci(void)
 {

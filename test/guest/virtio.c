@@ -172,7 +172,90 @@ static void check_rng(void)
 	mmio_write8(d.common + STATUS, 0);
 }
 
+/* ---- virtio-blk ---- */
+#define BLK_T_IN 0
+#define BLK_T_OUT 1
+#define BLK_T_FLUSH 4
+#define BLK_T_GET_ID 8
+#define BLK_F_RO 5
+#define BLK_F_FLUSH 9
+static struct vq blkq;
+static struct { uint32_t type, reserved; uint64_t sector; } blk_hdr;
+static uint8_t blk_data[512] __attribute__((aligned(512)));
+static uint8_t blk_id[20];
+static volatile uint8_t blk_status;
+static struct desc blk_indirect[3] __attribute__((aligned(16)));
+static int blk_event_idx;
+
+/* Issues one request (header, optional data, status) and returns the status byte, or -1. */
+static int blk_request(uint32_t type, uint64_t sector, void *data, uint32_t len, int device_writes, int indirect)
+{
+	blk_hdr.type = type;
+	blk_hdr.sector = sector;
+	blk_status = 0xff;
+	struct desc chain[3];
+	unsigned n = 0;
+	chain[n++] = (struct desc){ (uint64_t)(uintptr_t)&blk_hdr, sizeof(blk_hdr), DESC_F_NEXT, 0 };
+	if (len) chain[n++] = (struct desc){ (uint64_t)(uintptr_t)data, len, (uint16_t)(DESC_F_NEXT | (device_writes ? DESC_F_WRITE : 0)), 0 };
+	chain[n++] = (struct desc){ (uint64_t)(uintptr_t)&blk_status, 1, DESC_F_WRITE, 0 };
+	for (unsigned i = 0; i + 1 < n; i++) chain[i].next = (uint16_t)(i + 1);
+	if (indirect) {
+		memcpy(blk_indirect, chain, n * sizeof(struct desc));
+		blkq.desc[0] = (struct desc){ (uint64_t)(uintptr_t)blk_indirect, n * sizeof(struct desc), DESC_F_INDIRECT, 0 };
+	} else {
+		memcpy(blkq.desc, chain, n * sizeof(struct desc));
+	}
+	if (blk_event_idx) blkq.avail.used_event = blkq.last_used;
+	uint32_t before = irq_counts[3];
+	submit(&blkq, 0);
+	if (wait_used(&blkq, 3, before) < 0) return -1;
+	return blk_status;
+}
+
+static void check_blk(unsigned nth)
+{
+	struct vdev d;
+	char name[] = "virtio-blk0";
+	name[10] = (char)('0' + nth);
+	memset(&d, 0, sizeof(d));
+	d.slot = pci_find_nth(VIRTIO_VENDOR, 0x1042, nth);
+	if (d.slot < 0) return;
+	if (!find_caps(&d) || !d.device) { result(0, name, "capabilities missing"); return; }
+	int64_t features = negotiate(&d, (1ull << BLK_F_RO) | (1ull << BLK_F_FLUSH) | (1ull << VIRTIO_RING_F_INDIRECT_DESC) | (1ull << VIRTIO_RING_F_EVENT_IDX));
+	blk_event_idx = features >= 0 && (features >> VIRTIO_RING_F_EVENT_IDX) & 1;
+	msix_setup(&d, 2);
+	mmio_write16(d.common + MSIX_CFG, 0);
+	int ok = features >= 0 && queue_setup(&d, &blkq, 0, 1);
+	driver_ok(&d);
+	uint64_t capacity = (uint64_t)mmio_read32(d.device) | ((uint64_t)mmio_read32(d.device + 4) << 32);
+	int ro = features >= 0 && (features >> BLK_F_RO) & 1;
+	ok &= blk_request(BLK_T_GET_ID, 0, blk_id, sizeof(blk_id), 1, 0) == 0;
+	puts_("     "); puts_(name); puts_(" capacity "); putu(capacity); puts_(" sectors, id \"");
+	char id[21]; memcpy(id, blk_id, 20); id[20] = 0; puts_(id); puts_(ro ? "\", read-only\n" : "\", read-write\n");
+	ok &= blk_request(BLK_T_IN, 0, blk_data, 512, 1, 0) == 0;
+	puts_("     "); puts_(name); puts_(" sector 0 starts \""); char head[9]; memcpy(head, blk_data, 8); head[8] = 0;
+	for (int i = 0; i < 8; i++) if (head[i] < 32 || head[i] > 126) head[i] = '.';
+	puts_(head); puts_("\"\n");
+	const char *pattern = "written by the tsvm test guest";
+	memset(blk_data, 0, 512);
+	memcpy(blk_data, pattern, 30);
+	int w = blk_request(BLK_T_OUT, 1, blk_data, 512, 0, 1); /* through an indirect table */
+	if (ro) {
+		ok &= w == 1; /* VIRTIO_BLK_S_IOERR */
+	} else {
+		ok &= w == 0 && blk_request(BLK_T_FLUSH, 0, 0, 0, 0, 0) == 0;
+		memset(blk_data, 0, 512);
+		ok &= blk_request(BLK_T_IN, 1, blk_data, 512, 1, 1) == 0 && blk_data[0] == 'w' && blk_data[29] == 't';
+	}
+	ok &= blk_request(BLK_T_IN, capacity, blk_data, 512, 1, 0) == 1; /* past the end: IOERR */
+	ok &= blk_request(99, 0, 0, 0, 0, 0) == 2; /* unknown type: UNSUPP */
+	result(ok && !(mmio_read8(d.common + STATUS) & STATUS_NEEDS_RESET), name,
+	       ro ? "id, read, write refused, read past the end refused" : "id, write through an indirect table, flush, read back, read past the end refused");
+	mmio_write8(d.common + STATUS, 0);
+}
+
 void check_virtio(void)
 {
 	check_rng();
+	for (unsigned i = 0; i < 4; i++) check_blk(i);
 }

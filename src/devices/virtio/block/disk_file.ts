@@ -1,0 +1,108 @@
+// disk_file.ts - a raw disk image: opened once, locked against other VMs, accessed with pread/pwrite.
+import { sys } from "../../../../ffi/mod.ts";
+import { OwnedFd } from "../../../base/owned_fd.ts";
+
+const O_RDONLY = 0;
+const O_RDWR = 2;
+const LOCK_SH = 1;
+const LOCK_EX = 2;
+const LOCK_NB = 4;
+const EWOULDBLOCK = 11;
+const EINTR = 4;
+const FALLOC_FL_KEEP_SIZE = 0x01;
+const FALLOC_FL_PUNCH_HOLE = 0x02;
+const FALLOC_FL_ZERO_RANGE = 0x10;
+
+/** A host file holding a raw disk image. I/O methods return false on failure; they never throw. */
+export class DiskFile extends OwnedFd {
+  readonly readOnly: boolean;
+  #size: number;
+
+  private constructor(fd: number, readOnly: boolean) {
+    super(fd);
+    this.readOnly = readOnly;
+    this.#size = sys.fileSize(fd);
+  }
+
+  /** Opens `path` (read-only or read-write) and takes a shared or exclusive lock on it. */
+  static open(path: string, readOnly: boolean): DiskFile {
+    const fd = sys.open(path, readOnly ? O_RDONLY : O_RDWR);
+    const lock = sys.flock(fd, (readOnly ? LOCK_SH : LOCK_EX) | LOCK_NB);
+    if (lock < 0) {
+      sys.close(fd);
+      throw new Error(lock === -EWOULDBLOCK
+        ? `failed to lock disk image ${path}: another VM has it open${readOnly ? " read-write" : ""}`
+        : `failed to lock disk image ${path}: errno ${-lock}`);
+    }
+    return new DiskFile(fd, readOnly);
+  }
+
+  /** Size in bytes, as of opening (or the last refresh). */
+  get size(): number {
+    return this.#size;
+  }
+
+  /** Re-reads the size (after the image was resized). */
+  refreshSize(): number {
+    this.#size = sys.fileSize(this.fd);
+    return this.#size;
+  }
+
+  /** Fills each view in turn from `offset`; reads past the end of the file give zeros. */
+  readInto(views: readonly Uint8Array[], offset: number): boolean {
+    let at = offset;
+    for (const view of views) {
+      let done = 0;
+      while (done < view.byteLength) {
+        const n = sys.preadRaw(this.fd, view.subarray(done), at + done);
+        if (n === -EINTR) continue;
+        if (n < 0) return false;
+        if (n === 0) {
+          view.fill(0, done);
+          break;
+        }
+        done += n;
+      }
+      at += view.byteLength;
+    }
+    return true;
+  }
+
+  /** Writes each view in turn from `offset`. */
+  writeFrom(views: readonly Uint8Array[], offset: number): boolean {
+    if (this.readOnly) return false;
+    let at = offset;
+    for (const view of views) {
+      let done = 0;
+      while (done < view.byteLength) {
+        const n = sys.pwriteRaw(this.fd, view.subarray(done), at + done);
+        if (n === -EINTR) continue;
+        if (n <= 0) return false;
+        done += n;
+      }
+      at += view.byteLength;
+    }
+    return true;
+  }
+
+  flush(): boolean {
+    return sys.fdatasync(this.fd) === 0;
+  }
+
+  /** Deallocates a range (reads return zeros afterwards). */
+  discard(offset: number, length: number): boolean {
+    return !this.readOnly && sys.fallocate(this.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) === 0;
+  }
+
+  /** Zeroes a range, deallocating it when `unmap` allows; falls back to writing zeros. */
+  writeZeroes(offset: number, length: number, unmap: boolean): boolean {
+    if (this.readOnly) return false;
+    if (unmap && this.discard(offset, length)) return true;
+    if (sys.fallocate(this.fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, offset, length) === 0) return true;
+    const zeros = new Uint8Array(Math.min(length, 1 << 20));
+    for (let at = 0; at < length; at += zeros.byteLength) {
+      if (!this.writeFrom([zeros.subarray(0, Math.min(zeros.byteLength, length - at))], offset + at)) return false;
+    }
+    return true;
+  }
+}
