@@ -254,8 +254,52 @@ static void check_blk(unsigned nth)
 	mmio_write8(d.common + STATUS, 0);
 }
 
+/* ---- a hostile driver: what a malicious guest may post, then proof the device still works ---- */
+static void check_hostile(void)
+{
+	struct vdev d;
+	if (!open_device(&d, 0x1044, "hostile")) return;
+	int ok = negotiate(&d, 0) >= 0;
+	msix_setup(&d, 0);
+	mmio_write16(d.common + MSIX_CFG, 0);
+	ok &= queue_setup(&d, &rngq, 0, 1);
+	driver_ok(&d);
+	/* a chain whose NEXT points at itself: returned with length 0 */
+	rngq.desc[0] = (struct desc){ (uint64_t)(uintptr_t)rng_buf[0], 16, DESC_F_WRITE | DESC_F_NEXT, 0 };
+	uint32_t before = irq_counts[1];
+	submit(&rngq, 0);
+	int loop_len = (int)wait_used(&rngq, 1, before);
+	/* a buffer far beyond RAM: returned with length 0 */
+	rngq.desc[1] = (struct desc){ 0x7ffffff00000ull, 16, DESC_F_WRITE, 0 };
+	before = irq_counts[1];
+	submit(&rngq, 1);
+	int beyond_len = (int)wait_used(&rngq, 1, before);
+	/* an avail index that jumps past the queue size: the device asks for a reset */
+	uint32_t config_before = irq_counts[0];
+	rngq.avail.idx = (uint16_t)(rngq.next_avail + 100);
+	barrier();
+	mmio_write16(rngq.notify, 0);
+	int config_irq = wait_for_irq(0, config_before);
+	int needs_reset = (mmio_read8(d.common + STATUS) & STATUS_NEEDS_RESET) != 0;
+	puts_("     hostile loop len "); putu((uint64_t)(int64_t)loop_len); puts_(", beyond-RAM len "); putu((uint64_t)(int64_t)beyond_len);
+	puts_(needs_reset ? ", needs reset after the jump\n" : ", no reset requested\n");
+	ok &= loop_len == 0 && beyond_len == 0 && config_irq && needs_reset;
+	/* after a reset the device works again */
+	ok &= negotiate(&d, 0) >= 0 && queue_setup(&d, &rngq, 0, 1);
+	driver_ok(&d);
+	rngq.desc[0] = (struct desc){ (uint64_t)(uintptr_t)rng_buf[0], 16, DESC_F_WRITE, 0 };
+	before = irq_counts[1];
+	submit(&rngq, 0);
+	ok &= wait_used(&rngq, 1, before) == 16;
+	result(ok, "hostile", "looping chain and beyond-RAM buffer returned empty, avail jump -> DEVICE_NEEDS_RESET, works after reset");
+	mmio_write8(d.common + STATUS, 0);
+}
+
+int hostile_mode;
+
 void check_virtio(void)
 {
+	if (hostile_mode) check_hostile();
 	check_rng();
 	for (unsigned i = 0; i < 4; i++) check_blk(i);
 }
