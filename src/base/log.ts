@@ -28,3 +28,15 @@ export function logOnce(seen: Set<string>, key: string, level: LogLevel, message
   seen.add(key);
   emit(level, message);
 }
+
+/** Lets through the first few messages of a kind, then one in every `every`, so a guest cannot flood the log. */
+export class RateLimitedLog {
+  #count = 0;
+  constructor(readonly level: LogLevel, readonly first = 5, readonly every = 1000) {}
+
+  log(message: string): void {
+    const n = ++this.#count;
+    if (n <= this.first) emit(this.level, message);
+    else if (n % this.every === 0) emit(this.level, `${message} (${n} times so far)`);
+  }
+}

@@ -5,7 +5,7 @@
 //   0x1000 ISR status                 0x4000 MSI-X table
 //   0x2000 device configuration      0x5000 MSI-X pending bits
 import { EventFd } from "../../base/event_fd.ts";
-import { log } from "../../base/log.ts";
+import { RateLimitedLog } from "../../base/log.ts";
 import type { GuestMemory } from "../../memory/mod.ts";
 import type { IrqLine } from "../interrupt.ts";
 import { PciConfiguration } from "../pci/pci_configuration.ts";
@@ -74,6 +74,7 @@ export class VirtioPciDevice implements PciDevice {
   #queueSelect = 0;
   #worker: VirtioWorker | null = null;
   #ioeventfdBase: number | null = null;
+  readonly #guestErrors = new RateLimitedLog("warn");
 
   constructor(device: VirtioDevice, resources: VirtioPciResources) {
     this.#device = device;
@@ -314,7 +315,7 @@ export class VirtioPciDevice implements PciDevice {
   }
 
   #needsReset(reason: string): void {
-    log.warn(`${this.debugLabel}: ${reason}; the device needs a reset`);
+    this.#guestErrors.log(`${this.debugLabel}: ${reason}; the device needs a reset`);
     this.#worker?.stop();
     this.#worker = null;
     this.#status |= VIRTIO_STATUS.DEVICE_NEEDS_RESET;
