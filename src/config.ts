@@ -28,13 +28,15 @@ export function parseSize(text: string): number | null {
 
 export const SERIAL_TYPES = ["stdout", "file", "sink"] as const;
 export type SerialType = (typeof SERIAL_TYPES)[number];
-const SERIAL_KEYS = ["type", "num", "path", "console", "stdin"] as const;
+export const SERIAL_HARDWARE = ["serial", "virtio-console"] as const;
+const SERIAL_KEYS = ["type", "hardware", "num", "path", "console", "stdin"] as const;
 
 const BooleanText = v.pipe(v.picklist(["true", "false"], "expected true or false"), v.transform((s) => s === "true"));
 
 const SerialSchema = v.pipe(
   v.strictObject({
     type: v.optional(v.picklist(SERIAL_TYPES, `expected one of ${SERIAL_TYPES.join(", ")}`), "sink"),
+    hardware: v.optional(v.picklist(SERIAL_HARDWARE, `expected one of ${SERIAL_HARDWARE.join(", ")}`), "serial"),
     num: v.pipe(
       v.string("num is required"),
       v.transform(Number),
@@ -172,9 +174,11 @@ export function parseRunConfig(raw: RawRunOptions): Config {
   }
   const serials = (raw.serial ?? []).map(parseSerial);
   const nums = new Set<number>();
+  if (serials.some((s) => s.hardware === "virtio-console" && s.num !== 1)) throw new ConfigError("--serial: tsvm has one virtio-console port, num=1");
   for (const s of serials) {
-    if (nums.has(s.num)) throw new ConfigError(`--serial: port num=${s.num} is configured twice`);
-    nums.add(s.num);
+    const key = s.hardware === "serial" ? s.num : 100 + s.num;
+    if (nums.has(key)) throw new ConfigError(`--serial: ${s.hardware} num=${s.num} is configured twice`);
+    nums.add(key);
   }
   if (serials.filter((s) => s.console).length > 1) throw new ConfigError("--serial: only one port can be the console");
   if (serials.filter((s) => s.stdin).length > 1) throw new ConfigError("--serial: only one port can read stdin");
@@ -194,7 +198,7 @@ export function parseRunConfig(raw: RawRunOptions): Config {
     cpus: o.cpus ?? 1,
     params: o.params ?? [],
     // crosvm's default: COM1 on stdout, the console, reading stdin.
-    serials: serials.length > 0 ? serials : [{ type: "stdout", num: 1, console: true, stdin: true }],
+    serials: serials.length > 0 ? serials : [{ type: "stdout", hardware: "serial", num: 1, console: true, stdin: true }],
     logLevel: o.logLevel ?? "warn",
     rng: raw.rng ?? true,
     blocks,
@@ -207,6 +211,8 @@ export function kernelCmdline(config: Config): string {
   const root = config.blocks.findIndex((b) => b.root);
   if (root >= 0) parts.unshift(`root=/dev/vd${String.fromCharCode(97 + root)} ${config.blocks[root]!.ro ? "ro" : "rw"}`);
   const consolePort = config.serials.find((s) => s.console);
-  if (consolePort && !parts.some((p) => /(^|\s)console=/.test(p))) parts.push(`console=ttyS${consolePort.num - 1}`);
+  if (consolePort && !parts.some((p) => /(^|\s)console=/.test(p))) {
+    parts.push(consolePort.hardware === "virtio-console" ? `console=hvc${consolePort.num - 1}` : `console=ttyS${consolePort.num - 1}`);
+  }
   return parts.join(" ");
 }

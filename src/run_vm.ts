@@ -7,7 +7,8 @@ import { log, logOnce, setLogLevel } from "./base/log.ts";
 import { WaitContext } from "./base/wait_context.ts";
 import { buildVm, type BuiltVm } from "./arch/x86_64/build_vm.ts";
 import { FOUR_GIB, lowMemoryEnd, PCI_MMIO_END, PCI_MMIO_START } from "./arch/x86_64/layout.ts";
-import { type Config, ConfigError, kernelCmdline } from "./config.ts";
+import { type Config, ConfigError, kernelCmdline, type SerialConfig } from "./config.ts";
+import { Console } from "./devices/virtio/console.ts";
 import { KernelLoaderError } from "./arch/x86_64/kernel_image.ts";
 import { Bus } from "./devices/bus.ts";
 import { Cmos, CMOS_INDEX_PORT } from "./devices/cmos.ts";
@@ -140,7 +141,8 @@ class VmRunner {
   readonly #outputs: FdOutput[] = [];
   readonly #workers: readonly Worker[];
   readonly #unhandled = new Set<string>();
-  #stdinSerial: Serial | null = null;
+  /** Whichever port reads stdin: a UART or the virtio console. */
+  #stdinSerial: { queueInput(bytes: Uint8Array): number } | null = null;
   #savedTerminal: Uint8Array | null = null;
   #guestExit: string | null = null;
   #workerFailure: string | null = null;
@@ -181,11 +183,8 @@ class VmRunner {
     const vm = this.#built.vm;
     const raise = (gsi: number, level: boolean): void => vm.setIrqLine(gsi, level);
     SERIAL_PORTS.forEach((port, index) => {
-      const cfg = this.#config.serials.find((s) => s.num === index + 1);
-      let output: FdOutput | null = null;
-      if (cfg?.type === "stdout") output = new FdOutput(1, false);
-      else if (cfg?.type === "file") output = FdOutput.file(cfg.path!);
-      if (output) this.#outputs.push(output);
+      const cfg = this.#config.serials.find((s) => s.hardware === "serial" && s.num === index + 1);
+      const output = cfg ? this.#outputFor(cfg) : null;
       const serial = new Serial(`serial COM${index + 1}`, new GsiLine(port.irq, raise), output);
       io.insert(serial, port.base, SERIAL_PORT_SIZE);
       if (cfg?.stdin) this.#stdinSerial = serial;
@@ -215,6 +214,13 @@ class VmRunner {
   /** The virtio devices the configuration asks for, in PCI slot order. */
   #virtioDevices(): VirtioDevice[] {
     const devices: VirtioDevice[] = this.#disks.map((disk, i) => new Block(disk, this.#config.blocks[i]!.id, `block${i}`));
+    const consoleCfg = this.#config.serials.find((s) => s.hardware === "virtio-console");
+    if (consoleCfg) {
+      const output = this.#outputFor(consoleCfg);
+      const console = new Console(output);
+      devices.push(console);
+      if (consoleCfg.stdin) this.#stdinSerial = console;
+    }
     if (this.#config.rng) devices.push(new Rng());
     return devices;
   }
@@ -239,6 +245,13 @@ class VmRunner {
     watch: (fd, onReadable) => this.#wait.add(fd, { device: onReadable }),
     unwatch: (fd) => this.#wait.delete(fd),
   };
+
+  /** Opens where a port's output goes (null for a sink). */
+  #outputFor(cfg: SerialConfig): FdOutput | null {
+    const output = cfg.type === "stdout" ? new FdOutput(1, false) : cfg.type === "file" ? FdOutput.file(cfg.path!) : null;
+    if (output) this.#outputs.push(output);
+    return output;
+  }
 
   #requestGuestExit(message: string): void {
     this.#guestExit ??= message;

@@ -15,11 +15,11 @@ describe("parseSize", () => {
 
 describe("parseSerial", () => {
   test("reads crosvm's key=value syntax", () => {
-    expect(parseSerial("type=file,num=2,path=/tmp/x,console=true")).toEqual({ type: "file", num: 2, path: "/tmp/x", console: true, stdin: false });
+    expect(parseSerial("type=file,num=2,path=/tmp/x,console=true")).toEqual({ type: "file", hardware: "serial", num: 2, path: "/tmp/x", console: true, stdin: false });
   });
 
   test("names an unknown key and lists the accepted ones", () => {
-    expect(() => parseSerial("type=stdout,num=1,speed=9600")).toThrow('unknown key "speed" (accepted: type, num, path, console, stdin)');
+    expect(() => parseSerial("type=stdout,num=1,speed=9600")).toThrow('unknown key "speed" (accepted: type, hardware, num, path, console, stdin)');
   });
 
   test("rejects port numbers outside 1-4", () => {
@@ -39,7 +39,7 @@ describe("parseRunConfig", () => {
   test("defaults follow crosvm: 256 MiB, 1 CPU, COM1 on stdout as the console", () => {
     expect(parseRunConfig({})).toEqual({
       kernel: null, initrd: null, memorySize: 256 * MIB, cpus: 1, params: [],
-      serials: [{ type: "stdout", num: 1, console: true, stdin: true }], logLevel: "warn", rng: true, blocks: [],
+      serials: [{ type: "stdout", hardware: "serial", num: 1, console: true, stdin: true }], logLevel: "warn", rng: true, blocks: [],
     });
   });
 
@@ -65,6 +65,10 @@ describe("parseRunConfig", () => {
 describe("kernelCmdline", () => {
   test("joins -p values and adds the console port", () => {
     expect(kernelCmdline(parseRunConfig({ params: ["quiet", "root=/dev/vda"] }))).toBe("quiet root=/dev/vda console=ttyS0");
+  });
+
+  test("a virtio-console console port becomes hvc0", () => {
+    expect(kernelCmdline(parseRunConfig({ serial: ["type=stdout,hardware=virtio-console,num=1,console=true"] }))).toBe("console=hvc0");
   });
 
   test("keeps a console the user chose", () => {

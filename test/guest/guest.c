@@ -5,6 +5,7 @@
  *   tsvm.fault=triple     take an exception with no IDT (a triple fault) to test error reports
  *   tsvm.bench=pio:N      N writes to port 0x80, then print TSC cycles per exit and reset
  *   tsvm.bench=mmio:N     N writes to the unclaimed MMIO address 0xfebff000, likewise
+ *   tsvm.console_rx=1     wait for host input on the virtio-console receive queue
  *   tsvm.hostile=1        also act as a malicious virtio driver and check the device survives
  *   tsvm.bench=spin:N     N iterations of a ring-0 loop with no exits (probes for emulated ring 0)
  */
@@ -301,6 +302,7 @@ void guest_main(const uint8_t *zero_page, const uint8_t *pvh_start_info)
 	check_acpi();
 	interrupts_init();
 	hostile_mode = option_is("tsvm.hostile", "1");
+	console_rx_mode = option_is("tsvm.console_rx", "1");
 	check_pci();
 	check_virtio();
 	if (mp_cpus > 1) check_smp();

@@ -43,4 +43,5 @@ int wait_for_irq(unsigned index, uint32_t before);
 /* virtio.c */
 void check_virtio(void);
 extern int hostile_mode;
+extern int console_rx_mode;
 #endif

@@ -295,11 +295,51 @@ static void check_hostile(void)
 	mmio_write8(d.common + STATUS, 0);
 }
 
+/* ---- virtio-console ---- */
+static struct vq conrx, contx;
+static char con_out[] = "hello from the guest over virtio-console\n";
+static char con_in[64];
+int console_rx_mode;
+
+static void check_console(void)
+{
+	struct vdev d;
+	memset(&d, 0, sizeof(d));
+	d.slot = pci_find(VIRTIO_VENDOR, 0x1043);
+	if (d.slot < 0) return;
+	if (!find_caps(&d)) { result(0, "virtio-console", "capabilities missing"); return; }
+	int ok = negotiate(&d, 0) >= 0;
+	msix_setup(&d, 4);
+	mmio_write16(d.common + MSIX_CFG, 0);
+	ok &= queue_setup(&d, &conrx, 0, 1) && queue_setup(&d, &contx, 1, 2);
+	driver_ok(&d);
+	conrx.desc[0] = (struct desc){ (uint64_t)(uintptr_t)con_in, sizeof(con_in) - 1, DESC_F_WRITE, 0 };
+	conrx.avail.ring[0] = 0;
+	barrier();
+	conrx.avail.idx = ++conrx.next_avail;
+	barrier();
+	mmio_write16(conrx.notify, 0);
+	contx.desc[0] = (struct desc){ (uint64_t)(uintptr_t)con_out, sizeof(con_out) - 1, 0, 0 };
+	uint32_t before = irq_counts[6];
+	submit(&contx, 0);
+	ok &= wait_used(&contx, 6, before) == 0;
+	if (console_rx_mode) {
+		before = irq_counts[5];
+		int64_t n = wait_used(&conrx, 5, before);
+		ok &= n > 0;
+		if (n > 0) { con_in[n] = 0; puts_("     virtio-console received \""); puts_(con_in); puts_("\"\n"); }
+	}
+	result(ok && !(mmio_read8(d.common + STATUS) & STATUS_NEEDS_RESET), "virtio-console",
+	       console_rx_mode ? "a line out through the transmit queue, host input in through the receive queue" : "a line out through the transmit queue");
+	mmio_write8(d.common + STATUS, 0);
+}
+
 int hostile_mode;
 
 void check_virtio(void)
 {
 	if (hostile_mode) check_hostile();
+	check_console();
 	check_rng();
 	for (unsigned i = 0; i < 4; i++) check_blk(i);
 }

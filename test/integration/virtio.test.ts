@@ -40,6 +40,17 @@ describe.skipIf(!HAS_KVM)("virtio devices under the test guest", () => {
     expect(second.code).toBe(2);
   }, TIMEOUT);
 
+  test("virtio-console: a guest line reaches the host and host input reaches the guest", async () => {
+    const r = await runTsvm(
+      ["run", "-p", "tsvm.console_rx=1", "--serial", "type=stdout,num=1,console=true", "--serial", "type=stdout,hardware=virtio-console,num=1,stdin=true"],
+      { stdin: "ping from the host\n" },
+    );
+    expect(r.stdout).toContain("hello from the guest over virtio-console\n");
+    expect(r.stdout).toContain('virtio-console received "ping from the host');
+    expect(r.stdout).toContain("ok   virtio-console:");
+    expect(r.code).toBe(0);
+  }, TIMEOUT);
+
   test("a hostile driver cannot crash the rng device, which works again after a reset", async () => {
     const r = await runTsvm(["run", "-p", "tsvm.hostile=1"]);
     expect(r.stdout).toContain("hostile loop len 0, beyond-RAM len 0, needs reset after the jump");

@@ -30,9 +30,9 @@ export const guestBuilt = existsSync(GUEST_ELF);
 export type RunResult = { code: number | null; signal: string | null; stdout: string; stderr: string; timedOut: boolean };
 
 /** Runs tsvm with `args` and resolves when it exits or is killed at `timeoutMs`. */
-export async function runTsvm(args: readonly string[], opts: { timeoutMs?: number; cwd?: string } = {}): Promise<RunResult> {
+export async function runTsvm(args: readonly string[], opts: { timeoutMs?: number; cwd?: string; stdin?: string } = {}): Promise<RunResult> {
   const child = Bun.spawn([...tsvmCommand(), ...args], {
-    cwd: opts.cwd ?? ROOT, stdin: "ignore", stdout: "pipe", stderr: "pipe",
+    cwd: opts.cwd ?? ROOT, stdin: opts.stdin === undefined ? "ignore" : new TextEncoder().encode(opts.stdin), stdout: "pipe", stderr: "pipe",
   });
   let timedOut = false;
   const timer = setTimeout(() => {

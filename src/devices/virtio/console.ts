@@ -1,0 +1,109 @@
+// console.ts - virtio-console (virtio 1.2 §5.3), one port: output to stdout or a file, input from the host.
+import { ChainReader, ChainWriter } from "./descriptor_chain.ts";
+import { drainQueue } from "./drain.ts";
+import type { SerialOutput } from "../serial.ts";
+import { type ActivateContext, VIRTIO_ID, type VirtioDevice, type VirtioWorker } from "./virtio_device.ts";
+
+const QUEUE_SIZE = 64;
+const RECEIVEQ = 0;
+const TRANSMITQ = 1;
+/** struct virtio_console_config: le16 cols, le16 rows, le32 max_nr_ports, le32 emerg_wr. */
+const CONFIG_SIZE = 12;
+const EMERG_WR = 8;
+/** VIRTIO_CONSOLE_F_EMERG_WRITE: the driver may write single characters to emerg_wr before queues exist. */
+const VIRTIO_CONSOLE_F_EMERG_WRITE = 2n;
+/** bounds host input waiting for the guest */
+const MAX_PENDING_INPUT = 64 * 1024;
+
+/** A console port: the guest's transmit queue goes to `output`; `queueInput` feeds its receive queue. */
+export class Console implements VirtioDevice {
+  readonly debugLabel = "console";
+  readonly deviceType = VIRTIO_ID.CONSOLE;
+  readonly queueMaxSizes = [QUEUE_SIZE, QUEUE_SIZE];
+  readonly features = 1n << VIRTIO_CONSOLE_F_EMERG_WRITE;
+  readonly configSize = CONFIG_SIZE;
+  #pending: Uint8Array[] = [];
+  #pendingBytes = 0;
+  #deliver: (() => void) | null = null;
+
+  constructor(readonly output: SerialOutput | null) {}
+
+  readConfig(offset: number, data: Uint8Array): void {
+    const config = new DataView(new ArrayBuffer(CONFIG_SIZE));
+    config.setUint32(4, 1, true); // max_nr_ports (meaningful only with MULTIPORT)
+    for (let i = 0; i < data.byteLength; i++) data[i] = config.getUint8(offset + i);
+  }
+
+  writeConfig(offset: number, data: Uint8Array): void {
+    if (offset === EMERG_WR) this.output?.write(data.subarray(0, 1));
+  }
+
+  /** Queues host bytes for the guest; returns how many were accepted. */
+  queueInput(bytes: Uint8Array): number {
+    const accepted = Math.min(bytes.byteLength, MAX_PENDING_INPUT - this.#pendingBytes);
+    if (accepted > 0) {
+      this.#pending.push(bytes.slice(0, accepted));
+      this.#pendingBytes += accepted;
+    }
+    this.#deliver?.();
+    return accepted;
+  }
+
+  activate(ctx: ActivateContext): VirtioWorker {
+    const rx = ctx.queues[RECEIVEQ];
+    const tx = ctx.queues[TRANSMITQ];
+    const rxKick = ctx.kicks[RECEIVEQ]!;
+    const txKick = ctx.kicks[TRANSMITQ]!;
+    const deliver = (): void => {
+      if (!rx || this.#pendingBytes === 0) return;
+      let delivered = false;
+      while (this.#pendingBytes > 0 && rx.hasAvailable()) {
+        const r = rx.pop();
+        if (r === null) break;
+        if (r.kind === "fatal") return ctx.needsReset(r.reason);
+        if (r.kind === "bad_chain") {
+          rx.addUsed(r.head, 0);
+          continue;
+        }
+        const writer = new ChainWriter(r.chain);
+        while (this.#pendingBytes > 0 && writer.remaining > 0) {
+          const chunk = this.#pending[0]!;
+          const n = Math.min(chunk.byteLength, writer.remaining);
+          writer.write(chunk.subarray(0, n));
+          this.#pendingBytes -= n;
+          if (n === chunk.byteLength) this.#pending.shift();
+          else this.#pending[0] = chunk.subarray(n);
+        }
+        rx.addUsed(r.chain.head, writer.written);
+        delivered = true;
+      }
+      rx.enableNotification();
+      if (delivered && rx.shouldNotify()) ctx.interrupt.signalUsedQueue(rx.config.vector);
+    };
+    const transmit = (): void => {
+      txKick.read();
+      if (!tx) return;
+      drainQueue(tx, ctx.interrupt, ctx.needsReset, (chain) => {
+        const reader = new ChainReader(chain);
+        for (const view of reader.take(reader.remaining) ?? []) this.output?.write(view);
+        return 0; // the device writes nothing into transmit buffers
+      });
+    };
+    const receive = (): void => {
+      rxKick.read();
+      deliver();
+    };
+    ctx.loop.watch(rxKick.fd, receive);
+    ctx.loop.watch(txKick.fd, transmit);
+    this.#deliver = deliver;
+    transmit();
+    deliver();
+    return {
+      stop: () => {
+        ctx.loop.unwatch(rxKick.fd);
+        ctx.loop.unwatch(txKick.fd);
+        this.#deliver = null;
+      },
+    };
+  }
+}
