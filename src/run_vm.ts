@@ -147,6 +147,8 @@ class VmRunner {
   #guestExit: string | null = null;
   #workerFailure: string | null = null;
   #kickSignal = 0;
+  #stdinIsFile = false;
+  #stdinCarry = new Uint8Array(0);
   #pciRoot: PciRoot | null = null;
   readonly #virtio: VirtioPciDevice[] = [];
   #irqRouter!: IrqRouter;
@@ -274,8 +276,9 @@ class VmRunner {
           term.termRaw(0, this.#savedTerminal);
         }
       } catch (e) {
-        // A regular file cannot be polled (EPERM): the guest gets no input from it.
-        log.debug(`not reading stdin: ${e instanceof Error ? e.message : String(e)}`);
+        // A regular file cannot be polled (EPERM) but is always readable: read it as the guest takes it.
+        log.debug(`stdin is not pollable (${e instanceof Error ? e.message : String(e)}); reading it as a file`);
+        this.#stdinIsFile = true;
       }
     }
   }
@@ -342,6 +345,7 @@ class VmRunner {
       }
       const ending = this.#ending();
       if (ending) return ending;
+      this.#pumpStdinFile();
       if (events.length === 0 || performance.now() - sliceStart >= EVENT_LOOP_SLICE_MS) {
         await yieldToEventLoop();
         sliceStart = performance.now();
@@ -388,6 +392,21 @@ class VmRunner {
       return;
     }
     this.#stdinSerial?.queueInput(buf.subarray(0, n));
+  }
+
+  /** Feeds stdin that is a regular file to the guest, a chunk at a time, keeping what it refused. */
+  #pumpStdinFile(): void {
+    if (!this.#stdinIsFile || !this.#stdinSerial) return;
+    if (this.#stdinCarry.byteLength === 0) {
+      const buf = new Uint8Array(STDIN_CHUNK);
+      const n = sys.readRaw(0, buf);
+      if (n <= 0) {
+        this.#stdinIsFile = false; // end of file
+        return;
+      }
+      this.#stdinCarry = buf.subarray(0, n);
+    }
+    this.#stdinCarry = this.#stdinCarry.subarray(this.#stdinSerial.queueInput(this.#stdinCarry));
   }
 
   async #stopVcpus(): Promise<void> {
