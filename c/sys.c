@@ -8,6 +8,7 @@
 #include <sys/mman.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -65,3 +66,5 @@ int64_t tsvm_getrandom(void *buf, uint64_t len) { RET64(syscall(SYS_getrandom, b
 int tsvm_fdatasync(int fd) { RET(fdatasync(fd)); }
 int tsvm_fallocate(int fd, int mode, int64_t offset, int64_t len) { RET(fallocate(fd, mode, offset, len)); }
 int tsvm_flock(int fd, int operation) { RET(flock(fd, operation)); }
+
+int tsvm_socket(int domain, int type, int protocol) { RET(socket(domain, type | SOCK_CLOEXEC, protocol)); }

@@ -32,6 +32,7 @@ int64_t tsvm_getrandom(void *buf, uint64_t len);
 int tsvm_fdatasync(int fd);
 int tsvm_fallocate(int fd, int mode, int64_t offset, int64_t len);
 int tsvm_flock(int fd, int operation);
+int tsvm_socket(int domain, int type, int protocol);
 
 /* vcpu.c: the vCPU run call and the kick signal */
 int tsvm_vcpu_bind(uint64_t kvm_run_addr);

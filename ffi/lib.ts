@@ -29,6 +29,7 @@ const symbols = {
   tsvm_fdatasync: { args: [i32], returns: i32 },
   tsvm_fallocate: { args: [i32, i32, i64, i64], returns: i32 },
   tsvm_flock: { args: [i32, i32], returns: i32 },
+  tsvm_socket: { args: [i32, i32, i32], returns: i32 },
   // vcpu.c
   tsvm_vcpu_bind: { args: [u64], returns: i32 },
   tsvm_vcpu_run: { args: [i32], returns: i32 },

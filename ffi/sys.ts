@@ -131,3 +131,8 @@ export function fallocate(fd: number, mode: number, offset: number, length: numb
 export function flock(fd: number, operation: number): number {
   return native.tsvm_flock(fd, operation);
 }
+
+/** Creates a socket (close-on-exec); throws on failure. */
+export function socket(domain: number, type: number, protocol: number): number {
+  return checked(native.tsvm_socket(domain, type, protocol), "create socket");
+}

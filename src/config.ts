@@ -97,6 +97,36 @@ export function parseBlock(text: string, flag = "--block"): BlockConfig {
   return result.output;
 }
 
+const NET_KEYS = ["tap-name", "tap-fd", "mac"] as const;
+const MAC_PATTERN = /^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$/;
+const MacText = v.pipe(v.string(), v.regex(MAC_PATTERN, "expected a MAC address such as 52:54:00:12:34:56"));
+const Ipv4Text = v.pipe(v.string(), v.ipv4("expected an IPv4 address such as 192.168.10.1"));
+
+/** A virtio-net device: an existing tap by name or fd, or one tsvm creates with an address. */
+export type NetConfig =
+  | { readonly kind: "tap-name"; readonly name: string; readonly mac: string | undefined }
+  | { readonly kind: "tap-fd"; readonly fd: number; readonly mac: string | undefined }
+  | { readonly kind: "create"; readonly hostIp: string; readonly netmask: string; readonly mac: string | undefined };
+
+const NetSchema = v.pipe(
+  v.strictObject({
+    "tap-name": v.optional(v.pipe(v.string(), v.minLength(1), v.maxLength(15, "tap names are at most 15 characters"))),
+    "tap-fd": v.optional(v.pipe(v.string(), v.transform(Number), v.integer("expected an fd number"), v.minValue(3, "expected an fd number >= 3"))),
+    mac: v.optional(MacText),
+  }),
+  v.check((n) => (n["tap-name"] === undefined) !== (n["tap-fd"] === undefined), "give exactly one of tap-name=NAME or tap-fd=N"),
+);
+
+/** Parses `--net tap-name=NAME[,mac=MAC]` or `--net tap-fd=N[,mac=MAC]`. */
+export function parseNet(text: string): NetConfig {
+  const result = v.safeParse(NetSchema, parseKeyValues("--net", text, NET_KEYS));
+  if (!result.success) throw new ConfigError(`--net ${text}: ${describeIssues(result.issues)}`);
+  const o = result.output;
+  return o["tap-name"] !== undefined
+    ? { kind: "tap-name", name: o["tap-name"], mac: o.mac }
+    : { kind: "tap-fd", fd: o["tap-fd"]!, mac: o.mac };
+}
+
 /** The settings `tsvm run` works from. */
 export type Config = {
   /** Path of the kernel, or null for the built-in guest. */
@@ -111,6 +141,7 @@ export type Config = {
   readonly rng: boolean;
   /** Disks in PCI order: a root disk first, then the others as given. */
   readonly blocks: readonly BlockConfig[];
+  readonly nets: readonly NetConfig[];
 };
 
 /** The run options as they come from the command line, before validation. */
@@ -129,6 +160,11 @@ export type RawRunOptions = {
   readonly rwdisk?: readonly string[] | undefined;
   readonly root?: string | undefined;
   readonly rwroot?: string | undefined;
+  readonly net?: readonly string[] | undefined;
+  /** crosvm 2020's tap creation: --host_ip, --netmask and --mac together. */
+  readonly hostIp?: string | undefined;
+  readonly netmask?: string | undefined;
+  readonly mac?: string | undefined;
 };
 
 const RunSchema = v.object({
@@ -191,6 +227,12 @@ export function parseRunConfig(raw: RawRunOptions): Config {
     ...(raw.rwdisk ?? []).map((b) => ({ ...parseBlock(b, "--rwdisk"), ro: false })),
   ].sort((a, b) => Number(b.root) - Number(a.root));
   if (blocks.filter((b) => b.root).length > 1) throw new ConfigError("only one disk can be the root disk");
+  const nets = (raw.net ?? []).map(parseNet);
+  if (raw.hostIp !== undefined || raw.netmask !== undefined || raw.mac !== undefined) {
+    const created = v.safeParse(v.object({ hostIp: Ipv4Text, netmask: Ipv4Text, mac: MacText }), { hostIp: raw.hostIp, netmask: raw.netmask, mac: raw.mac });
+    if (!created.success) throw new ConfigError(`--host_ip, --netmask and --mac go together: ${describeIssues(created.issues)}`);
+    nets.push({ kind: "create", ...created.output });
+  }
   return {
     kernel: o.kernel ?? null,
     initrd: o.initrd ?? null,
@@ -202,6 +244,7 @@ export function parseRunConfig(raw: RawRunOptions): Config {
     logLevel: o.logLevel ?? "warn",
     rng: raw.rng ?? true,
     blocks,
+    nets,
   };
 }
 

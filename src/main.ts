@@ -31,13 +31,19 @@ export async function main(argv: readonly string[]): Promise<number> {
         .option("disk", { alias: "d", type: "string", describe: "read-only disk image (repeatable)" })
         .option("rwdisk", { type: "string", describe: "read-write disk image (repeatable)" })
         .option("root", { alias: "r", type: "string", describe: "read-only root disk (adds root=/dev/vda ro)" })
-        .option("rwroot", { type: "string", describe: "read-write root disk (adds root=/dev/vda rw)" }),
+        .option("rwroot", { type: "string", describe: "read-write root disk (adds root=/dev/vda rw)" })
+        .option("net", { type: "string", describe: "virtio-net on a tap: tap-name=NAME or tap-fd=N, [,mac=MAC] (repeatable)" })
+        .option("host_ip", { type: "string", describe: "create a tap with this host IPv4 address (with --netmask and --mac)" })
+        .option("netmask", { type: "string", describe: "netmask of the created tap" })
+        .option("mac", { type: "string", describe: "guest MAC address for the created tap" }),
       async (args) => {
         const raw: RawRunOptions = {
           kernel: args.kernel, initrd: args.initrd, mem: args.mem, cpus: args.cpus,
           params: repeated(args.params), serial: repeated(args.serial), logLevel: args["log-level"], rng: args.rng,
           block: repeated(args.block), disk: repeated(args.disk), rwdisk: repeated(args.rwdisk),
           root: single("--root", args.root), rwroot: single("--rwroot", args.rwroot),
+          net: repeated(args.net), hostIp: single("--host_ip", args.host_ip), netmask: single("--netmask", args.netmask),
+          mac: single("--mac", args.mac),
         };
         const config = parseRunConfig(raw);
         log.debug(`configuration parsed at ${performance.now().toFixed(1)} ms`);

@@ -7,7 +7,7 @@ import { log, logOnce, setLogLevel } from "./base/log.ts";
 import { WaitContext } from "./base/wait_context.ts";
 import { buildVm, type BuiltVm } from "./arch/x86_64/build_vm.ts";
 import { FOUR_GIB, lowMemoryEnd, PCI_MMIO_END, PCI_MMIO_START } from "./arch/x86_64/layout.ts";
-import { type Config, ConfigError, kernelCmdline, type SerialConfig } from "./config.ts";
+import { type Config, ConfigError, kernelCmdline, type NetConfig, type SerialConfig } from "./config.ts";
 import { Console } from "./devices/virtio/console.ts";
 import { KernelLoaderError } from "./arch/x86_64/kernel_image.ts";
 import { Bus } from "./devices/bus.ts";
@@ -22,6 +22,8 @@ import { IrqRouter } from "./devices/irq_router.ts";
 import { Rng } from "./devices/virtio/rng.ts";
 import { Block } from "./devices/virtio/block/block.ts";
 import { DiskFile } from "./devices/virtio/block/disk_file.ts";
+import { Net, parseMac, randomMac } from "./devices/virtio/net/net.ts";
+import { Tap } from "./devices/virtio/net/tap.ts";
 import type { DeviceEventLoop, VirtioDevice } from "./devices/virtio/virtio_device.ts";
 import { VirtioPciDevice } from "./devices/virtio/virtio_pci_device.ts";
 import { Kvm } from "./kvm/kvm.ts";
@@ -76,16 +78,32 @@ async function buildAndRun(config: Config, workers: readonly Worker[]): Promise<
   const kernel = config.kernel === null ? builtinGuest() : readUserFile("kernel", config.kernel);
   const initrd = config.initrd === null ? null : readUserFile("initrd", config.initrd);
   const disks: DiskFile[] = [];
+  const taps: Tap[] = [];
   try {
     for (const b of config.blocks) disks.push(openDisk(b.path, b.ro));
-    return await buildAndRunWithDisks(config, workers, kernel, initrd, disks);
+    for (const n of config.nets) taps.push(openTap(n));
+    return await buildAndRunWithDisks(config, workers, kernel, initrd, disks, taps);
   } finally {
     for (const d of disks) d.close();
+    for (const t of taps) t.close();
+  }
+}
+
+/** Opens or creates the tap a --net asks for; a failure is a usage error naming it. */
+function openTap(n: NetConfig): Tap {
+  try {
+    if (n.kind === "tap-name") return Tap.open(n.name);
+    if (n.kind === "tap-fd") return Tap.fromFd(n.fd);
+    const octets = (ip: string): Uint8Array => Uint8Array.from(ip.split(".").map(Number));
+    return Tap.create(octets(n.hostIp), octets(n.netmask));
+  } catch (e) {
+    throw new ConfigError(e instanceof Error ? e.message : String(e), { cause: e });
   }
 }
 
 async function buildAndRunWithDisks(
   config: Config, workers: readonly Worker[], kernel: Uint8Array, initrd: Uint8Array | null, disks: readonly DiskFile[],
+  taps: readonly Tap[],
 ): Promise<number> {
   using kvm = Kvm.open();
   let built: BuiltVm;
@@ -98,7 +116,7 @@ async function buildAndRunWithDisks(
   }
   log.debug(`VM built at ${performance.now().toFixed(1)} ms`);
   try {
-    return await new VmRunner(config, built, workers, disks).run();
+    return await new VmRunner(config, built, workers, disks, taps).run();
   } finally {
     built.close();
   }
@@ -154,9 +172,11 @@ class VmRunner {
   #irqRouter!: IrqRouter;
 
   readonly #disks: readonly DiskFile[];
+  readonly #taps: readonly Tap[];
 
-  constructor(config: Config, built: BuiltVm, workers: readonly Worker[], disks: readonly DiskFile[]) {
+  constructor(config: Config, built: BuiltVm, workers: readonly Worker[], disks: readonly DiskFile[], taps: readonly Tap[]) {
     this.#disks = disks;
+    this.#taps = taps;
     this.#config = config;
     this.#built = built;
     this.#workers = workers;
@@ -223,6 +243,10 @@ class VmRunner {
       devices.push(console);
       if (consoleCfg.stdin) this.#stdinSerial = console;
     }
+    this.#taps.forEach((tap, i) => {
+      const mac = this.#config.nets[i]!.mac;
+      devices.push(new Net(tap, mac === undefined ? randomMac() : parseMac(mac)!));
+    });
     if (this.#config.rng) devices.push(new Rng());
     return devices;
   }

@@ -6,6 +6,7 @@
  *   tsvm.bench=pio:N      N writes to port 0x80, then print TSC cycles per exit and reset
  *   tsvm.bench=mmio:N     N writes to the unclaimed MMIO address 0xfebff000, likewise
  *   tsvm.console_rx=1     wait for host input on the virtio-console receive queue
+ *   tsvm.net_rx=1         wait for a frame of ethertype 0x88b5 on the virtio-net receive queue
  *   tsvm.hostile=1        also act as a malicious virtio driver and check the device survives
  *   tsvm.bench=spin:N     N iterations of a ring-0 loop with no exits (probes for emulated ring 0)
  */
@@ -303,6 +304,7 @@ void guest_main(const uint8_t *zero_page, const uint8_t *pvh_start_info)
 	interrupts_init();
 	hostile_mode = option_is("tsvm.hostile", "1");
 	console_rx_mode = option_is("tsvm.console_rx", "1");
+	net_rx_mode = option_is("tsvm.net_rx", "1");
 	check_pci();
 	check_virtio();
 	if (mp_cpus > 1) check_smp();

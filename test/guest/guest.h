@@ -44,4 +44,5 @@ int wait_for_irq(unsigned index, uint32_t before);
 void check_virtio(void);
 extern int hostile_mode;
 extern int console_rx_mode;
+extern int net_rx_mode;
 #endif

@@ -121,6 +121,11 @@ export class Queue {
     return typeof parsed === "string" ? { kind: "bad_chain", head, reason: parsed } : { kind: "chain", chain: parsed };
   }
 
+  /** Puts back the last `count` popped chains (not yet used), to be popped again later. */
+  undoPop(count: number): void {
+    this.#nextAvail = (this.#nextAvail - count) & 0xffff;
+  }
+
   /** Tells the driver, when it asked for it (event idx), to notify after the next buffer it adds. */
   enableNotification(): void {
     const r = this.#rings;
