@@ -139,6 +139,8 @@ export type Config = {
   readonly logLevel: LogLevel;
   /** virtio-rng, on unless --no-rng (as in crosvm). */
   readonly rng: boolean;
+  /** virtio-balloon, on unless --no-balloon (as in crosvm). */
+  readonly balloon: boolean;
   /** Disks in PCI order: a root disk first, then the others as given. */
   readonly blocks: readonly BlockConfig[];
   readonly nets: readonly NetConfig[];
@@ -154,6 +156,7 @@ export type RawRunOptions = {
   readonly serial?: readonly string[] | undefined;
   readonly logLevel?: string | undefined;
   readonly rng?: boolean | undefined;
+  readonly balloon?: boolean | undefined;
   readonly block?: readonly string[] | undefined;
   /** crosvm 2020's disk flags: read-only and read-write disks and root disks. */
   readonly disk?: readonly string[] | undefined;
@@ -243,6 +246,7 @@ export function parseRunConfig(raw: RawRunOptions): Config {
     serials: serials.length > 0 ? serials : [{ type: "stdout", hardware: "serial", num: 1, console: true, stdin: true }],
     logLevel: o.logLevel ?? "warn",
     rng: raw.rng ?? true,
+    balloon: raw.balloon ?? true,
     blocks,
     nets,
   };

@@ -27,6 +27,7 @@ export async function main(argv: readonly string[]): Promise<number> {
         })
         .option("log-level", { type: "string", describe: "error, warn, info or debug (default warn)" })
         .option("rng", { type: "boolean", default: true, describe: "virtio-rng device (--no-rng to leave it out)" })
+        .option("balloon", { type: "boolean", default: true, describe: "virtio-balloon device (--no-balloon to leave it out)" })
         .option("block", { type: "string", describe: "virtio-blk disk: path=P[,ro=true][,id=ID][,root=true] (repeatable)" })
         .option("disk", { alias: "d", type: "string", describe: "read-only disk image (repeatable)" })
         .option("rwdisk", { type: "string", describe: "read-write disk image (repeatable)" })
@@ -39,7 +40,7 @@ export async function main(argv: readonly string[]): Promise<number> {
       async (args) => {
         const raw: RawRunOptions = {
           kernel: args.kernel, initrd: args.initrd, mem: args.mem, cpus: args.cpus,
-          params: repeated(args.params), serial: repeated(args.serial), logLevel: args["log-level"], rng: args.rng,
+          params: repeated(args.params), serial: repeated(args.serial), logLevel: args["log-level"], rng: args.rng, balloon: args.balloon,
           block: repeated(args.block), disk: repeated(args.disk), rwdisk: repeated(args.rwdisk),
           root: single("--root", args.root), rwroot: single("--rwroot", args.rwroot),
           net: repeated(args.net), hostIp: single("--host_ip", args.host_ip), netmask: single("--netmask", args.netmask),

@@ -20,6 +20,7 @@ import { DEBUG_PORT } from "./devices/sink.ts";
 import { AddressAllocator, PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_SIZE, PciConfigIo, PciRoot } from "./devices/pci/mod.ts";
 import { IrqRouter } from "./devices/irq_router.ts";
 import { Rng } from "./devices/virtio/rng.ts";
+import { Balloon, memfdReleaser } from "./devices/virtio/balloon.ts";
 import { Block } from "./devices/virtio/block/block.ts";
 import { DiskFile } from "./devices/virtio/block/disk_file.ts";
 import { Net, parseMac, randomMac } from "./devices/virtio/net/net.ts";
@@ -165,6 +166,8 @@ class VmRunner {
   #guestExit: string | null = null;
   #workerFailure: string | null = null;
   #kickSignal = 0;
+  /** The balloon, for the control socket (null with --no-balloon). */
+  balloon: Balloon | null = null;
   #stdinIsFile = false;
   #stdinCarry = new Uint8Array(0);
   #pciRoot: PciRoot | null = null;
@@ -248,6 +251,11 @@ class VmRunner {
       devices.push(new Net(tap, mac === undefined ? randomMac() : parseMac(mac)!));
     });
     if (this.#config.rng) devices.push(new Rng());
+    if (this.#config.balloon) {
+      const FALLOC_FL_PUNCH_HOLE_KEEP_SIZE = 0x03;
+      this.balloon = new Balloon(memfdReleaser(this.#built.memory, (fd, offset, length) => sys.fallocate(fd, FALLOC_FL_PUNCH_HOLE_KEEP_SIZE, offset, length) === 0));
+      devices.push(this.balloon);
+    }
     return devices;
   }
 

@@ -409,6 +409,51 @@ static void check_net(void)
 	mmio_write8(d.common + STATUS, 0);
 }
 
+/* ---- virtio-balloon ---- */
+#define BALLOON_F_STATS_VQ 1
+static struct vq binf, bdef, bstats;
+static uint8_t victim[4096] __attribute__((aligned(4096)));
+static uint32_t balloon_pfn;
+static struct { uint16_t tag; uint64_t val; } __attribute__((packed)) balloon_stats[2];
+
+static void check_balloon(void)
+{
+	struct vdev d;
+	memset(&d, 0, sizeof(d));
+	d.slot = pci_find(VIRTIO_VENDOR, 0x1045);
+	if (d.slot < 0) return;
+	if (!find_caps(&d) || !d.device) { result(0, "virtio-balloon", "capabilities missing"); return; }
+	int64_t features = negotiate(&d, 1ull << BALLOON_F_STATS_VQ);
+	int ok = features >= 0 && (features >> BALLOON_F_STATS_VQ) & 1;
+	msix_setup(&d, 12);
+	mmio_write16(d.common + MSIX_CFG, 0);
+	ok &= queue_setup(&d, &binf, 0, 1) && queue_setup(&d, &bdef, 1, 2) && queue_setup(&d, &bstats, 2, 3);
+	driver_ok(&d);
+	uint32_t target = mmio_read32(d.device);
+	balloon_stats[0].tag = 4; balloon_stats[0].val = 100ull << 20; /* free memory */
+	balloon_stats[1].tag = 5; balloon_stats[1].val = 256ull << 20; /* total memory */
+	bstats.desc[0] = (struct desc){ (uint64_t)(uintptr_t)balloon_stats, sizeof(balloon_stats), 0, 0 };
+	submit(&bstats, 0);
+	memset(victim, 0xab, sizeof(victim));
+	balloon_pfn = (uint32_t)((uintptr_t)victim >> 12);
+	binf.desc[0] = (struct desc){ (uint64_t)(uintptr_t)&balloon_pfn, 4, 0, 0 };
+	uint32_t before = irq_counts[13];
+	submit(&binf, 0);
+	ok &= wait_used(&binf, 13, before) == 0;
+	mmio_write32(d.device + 4, 1); /* actual */
+	bdef.desc[0] = (struct desc){ (uint64_t)(uintptr_t)&balloon_pfn, 4, 0, 0 };
+	before = irq_counts[14];
+	submit(&bdef, 0);
+	ok &= wait_used(&bdef, 14, before) == 0;
+	mmio_write32(d.device + 4, 0);
+	int released = victim[0] == 0 && victim[4095] == 0;
+	puts_("     virtio-balloon target "); putu(target); puts_(" pages, inflated page reads back ");
+	puts_(released ? "zero\n" : "unchanged\n");
+	result(ok && released && !(mmio_read8(d.common + STATUS) & STATUS_NEEDS_RESET), "virtio-balloon",
+	       "inflate gives a page back to the host (it reads zero after deflate), stats posted");
+	mmio_write8(d.common + STATUS, 0);
+}
+
 int hostile_mode;
 
 void check_virtio(void)
@@ -416,6 +461,7 @@ void check_virtio(void)
 	if (hostile_mode) check_hostile();
 	check_console();
 	check_net();
+	check_balloon();
 	check_rng();
 	for (unsigned i = 0; i < 4; i++) check_blk(i);
 }

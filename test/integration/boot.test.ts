@@ -11,7 +11,7 @@ describe.skipIf(!HAS_KVM)("booting the test guest", () => {
   test("the built-in guest passes its checks on 1 vCPU and resets to exit 0", async () => {
     const r = await runTsvm(["run"]);
     expect(r.stdout).toContain("booted by the Linux 64-bit boot protocol");
-    for (const check of ["zero-page", "e820", "serial", "cmos", "i8042", "mptable", "acpi", "pci", "virtio-rng"]) {
+    for (const check of ["zero-page", "e820", "serial", "cmos", "i8042", "mptable", "acpi", "pci", "virtio-rng", "virtio-balloon"]) {
       expect(r.stdout).toContain(`ok   ${check}:`);
     }
     expect(r.stdout).toMatch(/tsvm-guest: \d+ passed, 0 failed/);
