@@ -6,6 +6,7 @@ import { EventFd } from "./base/event_fd.ts";
 import { log, logOnce, setLogLevel } from "./base/log.ts";
 import { WaitContext } from "./base/wait_context.ts";
 import { buildVm, type BuiltVm } from "./arch/x86_64/build_vm.ts";
+import { pciSlotPin } from "./arch/x86_64/mptable.ts";
 import { FOUR_GIB, lowMemoryEnd, PCI_MMIO_END, PCI_MMIO_START } from "./arch/x86_64/layout.ts";
 import { type Config, ConfigError, kernelCmdline, type NetConfig, type SerialConfig } from "./config.ts";
 import { Console } from "./devices/virtio/console.ts";
@@ -54,9 +55,7 @@ const PCI_MMIO64_SIZE = 64 * GIB;
 /** I/O port window for I/O BARs, above the legacy ISA ports. */
 const PCI_IO_START = 0xc000;
 const PCI_IO_END = 0x10000;
-/** PCI INTx lines go to IOAPIC pins 16-23, the ones the ISA devices leave free. */
-const PCI_INTX_FIRST_PIN = 16;
-const PCI_INTX_PINS = 8;
+
 
 /** Why the control loop ended. */
 type Ending = { readonly code: number; readonly message: string | null };
@@ -261,7 +260,7 @@ class VmRunner {
 
   #addVirtio(device: VirtioDevice): void {
     const vm = this.#built.vm;
-    const pin = PCI_INTX_FIRST_PIN + (this.#virtio.length % PCI_INTX_PINS);
+    const pin = pciSlotPin(this.#virtio.length + 1); // the slot PciRoot.add gives it, wired as the MP table says
     const pci = new VirtioPciDevice(device, {
       memory: this.#built.memory,
       router: this.#irqRouter,
@@ -270,7 +269,8 @@ class VmRunner {
       loop: this.#deviceLoop,
       ioeventfd: (fd, address, length, assign) => vm.setIoeventfd(fd, "mmio", address, length, assign),
     });
-    this.#pciRoot!.add(pci);
+    const slot = this.#pciRoot!.add(pci);
+    if (pciSlotPin(slot) !== pin) throw new Error(`${pci.debugLabel} got slot ${slot}, not the one its INTx pin assumed`);
     this.#virtio.push(pci);
   }
 

@@ -23,6 +23,18 @@ const ISA_IRQS = 16;
 /** CPU signature family 6 with the FPU and APIC feature flags, as firmware writes it. */
 const CPU_SIGNATURE = 0x600;
 const CPU_FEATURES = 0x201;
+/** Bus ids: PCI bus 0 is MP bus 0, the ISA bus is MP bus 1. */
+const MP_BUS_PCI = 0;
+const MP_BUS_ISA = 1;
+/** PCI slots 1-31 have their INTA# routed (slot 0 is the host bridge, which has none). */
+const PCI_SLOTS = 31;
+/** INTx flags: level triggered (3 << 2), active low (3), as PCI interrupts are. */
+const PCI_INTX_FLAGS = 0x0f;
+
+/** The IOAPIC pin tsvm wires PCI slot `slot`'s INTA# to: pins 16-23 in turn. */
+export function pciSlotPin(slot: number): number {
+  return 16 + ((slot - 1) % 8);
+}
 
 const FLOATING_POINTER_SIZE = 16;
 const HEADER_SIZE = 44;
@@ -34,8 +46,8 @@ const LINTSRC_SIZE = 8;
 
 /** Returns the MP table size for `cpus` processors. */
 export function mptableSize(cpus: number): number {
-  return FLOATING_POINTER_SIZE + HEADER_SIZE + cpus * PROCESSOR_SIZE + BUS_SIZE + IOAPIC_SIZE +
-    ISA_IRQS * INTSRC_SIZE + 2 * LINTSRC_SIZE;
+  return FLOATING_POINTER_SIZE + HEADER_SIZE + cpus * PROCESSOR_SIZE + 2 * BUS_SIZE + IOAPIC_SIZE +
+    (ISA_IRQS + PCI_SLOTS) * INTSRC_SIZE + 2 * LINTSRC_SIZE;
 }
 
 /** Returns the 8-bit two's complement that makes the bytes of `range` sum to zero. */
@@ -78,11 +90,13 @@ export function buildMptable(address: number, cpus: number): Uint8Array {
     at += PROCESSOR_SIZE;
     entries++;
   }
-  view.setUint8(at, MP_BUS);
-  view.setUint8(at + 1, 0);
-  ascii(at + 2, "ISA   ");
-  at += BUS_SIZE;
-  entries++;
+  for (const [id, name] of [[MP_BUS_PCI, "PCI   "], [MP_BUS_ISA, "ISA   "]] as const) {
+    view.setUint8(at, MP_BUS);
+    view.setUint8(at + 1, id);
+    ascii(at + 2, name);
+    at += BUS_SIZE;
+    entries++;
+  }
   view.setUint8(at, MP_IOAPIC);
   view.setUint8(at + 1, ioapicId);
   view.setUint8(at + 2, IOAPIC_VERSION);
@@ -94,10 +108,21 @@ export function buildMptable(address: number, cpus: number): Uint8Array {
     view.setUint8(at, MP_INTSRC);
     view.setUint8(at + 1, MP_IRQ_INT);
     view.setUint16(at + 2, 0, true); // conforms to the bus: ISA is edge, active high
-    view.setUint8(at + 4, 0); // source bus: ISA
+    view.setUint8(at + 4, MP_BUS_ISA);
     view.setUint8(at + 5, irq);
     view.setUint8(at + 6, ioapicId);
     view.setUint8(at + 7, irq);
+    at += INTSRC_SIZE;
+    entries++;
+  }
+  for (let slot = 1; slot <= PCI_SLOTS; slot++) {
+    view.setUint8(at, MP_INTSRC);
+    view.setUint8(at + 1, MP_IRQ_INT);
+    view.setUint16(at + 2, PCI_INTX_FLAGS, true);
+    view.setUint8(at + 4, MP_BUS_PCI);
+    view.setUint8(at + 5, slot << 2); // source: device number in bits 6:2, INTA# (0) in bits 1:0
+    view.setUint8(at + 6, ioapicId);
+    view.setUint8(at + 7, pciSlotPin(slot));
     at += INTSRC_SIZE;
     entries++;
   }

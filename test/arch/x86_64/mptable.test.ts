@@ -29,6 +29,16 @@ describe("buildMptable", () => {
     expect(new TextDecoder().decode(table.subarray(16, 20))).toBe("PCMP");
   });
 
+  test("routes each PCI slot's INTA# to an IOAPIC pin from 16, level-triggered and active low", () => {
+    const table = buildMptable(ADDRESS, 1);
+    const intsrcs: number[][] = [];
+    for (let at = 16 + 44; at < table.byteLength; at += table[at] === 0 ? 20 : 8) {
+      if (table[at] === 3 && table[at + 4] === 0) intsrcs.push([table[at + 2]!, table[at + 5]! >> 2, table[at + 7]!]);
+    }
+    expect(intsrcs.slice(0, 2)).toEqual([[0x0f, 1, 16], [0x0f, 2, 17]]);
+    expect(intsrcs.length).toBe(31);
+  });
+
   test("rejects CPU counts the table cannot describe", () => {
     expect(() => buildMptable(ADDRESS, 0)).toThrow();
     expect(() => buildMptable(ADDRESS, 255)).toThrow();
