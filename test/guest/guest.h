@@ -42,6 +42,7 @@ int wait_for_irq(unsigned index, uint32_t before);
 
 /* virtio.c */
 void check_virtio(void);
+void bench_virtio(const char *kind, uint64_t n, uint32_t size);
 extern int hostile_mode;
 extern int console_rx_mode;
 extern int net_rx_mode;

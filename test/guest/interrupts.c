@@ -16,16 +16,37 @@ void interrupts_init(void)
 	}
 	struct { uint16_t limit; uint64_t base; } __attribute__((packed)) desc = { sizeof(idt) - 1, (uint64_t)(uintptr_t)idt };
 	__asm__ volatile("lidt %0" ::"m"(desc));
+	/* Firmware may leave the APIC globally disabled or a task priority that masks our vectors. */
+	uint32_t lo, hi;
+	__asm__ volatile("rdmsr" : "=a"(lo), "=d"(hi) : "c"(0x1b));
+	if (!(lo & 0x800)) __asm__ volatile("wrmsr" ::"a"(lo | 0x800), "d"(hi), "c"(0x1b));
+	mmio_write32(0xfee00080, 0); /* TPR */
 	mmio_write32(0xfee000f0, 0x1ff); /* software-enable the local APIC */
 }
 
-/* Waits (interrupts on) until irq_counts[index] moves past `before`; returns 1 if it did. */
+#define LAPIC_LVT_TIMER 0xfee00320
+#define LAPIC_TIMER_INITIAL 0xfee00380
+#define LAPIC_TIMER_DIVIDE 0xfee003e0
+#define WATCHDOG_INDEX 15
+/* the watchdog tick: about a millisecond with KVM's 1 GHz APIC bus and divide-by-1 */
+#define WATCHDOG_COUNT 1000000
+/* gives up after this many ticks without the interrupt */
+#define WATCHDOG_TICKS 3000
+
+/* Waits until irq_counts[index] moves past `before`; returns 1 if it did. The CPU halts between
+ * interrupts (`sti; hlt` cannot miss one); a one-shot LAPIC timer wakes it to give up eventually. */
 int wait_for_irq(unsigned index, uint32_t before)
 {
-	for (uint64_t spin = 0; spin < 20000000; spin++) {
-		__asm__ volatile("sti; pause; cli" ::: "memory");
-		if (irq_counts[index] != before)
+	mmio_write32(LAPIC_TIMER_DIVIDE, 0xb);
+	mmio_write32(LAPIC_LVT_TIMER, IRQ_VECTOR_BASE + WATCHDOG_INDEX);
+	for (unsigned tick = 0; tick < WATCHDOG_TICKS; tick++) {
+		if (irq_counts[index] != before) {
+			mmio_write32(LAPIC_TIMER_INITIAL, 0);
 			return 1;
+		}
+		mmio_write32(LAPIC_TIMER_INITIAL, WATCHDOG_COUNT);
+		__asm__ volatile("sti; hlt; cli" ::: "memory");
 	}
-	return 0;
+	mmio_write32(LAPIC_TIMER_INITIAL, 0);
+	return irq_counts[index] != before;
 }
