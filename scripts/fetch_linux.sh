@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Fetches Debian's cloud kernel into build/linux/: vmlinuz (a bzImage) and vmlinux (the ELF inside
-# it, decompressed from its LZ4 payload). Used by test/integration/linux_boot.test.ts.
+# Fetches Debian's cloud kernel into build/linux/: vmlinuz (a bzImage), vmlinux (the ELF inside it,
+# decompressed from its LZ4 payload) and modules/ (its module tree). Used by
+# test/integration/linux_boot.test.ts and scripts/build_linux_guest.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=build/linux
-if [ -s "$out/vmlinux" ] && [ -s "$out/vmlinuz" ]; then exit 0; fi
+if [ -s "$out/vmlinux" ] && [ -s "$out/vmlinuz" ] && [ -d "$out/modules" ]; then exit 0; fi
 mkdir -p "$out"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -13,6 +14,9 @@ pkg=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-[0-
 (cd "$work" && apt-get download -qq "$pkg" 2>/dev/null)
 dpkg -x "$work"/*.deb "$work/root"
 cp "$work"/root/boot/vmlinuz-* "$out/vmlinuz"
+# Keep the module tree (for the initramfs of scripts/build_linux_guest.sh) and its dependency list.
+rm -rf "$out/modules"
+cp -r "$work"/root/lib/modules/* "$out/modules"
 python3 - "$out/vmlinuz" "$work/payload.lz4" <<'PY'
 import sys
 data = open(sys.argv[1], "rb").read()
