@@ -432,10 +432,11 @@ class VmRunner {
     if (this.#stdinCarry.byteLength === 0) {
       const buf = new Uint8Array(STDIN_CHUNK);
       const n = sys.readRaw(0, buf);
-      if (n <= 0) {
-        this.#stdinIsFile = false; // end of file
+      if (n < 0) {
+        this.#stdinIsFile = false;
         return;
       }
+      if (n === 0) return; // end of file for now; a file can still grow, so look again next time
       this.#stdinCarry = buf.subarray(0, n);
     }
     this.#stdinCarry = this.#stdinCarry.subarray(this.#stdinSerial.queueInput(this.#stdinCarry));

@@ -39,6 +39,7 @@ void interrupts_init(void);
 extern volatile uint32_t irq_counts[16];
 #define IRQ_VECTOR_BASE 0x40
 int wait_for_irq(unsigned index, uint32_t before);
+int wait_until(int (*done)(const void *), const void *arg);
 
 /* virtio.c */
 void check_virtio(void);

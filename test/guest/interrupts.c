@@ -33,20 +33,30 @@ void interrupts_init(void)
 /* gives up after this many ticks without the interrupt */
 #define WATCHDOG_TICKS 3000
 
-/* Waits until irq_counts[index] moves past `before`; returns 1 if it did. The CPU halts between
- * interrupts (`sti; hlt` cannot miss one); a one-shot LAPIC timer wakes it to give up eventually. */
-int wait_for_irq(unsigned index, uint32_t before)
+/* Halts until `done(arg)` holds or about WATCHDOG_TICKS ms pass; returns whether it held. The CPU
+ * sleeps between interrupts (`sti; hlt` cannot miss one); a one-shot LAPIC timer bounds each sleep. */
+int wait_until(int (*done)(const void *), const void *arg)
 {
 	mmio_write32(LAPIC_TIMER_DIVIDE, 0xb);
 	mmio_write32(LAPIC_LVT_TIMER, IRQ_VECTOR_BASE + WATCHDOG_INDEX);
-	for (unsigned tick = 0; tick < WATCHDOG_TICKS; tick++) {
-		if (irq_counts[index] != before) {
-			mmio_write32(LAPIC_TIMER_INITIAL, 0);
-			return 1;
-		}
+	for (unsigned tick = 0; tick < WATCHDOG_TICKS && !done(arg); tick++) {
 		mmio_write32(LAPIC_TIMER_INITIAL, WATCHDOG_COUNT);
 		__asm__ volatile("sti; hlt; cli" ::: "memory");
 	}
 	mmio_write32(LAPIC_TIMER_INITIAL, 0);
-	return irq_counts[index] != before;
+	return done(arg);
+}
+
+struct irq_wait { unsigned index; uint32_t before; };
+static int irq_moved(const void *arg)
+{
+	const struct irq_wait *w = arg;
+	return irq_counts[w->index] != w->before;
+}
+
+/* Waits until irq_counts[index] moves past `before`; returns 1 if it did. */
+int wait_for_irq(unsigned index, uint32_t before)
+{
+	struct irq_wait w = { index, before };
+	return wait_until(irq_moved, &w);
 }

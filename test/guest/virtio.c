@@ -135,12 +135,19 @@ static void submit(struct vq *q, uint16_t head)
 	mmio_write16(q->notify, q->index);
 }
 
-/* Waits for the used ring to advance (by interrupt `irq`); returns the used length or -1. */
+struct used_wait { struct vq *q; unsigned irq; uint32_t before; };
+static int used_and_irq(const void *arg)
+{
+	const struct used_wait *w = arg;
+	return *(volatile uint16_t *)&w->q->used.idx != w->q->last_used && irq_counts[w->irq] != w->before;
+}
+
+/* Waits until the used ring has advanced and interrupt `irq` has come since `irq_before` was read
+ * (in either order); returns the used length, or -1. */
 static int64_t wait_used(struct vq *q, unsigned irq, uint32_t irq_before)
 {
-	int got_irq = wait_for_irq(irq, irq_before);
-	for (uint64_t spin = 0; spin < 1000000 && *(volatile uint16_t *)&q->used.idx == q->last_used; spin++) ;
-	if (*(volatile uint16_t *)&q->used.idx == q->last_used || !got_irq) return -1;
+	struct used_wait w = { q, irq, irq_before };
+	if (!wait_until(used_and_irq, &w)) return -1;
 	return q->used.ring[q->last_used++ % QSIZE].len;
 }
 
@@ -324,6 +331,7 @@ static void check_console(void)
 	mmio_write16(d.common + MSIX_CFG, 0);
 	ok &= queue_setup(&d, &conrx, 0, 1) && queue_setup(&d, &contx, 1, 2);
 	driver_ok(&d);
+	uint32_t rx_before = irq_counts[5];
 	conrx.desc[0] = (struct desc){ (uint64_t)(uintptr_t)con_in, sizeof(con_in) - 1, DESC_F_WRITE, 0 };
 	conrx.avail.ring[0] = 0;
 	barrier();
@@ -335,8 +343,7 @@ static void check_console(void)
 	submit(&contx, 0);
 	ok &= wait_used(&contx, 6, before) == 0;
 	if (console_rx_mode) {
-		before = irq_counts[5];
-		int64_t n = wait_used(&conrx, 5, before);
+		int64_t n = wait_used(&conrx, 5, rx_before);
 		ok &= n > 0;
 		if (n > 0) { con_in[n] = 0; puts_("     virtio-console received \""); puts_(con_in); puts_("\"\n"); }
 	}
@@ -369,6 +376,7 @@ static void check_net(void)
 	uint8_t mac[6];
 	for (int i = 0; i < 6; i++) mac[i] = mmio_read8(d.device + (uintptr_t)i);
 	driver_ok(&d);
+	uint32_t rx_before = irq_counts[9];
 	for (uint16_t i = 0; i < RX_BUFS; i++) {
 		netrx.desc[i] = (struct desc){ (uint64_t)(uintptr_t)net_rxbuf[i], sizeof(net_rxbuf[i]), DESC_F_WRITE, 0 };
 		netrx.avail.ring[netrx.next_avail++ % QSIZE] = i;
@@ -393,8 +401,8 @@ static void check_net(void)
 	if (net_rx_mode) {
 		int got = 0;
 		for (int frames = 0; frames < 16 && !got; frames++) {
-			before = irq_counts[9];
-			int64_t n = wait_used(&netrx, 9, before);
+			int64_t n = wait_used(&netrx, 9, rx_before);
+			rx_before = irq_counts[9] - 1; /* later frames may share an interrupt with this one */
 			if (n < 0) break;
 			uint32_t id = netrx.used.ring[(netrx.last_used - 1) % QSIZE].id;
 			uint8_t *rf = net_rxbuf[id % RX_BUFS] + NET_HDR;

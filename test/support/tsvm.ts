@@ -32,8 +32,15 @@ export type RunResult = { code: number | null; signal: string | null; stdout: st
 /** Runs tsvm with `args` and resolves when it exits or is killed at `timeoutMs`. */
 export async function runTsvm(args: readonly string[], opts: { timeoutMs?: number; cwd?: string; stdin?: string } = {}): Promise<RunResult> {
   const child = Bun.spawn([...tsvmCommand(), ...args], {
-    cwd: opts.cwd ?? ROOT, stdin: opts.stdin === undefined ? "ignore" : new TextEncoder().encode(opts.stdin), stdout: "pipe", stderr: "pipe",
+    cwd: opts.cwd ?? ROOT, stdin: opts.stdin === undefined ? "ignore" : "pipe", stdout: "pipe", stderr: "pipe",
   });
+  if (opts.stdin !== undefined) {
+    // A pipe, as from a terminal or another program: tsvm waits for it in epoll.
+    const stdin = child.stdin as import("bun").FileSink;
+    stdin.write(opts.stdin);
+    await stdin.flush();
+    await stdin.end();
+  }
   let timedOut = false;
   const timer = setTimeout(() => {
     timedOut = true;
