@@ -6,6 +6,9 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <sys/un.h>
+#include <sys/stat.h>
+#include <poll.h>
 #include <unistd.h>
 
 /* bounds the fds in one message, like the kernel's SCM_MAX_FD but far smaller */
@@ -66,4 +69,59 @@ int64_t tsvm_recv_with_fds(int fd, void *buf, uint64_t len, int *fds_out, int ma
 	if (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC))
 		return -EMSGSIZE;
 	return n;
+}
+
+/* Creates a listening AF_UNIX SOCK_SEQPACKET socket at `path`, created with mode 0600. */
+int tsvm_unix_listen(const char *path)
+{
+	struct sockaddr_un addr = { .sun_family = AF_UNIX };
+	if (strlen(path) >= sizeof(addr.sun_path))
+		return -ENAMETOOLONG;
+	strcpy(addr.sun_path, path);
+	int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	mode_t old = umask(0177); /* the socket file is born 0600: no window where others may connect */
+	int r = bind(fd, (struct sockaddr *)&addr, sizeof(addr));
+	int err = errno;
+	umask(old);
+	if (r < 0 || listen(fd, 16) < 0) {
+		if (r >= 0)
+			err = errno;
+		close(fd);
+		return -err;
+	}
+	return fd;
+}
+
+/* Connects to the AF_UNIX SOCK_SEQPACKET socket at `path`. */
+int tsvm_unix_connect(const char *path)
+{
+	struct sockaddr_un addr = { .sun_family = AF_UNIX };
+	if (strlen(path) >= sizeof(addr.sun_path))
+		return -ENAMETOOLONG;
+	strcpy(addr.sun_path, path);
+	int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	if (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
+		int err = errno;
+		close(fd);
+		return -err;
+	}
+	return fd;
+}
+
+int tsvm_accept(int fd)
+{
+	int r = accept4(fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+	return r < 0 ? -errno : r;
+}
+
+/* Waits up to timeout_ms for `fd` to become readable: 1 readable, 0 timed out, -errno. */
+int tsvm_wait_readable(int fd, int timeout_ms)
+{
+	struct pollfd p = { .fd = fd, .events = POLLIN };
+	int r = poll(&p, 1, timeout_ms);
+	return r < 0 ? -errno : r;
 }

@@ -60,5 +60,9 @@ int tsvm_isatty(int fd);
 int tsvm_seqpacket_pair(int *fds_out);
 int64_t tsvm_send_with_fds(int fd, const void *buf, uint64_t len, const int *fds, int nfds);
 int64_t tsvm_recv_with_fds(int fd, void *buf, uint64_t len, int *fds_out, int max_fds, int *nfds_out);
+int tsvm_unix_listen(const char *path);
+int tsvm_unix_connect(const char *path);
+int tsvm_accept(int fd);
+int tsvm_wait_readable(int fd, int timeout_ms);
 
 #endif

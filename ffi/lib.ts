@@ -53,6 +53,10 @@ const symbols = {
   tsvm_seqpacket_pair: { args: [pointer], returns: i32 },
   tsvm_send_with_fds: { args: [i32, pointer, u64, pointer, i32], returns: FFIType.i64_fast },
   tsvm_recv_with_fds: { args: [i32, pointer, u64, pointer, i32, pointer], returns: FFIType.i64_fast },
+  tsvm_unix_listen: { args: [cstring], returns: i32 },
+  tsvm_unix_connect: { args: [cstring], returns: i32 },
+  tsvm_accept: { args: [i32], returns: i32 },
+  tsvm_wait_readable: { args: [i32, i32], returns: i32 },
 } as const;
 
 /** Names the memfd holding the library, so Workers of the same process open it instead of copying again. */

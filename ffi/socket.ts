@@ -21,3 +21,23 @@ export function sendWithFds(fd: number, buf: Uint8Array, len: number, fds: Int32
 export function recvWithFds(fd: number, buf: Uint8Array, fdsOut: Int32Array, countOut: Int32Array): number {
   return Number(native.tsvm_recv_with_fds(fd, buf, buf.byteLength, fdsOut, fdsOut.length, countOut));
 }
+
+/** Listens on a new AF_UNIX seqpacket socket at `path` (mode 0600); returns the fd or -errno. */
+export function unixListen(path: string): number {
+  return native.tsvm_unix_listen(Buffer.from(`${path}\0`));
+}
+
+/** Connects to the AF_UNIX seqpacket socket at `path`; returns the fd or -errno. */
+export function unixConnect(path: string): number {
+  return native.tsvm_unix_connect(Buffer.from(`${path}\0`));
+}
+
+/** Accepts a connection (non-blocking, close-on-exec); returns the fd or -errno. */
+export function accept(fd: number): number {
+  return native.tsvm_accept(fd);
+}
+
+/** Waits up to `timeoutMs` for `fd` to be readable: 1 readable, 0 timed out, or -errno. */
+export function waitReadable(fd: number, timeoutMs: number): number {
+  return native.tsvm_wait_readable(fd, timeoutMs);
+}

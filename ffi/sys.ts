@@ -136,3 +136,8 @@ export function flock(fd: number, operation: number): number {
 export function socket(domain: number, type: number, protocol: number): number {
   return checked(native.tsvm_socket(domain, type, protocol), "create socket");
 }
+
+/** Sets the size of the file behind `fd`; returns 0 or -errno. */
+export function ftruncateRaw(fd: number, length: number): number {
+  return native.tsvm_ftruncate(fd, length);
+}

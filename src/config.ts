@@ -26,6 +26,18 @@ export function parseSize(text: string): number | null {
   return Number.isSafeInteger(size) ? size : null;
 }
 
+/** Parses a byte count: a bare number is bytes, or a number with K, M, G or T (binary units). */
+export function parseByteSize(text: string): number | null {
+  const match = /^(\d+)([KMGT]?)(?:i?B)?$/i.exec(text.trim());
+  if (!match) return null;
+  const unit = match[2] === "" ? 1 : SIZE_SUFFIX[match[2]!.toUpperCase()]!;
+  const size = Number(match[1]) * unit;
+  return Number.isSafeInteger(size) ? size : null;
+}
+
+/** The longest path a Unix socket address holds (sun_path is 108 bytes with the NUL). */
+const MAX_SOCKET_PATH = 107;
+
 export const SERIAL_TYPES = ["stdout", "file", "sink"] as const;
 export type SerialType = (typeof SERIAL_TYPES)[number];
 export const SERIAL_HARDWARE = ["serial", "virtio-console"] as const;
@@ -144,6 +156,8 @@ export type Config = {
   /** Disks in PCI order: a root disk first, then the others as given. */
   readonly blocks: readonly BlockConfig[];
   readonly nets: readonly NetConfig[];
+  /** The control socket path (-s/--socket), or null. */
+  readonly socket: string | null;
 };
 
 /** The run options as they come from the command line, before validation. */
@@ -168,6 +182,7 @@ export type RawRunOptions = {
   readonly hostIp?: string | undefined;
   readonly netmask?: string | undefined;
   readonly mac?: string | undefined;
+  readonly socket?: string | undefined;
 };
 
 const RunSchema = v.object({
@@ -249,7 +264,16 @@ export function parseRunConfig(raw: RawRunOptions): Config {
     balloon: raw.balloon ?? true,
     blocks,
     nets,
+    socket: checkSocketPath(raw.socket),
   };
+}
+
+function checkSocketPath(path: string | undefined): string | null {
+  if (path === undefined) return null;
+  if (path.length === 0 || new TextEncoder().encode(path).length > MAX_SOCKET_PATH) {
+    throw new ConfigError(`--socket: expected a path of 1-${MAX_SOCKET_PATH} bytes (got ${JSON.stringify(path)})`);
+  }
+  return path;
 }
 
 /** Joins -p values, adds `root=/dev/vdX` for a root disk and `console=ttySn` for the console port. */

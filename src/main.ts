@@ -2,7 +2,9 @@
 // main.ts - the tsvm command line: parse arguments into a Config, then run the subcommand.
 import yargs from "yargs";
 import { log } from "./base/log.ts";
-import { ConfigError, parseRunConfig, type RawRunOptions } from "./config.ts";
+import { ConfigError, parseByteSize, parseRunConfig, type RawRunOptions } from "./config.ts";
+import { ControlError, sendRequest } from "./vm_control/client.ts";
+import type { VmRequest } from "./vm_control/messages.ts";
 import { EXIT_CODE, runVm } from "./run_vm.ts";
 import { VERSION } from "./version.ts";
 
@@ -36,7 +38,8 @@ export async function main(argv: readonly string[]): Promise<number> {
         .option("net", { type: "string", describe: "virtio-net on a tap: tap-name=NAME or tap-fd=N, [,mac=MAC] (repeatable)" })
         .option("host_ip", { type: "string", describe: "create a tap with this host IPv4 address (with --netmask and --mac)" })
         .option("netmask", { type: "string", describe: "netmask of the created tap" })
-        .option("mac", { type: "string", describe: "guest MAC address for the created tap" }),
+        .option("mac", { type: "string", describe: "guest MAC address for the created tap" })
+        .option("socket", { alias: "s", type: "string", describe: "control socket path for tsvm stop, suspend, resume, balloon, disk" }),
       async (args) => {
         const raw: RawRunOptions = {
           kernel: args.kernel, initrd: args.initrd, mem: args.mem, cpus: args.cpus,
@@ -44,13 +47,33 @@ export async function main(argv: readonly string[]): Promise<number> {
           block: repeated(args.block), disk: repeated(args.disk), rwdisk: repeated(args.rwdisk),
           root: single("--root", args.root), rwroot: single("--rwroot", args.rwroot),
           net: repeated(args.net), hostIp: single("--host_ip", args.host_ip), netmask: single("--netmask", args.netmask),
-          mac: single("--mac", args.mac),
+          mac: single("--mac", args.mac), socket: single("--socket", args.socket),
         };
         const config = parseRunConfig(raw);
         log.debug(`configuration parsed at ${performance.now().toFixed(1)} ms`);
         code = await runVm(config);
       },
     )
+    .command("stop <socket>", "Stop the VM behind a control socket (disks are flushed; run exits 0)", (y) => socketArg(y),
+      (args) => { code = control(args.socket, { kind: "stop" }); })
+    .command("suspend <socket>", "Park the VM's vCPUs and stop its devices", (y) => socketArg(y),
+      (args) => { code = control(args.socket, { kind: "suspend" }); })
+    .command("resume <socket>", "Resume a suspended VM", (y) => socketArg(y),
+      (args) => { code = control(args.socket, { kind: "resume" }); })
+    .command("balloon <size> <socket>", "Set the balloon's target size (bytes, or with K/M/G)", (y) => socketArg(y).positional("size", { type: "string", demandOption: true }),
+      (args) => { code = control(args.socket, { kind: "balloon", bytes: byteSize("SIZE", args.size) }); })
+    .command("balloon_stats <socket>", "Print the balloon's size and the guest's memory statistics as JSON", (y) => socketArg(y),
+      (args) => { code = control(args.socket, { kind: "balloon_stats" }); })
+    .command("disk <action> <index> <size> <socket>", "Resize disk INDEX (0-based) to SIZE: tsvm disk resize INDEX SIZE SOCKET",
+      (y) => socketArg(y)
+        .positional("action", { type: "string", choices: ["resize"], demandOption: true })
+        .positional("index", { type: "string", demandOption: true })
+        .positional("size", { type: "string", demandOption: true }),
+      (args) => {
+        const index = Number(args.index);
+        if (!Number.isInteger(index) || index < 0) throw new ConfigError(`INDEX: expected a disk number from 0 (got ${JSON.stringify(args.index)})`);
+        code = control(args.socket, { kind: "disk_resize", index, bytes: byteSize("SIZE", args.size) });
+      })
     .command("version", "Print tsvm's version", () => {}, () => {
       console.log(`tsvm ${VERSION}`);
       code = 0;
@@ -76,6 +99,36 @@ export async function main(argv: readonly string[]): Promise<number> {
     return EXIT_CODE.VM_ERROR;
   }
   return code ?? 0;
+}
+
+/** Declares the SOCKET positional every control subcommand takes. */
+function socketArg<T>(y: import("yargs").Argv<T>) {
+  return y.positional("socket", { type: "string", demandOption: true, describe: "the VM's control socket (tsvm run -s PATH)" });
+}
+
+function byteSize(name: string, text: string): number {
+  const n = parseByteSize(text);
+  if (n === null) throw new ConfigError(`${name}: expected a size such as 1073741824, 512M or 1G (got ${JSON.stringify(text)})`);
+  return n;
+}
+
+/** Sends one request and reports the answer: 0 on success, 1 when the VM or the socket says no. */
+function control(path: string, request: VmRequest): number {
+  try {
+    const reply = sendRequest(path, request);
+    if (reply.kind === "error") {
+      log.error(`${request.kind}: ${reply.message}`);
+      return 1;
+    }
+    if (reply.kind === "balloon_stats") console.log(reply.json);
+    return 0;
+  } catch (e) {
+    if (e instanceof ControlError) {
+      log.error(e.message);
+      return 1;
+    }
+    throw e;
+  }
 }
 
 /** Returns a flag that may be given once, refusing repeats. */

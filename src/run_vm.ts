@@ -22,7 +22,10 @@ import { AddressAllocator, PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_SIZE, PciConfigIo, 
 import { IrqRouter } from "./devices/irq_router.ts";
 import { Rng } from "./devices/virtio/rng.ts";
 import { Balloon, memfdReleaser } from "./devices/virtio/balloon.ts";
-import { Block } from "./devices/virtio/block/block.ts";
+import { Block, SECTOR_SIZE } from "./devices/virtio/block/block.ts";
+import { errnoName } from "./base/errno.ts";
+import type { VmRequest, VmResponse } from "./vm_control/messages.ts";
+import { ControlServer, ControlSocketError } from "./vm_control/server.ts";
 import { DiskFile } from "./devices/virtio/block/disk_file.ts";
 import { Net, parseMac, randomMac } from "./devices/virtio/net/net.ts";
 import { Tap } from "./devices/virtio/net/tap.ts";
@@ -38,7 +41,10 @@ import { builtinGuest } from "./builtin_guest.ts";
 export const EXIT_CODE = { GUEST_EXIT: 0, VM_ERROR: 1, USAGE: 2 } as const;
 
 /** Tokens of the control loop's WaitContext. */
-type Token = "bus_request" | "vcpu_exit" | "device_exit" | "stdin" | "sigint" | "sigterm" | { readonly device: () => void };
+type Token =
+  | "bus_request" | "vcpu_exit" | "device_exit" | "stdin" | "sigint" | "sigterm" | "control_listen"
+  | { readonly device: () => void }
+  | { readonly controlClient: number };
 
 const SIGINT = 2;
 const SIGTERM = 15;
@@ -49,6 +55,10 @@ const EVENT_LOOP_SLICE_MS = 100;
 /** How long stopping vCPUs may take before their Workers are terminated. */
 const VCPU_STOP_DEADLINE_MS = 1000;
 const STDIN_CHUNK = 4096;
+/** The balloon counts 4 KiB pages. */
+const BALLOON_PAGE_SIZE = 4096;
+/** How long vCPUs get to park for tsvm suspend. */
+const SUSPEND_DEADLINE_MS = 2000;
 const GIB = 1024 * 1024 * 1024;
 /** 64-bit BARs go in a 64 GiB window from the first GiB boundary above RAM and 4 GiB. */
 const PCI_MMIO64_SIZE = 64 * GIB;
@@ -79,13 +89,26 @@ async function buildAndRun(config: Config, workers: readonly Worker[]): Promise<
   const initrd = config.initrd === null ? null : readUserFile("initrd", config.initrd);
   const disks: DiskFile[] = [];
   const taps: Tap[] = [];
+  let control: ControlServer | null = null;
   try {
     for (const b of config.blocks) disks.push(openDisk(b.path, b.ro));
     for (const n of config.nets) taps.push(openTap(n));
-    return await buildAndRunWithDisks(config, workers, kernel, initrd, disks, taps);
+    control = config.socket === null ? null : listenControl(config.socket);
+    return await buildAndRunWithDisks(config, workers, kernel, initrd, disks, taps, control);
   } finally {
+    control?.close();
     for (const d of disks) d.close();
     for (const t of taps) t.close();
+  }
+}
+
+/** Listens on the control socket; a path a live VM owns is a usage error. */
+function listenControl(path: string): ControlServer {
+  try {
+    return ControlServer.listen(path);
+  } catch (e) {
+    if (e instanceof ControlSocketError) throw new ConfigError(e.message, { cause: e });
+    throw e;
   }
 }
 
@@ -103,7 +126,7 @@ function openTap(n: NetConfig): Tap {
 
 async function buildAndRunWithDisks(
   config: Config, workers: readonly Worker[], kernel: Uint8Array, initrd: Uint8Array | null, disks: readonly DiskFile[],
-  taps: readonly Tap[],
+  taps: readonly Tap[], control: ControlServer | null,
 ): Promise<number> {
   using kvm = Kvm.open();
   let built: BuiltVm;
@@ -116,7 +139,7 @@ async function buildAndRunWithDisks(
   }
   log.debug(`VM built at ${performance.now().toFixed(1)} ms`);
   try {
-    return await new VmRunner(config, built, workers, disks, taps).run();
+    return await new VmRunner(config, built, workers, disks, taps, control).run();
   } finally {
     built.close();
   }
@@ -171,12 +194,15 @@ class VmRunner {
   #stdinCarry = new Uint8Array(0);
   #pciRoot: PciRoot | null = null;
   readonly #virtio: VirtioPciDevice[] = [];
+  readonly #blocks: { device: Block; pci: VirtioPciDevice }[] = [];
+  #control: ControlServer | null = null;
   #irqRouter!: IrqRouter;
 
   readonly #disks: readonly DiskFile[];
   readonly #taps: readonly Tap[];
 
-  constructor(config: Config, built: BuiltVm, workers: readonly Worker[], disks: readonly DiskFile[], taps: readonly Tap[]) {
+  constructor(config: Config, built: BuiltVm, workers: readonly Worker[], disks: readonly DiskFile[], taps: readonly Tap[], control: ControlServer | null) {
+    this.#control = control;
     this.#disks = disks;
     this.#taps = taps;
     this.#config = config;
@@ -272,13 +298,24 @@ class VmRunner {
     const slot = this.#pciRoot!.add(pci);
     if (pciSlotPin(slot) !== pin) throw new Error(`${pci.debugLabel} got slot ${slot}, not the one its INTx pin assumed`);
     this.#virtio.push(pci);
+    if (device instanceof Block) this.#blocks.push({ device, pci });
   }
 
   /** Runs device workers on the control loop: their eventfds are watched like any other. */
   readonly #deviceLoop: DeviceEventLoop = {
-    watch: (fd, onReadable) => this.#wait.add(fd, { device: onReadable }),
-    unwatch: (fd) => this.#wait.delete(fd),
+    watch: (fd, onReadable) => {
+      this.#deviceFds.set(fd, onReadable);
+      if (!this.#suspended) this.#wait.add(fd, { device: onReadable });
+    },
+    unwatch: (fd) => {
+      if (this.#deviceFds.delete(fd) && !this.#suspended) this.#wait.delete(fd);
+    },
   };
+  /** Every fd a device worker watches; while suspended none of them is in the WaitContext. */
+  readonly #deviceFds = new Map<number, () => void>();
+  #suspended = false;
+  #savedClock: bigint | null = null;
+  #stopRequested = false;
 
   /** Opens where a port's output goes (null for a sink). */
   #outputFor(cfg: SerialConfig): FdOutput | null {
@@ -298,6 +335,7 @@ class VmRunner {
     this.#wait.add(this.#deviceExit.fd, "device_exit");
     this.#wait.add(this.#sigint.fd, "sigint");
     this.#wait.add(this.#sigterm.fd, "sigterm");
+    if (this.#control) this.#wait.add(this.#control.fd, "control_listen");
     eventFfi.notifySignal(SIGINT, this.#sigint.fd);
     eventFfi.notifySignal(SIGTERM, this.#sigterm.fd);
     if (this.#stdinSerial) {
@@ -371,8 +409,14 @@ class VmRunner {
             this.#deviceExit.read();
             this.#vcpuExit.read();
             break;
+          case "control_listen": {
+            const client = this.#control?.accept();
+            if (client != null) this.#wait.add(client, { controlClient: client });
+            break;
+          }
           default:
-            token.device();
+            if ("device" in token) token.device();
+            else if (!this.#control?.serve(token.controlClient, (r) => this.#handleControl(r))) this.#wait.delete(token.controlClient);
         }
       }
       const ending = this.#ending();
@@ -387,8 +431,93 @@ class VmRunner {
     }
   }
 
+  /** Carries out one control-socket request (tsvm stop, suspend, resume, balloon, disk resize). */
+  #handleControl(request: VmRequest): VmResponse {
+    try {
+      switch (request.kind) {
+        case "stop":
+          for (const d of this.#disks) d.flush();
+          this.#stopRequested = true;
+          return { kind: "ok" };
+        case "suspend":
+          return this.#suspend();
+        case "resume":
+          return this.#resume();
+        case "balloon": {
+          if (!this.balloon) return { kind: "error", message: "this VM has no balloon device (--no-balloon)" };
+          if (request.bytes > this.#config.memorySize) return { kind: "error", message: `balloon size ${request.bytes} is larger than guest memory (${this.#config.memorySize})` };
+          this.balloon.setTarget(request.bytes / BALLOON_PAGE_SIZE);
+          return { kind: "ok" };
+        }
+        case "balloon_stats": {
+          if (!this.balloon) return { kind: "error", message: "this VM has no balloon device (--no-balloon)" };
+          const b = this.balloon;
+          const json = JSON.stringify({
+            target_bytes: b.targetPages * BALLOON_PAGE_SIZE, actual_bytes: b.actualPages * BALLOON_PAGE_SIZE, stats: b.stats,
+          });
+          b.requestStats(); // the next call sees fresher figures
+          return { kind: "balloon_stats", json };
+        }
+        case "disk_resize":
+          return this.#resizeDisk(request.index, request.bytes);
+      }
+    } catch (e) {
+      return { kind: "error", message: e instanceof Error ? e.message : String(e) };
+    }
+  }
+
+  #resizeDisk(index: number, bytes: number): VmResponse {
+    const block = this.#blocks[index];
+    if (!block) return { kind: "error", message: `no disk ${index} (this VM has ${this.#blocks.length})` };
+    if (block.device.disk.readOnly) return { kind: "error", message: `disk ${index} is read-only` };
+    if (bytes % SECTOR_SIZE !== 0 || bytes === 0) return { kind: "error", message: `size ${bytes} is not a positive multiple of ${SECTOR_SIZE} bytes` };
+    const r = sys.ftruncateRaw(block.device.disk.fd, bytes);
+    if (r < 0) return { kind: "error", message: `failed to resize disk ${index}: ${errnoName(-r)}` };
+    block.device.refreshCapacity();
+    block.pci.notifyConfigChanged();
+    return { kind: "ok" };
+  }
+
+  /** Parks every vCPU outside KVM_RUN and stops device processing; kvmclock is held still. */
+  #suspend(): VmResponse {
+    if (this.#suspended) return { kind: "ok" };
+    this.#shared.requestPause();
+    const pid = sys.getpid();
+    const deadline = performance.now() + SUSPEND_DEADLINE_MS;
+    const settled = (): boolean => this.#built.vcpus.every((v) => [VCPU_STATE.PARKED, VCPU_STATE.STOPPED].includes(this.#shared.state(v.id) as 2 | 3));
+    while (!settled()) {
+      if (performance.now() > deadline) {
+        this.#shared.resume();
+        return { kind: "error", message: "vCPUs did not park in time" };
+      }
+      for (const v of this.#built.vcpus) {
+        const tid = this.#shared.tid(v.id);
+        if (this.#shared.state(v.id) === VCPU_STATE.RUNNING && tid > 0) vcpuFfi.kickThread(pid, tid, this.#kickSignal);
+      }
+      this.#busRequest.read();
+      this.#serveMailboxes(); // a vCPU waiting on a device finishes its exit, then parks
+      this.#wait.wait(1);
+    }
+    this.#savedClock = this.#built.vm.getClock();
+    for (const fd of this.#deviceFds.keys()) this.#wait.delete(fd);
+    this.#suspended = true;
+    return { kind: "ok" };
+  }
+
+  #resume(): VmResponse {
+    if (!this.#suspended) return { kind: "ok" };
+    if (this.#savedClock !== null) this.#built.vm.setClock(this.#savedClock);
+    for (const [fd, handler] of this.#deviceFds) this.#wait.add(fd, { device: handler });
+    this.#suspended = false;
+    this.#shared.resume();
+    // Notifications that came while suspended are still counted in their eventfds: serve them now.
+    for (const handler of this.#deviceFds.values()) handler();
+    return { kind: "ok" };
+  }
+
   /** Returns how the VM ends if it should end now. */
   #ending(): Ending | null {
+    if (this.#stopRequested) return { code: EXIT_CODE.GUEST_EXIT, message: null };
     if (this.#workerFailure) return { code: EXIT_CODE.VM_ERROR, message: this.#workerFailure };
     for (const vcpu of this.#built.vcpus) {
       if (this.#shared.state(vcpu.id) !== VCPU_STATE.STOPPED) continue;

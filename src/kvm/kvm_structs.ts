@@ -81,6 +81,9 @@ export const KVM_IRQFD = { size: 32, fd: 0, gsi: 4, flags: 8, resamplefd: 12 } a
 export const KVM_IRQFD_FLAG_DEASSIGN = 1;
 export const KVM_IRQFD_FLAG_RESAMPLE = 2;
 
+/** struct kvm_clock_data { __u64 clock; __u32 flags, pad0; __u64 realtime, host_tsc; __u32 pad[4]; } */
+export const KVM_CLOCK_DATA = { size: 48, clock: 0, flags: 8 } as const;
+
 /** struct kvm_ioeventfd { __u64 datamatch, addr; __u32 len; __s32 fd; __u32 flags; __u8 pad[36]; } */
 export const KVM_IOEVENTFD = { size: 64, datamatch: 0, addr: 8, len: 16, fd: 20, flags: 24 } as const;
 export const KVM_IOEVENTFD_FLAG_DATAMATCH = 1;
@@ -270,4 +273,5 @@ export const LAYOUTS = {
   kvm_lapic_state: KVM_LAPIC_STATE,
   kvm_irqfd: KVM_IRQFD,
   kvm_ioeventfd: KVM_IOEVENTFD,
+  kvm_clock_data: KVM_CLOCK_DATA,
 } as const;

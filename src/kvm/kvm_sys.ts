@@ -33,6 +33,8 @@ export const KVM_IOCTL = {
   KVM_IRQFD: iow(0x76, 32),
   KVM_CREATE_PIT2: iow(0x77, 64),
   KVM_IOEVENTFD: iow(0x79, 64),
+  KVM_SET_CLOCK: iow(0x7b, 48),
+  KVM_GET_CLOCK: ior(0x7c, 48),
   KVM_RUN: io(0x80),
   KVM_GET_REGS: ior(0x81, 144),
   KVM_SET_REGS: iow(0x82, 144),

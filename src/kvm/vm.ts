@@ -5,7 +5,7 @@ import { OwnedFd } from "../base/owned_fd.ts";
 import type { GuestMemory } from "../memory/mod.ts";
 import type { Kvm } from "./kvm.ts";
 import {
-  encodeMemoryRegion, KVM_IOEVENTFD, KVM_IOEVENTFD_FLAG_DEASSIGN, KVM_IOEVENTFD_FLAG_PIO, KVM_IRQ_LEVEL, KVM_IRQ_ROUTING,
+  encodeMemoryRegion, KVM_CLOCK_DATA, KVM_IOEVENTFD, KVM_IOEVENTFD_FLAG_DEASSIGN, KVM_IOEVENTFD_FLAG_PIO, KVM_IRQ_LEVEL, KVM_IRQ_ROUTING,
   KVM_IRQ_ROUTING_ENTRY, KVM_IRQFD, KVM_IRQFD_FLAG_DEASSIGN, KVM_PIT_CONFIG,
 } from "./kvm_structs.ts";
 import {
@@ -124,6 +124,20 @@ export class Vm extends OwnedFd {
     v.setInt32(KVM_IOEVENTFD.fd, fd, true);
     v.setUint32(KVM_IOEVENTFD.flags, (space === "io" ? KVM_IOEVENTFD_FLAG_PIO : 0) | (assign ? 0 : KVM_IOEVENTFD_FLAG_DEASSIGN), true);
     checked(sys.ioctlPtr(this.fd, KVM_IOCTL.KVM_IOEVENTFD, bytes), `${assign ? "register" : "unregister"} ioeventfd at 0x${address.toString(16)}`);
+  }
+
+  /** Returns the kvmclock value (ns), to hold the guest's clock still across a suspend. */
+  getClock(): bigint {
+    const bytes = new Uint8Array(KVM_CLOCK_DATA.size);
+    checked(sys.ioctlPtr(this.fd, KVM_IOCTL.KVM_GET_CLOCK, bytes), "read kvmclock");
+    return new DataView(bytes.buffer).getBigUint64(KVM_CLOCK_DATA.clock, true);
+  }
+
+  /** Sets the kvmclock value (ns). */
+  setClock(clock: bigint): void {
+    const bytes = new Uint8Array(KVM_CLOCK_DATA.size);
+    new DataView(bytes.buffer).setBigUint64(KVM_CLOCK_DATA.clock, clock, true);
+    checked(sys.ioctlPtr(this.fd, KVM_IOCTL.KVM_SET_CLOCK, bytes), "set kvmclock");
   }
 
   /** Creates vCPU `id` and returns its fd. */

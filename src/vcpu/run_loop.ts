@@ -23,6 +23,9 @@ export type RunLoopContext = {
   readonly io: Bus;
   readonly mmio: Bus;
   readonly exitRequested: () => boolean;
+  /** Parks the vCPU while a pause is requested (tsvm suspend); absent: never pause. */
+  readonly pauseRequested?: () => boolean;
+  readonly park?: () => void;
 };
 
 /**
@@ -73,6 +76,10 @@ export function runVcpu(ctx: RunLoopContext): VcpuStop {
     }
     if (reason === -EINTR || reason === KVM_EXIT.KVM_EXIT_INTR) {
       if (ctx.exitRequested()) return { kind: "kicked" };
+      if (ctx.pauseRequested?.()) {
+        ctx.park!();
+        if (ctx.exitRequested()) return { kind: "kicked" };
+      }
       continue;
     }
     if (reason === -EAGAIN) continue;

@@ -1,7 +1,7 @@
 // vcpu_shared.ts - memory shared between the control loop and the vCPU Workers (one SharedArrayBuffer).
 //
 // Layout (little-endian Int32 words, then per-vCPU blocks):
-//   header   [0] exit requested (0/1)
+//   header   [0] exit requested (0/1)   [1] pause requested (0/1)
 //   per vCPU (VCPU_BLOCK bytes each, after HEADER_SIZE):
 //     state: STARTING | RUNNING | STOPPED     tid: the Worker's thread id for tgkill
 //     outcome: how it stopped                 report length, then the report text (UTF-8)
@@ -20,7 +20,7 @@ const W_REPORT_LENGTH = 3;
 /** The mailbox starts at byte 32 of the block. */
 export const MAILBOX_OFFSET = 32;
 
-export const VCPU_STATE = { STARTING: 0, RUNNING: 1, STOPPED: 2 } as const;
+export const VCPU_STATE = { STARTING: 0, RUNNING: 1, STOPPED: 2, PARKED: 3 } as const;
 
 /** How a vCPU stopped: asked to (kick), the guest powered off or reset, or an error with a report. */
 export const VCPU_OUTCOME = { NONE: 0, KICKED: 1, GUEST_EXIT: 2, ERROR: 3 } as const;
@@ -55,6 +55,28 @@ export class VcpuShared {
 
   requestExit(): void {
     Atomics.store(this.#words, 0, 1);
+    Atomics.notify(this.#words, 1); // parked vCPUs wake up to stop
+  }
+
+  get pauseRequested(): boolean {
+    return Atomics.load(this.#words, 1) !== 0;
+  }
+
+  /** Asks vCPUs to park at their next kick; `resume` lets them go. */
+  requestPause(): void {
+    Atomics.store(this.#words, 1, 1);
+  }
+
+  resume(): void {
+    Atomics.store(this.#words, 1, 0);
+    Atomics.notify(this.#words, 1);
+  }
+
+  /** Worker side: parks vCPU `id` until resumed or told to exit. */
+  park(id: number): void {
+    Atomics.store(this.#words, this.#word(id, W_STATE), VCPU_STATE.PARKED);
+    while (Atomics.load(this.#words, 1) !== 0 && Atomics.load(this.#words, 0) === 0) Atomics.wait(this.#words, 1, 1, 1000);
+    Atomics.store(this.#words, this.#word(id, W_STATE), VCPU_STATE.RUNNING);
   }
 
   state(id: number): number {

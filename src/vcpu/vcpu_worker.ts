@@ -58,6 +58,8 @@ function start(init: VcpuWorkerInit): void {
       : runVcpu({
         vcpuId: init.vcpuId, vcpuFd: init.vcpuFd, run: vcpuFfi.vcpuRun, kvmRun, io, mmio,
         exitRequested: () => shared.exitRequested,
+        pauseRequested: () => shared.pauseRequested,
+        park: () => shared.park(init.vcpuId),
       });
   } catch (e) {
     stop = { kind: "error", message: `vCPU ${init.vcpuId}: ${e instanceof Error ? e.message : String(e)}` };

@@ -517,6 +517,51 @@ void bench_virtio(const char *kind, uint64_t n, uint32_t size)
 	mmio_write8(d.common + STATUS, 0);
 }
 
+/* ---- serve mode: keep running, report what the host changes, count timer ticks ---- */
+#define TICK_INDEX 11
+
+static int serve_open(struct vdev *d, uint16_t id, unsigned first, uint64_t wanted)
+{
+	memset(d, 0, sizeof(*d));
+	d->slot = pci_find(VIRTIO_VENDOR, id);
+	if (d->slot < 0 || !find_caps(d) || negotiate(d, wanted) < 0) return 0;
+	msix_setup(d, first);
+	mmio_write16(d->common + MSIX_CFG, 0);
+	driver_ok(d);
+	return 1;
+}
+
+/* Never returns: prints "tick N" every 100 LAPIC timer ticks of about 1 ms (time the guest sees
+ * pass), and what it finds after each configuration interrupt of the balloon and the first disk. */
+void serve(void)
+{
+	struct vdev balloon, blk;
+	int have_balloon = serve_open(&balloon, 0x1045, 12, 0);
+	int have_blk = serve_open(&blk, 0x1042, 2, 0);
+	puts_("serving\n");
+	uint32_t seen_balloon = irq_counts[12], seen_blk = irq_counts[2], ticks = 0, seen_ticks = irq_counts[TICK_INDEX];
+	mmio_write32(0xfee003e0, 0xb);
+	mmio_write32(0xfee00320, (1u << 17) | (IRQ_VECTOR_BASE + TICK_INDEX)); /* periodic */
+	mmio_write32(0xfee00380, 1000000);
+	for (;;) {
+		__asm__ volatile("sti; hlt; cli" ::: "memory");
+		if (irq_counts[TICK_INDEX] != seen_ticks) {
+			ticks += irq_counts[TICK_INDEX] - seen_ticks;
+			seen_ticks = irq_counts[TICK_INDEX];
+			if (ticks >= 100) { ticks -= 100; puts_("tick\n"); }
+		}
+		if (have_balloon && irq_counts[12] != seen_balloon) {
+			seen_balloon = irq_counts[12];
+			puts_("balloon target "); putu(mmio_read32(balloon.device)); puts_(" pages\n");
+		}
+		if (have_blk && irq_counts[2] != seen_blk) {
+			seen_blk = irq_counts[2];
+			uint64_t capacity = (uint64_t)mmio_read32(blk.device) | ((uint64_t)mmio_read32(blk.device + 4) << 32);
+			puts_("disk capacity "); putu(capacity); puts_(" sectors\n");
+		}
+	}
+}
+
 int hostile_mode;
 
 void check_virtio(void)

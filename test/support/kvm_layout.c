@@ -64,6 +64,8 @@ int main(void)
 	SIZE(kvm_lapic_state);
 	SIZE(kvm_irqfd);
 	OFF(kvm_irqfd, "fd", fd); OFF(kvm_irqfd, "gsi", gsi); OFF(kvm_irqfd, "flags", flags); OFF(kvm_irqfd, "resamplefd", resamplefd);
+	SIZE(kvm_clock_data);
+	OFF(kvm_clock_data, "clock", clock); OFF(kvm_clock_data, "flags", flags);
 	SIZE(kvm_ioeventfd);
 	OFF(kvm_ioeventfd, "datamatch", datamatch); OFF(kvm_ioeventfd, "addr", addr); OFF(kvm_ioeventfd, "len", len);
 	OFF(kvm_ioeventfd, "fd", fd); OFF(kvm_ioeventfd, "flags", flags);
@@ -91,7 +93,7 @@ int main(void)
 	NUM(KVM_GET_VCPU_MMAP_SIZE); NUM(KVM_GET_SUPPORTED_CPUID); NUM(KVM_CREATE_VCPU);
 	NUM(KVM_SET_USER_MEMORY_REGION); NUM(KVM_SET_TSS_ADDR); NUM(KVM_SET_IDENTITY_MAP_ADDR);
 	NUM(KVM_CREATE_IRQCHIP); NUM(KVM_IRQ_LINE); NUM(KVM_SET_GSI_ROUTING); NUM(KVM_IRQFD); NUM(KVM_CREATE_PIT2);
-	NUM(KVM_IOEVENTFD); NUM(KVM_RUN); NUM(KVM_GET_REGS); NUM(KVM_SET_REGS); NUM(KVM_GET_SREGS); NUM(KVM_SET_SREGS);
+	NUM(KVM_IOEVENTFD); NUM(KVM_SET_CLOCK); NUM(KVM_GET_CLOCK); NUM(KVM_RUN); NUM(KVM_GET_REGS); NUM(KVM_SET_REGS); NUM(KVM_GET_SREGS); NUM(KVM_SET_SREGS);
 	NUM(KVM_GET_MSRS); NUM(KVM_SET_MSRS); NUM(KVM_GET_FPU); NUM(KVM_SET_FPU); NUM(KVM_GET_LAPIC); NUM(KVM_SET_LAPIC);
 	NUM(KVM_SET_CPUID2); NUM(KVM_GET_MP_STATE); NUM(KVM_SET_MP_STATE);
 	NUM(KVM_CAP_IRQCHIP); NUM(KVM_CAP_HLT); NUM(KVM_CAP_USER_MEMORY); NUM(KVM_CAP_SET_TSS_ADDR);

@@ -1,0 +1,125 @@
+// The control socket: tsvm run -s PATH and the subcommands that talk to it, against a running test guest.
+import { describe, expect, test } from "bun:test";
+import { existsSync, statSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { HAS_KVM, runTsvm, tempDir, TsvmProcess } from "../support/tsvm.ts";
+
+const TIMEOUT = 60_000;
+const BOOTED = /serving/;
+
+/** Starts a serving test guest with a control socket (and a disk, when given). */
+function serveVm(socket: string, disk?: string): TsvmProcess {
+  return new TsvmProcess(["run", "-p", "tsvm.mode=serve", "-s", socket, ...(disk ? ["--block", `path=${disk}`] : [])]);
+}
+
+const ticks = (out: string): number => out.split("\n").filter((l) => l.startsWith("tick")).length;
+
+describe.skipIf(!HAS_KVM)("the control socket", () => {
+  test("is created 0600, refuses a second run on the same path, and stop ends run with 0 and removes it", async () => {
+    const socket = join(tempDir(), "vm.sock");
+    using vm = serveVm(socket);
+    await vm.waitForOutput(BOOTED, 30_000);
+    expect(statSync(socket).mode & 0o777).toBe(0o600);
+    const second = await runTsvm(["run", "-s", socket]);
+    expect([second.code, second.stderr.trim()]).toEqual([2, `[tsvm error] a running VM already owns the control socket ${socket}`]);
+    const stop = await runTsvm(["stop", socket]);
+    expect(stop.code).toBe(0);
+    expect(await vm.exit(10_000)).toBe(0);
+    expect(existsSync(socket)).toBe(false);
+  }, TIMEOUT);
+
+  test("balloon sets the target the guest's balloon device reads; balloon_stats prints JSON", async () => {
+    const socket = join(tempDir(), "vm.sock");
+    using vm = serveVm(socket);
+    await vm.waitForOutput(BOOTED, 30_000);
+    expect((await runTsvm(["balloon", "8M", socket])).code).toBe(0);
+    await vm.waitForOutput(/balloon target 2048 pages/, 10_000);
+    const stats = await runTsvm(["balloon_stats", socket]);
+    expect(JSON.parse(stats.stdout)).toMatchObject({ target_bytes: 8 * 1024 * 1024 });
+    const tooBig = await runTsvm(["balloon", "1T", socket]);
+    expect([tooBig.code, tooBig.stderr]).toEqual([1, expect.stringContaining("larger than guest memory")]);
+    await runTsvm(["stop", socket]);
+  }, TIMEOUT);
+
+  test("disk resize grows the file and the guest sees the new capacity", async () => {
+    const dir = tempDir();
+    const socket = join(dir, "vm.sock");
+    const disk = join(dir, "disk.img");
+    writeFileSync(disk, new Uint8Array(1 << 20));
+    using vm = serveVm(socket, disk);
+    await vm.waitForOutput(BOOTED, 30_000);
+    expect((await runTsvm(["disk", "resize", "0", "4M", socket])).code).toBe(0);
+    await vm.waitForOutput(/disk capacity 8192 sectors/, 10_000);
+    expect(statSync(disk).size).toBe(4 << 20);
+    const missing = await runTsvm(["disk", "resize", "3", "4M", socket]);
+    expect([missing.code, missing.stderr]).toEqual([1, expect.stringContaining("no disk 3 (this VM has 1)")]);
+    await runTsvm(["stop", socket]);
+  }, TIMEOUT);
+
+  test("suspend stops the guest's clock-driven ticks; resume continues them", async () => {
+    const socket = join(tempDir(), "vm.sock");
+    using vm = serveVm(socket);
+    await vm.waitForOutput(/(tick\r?\n[^]*){3}/, 30_000);
+    expect((await runTsvm(["suspend", socket])).code).toBe(0);
+    const atSuspend = ticks(vm.stdout);
+    await Bun.sleep(1500); // the experiment: 1.5 s of host time in which the guest must not run
+    expect(ticks(vm.stdout)).toBe(atSuspend);
+    expect((await runTsvm(["resume", socket])).code).toBe(0);
+    await vm.waitForOutput(new RegExp(`(tick\\r?\\n[^]*){${atSuspend + 2}}`), 10_000);
+    await runTsvm(["stop", socket]);
+  }, TIMEOUT);
+
+  test("two VMs on two sockets are controlled independently", async () => {
+    const dir = tempDir();
+    using a = serveVm(join(dir, "a.sock"));
+    using b = serveVm(join(dir, "b.sock"));
+    await a.waitForOutput(BOOTED, 30_000);
+    await b.waitForOutput(BOOTED, 30_000);
+    await runTsvm(["balloon", "4M", join(dir, "a.sock")]);
+    await a.waitForOutput(/balloon target 1024 pages/, 10_000);
+    await runTsvm(["stop", join(dir, "b.sock")]);
+    expect(await b.exit(10_000)).toBe(0);
+    expect(b.stdout).not.toContain("balloon target 1024");
+    expect(a.child.exitCode).toBeNull();
+    await runTsvm(["stop", join(dir, "a.sock")]);
+    expect(await a.exit(10_000)).toBe(0);
+  }, TIMEOUT);
+
+  test("a stale socket left by a killed VM is replaced", async () => {
+    const socket = join(tempDir(), "vm.sock");
+    const first = serveVm(socket);
+    await first.waitForOutput(BOOTED, 30_000);
+    first.child.kill("SIGKILL");
+    await first.exit(5_000);
+    expect(existsSync(socket)).toBe(true);
+    using second = serveVm(socket);
+    await second.waitForOutput(BOOTED, 30_000);
+    expect((await runTsvm(["stop", socket])).code).toBe(0);
+  }, TIMEOUT);
+
+  test("subcommands explain a missing socket, a non-socket and a peer that is not tsvm", async () => {
+    const dir = tempDir();
+    const file = join(dir, "plain");
+    writeFileSync(file, "x");
+    const missing = await runTsvm(["stop", join(dir, "nope.sock")]);
+    expect([missing.code, missing.stderr]).toEqual([1, expect.stringContaining("no control socket at")]);
+    const plain = await runTsvm(["stop", file]);
+    expect([plain.code, plain.stderr]).toEqual([1, expect.stringContaining("is not a tsvm control socket")]);
+    const fake = join(dir, "fake.sock");
+    const peer = Bun.spawn(["python3", "-c", `
+import socket
+s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+s.bind(${JSON.stringify(fake)})
+s.listen(1)
+print("ready", flush=True)
+c, _ = s.accept()
+c.recv(4096)
+c.send(b"hello, I am not tsvm")
+`], { stdout: "pipe" });
+    const reader = (peer.stdout as ReadableStream<Uint8Array>).getReader();
+    await reader.read();
+    const notTsvm = await runTsvm(["stop", fake]);
+    expect([notTsvm.code, notTsvm.stderr]).toEqual([1, expect.stringContaining("is not speaking tsvm's control protocol")]);
+    peer.kill();
+  }, TIMEOUT);
+});
