@@ -3,6 +3,7 @@
 import yargs from "yargs";
 import { log } from "./base/log.ts";
 import { ConfigError, parseByteSize, parseRunConfig, type RawRunOptions } from "./config.ts";
+import { mergeRunOptions, readConfigFile } from "./config_file.ts";
 import { ControlError, sendRequest } from "./vm_control/client.ts";
 import type { VmRequest } from "./vm_control/messages.ts";
 import { EXIT_CODE, runVm } from "./run_vm.ts";
@@ -28,8 +29,9 @@ export async function main(argv: readonly string[]): Promise<number> {
           describe: "serial port: type=stdout|file|sink,num=1..4[,path=P][,console=true][,stdin=true] (repeatable)",
         })
         .option("log-level", { type: "string", describe: "error, warn, info or debug (default warn)" })
-        .option("rng", { type: "boolean", default: true, describe: "virtio-rng device (--no-rng to leave it out)" })
-        .option("balloon", { type: "boolean", default: true, describe: "virtio-balloon device (--no-balloon to leave it out)" })
+        .option("rng", { type: "boolean", describe: "virtio-rng device, on by default (--no-rng to leave it out)" })
+        .option("balloon", { type: "boolean", describe: "virtio-balloon device, on by default (--no-balloon to leave it out)" })
+        .option("config", { type: "string", describe: "JSON file with these options by long name; flags override it" })
         .option("block", { type: "string", describe: "virtio-blk disk: path=P[,ro=true][,id=ID][,root=true] (repeatable)" })
         .option("disk", { alias: "d", type: "string", describe: "read-only disk image (repeatable)" })
         .option("rwdisk", { type: "string", describe: "read-write disk image (repeatable)" })
@@ -49,7 +51,8 @@ export async function main(argv: readonly string[]): Promise<number> {
           net: repeated(args.net), hostIp: single("--host_ip", args.host_ip), netmask: single("--netmask", args.netmask),
           mac: single("--mac", args.mac), socket: single("--socket", args.socket),
         };
-        const config = parseRunConfig(raw);
+        const configPath = single("--config", args.config);
+        const config = parseRunConfig(configPath === undefined ? raw : mergeRunOptions(readConfigFile(configPath), raw));
         log.debug(`configuration parsed at ${performance.now().toFixed(1)} ms`);
         code = await runVm(config);
       },
@@ -86,7 +89,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     .version(false)
     .exitProcess(false)
     .fail((message, error) => {
-      throw error ?? new ConfigError(message);
+      throw error ?? new ConfigError(withSuggestion(message));
     });
   try {
     await parser.parseAsync();
@@ -99,6 +102,41 @@ export async function main(argv: readonly string[]): Promise<number> {
     return EXIT_CODE.VM_ERROR;
   }
   return code ?? 0;
+}
+
+/** Every long option and alias of `run`, for "did you mean" suggestions. */
+const RUN_FLAGS = [
+  "mem", "cpus", "params", "initrd", "serial", "log-level", "rng", "no-rng", "balloon", "no-balloon", "config", "block",
+  "disk", "rwdisk", "root", "rwroot", "net", "host_ip", "netmask", "mac", "socket", "help",
+];
+
+/** Adds "did you mean --x?" to yargs' unknown-argument messages when a known flag is close. */
+function withSuggestion(message: string): string {
+  const match = /^Unknown arguments?: (.+)$/.exec(message);
+  if (!match) return message;
+  const unknown = match[1]!.split(", ")[0]!.replace(/^-+/, "");
+  let best: string | null = null;
+  let bestDistance = 3; // at most two edits away
+  for (const flag of RUN_FLAGS) {
+    const d = editDistance(unknown, flag);
+    if (d < bestDistance) {
+      best = flag;
+      bestDistance = d;
+    }
+  }
+  return best ? `${message}; did you mean --${best}?` : message;
+}
+
+function editDistance(a: string, b: string): number {
+  let row = Array.from({ length: b.length + 1 }, (_, i) => i);
+  for (let i = 1; i <= a.length; i++) {
+    const next = [i];
+    for (let j = 1; j <= b.length; j++) {
+      next[j] = Math.min(row[j]! + 1, next[j - 1]! + 1, row[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
+    }
+    row = next;
+  }
+  return row[b.length]!;
 }
 
 /** Declares the SOCKET positional every control subcommand takes. */

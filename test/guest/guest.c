@@ -3,6 +3,8 @@
  * Command-line options (from the zero page, or PVH start_info under QEMU):
  *   tsvm.mode=serve       after the checks, print "tick" every ~100 ms of guest time and report
  *                         balloon targets and disk capacities the host sets (control socket tests)
+ *   tsvm.mode=writer      after the checks, write sector after sector of the first disk ("W<n>"),
+ *                         printing "wrote <n>" after each completion
  *   tsvm.mode=spin        after the checks, halt forever instead of resetting (control tests)
  *   tsvm.fault=triple     take an exception with no IDT (a triple fault) to test error reports
  *   tsvm.bench=pio:N      N writes to port 0x80, then print TSC cycles per exit and reset
@@ -325,6 +327,8 @@ void guest_main(const uint8_t *zero_page, const uint8_t *pvh_start_info)
 	puts_("tsvm-guest: "); putu((uint64_t)passed); puts_(" passed, "); putu((uint64_t)failed); puts_(" failed\n");
 	if (option_is("tsvm.mode", "serve"))
 		serve();
+	if (option_is("tsvm.mode", "writer"))
+		writer();
 	if (option_is("tsvm.mode", "spin"))
 		for (;;) __asm__ volatile("cli; hlt");
 	reset();

@@ -44,6 +44,7 @@ int wait_until(int (*done)(const void *), const void *arg);
 /* virtio.c */
 void check_virtio(void);
 void serve(void);
+void writer(void);
 void bench_virtio(const char *kind, uint64_t n, uint32_t size);
 extern int hostile_mode;
 extern int console_rx_mode;

@@ -517,6 +517,29 @@ void bench_virtio(const char *kind, uint64_t n, uint32_t size)
 	mmio_write8(d.common + STATUS, 0);
 }
 
+/* ---- writer mode: sector after sector, each completion announced, until the host stops the VM ---- */
+void writer(void)
+{
+	struct vdev d;
+	memset(&d, 0, sizeof(d));
+	d.slot = pci_find(VIRTIO_VENDOR, 0x1042);
+	if (d.slot < 0 || !find_caps(&d) || negotiate(&d, 0) < 0) { puts_("writer: no disk\n"); return; }
+	msix_setup(&d, 2);
+	mmio_write16(d.common + MSIX_CFG, 0);
+	if (!queue_setup(&d, &blkq, 0, 1)) return;
+	driver_ok(&d);
+	uint64_t capacity = (uint64_t)mmio_read32(d.device) | ((uint64_t)mmio_read32(d.device + 4) << 32);
+	for (uint64_t i = 0; i < capacity; i++) {
+		memset(blk_data, 0, 512);
+		blk_data[0] = 'W';
+		char digits[21]; int n = 20; digits[n] = 0; uint64_t v = i;
+		do { digits[--n] = (char)('0' + v % 10); v /= 10; } while (v);
+		memcpy(blk_data + 1, digits + n, (size_t)(20 - n));
+		if (blk_request(BLK_T_OUT, i, blk_data, 512, 0, 0) != 0) { puts_("writer: write failed\n"); return; }
+		puts_("wrote "); putu(i); puts_("\n");
+	}
+}
+
 /* ---- serve mode: keep running, report what the host changes, count timer ticks ---- */
 #define TICK_INDEX 11
 

@@ -36,6 +36,18 @@ describe.skipIf(!HAS_KVM)("booting the test guest", () => {
     expect(r.stdout).toContain("ok   pci:");
   }, TIMEOUT);
 
+  test("--config supplies options and command-line flags override them", async () => {
+    const dir = tempDir();
+    const path = join(dir, "vm.json");
+    writeFileSync(path, JSON.stringify({ cpus: 2, params: ["tsvm.marker=fromfile"] }));
+    const fromFile = await runTsvm(["run", "--config", path]);
+    expect(fromFile.stdout).toContain('cmdline "tsvm.marker=fromfile console=ttyS0"');
+    expect(fromFile.stdout).toContain("smp online 2 of 2");
+    const overridden = await runTsvm(["run", "--config", path, "-c", "1", "-p", "tsvm.marker=flag"]);
+    expect(overridden.stdout).toContain('cmdline "tsvm.marker=flag console=ttyS0"');
+    expect(overridden.stdout).toContain("mptable cpus 1");
+  }, TIMEOUT);
+
   test("four vCPUs all answer INIT/SIPI", async () => {
     const r = await runTsvm(["run", "-c", "4"]);
     expect(r.stdout).toContain("smp online 4 of 4");
@@ -91,6 +103,8 @@ describe.skipIf(!HAS_KVM)("bad input is refused with one line and exit 2", () =>
     ["an unknown --serial key", () => ["run", "--serial", "type=stdout,num=1,baud=9600"], /unknown key "baud"/],
     ["a command line that is too long", () => ["run", "-p", "x".repeat(4000)], /command line is 4014 bytes; the kernel accepts at most 2047/],
     ["an unknown flag", () => ["run", "--bogus"], /Unknown argument: bogus/],
+    ["a misspelt flag, with a suggestion", () => ["run", "--cpu", "2"], /Unknown argument: cpu; did you mean --cpus\?/],
+    ["a config file with an unknown key", () => ["run", "--config", file("bad.json", new TextEncoder().encode('{"memory": "1G"}'))], /memory: unknown key/],
   ];
   for (const [name, args, message] of cases) {
     test(name, async () => {

@@ -1,6 +1,6 @@
 // The control socket: tsvm run -s PATH and the subcommands that talk to it, against a running test guest.
 import { describe, expect, test } from "bun:test";
-import { existsSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { HAS_KVM, runTsvm, tempDir, TsvmProcess } from "../support/tsvm.ts";
 
@@ -67,6 +67,22 @@ describe.skipIf(!HAS_KVM)("the control socket", () => {
     expect((await runTsvm(["resume", socket])).code).toBe(0);
     await vm.waitForOutput(new RegExp(`(tick\\r?\\n[^]*){${atSuspend + 2}}`), 10_000);
     await runTsvm(["stop", socket]);
+  }, TIMEOUT);
+
+  test("tsvm stop while the guest writes: every write the guest saw complete is in the file", async () => {
+    const dir = tempDir();
+    const socket = join(dir, "vm.sock");
+    const disk = join(dir, "disk.img");
+    writeFileSync(disk, new Uint8Array(4 << 20));
+    using vm = new TsvmProcess(["run", "-p", "tsvm.mode=writer", "-s", socket, "--block", `path=${disk}`]);
+    await vm.waitForOutput(/wrote 40\r?\n/, 30_000);
+    expect((await runTsvm(["stop", socket])).code).toBe(0);
+    expect(await vm.exit(10_000)).toBe(0);
+    const written = [...vm.stdout.matchAll(/wrote (\d+)\r?\n/g)].map((m) => Number(m[1]));
+    const bytes = readFileSync(disk);
+    const missing = written.filter((n) => new TextDecoder().decode(bytes.subarray(n * 512, n * 512 + 1 + String(n).length)) !== `W${n}`);
+    expect(written.length).toBeGreaterThan(40);
+    expect(missing).toEqual([]);
   }, TIMEOUT);
 
   test("two VMs on two sockets are controlled independently", async () => {

@@ -1,0 +1,70 @@
+// config_file.ts - `tsvm run --config FILE`: the run options as JSON, validated before use.
+import { readFileSync } from "node:fs";
+import * as v from "valibot";
+import { ConfigError, type RawRunOptions } from "./config.ts";
+
+const SizeValue = v.union([v.string(), v.number()], "expected a size such as 512, \"512M\" or \"2G\"");
+const StringList = v.array(v.string("expected a string"), "expected a list of strings");
+
+/** The keys a config file may hold: the run flags' long names. */
+const ConfigFileSchema = v.strictObject({
+  kernel: v.optional(v.string()),
+  initrd: v.optional(v.string()),
+  mem: v.optional(SizeValue),
+  cpus: v.optional(v.union([v.string(), v.number()], "expected a number of CPUs")),
+  params: v.optional(v.union([v.string(), StringList])),
+  serial: v.optional(StringList),
+  block: v.optional(StringList),
+  disk: v.optional(StringList),
+  rwdisk: v.optional(StringList),
+  root: v.optional(v.string()),
+  rwroot: v.optional(v.string()),
+  net: v.optional(StringList),
+  host_ip: v.optional(v.string()),
+  netmask: v.optional(v.string()),
+  mac: v.optional(v.string()),
+  socket: v.optional(v.string()),
+  rng: v.optional(v.boolean("expected true or false")),
+  balloon: v.optional(v.boolean("expected true or false")),
+  "log-level": v.optional(v.string()),
+});
+
+/** Reads and validates `path`; errors name the file, the JSON path and what is accepted. */
+export function readConfigFile(path: string): RawRunOptions {
+  let text: string;
+  try {
+    text = readFileSync(path, "utf8");
+  } catch (e) {
+    throw new ConfigError(`--config ${path}: cannot read it (${(e as NodeJS.ErrnoException).code ?? String(e)})`);
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (e) {
+    throw new ConfigError(`--config ${path}: not valid JSON (${e instanceof Error ? e.message : String(e)})`);
+  }
+  const result = v.safeParse(ConfigFileSchema, json);
+  if (!result.success) {
+    const issue = result.issues[0]!;
+    const where = issue.path?.map((p) => String(p.key)).join(".") ?? "";
+    const message = issue.kind === "schema" && issue.type === "strict_object" && issue.path
+      ? `unknown key (accepted: ${Object.keys(ConfigFileSchema.entries).join(", ")})`
+      : issue.message;
+    throw new ConfigError(`--config ${path}: ${where ? `${where}: ` : ""}${message}`);
+  }
+  const o = result.output;
+  return {
+    kernel: o.kernel, initrd: o.initrd, mem: o.mem, cpus: o.cpus,
+    params: typeof o.params === "string" ? [o.params] : o.params,
+    serial: o.serial, block: o.block, disk: o.disk, rwdisk: o.rwdisk, root: o.root, rwroot: o.rwroot,
+    net: o.net, hostIp: o.host_ip, netmask: o.netmask, mac: o.mac, socket: o.socket,
+    rng: o.rng, balloon: o.balloon, logLevel: o["log-level"],
+  };
+}
+
+/** Lays command-line options over the file's: a flag given on the command line wins, lists included. */
+export function mergeRunOptions(file: RawRunOptions, flags: RawRunOptions): RawRunOptions {
+  const merged: Record<string, unknown> = { ...file };
+  for (const [key, value] of Object.entries(flags)) if (value !== undefined) merged[key] = value;
+  return merged as RawRunOptions;
+}
