@@ -5,6 +5,7 @@ import { log } from "./base/log.ts";
 import { ConfigError, parseByteSize, parseRunConfig, type RawRunOptions } from "./config.ts";
 import { mergeRunOptions, readConfigFile } from "./config_file.ts";
 import { ControlError, sendRequest } from "./vm_control/client.ts";
+import { createQcow2 } from "./devices/virtio/block/qcow2.ts";
 import type { VmRequest } from "./vm_control/messages.ts";
 import { EXIT_CODE, runVm } from "./run_vm.ts";
 import { VERSION } from "./version.ts";
@@ -76,6 +77,19 @@ export async function main(argv: readonly string[]): Promise<number> {
         const index = Number(args.index);
         if (!Number.isInteger(index) || index < 0) throw new ConfigError(`INDEX: expected a disk number from 0 (got ${JSON.stringify(args.index)})`);
         code = control(args.socket, { kind: "disk_resize", index, bytes: byteSize("SIZE", args.size) });
+      })
+    .command("create_qcow2 <path> <size>", "Create an empty qcow2 (v3) image of SIZE bytes (or with K/M/G/T)",
+      (y) => y.positional("path", { type: "string", demandOption: true }).positional("size", { type: "string", demandOption: true }),
+      (args) => {
+        const size = byteSize("SIZE", args.size);
+        if (size === 0 || size % 512 !== 0) throw new ConfigError(`SIZE: expected a positive multiple of 512 bytes (got ${size})`);
+        try {
+          createQcow2(args.path, size);
+        } catch (e) {
+          const code = (e as NodeJS.ErrnoException).code;
+          throw new ConfigError(`failed to create ${args.path}: ${code === "EEXIST" ? "it already exists" : code ?? String(e)}`);
+        }
+        code = 0;
       })
     .command("version", "Print tsvm's version", () => {}, () => {
       console.log(`tsvm ${VERSION}`);

@@ -26,7 +26,8 @@ import { Block, SECTOR_SIZE } from "./devices/virtio/block/block.ts";
 import { errnoName } from "./base/errno.ts";
 import type { VmRequest, VmResponse } from "./vm_control/messages.ts";
 import { ControlServer, ControlSocketError } from "./vm_control/server.ts";
-import { DiskFile } from "./devices/virtio/block/disk_file.ts";
+import type { DiskImage } from "./devices/virtio/block/disk_file.ts";
+import { openDiskImage, Qcow2Error } from "./devices/virtio/block/qcow2.ts";
 import { Net, parseMac, randomMac } from "./devices/virtio/net/net.ts";
 import { Tap } from "./devices/virtio/net/tap.ts";
 import type { DeviceEventLoop, VirtioDevice } from "./devices/virtio/virtio_device.ts";
@@ -87,7 +88,7 @@ export async function runVm(config: Config): Promise<number> {
 async function buildAndRun(config: Config, workers: readonly Worker[]): Promise<number> {
   const kernel = config.kernel === null ? builtinGuest() : readUserFile("kernel", config.kernel);
   const initrd = config.initrd === null ? null : readUserFile("initrd", config.initrd);
-  const disks: DiskFile[] = [];
+  const disks: DiskImage[] = [];
   const taps: Tap[] = [];
   let control: ControlServer | null = null;
   try {
@@ -125,7 +126,7 @@ function openTap(n: NetConfig): Tap {
 }
 
 async function buildAndRunWithDisks(
-  config: Config, workers: readonly Worker[], kernel: Uint8Array, initrd: Uint8Array | null, disks: readonly DiskFile[],
+  config: Config, workers: readonly Worker[], kernel: Uint8Array, initrd: Uint8Array | null, disks: readonly DiskImage[],
   taps: readonly Tap[], control: ControlServer | null,
 ): Promise<number> {
   using kvm = Kvm.open();
@@ -146,11 +147,13 @@ async function buildAndRunWithDisks(
 }
 
 /** Opens and locks a disk image the user named; a failure is a usage error that names the file. */
-function openDisk(path: string, readOnly: boolean): DiskFile {
+function openDisk(path: string, readOnly: boolean): DiskImage {
   try {
-    return DiskFile.open(path, readOnly);
+    return openDiskImage(path, readOnly);
   } catch (e) {
-    throw new ConfigError(e instanceof Error && e.message.startsWith("failed to lock") ? e.message : `failed to open disk image ${path}: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+    const message = e instanceof Error ? e.message : String(e);
+    if (e instanceof Qcow2Error) throw new ConfigError(`failed to open disk image ${message}`, { cause: e });
+    throw new ConfigError(message.startsWith("failed to lock") ? message : `failed to open disk image ${path}: ${message}`, { cause: e });
   }
 }
 
@@ -198,10 +201,10 @@ class VmRunner {
   #control: ControlServer | null = null;
   #irqRouter!: IrqRouter;
 
-  readonly #disks: readonly DiskFile[];
+  readonly #disks: readonly DiskImage[];
   readonly #taps: readonly Tap[];
 
-  constructor(config: Config, built: BuiltVm, workers: readonly Worker[], disks: readonly DiskFile[], taps: readonly Tap[], control: ControlServer | null) {
+  constructor(config: Config, built: BuiltVm, workers: readonly Worker[], disks: readonly DiskImage[], taps: readonly Tap[], control: ControlServer | null) {
     this.#control = control;
     this.#disks = disks;
     this.#taps = taps;
@@ -471,8 +474,8 @@ class VmRunner {
     if (!block) return { kind: "error", message: `no disk ${index} (this VM has ${this.#blocks.length})` };
     if (block.device.disk.readOnly) return { kind: "error", message: `disk ${index} is read-only` };
     if (bytes % SECTOR_SIZE !== 0 || bytes === 0) return { kind: "error", message: `size ${bytes} is not a positive multiple of ${SECTOR_SIZE} bytes` };
-    const r = sys.ftruncateRaw(block.device.disk.fd, bytes);
-    if (r < 0) return { kind: "error", message: `failed to resize disk ${index}: ${errnoName(-r)}` };
+    const problem = block.device.disk.resize(bytes);
+    if (problem) return { kind: "error", message: `failed to resize disk ${index}: ${problem}` };
     block.device.refreshCapacity();
     block.pci.notifyConfigChanged();
     return { kind: "ok" };

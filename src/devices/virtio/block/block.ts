@@ -2,7 +2,7 @@
 import { ChainReader, ChainWriter, type DescriptorChain } from "../descriptor_chain.ts";
 import { drainQueue } from "../drain.ts";
 import { type ActivateContext, VIRTIO_ID, type VirtioDevice, type VirtioWorker } from "../virtio_device.ts";
-import type { DiskFile } from "./disk_file.ts";
+import type { DiskImage } from "./disk_file.ts";
 
 export const SECTOR_SIZE = 512;
 const SECTOR_SHIFT = 9;
@@ -42,7 +42,7 @@ export class Block implements VirtioDevice {
   readonly #config = new DataView(new ArrayBuffer(CONFIG_SIZE));
   readonly #id: Uint8Array;
 
-  constructor(readonly disk: DiskFile, id: string, label = "block") {
+  constructor(readonly disk: DiskImage, id: string, label = "block") {
     this.debugLabel = label;
     const bit = (b: bigint): bigint => 1n << b;
     this.features = bit(VIRTIO_BLK_F.SIZE_MAX) | bit(VIRTIO_BLK_F.SEG_MAX) | bit(VIRTIO_BLK_F.BLK_SIZE) | bit(VIRTIO_BLK_F.FLUSH) |
@@ -69,7 +69,6 @@ export class Block implements VirtioDevice {
 
   /** Re-reads the image size into the capacity field (after a resize). */
   refreshCapacity(): void {
-    this.disk.refreshSize();
     this.#config.setBigUint64(CONFIG.capacity, BigInt(this.capacity), true);
   }
 

@@ -13,8 +13,25 @@ const FALLOC_FL_KEEP_SIZE = 0x01;
 const FALLOC_FL_PUNCH_HOLE = 0x02;
 const FALLOC_FL_ZERO_RANGE = 0x10;
 
+/** A disk as the block device sees it: a virtual size and byte-addressed I/O that never throws. */
+export interface DiskImage {
+  readonly readOnly: boolean;
+  /** Virtual size in bytes. */
+  readonly size: number;
+  readonly format: "raw" | "qcow2";
+  readInto(views: readonly Uint8Array[], offset: number): boolean;
+  writeFrom(views: readonly Uint8Array[], offset: number): boolean;
+  flush(): boolean;
+  discard(offset: number, length: number): boolean;
+  writeZeroes(offset: number, length: number, unmap: boolean): boolean;
+  /** Changes the virtual size; returns why it cannot, or null. */
+  resize(bytes: number): string | null;
+  close(): void;
+}
+
 /** A host file holding a raw disk image. I/O methods return false on failure; they never throw. */
-export class DiskFile extends OwnedFd {
+export class DiskFile extends OwnedFd implements DiskImage {
+  readonly format = "raw";
   readonly readOnly: boolean;
   #size: number;
 
@@ -46,6 +63,31 @@ export class DiskFile extends OwnedFd {
   refreshSize(): number {
     this.#size = sys.fileSize(this.fd);
     return this.#size;
+  }
+
+  resize(bytes: number): string | null {
+    if (this.readOnly) return "the disk is read-only";
+    const r = sys.ftruncateRaw(this.fd, bytes);
+    if (r < 0) return `ftruncate failed (errno ${-r})`;
+    this.refreshSize();
+    return null;
+  }
+
+  /** Reads exactly `buf.byteLength` bytes at `offset` (zeros past the end of the file). */
+  preadExact(buf: Uint8Array, offset: number): boolean {
+    return this.readInto([buf], offset);
+  }
+
+  /** Writes all of `buf` at `offset`, even on a read-only image (metadata of a fresh image). */
+  pwriteExact(buf: Uint8Array, offset: number): boolean {
+    let done = 0;
+    while (done < buf.byteLength) {
+      const n = sys.pwriteRaw(this.fd, buf.subarray(done), offset + done);
+      if (n === -EINTR) continue;
+      if (n <= 0) return false;
+      done += n;
+    }
+    return true;
   }
 
   /** Fills each view in turn from `offset`; reads past the end of the file give zeros. */

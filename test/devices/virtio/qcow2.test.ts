@@ -1,0 +1,140 @@
+// qcow2 against QEMU's own tools: images either side writes, the other reads and checks.
+import { describe, expect, test } from "bun:test";
+import { readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { DiskFile } from "../../../src/devices/virtio/block/disk_file.ts";
+import { createQcow2, openDiskImage } from "../../../src/devices/virtio/block/qcow2.ts";
+import { tempDir } from "../../support/tsvm.ts";
+
+const HAS_QEMU_IMG = Bun.which("qemu-img") !== null && Bun.which("qemu-io") !== null;
+if (!HAS_QEMU_IMG) console.warn("tsvm tests: qemu-img/qemu-io (Debian qemu-utils) missing; the qcow2 interoperability tests are skipped");
+const MIB = 1024 * 1024;
+
+function sh(...cmd: string[]): { code: number; out: string } {
+  const r = Bun.spawnSync(cmd, { stdout: "pipe", stderr: "pipe" });
+  return { code: r.exitCode ?? -1, out: r.stdout.toString() + r.stderr.toString() };
+}
+
+function pattern(length: number, seed: number): Uint8Array {
+  return Uint8Array.from({ length }, (_, i) => (i * 31 + seed) & 0xff);
+}
+
+describe.skipIf(!HAS_QEMU_IMG)("qcow2", () => {
+  test("create_qcow2 makes an image qemu-img checks clean and reads as zeros", () => {
+    const path = join(tempDir(), "new.qcow2");
+    createQcow2(path, 64 * MIB);
+    expect(sh("qemu-img", "check", path).code).toBe(0);
+    expect(JSON.parse(sh("qemu-img", "info", "--output=json", path).out)["virtual-size"]).toBe(64 * MIB);
+    const disk = openDiskImage(path, true);
+    const buf = new Uint8Array(4096).fill(7);
+    expect(disk.readInto([buf], 10 * MIB)).toBe(true);
+    expect(buf.every((b) => b === 0)).toBe(true);
+    disk.close();
+  });
+
+  test("data tsvm writes passes qemu-img check and converts back to the same bytes", () => {
+    const dir = tempDir();
+    const path = join(dir, "w.qcow2");
+    createQcow2(path, 16 * MIB);
+    const disk = openDiskImage(path, false);
+    const writes: [number, Uint8Array][] = [[0, pattern(4096, 1)], [65536 - 512, pattern(1024, 2)], [5 * MIB + 512, pattern(200_000, 3)], [16 * MIB - 4096, pattern(4096, 4)]];
+    for (const [offset, data] of writes) expect(disk.writeFrom([data], offset)).toBe(true);
+    expect(disk.flush()).toBe(true);
+    disk.close();
+    expect(sh("qemu-img", "check", path)).toMatchObject({ code: 0 });
+    const raw = join(dir, "w.raw");
+    expect(sh("qemu-img", "convert", "-O", "raw", path, raw).code).toBe(0);
+    const bytes = readFileSync(raw);
+    for (const [offset, data] of writes) expect(Buffer.compare(bytes.subarray(offset, offset + data.byteLength), Buffer.from(data))).toBe(0);
+  });
+
+  test("an image qemu-io filled reads back the same in tsvm", () => {
+    const path = join(tempDir(), "q.qcow2");
+    sh("qemu-img", "create", "-f", "qcow2", path, "8M");
+    expect(sh("qemu-io", "-c", "write -P 0xab 1M 192k", "-c", "write -z 1088k 64k", path).code).toBe(0);
+    const disk = openDiskImage(path, true);
+    const buf = new Uint8Array(256 * 1024);
+    expect(disk.readInto([buf], 1 * MIB)).toBe(true);
+    expect(buf.subarray(0, 64 * 1024).every((b) => b === 0xab)).toBe(true);
+    expect(buf.subarray(64 * 1024, 128 * 1024).every((b) => b === 0)).toBe(true); // a zero cluster
+    expect(buf.subarray(128 * 1024, 192 * 1024).every((b) => b === 0xab)).toBe(true);
+    expect(buf.subarray(192 * 1024).every((b) => b === 0)).toBe(true); // never written
+    disk.close();
+  });
+
+  test("compressed clusters are read (deflate)", () => {
+    const dir = tempDir();
+    const raw = join(dir, "c.raw");
+    const data = pattern(2 * MIB, 9);
+    writeFileSync(raw, data);
+    const path = join(dir, "c.qcow2");
+    expect(sh("qemu-img", "convert", "-c", "-f", "raw", "-O", "qcow2", raw, path).code).toBe(0);
+    const disk = openDiskImage(path, false);
+    const buf = new Uint8Array(2 * MIB);
+    expect(disk.readInto([buf], 0)).toBe(true);
+    expect(Buffer.compare(Buffer.from(buf), Buffer.from(data))).toBe(0);
+    // Writing over part of a compressed cluster keeps the rest of it.
+    expect(disk.writeFrom([new Uint8Array(512).fill(1)], 4096)).toBe(true);
+    const after = new Uint8Array(8192);
+    expect(disk.readInto([after], 0)).toBe(true);
+    expect([after[0], after[4096], after[4608]]).toEqual([data[0], 1, data[4608]]);
+    disk.close();
+    expect([0, 3]).toContain(sh("qemu-img", "check", path).code); // 3: leaked clusters, allowed
+  });
+
+  test("a raw backing file shows through; writes go to the overlay only", () => {
+    const dir = tempDir();
+    const base = join(dir, "base.raw");
+    writeFileSync(base, pattern(4 * MIB, 5));
+    const overlay = join(dir, "overlay.qcow2");
+    expect(sh("qemu-img", "create", "-f", "qcow2", "-b", "base.raw", "-F", "raw", overlay).code).toBe(0);
+    const disk = openDiskImage(overlay, false);
+    const buf = new Uint8Array(4096);
+    expect(disk.readInto([buf], MIB)).toBe(true);
+    expect(buf[0]).toBe(pattern(4 * MIB, 5)[MIB]);
+    expect(disk.writeFrom([new Uint8Array(512).fill(0xee)], MIB + 512)).toBe(true);
+    expect(disk.readInto([buf], MIB)).toBe(true);
+    expect([buf[0], buf[512], buf[1024]]).toEqual([pattern(4 * MIB, 5)[MIB], 0xee, pattern(4 * MIB, 5)[MIB + 1024]]);
+    disk.close();
+    expect(readFileSync(base)[MIB + 512]).toBe(pattern(4 * MIB, 5)[MIB + 512]);
+    expect(sh("qemu-img", "check", overlay).code).toBe(0);
+  });
+
+  test("version 2 images work", () => {
+    const path = join(tempDir(), "v2.qcow2");
+    sh("qemu-img", "create", "-f", "qcow2", "-o", "compat=0.10", path, "4M");
+    const disk = openDiskImage(path, false);
+    expect(disk.writeFrom([pattern(8192, 6)], 65536)).toBe(true);
+    const buf = new Uint8Array(8192);
+    expect(disk.readInto([buf], 65536)).toBe(true);
+    expect(buf[100]).toBe(pattern(8192, 6)[100]);
+    disk.close();
+    expect(sh("qemu-img", "check", path).code).toBe(0);
+  });
+
+  test("unknown incompatible feature bits are refused with a clear error", () => {
+    const path = join(tempDir(), "bad.qcow2");
+    createQcow2(path, 4 * MIB);
+    const bytes = readFileSync(path);
+    bytes[79] = 0x20; // incompatible_features bit 5: unknown
+    writeFileSync(path, bytes);
+    expect(() => openDiskImage(path, false)).toThrow(/incompatible feature bit 5 \(unknown\)/);
+  });
+
+  test("a header with an absurd L1 size is refused before anything is allocated", () => {
+    const path = join(tempDir(), "huge.qcow2");
+    createQcow2(path, 4 * MIB);
+    const bytes = readFileSync(path);
+    new DataView(bytes.buffer, bytes.byteOffset).setUint32(36, 0xffffffff, false);
+    writeFileSync(path, bytes);
+    expect(() => openDiskImage(path, false)).toThrow(/L1 table .* is larger than/);
+  });
+
+  test("a raw image stays raw", () => {
+    const path = join(tempDir(), "plain.img");
+    writeFileSync(path, new Uint8Array(MIB));
+    const disk = openDiskImage(path, true);
+    expect([disk.format, disk instanceof DiskFile]).toEqual(["raw", true]);
+    disk.close();
+  });
+});
