@@ -12,7 +12,8 @@
  *   tsvm.console_rx=1     wait for host input on the virtio-console receive queue
  *   tsvm.net_rx=1         wait for a frame of ethertype 0x88b5 on the virtio-net receive queue
  *   tsvm.hostile=1        also act as a malicious virtio driver and check the device survives
- *   tsvm.bench=blk:N      N sequential 4 KiB virtio-blk reads, one in flight (blk64k:N: 64 KiB)
+ *   tsvm.bench=blk:N      N sequential 4 KiB virtio-blk reads, one in flight (blk64k:N: 64 KiB;
+ *                         blkw:N: 4 KiB writes)
  *   tsvm.bench=rng:N      N one-byte virtio-rng requests: the notify -> device -> interrupt round trip
  *   tsvm.bench=spin:N     N iterations of a ring-0 loop with no exits (probes for emulated ring 0)
  */
@@ -300,6 +301,7 @@ void guest_main(const uint8_t *zero_page, const uint8_t *pvh_start_info)
 		uint64_t n = *count ? parse_u64(count + 1) : 1000;
 		interrupts_init();
 		if (b[0] == 'r') bench_virtio("rng", n, 1);
+		else if (b[3] == 'w') bench_virtio("blkw", n, 4096);
 		else bench_virtio(b[3] == '6' ? "blk64k" : "blk", n, b[3] == '6' ? 65536 : 4096);
 		reset();
 	}

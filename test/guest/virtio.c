@@ -480,6 +480,7 @@ void bench_virtio(const char *kind, uint64_t n, uint32_t size)
 {
 	struct vdev d;
 	int blk = kind[0] == 'b';
+	int write = blk && kind[3] == 'w';
 	if (!open_device(&d, blk ? 0x1042 : 0x1044, kind)) return;
 	if (negotiate(&d, 0) < 0) { result(0, kind, "feature negotiation failed"); return; }
 	msix_setup(&d, 0);
@@ -496,10 +497,10 @@ void bench_virtio(const char *kind, uint64_t n, uint32_t size)
 	for (uint64_t i = 0; i < n; i++) {
 		uint32_t before = irq_counts[1];
 		if (blk) {
-			blk_hdr.type = BLK_T_IN;
+			blk_hdr.type = write ? BLK_T_OUT : BLK_T_IN;
 			blk_hdr.sector = (i * sectors) % (capacity - sectors);
 			q->desc[0] = (struct desc){ (uint64_t)(uintptr_t)&blk_hdr, sizeof(blk_hdr), DESC_F_NEXT, 1 };
-			q->desc[1] = (struct desc){ (uint64_t)(uintptr_t)bench_buf, size, DESC_F_NEXT | DESC_F_WRITE, 2 };
+			q->desc[1] = (struct desc){ (uint64_t)(uintptr_t)bench_buf, size, (uint16_t)(DESC_F_NEXT | (write ? 0 : DESC_F_WRITE)), 2 };
 			q->desc[2] = (struct desc){ (uint64_t)(uintptr_t)&blk_status, 1, DESC_F_WRITE, 0 };
 		} else {
 			q->desc[0] = (struct desc){ (uint64_t)(uintptr_t)bench_buf, size, DESC_F_WRITE, 0 };
