@@ -86,7 +86,9 @@ function parseKeyValues(flag: string, text: string, keys: readonly string[], pos
 
 /** Parses crosvm's `--serial type=stdout,num=1,console=true,...` syntax. */
 export function parseSerial(text: string): SerialConfig {
-  const result = v.safeParse(SerialSchema, parseKeyValues("--serial", text, SERIAL_KEYS));
+  const fields = parseKeyValues("--serial", text, SERIAL_KEYS);
+  if (fields.num === undefined) throw new ConfigError(`--serial ${text}: num=1..4 is required`);
+  const result = v.safeParse(SerialSchema, fields);
   if (!result.success) throw new ConfigError(`--serial ${text}: ${describeIssues(result.issues)}`);
   return result.output;
 }
@@ -104,7 +106,9 @@ export type BlockConfig = v.InferOutput<typeof BlockSchema>;
 
 /** Parses `--block path=P[,ro=true][,id=ID][,root=true]` (a bare first value is the path). */
 export function parseBlock(text: string, flag = "--block"): BlockConfig {
-  const result = v.safeParse(BlockSchema, parseKeyValues(flag, text, BLOCK_KEYS, "path"));
+  const fields = parseKeyValues(flag, text, BLOCK_KEYS, "path");
+  if (fields.path === undefined) throw new ConfigError(`${flag} ${text}: path=PATH is required`);
+  const result = v.safeParse(BlockSchema, fields);
   if (!result.success) throw new ConfigError(`${flag} ${text}: ${describeIssues(result.issues)}`);
   return result.output;
 }

@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { kernelCmdline, parseRunConfig, parseSerial, parseSize } from "../src/config.ts";
+import { kernelCmdline, parseByteSize, parseRunConfig, parseSerial, parseSize } from "../src/config.ts";
 
 const MIB = 1024 * 1024;
 
@@ -59,6 +59,83 @@ describe("parseRunConfig", () => {
 
   test("the same serial port twice is refused", () => {
     expect(() => parseRunConfig({ serial: ["type=sink,num=1", "type=stdout,num=1"] })).toThrow(/num=1 is configured twice/);
+  });
+});
+
+describe("disk flags", () => {
+  test("--block reads crosvm's syntax, with a bare path first", () => {
+    expect(parseRunConfig({ block: ["disk.img,ro=true,id=vol1"] }).blocks).toEqual([{ path: "disk.img", ro: true, id: "vol1", root: false }]);
+  });
+
+  test("-d/--disk is read-only and --rwdisk read-write", () => {
+    expect(parseRunConfig({ disk: ["a.img"], rwdisk: ["b.img"] }).blocks.map((b) => [b.path, b.ro])).toEqual([["a.img", true], ["b.img", false]]);
+  });
+
+  test("-r/--root comes first and adds root=/dev/vda ro to the command line", () => {
+    const config = parseRunConfig({ rwdisk: ["data.img"], root: "rootfs.img" });
+    expect(config.blocks.map((b) => b.path)).toEqual(["rootfs.img", "data.img"]);
+    expect(kernelCmdline(config)).toBe("root=/dev/vda ro console=ttyS0");
+  });
+
+  test("--rwroot mounts read-write", () => {
+    expect(kernelCmdline(parseRunConfig({ rwroot: "rootfs.img" }))).toBe("root=/dev/vda rw console=ttyS0");
+  });
+
+  test("two root disks are refused", () => {
+    expect(() => parseRunConfig({ root: "a.img", rwroot: "b.img" })).toThrow(/only one disk can be the root/);
+  });
+
+  test("an id longer than virtio-blk's 20 bytes is refused", () => {
+    expect(() => parseRunConfig({ block: ["path=a.img,id=" + "x".repeat(21)] })).toThrow(/id is at most 20 characters/);
+  });
+
+  test("a block without a path is refused", () => {
+    expect(() => parseRunConfig({ block: ["ro=true"] })).toThrow(/path=PATH is required/);
+  });
+});
+
+describe("network flags", () => {
+  test("--net takes a tap name or an fd, and an optional MAC", () => {
+    expect(parseRunConfig({ net: ["tap-name=tap0,mac=52:54:00:12:34:56", "tap-fd=5"] }).nets).toEqual([
+      { kind: "tap-name", name: "tap0", mac: "52:54:00:12:34:56" },
+      { kind: "tap-fd", fd: 5, mac: undefined },
+    ]);
+  });
+
+  test("--net needs exactly one of tap-name and tap-fd", () => {
+    expect(() => parseRunConfig({ net: ["tap-name=a,tap-fd=4"] })).toThrow(/exactly one of tap-name=NAME or tap-fd=N/);
+    expect(() => parseRunConfig({ net: ["mac=52:54:00:12:34:56"] })).toThrow(/exactly one/);
+  });
+
+  test("a malformed MAC is refused", () => {
+    expect(() => parseRunConfig({ net: ["tap-name=t,mac=52:54:00"] })).toThrow(/expected a MAC address/);
+  });
+
+  test("--host_ip, --netmask and --mac create a tap together", () => {
+    expect(parseRunConfig({ hostIp: "192.168.10.1", netmask: "255.255.255.0", mac: "52:54:00:00:00:01" }).nets).toEqual([
+      { kind: "create", hostIp: "192.168.10.1", netmask: "255.255.255.0", mac: "52:54:00:00:00:01" },
+    ]);
+    expect(() => parseRunConfig({ hostIp: "192.168.10.1" })).toThrow(/go together/);
+    expect(() => parseRunConfig({ hostIp: "300.1.1.1", netmask: "255.0.0.0", mac: "52:54:00:00:00:01" })).toThrow(/IPv4/);
+  });
+});
+
+describe("other run flags", () => {
+  test("--no-rng and --no-balloon leave the devices out", () => {
+    expect(parseRunConfig({ rng: false, balloon: false })).toMatchObject({ rng: false, balloon: false });
+  });
+
+  test("--socket must fit a Unix socket address", () => {
+    expect(parseRunConfig({ socket: "/tmp/vm.sock" }).socket).toBe("/tmp/vm.sock");
+    expect(() => parseRunConfig({ socket: "/" + "x".repeat(200) })).toThrow(/--socket: expected a path of 1-107 bytes/);
+  });
+
+  test("--log-level accepts the four levels", () => {
+    expect(() => parseRunConfig({ logLevel: "loud" })).toThrow(/--log-level: expected one of error, warn, info, debug/);
+  });
+
+  test("sizes for the control subcommands are bytes unless they carry a unit", () => {
+    expect([parseByteSize("4096"), parseByteSize("8M"), parseByteSize("1G"), parseByteSize("x")]).toEqual([4096, 8 * MIB, 1024 * MIB, null]);
   });
 });
 
