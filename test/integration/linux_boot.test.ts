@@ -33,7 +33,7 @@ async function earlyBoot(kernel: string, args: string[], until: RegExp, timeoutM
 describe.skipIf(!HAS_KVM || !haveLinux)("a Debian 6.1 kernel under tsvm", () => {
   test("the ELF vmlinux prints its banner, our command line and e820 map, and finds 2 CPUs in our MADT", async () => {
     const args = ["-c", "2", "-p", "console=ttyS0 earlyprintk=ttyS0 tsvm.marker=elf"];
-    const out = await earlyBoot(VMLINUX, args, /smpboot: Allowing \d+ CPUs/, 120_000);
+    const out = await earlyBoot(VMLINUX, args, /smpboot: Allowing \d+ CPUs, \d+ hotplug CPUs\r?\n/, 120_000);
     expect(out).toMatch(/Linux version 6\.1\.\d+/);
     expect(out).toContain("Command line: console=ttyS0 earlyprintk=ttyS0 tsvm.marker=elf\n");
     for (const line of E820_512M) expect(out).toContain(line);

@@ -77,7 +77,7 @@ describe("compilePolicy, run by the kernel", () => {
     const filter = join(dir, `${action}-${defaultAction}.bpf`);
     writeFileSync(filter, compilePolicy(parsePolicy("t.policy", files({ "t.policy": POLICY })), defaultAction));
     const r = Bun.spawnSync([runner, filter, action], { stdout: "pipe", stderr: "pipe" });
-    return { out: r.stdout.toString().trim(), signal: r.signalCode ?? null };
+    return { out: r.stdout.toString().trim(), signal: r.signalCode === null || r.signalCode === undefined ? null : String(r.signalCode) };
   }
 
   test("an allowed call runs", () => {
