@@ -7,3 +7,7 @@ declare module "*.elf" {
   const path: string;
   export default path;
 }
+declare module "*.policy" {
+  const text: string;
+  export default text;
+}
