@@ -65,4 +65,9 @@ int tsvm_unix_connect(const char *path);
 int tsvm_accept(int fd);
 int tsvm_wait_readable(int fd, int timeout_ms);
 
+/* jail.c: device processes in namespaces, and their lockdown */
+int tsvm_spawn_jailed(const char *path, char *const argv[], char *const envp[], const int *fds, int nfds, unsigned id_base);
+int tsvm_lockdown(const void *bpf, uint64_t len, uint64_t max_fds);
+int tsvm_waitpid(int pid, int *status_out, int nohang);
+
 #endif

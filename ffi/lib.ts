@@ -57,6 +57,10 @@ const symbols = {
   tsvm_unix_connect: { args: [cstring], returns: i32 },
   tsvm_accept: { args: [i32], returns: i32 },
   tsvm_wait_readable: { args: [i32, i32], returns: i32 },
+  // jail.c
+  tsvm_spawn_jailed: { args: [cstring, pointer, pointer, pointer, i32, u32], returns: i32 },
+  tsvm_lockdown: { args: [pointer, u64, u64], returns: i32 },
+  tsvm_waitpid: { args: [i32, pointer, i32], returns: i32 },
 } as const;
 
 /** Names the memfd holding the library, so Workers of the same process open it instead of copying again. */

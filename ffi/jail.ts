@@ -1,0 +1,40 @@
+// jail.ts - bindings for c/jail.c: spawning device processes in namespaces, and their lockdown.
+import { ptr } from "bun:ffi";
+import { native } from "./lib.ts";
+
+/** Builds a NULL-terminated char* array; the returned buffers must stay alive until the call returns. */
+function cStringArray(strings: readonly string[]): { array: BigUint64Array; keep: Buffer[] } {
+  const keep = strings.map((s) => Buffer.from(`${s}\0`));
+  const array = new BigUint64Array(strings.length + 1);
+  keep.forEach((b, i) => {
+    array[i] = BigInt(ptr(b));
+  });
+  return { array, keep };
+}
+
+/**
+ * Starts `path` with `argv` and `env` in new user, PID, mount, network, IPC and UTS namespaces,
+ * `fds` moved to 3, 4, ... and every other fd above 2 closed; ids 0 and 1 map to `idBase` and
+ * `idBase + 1`. Returns the pid or -errno.
+ */
+export function spawnJailed(path: string, argv: readonly string[], env: readonly string[], fds: readonly number[], idBase: number): number {
+  const a = cStringArray(argv);
+  const e = cStringArray(env);
+  const f = Int32Array.from(fds);
+  const pid = native.tsvm_spawn_jailed(Buffer.from(`${path}\0`), a.array, e.array, f.length > 0 ? f : null, f.length, idBase);
+  void a.keep;
+  void e.keep;
+  return pid;
+}
+
+/** Jails the calling process: empty read-only root, no capabilities, uid 1, no_new_privs, the seccomp `filter`. Returns 0 or -errno. */
+export function lockdown(filter: Uint8Array, maxFds: number): number {
+  return native.tsvm_lockdown(filter, filter.byteLength, maxFds);
+}
+
+/** Waits for child `pid` (or polls with `nohang`); returns [pid or 0 or -errno, raw status]. */
+export function waitpid(pid: number, nohang: boolean): [number, number] {
+  const status = new Int32Array(1);
+  const r = native.tsvm_waitpid(pid, status, nohang ? 1 : 0);
+  return [r, status[0]!];
+}
