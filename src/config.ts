@@ -162,6 +162,12 @@ export type Config = {
   readonly nets: readonly NetConfig[];
   /** The control socket path (-s/--socket), or null. */
   readonly socket: string | null;
+  /** Run each virtio device in its own jailed process (off with --disable-sandbox). */
+  readonly sandbox: boolean;
+  /** Where seccomp policies are read from instead of the embedded ones (--seccomp-policy-dir). */
+  readonly seccompPolicyDir: string | null;
+  /** Log system calls a policy does not allow instead of killing the device (--seccomp-log-failures). */
+  readonly seccompLogFailures: boolean;
 };
 
 /** The run options as they come from the command line, before validation. */
@@ -187,6 +193,9 @@ export type RawRunOptions = {
   readonly netmask?: string | undefined;
   readonly mac?: string | undefined;
   readonly socket?: string | undefined;
+  readonly disableSandbox?: boolean | undefined;
+  readonly seccompPolicyDir?: string | undefined;
+  readonly seccompLogFailures?: boolean | undefined;
 };
 
 const RunSchema = v.object({
@@ -269,6 +278,9 @@ export function parseRunConfig(raw: RawRunOptions): Config {
     blocks,
     nets,
     socket: checkSocketPath(raw.socket),
+    sandbox: !(raw.disableSandbox ?? false),
+    seccompPolicyDir: raw.seccompPolicyDir ?? null,
+    seccompLogFailures: raw.seccompLogFailures ?? false,
   };
 }
 

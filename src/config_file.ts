@@ -27,6 +27,9 @@ const ConfigFileSchema = v.strictObject({
   rng: v.optional(v.boolean("expected true or false")),
   balloon: v.optional(v.boolean("expected true or false")),
   "log-level": v.optional(v.string()),
+  "disable-sandbox": v.optional(v.boolean("expected true or false")),
+  "seccomp-policy-dir": v.optional(v.string()),
+  "seccomp-log-failures": v.optional(v.boolean("expected true or false")),
 });
 
 /** Reads and validates `path`; errors name the file, the JSON path and what is accepted. */
@@ -58,7 +61,8 @@ export function readConfigFile(path: string): RawRunOptions {
     params: typeof o.params === "string" ? [o.params] : o.params,
     serial: o.serial, block: o.block, disk: o.disk, rwdisk: o.rwdisk, root: o.root, rwroot: o.rwroot,
     net: o.net, hostIp: o.host_ip, netmask: o.netmask, mac: o.mac, socket: o.socket,
-    rng: o.rng, balloon: o.balloon, logLevel: o["log-level"],
+    rng: o.rng, balloon: o.balloon, logLevel: o["log-level"], disableSandbox: o["disable-sandbox"],
+    seccompPolicyDir: o["seccomp-policy-dir"], seccompLogFailures: o["seccomp-log-failures"],
   };
 }
 

@@ -6,6 +6,7 @@ import { ConfigError, parseByteSize, parseRunConfig, type RawRunOptions } from "
 import { mergeRunOptions, readConfigFile } from "./config_file.ts";
 import { ControlError, sendRequest } from "./vm_control/client.ts";
 import { createQcow2 } from "./devices/virtio/block/qcow2.ts";
+import { runDeviceProcess } from "./devices/proxy/device_process.ts";
 import type { VmRequest } from "./vm_control/messages.ts";
 import { EXIT_CODE, runVm } from "./run_vm.ts";
 import { VERSION } from "./version.ts";
@@ -33,6 +34,9 @@ export async function main(argv: readonly string[]): Promise<number> {
         .option("rng", { type: "boolean", describe: "virtio-rng device, on by default (--no-rng to leave it out)" })
         .option("balloon", { type: "boolean", describe: "virtio-balloon device, on by default (--no-balloon to leave it out)" })
         .option("config", { type: "string", describe: "JSON file with these options by long name; flags override it" })
+        .option("disable-sandbox", { type: "boolean", describe: "run the devices inside this process, without jails" })
+        .option("seccomp-policy-dir", { type: "string", describe: "read device seccomp policies from this directory" })
+        .option("seccomp-log-failures", { type: "boolean", describe: "log disallowed system calls instead of killing the device" })
         .option("block", { type: "string", describe: "virtio-blk disk: path=P[,ro=true][,id=ID][,root=true] (repeatable)" })
         .option("disk", { alias: "d", type: "string", describe: "read-only disk image (repeatable)" })
         .option("rwdisk", { type: "string", describe: "read-write disk image (repeatable)" })
@@ -51,6 +55,8 @@ export async function main(argv: readonly string[]): Promise<number> {
           root: single("--root", args.root), rwroot: single("--rwroot", args.rwroot),
           net: repeated(args.net), hostIp: single("--host_ip", args.host_ip), netmask: single("--netmask", args.netmask),
           mac: single("--mac", args.mac), socket: single("--socket", args.socket),
+          disableSandbox: args["disable-sandbox"], seccompPolicyDir: single("--seccomp-policy-dir", args["seccomp-policy-dir"]),
+          seccompLogFailures: args["seccomp-log-failures"],
         };
         const configPath = single("--config", args.config);
         const config = parseRunConfig(configPath === undefined ? raw : mergeRunOptions(readConfigFile(configPath), raw));
@@ -91,6 +97,10 @@ export async function main(argv: readonly string[]): Promise<number> {
         }
         code = 0;
       })
+    .command("device", false, () => {}, () => {
+      // A jailed device process (started by `tsvm run`, never by hand): fds 3.. are set up for it.
+      code = runDeviceProcess();
+    })
     .command("version", "Print tsvm's version", () => {}, () => {
       console.log(`tsvm ${VERSION}`);
       code = 0;
@@ -121,7 +131,8 @@ export async function main(argv: readonly string[]): Promise<number> {
 /** Every long option and alias of `run`, for "did you mean" suggestions. */
 const RUN_FLAGS = [
   "mem", "cpus", "params", "initrd", "serial", "log-level", "rng", "no-rng", "balloon", "no-balloon", "config", "block",
-  "disk", "rwdisk", "root", "rwroot", "net", "host_ip", "netmask", "mac", "socket", "help",
+  "disk", "rwdisk", "root", "rwroot", "net", "host_ip", "netmask", "mac", "socket", "help", "disable-sandbox",
+  "seccomp-policy-dir", "seccomp-log-failures",
 ];
 
 /** Adds "did you mean --x?" to yargs' unknown-argument messages when a known flag is close. */

@@ -32,11 +32,28 @@ import { Net, parseMac, randomMac } from "./devices/virtio/net/net.ts";
 import { Tap } from "./devices/virtio/net/tap.ts";
 import type { DeviceEventLoop, VirtioDevice } from "./devices/virtio/virtio_device.ts";
 import { VirtioPciDevice } from "./devices/virtio/virtio_pci_device.ts";
+import { ProxyDevice } from "./devices/proxy/proxy_device.ts";
+import { policyFileFor } from "./sandbox/policies.ts";
 import { Kvm } from "./kvm/kvm.ts";
 import { type AddressSpace, BusMailbox } from "./vcpu/bus_mailbox.ts";
 import type { VcpuWorkerInit, WorkerRange } from "./vcpu/vcpu_worker.ts";
 import { VCPU_OUTCOME, VCPU_STATE, VcpuShared } from "./vcpu/vcpu_shared.ts";
 import { builtinGuest } from "./builtin_guest.ts";
+
+/** A virtio device to create, before deciding where it runs. */
+type VirtioSpec =
+  | { readonly kind: "block"; readonly label: string; readonly disk: DiskImage; readonly id: string }
+  | { readonly kind: "console"; readonly label: string; readonly output: FdOutput | null; readonly stdin: boolean }
+  | { readonly kind: "net"; readonly label: string; readonly tap: Tap; readonly mac: string }
+  | { readonly kind: "rng"; readonly label: string }
+  | { readonly kind: "balloon"; readonly label: string };
+
+/** Queues per device kind (MSI-X vectors are these plus one for configuration changes). */
+const VIRTIO_QUEUES = { block: 1, console: 2, net: 2, rng: 1, balloon: 3 } as const;
+
+function formatMac(mac: Uint8Array): string {
+  return Array.from(mac, (b) => b.toString(16).padStart(2, "0")).join(":");
+}
 
 /** Exit codes of `tsvm run`. */
 export const EXIT_CODE = { GUEST_EXIT: 0, VM_ERROR: 1, USAGE: 2 } as const;
@@ -45,6 +62,7 @@ export const EXIT_CODE = { GUEST_EXIT: 0, VM_ERROR: 1, USAGE: 2 } as const;
 type Token =
   | "bus_request" | "vcpu_exit" | "device_exit" | "stdin" | "sigint" | "sigterm" | "control_listen"
   | { readonly device: () => void }
+  | { readonly deviceTube: ProxyDevice }
   | { readonly controlClient: number };
 
 const SIGINT = 2;
@@ -191,13 +209,16 @@ class VmRunner {
   #guestExit: string | null = null;
   #workerFailure: string | null = null;
   #kickSignal = 0;
-  /** The balloon, for the control socket (null with --no-balloon). */
-  balloon: Balloon | null = null;
   #stdinIsFile = false;
   #stdinCarry = new Uint8Array(0);
   #pciRoot: PciRoot | null = null;
-  readonly #virtio: VirtioPciDevice[] = [];
-  readonly #blocks: { device: Block; pci: VirtioPciDevice }[] = [];
+  readonly #virtio: { close(): void }[] = [];
+  readonly #proxies: ProxyDevice[] = [];
+  readonly #diskControls: { flush(): boolean; resize(bytes: number): string | null }[] = [];
+  #balloonControl: {
+    setTarget(pages: number): void;
+    stats(): { target: number; actual: number; stats: Readonly<Record<string, number>> | null; refresh(): void };
+  } | null = null;
   #control: ControlServer | null = null;
   #irqRouter!: IrqRouter;
 
@@ -249,7 +270,10 @@ class VmRunner {
     io.insert(new Cmos({ belowHole: lowMemoryEnd(memory), aboveFourGib: memory - lowMemoryEnd(memory) }), CMOS_INDEX_PORT, 2, true);
     this.#pciRoot = this.#createPciRoot();
     io.insert(new PciConfigIo(this.#pciRoot), PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_SIZE);
-    for (const device of this.#virtioDevices()) this.#addVirtio(device);
+    for (const spec of this.#virtioSpecs()) {
+      if (this.#config.sandbox) this.#addSandboxed(spec);
+      else this.#addLocal(spec);
+    }
     // The debug port is stateless: each vCPU keeps its own sink instead of calling the control loop.
     this.#localRanges.io.push({ base: DEBUG_PORT, length: 1, label: "debug port", kind: "sink" });
   }
@@ -265,29 +289,43 @@ class VmRunner {
   }
 
   /** The virtio devices the configuration asks for, in PCI slot order. */
-  #virtioDevices(): VirtioDevice[] {
-    const devices: VirtioDevice[] = this.#disks.map((disk, i) => new Block(disk, this.#config.blocks[i]!.id, `block${i}`));
+  #virtioSpecs(): VirtioSpec[] {
+    const specs: VirtioSpec[] = this.#disks.map((disk, i) => ({ kind: "block", label: `block${i}`, disk, id: this.#config.blocks[i]!.id }));
     const consoleCfg = this.#config.serials.find((s) => s.hardware === "virtio-console");
-    if (consoleCfg) {
-      const output = this.#outputFor(consoleCfg);
-      const console = new Console(output);
-      devices.push(console);
-      if (consoleCfg.stdin) this.#stdinSerial = console;
-    }
+    if (consoleCfg) specs.push({ kind: "console", label: "console", output: this.#outputFor(consoleCfg), stdin: consoleCfg.stdin });
     this.#taps.forEach((tap, i) => {
       const mac = this.#config.nets[i]!.mac;
-      devices.push(new Net(tap, mac === undefined ? randomMac() : parseMac(mac)!));
+      specs.push({ kind: "net", label: `net${i}`, tap, mac: mac === undefined ? formatMac(randomMac()) : mac });
     });
-    if (this.#config.rng) devices.push(new Rng());
-    if (this.#config.balloon) {
-      const FALLOC_FL_PUNCH_HOLE_KEEP_SIZE = 0x03;
-      this.balloon = new Balloon(memfdReleaser(this.#built.memory, (fd, offset, length) => sys.fallocate(fd, FALLOC_FL_PUNCH_HOLE_KEEP_SIZE, offset, length) === 0));
-      devices.push(this.balloon);
-    }
-    return devices;
+    if (this.#config.rng) specs.push({ kind: "rng", label: "rng" });
+    if (this.#config.balloon) specs.push({ kind: "balloon", label: "balloon" });
+    return specs;
   }
 
-  #addVirtio(device: VirtioDevice): void {
+  /** Creates a device in this process (--disable-sandbox). */
+  #addLocal(spec: VirtioSpec): void {
+    const FALLOC_FL_PUNCH_HOLE_KEEP_SIZE = 0x03;
+    let device: VirtioDevice;
+    switch (spec.kind) {
+      case "block": device = new Block(spec.disk, spec.id, spec.label); break;
+      case "console": {
+        const console = new Console(spec.output);
+        if (spec.stdin) this.#stdinSerial = console;
+        device = console;
+        break;
+      }
+      case "net": device = new Net(spec.tap, parseMac(spec.mac)!); break;
+      case "rng": device = new Rng(); break;
+      case "balloon": {
+        const balloon = new Balloon(memfdReleaser(this.#built.memory, (fd, offset, length) => sys.fallocate(fd, FALLOC_FL_PUNCH_HOLE_KEEP_SIZE, offset, length) === 0));
+        this.#balloonControl = {
+          setTarget: (pages) => balloon.setTarget(pages),
+          stats: () => ({ target: balloon.targetPages, actual: balloon.actualPages, stats: balloon.stats, refresh: () => balloon.requestStats() }),
+        };
+        device = balloon;
+        break;
+      }
+    }
     const vm = this.#built.vm;
     const pin = pciSlotPin(this.#virtio.length + 1); // the slot PciRoot.add gives it, wired as the MP table says
     const pci = new VirtioPciDevice(device, {
@@ -301,7 +339,64 @@ class VmRunner {
     const slot = this.#pciRoot!.add(pci);
     if (pciSlotPin(slot) !== pin) throw new Error(`${pci.debugLabel} got slot ${slot}, not the one its INTx pin assumed`);
     this.#virtio.push(pci);
-    if (device instanceof Block) this.#blocks.push({ device, pci });
+    if (device instanceof Block) {
+      const block = device;
+      this.#diskControls.push({
+        flush: () => block.disk.flush(),
+        resize: (bytes) => {
+          const problem = block.disk.resize(bytes);
+          if (problem) return problem;
+          block.refreshCapacity();
+          pci.notifyConfigChanged();
+          return null;
+        },
+      });
+    }
+  }
+
+  /** Starts a device in its own jailed process and puts its proxy on the PCI bus. */
+  #addSandboxed(spec: VirtioSpec): void {
+    const vm = this.#built.vm;
+    const pin = pciSlotPin(this.#virtio.length + 1);
+    const gsis = Array.from({ length: VIRTIO_QUEUES[spec.kind] + 1 }, () => this.#irqRouter.allocateGsi());
+    if (spec.kind === "block" && spec.disk.backed) throw new ConfigError(`disk ${spec.label} has a backing file, which a sandboxed device cannot open; use --disable-sandbox`);
+    const deviceFd = spec.kind === "block" ? spec.disk.fd : spec.kind === "net" ? spec.tap.fd : spec.kind === "console" ? (spec.output?.fd ?? null) : null;
+    if (spec.kind === "console" && deviceFd === null) throw new ConfigError("a sandboxed virtio-console needs an output: type=stdout or type=file (or --disable-sandbox)");
+    const proxy = ProxyDevice.spawn({
+      kind: spec.kind,
+      label: spec.label,
+      memory: this.#built.memory.regions.map((r) => ({ base: r.guestBase, size: r.size })),
+      gsis,
+      intxGsi: pin,
+      policy: policyFileFor(spec.label),
+      policyDir: this.#config.seccompPolicyDir,
+      logFailures: this.#config.seccompLogFailures,
+      logLevel: this.#config.logLevel,
+      ...(spec.kind === "block" ? { block: { readOnly: spec.disk.readOnly, id: spec.id } } : {}),
+      ...(spec.kind === "net" ? { net: { mac: spec.mac } } : {}),
+    }, this.#built.memory.fd, deviceFd, {
+      msiRoute: (gsi, lo, hi, data) => this.#irqRouter.setMsiRoute(gsi, lo, hi, data),
+      irqfd: (fd, gsi) => this.#irqRouter.attachIrqfd(fd, gsi),
+      ioeventfd: (fd, address, length, assign) => vm.setIoeventfd(fd, "mmio", address, length, assign),
+      irqLine: (gsi, level) => vm.setIrqLine(gsi, level),
+    });
+    this.#proxies.push(proxy);
+    this.#virtio.push(proxy);
+    const slot = this.#pciRoot!.add(proxy);
+    if (pciSlotPin(slot) !== pin) throw new Error(`${proxy.debugLabel} got slot ${slot}, not the one its INTx pin assumed`);
+    proxy.syncConfig();
+    this.#wait.add(proxy.tube.fd, { deviceTube: proxy });
+    if (spec.kind === "console" && spec.stdin) this.#stdinSerial = { queueInput: (bytes) => proxy.input(bytes) };
+    if (spec.kind === "balloon") {
+      this.#balloonControl = {
+        setTarget: (pages) => proxy.balloonTarget(pages),
+        stats: () => {
+          const s = proxy.balloonStats() ?? { target: 0, actual: 0, stats: null };
+          return { ...s, refresh: () => {} };
+        },
+      };
+    }
+    if (spec.kind === "block") this.#diskControls.push({ flush: () => proxy.flush(), resize: (bytes) => proxy.diskResize(bytes) });
   }
 
   /** Runs device workers on the control loop: their eventfds are watched like any other. */
@@ -419,6 +514,9 @@ class VmRunner {
           }
           default:
             if ("device" in token) token.device();
+            else if ("deviceTube" in token) {
+              if (!token.deviceTube.drainNotices()) this.#wait.delete(token.deviceTube.tube.fd);
+            }
             else if (!this.#control?.serve(token.controlClient, (r) => this.#handleControl(r))) this.#wait.delete(token.controlClient);
         }
       }
@@ -439,7 +537,7 @@ class VmRunner {
     try {
       switch (request.kind) {
         case "stop":
-          for (const d of this.#disks) d.flush();
+          for (const d of this.#diskControls) d.flush();
           this.#stopRequested = true;
           return { kind: "ok" };
         case "suspend":
@@ -447,18 +545,16 @@ class VmRunner {
         case "resume":
           return this.#resume();
         case "balloon": {
-          if (!this.balloon) return { kind: "error", message: "this VM has no balloon device (--no-balloon)" };
+          if (!this.#balloonControl) return { kind: "error", message: "this VM has no balloon device (--no-balloon)" };
           if (request.bytes > this.#config.memorySize) return { kind: "error", message: `balloon size ${request.bytes} is larger than guest memory (${this.#config.memorySize})` };
-          this.balloon.setTarget(request.bytes / BALLOON_PAGE_SIZE);
+          this.#balloonControl.setTarget(Math.floor(request.bytes / BALLOON_PAGE_SIZE));
           return { kind: "ok" };
         }
         case "balloon_stats": {
-          if (!this.balloon) return { kind: "error", message: "this VM has no balloon device (--no-balloon)" };
-          const b = this.balloon;
-          const json = JSON.stringify({
-            target_bytes: b.targetPages * BALLOON_PAGE_SIZE, actual_bytes: b.actualPages * BALLOON_PAGE_SIZE, stats: b.stats,
-          });
-          b.requestStats(); // the next call sees fresher figures
+          if (!this.#balloonControl) return { kind: "error", message: "this VM has no balloon device (--no-balloon)" };
+          const b = this.#balloonControl.stats();
+          b.refresh(); // the next call sees fresher figures
+          const json = JSON.stringify({ target_bytes: b.target * BALLOON_PAGE_SIZE, actual_bytes: b.actual * BALLOON_PAGE_SIZE, stats: b.stats });
           return { kind: "balloon_stats", json };
         }
         case "disk_resize":
@@ -470,14 +566,12 @@ class VmRunner {
   }
 
   #resizeDisk(index: number, bytes: number): VmResponse {
-    const block = this.#blocks[index];
-    if (!block) return { kind: "error", message: `no disk ${index} (this VM has ${this.#blocks.length})` };
-    if (block.device.disk.readOnly) return { kind: "error", message: `disk ${index} is read-only` };
+    const disk = this.#diskControls[index];
+    if (!disk) return { kind: "error", message: `no disk ${index} (this VM has ${this.#diskControls.length})` };
+    if (this.#disks[index]!.readOnly) return { kind: "error", message: `disk ${index} is read-only` };
     if (bytes % SECTOR_SIZE !== 0 || bytes === 0) return { kind: "error", message: `size ${bytes} is not a positive multiple of ${SECTOR_SIZE} bytes` };
-    const problem = block.device.disk.resize(bytes);
+    const problem = disk.resize(bytes);
     if (problem) return { kind: "error", message: `failed to resize disk ${index}: ${problem}` };
-    block.device.refreshCapacity();
-    block.pci.notifyConfigChanged();
     return { kind: "ok" };
   }
 
@@ -520,6 +614,8 @@ class VmRunner {
 
   /** Returns how the VM ends if it should end now. */
   #ending(): Ending | null {
+    const deadDevice = this.#proxies.find((p) => p.dead !== null);
+    if (deadDevice) return { code: EXIT_CODE.VM_ERROR, message: `stopping: ${deadDevice.dead}` };
     if (this.#stopRequested) return { code: EXIT_CODE.GUEST_EXIT, message: null };
     if (this.#workerFailure) return { code: EXIT_CODE.VM_ERROR, message: this.#workerFailure };
     for (const vcpu of this.#built.vcpus) {

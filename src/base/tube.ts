@@ -9,7 +9,10 @@ const EAGAIN = 11;
 const EINTR = 4;
 
 /** What can go wrong receiving: the peer closed, or nothing came in time. */
-export type TubeReceiveResult = { readonly kind: "message"; readonly bytes: Uint8Array } | { readonly kind: "closed" } | { readonly kind: "timeout" };
+export type TubeReceiveResult =
+  | { readonly kind: "message"; readonly bytes: Uint8Array; readonly fds: readonly number[] }
+  | { readonly kind: "closed" }
+  | { readonly kind: "timeout" };
 
 /** One end of a seqpacket connection carrying encoded messages. */
 export class Tube extends OwnedFd {
@@ -18,31 +21,33 @@ export class Tube extends OwnedFd {
   readonly #fds = new Int32Array(socket.MAX_FDS_PER_MESSAGE);
   readonly #fdCount = new Int32Array(1);
 
-  /** Sends one message; throws when it is too big or the peer is gone. */
-  send(bytes: Uint8Array): void {
+  /** Sends one message (with `fds` attached); throws when it is too big or the peer is gone. */
+  send(bytes: Uint8Array, fds: readonly number[] = []): void {
     if (bytes.byteLength > MAX_MESSAGE_SIZE) throw new Error(`failed to send a message of ${bytes.byteLength} bytes: the limit is ${MAX_MESSAGE_SIZE}`);
+    const attached = fds.length === 0 ? this.#noFds : Int32Array.from(fds);
     for (;;) {
-      const n = socket.sendWithFds(this.fd, bytes, bytes.byteLength, this.#noFds);
+      const n = socket.sendWithFds(this.fd, bytes, bytes.byteLength, attached);
       if (n === -EINTR) continue;
       if (n < 0) throw new SysError("send a message", -n);
       return;
     }
   }
 
-  /** Receives one message, waiting up to `timeoutMs` (-1: forever). File descriptors sent along are closed. */
+  /** Receives one message, waiting up to `timeoutMs` (-1: forever). Received fds belong to the caller. */
   receive(timeoutMs: number): TubeReceiveResult {
     const ready = socket.waitReadable(this.fd, timeoutMs);
     if (ready === 0) return { kind: "timeout" };
     if (ready < 0 && ready !== -EINTR) throw new SysError("wait for a message", -ready);
     for (;;) {
       const n = socket.recvWithFds(this.fd, this.#buffer, this.#fds, this.#fdCount);
-      for (let i = 0; i < this.#fdCount[0]!; i++) sys.close(this.#fds[i]!);
+      const fds = Array.from(this.#fds.subarray(0, this.#fdCount[0]!));
       this.#fdCount[0] = 0;
+      if (n <= 0) for (const fd of fds) sys.close(fd);
       if (n === -EINTR) continue;
       if (n === -EAGAIN) return { kind: "timeout" };
       if (n < 0) throw new SysError("receive a message", -n);
       if (n === 0) return { kind: "closed" };
-      return { kind: "message", bytes: this.#buffer.slice(0, n) };
+      return { kind: "message", bytes: this.#buffer.slice(0, n), fds };
     }
   }
 }

@@ -61,6 +61,7 @@ export class ControlServer extends OwnedFd {
       const message = tube.receive(0);
       if (message.kind === "closed") return this.#drop(fd);
       if (message.kind === "timeout") return true;
+      for (const fd of message.fds) sys.close(fd); // clients have no business sending fds
       const request = decodeRequest(message.bytes);
       reply = request.ok ? handle(request.value) : { kind: "error", message: `malformed request: ${request.reason}` };
     } catch {

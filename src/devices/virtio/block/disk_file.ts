@@ -19,6 +19,10 @@ export interface DiskImage {
   /** Virtual size in bytes. */
   readonly size: number;
   readonly format: "raw" | "qcow2";
+  /** The image file (for handing to a device process). */
+  readonly fd: number;
+  /** Whether reads may go to a backing file (which a jailed device could not open). */
+  readonly backed: boolean;
   readInto(views: readonly Uint8Array[], offset: number): boolean;
   writeFrom(views: readonly Uint8Array[], offset: number): boolean;
   flush(): boolean;
@@ -32,6 +36,7 @@ export interface DiskImage {
 /** A host file holding a raw disk image. I/O methods return false on failure; they never throw. */
 export class DiskFile extends OwnedFd implements DiskImage {
   readonly format = "raw";
+  readonly backed = false;
   readonly readOnly: boolean;
   #size: number;
 
@@ -39,6 +44,11 @@ export class DiskFile extends OwnedFd implements DiskImage {
     super(fd);
     this.readOnly = readOnly;
     this.#size = sys.fileSize(fd);
+  }
+
+  /** Wraps an fd opened (and locked) by another process, as a jailed device process receives it. */
+  static fromFd(fd: number, readOnly: boolean): DiskFile {
+    return new DiskFile(fd, readOnly);
   }
 
   /** Opens `path` (read-only or read-write) and takes a shared or exclusive lock on it. */

@@ -135,6 +135,14 @@ export class Qcow2Image implements DiskImage {
     return this.#h.size;
   }
 
+  get fd(): number {
+    return this.#file.fd;
+  }
+
+  get backed(): boolean {
+    return this.#backing !== null;
+  }
+
   readInto(views: readonly Uint8Array[], offset: number): boolean {
     let at = offset;
     for (const view of views) {

@@ -1,0 +1,203 @@
+// proxy_device.ts - the VMM's side of a device process: a PciDevice whose accesses are requests on a tube.
+import { jail, socket, sys } from "../../../ffi/mod.ts";
+import { Tube } from "../../base/tube.ts";
+import { PciConfiguration } from "../pci/pci_configuration.ts";
+import { PCI, type PciDevice } from "../pci/mod.ts";
+import { type DeviceSetup, MessageReader, MessageWriter, NOTICE, REQUEST } from "./messages.ts";
+
+/** What a device process asks the VMM to do with the VM fd. */
+export type VmOperations = {
+  msiRoute(gsi: number, addressLo: number, addressHi: number, data: number): void;
+  irqfd(fd: number, gsi: number): void;
+  ioeventfd(fd: number, address: number, length: number, assign: boolean): void;
+  irqLine(gsi: number, level: boolean): void;
+};
+
+/** How long a device process may take to answer one request, or to start. */
+const CALL_TIMEOUT_MS = 5000;
+const START_TIMEOUT_MS = 10_000;
+/** Host ids the jailed processes' ids 0 and 1 map to. */
+const JAIL_ID_BASE = 100_000;
+const SIGSYS = 31;
+
+/** A virtio-pci function running in its own jailed process. */
+export class ProxyDevice implements PciDevice {
+  readonly debugLabel: string;
+  /** A mirror of the device's BARs and command register, for PciRoot's bookkeeping. */
+  readonly config: PciConfiguration;
+  #dead: string | null = null;
+
+  private constructor(readonly label: string, readonly pid: number, readonly tube: Tube, readonly vm: VmOperations) {
+    this.debugLabel = `virtio-${label} (pid ${pid})`;
+    this.config = new PciConfiguration({ vendorId: 0x1af4, deviceId: 0x1040, classCode: 0xff0000 });
+    this.config.addBar({ index: 0, size: 0x8000, kind: "memory32" }); // VirtioPciDevice's one BAR
+  }
+
+  /** Starts the device process for `setup` with the guest memfd and its own fd, and waits until it is locked down. */
+  static spawn(setup: DeviceSetup, memoryFd: number, deviceFd: number | null, vm: VmOperations): ProxyDevice {
+    const [ours, theirs] = socket.seqpacketPair();
+    const command = Bun.isStandaloneExecutable ? [process.execPath, "device"] : [process.execPath, Bun.main, "device"];
+    const fds = deviceFd === null ? [theirs, memoryFd] : [theirs, memoryFd, deviceFd];
+    const pid = jail.spawnJailed(command[0]!, command, ["BUN_RUNTIME_TRANSPILER_CACHE_PATH=0"], fds, JAIL_ID_BASE);
+    sys.close(theirs);
+    const tube = new Tube(ours);
+    if (pid < 0) {
+      tube.close();
+      throw new Error(`failed to start the ${setup.label} device process: errno ${-pid}`);
+    }
+    const proxy = new ProxyDevice(setup.label, pid, tube, vm);
+    tube.send(new MessageWriter(REQUEST.SETUP).text(JSON.stringify(setup)).done());
+    for (;;) {
+      const m = tube.receive(START_TIMEOUT_MS);
+      if (m.kind !== "message") {
+        const status = proxy.reap(true);
+        throw new Error(`the ${setup.label} device process did not start (${status})`);
+      }
+      const r = new MessageReader(m.bytes);
+      if (r.kind === NOTICE.READY) return proxy;
+      if (r.kind === NOTICE.FAILED) throw new Error(`the ${setup.label} device process failed to start: ${r.text()}`);
+      proxy.#notice(r, m.fds);
+    }
+  }
+
+  /** Why the process is gone, or null while it runs. */
+  get dead(): string | null {
+    return this.#dead;
+  }
+
+  /** Tells the device where PciRoot put its BAR and that decoding is on. */
+  syncConfig(): void {
+    this.#call(new MessageWriter(REQUEST.CONFIG_WRITE).u16(PCI.BAR0).u8(4).u32(this.config.read(PCI.BAR0, 4)));
+    this.#call(new MessageWriter(REQUEST.CONFIG_WRITE).u16(PCI.COMMAND).u8(2).u32(this.config.command));
+  }
+
+  readConfig(offset: number, length: number): number {
+    return this.#call(new MessageWriter(REQUEST.CONFIG_READ).u16(offset).u8(length))?.u32() ?? 0xffffffff;
+  }
+
+  writeConfig(offset: number, length: number, value: number): void {
+    this.config.write(offset, length, value);
+    this.#call(new MessageWriter(REQUEST.CONFIG_WRITE).u16(offset).u8(length).u32(value));
+  }
+
+  readBar(index: number, offset: number, data: Uint8Array): void {
+    const reply = this.#call(new MessageWriter(REQUEST.BAR_READ).u8(index).u32(offset).u8(data.byteLength));
+    if (reply === null) data.fill(0xff);
+    else data.set(reply.rest().subarray(0, data.byteLength));
+  }
+
+  writeBar(index: number, offset: number, data: Uint8Array): void {
+    this.#call(new MessageWriter(REQUEST.BAR_WRITE).u8(index).u32(offset).u8(data.byteLength).bytes(data));
+  }
+
+  /** Console input; returns the bytes the device accepted. */
+  input(bytes: Uint8Array): number {
+    return this.#call(new MessageWriter(REQUEST.INPUT).bytes(bytes.subarray(0, 3000)))?.u32() ?? 0;
+  }
+
+  balloonTarget(pages: number): void {
+    this.#call(new MessageWriter(REQUEST.BALLOON_TARGET).u32(pages));
+  }
+
+  balloonStats(): { target: number; actual: number; stats: Record<string, number> | null } | null {
+    const text = this.#call(new MessageWriter(REQUEST.BALLOON_STATS))?.text();
+    return text ? JSON.parse(text) : null;
+  }
+
+  /** Resizes the disk; returns why it could not, or null. */
+  diskResize(bytes: number): string | null {
+    const reply = this.#call(new MessageWriter(REQUEST.DISK_RESIZE).f64(bytes));
+    if (reply === null) return this.#dead ?? "the device process is gone";
+    const problem = reply.text();
+    return problem === "" ? null : problem;
+  }
+
+  flush(): boolean {
+    return this.#call(new MessageWriter(REQUEST.FLUSH))?.u8() === 0;
+  }
+
+  /** Handles what the device sent while no request was waiting; returns false when it has gone. */
+  drainNotices(): boolean {
+    for (;;) {
+      const m = this.tube.receive(0);
+      if (m.kind === "timeout") return true;
+      if (m.kind === "closed") {
+        this.#died();
+        return false;
+      }
+      this.#notice(new MessageReader(m.bytes), m.fds);
+    }
+  }
+
+  /** Waits for (or polls) the process and describes how it ended. */
+  reap(block: boolean): string {
+    const [r, status] = jail.waitpid(this.pid, !block);
+    if (r <= 0) return "still running";
+    const signal = status & 0x7f;
+    if (signal === 0) return `exited with status ${(status >> 8) & 0xff}`;
+    return signal === SIGSYS ? "was killed by SIGSYS: a system call its seccomp policy does not allow" : `was killed by signal ${signal}`;
+  }
+
+  /** Ends the process (its tube closing makes it exit; a stuck one is killed). */
+  close(): void {
+    this.tube.close();
+    if (this.#dead === null) {
+      try {
+        process.kill(this.pid, "SIGKILL");
+      } catch {
+        // already gone
+      }
+      this.reap(true);
+    }
+  }
+
+  #died(): void {
+    if (this.#dead !== null) return;
+    this.#dead = `device process ${this.label} (pid ${this.pid}) ${this.reap(true)}`;
+  }
+
+  /** Sends a request and waits for its result, carrying out VM operations that arrive meanwhile. */
+  #call(request: MessageWriter): MessageReader | null {
+    if (this.#dead !== null) return null;
+    try {
+      this.tube.send(request.done());
+      for (;;) {
+        const m = this.tube.receive(CALL_TIMEOUT_MS);
+        if (m.kind !== "message") {
+          if (m.kind === "timeout") process.kill(this.pid, "SIGKILL");
+          this.#died();
+          return null;
+        }
+        const r = new MessageReader(m.bytes);
+        if (r.kind === NOTICE.RESULT) return r;
+        this.#notice(r, m.fds);
+      }
+    } catch {
+      this.#died();
+      return null;
+    }
+  }
+
+  #notice(r: MessageReader, fds: readonly number[]): void {
+    switch (r.kind) {
+      case NOTICE.MSI_ROUTE:
+        this.vm.msiRoute(r.u32(), r.u32(), r.u32(), r.u32());
+        break;
+      case NOTICE.IRQFD:
+        if (fds[0] !== undefined) this.vm.irqfd(fds[0], r.u32());
+        break;
+      case NOTICE.IOEVENTFD: {
+        const address = r.f64();
+        const length = r.u32();
+        const assign = r.u8() === 1;
+        if (fds[0] !== undefined) this.vm.ioeventfd(fds[0], address, length, assign);
+        break;
+      }
+      case NOTICE.IRQ_LINE:
+        this.vm.irqLine(r.u32(), r.u8() === 1);
+        break;
+    }
+    // The VM keeps its own references (KVM holds irqfds and ioeventfds); our copies can go.
+    for (const fd of fds) sys.close(fd);
+  }
+}
