@@ -33,7 +33,7 @@ import { Tap } from "./devices/virtio/net/tap.ts";
 import type { DeviceEventLoop, VirtioDevice } from "./devices/virtio/virtio_device.ts";
 import { VirtioPciDevice } from "./devices/virtio/virtio_pci_device.ts";
 import { ProxyDevice } from "./devices/proxy/proxy_device.ts";
-import { policyFileFor } from "./sandbox/policies.ts";
+import { loadPolicies, policyFileFor } from "./sandbox/policies.ts";
 import { Kvm } from "./kvm/kvm.ts";
 import { type AddressSpace, BusMailbox } from "./vcpu/bus_mailbox.ts";
 import type { VcpuWorkerInit, WorkerRange } from "./vcpu/vcpu_worker.ts";
@@ -354,6 +354,18 @@ class VmRunner {
     }
   }
 
+  #policiesCache: Record<string, string> | null = null;
+  get #policies(): Record<string, string> {
+    if (this.#policiesCache === null) {
+      try {
+        this.#policiesCache = loadPolicies(this.#config.seccompPolicyDir);
+      } catch (e) {
+        throw new ConfigError(`--seccomp-policy-dir: cannot read ${this.#config.seccompPolicyDir} (${(e as NodeJS.ErrnoException).code ?? String(e)})`);
+      }
+    }
+    return this.#policiesCache;
+  }
+
   /** Starts a device in its own jailed process and puts its proxy on the PCI bus. */
   #addSandboxed(spec: VirtioSpec): void {
     const vm = this.#built.vm;
@@ -369,7 +381,7 @@ class VmRunner {
       gsis,
       intxGsi: pin,
       policy: policyFileFor(spec.label),
-      policyDir: this.#config.seccompPolicyDir,
+      policies: this.#policies,
       logFailures: this.#config.seccompLogFailures,
       logLevel: this.#config.logLevel,
       ...(spec.kind === "block" ? { block: { readOnly: spec.disk.readOnly, id: spec.id } } : {}),

@@ -1,5 +1,5 @@
 // policies.ts - the seccomp policies embedded in the executable, and --seccomp-policy-dir overrides.
-import { readFileSync } from "node:fs";
+import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import balloon from "../../seccomp/x86_64/balloon_device.policy" with { type: "text" };
 import block from "../../seccomp/x86_64/block_device.policy" with { type: "text" };
@@ -22,6 +22,14 @@ export const EMBEDDED_POLICIES: Readonly<Record<string, string>> = {
 /** The policy file of a device, by its debug label (`block0` -> block_device.policy). */
 export function policyFileFor(deviceLabel: string): string {
   return `${deviceLabel.replace(/\d+$/, "")}_device.policy`;
+}
+
+/** Returns every policy file by name: those in `dir` (--seccomp-policy-dir), or the embedded ones. */
+export function loadPolicies(dir: string | null): Record<string, string> {
+  if (dir === null) return { ...EMBEDDED_POLICIES };
+  const out: Record<string, string> = {};
+  for (const name of readdirSync(dir)) if (name.endsWith(".policy")) out[name] = readFileSync(join(dir, name), "utf8");
+  return out;
 }
 
 /** Reads policies from `dir` when given (--seccomp-policy-dir), else from the embedded set. */

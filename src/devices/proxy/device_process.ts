@@ -10,7 +10,6 @@ import { WaitContext } from "../../base/wait_context.ts";
 import { GuestMemory } from "../../memory/mod.ts";
 import { compilePolicy } from "../../sandbox/bpf.ts";
 import { parsePolicy } from "../../sandbox/policy.ts";
-import { policySource } from "../../sandbox/policies.ts";
 import type { IrqLine } from "../interrupt.ts";
 import { FdOutput } from "../serial_output.ts";
 import { Balloon, memfdReleaser } from "../virtio/balloon.ts";
@@ -69,7 +68,7 @@ export function runDeviceProcess(): number {
       ioeventfd: (fd, address, length, assign) =>
         tube.send(new MessageWriter(NOTICE.IOEVENTFD).f64(address).u32(length).u8(assign ? 1 : 0).done(), [fd]),
     });
-    const filter = compilePolicy(parsePolicy(setup.policy, policySource(setup.policyDir)), setup.logFailures ? "log" : "kill");
+    const filter = compilePolicy(parsePolicy(setup.policy, (name) => setup.policies[name] ?? null), setup.logFailures ? "log" : "kill");
     // Touch what initializes lazily before the jail: the RNG (madvise WIPEONFORK) and time zones.
     crypto.getRandomValues(new Uint8Array(16));
     void new Date().toString();

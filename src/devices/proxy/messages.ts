@@ -105,7 +105,8 @@ export type DeviceSetup = {
   readonly gsis: readonly number[];
   readonly intxGsi: number;
   readonly policy: string;
-  readonly policyDir: string | null;
+  /** The policy files by name (read by the VMM: the device process cannot open files). */
+  readonly policies: Readonly<Record<string, string>>;
   readonly logFailures: boolean;
   readonly logLevel: string;
   readonly block?: { readonly readOnly: boolean; readonly id: string };

@@ -1,0 +1,87 @@
+// Device processes under real KVM: each virtio device runs jailed; a dying device stops the VM.
+import { describe, expect, test } from "bun:test";
+import { readdirSync, readFileSync, readlinkSync, writeFileSync } from "node:fs";
+import { join, resolve } from "node:path";
+import { HAS_KVM, runTsvm, tempDir, TsvmProcess } from "../support/tsvm.ts";
+
+const TIMEOUT = 60_000;
+
+/** The pids whose parent is `pid`. */
+function childrenOf(pid: number): number[] {
+  return readdirSync("/proc").filter((d) => /^\d+$/.test(d)).map(Number).filter((p) => {
+    try {
+      return Number(readFileSync(`/proc/${p}/stat`, "utf8").split(") ")[1]!.split(" ")[1]) === pid;
+    } catch {
+      return false;
+    }
+  });
+}
+
+function field(pid: number, name: string): string {
+  return new RegExp(`^${name}:\\s*(.*)$`, "m").exec(readFileSync(`/proc/${pid}/status`, "utf8"))![1]!.trim();
+}
+
+describe.skipIf(!HAS_KVM || process.getuid?.() !== 0)("sandboxed device processes", () => {
+  test("each device runs in its own namespaces with no capabilities, no_new_privs, seccomp and an empty root", async () => {
+    const disk = join(tempDir(), "disk.img");
+    writeFileSync(disk, new Uint8Array(1 << 20));
+    using vm = new TsvmProcess(["run", "-p", "tsvm.mode=serve", "--block", `path=${disk}`]);
+    await vm.waitForOutput(/serving/, 30_000);
+    const devices = childrenOf(vm.child.pid);
+    expect(devices.length).toBe(3); // block, rng, balloon
+    for (const pid of devices) {
+      for (const ns of ["user", "pid", "mnt", "net", "ipc", "uts"]) {
+        expect([ns, readlinkSync(`/proc/${pid}/ns/${ns}`) === readlinkSync(`/proc/${vm.child.pid}/ns/${ns}`)]).toEqual([ns, false]);
+      }
+      expect({ CapEff: field(pid, "CapEff"), NoNewPrivs: field(pid, "NoNewPrivs"), Seccomp: field(pid, "Seccomp") })
+        .toEqual({ CapEff: "0000000000000000", NoNewPrivs: "1", Seccomp: "2" });
+      expect(readdirSync(`/proc/${pid}/root`)).toEqual([]);
+      // Every fd is a std stream, one it was given (tube, guest memory, its disk) or the runtime's own.
+      const targets = readdirSync(`/proc/${pid}/fd`).map((fd) => readlinkSync(`/proc/${pid}/fd/${fd}`));
+      const unexpected = targets.filter((t) => !/^(socket:|anon_inode:|pipe:|\/memfd:|\/dev\/null)/.test(t) && t !== resolve(disk));
+      expect(unexpected).toEqual([]);
+    }
+  }, TIMEOUT);
+
+  test("kill -9 of a device process stops the VM, naming the device", async () => {
+    using vm = new TsvmProcess(["run", "-p", "tsvm.mode=serve"]);
+    await vm.waitForOutput(/serving/, 30_000);
+    const [victim] = childrenOf(vm.child.pid);
+    process.kill(victim!, "SIGKILL");
+    const started = performance.now();
+    expect(await vm.exit(10_000)).toBe(1);
+    expect(performance.now() - started).toBeLessThan(2000);
+    expect(vm.stderr).toMatch(new RegExp(`stopping: device process \\w+ \\(pid ${victim}\\) was killed by signal 9`));
+  }, TIMEOUT);
+
+  test("a system call outside the device's policy kills it with SIGSYS, and the VM stops naming it", async () => {
+    const dir = tempDir();
+    for (const f of readdirSync(resolve(import.meta.dir, "../../seccomp/x86_64"))) {
+      const text = readFileSync(resolve(import.meta.dir, "../../seccomp/x86_64", f), "utf8");
+      writeFileSync(join(dir, f), text.replace(/^getrandom: 1$/m, "# getrandom taken away for this test"));
+    }
+    const r = await runTsvm(["run", "--seccomp-policy-dir", dir, "--no-balloon"]);
+    expect(r.stderr).toMatch(/stopping: device process rng \(pid \d+\) was killed by SIGSYS: a system call its seccomp policy does not allow/);
+    expect(r.code).toBe(1);
+  }, TIMEOUT);
+
+  test("--seccomp-log-failures logs that call instead, and the guest's checks pass", async () => {
+    const dir = tempDir();
+    for (const f of readdirSync(resolve(import.meta.dir, "../../seccomp/x86_64"))) {
+      const text = readFileSync(resolve(import.meta.dir, "../../seccomp/x86_64", f), "utf8");
+      writeFileSync(join(dir, f), text.replace(/^getrandom: 1$/m, "# getrandom taken away for this test"));
+    }
+    const r = await runTsvm(["run", "--seccomp-policy-dir", dir, "--seccomp-log-failures"]);
+    expect(r.stdout).toContain("ok   virtio-rng:");
+    expect(r.code).toBe(0);
+  }, TIMEOUT);
+
+  test("--disable-sandbox runs the same devices inside tsvm, with the same results", async () => {
+    const disk = join(tempDir(), "disk.img");
+    writeFileSync(disk, new Uint8Array(1 << 20));
+    using vm = new TsvmProcess(["run", "--disable-sandbox", "-p", "tsvm.mode=serve", "--block", `path=${disk}`]);
+    await vm.waitForOutput(/serving/, 30_000);
+    expect(childrenOf(vm.child.pid)).toEqual([]);
+    for (const check of ["virtio-rng", "virtio-balloon", "virtio-blk0"]) expect(vm.stdout).toContain(`ok   ${check}:`);
+  }, TIMEOUT);
+});
