@@ -28,6 +28,8 @@
 #define JAIL_NS_FLAGS (CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS)
 /* fds are first moved this high so that placing them at 3, 4, ... never overwrites one still needed */
 #define FD_PARKING 1000
+/* where the program to execute waits (close-on-exec) while the other fds are placed */
+#define FD_EXEC (FD_PARKING + 100)
 
 static int write_file(const char *path, const char *text)
 {
@@ -40,7 +42,7 @@ static int write_file(const char *path, const char *text)
 	return n == (ssize_t)strlen(text) ? 0 : -err;
 }
 
-static void child(const char *path, char *const argv[], char *const envp[], const int *fds, int nfds, int sync_fd)
+static void child(int exec_fd, char *const argv[], char *const envp[], const int *fds, int nfds, int sync_fd)
 {
 	char go;
 	/* wait until the parent has written our id maps */
@@ -57,14 +59,19 @@ static void child(const char *path, char *const argv[], char *const envp[], cons
 	/* a /proc for the new PID namespace: Bun needs one to start */
 	if (syscall(SYS_mount, "proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
 		syscall(SYS_exit_group, 123);
+	if (syscall(SYS_dup3, exec_fd, FD_EXEC, O_CLOEXEC) < 0)
+		syscall(SYS_exit_group, 124);
 	for (int i = 0; i < nfds; i++)
 		if (syscall(SYS_dup3, fds[i], FD_PARKING + i, 0) < 0)
 			syscall(SYS_exit_group, 124);
 	for (int i = 0; i < nfds; i++)
 		if (syscall(SYS_dup3, FD_PARKING + i, 3 + i, 0) < 0)
 			syscall(SYS_exit_group, 125);
-	syscall(SYS_close_range, 3 + nfds, ~0U, 0);
-	syscall(SYS_execve, path, argv, envp);
+	syscall(SYS_close_range, 3 + nfds, FD_EXEC - 1, 0);
+	syscall(SYS_close_range, FD_EXEC + 1, ~0U, 0);
+	/* by fd: the program was opened by the parent, so its directories need not be searchable by
+	 * the unprivileged ids the child runs as */
+	syscall(SYS_execveat, FD_EXEC, "", argv, envp, AT_EMPTY_PATH);
 	syscall(SYS_exit_group, 127);
 }
 
@@ -76,19 +83,27 @@ int tsvm_spawn_jailed(const char *path, char *const argv[], char *const envp[], 
 	char text[64], file[64];
 	if (nfds < 0 || nfds > 64)
 		return -EINVAL;
-	if (pipe2(sync, O_CLOEXEC) < 0)
+	int exec_fd = open(path, O_PATH | O_CLOEXEC);
+	if (exec_fd < 0)
 		return -errno;
+	if (pipe2(sync, O_CLOEXEC) < 0) {
+		int err = errno;
+		close(exec_fd);
+		return -err;
+	}
 	long pid = syscall(SYS_clone, JAIL_NS_FLAGS | SIGCHLD, NULL, NULL, NULL, NULL);
 	if (pid < 0) {
 		int err = errno;
 		close(sync[0]);
 		close(sync[1]);
+		close(exec_fd);
 		return -err;
 	}
 	if (pid == 0) {
 		syscall(SYS_close, sync[1]);
-		child(path, argv, envp, fds, nfds, sync[0]);
+		child(exec_fd, argv, envp, fds, nfds, sync[0]);
 	}
+	close(exec_fd);
 	close(sync[0]);
 	int r = 0;
 	snprintf(text, sizeof(text), "0 %u 2\n", id_base);

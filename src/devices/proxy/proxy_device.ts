@@ -48,7 +48,12 @@ export class ProxyDevice implements PciDevice {
     const proxy = new ProxyDevice(setup.label, pid, tube, vm);
     tube.send(new MessageWriter(REQUEST.SETUP).text(JSON.stringify(setup)).done());
     for (;;) {
-      const m = tube.receive(START_TIMEOUT_MS);
+      let m: ReturnType<Tube["receive"]>;
+      try {
+        m = tube.receive(START_TIMEOUT_MS);
+      } catch {
+        m = { kind: "closed" };
+      }
       if (m.kind !== "message") {
         const status = proxy.reap(true);
         throw new Error(`the ${setup.label} device process did not start (${status})`);
