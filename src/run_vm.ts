@@ -549,6 +549,7 @@ class VmRunner {
     try {
       switch (request.kind) {
         case "stop":
+          if (this.#suspended) this.#resume(); // devices must run to flush
           for (const d of this.#diskControls) d.flush();
           this.#stopRequested = true;
           return { kind: "ok" };
@@ -557,12 +558,14 @@ class VmRunner {
         case "resume":
           return this.#resume();
         case "balloon": {
+          if (this.#suspended) return { kind: "error", message: "the VM is suspended; resume it first" };
           if (!this.#balloonControl) return { kind: "error", message: "this VM has no balloon device (--no-balloon)" };
           if (request.bytes > this.#config.memorySize) return { kind: "error", message: `balloon size ${request.bytes} is larger than guest memory (${this.#config.memorySize})` };
           this.#balloonControl.setTarget(Math.floor(request.bytes / BALLOON_PAGE_SIZE));
           return { kind: "ok" };
         }
         case "balloon_stats": {
+          if (this.#suspended) return { kind: "error", message: "the VM is suspended; resume it first" };
           if (!this.#balloonControl) return { kind: "error", message: "this VM has no balloon device (--no-balloon)" };
           const b = this.#balloonControl.stats();
           b.refresh(); // the next call sees fresher figures
@@ -570,6 +573,7 @@ class VmRunner {
           return { kind: "balloon_stats", json };
         }
         case "disk_resize":
+          if (this.#suspended) return { kind: "error", message: "the VM is suspended; resume it first" };
           return this.#resizeDisk(request.index, request.bytes);
       }
     } catch (e) {
@@ -609,6 +613,8 @@ class VmRunner {
     }
     this.#savedClock = this.#built.vm.getClock();
     for (const fd of this.#deviceFds.keys()) this.#wait.delete(fd);
+    // Device processes stop entirely: no queue is served while the VM is suspended.
+    for (const p of this.#proxies) if (p.dead === null) process.kill(p.pid, "SIGSTOP");
     this.#suspended = true;
     return { kind: "ok" };
   }
@@ -616,6 +622,7 @@ class VmRunner {
   #resume(): VmResponse {
     if (!this.#suspended) return { kind: "ok" };
     if (this.#savedClock !== null) this.#built.vm.setClock(this.#savedClock);
+    for (const p of this.#proxies) if (p.dead === null) process.kill(p.pid, "SIGCONT");
     for (const [fd, handler] of this.#deviceFds) this.#wait.add(fd, { device: handler });
     this.#suspended = false;
     this.#shared.resume();

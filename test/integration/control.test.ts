@@ -1,6 +1,6 @@
 // The control socket: tsvm run -s PATH and the subcommands that talk to it, against a running test guest.
 import { describe, expect, test } from "bun:test";
-import { existsSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { HAS_KVM, runTsvm, tempDir, TsvmProcess } from "../support/tsvm.ts";
 
@@ -62,6 +62,16 @@ describe.skipIf(!HAS_KVM)("the control socket", () => {
     await vm.waitForOutput(/(tick\r?\n[^]*){3}/, 30_000);
     expect((await runTsvm(["suspend", socket])).code).toBe(0);
     const atSuspend = ticks(vm.stdout);
+    const devices = readdirSync("/proc").filter((d) => /^\d+$/.test(d)).filter((p) => {
+      try {
+        return readFileSync(`/proc/${p}/stat`, "utf8").split(") ")[1]!.split(" ")[1] === String(vm.child.pid);
+      } catch {
+        return false;
+      }
+    });
+    for (const pid of devices) expect(/^State:\s+T/m.test(readFileSync(`/proc/${pid}/status`, "utf8"))).toBe(true);
+    const balloonWhileSuspended = await runTsvm(["balloon", "4M", socket]);
+    expect([balloonWhileSuspended.code, balloonWhileSuspended.stderr]).toEqual([1, expect.stringContaining("suspended")]);
     await Bun.sleep(1500); // the experiment: 1.5 s of host time in which the guest must not run
     expect(ticks(vm.stdout)).toBe(atSuspend);
     expect((await runTsvm(["resume", socket])).code).toBe(0);
