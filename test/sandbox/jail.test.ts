@@ -1,7 +1,7 @@
 // The jail, applied to a C probe by the same C library tsvm uses: namespaces, no capabilities,
 // no_new_privs, seccomp, an empty root, only the fds it was given; a forbidden call is fatal.
 import { afterAll, describe, expect, test } from "bun:test";
-import { chmodSync, openSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from "node:fs";
+import { chmodSync, copyFileSync, openSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { jail, socket, sys } from "../../ffi/mod.ts";
 import { compilePolicy } from "../../src/sandbox/bpf.ts";
@@ -19,7 +19,9 @@ describe.skipIf(!CAN_JAIL)("the device jail", () => {
   const dir = tempDir();
   chmodSync(dir, 0o755); // the probe runs as an unprivileged id on the host: it must reach its program
   const probe = join(dir, "probe");
-  const lib = resolve(import.meta.dir, "../../build");
+  // The probe runs as an unprivileged host id, so its library must sit where that id can read it.
+  const lib = dir;
+  copyFileSync(resolve(import.meta.dir, "../../build/libtsvm.so"), join(lib, "libtsvm.so"));
   const cc = Bun.spawnSync(["gcc", "-O1", "-o", probe, join(import.meta.dir, "../support/jail_probe.c"), `-L${lib}`, "-ltsvm", `-Wl,-rpath,${lib}`], { stderr: "pipe" });
   if (cc.exitCode !== 0) throw new Error(cc.stderr.toString());
   const filterPath = join(dir, "probe.bpf");
