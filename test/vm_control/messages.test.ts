@@ -1,0 +1,33 @@
+import { describe, expect, test } from "bun:test";
+import { decodeRequest, decodeResponse, encodeRequest, encodeResponse, type VmRequest, type VmResponse } from "../../src/vm_control/messages.ts";
+
+describe("control socket messages", () => {
+  const requests: VmRequest[] = [
+    { kind: "stop" }, { kind: "suspend" }, { kind: "resume" }, { kind: "balloon", bytes: 512 * 1024 * 1024 },
+    { kind: "balloon_stats" }, { kind: "disk_resize", index: 3, bytes: 2 ** 40 },
+  ];
+  for (const r of requests) {
+    test(`${r.kind} requests round-trip`, () => {
+      expect(decodeRequest(encodeRequest(r))).toEqual({ ok: true, value: r });
+    });
+  }
+  const responses: VmResponse[] = [{ kind: "ok" }, { kind: "error", message: "no disk 3 (this VM has 1) — ünïcode" }, { kind: "balloon_stats", json: '{"a":1}' }];
+  for (const r of responses) {
+    test(`${r.kind} responses round-trip`, () => {
+      expect(decodeResponse(encodeResponse(r))).toEqual({ ok: true, value: r });
+    });
+  }
+
+  test("foreign, truncated and unknown messages decode to reasons, never exceptions", () => {
+    expect(decodeRequest(new TextEncoder().encode("hello"))).toEqual({ ok: false, reason: "message shorter than its header" });
+    expect(decodeRequest(new TextEncoder().encode("hello, world"))).toEqual({ ok: false, reason: "not a tsvm control message" });
+    const balloon = encodeRequest({ kind: "balloon", bytes: 1 });
+    expect(decodeRequest(balloon.subarray(0, 10))).toEqual({ ok: false, reason: "truncated balloon request" });
+    const unknown = encodeRequest({ kind: "stop" });
+    unknown[6] = 99;
+    expect(decodeRequest(unknown)).toEqual({ ok: false, reason: "unknown request kind 99" });
+    const version = encodeRequest({ kind: "stop" });
+    version[4] = 7;
+    expect(decodeRequest(version)).toEqual({ ok: false, reason: "protocol version 7, expected 1" });
+  });
+});
