@@ -1,5 +1,6 @@
 // proxy_device.ts - the VMM's side of a device process: a PciDevice whose accesses are requests on a tube.
 import { jail, socket, sys } from "../../../ffi/mod.ts";
+import { log } from "../../base/log.ts";
 import { Tube } from "../../base/tube.ts";
 import { PciConfiguration } from "../pci/pci_configuration.ts";
 import { PCI, type PciDevice } from "../pci/mod.ts";
@@ -27,6 +28,11 @@ export class ProxyDevice implements PciDevice {
   readonly config: PciConfiguration;
   #dead: string | null = null;
 
+  /** What this device may ask of the VM: its own GSIs and INTx pin, ioeventfds inside its own BAR. */
+  #gsis: ReadonlySet<number> = new Set();
+  #intxGsi = -1;
+  #refused = 0;
+
   private constructor(readonly label: string, readonly pid: number, readonly tube: Tube, readonly vm: VmOperations) {
     this.debugLabel = `virtio-${label} (pid ${pid})`;
     this.config = new PciConfiguration({ vendorId: 0x1af4, deviceId: 0x1040, classCode: 0xff0000 });
@@ -46,6 +52,8 @@ export class ProxyDevice implements PciDevice {
       throw new Error(`failed to start the ${setup.label} device process: errno ${-pid}`);
     }
     const proxy = new ProxyDevice(setup.label, pid, tube, vm);
+    proxy.#gsis = new Set(setup.gsis);
+    proxy.#intxGsi = setup.intxGsi;
     tube.send(new MessageWriter(REQUEST.SETUP).text(JSON.stringify(setup)).done());
     for (;;) {
       let m: ReturnType<Tube["receive"]>;
@@ -156,6 +164,10 @@ export class ProxyDevice implements PciDevice {
     }
   }
 
+  #refuse(what: string): void {
+    if (++this.#refused <= 5) log.warn(`${this.debugLabel} asked for ${what}, which is not its to have; refused`);
+  }
+
   #died(): void {
     if (this.#dead !== null) return;
     this.#dead = `device process ${this.label} (pid ${this.pid}) ${this.reap(true)}`;
@@ -183,24 +195,40 @@ export class ProxyDevice implements PciDevice {
     }
   }
 
+  /** Carries out a VM operation the device asked for, if it is the device's to ask (a compromised
+   * device must not reach other devices' interrupts or notification addresses). */
   #notice(r: MessageReader, fds: readonly number[]): void {
     switch (r.kind) {
-      case NOTICE.MSI_ROUTE:
-        this.vm.msiRoute(r.u32(), r.u32(), r.u32(), r.u32());
+      case NOTICE.MSI_ROUTE: {
+        const gsi = r.u32();
+        if (this.#gsis.has(gsi)) this.vm.msiRoute(gsi, r.u32(), r.u32(), r.u32());
+        else this.#refuse(`an MSI route for GSI ${gsi}`);
         break;
-      case NOTICE.IRQFD:
-        if (fds[0] !== undefined) this.vm.irqfd(fds[0], r.u32());
+      }
+      case NOTICE.IRQFD: {
+        const gsi = r.u32();
+        if (fds[0] !== undefined && this.#gsis.has(gsi)) this.vm.irqfd(fds[0], gsi);
+        else this.#refuse(`an irqfd for GSI ${gsi}`);
         break;
+      }
       case NOTICE.IOEVENTFD: {
         const address = r.f64();
         const length = r.u32();
         const assign = r.u8() === 1;
-        if (fds[0] !== undefined) this.vm.ioeventfd(fds[0], address, length, assign);
+        const bar = this.config.barAddress(0);
+        const inside = Number.isSafeInteger(address) && bar !== 0 && address >= bar && address + length <= bar + (this.config.bar(0)?.size ?? 0);
+        if (fds[0] !== undefined && inside && [0, 1, 2, 4, 8].includes(length)) this.vm.ioeventfd(fds[0], address, length, assign);
+        else this.#refuse(`an ioeventfd at 0x${address.toString(16)}`);
         break;
       }
-      case NOTICE.IRQ_LINE:
-        this.vm.irqLine(r.u32(), r.u8() === 1);
+      case NOTICE.IRQ_LINE: {
+        const gsi = r.u32();
+        if (gsi === this.#intxGsi) this.vm.irqLine(gsi, r.u8() === 1);
+        else this.#refuse(`INTx on GSI ${gsi}`);
         break;
+      }
+      default:
+        this.#refuse(`message kind ${r.kind}`);
     }
     // The VM keeps its own references (KVM holds irqfds and ioeventfds); our copies can go.
     for (const fd of fds) sys.close(fd);
