@@ -270,9 +270,13 @@ class VmRunner {
     io.insert(new Cmos({ belowHole: lowMemoryEnd(memory), aboveFourGib: memory - lowMemoryEnd(memory) }), CMOS_INDEX_PORT, 2, true);
     this.#pciRoot = this.#createPciRoot();
     io.insert(new PciConfigIo(this.#pciRoot), PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_SIZE);
-    for (const spec of this.#virtioSpecs()) {
-      if (this.#config.sandbox) this.#addSandboxed(spec);
-      else this.#addLocal(spec);
+    const specs = this.#virtioSpecs();
+    if (this.#config.sandbox) {
+      // Start every device process first, so they boot in parallel; then put each on the bus in order.
+      const started = specs.map((spec, i) => this.#startSandboxed(spec, i));
+      for (const [i, proxy] of started.entries()) this.#attachSandboxed(specs[i]!, proxy);
+    } else {
+      for (const spec of specs) this.#addLocal(spec);
     }
     // The debug port is stateless: each vCPU keeps its own sink instead of calling the control loop.
     this.#localRanges.io.push({ base: DEBUG_PORT, length: 1, label: "debug port", kind: "sink" });
@@ -366,10 +370,10 @@ class VmRunner {
     return this.#policiesCache;
   }
 
-  /** Starts a device in its own jailed process and puts its proxy on the PCI bus. */
-  #addSandboxed(spec: VirtioSpec): void {
+  /** Starts a device in its own jailed process (index = its place among the virtio devices). */
+  #startSandboxed(spec: VirtioSpec, index: number): ProxyDevice {
     const vm = this.#built.vm;
-    const pin = pciSlotPin(this.#virtio.length + 1);
+    const pin = pciSlotPin(index + 1);
     const gsis = Array.from({ length: VIRTIO_QUEUES[spec.kind] + 1 }, () => this.#irqRouter.allocateGsi());
     if (spec.kind === "block" && spec.disk.backed) throw new ConfigError(`disk ${spec.label} has a backing file, which a sandboxed device cannot open; use --disable-sandbox`);
     const deviceFd = spec.kind === "block" ? spec.disk.fd : spec.kind === "net" ? spec.tap.fd : spec.kind === "console" ? (spec.output?.fd ?? null) : null;
@@ -394,6 +398,12 @@ class VmRunner {
     });
     this.#proxies.push(proxy);
     this.#virtio.push(proxy);
+    return proxy;
+  }
+
+  /** Waits for a started device process and puts its proxy on the PCI bus. */
+  #attachSandboxed(spec: VirtioSpec, proxy: ProxyDevice): void {
+    const pin = pciSlotPin(this.#proxies.indexOf(proxy) + 1);
     const slot = this.#pciRoot!.add(proxy);
     if (pciSlotPin(slot) !== pin) throw new Error(`${proxy.debugLabel} got slot ${slot}, not the one its INTx pin assumed`);
     proxy.syncConfig();

@@ -30,6 +30,8 @@ export class ProxyDevice implements PciDevice {
 
   /** What this device may ask of the VM: its own GSIs and INTx pin, ioeventfds inside its own BAR. */
   #gsis: ReadonlySet<number> = new Set();
+  #ready = false;
+  #pendingSync = false;
   #intxGsi = -1;
   #refused = 0;
 
@@ -39,7 +41,7 @@ export class ProxyDevice implements PciDevice {
     this.config.addBar({ index: 0, size: 0x8000, kind: "memory32" }); // VirtioPciDevice's one BAR
   }
 
-  /** Starts the device process for `setup` with the guest memfd and its own fd, and waits until it is locked down. */
+  /** Starts the device process for `setup` with the guest memfd and its own fd; `waitReady` before use. */
   static spawn(setup: DeviceSetup, memoryFd: number, deviceFd: number | null, vm: VmOperations): ProxyDevice {
     const [ours, theirs] = socket.seqpacketPair();
     const command = Bun.isStandaloneExecutable ? [process.execPath, "device"] : [process.execPath, Bun.main, "device"];
@@ -55,7 +57,15 @@ export class ProxyDevice implements PciDevice {
     proxy.#gsis = new Set(setup.gsis);
     proxy.#intxGsi = setup.intxGsi;
     tube.send(new MessageWriter(REQUEST.SETUP).text(JSON.stringify(setup)).done());
-    for (;;) {
+    return proxy;
+  }
+
+  /** Waits until the device process has locked itself down; throws if it fails to. Several device
+   * processes start in parallel: spawn them all, then wait for each. */
+  waitReady(): void {
+    const tube = this.tube;
+    const label = this.label;
+    while (!this.#ready) {
       let m: ReturnType<Tube["receive"]>;
       try {
         m = tube.receive(START_TIMEOUT_MS);
@@ -63,13 +73,12 @@ export class ProxyDevice implements PciDevice {
         m = { kind: "closed" };
       }
       if (m.kind !== "message") {
-        const status = proxy.reap(true);
-        throw new Error(`the ${setup.label} device process did not start (${status})`);
+        const status = this.reap(true);
+        throw new Error(`the ${label} device process did not start (${status})`);
       }
       const r = new MessageReader(m.bytes);
-      if (r.kind === NOTICE.READY) return proxy;
-      if (r.kind === NOTICE.FAILED) throw new Error(`the ${setup.label} device process failed to start: ${r.text()}`);
-      proxy.#notice(r, m.fds);
+      if (r.kind === NOTICE.FAILED) throw new Error(`the ${label} device process failed to start: ${r.text()}`);
+      this.#notice(r, m.fds);
     }
   }
 
@@ -78,10 +87,9 @@ export class ProxyDevice implements PciDevice {
     return this.#dead;
   }
 
-  /** Tells the device where PciRoot put its BAR and that decoding is on. */
+  /** Tells the device, before its first request, where PciRoot put its BAR and that decoding is on. */
   syncConfig(): void {
-    this.#call(new MessageWriter(REQUEST.CONFIG_WRITE).u16(PCI.BAR0).u8(4).u32(this.config.read(PCI.BAR0, 4)));
-    this.#call(new MessageWriter(REQUEST.CONFIG_WRITE).u16(PCI.COMMAND).u8(2).u32(this.config.command));
+    this.#pendingSync = true;
   }
 
   readConfig(offset: number, length: number): number {
@@ -177,6 +185,13 @@ export class ProxyDevice implements PciDevice {
   #call(request: MessageWriter): MessageReader | null {
     if (this.#dead !== null) return null;
     try {
+      // Device processes finish starting while the VM already runs; the first request waits for that.
+      if (!this.#ready) this.waitReady();
+      if (this.#pendingSync) {
+        this.#pendingSync = false;
+        this.#call(new MessageWriter(REQUEST.CONFIG_WRITE).u16(PCI.BAR0).u8(4).u32(this.config.read(PCI.BAR0, 4)));
+        this.#call(new MessageWriter(REQUEST.CONFIG_WRITE).u16(PCI.COMMAND).u8(2).u32(this.config.command));
+      }
       this.tube.send(request.done());
       for (;;) {
         const m = this.tube.receive(CALL_TIMEOUT_MS);
@@ -189,7 +204,8 @@ export class ProxyDevice implements PciDevice {
         if (r.kind === NOTICE.RESULT) return r;
         this.#notice(r, m.fds);
       }
-    } catch {
+    } catch (e) {
+      if (this.#dead === null && e instanceof Error && e.message.includes("failed to start")) this.#dead = e.message;
       this.#died();
       return null;
     }
@@ -221,6 +237,12 @@ export class ProxyDevice implements PciDevice {
         else this.#refuse(`an ioeventfd at 0x${address.toString(16)}`);
         break;
       }
+      case NOTICE.READY:
+        this.#ready = true;
+        break;
+      case NOTICE.FAILED:
+        this.#dead ??= `the ${this.label} device process failed to start: ${r.text()}`;
+        break;
       case NOTICE.IRQ_LINE: {
         const gsi = r.u32();
         if (gsi === this.#intxGsi) this.vm.irqLine(gsi, r.u8() === 1);
