@@ -23,7 +23,6 @@ import { IrqRouter } from "./devices/irq_router.ts";
 import { Rng } from "./devices/virtio/rng.ts";
 import { Balloon, memfdReleaser } from "./devices/virtio/balloon.ts";
 import { Block, SECTOR_SIZE } from "./devices/virtio/block/block.ts";
-import { errnoName } from "./base/errno.ts";
 import type { VmRequest, VmResponse } from "./vm_control/messages.ts";
 import { ControlServer, ControlSocketError } from "./vm_control/server.ts";
 import type { DiskImage } from "./devices/virtio/block/disk_file.ts";
