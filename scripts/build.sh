@@ -9,5 +9,5 @@ bash scripts/build_guest.sh
 mkdir -p dist
 # --bytecode (ESM) precompiles the bundle: it halves the executable's start-up time.
 "$bun" build --compile --minify --bytecode --format=esm --no-compile-autoload-bunfig --no-compile-autoload-dotenv \
-  src/main.ts src/vcpu/vcpu_worker.ts --outfile dist/tsvm >/dev/null
+  src/tsvm.ts src/vcpu/vcpu_worker.ts --outfile dist/tsvm >/dev/null
 echo "built dist/tsvm ($(du -h dist/tsvm | cut -f1))"
