@@ -67,6 +67,11 @@ static void child(int exec_fd, char *const argv[], char *const envp[], const int
 	for (int i = 0; i < nfds; i++)
 		if (syscall(SYS_dup3, FD_PARKING + i, 3 + i, 0) < 0)
 			syscall(SYS_exit_group, 125);
+	/* stdin and stdout become /dev/null: a device must not read the user's terminal; stderr stays
+	 * for its log lines */
+	long null_fd = syscall(SYS_openat, AT_FDCWD, "/dev/null", O_RDWR | O_CLOEXEC);
+	if (null_fd < 0 || syscall(SYS_dup3, null_fd, 0, 0) < 0 || syscall(SYS_dup3, null_fd, 1, 0) < 0)
+		syscall(SYS_exit_group, 126);
 	syscall(SYS_close_range, 3 + nfds, FD_EXEC - 1, 0);
 	syscall(SYS_close_range, FD_EXEC + 1, ~0U, 0);
 	/* by fd: the program was opened by the parent, so its directories need not be searchable by

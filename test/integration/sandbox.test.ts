@@ -37,6 +37,7 @@ describe.skipIf(!HAS_KVM || process.getuid?.() !== 0)("sandboxed device processe
         .toEqual({ CapEff: "0000000000000000", NoNewPrivs: "1", Seccomp: "2" });
       expect(readdirSync(`/proc/${pid}/root`)).toEqual([]);
       // Every fd is a std stream, one it was given (tube, guest memory, its disk) or the runtime's own.
+      expect([readlinkSync(`/proc/${pid}/fd/0`), readlinkSync(`/proc/${pid}/fd/1`)]).toEqual(["/dev/null", "/dev/null"]);
       const targets = readdirSync(`/proc/${pid}/fd`).map((fd) => readlinkSync(`/proc/${pid}/fd/${fd}`));
       const unexpected = targets.filter((t) => !/^(socket:|anon_inode:|pipe:|\/memfd:|\/dev\/null)/.test(t) && t !== resolve(disk));
       expect(unexpected).toEqual([]);
