@@ -20,91 +20,28 @@ export type DescriptorChain = {
   readonly writableLength: number;
 };
 
-/** Reads a chain's device-readable bytes in order. */
-export class ChainReader {
+/** A position in a list of buffers, handing out the next bytes as views (no copies). */
+class BufferCursor {
   #index = 0;
   #offset = 0;
-  #consumed = 0;
-  constructor(readonly chain: DescriptorChain) {}
+  #taken = 0;
+  constructor(readonly buffers: readonly Uint8Array[], readonly length: number) {}
 
-  /** Bytes not yet read. */
+  get taken(): number {
+    return this.#taken;
+  }
+
   get remaining(): number {
-    return this.chain.readableLength - this.#consumed;
+    return this.length - this.#taken;
   }
 
-  /** Fills `dst` from the chain; returns false (having read nothing) when fewer bytes remain. */
-  read(dst: Uint8Array): boolean {
-    if (dst.byteLength > this.remaining) return false;
-    let done = 0;
-    while (done < dst.byteLength) {
-      const buf = this.chain.readable[this.#index]!;
-      const n = Math.min(buf.byteLength - this.#offset, dst.byteLength - done);
-      dst.set(buf.subarray(this.#offset, this.#offset + n), done);
-      done += n;
-      this.#advance(buf, n);
-    }
-    this.#consumed += done;
-    return true;
-  }
-
-  /** Returns the next `length` readable bytes as views (no copy), or null when fewer remain. */
+  /** Returns views of the next `length` bytes, or null (taking nothing) when fewer remain. */
   take(length: number): Uint8Array[] | null {
     if (length > this.remaining) return null;
     const out: Uint8Array[] = [];
     let left = length;
     while (left > 0) {
-      const buf = this.chain.readable[this.#index]!;
-      const n = Math.min(buf.byteLength - this.#offset, left);
-      out.push(buf.subarray(this.#offset, this.#offset + n));
-      left -= n;
-      this.#advance(buf, n);
-    }
-    this.#consumed += length;
-    return out;
-  }
-
-  #advance(buf: Uint8Array, n: number): void {
-    this.#offset += n;
-    if (this.#offset === buf.byteLength) {
-      this.#index++;
-      this.#offset = 0;
-    }
-  }
-}
-
-/** Writes into a chain's device-writable buffers in order and counts what was written. */
-export class ChainWriter {
-  #index = 0;
-  #offset = 0;
-  #written = 0;
-  constructor(readonly chain: DescriptorChain) {}
-
-  /** Bytes written so far (the used length to report). */
-  get written(): number {
-    return this.#written;
-  }
-
-  get remaining(): number {
-    return this.chain.writableLength - this.#written;
-  }
-
-  /** Copies `src` into the chain; returns false (having written nothing) when it does not fit. */
-  write(src: Uint8Array): boolean {
-    if (src.byteLength > this.remaining) return false;
-    for (const view of this.take(src.byteLength)!) {
-      view.set(src.subarray(0, view.byteLength));
-      src = src.subarray(view.byteLength);
-    }
-    return true;
-  }
-
-  /** Returns the next `length` writable bytes as views to fill, counting them as written. */
-  take(length: number): Uint8Array[] | null {
-    if (length > this.remaining) return null;
-    const out: Uint8Array[] = [];
-    let left = length;
-    while (left > 0) {
-      const buf = this.chain.writable[this.#index]!;
+      const buf = this.buffers[this.#index]!;
       const n = Math.min(buf.byteLength - this.#offset, left);
       out.push(buf.subarray(this.#offset, this.#offset + n));
       left -= n;
@@ -114,7 +51,71 @@ export class ChainWriter {
         this.#offset = 0;
       }
     }
-    this.#written += length;
+    this.#taken += length;
     return out;
+  }
+}
+
+/** Reads a chain's device-readable bytes in order. */
+export class ChainReader {
+  readonly #cursor: BufferCursor;
+  constructor(readonly chain: DescriptorChain) {
+    this.#cursor = new BufferCursor(chain.readable, chain.readableLength);
+  }
+
+  /** Bytes not yet read. */
+  get remaining(): number {
+    return this.#cursor.remaining;
+  }
+
+  /** Fills `dst` from the chain; returns false (having read nothing) when fewer bytes remain. */
+  read(dst: Uint8Array): boolean {
+    const views = this.#cursor.take(dst.byteLength);
+    if (views === null) return false;
+    let at = 0;
+    for (const view of views) {
+      dst.set(view, at);
+      at += view.byteLength;
+    }
+    return true;
+  }
+
+  /** Returns the next `length` readable bytes as views (no copy), or null when fewer remain. */
+  take(length: number): Uint8Array[] | null {
+    return this.#cursor.take(length);
+  }
+}
+
+/** Writes into a chain's device-writable buffers in order and counts what was written. */
+export class ChainWriter {
+  readonly #cursor: BufferCursor;
+  constructor(readonly chain: DescriptorChain) {
+    this.#cursor = new BufferCursor(chain.writable, chain.writableLength);
+  }
+
+  /** Bytes written so far (the used length to report). */
+  get written(): number {
+    return this.#cursor.taken;
+  }
+
+  get remaining(): number {
+    return this.#cursor.remaining;
+  }
+
+  /** Copies `src` into the chain; returns false (having written nothing) when it does not fit. */
+  write(src: Uint8Array): boolean {
+    const views = this.#cursor.take(src.byteLength);
+    if (views === null) return false;
+    let at = 0;
+    for (const view of views) {
+      view.set(src.subarray(at, at + view.byteLength));
+      at += view.byteLength;
+    }
+    return true;
+  }
+
+  /** Returns the next `length` writable bytes as views to fill, counting them as written. */
+  take(length: number): Uint8Array[] | null {
+    return this.#cursor.take(length);
   }
 }

@@ -151,10 +151,15 @@ export class DiskFile extends OwnedFd implements DiskImage {
     if (this.readOnly) return false;
     if (unmap && this.discard(offset, length)) return true;
     if (sys.fallocate(this.fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, offset, length) === 0) return true;
-    const zeros = new Uint8Array(Math.min(length, 1 << 20));
-    for (let at = 0; at < length; at += zeros.byteLength) {
-      if (!this.writeFrom([zeros.subarray(0, Math.min(zeros.byteLength, length - at))], offset + at)) return false;
-    }
-    return true;
+    return writeZeroBytes(this, offset, length, 1 << 20);
   }
+}
+
+/** Zeroes [offset, offset + length) of `image` by writing zeros `chunk` bytes at a time. */
+export function writeZeroBytes(image: Pick<DiskImage, "writeFrom">, offset: number, length: number, chunk: number): boolean {
+  const zeros = new Uint8Array(Math.min(length, chunk));
+  for (let at = 0; at < length; at += zeros.byteLength) {
+    if (!image.writeFrom([zeros.subarray(0, Math.min(zeros.byteLength, length - at))], offset + at)) return false;
+  }
+  return true;
 }

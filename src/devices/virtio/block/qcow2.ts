@@ -8,7 +8,7 @@
 import { writeFileSync } from "node:fs";
 import { inflateRawSync } from "node:zlib";
 import { dirname, isAbsolute, join } from "node:path";
-import { DiskFile, type DiskImage } from "./disk_file.ts";
+import { DiskFile, type DiskImage, writeZeroBytes } from "./disk_file.ts";
 
 export const QCOW2_MAGIC = 0x514649fb; // "QFI\xfb"
 const HEADER_V2_SIZE = 72;
@@ -172,11 +172,7 @@ export class Qcow2Image implements DiskImage {
   }
 
   writeZeroes(offset: number, length: number, _unmap: boolean): boolean {
-    const zeros = new Uint8Array(Math.min(length, this.#clusterSize));
-    for (let at = 0; at < length; at += zeros.byteLength) {
-      if (!this.writeFrom([zeros.subarray(0, Math.min(zeros.byteLength, length - at))], offset + at)) return false;
-    }
-    return true;
+    return writeZeroBytes(this, offset, length, this.#clusterSize);
   }
 
   resize(_bytes: number): string | null {
