@@ -20,6 +20,7 @@ const START_TIMEOUT_MS = 10_000;
 /** Host ids the jailed processes' ids 0 and 1 map to. */
 const JAIL_ID_BASE = 100_000;
 const SIGSYS = 31;
+const EPERM = 1;
 
 /** A virtio-pci function running in its own jailed process. */
 export class ProxyDevice implements PciDevice {
@@ -51,7 +52,10 @@ export class ProxyDevice implements PciDevice {
     const tube = new Tube(ours);
     if (pid < 0) {
       tube.close();
-      throw new Error(`failed to start the ${setup.label} device process: errno ${-pid}`);
+      const why = -pid === EPERM
+        ? "jailing device processes needs root (to create their namespaces and map their ids); run as root or with --disable-sandbox"
+        : `errno ${-pid}`;
+      throw new Error(`failed to start the ${setup.label} device process: ${why}`);
     }
     const proxy = new ProxyDevice(setup.label, pid, tube, vm);
     proxy.#gsis = new Set(setup.gsis);
