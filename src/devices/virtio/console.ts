@@ -57,27 +57,31 @@ export class Console implements VirtioDevice {
     const deliver = (): void => {
       if (!rx || this.#pendingBytes === 0) return;
       let delivered = false;
-      while (this.#pendingBytes > 0 && rx.hasAvailable()) {
-        const r = rx.pop();
-        if (r === null) break;
-        if (r.kind === "fatal") return ctx.needsReset(r.reason);
-        if (r.kind === "bad_chain") {
-          rx.addUsed(r.head, 0);
-          continue;
+      for (;;) {
+        while (this.#pendingBytes > 0 && rx.hasAvailable()) {
+          const r = rx.pop();
+          if (r === null) break;
+          if (r.kind === "fatal") return ctx.needsReset(r.reason);
+          if (r.kind === "bad_chain") {
+            rx.addUsed(r.head, 0);
+            continue;
+          }
+          const writer = new ChainWriter(r.chain);
+          while (this.#pendingBytes > 0 && writer.remaining > 0) {
+            const chunk = this.#pending[0]!;
+            const n = Math.min(chunk.byteLength, writer.remaining);
+            writer.write(chunk.subarray(0, n));
+            this.#pendingBytes -= n;
+            if (n === chunk.byteLength) this.#pending.shift();
+            else this.#pending[0] = chunk.subarray(n);
+          }
+          rx.addUsed(r.chain.head, writer.written);
+          delivered = true;
         }
-        const writer = new ChainWriter(r.chain);
-        while (this.#pendingBytes > 0 && writer.remaining > 0) {
-          const chunk = this.#pending[0]!;
-          const n = Math.min(chunk.byteLength, writer.remaining);
-          writer.write(chunk.subarray(0, n));
-          this.#pendingBytes -= n;
-          if (n === chunk.byteLength) this.#pending.shift();
-          else this.#pending[0] = chunk.subarray(n);
-        }
-        rx.addUsed(r.chain.head, writer.written);
-        delivered = true;
+        rx.enableNotification();
+        // A buffer added before notifications were re-armed brings no kick: look again.
+        if (this.#pendingBytes === 0 || !rx.hasAvailable()) break;
       }
-      rx.enableNotification();
       if (delivered && rx.shouldNotify()) ctx.interrupt.signalUsedQueue(rx.config.vector);
     };
     const transmit = (): void => {

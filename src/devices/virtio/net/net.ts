@@ -121,14 +121,21 @@ export class Net implements VirtioDevice {
 
     const receive = (): void => {
       let delivered = false;
-      for (;;) {
-        if (pending === 0) {
-          const n = this.tap.read(frame);
-          if (n <= 0) break;
-          pending = n;
+      // Two passes at most: the second only when buffers were added before notifications were
+      // re-armed (a frame that needs more buffers than there are must not spin here).
+      for (let pass = 0; pass < 2; pass++) {
+        for (;;) {
+          if (pending === 0) {
+            const n = this.tap.read(frame);
+            if (n <= 0) break;
+            pending = n;
+          }
+          if (!deliver()) break;
+          delivered = true;
         }
-        if (!deliver()) break;
-        delivered = true;
+        if (!rx) break;
+        rx.enableNotification();
+        if (pending === 0 || !rx.hasAvailable()) break;
       }
       // With a frame waiting and no buffers, stop watching the tap until the driver adds some.
       const shouldWatch = pending === 0;
@@ -137,10 +144,7 @@ export class Net implements VirtioDevice {
         else ctx.loop.unwatch(this.tap.fd);
         tapWatched = shouldWatch;
       }
-      if (rx) {
-        rx.enableNotification();
-        if (delivered && rx.shouldNotify()) ctx.interrupt.signalUsedQueue(rx.config.vector);
-      }
+      if (rx && delivered && rx.shouldNotify()) ctx.interrupt.signalUsedQueue(rx.config.vector);
     };
 
     const transmit = (): void => {
