@@ -30,6 +30,8 @@
 #define FD_PARKING 1000
 /* where the program to execute waits (close-on-exec) while the other fds are placed */
 #define FD_EXEC (FD_PARKING + 100)
+/* where the child's stderr waits while the other fds are placed */
+#define FD_STDERR (FD_PARKING - 1)
 
 static int write_file(const char *path, const char *text)
 {
@@ -42,7 +44,7 @@ static int write_file(const char *path, const char *text)
 	return n == (ssize_t)strlen(text) ? 0 : -err;
 }
 
-static void child(int exec_fd, char *const argv[], char *const envp[], const int *fds, int nfds, int sync_fd)
+static void child(int exec_fd, char *const argv[], char *const envp[], const int *fds, int nfds, int stderr_fd, int sync_fd)
 {
 	char go;
 	/* wait until the parent has written our id maps */
@@ -61,16 +63,19 @@ static void child(int exec_fd, char *const argv[], char *const envp[], const int
 		syscall(SYS_exit_group, 123);
 	if (syscall(SYS_dup3, exec_fd, FD_EXEC, O_CLOEXEC) < 0)
 		syscall(SYS_exit_group, 124);
+	if (syscall(SYS_dup3, stderr_fd, FD_STDERR, 0) < 0)
+		syscall(SYS_exit_group, 124);
 	for (int i = 0; i < nfds; i++)
 		if (syscall(SYS_dup3, fds[i], FD_PARKING + i, 0) < 0)
 			syscall(SYS_exit_group, 124);
 	for (int i = 0; i < nfds; i++)
 		if (syscall(SYS_dup3, FD_PARKING + i, 3 + i, 0) < 0)
 			syscall(SYS_exit_group, 125);
-	/* stdin and stdout become /dev/null: a device must not read the user's terminal; stderr stays
-	 * for its log lines */
+	/* stdin and stdout become /dev/null and stderr the pipe the parent reads: a device never holds
+	 * the user's terminal */
 	long null_fd = syscall(SYS_openat, AT_FDCWD, "/dev/null", O_RDWR | O_CLOEXEC);
-	if (null_fd < 0 || syscall(SYS_dup3, null_fd, 0, 0) < 0 || syscall(SYS_dup3, null_fd, 1, 0) < 0)
+	if (null_fd < 0 || syscall(SYS_dup3, null_fd, 0, 0) < 0 || syscall(SYS_dup3, null_fd, 1, 0) < 0 ||
+	    syscall(SYS_dup3, FD_STDERR, 2, 0) < 0)
 		syscall(SYS_exit_group, 126);
 	syscall(SYS_close_range, 3 + nfds, FD_EXEC - 1, 0);
 	syscall(SYS_close_range, FD_EXEC + 1, ~0U, 0);
@@ -80,9 +85,9 @@ static void child(int exec_fd, char *const argv[], char *const envp[], const int
 	syscall(SYS_exit_group, 127);
 }
 
-/* Starts `path` in new namespaces with `fds` at 3, 4, ... and ids 0 and 1 mapped to id_base and
- * id_base + 1. Returns the child's pid (in our namespace) or -errno. */
-int tsvm_spawn_jailed(const char *path, char *const argv[], char *const envp[], const int *fds, int nfds, unsigned id_base)
+/* Starts `path` in new namespaces with `fds` at 3, 4, ..., `stderr_fd` as its stderr, and ids 0 and
+ * 1 mapped to id_base and id_base + 1. Returns the child's pid (in our namespace) or -errno. */
+int tsvm_spawn_jailed(const char *path, char *const argv[], char *const envp[], const int *fds, int nfds, int stderr_fd, unsigned id_base)
 {
 	int sync[2];
 	char text[64], file[64];
@@ -106,7 +111,7 @@ int tsvm_spawn_jailed(const char *path, char *const argv[], char *const envp[], 
 	}
 	if (pid == 0) {
 		syscall(SYS_close, sync[1]);
-		child(exec_fd, argv, envp, fds, nfds, sync[0]);
+		child(exec_fd, argv, envp, fds, nfds, stderr_fd, sync[0]);
 	}
 	close(exec_fd);
 	close(sync[0]);

@@ -1,4 +1,4 @@
-/* socket.c - SOCK_SEQPACKET socket pairs and messages carrying file descriptors. */
+/* socket.c - AF_UNIX sockets (SOCK_SEQPACKET and SOCK_STREAM) and messages carrying file descriptors. */
 #define _GNU_SOURCE
 #include "tsvm.h"
 
@@ -14,12 +14,14 @@
 /* bounds the fds in one message, like the kernel's SCM_MAX_FD but far smaller */
 #define TSVM_MAX_FDS 32
 
-int tsvm_seqpacket_pair(int *fds_out)
+int tsvm_socketpair(int type, int *fds_out)
 {
-	return socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, fds_out) < 0 ? -errno : 0;
+	return socketpair(AF_UNIX, type | SOCK_CLOEXEC, 0, fds_out) < 0 ? -errno : 0;
 }
 
-int64_t tsvm_send_with_fds(int fd, const void *buf, uint64_t len, const int *fds, int nfds)
+/* Sends `len` bytes with `fds` attached (MSG_NOSIGNAL, plus `flags` such as MSG_DONTWAIT); returns the
+ * bytes sent (a stream socket may take fewer) or -errno. */
+int64_t tsvm_send_with_fds(int fd, const void *buf, uint64_t len, const int *fds, int nfds, int flags)
 {
 	union { char buf[CMSG_SPACE(sizeof(int) * TSVM_MAX_FDS)]; struct cmsghdr align; } control;
 	struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
@@ -37,19 +39,21 @@ int64_t tsvm_send_with_fds(int fd, const void *buf, uint64_t len, const int *fds
 		c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
 		memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
 	}
-	ssize_t n = sendmsg(fd, &msg, MSG_NOSIGNAL);
+	ssize_t n = sendmsg(fd, &msg, MSG_NOSIGNAL | flags);
 	return n < 0 ? -errno : n;
 }
 
-/* Receives one datagram; fds beyond max_fds are closed by the kernel (MSG_CTRUNC -> -EMSGSIZE). */
-int64_t tsvm_recv_with_fds(int fd, void *buf, uint64_t len, int *fds_out, int max_fds, int *nfds_out)
+/* Receives one datagram (or up to `len` bytes of a stream) with `flags` such as MSG_DONTWAIT; fds
+ * beyond max_fds are closed here, and a truncated datagram or fd list is -EMSGSIZE. */
+int64_t tsvm_recv_with_fds(int fd, void *buf, uint64_t len, int *fds_out, int max_fds, int *nfds_out, int flags)
 {
 	union { char buf[CMSG_SPACE(sizeof(int) * TSVM_MAX_FDS)]; struct cmsghdr align; } control;
 	struct iovec iov = { .iov_base = buf, .iov_len = len };
 	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
 			      .msg_controllen = sizeof(control.buf) };
 	int n_fds = 0;
-	ssize_t n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
+	ssize_t n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC | flags);
+	*nfds_out = 0;
 	if (n < 0)
 		return -errno;
 	for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
@@ -71,14 +75,14 @@ int64_t tsvm_recv_with_fds(int fd, void *buf, uint64_t len, int *fds_out, int ma
 	return n;
 }
 
-/* Creates a listening AF_UNIX SOCK_SEQPACKET socket at `path`, created with mode 0600. */
-int tsvm_unix_listen(const char *path)
+/* Creates a listening AF_UNIX socket of `type` at `path`, created with mode 0600. */
+int tsvm_unix_listen(const char *path, int type)
 {
 	struct sockaddr_un addr = { .sun_family = AF_UNIX };
 	if (strlen(path) >= sizeof(addr.sun_path))
 		return -ENAMETOOLONG;
 	strcpy(addr.sun_path, path);
-	int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	int fd = socket(AF_UNIX, type | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return -errno;
 	mode_t old = umask(0177); /* the socket file is born 0600: no window where others may connect */
@@ -94,14 +98,14 @@ int tsvm_unix_listen(const char *path)
 	return fd;
 }
 
-/* Connects to the AF_UNIX SOCK_SEQPACKET socket at `path`. */
-int tsvm_unix_connect(const char *path)
+/* Connects to the AF_UNIX socket of `type` at `path`. */
+int tsvm_unix_connect(const char *path, int type)
 {
 	struct sockaddr_un addr = { .sun_family = AF_UNIX };
 	if (strlen(path) >= sizeof(addr.sun_path))
 		return -ENAMETOOLONG;
 	strcpy(addr.sun_path, path);
-	int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	int fd = socket(AF_UNIX, type | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return -errno;
 	if (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
@@ -124,4 +128,12 @@ int tsvm_wait_readable(int fd, int timeout_ms)
 	struct pollfd p = { .fd = fd, .events = POLLIN };
 	int r = poll(&p, 1, timeout_ms);
 	return r < 0 ? -errno : r;
+}
+
+/* Waits up to timeout_ms for `events` (POLLIN, POLLOUT) on `fd`: the revents seen, 0 on timeout, -errno. */
+int tsvm_poll(int fd, int events, int timeout_ms)
+{
+	struct pollfd p = { .fd = fd, .events = (short)events };
+	int r = poll(&p, 1, timeout_ms);
+	return r < 0 ? -errno : (r == 0 ? 0 : p.revents);
 }

@@ -31,6 +31,17 @@ int tsvm_fstat_size(int fd, int64_t *size_out)
 	return 0;
 }
 
+/* out[0] = st_mode, out[1] = st_size: the kind of file behind `fd` and its size. */
+int tsvm_fstat(int fd, int64_t *out)
+{
+	struct stat st;
+	if (fstat(fd, &st) < 0)
+		return -errno;
+	out[0] = st.st_mode;
+	out[1] = st.st_size;
+	return 0;
+}
+
 int tsvm_ioctl_ptr(int fd, uint64_t request, void *arg) { RET(ioctl(fd, request, arg)); }
 int tsvm_ioctl_val(int fd, uint64_t request, uint64_t arg) { RET(ioctl(fd, request, arg)); }
 int tsvm_memfd_create(const char *name, unsigned flags) { RET(memfd_create(name, flags)); }
@@ -56,6 +67,9 @@ int tsvm_fcntl_setfl(int fd, int flags)
 	RET(fcntl(fd, F_SETFL, old | flags));
 }
 
+/* fcntl with an int argument (F_ADD_SEALS, F_GET_SEALS, F_GETFL, ...): the result or -errno. */
+int tsvm_fcntl_int(int fd, int cmd, int arg) { RET(fcntl(fd, cmd, arg)); }
+
 int tsvm_dup(int fd) { RET(fcntl(fd, F_DUPFD_CLOEXEC, 3)); }
 int tsvm_getpid(void) { return getpid(); }
 int tsvm_gettid(void) { return (int)syscall(SYS_gettid); }
@@ -66,5 +80,8 @@ int64_t tsvm_getrandom(void *buf, uint64_t len) { RET64(syscall(SYS_getrandom, b
 int tsvm_fdatasync(int fd) { RET(fdatasync(fd)); }
 int tsvm_fallocate(int fd, int mode, int64_t offset, int64_t len) { RET(fallocate(fd, mode, offset, len)); }
 int tsvm_flock(int fd, int operation) { RET(flock(fd, operation)); }
+
+/* A close-on-exec pipe: fds_out[0] reads, fds_out[1] writes. */
+int tsvm_pipe(int *fds_out) { RET(pipe2(fds_out, O_CLOEXEC)); }
 
 int tsvm_socket(int domain, int type, int protocol) { RET(socket(domain, type | SOCK_CLOEXEC, protocol)); }

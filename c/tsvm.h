@@ -17,6 +17,7 @@ int64_t tsvm_write(int fd, const void *buf, uint64_t len);
 int64_t tsvm_pread(int fd, void *buf, uint64_t len, int64_t off);
 int64_t tsvm_pwrite(int fd, const void *buf, uint64_t len, int64_t off);
 int tsvm_fstat_size(int fd, int64_t *size_out);
+int tsvm_fstat(int fd, int64_t *out);
 int tsvm_ioctl_ptr(int fd, uint64_t request, void *arg);
 int tsvm_ioctl_val(int fd, uint64_t request, uint64_t arg);
 int tsvm_memfd_create(const char *name, unsigned flags);
@@ -25,6 +26,7 @@ int tsvm_mmap(uint64_t *addr_out, uint64_t len, int prot, int flags, int fd, int
 int tsvm_munmap(uint64_t addr, uint64_t len);
 int tsvm_madvise(uint64_t addr, uint64_t len, int advice);
 int tsvm_fcntl_setfl(int fd, int flags);
+int tsvm_fcntl_int(int fd, int cmd, int arg);
 int tsvm_dup(int fd);
 int tsvm_getpid(void);
 int tsvm_gettid(void);
@@ -57,16 +59,18 @@ int tsvm_term_restore(int fd, const void *saved, uint64_t saved_len);
 int tsvm_isatty(int fd);
 
 /* socket.c: SOCK_SEQPACKET pairs with SCM_RIGHTS fd passing */
-int tsvm_seqpacket_pair(int *fds_out);
-int64_t tsvm_send_with_fds(int fd, const void *buf, uint64_t len, const int *fds, int nfds);
-int64_t tsvm_recv_with_fds(int fd, void *buf, uint64_t len, int *fds_out, int max_fds, int *nfds_out);
-int tsvm_unix_listen(const char *path);
-int tsvm_unix_connect(const char *path);
+int tsvm_socketpair(int type, int *fds_out);
+int64_t tsvm_send_with_fds(int fd, const void *buf, uint64_t len, const int *fds, int nfds, int flags);
+int64_t tsvm_recv_with_fds(int fd, void *buf, uint64_t len, int *fds_out, int max_fds, int *nfds_out, int flags);
+int tsvm_unix_listen(const char *path, int type);
+int tsvm_unix_connect(const char *path, int type);
 int tsvm_accept(int fd);
 int tsvm_wait_readable(int fd, int timeout_ms);
+int tsvm_poll(int fd, int events, int timeout_ms);
 
 /* jail.c: device processes in namespaces, and their lockdown */
-int tsvm_spawn_jailed(const char *path, char *const argv[], char *const envp[], const int *fds, int nfds, unsigned id_base);
+int tsvm_spawn_jailed(const char *path, char *const argv[], char *const envp[], const int *fds, int nfds, int stderr_fd, unsigned id_base);
+int tsvm_pipe(int *fds_out);
 int tsvm_lockdown(const void *bpf, uint64_t len, uint64_t max_fds);
 int tsvm_waitpid(int pid, int *status_out, int nohang);
 

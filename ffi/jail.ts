@@ -14,14 +14,14 @@ function cStringArray(strings: readonly string[]): { array: BigUint64Array; keep
 
 /**
  * Starts `path` with `argv` and `env` in new user, PID, mount, network, IPC and UTS namespaces,
- * `fds` moved to 3, 4, ... and every other fd above 2 closed; ids 0 and 1 map to `idBase` and
- * `idBase + 1`. Returns the pid or -errno.
+ * `fds` moved to 3, 4, ..., `stderrFd` as its stderr, stdin and stdout /dev/null, every other fd
+ * closed; ids 0 and 1 map to `idBase` and `idBase + 1`. Returns the pid or -errno.
  */
-export function spawnJailed(path: string, argv: readonly string[], env: readonly string[], fds: readonly number[], idBase: number): number {
+export function spawnJailed(path: string, argv: readonly string[], env: readonly string[], fds: readonly number[], stderrFd: number, idBase: number): number {
   const a = cStringArray(argv);
   const e = cStringArray(env);
   const f = Int32Array.from(fds);
-  const pid = native.tsvm_spawn_jailed(Buffer.from(`${path}\0`), a.array, e.array, f.length > 0 ? f : null, f.length, idBase);
+  const pid = native.tsvm_spawn_jailed(Buffer.from(`${path}\0`), a.array, e.array, f.length > 0 ? f : null, f.length, stderrFd, idBase);
   void a.keep;
   void e.keep;
   return pid;

@@ -45,6 +45,22 @@ export function fileSize(fd: number): number {
   return Number(out[0]);
 }
 
+/** The kinds of file fstat reports (S_IFMT bits); anonymous inodes (eventfd, epoll) have none. */
+export const S_IFMT = 0o170000;
+export const S_IFREG = 0o100000;
+export const S_IFSOCK = 0o140000;
+export const S_IFIFO = 0o010000;
+export const S_IFCHR = 0o020000;
+export const S_IFBLK = 0o060000;
+export const S_IFDIR = 0o040000;
+
+/** Returns the mode and size of the file behind `fd`, or -errno. */
+export function fstat(fd: number): { mode: number; size: number } | number {
+  const out = new BigInt64Array(2);
+  const r = native.tsvm_fstat(fd, out);
+  return r < 0 ? r : { mode: Number(out[0]), size: Number(out[1]) };
+}
+
 /** Runs ioctl(fd, request, arg); `arg` must stay valid and big enough for the request's struct. */
 export function ioctlPtr(fd: number, request: number, arg: NativeBuffer | null): number {
   return native.tsvm_ioctl_ptr(fd, request, arg);
@@ -85,6 +101,16 @@ export function madvise(address: number, length: number, advice: number): number
 /** Adds `flags` (O_NONBLOCK, say) to the file status flags of `fd`. */
 export function addFileFlags(fd: number, flags: number): void {
   checked(native.tsvm_fcntl_setfl(fd, flags), "set file flags");
+}
+
+/** Runs fcntl(fd, cmd, arg) with an int argument; throws `failed to <what>` on failure. */
+export function fcntlInt(fd: number, cmd: number, arg: number, what: string): number {
+  return checked(native.tsvm_fcntl_int(fd, cmd, arg), what);
+}
+
+/** Runs fcntl(fd, cmd, arg) with an int argument; returns the result or -errno. */
+export function fcntlIntRaw(fd: number, cmd: number, arg: number): number {
+  return native.tsvm_fcntl_int(fd, cmd, arg);
 }
 
 /** Duplicates `fd` (close-on-exec) to the lowest free number >= 3. */
@@ -135,6 +161,13 @@ export function flock(fd: number, operation: number): number {
 /** Creates a socket (close-on-exec); throws on failure. */
 export function socket(domain: number, type: number, protocol: number): number {
   return checked(native.tsvm_socket(domain, type, protocol), "create socket");
+}
+
+/** Creates a close-on-exec pipe: [read end, write end]. */
+export function pipe(): [number, number] {
+  const fds = new Int32Array(2);
+  checked(native.tsvm_pipe(fds), "create a pipe");
+  return [fds[0]!, fds[1]!];
 }
 
 /** Sets the size of the file behind `fd`; returns 0 or -errno. */

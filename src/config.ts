@@ -2,6 +2,8 @@
 import * as v from "valibot";
 import { LOG_LEVELS, type LogLevel } from "./base/log.ts";
 import { MIN_MEMORY_SIZE } from "./arch/x86_64/layout.ts";
+import type { DeviceSpec, OutputSpec } from "./devices/device_spec.ts";
+import { DEVICE_TYPE_NAMES, DEVICE_TYPES, type DeviceTypeName } from "./devices/vhost_user/device_types.ts";
 
 /** Raised for user input that cannot become a Config; the CLI prints it and exits 2. */
 export class ConfigError extends Error {
@@ -93,7 +95,8 @@ export function parseSerial(text: string): SerialConfig {
   return result.output;
 }
 
-const BLOCK_KEYS = ["path", "ro", "id", "root"] as const;
+const BLOCK_KEYS = ["path", "ro", "id", "root", "format"] as const;
+export const DISK_FORMATS = ["raw", "qcow2"] as const;
 /** virtio-blk serial numbers are at most 20 bytes (VIRTIO_BLK_ID_BYTES). */
 const BLOCK_ID_MAX = 20;
 const BlockSchema = v.strictObject({
@@ -101,10 +104,12 @@ const BlockSchema = v.strictObject({
   ro: v.optional(BooleanText, "false"),
   id: v.optional(v.pipe(v.string(), v.maxLength(BLOCK_ID_MAX, `id is at most ${BLOCK_ID_MAX} characters`)), ""),
   root: v.optional(BooleanText, "false"),
+  /** The image format; without it the format is recognised by the image's magic (QEMU's probing). */
+  format: v.optional(v.picklist(DISK_FORMATS, `expected one of ${DISK_FORMATS.join(", ")}`)),
 });
 export type BlockConfig = v.InferOutput<typeof BlockSchema>;
 
-/** Parses `--block path=P[,ro=true][,id=ID][,root=true]` (a bare first value is the path). */
+/** Parses `--block path=P[,ro=true][,id=ID][,root=true][,format=raw|qcow2]` (a bare first value is the path). */
 export function parseBlock(text: string, flag = "--block"): BlockConfig {
   const fields = parseKeyValues(flag, text, BLOCK_KEYS, "path");
   if (fields.path === undefined) throw new ConfigError(`${flag} ${text}: path=PATH is required`);
@@ -143,6 +148,44 @@ export function parseNet(text: string): NetConfig {
     : { kind: "tap-fd", fd: o["tap-fd"]!, mac: o.mac };
 }
 
+/** A device served by another program's vhost-user back-end (`--vhost-user TYPE,socket=PATH`). */
+export type VhostUserConfig = {
+  readonly type: DeviceTypeName;
+  readonly socket: string;
+  /** The configuration the VMM gives the guest itself (virtio-fs: the tag). */
+  readonly localConfig: Uint8Array | undefined;
+};
+
+const VHOST_USER_KEYS = ["socket", "tag"] as const;
+/** virtio-fs tags are at most 36 bytes (struct virtio_fs_config). */
+const FS_TAG_MAX = 36;
+
+/** Returns virtio-fs's configuration: the tag, NUL-padded to 36 bytes, and one request queue. */
+export function fsConfig(tag: string): Uint8Array {
+  const config = new Uint8Array(DEVICE_TYPES.fs.configSize);
+  config.set(new TextEncoder().encode(tag));
+  new DataView(config.buffer).setUint32(FS_TAG_MAX, 1, true); // num_request_queues
+  return config;
+}
+
+/** Parses `--vhost-user TYPE,socket=PATH[,tag=TAG]` (crosvm's syntax); TYPE is a name or a virtio device id. */
+export function parseVhostUser(text: string): VhostUserConfig {
+  const [typeText = "", ...rest] = text.split(",");
+  const byId = Object.entries(DEVICE_TYPES).find(([, t]) => String(t.deviceType) === typeText)?.[0];
+  const type = (DEVICE_TYPE_NAMES as readonly string[]).includes(typeText) ? typeText as DeviceTypeName : byId as DeviceTypeName | undefined;
+  if (type === undefined) throw new ConfigError(`--vhost-user ${text}: unknown device type "${typeText}" (accepted: ${DEVICE_TYPE_NAMES.join(", ")}, or their virtio device ids)`);
+  const fields = parseKeyValues("--vhost-user", rest.join(","), VHOST_USER_KEYS);
+  if (fields.socket === undefined || fields.socket === "") throw new ConfigError(`--vhost-user ${text}: socket=PATH is required`);
+  if (new TextEncoder().encode(fields.socket).length > MAX_SOCKET_PATH) throw new ConfigError(`--vhost-user ${text}: the socket path is longer than ${MAX_SOCKET_PATH} bytes`);
+  if (type === "fs") {
+    const tag = fields.tag ?? "";
+    if (tag === "" || new TextEncoder().encode(tag).length > FS_TAG_MAX) throw new ConfigError(`--vhost-user ${text}: fs needs tag=TAG (1-${FS_TAG_MAX} bytes)`);
+    return { type, socket: fields.socket, localConfig: fsConfig(tag) };
+  }
+  if (fields.tag !== undefined) throw new ConfigError(`--vhost-user ${text}: tag= is only for fs`);
+  return { type, socket: fields.socket, localConfig: undefined };
+}
+
 /** The settings `tsvm run` works from. */
 export type Config = {
   /** Path of the kernel, or null for the built-in guest. */
@@ -160,6 +203,8 @@ export type Config = {
   /** Disks in PCI order: a root disk first, then the others as given. */
   readonly blocks: readonly BlockConfig[];
   readonly nets: readonly NetConfig[];
+  /** Devices served by other programs' vhost-user back-ends, after tsvm's own in PCI order. */
+  readonly vhostUser: readonly VhostUserConfig[];
   /** The control socket path (-s/--socket), or null. */
   readonly socket: string | null;
   /** Run each virtio device in its own jailed process (off with --disable-sandbox). */
@@ -188,6 +233,7 @@ export type RawRunOptions = {
   readonly root?: string | undefined;
   readonly rwroot?: string | undefined;
   readonly net?: readonly string[] | undefined;
+  readonly vhostUser?: readonly string[] | undefined;
   /** crosvm 2020's tap creation: --host_ip, --netmask and --mac together. */
   readonly hostIp?: string | undefined;
   readonly netmask?: string | undefined;
@@ -258,6 +304,11 @@ export function parseRunConfig(raw: RawRunOptions): Config {
     ...(raw.rwdisk ?? []).map((b) => ({ ...parseBlock(b, "--rwdisk"), ro: false })),
   ].sort((a, b) => Number(b.root) - Number(a.root));
   if (blocks.filter((b) => b.root).length > 1) throw new ConfigError("only one disk can be the root disk");
+  // crosvm's default: COM1 on stdout, the console, reading stdin, unless a port is the console
+  // already or COM1 is configured otherwise.
+  const hasConsole = serials.some((s) => s.console);
+  const hasCom1 = serials.some((s) => s.hardware === "serial" && s.num === 1);
+  if (!hasConsole && !hasCom1) serials.unshift({ type: "stdout", hardware: "serial", num: 1, console: true, stdin: !serials.some((s) => s.stdin) });
   const nets = (raw.net ?? []).map(parseNet);
   if (raw.hostIp !== undefined || raw.netmask !== undefined || raw.mac !== undefined) {
     const created = v.safeParse(v.object({ hostIp: Ipv4Text, netmask: Ipv4Text, mac: MacText }), { hostIp: raw.hostIp, netmask: raw.netmask, mac: raw.mac });
@@ -270,13 +321,13 @@ export function parseRunConfig(raw: RawRunOptions): Config {
     memorySize: o.mem ?? DEFAULT_MEMORY_SIZE,
     cpus: o.cpus ?? 1,
     params: o.params ?? [],
-    // crosvm's default: COM1 on stdout, the console, reading stdin.
-    serials: serials.length > 0 ? serials : [{ type: "stdout", hardware: "serial", num: 1, console: true, stdin: true }],
+    serials,
     logLevel: o.logLevel ?? "warn",
     rng: raw.rng ?? true,
     balloon: raw.balloon ?? true,
     blocks,
     nets,
+    vhostUser: (raw.vhostUser ?? []).map(parseVhostUser),
     socket: checkSocketPath(raw.socket),
     sandbox: !(raw.disableSandbox ?? false),
     seccompPolicyDir: raw.seccompPolicyDir ?? null,
@@ -290,6 +341,31 @@ function checkSocketPath(path: string | undefined): string | null {
     throw new ConfigError(`--socket: expected a path of 1-${MAX_SOCKET_PATH} bytes (got ${JSON.stringify(path)})`);
   }
   return path;
+}
+
+/** Where a port's output goes, as a device spec says it. */
+export function outputSpec(s: SerialConfig): OutputSpec {
+  return s.type === "file" ? { type: "file", path: s.path! } : { type: s.type };
+}
+
+/**
+ * The virtio devices a Config asks for, in PCI slot order: disks (root first), the virtio console,
+ * network devices, then rng and balloon unless left out. `mac` gives each net device without one a
+ * MAC address (random, locally administered, by default).
+ */
+export function virtioDeviceSpecs(config: Config, mac: () => string): DeviceSpec[] {
+  const specs: DeviceSpec[] = config.blocks.map((b, i) => ({
+    kind: "block", label: `block${i}`, path: b.path, readOnly: b.ro, id: b.id, format: b.format ?? null,
+  }));
+  const consolePort = config.serials.find((s) => s.hardware === "virtio-console");
+  if (consolePort) specs.push({ kind: "console", label: "console", output: outputSpec(consolePort), stdin: consolePort.stdin });
+  config.nets.forEach((n, i) => {
+    const tap = n.kind === "tap-name" ? { kind: n.kind, name: n.name } : n.kind === "tap-fd" ? { kind: n.kind, fd: n.fd } : { kind: n.kind, hostIp: n.hostIp, netmask: n.netmask };
+    specs.push({ kind: "net", label: `net${i}`, tap, mac: n.mac ?? mac() });
+  });
+  if (config.rng) specs.push({ kind: "rng", label: "rng" });
+  if (config.balloon) specs.push({ kind: "balloon", label: "balloon" });
+  return specs;
 }
 
 /** Joins -p values, adds `root=/dev/vdX` for a root disk and `console=ttySn` for the console port. */

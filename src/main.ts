@@ -6,9 +6,9 @@ import { ConfigError, parseByteSize, parseRunConfig, type RawRunOptions } from "
 import { mergeRunOptions, readConfigFile } from "./config_file.ts";
 import { ControlError, sendRequest } from "./vm_control/client.ts";
 import { createQcow2 } from "./devices/virtio/block/qcow2.ts";
-import { runDeviceProcess } from "./devices/proxy/device_process.ts";
+import { runDeviceProcess } from "./devices/sandbox/device_process.ts";
 import type { VmRequest } from "./vm_control/messages.ts";
-import { EXIT_CODE, runVm } from "./run_vm.ts";
+import { EXIT_CODE, runVm } from "./vmm/run_vm.ts";
 import { VERSION } from "./version.ts";
 
 /** Runs the CLI with `argv` (without the program name); resolves to the exit code. */
@@ -43,6 +43,7 @@ export async function main(argv: readonly string[]): Promise<number> {
         .option("root", { alias: "r", type: "string", describe: "read-only root disk (adds root=/dev/vda ro)" })
         .option("rwroot", { type: "string", describe: "read-write root disk (adds root=/dev/vda rw)" })
         .option("net", { type: "string", describe: "virtio-net on a tap: tap-name=NAME or tap-fd=N, [,mac=MAC] (repeatable)" })
+        .option("vhost-user", { type: "string", describe: "a device served by a vhost-user back-end: TYPE,socket=PATH[,tag=TAG] (repeatable)" })
         .option("host_ip", { type: "string", describe: "create a tap with this host IPv4 address (with --netmask and --mac)" })
         .option("netmask", { type: "string", describe: "netmask of the created tap" })
         .option("mac", { type: "string", describe: "guest MAC address for the created tap" })
@@ -53,7 +54,7 @@ export async function main(argv: readonly string[]): Promise<number> {
           params: repeated(args.params), serial: repeated(args.serial), logLevel: args["log-level"], rng: args.rng, balloon: args.balloon,
           block: repeated(args.block), disk: repeated(args.disk), rwdisk: repeated(args.rwdisk),
           root: single("--root", args.root), rwroot: single("--rwroot", args.rwroot),
-          net: repeated(args.net), hostIp: single("--host_ip", args.host_ip), netmask: single("--netmask", args.netmask),
+          net: repeated(args.net), vhostUser: repeated(args["vhost-user"]), hostIp: single("--host_ip", args.host_ip), netmask: single("--netmask", args.netmask),
           mac: single("--mac", args.mac), socket: single("--socket", args.socket),
           disableSandbox: args["disable-sandbox"], seccompPolicyDir: single("--seccomp-policy-dir", args["seccomp-policy-dir"]),
           seccompLogFailures: args["seccomp-log-failures"],
@@ -132,7 +133,7 @@ export async function main(argv: readonly string[]): Promise<number> {
 const RUN_FLAGS = [
   "mem", "cpus", "params", "initrd", "serial", "log-level", "rng", "no-rng", "balloon", "no-balloon", "config", "block",
   "disk", "rwdisk", "root", "rwroot", "net", "host_ip", "netmask", "mac", "socket", "help", "disable-sandbox",
-  "seccomp-policy-dir", "seccomp-log-failures",
+  "seccomp-policy-dir", "seccomp-log-failures", "vhost-user",
 ];
 
 /** Adds "did you mean --x?" to yargs' unknown-argument messages when a known flag is close. */

@@ -1,18 +1,21 @@
-// errno.ts - the error raised when a system call fails, named by its errno.
+// errno.ts - errno values in one place, their names, and the error raised when a system call fails.
 
-/** Linux x86-64 errno names for the values tsvm's system calls report. */
-const ERRNO_NAMES: Readonly<Record<number, string>> = {
-  1: "EPERM", 2: "ENOENT", 3: "ESRCH", 4: "EINTR", 5: "EIO", 6: "ENXIO", 7: "E2BIG", 8: "ENOEXEC",
-  9: "EBADF", 10: "ECHILD", 11: "EAGAIN", 12: "ENOMEM", 13: "EACCES", 14: "EFAULT", 16: "EBUSY",
-  17: "EEXIST", 19: "ENODEV", 20: "ENOTDIR", 21: "EISDIR", 22: "EINVAL", 23: "ENFILE", 24: "EMFILE",
-  25: "ENOTTY", 27: "EFBIG", 28: "ENOSPC", 29: "ESPIPE", 30: "EROFS", 32: "EPIPE", 34: "ERANGE",
-  38: "ENOSYS", 61: "ENODATA", 90: "EMSGSIZE", 95: "EOPNOTSUPP", 98: "EADDRINUSE", 104: "ECONNRESET",
-  107: "ENOTCONN", 110: "ETIMEDOUT", 111: "ECONNREFUSED",
-};
+/** Linux x86-64 errno values tsvm looks at (asm-generic/errno-base.h, errno.h). */
+export const ERRNO = {
+  EPERM: 1, ENOENT: 2, ESRCH: 3, EINTR: 4, EIO: 5, ENXIO: 6, E2BIG: 7, ENOEXEC: 8, EBADF: 9, ECHILD: 10,
+  EAGAIN: 11, ENOMEM: 12, EACCES: 13, EFAULT: 14, EBUSY: 16, EEXIST: 17, ENODEV: 19, ENOTDIR: 20,
+  EISDIR: 21, EINVAL: 22, ENFILE: 23, EMFILE: 24, ENOTTY: 25, EFBIG: 27, ENOSPC: 28, ESPIPE: 29, EROFS: 30,
+  EPIPE: 32, ERANGE: 34, ENAMETOOLONG: 36, ENOSYS: 38, ELOOP: 40, ENODATA: 61, EPROTO: 71, ENOTSOCK: 88,
+  EMSGSIZE: 90, EPROTOTYPE: 91, EOPNOTSUPP: 95, EADDRINUSE: 98, ECONNRESET: 104, ENOTCONN: 107,
+  ETIMEDOUT: 110, ECONNREFUSED: 111,
+} as const;
+export type ErrnoName = keyof typeof ERRNO;
+
+const NAMES: ReadonlyMap<number, string> = new Map(Object.entries(ERRNO).map(([name, value]) => [value, name]));
 
 /** Returns the symbolic name of an errno value (`EINVAL`), or `errno N` when unknown. */
 export function errnoName(errno: number): string {
-  return ERRNO_NAMES[errno] ?? `errno ${errno}`;
+  return NAMES.get(errno) ?? `errno ${errno}`;
 }
 
 /** A failed system call: `failed to <what>: <ENAME>`. */

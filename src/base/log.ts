@@ -40,3 +40,20 @@ export class RateLimitedLog {
     else if (n % this.every === 0) emit(this.level, `${message} (${n} times so far)`);
   }
 }
+
+/**
+ * Returns text from an untrusted source (a device process's log line, its failure reason) safe to
+ * print: control characters and other unprintable code points become \xNN / \u{N} escapes, so it can
+ * neither move the cursor nor write terminal escape sequences. Invalid UTF-8 became U+FFFD when the
+ * bytes were decoded (TextDecoder without `fatal`) and is printed as \u{fffd}.
+ */
+export function sanitize(text: string, maxLength = 1000): string {
+  let out = "";
+  for (const ch of text.slice(0, maxLength)) {
+    const code = ch.codePointAt(0)!;
+    const unprintable = code < 0x20 || code === 0x7f || (code >= 0x80 && code < 0xa0) || code === 0xfffd ||
+      (code >= 0x2028 && code <= 0x2029) || (code >= 0x200b && code <= 0x200f) || (code >= 0x202a && code <= 0x202e);
+    out += !unprintable ? ch : code < 0x100 ? `\\x${code.toString(16).padStart(2, "0")}` : `\\u{${code.toString(16)}}`;
+  }
+  return text.length > maxLength ? `${out}...` : out;
+}

@@ -1,6 +1,6 @@
-// guest_memory.ts - guest RAM: one memfd, mapped once, split into regions of at most 4 GiB.
+// guest_memory.ts - guest RAM: regions of at most 4 GiB over file mappings (memfds), or plain buffers.
 import { sys } from "../../ffi/mod.ts";
-import { type GuestAddress, guestAddress, hex } from "./guest_address.ts";
+import { type GuestAddress, guestAddress, guestAddressFromNumber, hex } from "./guest_address.ts";
 
 /** Largest region: one ArrayBuffer view over external memory is at most 2^32 bytes in Bun. */
 export const MAX_REGION_SIZE = 2 ** 32;
@@ -11,14 +11,20 @@ const MAP_SHARED = 1;
 const MAP_NORESERVE = 0x4000;
 const MFD_CLOEXEC = 1;
 const MFD_ALLOW_SEALING = 2;
+const F_ADD_SEALS = 1033;
+const F_SEAL_SEAL = 1;
+const F_SEAL_SHRINK = 2;
+const F_SEAL_GROW = 4;
 
-/** A contiguous range of guest RAM and where it lives in the memfd and in this process. */
+/** A contiguous range of guest RAM and where it lives: in a file (fd, offset) and in this process. */
 export type MemoryRegion = {
   readonly guestBase: GuestAddress;
   readonly size: number;
-  /** Offset of the region in the backing memfd. */
-  readonly fileOffset: number;
-  /** Host virtual address of the region's first byte. */
+  /** The file backing the region (a memfd), or -1 for a plain buffer. */
+  readonly fd: number;
+  /** Offset of the region's first byte in `fd`. */
+  readonly fdOffset: number;
+  /** Host virtual address of the region's first byte in this process (0 for a plain buffer). */
   readonly hostAddress: number;
   readonly bytes: Uint8Array;
   readonly view: DataView;
@@ -26,6 +32,9 @@ export type MemoryRegion = {
 
 /** A requested region: guest base and size, both page aligned. */
 export type RegionSpec = { readonly base: number; readonly size: number };
+
+/** A region of a file to map as guest RAM (what a vhost-user memory table describes). */
+export type RegionMapping = { readonly base: GuestAddress; readonly size: number; readonly fd: number; readonly fdOffset: number };
 
 export type GuestMemoryErrorKind = "bad_layout" | "out_of_range";
 
@@ -37,71 +46,85 @@ export class GuestMemoryError extends Error {
   }
 }
 
+type Mapping = { readonly address: number; readonly size: number };
+
 /**
- * Guest physical memory backed by a single memfd (so device processes can map the same pages).
- * Accesses never cross a region boundary: anything that would is refused, never truncated.
+ * Guest physical memory. Accesses never cross a region boundary: anything that would is refused,
+ * never truncated. Views handed out stay valid until `close`.
  */
 export class GuestMemory {
   readonly regions: readonly MemoryRegion[];
-  readonly fd: number;
-  readonly #mapping: { address: number; size: number } | null;
+  readonly #mappings: readonly Mapping[];
+  readonly #ownedFds: readonly number[];
   #closed = false;
 
-  private constructor(fd: number, regions: MemoryRegion[], mapping: { address: number; size: number } | null) {
-    this.fd = fd;
+  private constructor(regions: MemoryRegion[], mappings: Mapping[], ownedFds: number[]) {
     this.regions = regions;
-    this.#mapping = mapping;
+    this.#mappings = mappings;
+    this.#ownedFds = ownedFds;
   }
 
-  /** Creates memory for `specs` (sorted, non-overlapping, page aligned, each <= 4 GiB). */
+  /**
+   * Creates memory for `specs` (sorted, non-overlapping, page aligned, each <= 4 GiB) in one memfd,
+   * sealed against shrinking and growing so no process it is shared with can take RAM away.
+   */
   static create(specs: readonly RegionSpec[]): GuestMemory {
     validateSpecs(specs);
     const total = specs.reduce((sum, s) => sum + s.size, 0);
     const fd = sys.memfdCreate("tsvm_guest_mem", MFD_CLOEXEC | MFD_ALLOW_SEALING);
     try {
       sys.ftruncate(fd, total);
-      return GuestMemory.#map(fd, specs, total);
+      sys.fcntlInt(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL, "seal guest memory");
+      const address = sys.mmap(total, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0);
+      let fdOffset = 0;
+      const regions = specs.map((s) => {
+        const region = mappedRegion(guestAddress(s.base), s.size, fd, fdOffset, address + fdOffset);
+        fdOffset += s.size;
+        return region;
+      });
+      return new GuestMemory(regions, [{ address, size: total }], [fd]);
     } catch (e) {
       sys.close(fd);
       throw e;
     }
   }
 
-  /** Maps an existing memfd laid out as `specs` (a device process receiving guest memory). */
-  static fromFd(fd: number, specs: readonly RegionSpec[]): GuestMemory {
-    validateSpecs(specs);
-    return GuestMemory.#map(fd, specs, specs.reduce((sum, s) => sum + s.size, 0));
+  /**
+   * Maps each file range in `mappings` as guest RAM (a device receiving a vhost-user memory table).
+   * The fds become this object's to close. Ranges larger than 4 GiB become several regions.
+   */
+  static fromMappings(mappings: readonly RegionMapping[]): GuestMemory {
+    const sorted = [...mappings].sort((a, b) => a.base - b.base);
+    validateMappings(sorted);
+    const regions: MemoryRegion[] = [];
+    const maps: Mapping[] = [];
+    try {
+      for (const m of sorted) {
+        // mmap wants a page-aligned file offset; a region may start anywhere in its file.
+        const mapOffset = m.fdOffset - (m.fdOffset % PAGE_SIZE);
+        const delta = m.fdOffset - mapOffset;
+        const address = sys.mmap(delta + m.size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, m.fd, mapOffset);
+        maps.push({ address, size: delta + m.size });
+        for (let at = 0; at < m.size; at += MAX_REGION_SIZE) {
+          const size = Math.min(MAX_REGION_SIZE, m.size - at);
+          regions.push(mappedRegion(guestAddress(m.base + at), size, m.fd, m.fdOffset + at, address + delta + at));
+        }
+      }
+    } catch (e) {
+      for (const map of maps) sys.munmap(map.address, map.size);
+      throw e;
+    }
+    return new GuestMemory(regions, maps, [...new Set(sorted.map((m) => m.fd))]);
   }
 
   /** Wraps plain buffers as guest memory (tests and tools; no fd, nothing to unmap). */
   static fromBuffers(regions: readonly { base: number; bytes: Uint8Array }[]): GuestMemory {
     validateSpecs(regions.map((r) => ({ base: r.base, size: r.bytes.byteLength })), 1);
-    let fileOffset = 0;
-    const out = regions.map((r) => {
-      const region: MemoryRegion = {
-        guestBase: guestAddress(r.base), size: r.bytes.byteLength, fileOffset, hostAddress: 0,
-        bytes: r.bytes, view: new DataView(r.bytes.buffer, r.bytes.byteOffset, r.bytes.byteLength),
-      };
-      fileOffset += r.bytes.byteLength;
-      return region;
-    });
-    return new GuestMemory(-1, out, null);
-  }
-
-  static #map(fd: number, specs: readonly RegionSpec[], total: number): GuestMemory {
-    const address = sys.mmap(total, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0);
-    let fileOffset = 0;
-    const regions = specs.map((s) => {
-      const hostAddress = address + fileOffset;
-      const buffer = sys.viewOf(hostAddress, s.size);
-      const region: MemoryRegion = {
-        guestBase: guestAddress(s.base), size: s.size, fileOffset, hostAddress,
-        bytes: new Uint8Array(buffer), view: new DataView(buffer),
-      };
-      fileOffset += s.size;
-      return region;
-    });
-    return new GuestMemory(fd, regions, { address, size: total });
+    const out = regions.map((r): MemoryRegion => ({
+      guestBase: guestAddress(r.base), size: r.bytes.byteLength, fd: -1, fdOffset: 0, hostAddress: 0,
+      bytes: r.bytes, view: new DataView(r.bytes.buffer, r.bytes.byteOffset, r.bytes.byteLength),
+    }));
+    return new GuestMemory(out, [], []);
   }
 
   /** Total bytes of RAM. */
@@ -116,7 +139,7 @@ export class GuestMemory {
   }
 
   /** Returns the region holding `address`, or null. */
-  regionOf(address: number): MemoryRegion | null {
+  regionOf(address: GuestAddress): MemoryRegion | null {
     for (const r of this.regions) {
       if (address >= r.guestBase && address < r.guestBase + r.size) return r;
     }
@@ -124,12 +147,12 @@ export class GuestMemory {
   }
 
   /** Returns whether [address, address + length) lies inside one region. */
-  isValidRange(address: number, length: number): boolean {
+  isValidRange(address: GuestAddress, length: number): boolean {
     return this.#locate(address, length) !== null;
   }
 
   /** Returns a live view of [address, address + length), or null when it is not inside one region. */
-  slice(address: number, length: number): Uint8Array | null {
+  slice(address: GuestAddress, length: number): Uint8Array | null {
     const at = this.#locate(address, length);
     return at === null ? null : at.region.bytes.subarray(at.offset, at.offset + length);
   }
@@ -138,15 +161,15 @@ export class GuestMemory {
    * Returns live views covering [address, address + length), split where regions meet (RAM above
    * 4 GiB is contiguous across regions), or null when any byte is not RAM.
    */
-  slices(address: number, length: number): Uint8Array[] | null {
+  slices(address: GuestAddress, length: number): Uint8Array[] | null {
     const whole = this.slice(address, length);
     if (whole !== null) return [whole];
-    if (!Number.isSafeInteger(address) || !Number.isSafeInteger(length) || address < 0 || length < 0) return null;
+    if (!Number.isSafeInteger(length) || length < 0) return null;
     const out: Uint8Array[] = [];
-    let at = address;
+    let at: number = address;
     let left = length;
     while (left > 0) {
-      const region = this.regionOf(at);
+      const region = this.regionOf(at as GuestAddress);
       if (region === null) return null;
       const offset = at - region.guestBase;
       const n = Math.min(left, region.size - offset);
@@ -158,54 +181,54 @@ export class GuestMemory {
   }
 
   /** Copies guest bytes into `dst`; throws when the range is not RAM. */
-  read(address: number, dst: Uint8Array): void {
+  read(address: GuestAddress, dst: Uint8Array): void {
     dst.set(this.#slice(address, dst.byteLength));
   }
 
   /** Copies `src` into guest memory; throws when the range is not RAM. */
-  write(address: number, src: Uint8Array): void {
+  write(address: GuestAddress, src: Uint8Array): void {
     this.#slice(address, src.byteLength).set(src);
   }
 
-  readU8(address: number): number {
+  readU8(address: GuestAddress): number {
     const at = this.#expect(address, 1);
     return at.region.view.getUint8(at.offset);
   }
-  readU16(address: number): number {
+  readU16(address: GuestAddress): number {
     const at = this.#expect(address, 2);
     return at.region.view.getUint16(at.offset, true);
   }
-  readU32(address: number): number {
+  readU32(address: GuestAddress): number {
     const at = this.#expect(address, 4);
     return at.region.view.getUint32(at.offset, true);
   }
-  readU64(address: number): bigint {
+  readU64(address: GuestAddress): bigint {
     const at = this.#expect(address, 8);
     return at.region.view.getBigUint64(at.offset, true);
   }
-  writeU8(address: number, value: number): void {
+  writeU8(address: GuestAddress, value: number): void {
     const at = this.#expect(address, 1);
     at.region.view.setUint8(at.offset, value);
   }
-  writeU16(address: number, value: number): void {
+  writeU16(address: GuestAddress, value: number): void {
     const at = this.#expect(address, 2);
     at.region.view.setUint16(at.offset, value, true);
   }
-  writeU32(address: number, value: number): void {
+  writeU32(address: GuestAddress, value: number): void {
     const at = this.#expect(address, 4);
     at.region.view.setUint32(at.offset, value, true);
   }
-  writeU64(address: number, value: bigint): void {
+  writeU64(address: GuestAddress, value: bigint): void {
     const at = this.#expect(address, 8);
     at.region.view.setBigUint64(at.offset, value, true);
   }
 
-  /** Unmaps the memory and closes the memfd; every view taken from it is dead afterwards. */
+  /** Unmaps the memory and closes its fds; every view taken from it is dead afterwards. */
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    if (this.#mapping) sys.munmap(this.#mapping.address, this.#mapping.size);
-    if (this.fd >= 0) sys.close(this.fd);
+    for (const m of this.#mappings) sys.munmap(m.address, m.size);
+    for (const fd of this.#ownedFds) sys.close(fd);
   }
 
   [Symbol.dispose](): void {
@@ -223,7 +246,7 @@ export class GuestMemory {
     return null;
   }
 
-  #expect(address: number, length: number): { region: MemoryRegion; offset: number } {
+  #expect(address: GuestAddress, length: number): { region: MemoryRegion; offset: number } {
     const at = this.#locate(address, length);
     if (at === null) {
       throw new GuestMemoryError("out_of_range", `guest range ${hex(address)}+${length} is not inside guest RAM`);
@@ -231,10 +254,15 @@ export class GuestMemory {
     return at;
   }
 
-  #slice(address: number, length: number): Uint8Array {
+  #slice(address: GuestAddress, length: number): Uint8Array {
     const at = this.#expect(address, length);
     return at.region.bytes.subarray(at.offset, at.offset + length);
   }
+}
+
+function mappedRegion(guestBase: GuestAddress, size: number, fd: number, fdOffset: number, hostAddress: number): MemoryRegion {
+  const buffer = sys.viewOf(hostAddress, size);
+  return { guestBase, size, fd, fdOffset, hostAddress, bytes: new Uint8Array(buffer), view: new DataView(buffer) };
 }
 
 function validateSpecs(specs: readonly RegionSpec[], alignment = PAGE_SIZE): void {
@@ -247,7 +275,24 @@ function validateSpecs(specs: readonly RegionSpec[], alignment = PAGE_SIZE): voi
     if (s.base < previousEnd) {
       throw new GuestMemoryError("bad_layout", `guest memory region ${hex(s.base)} overlaps the one before it`);
     }
-    guestAddress(s.base + s.size - 1);
+    if (guestAddressFromNumber(s.base + s.size - 1) === null) {
+      throw new GuestMemoryError("bad_layout", `guest memory region ${hex(s.base)}+${hex(s.size)} ends beyond the physical address space`);
+    }
     previousEnd = s.base + s.size;
+  }
+}
+
+function validateMappings(sorted: readonly RegionMapping[]): void {
+  if (sorted.length === 0) throw new GuestMemoryError("bad_layout", "guest memory needs at least one region");
+  let previousEnd = 0;
+  for (const m of sorted) {
+    const bad = !Number.isSafeInteger(m.size) || m.size <= 0 || m.size % PAGE_SIZE !== 0 || m.base % PAGE_SIZE !== 0 ||
+      !Number.isSafeInteger(m.fdOffset) || m.fdOffset < 0 || m.fd < 0;
+    if (bad) throw new GuestMemoryError("bad_layout", `bad guest memory region ${hex(m.base)}+${hex(m.size)} at file offset ${hex(m.fdOffset)}`);
+    if (m.base < previousEnd) throw new GuestMemoryError("bad_layout", `guest memory region ${hex(m.base)} overlaps the one before it`);
+    if (guestAddressFromNumber(m.base + m.size - 1) === null) {
+      throw new GuestMemoryError("bad_layout", `guest memory region ${hex(m.base)}+${hex(m.size)} ends beyond the physical address space`);
+    }
+    previousEnd = m.base + m.size;
   }
 }

@@ -16,6 +16,7 @@ export const POLICY_CONSTANTS: Readonly<Record<string, bigint>> = {
   MADV_DONTDUMP: 16n,
   F_GETFL: 3n,
   F_SETFL: 4n,
+  F_GET_SEALS: 1034n,
   F_DUPFD_CLOEXEC: 1030n,
   FALLOC_FL_KEEP_SIZE: 0x1n,
   FALLOC_FL_PUNCH_HOLE: 0x2n,

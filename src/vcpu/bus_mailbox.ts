@@ -8,7 +8,9 @@
 //   read data, state := IDLE
 // A mailbox holds one request at a time (its vCPU is blocked until the answer). CANCELLED tells a
 // waiting vCPU that the VM is going down; it then stops at its next kick check.
-import { EventFd } from "../base/event_fd.ts";
+import type { EventFd } from "../base/event_fd.ts";
+import { RateLimitedLog } from "../base/log.ts";
+import { describeError } from "../base/result.ts";
 import type { Bus, BusAccess, BusDevice } from "../devices/bus.ts";
 import { MAILBOX_OFFSET, type VcpuShared } from "./vcpu_shared.ts";
 
@@ -32,6 +34,7 @@ export type AddressSpace = "io" | "mmio";
 export class BusMailbox {
   readonly #words: Int32Array;
   readonly #data: Uint8Array;
+  readonly #errors = new RateLimitedLog("error");
 
   constructor(shared: VcpuShared, vcpuId: number) {
     const offset = shared.blockOffset(vcpuId) + MAILBOX_OFFSET;
@@ -65,10 +68,16 @@ export class BusMailbox {
     const length = Math.min(MAX_ACCESS, Math.max(0, w[M_LENGTH]!));
     const space: AddressSpace = flags & FLAG_MMIO ? "mmio" : "io";
     const data = this.#data.subarray(0, length);
-    const handled = flags & FLAG_WRITE ? buses[space].write(address, data, vcpuId) : buses[space].read(address, data, vcpuId);
-    if (!handled) {
+    try {
+      const handled = flags & FLAG_WRITE ? buses[space].write(address, data, vcpuId) : buses[space].read(address, data, vcpuId);
+      if (!handled) {
+        if (!(flags & FLAG_WRITE)) data.fill(0xff);
+        onUnhandled(space, address);
+      }
+    } catch (e) {
+      // A device bug must neither leave the vCPU waiting nor reach the control loop.
       if (!(flags & FLAG_WRITE)) data.fill(0xff);
-      onUnhandled(space, address);
+      this.#errors.log(`${space === "io" ? "port" : "MMIO"} access at 0x${address.toString(16)} failed: ${describeError(e)}`);
     }
     Atomics.store(w, M_STATE, MAILBOX_STATE.DONE);
     Atomics.notify(w, M_STATE);

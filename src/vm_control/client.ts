@@ -38,6 +38,6 @@ export function sendRequest(path: string, request: VmRequest, timeoutMs = RESPON
   if (reply.kind === "timeout") throw new ControlError(`the VM at ${path} did not answer within ${timeoutMs / 1000} s`);
   if (reply.kind === "closed") throw new ControlError(`${path} closed the connection without answering (not a tsvm VM?)`);
   const decoded = decodeResponse(reply.bytes);
-  if (!decoded.ok) throw new ControlError(`${path} is not speaking tsvm's control protocol: ${decoded.reason}`);
+  if (!decoded.ok) throw new ControlError(`${path} is not speaking tsvm's control protocol: ${decoded.error}`);
   return decoded.value;
 }

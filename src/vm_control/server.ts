@@ -52,27 +52,55 @@ export class ControlServer extends OwnedFd {
     return fd;
   }
 
-  /** Reads one request from client `fd` and answers it with `handle`; returns false when the client is gone. */
-  serve(fd: number, handle: (request: VmRequest) => VmResponse): boolean {
+  /**
+   * Reads one request from client `fd` and hands it to `handle`, which answers through `respond`
+   * (at once, or later from the loop: a request may wait for a device). A client gets one request
+   * answered at a time. Returns "closed" when the client is gone, "nothing" when no request was
+   * waiting, "answered" when the answer went out at once, and "pending" when it will come later:
+   * the caller stops watching the client until `onAnswered` runs.
+   */
+  serve(
+    fd: number, handle: (request: VmRequest, respond: (response: VmResponse) => void) => void, onAnswered: () => void,
+  ): "answered" | "closed" | "nothing" | "pending" {
     const tube = this.#clients.get(fd);
-    if (!tube) return false;
-    let reply: VmResponse;
+    if (!tube) return "closed";
+    let message: ReturnType<Tube["receive"]>;
     try {
-      const message = tube.receive(0);
-      if (message.kind === "closed") return this.#drop(fd);
-      if (message.kind === "timeout") return true;
-      for (const fd of message.fds) sys.close(fd); // clients have no business sending fds
-      const request = decodeRequest(message.bytes);
-      reply = request.ok ? handle(request.value) : { kind: "error", message: `malformed request: ${request.reason}` };
+      message = tube.receive(0);
     } catch {
-      return this.#drop(fd);
+      this.#drop(fd);
+      return "closed";
     }
-    try {
-      tube.send(encodeResponse(reply));
-    } catch {
-      return this.#drop(fd);
+    if (message.kind === "closed") {
+      this.#drop(fd);
+      return "closed";
     }
-    return true;
+    if (message.kind === "timeout") return "nothing";
+    for (const received of message.fds) sys.close(received); // clients have no business sending fds
+    const request = decodeRequest(message.bytes);
+    let answered = false;
+    let synchronous = true;
+    const respond = (response: VmResponse): void => {
+      if (answered) return;
+      answered = true;
+      if (!this.#clients.has(fd)) return;
+      try {
+        tube.send(encodeResponse(response));
+      } catch {
+        this.#drop(fd);
+        return;
+      }
+      if (!synchronous) onAnswered();
+    };
+    if (!request.ok) respond({ kind: "error", message: `malformed request: ${request.error}` });
+    else handle(request.value, respond);
+    synchronous = false;
+    return answered ? "answered" : "pending";
+  }
+
+  /** Forgets client `fd` (after its watcher was removed). */
+  drop(fd: number): void {
+    this.#drop(fd);
   }
 
   #drop(fd: number): false {

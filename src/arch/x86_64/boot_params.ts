@@ -2,7 +2,7 @@
 //
 // Offsets from Documentation/arch/x86/boot.rst ("THE REAL-MODE KERNEL HEADER") and
 // arch/x86/include/uapi/asm/bootparam.h; all fields little-endian.
-import type { GuestMemory } from "../../memory/mod.ts";
+import type { GuestAddress, GuestMemory } from "../../memory/mod.ts";
 import { KernelLoaderError } from "./kernel_image.ts";
 import { E820_ENTRY_SIZE, E820_MAX_ENTRIES, type E820Entry } from "./e820.ts";
 
@@ -99,7 +99,7 @@ export function buildBootParams(spec: BootParamsSpec): Uint8Array {
 }
 
 /** Writes the command line NUL-terminated at `address`; throws when it exceeds `maxSize` with the NUL. */
-export function writeCmdline(memory: GuestMemory, address: number, cmdline: string, maxSize: number): void {
+export function writeCmdline(memory: GuestMemory, address: GuestAddress, cmdline: string, maxSize: number): void {
   const bytes = new TextEncoder().encode(`${cmdline}\0`);
   if (bytes.length > maxSize) {
     throw new KernelLoaderError("cmdline_too_long", `command line is ${bytes.length - 1} bytes; the kernel accepts at most ${maxSize - 1}`);

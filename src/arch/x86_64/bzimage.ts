@@ -1,5 +1,5 @@
 // bzimage.ts - loads a bzImage's protected-mode kernel for the 64-bit boot protocol (boot.rst).
-import { type GuestMemory, hex } from "../../memory/mod.ts";
+import { type GuestMemory, guestAddress, hex } from "../../memory/mod.ts";
 import { BOOT_FLAG_MAGIC, BOOT_PARAMS, HDRS_MAGIC, LOADFLAGS, XLOADFLAGS } from "./boot_params.ts";
 import { HIGH_MEMORY_START } from "./layout.ts";
 import { KernelLoaderError, type LoadedKernel } from "./kernel_image.ts";
@@ -57,7 +57,7 @@ export function loadBzImage(memory: GuestMemory, image: Uint8Array, lowMemoryEnd
   if (loadAddress < HIGH_MEMORY_START || loadAddress + needed > lowMemoryEnd) {
     throw new KernelLoaderError("does_not_fit", `kernel needs ${hex(loadAddress)}..${hex(loadAddress + needed)} (init_size ${needed} bytes) but RAM below the MMIO hole ends at ${hex(lowMemoryEnd)}; give the VM more memory`);
   }
-  memory.write(loadAddress, kernelBytes);
+  memory.write(guestAddress(loadAddress), kernelBytes);
   return {
     format: "bzimage",
     entry: loadAddress + ENTRY_64_OFFSET,

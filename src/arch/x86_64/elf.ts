@@ -1,5 +1,5 @@
 // elf.ts - loads an ELF64 x86-64 kernel (vmlinux, the test guest) by the physical addresses of its PT_LOADs.
-import { type GuestMemory, hex } from "../../memory/mod.ts";
+import { type GuestAddress, type GuestMemory, guestAddressFromU64, hex } from "../../memory/mod.ts";
 import { CMDLINE_MAX_SIZE, HIGH_MEMORY_START } from "./layout.ts";
 import { KernelLoaderError, type LoadedKernel } from "./kernel_image.ts";
 
@@ -23,7 +23,7 @@ export function isElf(image: Uint8Array): boolean {
   return image.byteLength >= 4 && new DataView(image.buffer, image.byteOffset).getUint32(0, true) === ELFMAG;
 }
 
-type Segment = { paddr: number; offset: number; filesz: number; memsz: number };
+type Segment = { paddr: GuestAddress; offset: number; filesz: number; memsz: number };
 
 /** Validates `image` as an ELF64 x86-64 executable and copies its PT_LOAD segments into `memory`. */
 export function loadElf(memory: GuestMemory, image: Uint8Array): LoadedKernel {
@@ -54,9 +54,11 @@ export function loadElf(memory: GuestMemory, image: Uint8Array): LoadedKernel {
   for (let i = 0; i < phnum; i++) {
     const at = phoff + i * phentsize;
     if (view.getUint32(at, true) !== PT_LOAD) continue;
-    const seg = {
+    const paddr = guestAddressFromU64(view.getBigUint64(at + 24, true));
+    if (paddr === null) throw new KernelLoaderError("does_not_fit", `segment ${i} has a physical address beyond the 52-bit address space`);
+    const seg: Segment = {
       offset: Number(view.getBigUint64(at + 8, true)),
-      paddr: Number(view.getBigUint64(at + 24, true)),
+      paddr,
       filesz: Number(view.getBigUint64(at + 32, true)),
       memsz: Number(view.getBigUint64(at + 40, true)),
     };

@@ -1,5 +1,5 @@
 // kernel_loader.ts - loads a kernel of either format (ELF first, then bzImage, as crosvm does) and an initrd.
-import { type GuestMemory, hex } from "../../memory/mod.ts";
+import { type GuestMemory, guestAddress, hex } from "../../memory/mod.ts";
 import { isBzImage, loadBzImage } from "./bzimage.ts";
 import { isElf, loadElf } from "./elf.ts";
 import { KernelLoaderError, type LoadedKernel } from "./kernel_image.ts";
@@ -18,10 +18,10 @@ export function loadInitrd(memory: GuestMemory, kernel: LoadedKernel, initrd: Ui
   const top = Math.min(kernel.initrdAddressMax + 1, lowMemoryEnd);
   const address = Math.floor((top - initrd.byteLength) / PAGE_SIZE) * PAGE_SIZE;
   const kernelEnd = Math.ceil(kernel.end / PAGE_SIZE) * PAGE_SIZE;
-  if (initrd.byteLength === 0) throw new KernelLoaderError("initrd_does_not_fit", "initrd is empty");
+  if (initrd.byteLength === 0 || address < 0) throw new KernelLoaderError("initrd_does_not_fit", "initrd is empty");
   if (address < kernelEnd) {
     throw new KernelLoaderError("initrd_does_not_fit", `initrd of ${initrd.byteLength} bytes does not fit between the kernel (ends ${hex(kernelEnd)}) and ${hex(top)}; give the VM more memory`);
   }
-  memory.write(address, initrd);
+  memory.write(guestAddress(address), initrd);
   return address;
 }

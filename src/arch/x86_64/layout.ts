@@ -7,23 +7,23 @@
 //   0xd000_0000  32-bit MMIO hole: PCI BARs, then IOAPIC 0xfec0_0000, LAPIC 0xfee0_0000,
 //                TSS/identity map 0xfffb_c000 (reserved in e820)
 //   0x1_0000_0000 RAM above 4 GiB, when --mem is larger than the space below the hole
-import { MAX_REGION_SIZE, type RegionSpec } from "../../memory/mod.ts";
+import { guestAddress, MAX_REGION_SIZE, type RegionSpec } from "../../memory/mod.ts";
 
-export const GDT_ADDRESS = 0x500;
-export const ZERO_PAGE_ADDRESS = 0x7000;
+export const GDT_ADDRESS = guestAddress(0x500);
+export const ZERO_PAGE_ADDRESS = guestAddress(0x7000);
 export const BOOT_STACK_POINTER = 0x8ff0;
-export const PML4_ADDRESS = 0x9000;
+export const PML4_ADDRESS = guestAddress(0x9000);
 export const PDPT_ADDRESS = 0xa000;
 /** Four page directories of 2 MiB pages identity-map the first 4 GiB. */
 export const PD_ADDRESS = 0xb000;
 export const IDENTITY_MAPPED_GIB = 4;
-export const CMDLINE_ADDRESS = 0x20000;
+export const CMDLINE_ADDRESS = guestAddress(0x20000);
 /** x86 COMMAND_LINE_SIZE: Linux's limit when the kernel does not state its own (ELF vmlinux). */
 export const CMDLINE_MAX_SIZE = 2048;
 /** Start of the EBDA, where the MP table goes (Linux scans 639 KiB..640 KiB). */
-export const EBDA_START = 0x9fc00;
+export const EBDA_START = guestAddress(0x9fc00);
 /** ACPI tables (RSDP first) in the BIOS read-only area Linux scans for "RSD PTR ". */
-export const ACPI_ADDRESS = 0xe0000;
+export const ACPI_ADDRESS = guestAddress(0xe0000);
 export const HIGH_MEMORY_START = 0x100000;
 export const MMIO_HOLE_START = 0xd000_0000;
 export const FOUR_GIB = 0x1_0000_0000;

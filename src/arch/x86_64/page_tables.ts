@@ -21,5 +21,5 @@ export function writeIdentityPageTables(memory: GuestMemory): number {
     }
   }
   memory.write(PML4_ADDRESS, new Uint8Array(tables.buffer));
-  return PML4_ADDRESS;
+  return PML4_ADDRESS as number;
 }

@@ -1,5 +1,5 @@
 // regs.ts - the boot state of a vCPU for the Linux 64-bit boot protocol: registers, segments, MSRs, FPU, LAPIC.
-import type { GuestMemory } from "../../memory/mod.ts";
+import { type GuestMemory, guestAddress } from "../../memory/mod.ts";
 import { APIC_LVT_LINT0, APIC_LVT_LINT1, REGISTER_NAMES, type MsrEntry, type Regs } from "../../kvm/kvm_structs.ts";
 import type { Vcpu } from "../../kvm/vcpu.ts";
 import { BOOT_CS, BOOT_DS, BOOT_GDT, BOOT_TSS, segmentFromEntry } from "./gdt.ts";
@@ -13,7 +13,7 @@ const X86_CR4_PAE = 0x20n;
 const EFER_LME = 0x100n;
 const EFER_LMA = 0x400n;
 /** IDT placed right after the GDT, empty: an exception before the kernel loads its own is a triple fault. */
-const IDT_ADDRESS = GDT_ADDRESS + BOOT_GDT.length * 8;
+const IDT_ADDRESS = guestAddress(GDT_ADDRESS + BOOT_GDT.length * 8);
 
 /** MSR numbers (Intel SDM vol. 4). */
 export const MSR = {
@@ -41,7 +41,7 @@ const APIC_MODE_EXTINT = 0x7;
 
 /** Writes the boot GDT and empty IDT into guest memory. */
 export function writeGdt(memory: GuestMemory): void {
-  BOOT_GDT.forEach((entry, i) => memory.writeU64(GDT_ADDRESS + i * 8, entry));
+  BOOT_GDT.forEach((entry, i) => memory.writeU64(guestAddress(GDT_ADDRESS + i * 8), entry));
   memory.writeU64(IDT_ADDRESS, 0n);
 }
 

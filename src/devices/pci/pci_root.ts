@@ -37,10 +37,16 @@ export class PciRoot {
     this.#devices[0] = new PciHostBridge();
   }
 
+  /** The slot the next `add` will use; throws when the bus is full. */
+  nextSlot(): number {
+    const slot = this.#devices.indexOf(null);
+    if (slot < 0) throw new Error(`PCI bus 0 is full (${MAX_DEVICES - 1} devices)`);
+    return slot;
+  }
+
   /** Adds `device` at the next free slot, assigns its BARs and maps them; returns the device number. */
   add(device: PciDevice): number {
-    const slot = this.#devices.indexOf(null);
-    if (slot < 0) throw new Error(`failed to add ${device.debugLabel}: PCI bus 0 is full`);
+    const slot = this.nextSlot();
     this.#devices[slot] = device;
     for (const bar of device.config.bars) {
       const window = bar.kind === "io" ? this.windows.io : bar.kind === "memory64" ? this.windows.mmio64 : this.windows.mmio32;

@@ -1,9 +1,11 @@
 // balloon.ts - virtio-balloon (virtio 1.2 §5.5): the guest gives pages back to the host, and reports memory stats.
+import type { EventFd } from "../../base/event_fd.ts";
+import { type GuestMemory, guestAddress } from "../../memory/mod.ts";
 import { ChainReader } from "./descriptor_chain.ts";
+import { type ControllableDevice, type DeviceCommand, type DeviceReply, unsupported } from "./device_control.ts";
 import { drainQueue } from "./drain.ts";
 import type { Queue } from "./queue.ts";
-import { type ActivateContext, hasFeature, VIRTIO_ID, type VirtioDevice, type VirtioWorker } from "./virtio_device.ts";
-import type { GuestMemory } from "../../memory/mod.ts";
+import { type ActivateContext, hasFeature, TSVM_RING_FEATURES, VIRTIO_ID, type VirtioDevice, type VirtioWorker } from "./virtio_device.ts";
 
 const QUEUE_SIZE = 128;
 const INFLATEQ = 0;
@@ -27,21 +29,23 @@ export const VIRTIO_BALLOON_S_NAMES = [
 /** Gives a guest page's backing back to the host; returns false for addresses that are not RAM. */
 export type PageReleaser = (guestAddress: number, length: number) => boolean;
 
-/** Returns a releaser that punches holes in guest memory's memfd (the pages read as zeros afterwards). */
+/** Returns a releaser that punches holes in the files behind guest memory (the pages read as zeros afterwards). */
 export function memfdReleaser(memory: GuestMemory, punchHole: (fd: number, offset: number, length: number) => boolean): PageReleaser {
   return (address, length) => {
-    const region = memory.regionOf(address);
-    if (region === null || !memory.isValidRange(address, length)) return false;
-    return punchHole(memory.fd, region.fileOffset + (address - region.guestBase), length);
+    if (!Number.isSafeInteger(address) || address < 0 || address >= 2 ** 52) return false;
+    const at = guestAddress(address);
+    const region = memory.regionOf(at);
+    if (region === null || region.fd < 0 || !memory.isValidRange(at, length)) return false;
+    return punchHole(region.fd, region.fdOffset + (at - region.guestBase), length);
   };
 }
 
 /** The balloon; `setTarget` and `requestStats` are the VMM's side (the control socket drives them). */
-export class Balloon implements VirtioDevice {
+export class Balloon implements VirtioDevice, ControllableDevice {
   readonly debugLabel = "balloon";
   readonly deviceType = VIRTIO_ID.BALLOON;
   readonly queueMaxSizes = [QUEUE_SIZE, QUEUE_SIZE, QUEUE_SIZE];
-  readonly features = (1n << VIRTIO_BALLOON_F.STATS_VQ) | (1n << VIRTIO_BALLOON_F.DEFLATE_ON_OOM);
+  readonly features = TSVM_RING_FEATURES | (1n << VIRTIO_BALLOON_F.STATS_VQ) | (1n << VIRTIO_BALLOON_F.DEFLATE_ON_OOM);
   readonly configSize = CONFIG_SIZE;
   #targetPages = 0;
   #actualPages = 0;
@@ -51,7 +55,8 @@ export class Balloon implements VirtioDevice {
   #notifyConfig: (() => void) | null = null;
   #returnStatsBuffer: (() => void) | null = null;
 
-  constructor(readonly release: PageReleaser) {}
+  /** `punchHole(fd, offset, length)` gives back the pages of a range of the file behind guest memory. */
+  constructor(readonly punchHole: (fd: number, offset: number, length: number) => boolean) {}
 
   /** The pages the host asked the guest to give up. */
   get targetPages(): number {
@@ -84,6 +89,21 @@ export class Balloon implements VirtioDevice {
     this.#returnStatsBuffer?.();
   }
 
+  control(command: DeviceCommand): DeviceReply {
+    switch (command.kind) {
+      case "balloon_target":
+        this.setTarget(command.pages);
+        return { kind: "ok" };
+      case "balloon_stats": {
+        const stats = { target: this.#targetPages, actual: this.#actualPages, stats: this.#stats };
+        this.requestStats(); // the next request sees fresher figures
+        return { kind: "balloon_stats", stats };
+      }
+      default:
+        return unsupported("balloon", command);
+    }
+  }
+
   readConfig(offset: number, data: Uint8Array): void {
     const config = new DataView(new ArrayBuffer(CONFIG_SIZE));
     config.setUint32(0, this.#targetPages, true);
@@ -98,10 +118,11 @@ export class Balloon implements VirtioDevice {
 
   activate(ctx: ActivateContext): VirtioWorker {
     const [inflate, deflate, statsQueue] = [ctx.queues[INFLATEQ], ctx.queues[DEFLATEQ], ctx.queues[STATSQ]];
+    const release = memfdReleaser(ctx.memory, this.punchHole);
     const kicks = ctx.kicks;
-    const pfns = (queue: Queue | null | undefined, onPage: (address: number) => void): void => {
+    const pfns = (queue: Queue | null | undefined, kick: EventFd, onPage: (address: number) => void): void => {
       if (!queue) return;
-      drainQueue(queue, ctx.interrupt, ctx.needsReset, (chain) => {
+      drainQueue(queue, kick, ctx.interrupt, ctx.needsReset, (chain) => {
         const reader = new ChainReader(chain);
         const entry = new Uint8Array(4);
         const v = new DataView(entry.buffer);
@@ -111,13 +132,13 @@ export class Balloon implements VirtioDevice {
     };
     const onInflate = (): void => {
       kicks[INFLATEQ]!.read();
-      pfns(inflate, (address) => {
-        if (this.release(address, PAGE_SIZE)) this.#inflatedPages++;
+      pfns(inflate, kicks[INFLATEQ]!, (address) => {
+        if (release(address, PAGE_SIZE)) this.#inflatedPages++;
       });
     };
     const onDeflate = (): void => {
       kicks[DEFLATEQ]!.read();
-      pfns(deflate, () => {}); // pages come back on their own when the guest touches them
+      pfns(deflate, kicks[DEFLATEQ]!, () => {}); // pages come back on their own when the guest touches them
     };
     const onStats = (): void => {
       kicks[STATSQ]!.read();
@@ -146,7 +167,7 @@ export class Balloon implements VirtioDevice {
       if (!held) return;
       this.#statsChain = null;
       held.queue.addUsed(held.head, 0);
-      if (held.queue.shouldNotify()) ctx.interrupt.signalUsedQueue(held.queue.config.vector);
+      if (held.queue.shouldNotify()) ctx.interrupt.signalUsedQueue(held.queue.index);
     };
     const watched: [number, () => void][] = [[kicks[INFLATEQ]!.fd, onInflate], [kicks[DEFLATEQ]!.fd, onDeflate]];
     if (hasFeature(ctx.features, VIRTIO_BALLOON_F.STATS_VQ)) watched.push([kicks[STATSQ]!.fd, onStats]);

@@ -1,8 +1,9 @@
 // console.ts - virtio-console (virtio 1.2 §5.3), one port: output to stdout or a file, input from the host.
 import { ChainReader, ChainWriter } from "./descriptor_chain.ts";
+import { type ControllableDevice, type DeviceCommand, type DeviceReply, unsupported } from "./device_control.ts";
 import { drainQueue } from "./drain.ts";
 import type { SerialOutput } from "../serial.ts";
-import { type ActivateContext, VIRTIO_ID, type VirtioDevice, type VirtioWorker } from "./virtio_device.ts";
+import { type ActivateContext, TSVM_RING_FEATURES, VIRTIO_ID, type VirtioDevice, type VirtioWorker } from "./virtio_device.ts";
 
 const QUEUE_SIZE = 64;
 const RECEIVEQ = 0;
@@ -16,11 +17,11 @@ const VIRTIO_CONSOLE_F_EMERG_WRITE = 2n;
 const MAX_PENDING_INPUT = 64 * 1024;
 
 /** A console port: the guest's transmit queue goes to `output`; `queueInput` feeds its receive queue. */
-export class Console implements VirtioDevice {
+export class Console implements VirtioDevice, ControllableDevice {
   readonly debugLabel = "console";
   readonly deviceType = VIRTIO_ID.CONSOLE;
   readonly queueMaxSizes = [QUEUE_SIZE, QUEUE_SIZE];
-  readonly features = 1n << VIRTIO_CONSOLE_F_EMERG_WRITE;
+  readonly features = TSVM_RING_FEATURES | (1n << VIRTIO_CONSOLE_F_EMERG_WRITE);
   readonly configSize = CONFIG_SIZE;
   #pending: Uint8Array[] = [];
   #pendingBytes = 0;
@@ -47,6 +48,11 @@ export class Console implements VirtioDevice {
     }
     this.#deliver?.();
     return accepted;
+  }
+
+  control(command: DeviceCommand): DeviceReply {
+    if (command.kind !== "console_input") return unsupported("console", command);
+    return { kind: "console_accepted", count: this.queueInput(command.bytes) };
   }
 
   activate(ctx: ActivateContext): VirtioWorker {
@@ -82,12 +88,12 @@ export class Console implements VirtioDevice {
         // A buffer added before notifications were re-armed brings no kick: look again.
         if (this.#pendingBytes === 0 || !rx.hasAvailable()) break;
       }
-      if (delivered && rx.shouldNotify()) ctx.interrupt.signalUsedQueue(rx.config.vector);
+      if (delivered && rx.shouldNotify()) ctx.interrupt.signalUsedQueue(RECEIVEQ);
     };
     const transmit = (): void => {
       txKick.read();
       if (!tx) return;
-      drainQueue(tx, ctx.interrupt, ctx.needsReset, (chain) => {
+      drainQueue(tx, txKick, ctx.interrupt, ctx.needsReset, (chain) => {
         const reader = new ChainReader(chain);
         for (const view of reader.take(reader.remaining) ?? []) this.output?.write(view);
         return 0; // the device writes nothing into transmit buffers

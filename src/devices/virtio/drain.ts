@@ -1,30 +1,41 @@
 // drain.ts - the loop every queue handler runs after a notification: pop, handle, return, interrupt.
+import type { EventFd } from "../../base/event_fd.ts";
 import type { DescriptorChain } from "./descriptor_chain.ts";
 import type { VirtioInterrupt } from "./interrupt.ts";
 import type { Queue } from "./queue.ts";
 
+/** bounds the chains one wake-up serves, so one busy queue cannot starve the rest of its loop */
+export const CHAINS_PER_WAKEUP = 256;
+
 /**
- * Handles every available chain with `handle` (which returns the bytes it wrote), returns invalid
- * chains with length 0, re-arms notifications, and interrupts the driver if it asked for it.
- * A fatal ring error calls `needsReset` and stops.
+ * Handles available chains with `handle` (which returns the bytes it wrote), returns invalid chains
+ * with length 0, re-arms notifications, and interrupts the driver if it asked for it. After
+ * CHAINS_PER_WAKEUP chains it stops and signals `kick` itself, so its loop comes back to the queue
+ * after serving everything else. A fatal ring error calls `needsReset` and stops.
  */
 export function drainQueue(
   queue: Queue,
+  kick: EventFd,
   interrupt: VirtioInterrupt,
   needsReset: (reason: string) => void,
   handle: (chain: DescriptorChain) => number,
 ): void {
-  for (;;) {
+  let served = 0;
+  outer: for (;;) {
     for (let r = queue.pop(); r !== null; r = queue.pop()) {
       if (r.kind === "fatal") {
         needsReset(r.reason);
         return;
       }
       queue.addUsed(r.kind === "chain" ? r.chain.head : r.head, r.kind === "chain" ? handle(r.chain) : 0);
+      if (++served >= CHAINS_PER_WAKEUP) {
+        kick.signal(); // more may be waiting: come back after the other fds of the loop
+        break outer;
+      }
     }
     queue.enableNotification();
     // A buffer added between the last pop and enableNotification would get no kick: look again.
     if (!queue.hasAvailable()) break;
   }
-  if (queue.shouldNotify()) interrupt.signalUsedQueue(queue.config.vector);
+  if (queue.shouldNotify()) interrupt.signalUsedQueue(queue.index);
 }

@@ -28,6 +28,7 @@ export class MsixConfig {
   readonly #table: DataView;
   enabled = false;
   functionMasked = false;
+  #onChange: (() => void) | null = null;
 
   constructor(readonly count: number, readonly router: MsiRouter) {
     this.#table = new DataView(new ArrayBuffer(count * MSIX_ENTRY_SIZE));
@@ -43,6 +44,23 @@ export class MsixConfig {
     this.enabled = (control & MSIX_CONTROL_ENABLE) !== 0;
     this.functionMasked = (control & MSIX_CONTROL_FUNCTION_MASK) !== 0;
     if (wasMasked && this.enabled && !this.functionMasked) this.#vectors.forEach((_, i) => this.#deliverPending(i));
+    this.#onChange?.();
+  }
+
+  /** Sets the one callback run after the control register or a table entry changed. */
+  onChange(callback: (() => void) | null): void {
+    this.#onChange = callback;
+  }
+
+  /**
+   * Returns the irqfd eventfd of `vector` when a write to it would be delivered at once (MSI-X on,
+   * neither the function nor the vector masked, the route set), or null when it must go through
+   * `trigger` to honour a mask.
+   */
+  directNotifier(vector: number): EventFd | null {
+    const v = this.#vectors[vector];
+    if (!v || !this.enabled || this.functionMasked || v.ctrl & VECTOR_CTRL_MASKED || !v.routed) return null;
+    return v.event;
   }
 
   /** Delivers `vector`, or records it pending while masked. Out-of-range vectors are ignored. */
@@ -68,6 +86,7 @@ export class MsixConfig {
     const first = Math.floor(offset / MSIX_ENTRY_SIZE);
     const last = Math.floor((offset + data.byteLength - 1) / MSIX_ENTRY_SIZE);
     for (let index = first; index <= last; index++) this.#sync(index);
+    this.#onChange?.();
   }
 
   /** Reads the pending-bit array. */

@@ -8,7 +8,8 @@
 // only after the element it covers (release store), and re-reads `used_event` after a full fence.
 // Everything the guest wrote is validated; a popped chain is either a DescriptorChain, a chain
 // error (returned to the driver with zero length), or a fatal error (the device needs a reset).
-import type { GuestMemory } from "../../memory/mod.ts";
+import { err, ok, type Result } from "../../base/result.ts";
+import { type GuestAddress, type GuestMemory, guestAddressFromHalves, guestAddressFromU64 } from "../../memory/mod.ts";
 import { type DescriptorChain, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, VIRTQ_DESC_SIZE } from "./descriptor_chain.ts";
 
 export const VIRTQ_AVAIL_F_NO_INTERRUPT = 1;
@@ -17,6 +18,8 @@ export const VIRTQ_USED_F_NO_NOTIFY = 1;
 export const VIRTIO_MSI_NO_VECTOR = 0xffff;
 /** bounds an indirect table so a hostile length cannot make the device walk millions of entries */
 export const MAX_INDIRECT_DESCRIPTORS = 4096;
+/** bounds the bytes of one chain unless the device states its own limit (what it can use at most) */
+export const DEFAULT_MAX_CHAIN_BYTES = 16 * 1024 * 1024;
 
 /** What `pop` found. */
 export type PopResult =
@@ -24,8 +27,17 @@ export type PopResult =
   | { readonly kind: "bad_chain"; readonly head: number; readonly reason: string }
   | { readonly kind: "fatal"; readonly reason: string };
 
-/** Queue settings the driver programs through the transport. */
-export type QueueConfig = { size: number; ready: boolean; desc: number; driver: number; device: number; vector: number };
+/** Queue settings the driver programs through the transport; ring addresses are the raw 64-bit registers. */
+export type QueueConfig = { size: number; ready: boolean; desc: bigint; driver: bigint; device: bigint; vector: number };
+
+/**
+ * Where a started queue resumes (a vhost-user back-end takes over a ring that was already in use);
+ * a null `nextUsed` continues from the used index the ring holds.
+ */
+export type QueueStart = { readonly nextAvail: number; readonly nextUsed: number | null };
+
+/** The ring features that change how a queue is read. */
+export type RingFeatures = { readonly eventIdx: boolean; readonly indirect: boolean };
 
 type Rings = {
   readonly desc: DataView;
@@ -40,6 +52,10 @@ type Rings = {
 /** One split virtqueue: its configuration, and once activated, its rings in guest memory. */
 export class Queue {
   readonly maxSize: number;
+  /** The queue's index in its device (interrupts name queues by index). */
+  readonly index: number;
+  /** The most bytes one chain may describe; a longer chain is returned unused. */
+  readonly maxChainBytes: number;
   readonly config: QueueConfig;
   #memory: GuestMemory | null = null;
   #rings: Rings | null = null;
@@ -49,13 +65,15 @@ export class Queue {
   #nextUsed = 0;
   #signalledUsed = 0;
 
-  constructor(maxSize: number) {
+  constructor(maxSize: number, index = 0, maxChainBytes = DEFAULT_MAX_CHAIN_BYTES) {
     this.maxSize = maxSize;
+    this.index = index;
+    this.maxChainBytes = maxChainBytes;
     this.config = Queue.initialConfig(maxSize);
   }
 
   static initialConfig(maxSize: number): QueueConfig {
-    return { size: maxSize, ready: false, desc: 0, driver: 0, device: 0, vector: VIRTIO_MSI_NO_VECTOR };
+    return { size: maxSize, ready: false, desc: 0n, driver: 0n, device: 0n, vector: VIRTIO_MSI_NO_VECTOR };
   }
 
   /** Returns the queue to its state after a device reset. */
@@ -68,19 +86,26 @@ export class Queue {
     this.#signalledUsed = 0;
   }
 
-  /** Checks the driver's settings and maps the rings; returns why they are unusable, or null. */
-  activate(memory: GuestMemory, features: { eventIdx: boolean; indirect: boolean }): string | null {
-    const { size, desc, driver, device } = this.config;
-    if (size === 0 || size > this.maxSize || (size & (size - 1)) !== 0) return `queue size ${size} is not a power of two up to ${this.maxSize}`;
-    if (desc % 16 !== 0 || driver % 2 !== 0 || device % 4 !== 0) return "ring addresses are misaligned";
-    const region = (address: number, length: number): DataView | null => {
+  /**
+   * Checks the driver's settings and maps the rings, starting at the rings' beginning or at `start`;
+   * returns why they are unusable.
+   */
+  activate(memory: GuestMemory, features: RingFeatures, start: QueueStart = { nextAvail: 0, nextUsed: 0 }): Result<null> {
+    const { size } = this.config;
+    if (size === 0 || size > this.maxSize || (size & (size - 1)) !== 0) return err(`queue size ${size} is not a power of two up to ${this.maxSize}`);
+    const desc = guestAddressFromU64(this.config.desc);
+    const driver = guestAddressFromU64(this.config.driver);
+    const device = guestAddressFromU64(this.config.device);
+    if (desc === null || driver === null || device === null) return err("a ring address lies beyond the physical address space");
+    if (desc % 16 !== 0 || driver % 2 !== 0 || device % 4 !== 0) return err("ring addresses are misaligned");
+    const region = (address: GuestAddress, length: number): DataView | null => {
       const bytes = memory.slice(address, length);
       return bytes ? new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength) : null;
     };
     const d = region(desc, VIRTQ_DESC_SIZE * size);
     const a = region(driver, 6 + 2 * size);
     const u = region(device, 6 + 8 * size);
-    if (!d || !a || !u) return "a ring lies outside guest RAM";
+    if (!d || !a || !u) return err("a ring lies outside guest RAM");
     const u16 = (v: DataView, offset: number): Uint16Array => new Uint16Array(v.buffer, v.byteOffset + offset, 1);
     this.#rings = {
       desc: d, avail: a, used: u,
@@ -89,14 +114,25 @@ export class Queue {
     this.#memory = memory;
     this.#eventIdx = features.eventIdx;
     this.#indirect = features.indirect;
-    this.#nextAvail = 0;
-    this.#nextUsed = 0;
-    this.#signalledUsed = 0;
-    return null;
+    this.#nextAvail = start.nextAvail & 0xffff;
+    this.#nextUsed = start.nextUsed === null ? Atomics.load(this.#rings.usedIdx, 0) : start.nextUsed & 0xffff;
+    this.#signalledUsed = this.#nextUsed;
+    return ok(null);
   }
 
   get active(): boolean {
     return this.#rings !== null;
+  }
+
+  /** The index of the next available entry the device will take (vhost-user's "vring base"). */
+  get nextAvail(): number {
+    return this.#nextAvail;
+  }
+
+  /** The used index as published in the ring (0 before activation). */
+  get publishedUsed(): number {
+    const r = this.#rings;
+    return r === null ? 0 : Atomics.load(r.usedIdx, 0);
   }
 
   /** Returns whether the driver has made buffers available that were not popped yet. */
@@ -170,12 +206,14 @@ export class Queue {
     let index = head;
     let visited = 0;
     let inIndirect = false;
+    let total = 0;
     for (;;) {
       if (index >= tableSize) return `descriptor index ${index} is outside a table of ${tableSize}`;
       if (++visited > tableSize) return "descriptor chain loops or is longer than its table";
       const at = index * VIRTQ_DESC_SIZE;
-      const address = Number(table.getBigUint64(at, true));
+      const address = guestAddressFromHalves(table.getUint32(at, true), table.getUint32(at + 4, true));
       const length = table.getUint32(at + 8, true);
+      if (address === null) return "a descriptor address lies beyond the physical address space";
       const flags = table.getUint16(at + 12, true);
       const next = table.getUint16(at + 14, true);
       if (flags & VIRTQ_DESC_F_INDIRECT) {
@@ -194,6 +232,8 @@ export class Queue {
         inIndirect = true;
         continue;
       }
+      total += length;
+      if (total > this.maxChainBytes) return `chain describes more than ${this.maxChainBytes} bytes, the most this device uses`;
       const views = memory.slices(address, length);
       if (views === null) return `buffer 0x${address.toString(16)}+${length} lies outside guest RAM`;
       if (flags & VIRTQ_DESC_F_WRITE) {

@@ -1,20 +1,24 @@
 // rng.ts - virtio-rng (virtio 1.2 §5.4): fills the driver's buffers from the host kernel's getrandom.
-import { sys } from "../../../ffi/mod.ts";
 import { ChainWriter } from "./descriptor_chain.ts";
 import { drainQueue } from "./drain.ts";
-import { type ActivateContext, VIRTIO_ID, type VirtioDevice, type VirtioWorker } from "./virtio_device.ts";
+import { type ActivateContext, TSVM_RING_FEATURES, VIRTIO_ID, type VirtioDevice, type VirtioWorker } from "./virtio_device.ts";
 
 const QUEUE_SIZE = 256;
 /** bounds one request so a huge buffer cannot stall the device; the driver asks again for more */
 const MAX_BYTES_PER_REQUEST = 64 * 1024;
 
-/** The entropy device: one request queue, no configuration, no feature bits. */
+/** Where random bytes come from: fills a buffer, returns the count or a negative errno. */
+export type EntropySource = (buffer: Uint8Array) => number;
+
+/** The entropy device: one request queue, no configuration, no feature bits of its own. */
 export class Rng implements VirtioDevice {
   readonly debugLabel = "rng";
   readonly deviceType = VIRTIO_ID.RNG;
   readonly queueMaxSizes = [QUEUE_SIZE];
-  readonly features = 0n;
+  readonly features = TSVM_RING_FEATURES;
   readonly configSize = 0;
+
+  constructor(readonly entropy: EntropySource) {}
 
   readConfig(_offset: number, data: Uint8Array): void {
     data.fill(0);
@@ -27,11 +31,11 @@ export class Rng implements VirtioDevice {
     const fill = (): void => {
       kick.read();
       if (!queue) return;
-      drainQueue(queue, ctx.interrupt, ctx.needsReset, (chain) => {
+      drainQueue(queue, kick, ctx.interrupt, ctx.needsReset, (chain) => {
         const writer = new ChainWriter(chain);
         for (const view of writer.take(Math.min(writer.remaining, MAX_BYTES_PER_REQUEST)) ?? []) {
           for (let done = 0; done < view.byteLength;) {
-            const n = sys.getrandom(view.subarray(done));
+            const n = this.entropy(view.subarray(done));
             if (n <= 0) return 0; // the host failed: report nothing written
             done += n;
           }

@@ -6,11 +6,12 @@
 //   0x2000 device configuration      0x5000 MSI-X pending bits
 import { EventFd } from "../../base/event_fd.ts";
 import { RateLimitedLog } from "../../base/log.ts";
+import type { Result } from "../../base/result.ts";
 import type { GuestMemory } from "../../memory/mod.ts";
 import type { IrqLine } from "../interrupt.ts";
-import { PciConfiguration } from "../pci/pci_configuration.ts";
+import { PCI, PCI_COMMAND_MEMORY, PciConfiguration } from "../pci/pci_configuration.ts";
 import { PCI_INTERRUPT_PIN_INTA, type PciDevice } from "../pci/pci_device.ts";
-import { VirtioInterrupt } from "./interrupt.ts";
+import { PciInterrupt } from "./interrupt.ts";
 import { MsixConfig, type MsiRouter } from "./msix.ts";
 import { Queue, VIRTIO_MSI_NO_VECTOR } from "./queue.ts";
 import {
@@ -49,8 +50,11 @@ export type VirtioPciResources = {
   readonly intx: IrqLine;
   readonly intxLine: number;
   readonly loop: DeviceEventLoop;
-  /** Registers (or removes) an ioeventfd for a queue's notify address. */
-  readonly ioeventfd: (fd: number, address: number, length: number, assign: boolean) => void;
+  /**
+   * Registers (or removes) an ioeventfd that catches writes of any width to a queue's notify
+   * address; says why when KVM refuses (an address another device already claimed, say).
+   */
+  readonly ioeventfd: (fd: number, address: number, assign: boolean) => Result<null>;
 };
 
 /** A virtio device on PCI. Guest mistakes set DEVICE_NEEDS_RESET; nothing the guest writes throws. */
@@ -59,13 +63,12 @@ export class VirtioPciDevice implements PciDevice {
   readonly config: PciConfiguration;
   readonly queues: Queue[];
   readonly kicks: EventFd[];
-  readonly interrupt: VirtioInterrupt;
+  readonly interrupt: PciInterrupt;
   readonly #device: VirtioDevice;
   readonly #res: VirtioPciResources;
   readonly #msix: MsixConfig;
   readonly #msixCapOffset: number;
   readonly #pciCfgCapOffset: number;
-  readonly #offeredFeatures: bigint;
   #deviceFeatureSelect = 0;
   #driverFeatureSelect = 0;
   #driverFeatures = 0n;
@@ -73,6 +76,7 @@ export class VirtioPciDevice implements PciDevice {
   #configGeneration = 0;
   #queueSelect = 0;
   #worker: VirtioWorker | null = null;
+  /** Where the notify ioeventfds are registered now (the VMM's own record, not the guest's BAR). */
   #ioeventfdBase: number | null = null;
   readonly #guestErrors = new RateLimitedLog("warn");
 
@@ -80,12 +84,10 @@ export class VirtioPciDevice implements PciDevice {
     this.#device = device;
     this.#res = resources;
     this.debugLabel = `virtio-${device.debugLabel}`;
-    this.#offeredFeatures = device.features | (1n << VIRTIO_F.VIRTIO_F_VERSION_1) |
-      (1n << VIRTIO_F.VIRTIO_RING_F_INDIRECT_DESC) | (1n << VIRTIO_F.VIRTIO_RING_F_EVENT_IDX);
-    this.queues = device.queueMaxSizes.map((max) => new Queue(max));
+    this.queues = device.queueMaxSizes.map((max, index) => new Queue(max, index, device.maxChainBytes));
     this.kicks = this.queues.map(() => new EventFd());
     this.#msix = new MsixConfig(this.queues.length + 1, resources.router);
-    this.interrupt = new VirtioInterrupt(this.#msix, resources.intx);
+    this.interrupt = new PciInterrupt(this.#msix, resources.intx, (queue) => this.queues[queue]?.config.vector ?? VIRTIO_MSI_NO_VECTOR, this.queues.length);
     this.config = new PciConfiguration({
       vendorId: VIRTIO_PCI_VENDOR_ID,
       deviceId: VIRTIO_PCI_DEVICE_ID_BASE + device.deviceType,
@@ -142,6 +144,9 @@ export class VirtioPciDevice implements PciDevice {
     if (offset <= this.#msixCapOffset + 3 && offset + length > this.#msixCapOffset + 2) {
       this.#msix.setControl(this.config.read(this.#msixCapOffset + 2, 2));
     }
+    const touchesBar0 = offset < PCI.BAR0 + 4 && offset + length > PCI.BAR0;
+    const touchesCommand = offset < PCI.COMMAND + 2 && offset + length > PCI.COMMAND;
+    if ((touchesBar0 || touchesCommand) && this.#worker !== null) this.#syncIoeventfds();
   }
 
   readBar(index: number, offset: number, data: Uint8Array): void {
@@ -175,6 +180,7 @@ export class VirtioPciDevice implements PciDevice {
   close(): void {
     this.#reset();
     this.#msix.close();
+    this.interrupt.close();
     for (const k of this.kicks) k.close();
   }
 
@@ -187,7 +193,7 @@ export class VirtioPciDevice implements PciDevice {
     const q = this.#selectedQueue();
     const featureWord = (features: bigint, select: number): number => (select > 1 ? 0 : Number((features >> BigInt(select * 32)) & 0xffffffffn));
     regs.setUint32(COMMON.device_feature_select, this.#deviceFeatureSelect, true);
-    regs.setUint32(COMMON.device_feature, featureWord(this.#offeredFeatures, this.#deviceFeatureSelect), true);
+    regs.setUint32(COMMON.device_feature, featureWord(this.#device.features, this.#deviceFeatureSelect), true);
     regs.setUint32(COMMON.driver_feature_select, this.#driverFeatureSelect, true);
     regs.setUint32(COMMON.driver_feature, featureWord(this.#driverFeatures, this.#driverFeatureSelect), true);
     regs.setUint16(COMMON.config_msix_vector, this.interrupt.configVector, true);
@@ -200,9 +206,9 @@ export class VirtioPciDevice implements PciDevice {
       regs.setUint16(COMMON.queue_msix_vector, q.config.vector, true);
       regs.setUint16(COMMON.queue_enable, q.config.ready ? 1 : 0, true);
       regs.setUint16(COMMON.queue_notify_off, this.#queueSelect, true);
-      regs.setBigUint64(COMMON.queue_desc, BigInt(q.config.desc), true);
-      regs.setBigUint64(COMMON.queue_driver, BigInt(q.config.driver), true);
-      regs.setBigUint64(COMMON.queue_device, BigInt(q.config.device), true);
+      regs.setBigUint64(COMMON.queue_desc, q.config.desc, true);
+      regs.setBigUint64(COMMON.queue_driver, q.config.driver, true);
+      regs.setBigUint64(COMMON.queue_device, q.config.device, true);
     }
     for (let i = 0; i < data.byteLength; i++) data[i] = offset + i < COMMON_SIZE ? regs.getUint8(offset + i) : 0;
   }
@@ -216,9 +222,7 @@ export class VirtioPciDevice implements PciDevice {
     const setHalf = (field: "desc" | "driver" | "device", high: boolean): void => {
       if (!queueWritable) return;
       const current = q.config[field];
-      const lo = high ? current % 2 ** 32 : value;
-      const hi = high ? value : Math.floor(current / 2 ** 32);
-      q.config[field] = hi * 2 ** 32 + lo;
+      q.config[field] = high ? (BigInt(value) << 32n) | (current & 0xffffffffn) : (current & ~0xffffffffn) | BigInt(value);
     };
     switch (offset) {
       case COMMON.device_feature_select: this.#deviceFeatureSelect = value; break;
@@ -233,7 +237,10 @@ export class VirtioPciDevice implements PciDevice {
       case COMMON.device_status: this.#setStatus(value & 0xff); break;
       case COMMON.queue_select: this.#queueSelect = value & 0xffff; break;
       case COMMON.queue_size: if (queueWritable) q.config.size = value & 0xffff; break;
-      case COMMON.queue_msix_vector: if (q) q.config.vector = this.#vectorOrNone(value & 0xffff); break;
+      case COMMON.queue_msix_vector:
+        if (q) q.config.vector = this.#vectorOrNone(value & 0xffff);
+        this.interrupt.notifiersChanged();
+        break;
       case COMMON.queue_enable: if (queueWritable && (value & 1)) q.config.ready = true; break;
       case COMMON.queue_desc: setHalf("desc", false); break;
       case COMMON.queue_desc + 4: setHalf("desc", true); break;
@@ -264,7 +271,7 @@ export class VirtioPciDevice implements PciDevice {
     }
     let next = this.#status | value; // the driver never clears bits except by resetting
     if (value & VIRTIO_STATUS.FEATURES_OK && !(this.#status & VIRTIO_STATUS.FEATURES_OK)) {
-      const unknown = this.#driverFeatures & ~this.#offeredFeatures;
+      const unknown = this.#driverFeatures & ~this.#device.features;
       if (unknown !== 0n || !hasFeature(this.#driverFeatures, VIRTIO_F.VIRTIO_F_VERSION_1)) {
         next &= ~VIRTIO_STATUS.FEATURES_OK; // refused: the driver sees the bit clear when it re-reads
       }
@@ -289,14 +296,15 @@ export class VirtioPciDevice implements PciDevice {
         active.push(null);
         continue;
       }
-      const error = q.activate(this.#res.memory, ringFeatures);
-      if (error) {
-        this.#needsReset(`queue ${i}: ${error}`);
+      const started = q.activate(this.#res.memory, ringFeatures);
+      if (!started.ok) {
+        this.#needsReset(`queue ${i}: ${started.error}`);
         return;
       }
       active.push(q);
     }
-    this.#registerIoeventfds();
+    this.interrupt.watchFallbacks(this.#res.loop);
+    if (!this.#syncIoeventfds()) return;
     try {
       this.#worker = this.#device.activate({
         memory: this.#res.memory, queues: active, kicks: this.kicks, interrupt: this.interrupt, features,
@@ -307,29 +315,56 @@ export class VirtioPciDevice implements PciDevice {
     }
   }
 
-  #registerIoeventfds(): void {
-    const base = this.config.barAddress(0);
-    if (base === 0) return;
-    this.kicks.forEach((k, i) => this.#res.ioeventfd(k.fd, base + NOTIFY_OFFSET + i * NOTIFY_OFF_MULTIPLIER, 2, true));
-    this.#ioeventfdBase = base;
+  /**
+   * Puts the notify ioeventfds where BAR 0 decodes now (or removes them while decoding is off), so a
+   * BAR the guest moves keeps its fast path and leaves nothing behind at the old address. A refusal
+   * (the guest put this BAR over another device's) makes the device need a reset; returns false then.
+   */
+  #syncIoeventfds(): boolean {
+    const decoding = (this.config.command & PCI_COMMAND_MEMORY) !== 0;
+    const base = decoding ? this.config.barAddress(0) : 0;
+    const wanted = base === 0 ? null : base;
+    if (wanted === this.#ioeventfdBase) return true;
+    this.#removeIoeventfds();
+    if (wanted === null) return true;
+    const notifyAddress = (queue: number): number => wanted + NOTIFY_OFFSET + queue * NOTIFY_OFF_MULTIPLIER;
+    for (const [i, k] of this.kicks.entries()) {
+      const added = this.#res.ioeventfd(k.fd, notifyAddress(i), true);
+      if (added.ok) continue;
+      for (let earlier = 0; earlier < i; earlier++) this.#res.ioeventfd(this.kicks[earlier]!.fd, notifyAddress(earlier), false);
+      this.#needsReset(`cannot catch notifications at BAR 0 0x${wanted.toString(16)}: ${added.error}`);
+      return false;
+    }
+    this.#ioeventfdBase = wanted;
+    return true;
+  }
+
+  #removeIoeventfds(): void {
+    const base = this.#ioeventfdBase;
+    if (base === null) return;
+    this.kicks.forEach((k, i) => this.#res.ioeventfd(k.fd, base + NOTIFY_OFFSET + i * NOTIFY_OFF_MULTIPLIER, false));
+    this.#ioeventfdBase = null;
   }
 
   #needsReset(reason: string): void {
     this.#guestErrors.log(`${this.debugLabel}: ${reason}; the device needs a reset`);
     this.#worker?.stop();
     this.#worker = null;
+    this.#removeIoeventfds();
     this.#status |= VIRTIO_STATUS.DEVICE_NEEDS_RESET;
     this.notifyConfigChanged();
+  }
+
+  /** Marks the device broken from outside the transport (its backend failed, say). */
+  needsReset(reason: string): void {
+    this.#needsReset(reason);
   }
 
   #reset(): void {
     this.#worker?.stop();
     this.#worker = null;
-    if (this.#ioeventfdBase !== null) {
-      const base = this.#ioeventfdBase;
-      this.kicks.forEach((k, i) => this.#res.ioeventfd(k.fd, base + NOTIFY_OFFSET + i * NOTIFY_OFF_MULTIPLIER, 2, false));
-      this.#ioeventfdBase = null;
-    }
+    this.#removeIoeventfds();
+    this.interrupt.unwatchFallbacks(this.#res.loop);
     for (const k of this.kicks) k.read(); // drop notifications from before the reset
     for (const q of this.queues) q.reset();
     this.interrupt.reset();

@@ -1,7 +1,9 @@
 // block.ts - virtio-blk (virtio 1.2 §5.2) over a raw image: read, write, flush, get-id, discard, write-zeroes.
 import { ChainReader, ChainWriter, type DescriptorChain } from "../descriptor_chain.ts";
+import { type ControllableDevice, type DeviceCommand, type DeviceReply, unsupported } from "../device_control.ts";
 import { drainQueue } from "../drain.ts";
-import { type ActivateContext, VIRTIO_ID, type VirtioDevice, type VirtioWorker } from "../virtio_device.ts";
+import type { VirtioInterrupt } from "../interrupt.ts";
+import { type ActivateContext, TSVM_RING_FEATURES, VIRTIO_ID, type VirtioDevice, type VirtioWorker } from "../virtio_device.ts";
 import type { DiskImage } from "./disk_file.ts";
 
 export const SECTOR_SIZE = 512;
@@ -33,7 +35,7 @@ const CONFIG = {
 const CONFIG_SIZE = 60;
 
 /** The block device: one request queue over one disk file. */
-export class Block implements VirtioDevice {
+export class Block implements VirtioDevice, ControllableDevice {
   readonly debugLabel: string;
   readonly deviceType = VIRTIO_ID.BLOCK;
   readonly queueMaxSizes = [QUEUE_SIZE];
@@ -41,11 +43,13 @@ export class Block implements VirtioDevice {
   readonly configSize = CONFIG_SIZE;
   readonly #config = new DataView(new ArrayBuffer(CONFIG_SIZE));
   readonly #id: Uint8Array;
+  /** The driver's interrupt while the device is active (a resize tells it the capacity changed). */
+  #interrupt: VirtioInterrupt | null = null;
 
   constructor(readonly disk: DiskImage, id: string, label = "block") {
     this.debugLabel = label;
     const bit = (b: bigint): bigint => 1n << b;
-    this.features = bit(VIRTIO_BLK_F.SIZE_MAX) | bit(VIRTIO_BLK_F.SEG_MAX) | bit(VIRTIO_BLK_F.BLK_SIZE) | bit(VIRTIO_BLK_F.FLUSH) |
+    this.features = TSVM_RING_FEATURES | bit(VIRTIO_BLK_F.SIZE_MAX) | bit(VIRTIO_BLK_F.SEG_MAX) | bit(VIRTIO_BLK_F.BLK_SIZE) | bit(VIRTIO_BLK_F.FLUSH) |
       (disk.readOnly ? bit(VIRTIO_BLK_F.RO) : bit(VIRTIO_BLK_F.DISCARD) | bit(VIRTIO_BLK_F.WRITE_ZEROES));
     this.#id = new Uint8Array(VIRTIO_BLK_ID_BYTES);
     this.#id.set(new TextEncoder().encode(id).subarray(0, VIRTIO_BLK_ID_BYTES));
@@ -83,11 +87,37 @@ export class Block implements VirtioDevice {
     const kick = ctx.kicks[0]!;
     const serve = (): void => {
       kick.read();
-      if (queue) drainQueue(queue, ctx.interrupt, ctx.needsReset, (chain) => this.handle(chain));
+      if (queue) drainQueue(queue, kick, ctx.interrupt, ctx.needsReset, (chain) => this.handle(chain));
     };
     ctx.loop.watch(kick.fd, serve);
+    this.#interrupt = ctx.interrupt;
     serve();
-    return { stop: () => ctx.loop.unwatch(kick.fd) };
+    return {
+      stop: () => {
+        ctx.loop.unwatch(kick.fd);
+        this.#interrupt = null;
+      },
+    };
+  }
+
+  control(command: DeviceCommand): DeviceReply {
+    switch (command.kind) {
+      case "flush":
+        return this.disk.flush() ? { kind: "ok" } : { kind: "error", message: "fdatasync of the disk image failed" };
+      case "disk_resize": {
+        if (this.disk.readOnly) return { kind: "error", message: "the disk is read-only" };
+        if (!Number.isSafeInteger(command.bytes) || command.bytes <= 0 || command.bytes % SECTOR_SIZE !== 0) {
+          return { kind: "error", message: `size ${command.bytes} is not a positive multiple of ${SECTOR_SIZE} bytes` };
+        }
+        const problem = this.disk.resize(command.bytes);
+        if (problem !== null) return { kind: "error", message: problem };
+        this.refreshCapacity();
+        this.#interrupt?.signalConfigChanged();
+        return { kind: "ok" };
+      }
+      default:
+        return unsupported("block", command);
+    }
   }
 
   /** Executes one request and returns the bytes written to the driver (data + status). */

@@ -19,10 +19,10 @@ export interface DiskImage {
   /** Virtual size in bytes. */
   readonly size: number;
   readonly format: "raw" | "qcow2";
-  /** The image file (for handing to a device process). */
+  /** The image file. */
   readonly fd: number;
-  /** Whether reads may go to a backing file (which a jailed device could not open). */
-  readonly backed: boolean;
+  /** The image file, then its backing chain's (for handing to a device process, in order). */
+  readonly chainFds: readonly number[];
   readInto(views: readonly Uint8Array[], offset: number): boolean;
   writeFrom(views: readonly Uint8Array[], offset: number): boolean;
   flush(): boolean;
@@ -36,7 +36,6 @@ export interface DiskImage {
 /** A host file holding a raw disk image. I/O methods return false on failure; they never throw. */
 export class DiskFile extends OwnedFd implements DiskImage {
   readonly format = "raw";
-  readonly backed = false;
   readonly readOnly: boolean;
   #size: number;
 
@@ -62,6 +61,10 @@ export class DiskFile extends OwnedFd implements DiskImage {
         : `failed to lock disk image ${path}: errno ${-lock}`);
     }
     return new DiskFile(fd, readOnly);
+  }
+
+  get chainFds(): readonly number[] {
+    return [this.fd];
   }
 
   /** Size in bytes, as of opening (or the last refresh). */

@@ -7,7 +7,7 @@
 // a leaked cluster (refcount 1, unreferenced), which `qemu-img check` reports as a leak, not corruption.
 import { writeFileSync } from "node:fs";
 import { inflateRawSync } from "node:zlib";
-import { dirname, isAbsolute, join } from "node:path";
+import { dirname, resolve } from "node:path";
 import { DiskFile, type DiskImage, writeZeroBytes } from "./disk_file.ts";
 
 export const QCOW2_MAGIC = 0x514649fb; // "QFI\xfb"
@@ -22,7 +22,7 @@ const INCOMPATIBLE_NAMES = ["dirty (needs qemu-img check -r)", "corrupt", "exter
 const MIN_CLUSTER_BITS = 9;
 const MAX_CLUSTER_BITS = 21;
 /** bounds the backing chain so a loop of backing files cannot recurse forever */
-const MAX_BACKING_DEPTH = 8;
+export const MAX_BACKING_DEPTH = 8;
 const BACKING_PATH_MAX = 1023;
 /** QEMU's own limits on the tables (QCOW_MAX_L1_SIZE, QCOW_MAX_REFTABLE_SIZE): a hostile header cannot make us allocate more. */
 const MAX_L1_BYTES = 32 * 1024 * 1024;
@@ -44,6 +44,12 @@ const u64 = (v: DataView, at: number): number => {
   if (n > BigInt(Number.MAX_SAFE_INTEGER)) throw new Qcow2Error("a header field is beyond 2^53");
   return Number(n);
 };
+
+/**
+ * Opens the backing file an image names (read-only); throws Qcow2Error. The VMM resolves the name
+ * against the image's directory; a jailed device process takes the next fd the VMM opened for it.
+ */
+export type BackingOpener = (name: string) => DiskImage;
 
 /** Returns whether the first bytes of a file are the qcow2 magic. */
 export function isQcow2(first4: Uint8Array): boolean {
@@ -79,8 +85,11 @@ export class Qcow2Image implements DiskImage {
     this.#endOfFile = Math.ceil(file.size / this.#clusterSize) * this.#clusterSize;
   }
 
-  /** Validates the header of an open image file and builds the image; throws Qcow2Error. */
-  static open(file: DiskFile, path: string, depth = 0): Qcow2Image {
+  /**
+   * Validates the header of an open image file and builds the image; throws Qcow2Error. An image
+   * that names a backing file needs `openBacking` (null: such images are refused).
+   */
+  static open(file: DiskFile, openBacking: BackingOpener | null): Qcow2Image {
     const raw = new Uint8Array(HEADER_V3_SIZE + 8);
     if (!file.preadExact(raw, 0)) throw new Qcow2Error("cannot read the header");
     const v = new DataView(raw.buffer);
@@ -121,12 +130,10 @@ export class Qcow2Image implements DiskImage {
     let backing: DiskImage | null = null;
     if (h.backingOffset !== 0) {
       if (h.backingSize === 0 || h.backingSize > BACKING_PATH_MAX) throw new Qcow2Error("the backing file name is empty or too long");
-      if (depth >= MAX_BACKING_DEPTH) throw new Qcow2Error(`the backing chain is deeper than ${MAX_BACKING_DEPTH}`);
       const name = new Uint8Array(h.backingSize);
       if (!file.preadExact(name, h.backingOffset)) throw new Qcow2Error("cannot read the backing file name");
-      const backingName = new TextDecoder().decode(name);
-      const backingPath = isAbsolute(backingName) ? backingName : join(dirname(path), backingName);
-      backing = openDiskImage(backingPath, true, depth + 1);
+      if (openBacking === null) throw new Qcow2Error("the image has a backing file, which cannot be opened here");
+      backing = openBacking(new TextDecoder().decode(name));
     }
     return new Qcow2Image(file, h, backing);
   }
@@ -139,8 +146,8 @@ export class Qcow2Image implements DiskImage {
     return this.#file.fd;
   }
 
-  get backed(): boolean {
-    return this.#backing !== null;
+  get chainFds(): readonly number[] {
+    return [this.#file.fd, ...(this.#backing?.chainFds ?? [])];
   }
 
   readInto(views: readonly Uint8Array[], offset: number): boolean {
@@ -409,17 +416,29 @@ export class Qcow2Image implements DiskImage {
   }
 }
 
-/** Opens a disk image, raw or qcow2 (detected by its magic), locked for this VM. */
-export function openDiskImage(path: string, readOnly: boolean, depth = 0): DiskImage {
+/**
+ * Opens a disk image of `format` (null: recognised by its magic), locked for this VM. A qcow2 image's
+ * backing file is resolved against the image's own directory and opened read-only, to a depth of
+ * MAX_BACKING_DEPTH.
+ */
+export function openDiskImage(path: string, readOnly: boolean, format: "raw" | "qcow2" | null, depth = 0): DiskImage {
   const file = DiskFile.open(path, readOnly);
   try {
-    const magic = new Uint8Array(4);
-    if (file.size >= 4 && file.preadExact(magic, 0) && isQcow2(magic)) return Qcow2Image.open(file, path, depth);
-    return file;
+    return imageOf(file, format, (name) => {
+      if (depth + 1 > MAX_BACKING_DEPTH) throw new Qcow2Error(`the backing chain is deeper than ${MAX_BACKING_DEPTH}`);
+      return openDiskImage(resolve(dirname(path), name), true, null, depth + 1);
+    });
   } catch (e) {
     file.close();
     throw e instanceof Qcow2Error ? new Qcow2Error(`${path}: ${e.message}`) : e;
   }
+}
+
+/** Builds the image in `file`: qcow2 when `format` says so or, with no format, when its magic does. */
+export function imageOf(file: DiskFile, format: "raw" | "qcow2" | null, openBacking: BackingOpener | null): DiskImage {
+  const magic = new Uint8Array(4);
+  const qcow2 = format === "qcow2" || (format === null && file.size >= 4 && file.preadExact(magic, 0) && isQcow2(magic));
+  return qcow2 ? Qcow2Image.open(file, openBacking) : file;
 }
 
 /** Creates an empty qcow2 v3 image of `size` bytes with 64 KiB clusters (tsvm create_qcow2). */

@@ -2,8 +2,8 @@
 // checksum and TSO offloads passed through to the tap.
 import { ChainReader, ChainWriter } from "../descriptor_chain.ts";
 import { drainQueue } from "../drain.ts";
-import { type ActivateContext, hasFeature, VIRTIO_ID, type VirtioDevice, type VirtioWorker } from "../virtio_device.ts";
-import { type Tap, TUN_F } from "./tap.ts";
+import { type Tap, TUN_F } from "../../../base/tap.ts";
+import { type ActivateContext, hasFeature, TSVM_RING_FEATURES, VIRTIO_ID, type VirtioDevice, type VirtioWorker } from "../virtio_device.ts";
 
 const QUEUE_SIZE = 256;
 const RXQ = 0;
@@ -48,7 +48,7 @@ export class Net implements VirtioDevice {
   constructor(readonly tap: Tap, readonly mac: Uint8Array) {
     const f = VIRTIO_NET_F;
     this.features = [f.CSUM, f.GUEST_CSUM, f.MAC, f.GUEST_TSO4, f.GUEST_TSO6, f.GUEST_ECN, f.GUEST_UFO, f.HOST_TSO4, f.HOST_TSO6, f.HOST_ECN, f.HOST_UFO, f.MRG_RXBUF, f.STATUS]
-      .reduce<bigint>((acc, bit) => acc | (1n << bit), 0n);
+      .reduce<bigint>((acc, bit) => acc | (1n << bit), TSVM_RING_FEATURES);
     this.#config.set(mac);
     new DataView(this.#config.buffer).setUint16(6, VIRTIO_NET_S_LINK_UP, true);
     tap.setVnetHeaderSize(VNET_HDR_SIZE);
@@ -144,13 +144,13 @@ export class Net implements VirtioDevice {
         else ctx.loop.unwatch(this.tap.fd);
         tapWatched = shouldWatch;
       }
-      if (rx && delivered && rx.shouldNotify()) ctx.interrupt.signalUsedQueue(rx.config.vector);
+      if (rx && delivered && rx.shouldNotify()) ctx.interrupt.signalUsedQueue(RXQ);
     };
 
     const transmit = (): void => {
       txKick.read();
       if (!tx) return;
-      drainQueue(tx, ctx.interrupt, ctx.needsReset, (chain) => {
+      drainQueue(tx, txKick, ctx.interrupt, ctx.needsReset, (chain) => {
         const reader = new ChainReader(chain);
         const length = Math.min(reader.remaining, MAX_FRAME);
         if (length < VNET_HDR_SIZE) return 0;

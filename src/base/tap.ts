@@ -1,7 +1,7 @@
 // tap.ts - a TAP interface from /dev/net/tun with virtio-net headers (IFF_TAP | IFF_NO_PI | IFF_VNET_HDR).
-import { sys } from "../../../../ffi/mod.ts";
-import { checked } from "../../../base/errno.ts";
-import { OwnedFd } from "../../../base/owned_fd.ts";
+import { sys } from "../../ffi/mod.ts";
+import { checked, ERRNO } from "./errno.ts";
+import { OwnedFd } from "./owned_fd.ts";
 
 const O_RDWR = 2;
 const O_NONBLOCK = 0o4000;
@@ -18,8 +18,6 @@ const IFREQ_SIZE = 40;
 const IFNAMSIZ = 16;
 /** TUN_F_* offload flags for TUNSETOFFLOAD. */
 export const TUN_F = { CSUM: 0x01, TSO4: 0x02, TSO6: 0x04, TSO_ECN: 0x08, UFO: 0x10 } as const;
-const EAGAIN = 11;
-const EINTR = 4;
 
 /** An open TAP device. Reads and writes carry a virtio_net_hdr_v1 in front of each frame. */
 export class Tap extends OwnedFd {
@@ -89,8 +87,8 @@ export class Tap extends OwnedFd {
   read(buf: Uint8Array): number {
     for (;;) {
       const n = sys.readRaw(this.fd, buf);
-      if (n === -EINTR) continue;
-      return n === -EAGAIN ? 0 : n;
+      if (n === -ERRNO.EINTR) continue;
+      return n === -ERRNO.EAGAIN ? 0 : n;
     }
   }
 
@@ -98,7 +96,7 @@ export class Tap extends OwnedFd {
   write(frame: Uint8Array): boolean {
     for (;;) {
       const n = sys.writeRaw(this.fd, frame);
-      if (n === -EINTR) continue;
+      if (n === -ERRNO.EINTR) continue;
       return n === frame.byteLength;
     }
   }

@@ -1,15 +1,13 @@
-// serial_output.ts - where a serial port's bytes go: stdout, a file, or nowhere.
+// fd_output.ts - where a port's bytes go: stdout, a file, or any fd; errors never reach the guest.
 import { sys } from "../../ffi/mod.ts";
-import type { SerialOutput } from "./serial.ts";
+import { ERRNO } from "./errno.ts";
 
 const O_WRONLY = 0o1;
 const O_CREAT = 0o100;
 const O_TRUNC = 0o1000;
-const EAGAIN = 11;
-const EINTR = 4;
 
 /** Writes every byte to `fd`, retrying short writes; output errors are dropped (the guest keeps running). */
-export class FdOutput implements SerialOutput {
+export class FdOutput {
   constructor(readonly fd: number, readonly owned: boolean) {}
 
   /** Opens (creating or truncating) `path` for a port's output. */
@@ -21,7 +19,7 @@ export class FdOutput implements SerialOutput {
     let done = 0;
     while (done < bytes.byteLength) {
       const n = sys.writeRaw(this.fd, done === 0 ? bytes : bytes.subarray(done));
-      if (n === -EINTR || n === -EAGAIN) continue;
+      if (n === -ERRNO.EINTR || n === -ERRNO.EAGAIN) continue;
       if (n <= 0) return;
       done += n;
     }

@@ -1,0 +1,107 @@
+// device_resources.ts - the host objects a device spec names: opened by a process allowed to open
+// them (the VMM, `tsvm devices`), passed as fds to a jailed device process, rebuilt there from fds.
+import { FdOutput } from "../base/fd_output.ts";
+import { describeError, err, ok, type Result } from "../base/result.ts";
+import { Tap } from "../base/tap.ts";
+import type { DeviceSpec, OutputSpec, TapSpec } from "./device_spec.ts";
+import { DiskFile, type DiskImage } from "./virtio/block/disk_file.ts";
+import { imageOf, openDiskImage } from "./virtio/block/qcow2.ts";
+
+/** What a device works on, by kind. */
+export type DeviceResources =
+  | { readonly kind: "block"; readonly image: DiskImage }
+  | { readonly kind: "console"; readonly output: FdOutput | null }
+  | { readonly kind: "net"; readonly tap: Tap }
+  | { readonly kind: "rng" }
+  | { readonly kind: "balloon" };
+
+/** Opens what `spec` names; the error says which file or tap failed and why. */
+export function openResources(spec: DeviceSpec): Result<DeviceResources> {
+  try {
+    switch (spec.kind) {
+      case "block":
+        return ok({ kind: "block", image: openDiskImage(spec.path, spec.readOnly, spec.format) });
+      case "console":
+        return ok({ kind: "console", output: openOutput(spec.output) });
+      case "net":
+        return ok({ kind: "net", tap: openTap(spec.tap) });
+      case "rng":
+      case "balloon":
+        return ok({ kind: spec.kind });
+    }
+  } catch (e) {
+    return err(describeError(e));
+  }
+}
+
+/** Opens a console's output (null for a sink). */
+export function openOutput(output: OutputSpec): FdOutput | null {
+  switch (output.type) {
+    case "stdout": return new FdOutput(1, false);
+    case "file": return FdOutput.file(output.path);
+    case "sink": return null;
+  }
+}
+
+function openTap(tap: TapSpec): Tap {
+  switch (tap.kind) {
+    case "tap-name": return Tap.open(tap.name);
+    case "tap-fd": return Tap.fromFd(tap.fd);
+    case "create": {
+      const octets = (ip: string): Uint8Array => Uint8Array.from(ip.split(".").map(Number));
+      return Tap.create(octets(tap.hostIp), octets(tap.netmask));
+    }
+  }
+}
+
+/** The fds a jailed device process needs, in the order `resourcesFromFds` takes them. */
+export function resourceFds(resources: DeviceResources): number[] {
+  switch (resources.kind) {
+    case "block": return [...resources.image.chainFds];
+    case "console": return resources.output === null ? [] : [resources.output.fd];
+    case "net": return [resources.tap.fd];
+    case "rng":
+    case "balloon":
+      return [];
+  }
+}
+
+/** Rebuilds resources from the fds a device process was given (see `resourceFds`). */
+export function resourcesFromFds(spec: DeviceSpec, fds: readonly number[]): Result<DeviceResources> {
+  const fd = fds[0];
+  try {
+    switch (spec.kind) {
+      case "block": {
+        if (fd === undefined) return err("no disk image fd");
+        // The backing chain's files follow the image's, in the order the VMM opened them.
+        const backing = fds.slice(1);
+        const openBacking = (): DiskImage => {
+          const next = backing.shift();
+          if (next === undefined) throw new Error("the image names a backing file the VMM did not open");
+          return imageOf(DiskFile.fromFd(next, true), null, openBacking);
+        };
+        return ok({ kind: "block", image: imageOf(DiskFile.fromFd(fd, spec.readOnly), spec.format, openBacking) });
+      }
+      case "console":
+        return ok({ kind: "console", output: fd === undefined ? null : new FdOutput(fd, true) });
+      case "net":
+        if (fd === undefined) return err("no tap fd");
+        return ok({ kind: "net", tap: Tap.fromFd(fd) });
+      case "rng":
+      case "balloon":
+        return ok({ kind: spec.kind });
+    }
+  } catch (e) {
+    return err(describeError(e));
+  }
+}
+
+/** Closes what `resources` holds. */
+export function closeResources(resources: DeviceResources): void {
+  switch (resources.kind) {
+    case "block": resources.image.close(); break;
+    case "console": resources.output?.close(); break;
+    case "net": resources.tap.close(); break;
+    default: break;
+  }
+}

@@ -1,0 +1,110 @@
+// device_process.ts - `tsvm device`: the jailed process that runs one virtio device as a vhost-user
+// back-end.
+//
+// fds: 3 the vhost-user socket (connected to the VMM, or with `listen` a listening socket that
+// `tsvm devices` accepts front-ends on), 4 the control tube, 5.. the device's resources (disk image
+// and its backing chain, tap, output). The process reads its setup, builds its device, locks itself
+// down (an empty root, no capabilities, the VMM-compiled seccomp filter), says READY, then serves
+// vhost-user and the VMM's commands on one WaitContext until its VMM goes away.
+import { jail, socket, sys } from "../../../ffi/mod.ts";
+import { setLogLevel, log, type LogLevel } from "../../base/log.ts";
+import { describeError } from "../../base/result.ts";
+import { Tube } from "../../base/tube.ts";
+import { WaitContext } from "../../base/wait_context.ts";
+import { createDevice, type CreatedDevice } from "../create_device.ts";
+import { resourcesFromFds } from "../device_resources.ts";
+import { VhostUserBackend } from "../vhost_user/backend.ts";
+import type { DeviceEventLoop } from "../virtio/virtio_device.ts";
+import { decodeTubeMessage, encodeFailed, encodeReady, encodeReply } from "./messages.ts";
+
+const VHOST_USER_FD = 3;
+const TUBE_FD = 4;
+const FIRST_RESOURCE_FD = 5;
+/** bounds the resources one device takes (an image and its backing chain at most) */
+const MAX_RESOURCE_FDS = 16;
+/** fds a device process may hold: its own few, a front-end's memory and eventfds, Bun's loops. */
+const MAX_FDS = 256;
+/** How long the VMM may take to send the setup. */
+const SETUP_TIMEOUT_MS = 30_000;
+const FALLOC_FL_KEEP_SIZE = 0x01;
+const FALLOC_FL_PUNCH_HOLE = 0x02;
+
+/** Runs the device process; returns its exit code (it normally ends with its VMM). */
+export function runDeviceProcess(): number {
+  const tube = new Tube(TUBE_FD);
+  const first = tube.receive(SETUP_TIMEOUT_MS);
+  if (first.kind !== "message") return 3;
+  const decoded = decodeTubeMessage(first.bytes);
+  if (!decoded.ok || decoded.value.kind !== "setup") return 3;
+  const setup = decoded.value.setup;
+  setLogLevel(setup.logLevel as LogLevel);
+  const label = setup.spec.label;
+  const fail = (reason: string): number => {
+    tube.send(encodeFailed(reason));
+    return 4;
+  };
+
+  const wait = new WaitContext<() => void>();
+  const loop: DeviceEventLoop = { watch: (fd, onReadable) => wait.add(fd, onReadable), unwatch: (fd) => wait.delete(fd) };
+  let device: CreatedDevice;
+  let backend: VhostUserBackend;
+  try {
+    if (setup.resourceFds > MAX_RESOURCE_FDS) return fail(`${setup.resourceFds} resource fds`);
+    const fds = Array.from({ length: setup.resourceFds }, (_, i) => FIRST_RESOURCE_FD + i);
+    const resources = resourcesFromFds(setup.spec, fds);
+    if (!resources.ok) return fail(resources.error);
+    device = createDevice(setup.spec, resources.value, {
+      entropy: sys.getrandom,
+      punchHole: (fd, offset, length) => sys.fallocate(fd, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE, offset, length) === 0,
+    });
+    backend = new VhostUserBackend(device, loop, {
+      disconnected: (reason) => {
+        if (setup.listen) log.info(`${label}: front-end gone (${reason}); waiting for the next one`);
+        else process.exit(0); // the VMM is gone, or broke the protocol: nothing left to serve
+      },
+      log: (level, message) => log[level](`${label}: ${message}`),
+    });
+    // Touch what initializes lazily before the jail: the RNG (madvise WIPEONFORK) and time zones.
+    crypto.getRandomValues(new Uint8Array(16));
+    void new Date().toString();
+    const locked = jail.lockdown(setup.filter, MAX_FDS);
+    if (locked < 0) return fail(`lockdown failed with errno ${-locked}`);
+  } catch (e) {
+    return fail(describeError(e));
+  }
+  tube.send(encodeReady());
+
+  if (setup.listen) {
+    wait.add(VHOST_USER_FD, () => {
+      const fd = socket.accept(VHOST_USER_FD);
+      if (fd >= 0) backend.serve(fd);
+    });
+  } else {
+    backend.serve(VHOST_USER_FD);
+  }
+  wait.add(TUBE_FD, () => {
+    const m = tube.receive(0);
+    if (m.kind === "closed") process.exit(0);
+    if (m.kind !== "message") return;
+    for (const fd of m.fds) sys.close(fd);
+    const message = decodeTubeMessage(m.bytes);
+    if (!message.ok || message.value.kind !== "command") {
+      log.warn(`${label}: malformed message from the VMM: ${message.ok ? message.value.kind : message.error}`);
+      process.exit(5);
+    }
+    const { id, command } = message.value;
+    const reply = device.control ? device.control(command) : { kind: "error" as const, message: `the ${label} device takes no commands` };
+    tube.send(encodeReply(id, reply));
+  });
+  for (;;) {
+    for (const { token } of wait.wait(-1)) {
+      try {
+        token();
+      } catch (e) {
+        // A bug must not take the device down with a front-end still attached: drop that front-end.
+        log.error(`${label}: ${describeError(e)}`);
+        backend.disconnect(`internal error: ${describeError(e)}`);
+      }
+    }
+  }
+}

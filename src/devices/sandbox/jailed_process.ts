@@ -1,0 +1,308 @@
+// jailed_process.ts - the VMM's side of one jailed device process: spawn, setup, commands, its log
+// lines, and its end.
+//
+// The VMM never blocks on a device process and never trusts it. Everything it sends arrives as an
+// event on the VMM's loop and is checked; a malformed or unexpected message, a closed tube, a
+// command not answered in time, or a start that takes too long ends the process: SIGKILL, reap,
+// and one `failure` line naming the device, its pid and what it did. Its log lines come through a
+// pipe the VMM reads, prefixed with its name, escaped and rate-limited; it never holds a terminal.
+import { jail, socket, sys } from "../../../ffi/mod.ts";
+import { ERRNO } from "../../base/errno.ts";
+import { log, sanitize } from "../../base/log.ts";
+import { describeError, err, ok, type Result } from "../../base/result.ts";
+import { Tube } from "../../base/tube.ts";
+import type { DeviceEventLoop } from "../virtio/virtio_device.ts";
+import type { DeviceCommand, DeviceReply } from "../virtio/device_control.ts";
+import { decodeTubeMessage, type DeviceSetup, encodeCommand, encodeSetup } from "./messages.ts";
+
+/** How long a device process may take to start and lock itself down. */
+export const START_TIMEOUT_MS = 20_000;
+/** How long a device may take to answer one command. */
+export const COMMAND_TIMEOUT_MS = 5000;
+/** Log lines a device may print per second before the rest are dropped (and counted). */
+const LOG_LINES_PER_SECOND = 20;
+const LOG_CHUNK = 4096;
+const SIGSYS = 31;
+const SIGKILL = 9;
+const O_NONBLOCK = 0o4000;
+/** Host ids of jailed processes start here; see `jailIdBase`. */
+const JAIL_ID_FLOOR = 0x4000_0000;
+/** Device processes per VM with ids of their own (PCI bus 0 has 31 free slots). */
+const MAX_DEVICES_PER_VM = 32;
+
+/**
+ * Returns the host uid/gid pair a VM's device `index` runs as: a range chosen from the VMM's pid, so
+ * no two running VMs (nor two devices of one VM) ever share an id. Ids from 2^30 up are far above
+ * any real user's.
+ */
+export function jailIdBase(vmmPid: number, index: number): number {
+  return JAIL_ID_FLOOR + (vmmPid % 2 ** 22) * MAX_DEVICES_PER_VM * 2 + (index % MAX_DEVICES_PER_VM) * 2;
+}
+
+/** What a jailed device process is started with. */
+export type JailedProcessOptions = {
+  readonly setup: DeviceSetup;
+  /** fd 3 of the child: its vhost-user socket (connected, or listening for `tsvm devices`). */
+  readonly vhostUserFd: number;
+  /** fds 5.. of the child: its resources. */
+  readonly resourceFds: readonly number[];
+  readonly idBase: number;
+  readonly loop: DeviceEventLoop;
+  /** Called once when the process fails or ends; `message` names it, its pid and what happened. */
+  readonly onFailure: (message: string) => void;
+};
+
+type Pending = { readonly onReply: (reply: DeviceReply) => void; readonly deadline: number };
+
+/** A running jailed device process. */
+export class JailedProcess {
+  readonly label: string;
+  readonly pid: number;
+  readonly #tube: Tube;
+  readonly #stderr: number;
+  readonly #loop: DeviceEventLoop;
+  readonly #onFailure: (message: string) => void;
+  readonly #pending = new Map<number, Pending>();
+  readonly #startDeadline: number;
+  #nextId = 1;
+  #ready = false;
+  #ended: string | null = null;
+  #failing = false;
+  #released = false;
+  #logWindow = { start: 0, lines: 0, dropped: 0 };
+  #logCarry = "";
+
+  private constructor(label: string, pid: number, tube: Tube, stderr: number, options: JailedProcessOptions) {
+    this.label = label;
+    this.pid = pid;
+    this.#tube = tube;
+    this.#stderr = stderr;
+    this.#loop = options.loop;
+    this.#onFailure = options.onFailure;
+    this.#startDeadline = performance.now() + START_TIMEOUT_MS;
+  }
+
+  /** Starts the process and sends its setup; the error says why it could not be started. */
+  static spawn(options: JailedProcessOptions): Result<JailedProcess> {
+    const label = options.setup.spec.label;
+    const [ours, theirs] = socket.seqpacketPair();
+    const [logRead, logWrite] = sys.pipe();
+    const command = Bun.isStandaloneExecutable ? [process.execPath, "device"] : [process.execPath, Bun.main, "device"];
+    const fds = [options.vhostUserFd, theirs, ...options.resourceFds];
+    const pid = jail.spawnJailed(command[0]!, command, ["BUN_RUNTIME_TRANSPILER_CACHE_PATH=0"], fds, logWrite, options.idBase);
+    sys.close(theirs);
+    sys.close(logWrite);
+    if (pid < 0) {
+      sys.close(ours);
+      sys.close(logRead);
+      const why = -pid === ERRNO.EPERM
+        ? "jailing device processes needs root (to create their namespaces and map their ids); run as root or with --disable-sandbox"
+        : `errno ${-pid}`;
+      return err(`failed to start the ${label} device process: ${why}`);
+    }
+    sys.addFileFlags(logRead, O_NONBLOCK);
+    const tube = new Tube(ours);
+    const child = new JailedProcess(label, pid, tube, logRead, options);
+    try {
+      tube.send(encodeSetup(options.setup));
+    } catch (e) {
+      child.#fail(`could not be sent its setup: ${describeError(e)}`);
+      return err(child.#ended!);
+    }
+    options.loop.watch(ours, () => child.#onTube());
+    options.loop.watch(logRead, () => child.#onLog());
+    return ok(child);
+  }
+
+  /** How the process ended, or null while it runs. */
+  get ended(): string | null {
+    return this.#ended;
+  }
+
+  /** Whether it has locked itself down and serves. */
+  get ready(): boolean {
+    return this.#ready;
+  }
+
+  /**
+   * Waits (blocking, until the start deadline) for the process to say it is ready; a device's first
+   * vhost-user request needs that. Returns why it is not, if it never will be.
+   */
+  waitReady(): Result<null> {
+    while (!this.#ready && this.#ended === null) {
+      const left = Math.ceil(this.#startDeadline - performance.now());
+      if (left <= 0) {
+        this.#fail(`did not start within ${START_TIMEOUT_MS / 1000} s`);
+        break;
+      }
+      const r = socket.waitReadable(this.#tube.fd, left);
+      if (r < 0 && r !== -ERRNO.EINTR) this.#fail(`its tube failed (${-r})`);
+      else if (r > 0) this.#onTube();
+    }
+    return this.#ended === null ? ok(null) : err(this.#ended);
+  }
+
+  /** Sends `command`; `onReply` runs from the loop when the answer comes (an error reply if the process ends first). */
+  command(command: DeviceCommand, onReply: (reply: DeviceReply) => void): void {
+    if (this.#ended !== null) {
+      onReply({ kind: "error", message: this.#ended });
+      return;
+    }
+    const id = this.#nextId++;
+    try {
+      this.#tube.send(encodeCommand(id, command));
+    } catch (e) {
+      this.#fail(`could not be sent a command: ${describeError(e)}`);
+      onReply({ kind: "error", message: this.#ended ?? "the device process is gone" });
+      return;
+    }
+    this.#pending.set(id, { onReply, deadline: performance.now() + COMMAND_TIMEOUT_MS });
+  }
+
+  /** Ends a process that missed a deadline; the VMM's loop calls this every time round. */
+  checkDeadlines(now: number): void {
+    if (this.#ended !== null) return;
+    if (!this.#ready && now > this.#startDeadline) this.#fail(`did not start within ${START_TIMEOUT_MS / 1000} s`);
+    for (const p of this.#pending.values()) {
+      if (now > p.deadline) {
+        this.#fail(`did not answer a command within ${COMMAND_TIMEOUT_MS / 1000} s`);
+        return;
+      }
+    }
+  }
+
+  /** Stops the process (SIGSTOP: tsvm suspend) or lets it go on (SIGCONT). */
+  pause(paused: boolean): void {
+    if (this.#ended === null) process.kill(this.pid, paused ? "SIGSTOP" : "SIGCONT");
+  }
+
+  /** Ends the process and releases its fds (no failure is reported). */
+  close(): void {
+    if (this.#ended === null) {
+      this.#ended = `device process ${this.label} (pid ${this.pid}) was stopped`;
+      this.#kill();
+    }
+    this.#release();
+  }
+
+  /** Ends the process for `what` it did: kill, reap, and report once. */
+  fail(what: string): void {
+    this.#fail(what);
+  }
+
+  #onTube(): void {
+    for (;;) {
+      if (this.#ended !== null) return;
+      let m: ReturnType<Tube["receive"]>;
+      try {
+        m = this.#tube.receive(0);
+      } catch (e) {
+        this.#fail(`broke its tube: ${describeError(e)}`);
+        return;
+      }
+      if (m.kind === "timeout") return;
+      if (m.kind === "closed") {
+        this.#fail("");
+        return;
+      }
+      for (const fd of m.fds) sys.close(fd);
+      if (m.fds.length > 0) {
+        this.#fail("sent fds on its tube");
+        return;
+      }
+      const message = decodeTubeMessage(m.bytes);
+      if (!message.ok) {
+        this.#fail(`sent a malformed message (${message.error})`);
+        return;
+      }
+      const v = message.value;
+      if (v.kind === "ready" && !this.#ready) this.#ready = true;
+      else if (v.kind === "failed" && !this.#ready) this.#fail(`failed to start: ${sanitize(v.reason)}`);
+      else if (v.kind === "reply" && this.#pending.has(v.id)) {
+        const p = this.#pending.get(v.id)!;
+        this.#pending.delete(v.id);
+        p.onReply(v.reply.kind === "error" ? { kind: "error", message: sanitize(v.reply.message) } : v.reply);
+      } else {
+        this.#fail(`sent an unexpected ${v.kind} message`);
+        return;
+      }
+    }
+  }
+
+  #onLog(): void {
+    const buf = new Uint8Array(LOG_CHUNK);
+    for (;;) {
+      const n = sys.readRaw(this.#stderr, buf);
+      if (n === -ERRNO.EINTR) continue;
+      if (n <= 0) {
+        if (n === 0) this.#loop.unwatch(this.#stderr); // the process closed its stderr (it ended)
+        return;
+      }
+      const text = this.#logCarry + new TextDecoder().decode(buf.subarray(0, n));
+      const lines = text.split("\n");
+      this.#logCarry = lines.pop()!.slice(0, LOG_CHUNK);
+      for (const line of lines) this.#printLine(line);
+    }
+  }
+
+  #printLine(line: string): void {
+    const now = performance.now();
+    const w = this.#logWindow;
+    if (now - w.start > 1000) {
+      if (w.dropped > 0) log.warn(`[${this.label}] (${w.dropped} more lines dropped)`);
+      this.#logWindow = { start: now, lines: 0, dropped: 0 };
+    }
+    if (++this.#logWindow.lines > LOG_LINES_PER_SECOND) {
+      this.#logWindow.dropped++;
+      return;
+    }
+    // Device lines already carry "[tsvm level]"; keep them whole but escaped, prefixed with the device.
+    process.stderr.write(`[${this.label}] ${sanitize(line)}\n`);
+  }
+
+  #fail(what: string): void {
+    if (this.#ended !== null || this.#failing) return;
+    this.#failing = true;
+    this.#kill();
+    const how = this.#reap();
+    const did = what === "" ? how : `${what}; ${how === `was killed by signal ${SIGKILL}` ? "killed" : how}`;
+    this.#ended = `device process ${this.label} (pid ${this.pid}) ${did}`;
+    for (const p of this.#pending.values()) p.onReply({ kind: "error", message: this.#ended });
+    this.#pending.clear();
+    this.#release();
+    this.#onFailure(this.#ended);
+  }
+
+  #kill(): void {
+    try {
+      process.kill(this.pid, "SIGKILL");
+    } catch {
+      // already gone
+    }
+  }
+
+  /** Reaps the killed process, waiting up to a second (it cannot survive SIGKILL unless stuck in the kernel). */
+  #reap(): string {
+    const deadline = performance.now() + 1000;
+    for (;;) {
+      const [r, status] = jail.waitpid(this.pid, true);
+      if (r > 0) {
+        const signal = status & 0x7f;
+        if (signal === 0) return `exited with status ${(status >> 8) & 0xff}`;
+        if (signal === SIGSYS) return "was killed by SIGSYS: a system call its seccomp policy does not allow";
+        return `was killed by signal ${signal}`;
+      }
+      if (r < 0 || performance.now() > deadline) return "could not be reaped";
+      Bun.sleepSync(5);
+    }
+  }
+
+  #release(): void {
+    if (this.#released) return;
+    this.#released = true;
+    this.#loop.unwatch(this.#tube.fd);
+    this.#loop.unwatch(this.#stderr);
+    this.#tube.close();
+    sys.close(this.#stderr);
+  }
+}

@@ -1,0 +1,126 @@
+// control_loop.ts - the VMM's main-thread loop: epoll over every fd the VMM serves, each with its
+// handler, until something ends the VM.
+//
+// Handlers come from the vCPU mailboxes, devices, device processes, stdin, signals and the control
+// socket. None of them may take the VMM down: an exception in one is logged and, for a device,
+// turned into that device needing a reset (see DeviceLoop); the loop itself only ends through `end`.
+import { log } from "../base/log.ts";
+import { describeError } from "../base/result.ts";
+import { WaitContext } from "../base/wait_context.ts";
+import type { DeviceEventLoop } from "../devices/virtio/virtio_device.ts";
+
+/** The loop returns to Bun's event loop this often so Worker events and timers are delivered. */
+const EVENT_LOOP_SLICE_MS = 100;
+
+/** Why the VM ends: the process exit code and a line to print (null: none). */
+export type Ending = { readonly code: number; readonly message: string | null };
+
+const yieldToEventLoop = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
+
+/** The VMM's WaitContext and what runs on it. */
+export class ControlLoop implements DeviceEventLoop {
+  readonly #wait = new WaitContext<() => void>();
+  readonly #ticks: (() => void)[] = [];
+  #ending: Ending | null = null;
+
+  /** Runs `handler` whenever `fd` is readable. */
+  watch(fd: number, handler: () => void): void {
+    this.#wait.add(fd, handler);
+  }
+
+  unwatch(fd: number): void {
+    this.#wait.delete(fd);
+  }
+
+  /** Runs `task` once every time round the loop (deadline checks, polling a file). */
+  everyTick(task: () => void): void {
+    this.#ticks.push(task);
+  }
+
+  /** Ends the loop with `ending`; the first call wins. */
+  end(ending: Ending): void {
+    this.#ending ??= ending;
+  }
+
+  /** How the loop ended (or will, once it sees it), or null while it runs. */
+  get ending(): Ending | null {
+    return this.#ending;
+  }
+
+  /** Waits up to `timeoutMs` and runs what became ready (used while suspending and stopping too). */
+  turn(timeoutMs: number): number {
+    const events = this.#wait.wait(timeoutMs);
+    for (const { token } of events) {
+      try {
+        token();
+      } catch (e) {
+        log.error(`internal error in the control loop: ${describeError(e)}`);
+      }
+      if (this.#ending) break;
+    }
+    for (const task of this.#ticks) task();
+    return events.length;
+  }
+
+  /** Serves until something ends the VM; yields to Bun's event loop now and then. */
+  async run(): Promise<Ending> {
+    let sliceStart = performance.now();
+    for (;;) {
+      const n = this.turn(EVENT_LOOP_SLICE_MS);
+      if (this.#ending) return this.#ending;
+      if (n === 0 || performance.now() - sliceStart >= EVENT_LOOP_SLICE_MS) {
+        await yieldToEventLoop();
+        sliceStart = performance.now();
+        if (this.#ending) return this.#ending;
+      }
+    }
+  }
+
+  close(): void {
+    this.#wait.close();
+  }
+}
+
+/**
+ * The loop a device in the VMM runs on (--disable-sandbox): the control loop, with the device's fds
+ * set aside while the VM is suspended and each handler's exception turned into `onError` (the device
+ * then needs a reset) instead of reaching the control loop.
+ */
+export class DeviceLoop implements DeviceEventLoop {
+  readonly #handlers = new Map<number, () => void>();
+  #paused = false;
+  onError: (message: string) => void = (message) => log.error(message);
+
+  constructor(readonly loop: ControlLoop, readonly label: string) {}
+
+  watch(fd: number, onReadable: () => void): void {
+    const guarded = (): void => {
+      try {
+        onReadable();
+      } catch (e) {
+        this.onError(`internal error in ${this.label}: ${describeError(e)}`);
+      }
+    };
+    this.#handlers.set(fd, guarded);
+    if (!this.#paused) this.loop.watch(fd, guarded);
+  }
+
+  unwatch(fd: number): void {
+    if (this.#handlers.delete(fd) && !this.#paused) this.loop.unwatch(fd);
+  }
+
+  /** Stops serving the device's fds (tsvm suspend); their events wait in the kernel. */
+  pause(): void {
+    if (this.#paused) return;
+    this.#paused = true;
+    for (const fd of this.#handlers.keys()) this.loop.unwatch(fd);
+  }
+
+  /** Serves them again and runs each once: notifications that came while paused are still counted. */
+  resume(): void {
+    if (!this.#paused) return;
+    this.#paused = false;
+    for (const [fd, handler] of this.#handlers) this.loop.watch(fd, handler);
+    for (const handler of [...this.#handlers.values()]) handler();
+  }
+}

@@ -1,0 +1,264 @@
+// run_vm.ts - runs a VM from a Config: opens what the user named, builds the VM, puts the devices on
+// their buses (each virtio device in its home), starts the vCPUs and serves the control loop until the
+// guest exits, a vCPU or device fails, or tsvm is told to stop.
+import { readFileSync } from "node:fs";
+import { event as eventFfi } from "../../ffi/mod.ts";
+import { EventFd } from "../base/event_fd.ts";
+import { log, setLogLevel } from "../base/log.ts";
+import { describeError } from "../base/result.ts";
+import { buildVm, type BuiltVm } from "../arch/x86_64/build_vm.ts";
+import { KernelLoaderError } from "../arch/x86_64/kernel_image.ts";
+import { FOUR_GIB, PCI_MMIO_END, PCI_MMIO_START } from "../arch/x86_64/layout.ts";
+import { type Config, ConfigError, kernelCmdline, virtioDeviceSpecs } from "../config.ts";
+import { Bus } from "../devices/bus.ts";
+import { closeResources, type DeviceResources, openResources } from "../devices/device_resources.ts";
+import type { DeviceSpec } from "../devices/device_spec.ts";
+import { IrqRouter } from "../devices/irq_router.ts";
+import { AddressAllocator, PciRoot } from "../devices/pci/mod.ts";
+import { DEVICE_TYPES } from "../devices/vhost_user/device_types.ts";
+import { randomMac } from "../devices/virtio/net/net.ts";
+import { Kvm } from "../kvm/kvm.ts";
+import { compileDeviceFilter } from "../sandbox/policies.ts";
+import { ControlServer, ControlSocketError } from "../vm_control/server.ts";
+import { builtinGuest } from "../builtin_guest.ts";
+import type { AddressSpace } from "../vcpu/bus_mailbox.ts";
+import { ControlLoop, type Ending } from "./control_loop.ts";
+import { ControlRequests } from "./control_requests.ts";
+import { attachLegacyDevices } from "./legacy_devices.ts";
+import { type InputSink, StdinPump } from "./stdin.ts";
+import { EXIT_CODE, startWorkers, Vcpus } from "./vcpus.ts";
+import { attachInProcess, attachSandboxed, attachVhostUser, type DeviceContext, type VirtioHandle } from "./virtio_devices.ts";
+
+export { EXIT_CODE } from "./vcpus.ts";
+
+const SIGINT = 2;
+const SIGTERM = 15;
+const GIB = 1024 * 1024 * 1024;
+/** 64-bit BARs go in a 64 GiB window from the first GiB boundary above RAM and 4 GiB. */
+const PCI_MMIO64_SIZE = 64 * GIB;
+/** I/O port window for I/O BARs, above the legacy ISA ports. */
+const PCI_IO_START = 0xc000;
+const PCI_IO_END = 0x10000;
+
+/** A device spec with what it works on, opened before the VM is built. */
+type OpenedDevice = { readonly spec: DeviceSpec; readonly resources: DeviceResources };
+
+/** Runs the VM described by `config`; resolves to the process exit code. */
+export async function runVm(config: Config): Promise<number> {
+  setLogLevel(config.logLevel);
+  const workers = startWorkers(config.cpus);
+  try {
+    return await openAndRun(config, workers);
+  } finally {
+    for (const w of workers) w.terminate();
+  }
+}
+
+/** Opens everything the user named (each failure a usage error naming it), then builds and runs. */
+async function openAndRun(config: Config, workers: readonly Worker[]): Promise<number> {
+  const kernel = config.kernel === null ? builtinGuest() : readUserFile("kernel", config.kernel);
+  const initrd = config.initrd === null ? null : readUserFile("initrd", config.initrd);
+  const specs = virtioDeviceSpecs(config, () => Array.from(randomMac(), (b) => b.toString(16).padStart(2, "0")).join(":"));
+  const filters = config.sandbox ? compileFilters(config, specs) : new Map<string, Uint8Array>();
+  const opened: OpenedDevice[] = [];
+  let control: ControlServer | null = null;
+  try {
+    for (const spec of specs) {
+      const resources = openResources(spec);
+      if (!resources.ok) throw new ConfigError(describeOpenFailure(spec, resources.error));
+      opened.push({ spec, resources: resources.value });
+    }
+    control = config.socket === null ? null : listenControl(config.socket);
+    using kvm = Kvm.open();
+    let built: BuiltVm;
+    try {
+      built = buildVm(kvm, { memorySize: config.memorySize, cpus: config.cpus, kernel, initrd, cmdline: kernelCmdline(config) });
+    } catch (e) {
+      if (!(e instanceof KernelLoaderError)) throw e;
+      const what = e.kind === "initrd_does_not_fit" ? `initrd ${config.initrd}` : `kernel ${config.kernel ?? "(built-in)"}`;
+      throw new ConfigError(`failed to load ${what}: ${e.message}`, { cause: e });
+    }
+    log.debug(`VM built at ${performance.now().toFixed(1)} ms`);
+    try {
+      const handed = opened.splice(0); // the devices own their resources from here
+      return await runBuilt(config, built, workers, handed, filters, control);
+    } finally {
+      built.close();
+    }
+  } finally {
+    control?.close();
+    for (const o of opened) closeResources(o.resources);
+  }
+}
+
+/** Compiles each device kind's seccomp filter once (the device processes only install them). */
+function compileFilters(config: Config, specs: readonly DeviceSpec[]): Map<string, Uint8Array> {
+  const filters = new Map<string, Uint8Array>();
+  for (const kind of new Set(specs.map((s) => s.kind))) {
+    try {
+      filters.set(kind, compileDeviceFilter(kind, config.seccompPolicyDir, config.seccompLogFailures ? "log" : "kill"));
+    } catch (e) {
+      const where = config.seccompPolicyDir === null ? "the embedded policy" : `--seccomp-policy-dir ${config.seccompPolicyDir}`;
+      throw new ConfigError(`failed to load the seccomp policy of the ${kind} device from ${where}: ${describeError(e)}`);
+    }
+  }
+  return filters;
+}
+
+function describeOpenFailure(spec: DeviceSpec, error: string): string {
+  switch (spec.kind) {
+    case "block": return error.startsWith("failed to") ? error : `failed to open disk image ${spec.path}: ${error}`;
+    case "console": return `failed to open the virtio-console output: ${error}`;
+    default: return error;
+  }
+}
+
+/** Listens on the control socket; a path a live VM owns is a usage error. */
+function listenControl(path: string): ControlServer {
+  try {
+    return ControlServer.listen(path);
+  } catch (e) {
+    if (e instanceof ControlSocketError) throw new ConfigError(e.message, { cause: e });
+    throw e;
+  }
+}
+
+/** Reads a file the user named; a failure is a usage error that names the file. */
+function readUserFile(what: string, path: string): Uint8Array {
+  try {
+    const bytes = readFileSync(path);
+    return new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  } catch (e) {
+    const reason = (e as NodeJS.ErrnoException).code ?? describeError(e);
+    throw new ConfigError(`failed to read ${what} ${path}: ${reason}`, { cause: e });
+  }
+}
+
+/** Puts the devices on the buses, starts the vCPUs and serves until the VM ends; returns the exit code. */
+async function runBuilt(
+  config: Config, built: BuiltVm, workers: readonly Worker[], opened: OpenedDevice[], filters: ReadonlyMap<string, Uint8Array>,
+  control: ControlServer | null,
+): Promise<number> {
+  const cleanup: (() => void)[] = [];
+  const loop = new ControlLoop();
+  cleanup.push(() => loop.close());
+  try {
+    const buses: Record<AddressSpace, Bus> = { io: new Bus(), mmio: new Bus() };
+    const pciRoot = createPciRoot(buses, built);
+    const legacy = attachLegacyDevices(buses.io, built, config.serials, config.memorySize, pciRoot, () => {
+      log.info("guest requested a reset through the i8042");
+      loop.end({ code: EXIT_CODE.GUEST_EXIT, message: null });
+    });
+    cleanup.push(() => legacy.close());
+
+    const ctx: DeviceContext = {
+      built, loop, router: new IrqRouter(built.vm), pciRoot,
+      fail: (message) => loop.end({ code: EXIT_CODE.VM_ERROR, message }),
+    };
+    const devices: VirtioHandle[] = [];
+    cleanup.push(() => {
+      for (const d of devices) d.close();
+    });
+    // Device processes start in parallel: each is spawned here and waited for on first use.
+    for (const [index, { spec, resources }] of opened.splice(0).entries()) {
+      if (!config.sandbox) {
+        devices.push(attachInProcess(ctx, spec, resources));
+        continue;
+      }
+      const handle = attachSandboxed(ctx, spec, resources, { filter: filters.get(spec.kind)!, logLevel: config.logLevel, index });
+      if (!handle.ok) {
+        closeResources(resources);
+        throw new Error(handle.error);
+      }
+      devices.push(handle.value);
+    }
+    for (const [i, v] of config.vhostUser.entries()) {
+      const type = DEVICE_TYPES[v.type];
+      const handle = attachVhostUser(ctx, `vhost-user-${v.type}${i}`, v.type, type, v.socket, v.localConfig);
+      if (!handle.ok) throw new ConfigError(handle.error);
+      devices.push(handle.value);
+    }
+
+    const stdin = stdinSink(legacy.stdinSerial, devices);
+    if (stdin) {
+      const pump = new StdinPump(loop, stdin);
+      cleanup.push(() => pump.close());
+    }
+    watchSignals(loop, cleanup);
+    loop.everyTick(() => {
+      const now = performance.now();
+      for (const d of devices) d.process?.checkDeadlines(now);
+    });
+
+    const vcpus = new Vcpus(built, workers, loop, buses);
+    cleanup.push(() => vcpus.close());
+    const requests = new ControlRequests({ built, loop, vcpus, devices, memorySize: config.memorySize });
+    if (control) serveControl(loop, control, requests);
+    vcpus.start({ io: legacy.workerRanges, mmio: [] });
+    log.debug(`vCPU Workers started at ${performance.now().toFixed(1)} ms`);
+
+    const ending: Ending = await loop.run();
+    await vcpus.stop();
+    if (!vcpus.stopped) log.warn("some vCPUs did not stop in time; terminating their Workers");
+    if (ending.message) log.error(ending.message);
+    return ending.code;
+  } finally {
+    while (cleanup.length > 0) {
+      try {
+        cleanup.pop()!();
+      } catch (e) {
+        log.warn(`while shutting down: ${describeError(e)}`);
+      }
+    }
+  }
+}
+
+function createPciRoot(buses: Record<AddressSpace, Bus>, built: BuiltVm): PciRoot {
+  const highStart = Math.max(FOUR_GIB, built.memory.end);
+  const mmio64Start = Math.ceil(highStart / GIB) * GIB;
+  return new PciRoot(buses, {
+    mmio32: new AddressAllocator(PCI_MMIO_START, PCI_MMIO_END),
+    mmio64: new AddressAllocator(mmio64Start, mmio64Start + PCI_MMIO64_SIZE),
+    io: new AddressAllocator(PCI_IO_START, PCI_IO_END),
+  });
+}
+
+/** Where stdin goes: the UART with stdin=true, or the virtio console with it. */
+function stdinSink(serial: { queueInput(bytes: Uint8Array): number } | null, devices: readonly VirtioHandle[]): InputSink | null {
+  if (serial) return { send: (bytes, done) => done(serial.queueInput(bytes)) };
+  const console = devices.find((d) => d.kind === "console" && d.readsStdin);
+  if (!console) return null;
+  return {
+    send: (bytes, done) => console.command({ kind: "console_input", bytes: bytes.slice() }, (reply) => done(reply.kind === "console_accepted" ? reply.count : bytes.byteLength)),
+  };
+}
+
+/** Turns SIGINT and SIGTERM into clean stops (exit 130 and 143). */
+function watchSignals(loop: ControlLoop, cleanup: (() => void)[]): void {
+  for (const [signal, name] of [[SIGINT, "SIGINT"], [SIGTERM, "SIGTERM"]] as const) {
+    const fd = new EventFd();
+    eventFfi.notifySignal(signal, fd.fd);
+    loop.watch(fd.fd, () => loop.end({ code: 128 + signal, message: `stopping: tsvm received ${name}` }));
+    cleanup.push(() => {
+      eventFfi.defaultSignal(signal);
+      loop.unwatch(fd.fd);
+      fd.close();
+    });
+  }
+}
+
+/** Serves the control socket on the loop: one request at a time per client. */
+function serveControl(loop: ControlLoop, control: ControlServer, requests: ControlRequests): void {
+  loop.watch(control.fd, () => {
+    const client = control.accept();
+    if (client === null) return;
+    // While a request waits for a device the client is not watched: its next request waits its turn.
+    const serveClient = (): void => {
+      const state = control.serve(client, (request, respond) => requests.handle(request, respond), () => loop.watch(client, serveClient));
+      if (state === "answered") return;
+      loop.unwatch(client);
+      if (state === "closed") control.drop(client);
+    };
+    loop.watch(client, serveClient);
+  });
+}

@@ -1,0 +1,181 @@
+// vcpus.ts - the VM's vCPU Workers seen from the control loop: start them, serve their bus requests,
+// park them (tsvm suspend), and stop them.
+import { sys, vcpu as vcpuFfi } from "../../ffi/mod.ts";
+import { EventFd } from "../base/event_fd.ts";
+import { logOnce } from "../base/log.ts";
+import type { BuiltVm } from "../arch/x86_64/build_vm.ts";
+import type { Bus } from "../devices/bus.ts";
+import { type AddressSpace, BusMailbox } from "../vcpu/bus_mailbox.ts";
+import { VCPU_OUTCOME, VCPU_STATE, VcpuShared } from "../vcpu/vcpu_shared.ts";
+import type { VcpuWorkerInit, WorkerRange } from "../vcpu/vcpu_worker.ts";
+import type { ControlLoop, Ending } from "./control_loop.ts";
+
+/** Real-time signal offset used to kick vCPU threads out of KVM_RUN. */
+const KICK_SIGNAL_OFFSET = 2;
+/** How long stopping vCPUs may take before their Workers are terminated. */
+const VCPU_STOP_DEADLINE_MS = 1000;
+/** How long vCPUs get to park for tsvm suspend. */
+const PARK_DEADLINE_MS = 2000;
+
+/** Exit codes of `tsvm run`. */
+export const EXIT_CODE = { GUEST_EXIT: 0, VM_ERROR: 1, USAGE: 2 } as const;
+
+/**
+ * Where the vCPU Worker's code is: an extra entry point of the executable, which lays the bundle out
+ * from src/ (so from here, in the bundle, it is ./vcpu/...), or the source file beside this folder.
+ */
+const WORKER_URL = Bun.isStandaloneExecutable
+  ? new URL("./vcpu/vcpu_worker.ts", import.meta.url).href
+  : new URL("../vcpu/vcpu_worker.ts", import.meta.url).href;
+
+/** Starts the Workers early: they take a while to load their code, and get their vCPU once it is built. */
+export function startWorkers(count: number): Worker[] {
+  return Array.from({ length: count }, () => new Worker(WORKER_URL));
+}
+
+/** The vCPUs of one VM and the control loop's side of their mailboxes. */
+export class Vcpus {
+  readonly #built: BuiltVm;
+  readonly #workers: readonly Worker[];
+  readonly #loop: ControlLoop;
+  readonly #buses: Record<AddressSpace, Bus>;
+  readonly #shared: VcpuShared;
+  readonly #mailboxes: BusMailbox[];
+  readonly #busRequest = new EventFd();
+  readonly #vcpuExit = new EventFd();
+  readonly #unhandled = new Set<string>();
+  #kickSignal = 0;
+  #workerFailure: string | null = null;
+
+  constructor(built: BuiltVm, workers: readonly Worker[], loop: ControlLoop, buses: Record<AddressSpace, Bus>) {
+    this.#built = built;
+    this.#workers = workers;
+    this.#loop = loop;
+    this.#buses = buses;
+    this.#shared = new VcpuShared(built.vcpus.length);
+    this.#mailboxes = built.vcpus.map((v) => new BusMailbox(this.#shared, v.id));
+    loop.watch(this.#busRequest.fd, () => {
+      this.#busRequest.read();
+      this.serveMailboxes();
+    });
+    loop.watch(this.#vcpuExit.fd, () => {
+      this.#vcpuExit.read();
+      const ending = this.ending();
+      if (ending) loop.end(ending);
+    });
+  }
+
+  /** Hands each Worker its vCPU; `localRanges` are served inside the Workers (stateless devices). */
+  start(localRanges: Record<AddressSpace, readonly WorkerRange[]>): void {
+    const kickSignal = vcpuFfi.sigrtmin() + KICK_SIGNAL_OFFSET;
+    vcpuFfi.installKickHandler(kickSignal);
+    this.#kickSignal = kickSignal;
+    const mmapSize = this.#built.vm.kvm.vcpuMmapSize();
+    const describe = (space: AddressSpace): WorkerRange[] => [
+      ...localRanges[space],
+      ...this.#buses[space].ranges.map((r): WorkerRange => ({ base: r.base, length: r.length, label: r.device.debugLabel, kind: "remote" })),
+    ];
+    const ranges = { io: describe("io"), mmio: describe("mmio") };
+    for (const vcpu of this.#built.vcpus) {
+      const worker = this.#workers[vcpu.id]!;
+      worker.addEventListener("error", (e) => this.#onWorkerFailure(vcpu.id, e.message));
+      worker.addEventListener("close", () => {
+        if (this.#shared.state(vcpu.id) !== VCPU_STATE.STOPPED) this.#onWorkerFailure(vcpu.id, "Worker exited before its vCPU stopped");
+      });
+      const init: VcpuWorkerInit = {
+        vcpuId: vcpu.id, vcpuFd: vcpu.fd, mmapSize, shared: this.#shared.buffer, kickSignal,
+        busRequestFd: this.#busRequest.fd, exitFd: this.#vcpuExit.fd, ranges,
+      };
+      worker.postMessage(init);
+    }
+  }
+
+  /** Answers every pending bus request; keeps going while requests arrive (a wake-up may cover several). */
+  serveMailboxes(): void {
+    const onUnhandled = (space: AddressSpace, address: number): void =>
+      logOnce(this.#unhandled, `${space}:${address}`, "debug", `unhandled ${space === "io" ? "port" : "MMIO"} access at 0x${address.toString(16)}`);
+    let served = true;
+    while (served) {
+      served = false;
+      this.#mailboxes.forEach((m, id) => {
+        if (m.serve(this.#buses, id, onUnhandled)) served = true;
+      });
+    }
+  }
+
+  /** How the VM ends because of its vCPUs (an error, the guest's reset or power-off), or null. */
+  ending(): Ending | null {
+    if (this.#workerFailure) return { code: EXIT_CODE.VM_ERROR, message: this.#workerFailure };
+    for (const vcpu of this.#built.vcpus) {
+      if (this.#shared.state(vcpu.id) !== VCPU_STATE.STOPPED) continue;
+      const outcome = this.#shared.outcome(vcpu.id);
+      if (outcome === VCPU_OUTCOME.ERROR) return { code: EXIT_CODE.VM_ERROR, message: this.#shared.report(vcpu.id) };
+      if (outcome === VCPU_OUTCOME.GUEST_EXIT) return { code: EXIT_CODE.GUEST_EXIT, message: null };
+    }
+    return null;
+  }
+
+  /** Parks every vCPU outside KVM_RUN; returns false (and lets them go) if they do not park in time. */
+  park(): boolean {
+    this.#shared.requestPause();
+    const deadline = performance.now() + PARK_DEADLINE_MS;
+    const settled = (): boolean => this.#built.vcpus.every((v) => {
+      const state = this.#shared.state(v.id);
+      return state === VCPU_STATE.PARKED || state === VCPU_STATE.STOPPED;
+    });
+    while (!settled()) {
+      if (performance.now() > deadline) {
+        this.#shared.resume();
+        return false;
+      }
+      this.#kickRunning();
+      this.#busRequest.read();
+      this.serveMailboxes(); // a vCPU waiting on a device finishes its exit, then parks
+      this.#loop.turn(1);
+    }
+    return true;
+  }
+
+  /** Lets parked vCPUs run again. */
+  unpark(): void {
+    this.#shared.resume();
+  }
+
+  /** Stops every vCPU (kicks them out of KVM_RUN, releases waiting mailboxes). */
+  async stop(): Promise<void> {
+    this.#shared.requestExit();
+    const deadline = performance.now() + VCPU_STOP_DEADLINE_MS;
+    const allStopped = (): boolean => this.#built.vcpus.every((v) => this.#shared.state(v.id) === VCPU_STATE.STOPPED);
+    while (!allStopped() && performance.now() < deadline) {
+      this.#kickRunning();
+      for (const m of this.#mailboxes) m.cancel();
+      this.#loop.turn(10);
+      await new Promise<void>((resolve) => setImmediate(resolve));
+    }
+  }
+
+  /** Whether every vCPU has stopped. */
+  get stopped(): boolean {
+    return this.#built.vcpus.every((v) => this.#shared.state(v.id) === VCPU_STATE.STOPPED);
+  }
+
+  close(): void {
+    this.#loop.unwatch(this.#busRequest.fd);
+    this.#loop.unwatch(this.#vcpuExit.fd);
+    this.#busRequest.close();
+    this.#vcpuExit.close();
+  }
+
+  #kickRunning(): void {
+    const pid = sys.getpid();
+    for (const v of this.#built.vcpus) {
+      const tid = this.#shared.tid(v.id);
+      if (this.#shared.state(v.id) === VCPU_STATE.RUNNING && tid > 0) vcpuFfi.kickThread(pid, tid, this.#kickSignal);
+    }
+  }
+
+  #onWorkerFailure(id: number, message: string): void {
+    this.#workerFailure ??= `vCPU ${id} Worker failed: ${message}`;
+    this.#vcpuExit.signal();
+  }
+}

@@ -1,0 +1,180 @@
+// virtio_devices.ts - puts each virtio device on the PCI bus in its home: in the VMM
+// (--disable-sandbox), in a jailed device process (the default), or behind another program's
+// vhost-user back-end (--vhost-user). The transport is the same VirtioPciDevice in every case, and
+// device-specific commands (balloon, disk, console input) go through one `command` per home.
+import { FdOutput } from "../base/fd_output.ts";
+import { SysError } from "../base/errno.ts";
+import { describeError, err, ok, type Result } from "../base/result.ts";
+import { sys, socket } from "../../ffi/mod.ts";
+import { pciSlotPin } from "../arch/x86_64/mptable.ts";
+import type { BuiltVm } from "../arch/x86_64/build_vm.ts";
+import { createDevice, type DeviceHost } from "../devices/create_device.ts";
+import { closeResources, type DeviceResources } from "../devices/device_resources.ts";
+import type { DeviceSpec } from "../devices/device_spec.ts";
+import { GsiLine } from "../devices/interrupt.ts";
+import type { IrqRouter } from "../devices/irq_router.ts";
+import type { PciRoot } from "../devices/pci/pci_root.ts";
+import { jailIdBase, type JailedProcess } from "../devices/sandbox/jailed_process.ts";
+import { SandboxedDevice } from "../devices/sandbox/sandboxed_device.ts";
+import type { DeviceTypeInfo } from "../devices/vhost_user/device_types.ts";
+import { VhostUserFrontend } from "../devices/vhost_user/frontend.ts";
+import { type DeviceCommand, type DeviceReply, unsupported } from "../devices/virtio/device_control.ts";
+import type { DeviceEventLoop, VirtioDevice } from "../devices/virtio/virtio_device.ts";
+import { VirtioPciDevice } from "../devices/virtio/virtio_pci_device.ts";
+import { type ControlLoop, DeviceLoop } from "./control_loop.ts";
+
+/** How long another program's vhost-user back-end may take to answer one request. */
+const VHOST_USER_TIMEOUT_MS = 5000;
+const FALLOC_FL_KEEP_SIZE = 0x01;
+const FALLOC_FL_PUNCH_HOLE = 0x02;
+
+/** A virtio device on the bus, wherever it runs. */
+export type VirtioHandle = {
+  readonly label: string;
+  /** The device kind ("block", "rng"...), or the vhost-user type of an external back-end. */
+  readonly kind: string;
+  readonly pci: VirtioPciDevice;
+  /** Whether host input (stdin) goes to this device (a virtio console with stdin=true). */
+  readonly readsStdin: boolean;
+  /** The jailed process serving it, if any (suspend stops it; its failures end the VM). */
+  readonly process: JailedProcess | null;
+  /** Sends a device-specific command; `onReply` runs from the control loop. */
+  command(command: DeviceCommand, onReply: (reply: DeviceReply) => void): void;
+  /** Stops or restarts the device's processing (tsvm suspend/resume). */
+  pause(paused: boolean): void;
+  close(): void;
+};
+
+/** What every home needs from the VM. */
+export type DeviceContext = {
+  readonly built: BuiltVm;
+  readonly loop: ControlLoop;
+  readonly router: IrqRouter;
+  readonly pciRoot: PciRoot;
+  /** Ends the VM (a device process or back-end failed). */
+  readonly fail: (message: string) => void;
+};
+
+/** Host services in-process devices use. */
+export const IN_PROCESS_HOST: DeviceHost = {
+  entropy: sys.getrandom,
+  punchHole: (fd, offset, length) => sys.fallocate(fd, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE, offset, length) === 0,
+};
+
+/** Puts `device` on the bus behind a VirtioPciDevice at the next slot; returns the transport. */
+function attach(ctx: DeviceContext, device: VirtioDevice, loop: DeviceEventLoop): VirtioPciDevice {
+  const vm = ctx.built.vm;
+  const pin = pciSlotPin(ctx.pciRoot.nextSlot()); // wired as the MP table says for that slot
+  const pci = new VirtioPciDevice(device, {
+    memory: ctx.built.memory,
+    router: ctx.router,
+    intx: new GsiLine(pin, (gsi, level) => vm.setIrqLine(gsi, level)),
+    intxLine: pin,
+    loop,
+    ioeventfd: (fd, address, assign): Result<null> => {
+      try {
+        vm.setIoeventfd(fd, "mmio", address, 0, assign); // length 0: writes of any width
+        return ok(null);
+      } catch (e) {
+        return err(e instanceof SysError ? e.message : describeError(e));
+      }
+    },
+  });
+  ctx.pciRoot.add(pci);
+  return pci;
+}
+
+/** A device running on the VMM's own loop (--disable-sandbox). */
+export function attachInProcess(ctx: DeviceContext, spec: DeviceSpec, resources: DeviceResources): VirtioHandle {
+  const device = createDevice(spec, resources, IN_PROCESS_HOST);
+  const loop = new DeviceLoop(ctx.loop, spec.label);
+  const pci = attach(ctx, device, loop);
+  loop.onError = (message) => pci.needsReset(message);
+  return {
+    label: spec.label, kind: spec.kind, pci, process: null, readsStdin: spec.kind === "console" && spec.stdin,
+    command: (command, onReply) => onReply(device.control ? device.control(command) : unsupported(spec.kind, command)),
+    pause: (paused) => (paused ? loop.pause() : loop.resume()),
+    close: () => {
+      pci.close();
+      closeResources(resources);
+    },
+  };
+}
+
+/** What a sandboxed device needs beside its spec and resources. */
+export type SandboxSettings = { readonly filter: Uint8Array; readonly logLevel: string; readonly index: number };
+
+/** Starts a device in its own jailed process (without waiting for it) and puts it on the bus. */
+export function attachSandboxed(ctx: DeviceContext, spec: DeviceSpec, resources: DeviceResources, settings: SandboxSettings): Result<VirtioHandle> {
+  // A console writing to the terminal gets a pipe instead: the VMM copies it out, so the device
+  // never holds the terminal (which it could read, too).
+  let relay: { read: number; out: FdOutput } | null = null;
+  let given = resources;
+  if (resources.kind === "console" && resources.output?.fd === 1) {
+    const [read, write] = sys.pipe();
+    relay = { read, out: resources.output };
+    given = { kind: "console", output: new FdOutput(write, true) };
+  }
+  const started = SandboxedDevice.spawn(spec, given, {
+    filter: settings.filter, logLevel: settings.logLevel, idBase: jailIdBase(process.pid, settings.index), loop: ctx.loop,
+    onFailure: (message) => ctx.fail(`stopping: ${message}`),
+  });
+  // The process holds its own copies of the resources now; the VMM keeps what it needs to flush.
+  if (given !== resources) closeResources(given);
+  if (!started.ok) {
+    if (relay) sys.close(relay.read);
+    return err(started.error);
+  }
+  const device = started.value;
+  const pci = attach(ctx, device, ctx.loop);
+  device.onConfigChanged(() => pci.notifyConfigChanged());
+  if (relay) {
+    const { read, out } = relay;
+    const buffer = new Uint8Array(4096);
+    ctx.loop.watch(read, () => {
+      const n = sys.readRaw(read, buffer);
+      if (n > 0) out.write(buffer.subarray(0, n));
+      else if (n === 0) ctx.loop.unwatch(read);
+    });
+  }
+  return ok({
+    label: spec.label, kind: spec.kind, pci, process: device.process, readsStdin: spec.kind === "console" && spec.stdin,
+    command: (command, onReply) => device.command(command, onReply),
+    pause: (paused) => device.process.pause(paused),
+    close: () => {
+      pci.close();
+      device.close();
+      if (relay) {
+        ctx.loop.unwatch(relay.read);
+        sys.close(relay.read);
+      }
+      closeResources(resources);
+    },
+  });
+}
+
+/** A device served by another program's vhost-user back-end at `path` (--vhost-user). */
+export function attachVhostUser(
+  ctx: DeviceContext, label: string, kind: string, type: DeviceTypeInfo, path: string, localConfig: Uint8Array | undefined,
+): Result<VirtioHandle> {
+  const fd = socket.unixConnect(path, socket.SOCK_STREAM);
+  if (fd < 0) return err(`failed to connect to the vhost-user back-end at ${path}: ${new SysError("connect", -fd).message.replace("failed to connect: ", "")}`);
+  const connected = VhostUserFrontend.connect(fd, {
+    label, type, loop: ctx.loop, timeoutMs: VHOST_USER_TIMEOUT_MS,
+    ...(localConfig ? { localConfig } : {}),
+    onFailure: (reason) => ctx.fail(`stopping: the vhost-user back-end of ${label} at ${path} failed: ${reason}`),
+  });
+  if (!connected.ok) return err(connected.error);
+  const frontend = connected.value;
+  const pci = attach(ctx, frontend, ctx.loop);
+  frontend.onConfigChanged(() => pci.notifyConfigChanged());
+  return ok({
+    label, kind, pci, process: null, readsStdin: false,
+    command: (command, onReply) => onReply({ kind: "error", message: `${label} is served by another program's vhost-user back-end, which takes no ${command.kind.replace("_", " ")} requests` }),
+    pause: () => {},
+    close: () => {
+      pci.close();
+      frontend.close();
+    },
+  });
+}
