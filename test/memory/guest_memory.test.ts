@@ -1,36 +1,55 @@
 import { describe, expect, test } from "bun:test";
-import { checkedAdd, guestAddress, GuestMemory } from "../../src/memory/mod.ts";
+import { sys } from "../../ffi/mod.ts";
+import {
+  checkedAdd, guestAddress, guestAddress as ga, guestAddressFromHalves, guestAddressFromU64, GuestMemory,
+} from "../../src/memory/mod.ts";
 
 const PAGE = 4096;
+const F_GET_SEALS = 1034;
+const F_SEAL_SEAL = 1;
+const F_SEAL_SHRINK = 2;
+const F_SEAL_GROW = 4;
 
 describe("GuestMemory", () => {
-  test("create maps a memfd shared by every region", () => {
+  test("create maps one memfd that every region shares", () => {
     using mem = GuestMemory.create([{ base: 0, size: 4 * PAGE }, { base: 0x1_0000_0000, size: 2 * PAGE }]);
-    mem.writeU32(0x1_0000_0004, 0xdeadbeef);
-    expect(mem.readU32(0x1_0000_0004)).toBe(0xdeadbeef);
-    expect([mem.size, mem.end, mem.fd >= 0]).toEqual([6 * PAGE, 0x1_0000_2000, true]);
+    mem.writeU32(ga(0x1_0000_0004), 0xdeadbeef);
+    expect(mem.readU32(ga(0x1_0000_0004))).toBe(0xdeadbeef);
+    const [low, high] = mem.regions;
+    expect([mem.size, mem.end, low!.fd === high!.fd, low!.fdOffset, high!.fdOffset]).toEqual([6 * PAGE, 0x1_0000_2000, true, 0, 4 * PAGE]);
+  });
+
+  test("the memfd is sealed: no process it is shared with can shrink or grow it", () => {
+    using mem = GuestMemory.create([{ base: 0, size: PAGE }]);
+    const fd = mem.regions[0]!.fd;
+    expect(sys.fcntlIntRaw(fd, F_GET_SEALS, 0)).toBe(F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW);
+    expect(sys.ftruncateRaw(fd, 0)).toBe(-1); // EPERM
   });
 
   test("an access that would cross out of a region is refused, not truncated", () => {
     using mem = GuestMemory.create([{ base: 0, size: PAGE }, { base: PAGE, size: PAGE }]);
-    expect(mem.slice(PAGE - 2, 4)).toBeNull();
-    expect(() => mem.readU32(PAGE - 2)).toThrow(/not inside guest RAM/);
-    expect(mem.slice(PAGE, 4)).not.toBeNull();
+    expect(mem.slice(ga(PAGE - 2), 4)).toBeNull();
+    expect(() => mem.readU32(ga(PAGE - 2))).toThrow(/not inside guest RAM/);
+    expect(mem.slice(ga(PAGE), 4)).not.toBeNull();
   });
 
   test("addresses outside RAM are refused", () => {
     using mem = GuestMemory.create([{ base: 0, size: PAGE }]);
-    expect(mem.isValidRange(PAGE, 1)).toBe(false);
-    expect(mem.isValidRange(-1, 1)).toBe(false);
-    expect(mem.isValidRange(0, PAGE + 1)).toBe(false);
-    expect(() => mem.write(PAGE - 1, Uint8Array.of(1, 2))).toThrow();
+    expect(mem.isValidRange(ga(PAGE), 1)).toBe(false);
+    expect(mem.isValidRange(ga(0), PAGE + 1)).toBe(false);
+    expect(() => mem.write(ga(PAGE - 1), Uint8Array.of(1, 2))).toThrow();
   });
 
-  test("fromFd sees the same bytes as the creator", () => {
-    using mem = GuestMemory.create([{ base: 0, size: PAGE }]);
-    mem.writeU8(10, 42);
-    const other = GuestMemory.fromFd(mem.fd, [{ base: 0, size: PAGE }]);
-    expect(other.readU8(10)).toBe(42);
+  test("fromMappings sees the same bytes as the creator, at any offset in the file", () => {
+    using mem = GuestMemory.create([{ base: 0, size: 2 * PAGE }]);
+    mem.writeU8(ga(PAGE + 10), 42);
+    const fd = sys.dup(mem.regions[0]!.fd);
+    using other = GuestMemory.fromMappings([{ base: ga(0x10_0000), size: PAGE, fd, fdOffset: PAGE }]);
+    expect(other.readU8(ga(0x10_0000 + 10))).toBe(42);
+  });
+
+  test("fromMappings refuses overlapping regions", () => {
+    expect(() => GuestMemory.fromMappings([{ base: ga(0), size: 2 * PAGE, fd: 0, fdOffset: 0 }, { base: ga(PAGE), size: PAGE, fd: 0, fdOffset: 0 }])).toThrow(/overlaps/);
   });
 
   test("rejects overlapping or unaligned layouts", () => {
@@ -50,5 +69,10 @@ describe("guest addresses", () => {
   test("guestAddress rejects non-integers and negatives", () => {
     expect(() => guestAddress(-1)).toThrow();
     expect(() => guestAddress(1.5)).toThrow();
+  });
+
+  test("guest u64 values at or above 2^52 are not addresses, so 2^53 and up never lose precision", () => {
+    expect<unknown[]>([guestAddressFromU64(2n ** 52n - 1n), guestAddressFromU64(2n ** 52n), guestAddressFromU64(2n ** 64n - 1n)]).toEqual([2 ** 52 - 1, null, null]);
+    expect<unknown[]>([guestAddressFromHalves(0xffff_ffff, 0xf_ffff), guestAddressFromHalves(0, 0x10_0000), guestAddressFromHalves(1, 0xffff_ffff)]).toEqual([2 ** 52 - 1, null, null]);
   });
 });

@@ -41,7 +41,7 @@ describe.skipIf(!CAN_JAIL)("the device jail", () => {
   function start(): { pid: number; tube: Tube } {
     const filterFd = openSync(filterPath, "r");
     const [ours, theirs] = socket.seqpacketPair();
-    const pid = jail.spawnJailed(probe, [probe], [], [filterFd, theirs], ID_BASE);
+    const pid = jail.spawnJailed(probe, [probe], [], [filterFd, theirs], 2, ID_BASE);
     sys.close(filterFd);
     sys.close(theirs);
     expect(pid).toBeGreaterThan(0);

@@ -1,4 +1,5 @@
 // virtio_pci_driver.ts - drives a VirtioPciDevice through its BAR, as a guest driver would, for tests.
+import { err, ok, type Result } from "../../src/base/result.ts";
 import { RecordingIrqLine } from "../../src/devices/interrupt.ts";
 import type { MsiRouter } from "../../src/devices/virtio/msix.ts";
 import type { DeviceEventLoop, VirtioDevice } from "../../src/devices/virtio/virtio_device.ts";
@@ -21,14 +22,28 @@ export class FakeRouter implements MsiRouter {
   detachIrqfd(): void {}
 }
 
-/** A loop that remembers handlers; `kick(fd)` runs one as the control loop would. */
+/** A loop that remembers handlers; `kick(fd)` runs one as the control loop would. Like WaitContext, it
+ * refuses to watch an fd twice. */
 export class FakeLoop implements DeviceEventLoop {
   readonly handlers = new Map<number, () => void>();
   watch(fd: number, onReadable: () => void): void {
+    if (this.handlers.has(fd)) throw new Error(`fd ${fd} is watched already`);
     this.handlers.set(fd, onReadable);
   }
   unwatch(fd: number): void {
     this.handlers.delete(fd);
+  }
+}
+
+/** Records ioeventfds by address, refusing one at an address already taken (as KVM does, EEXIST). */
+export class FakeIoeventfds {
+  readonly byAddress = new Map<number, number>();
+  register(fd: number, address: number, assign: boolean): Result<null> {
+    if (assign) {
+      if (this.byAddress.has(address)) return err(`failed to register ioeventfd at 0x${address.toString(16)}: EEXIST`);
+      this.byAddress.set(address, fd);
+    } else if (this.byAddress.get(address) === fd) this.byAddress.delete(address);
+    return ok(null);
   }
 }
 
@@ -37,11 +52,13 @@ export class VirtioPciDriver {
   readonly loop = new FakeLoop();
   readonly router = new FakeRouter();
   readonly intx = new RecordingIrqLine();
+  readonly ioeventfds = new FakeIoeventfds();
   readonly pci: VirtioPciDevice;
 
   constructor(device: VirtioDevice, readonly memory: GuestMemory) {
     this.pci = new VirtioPciDevice(device, {
-      memory, router: this.router, intx: this.intx, intxLine: 16, loop: this.loop, ioeventfd: () => {},
+      memory, router: this.router, intx: this.intx, intxLine: 16, loop: this.loop,
+      ioeventfd: (fd, address, assign) => this.ioeventfds.register(fd, address, assign),
     });
   }
 

@@ -1,6 +1,6 @@
 // virtqueue_driver.ts - the driver side of a split virtqueue, writing rings into a GuestMemory for tests.
 import { Queue } from "../../src/devices/virtio/queue.ts";
-import { GuestMemory } from "../../src/memory/mod.ts";
+import { GuestMemory, guestAddress as ga } from "../../src/memory/mod.ts";
 
 export const RAM_SIZE = 1 << 20;
 export const DESC = 0x1000;
@@ -19,48 +19,48 @@ export class VirtqueueDriver {
 
   constructor(readonly size = 8, features = { eventIdx: false, indirect: true }) {
     this.queue = new Queue(size);
-    Object.assign(this.queue.config, { size, desc: DESC, driver: AVAIL, device: USED, ready: true });
-    const error = this.queue.activate(this.memory, features);
-    if (error) throw new Error(error);
+    Object.assign(this.queue.config, { size, desc: BigInt(DESC), driver: BigInt(AVAIL), device: BigInt(USED), ready: true });
+    const started = this.queue.activate(this.memory, features);
+    if (!started.ok) throw new Error(started.error);
   }
 
   /** Writes descriptor `index` of the main table (or of a table at `tableAddress`). */
   writeDesc(index: number, d: DriverDesc, tableAddress = DESC): void {
     const at = tableAddress + index * 16;
-    this.memory.writeU64(at, BigInt(d.addr));
-    this.memory.writeU32(at + 8, d.len);
-    this.memory.writeU16(at + 12, d.flags);
-    this.memory.writeU16(at + 14, d.next);
+    this.memory.writeU64(ga(at), BigInt(d.addr));
+    this.memory.writeU32(ga(at + 8), d.len);
+    this.memory.writeU16(ga(at + 12), d.flags);
+    this.memory.writeU16(ga(at + 14), d.next);
   }
 
   /** Puts `head` in the avail ring and publishes it. */
   publish(head: number): void {
-    this.memory.writeU16(AVAIL + 4 + 2 * (this.#availIdx % this.size), head);
+    this.memory.writeU16(ga(AVAIL + 4 + 2 * (this.#availIdx % this.size)), head);
     this.#availIdx = (this.#availIdx + 1) & 0xffff;
-    this.memory.writeU16(AVAIL + 2, this.#availIdx);
+    this.memory.writeU16(ga(AVAIL + 2), this.#availIdx);
   }
 
   /** Sets avail.idx directly (to make it jump). */
   setAvailIdx(value: number): void {
     this.#availIdx = value & 0xffff;
-    this.memory.writeU16(AVAIL + 2, this.#availIdx);
+    this.memory.writeU16(ga(AVAIL + 2), this.#availIdx);
   }
 
   setUsedEvent(value: number): void {
-    this.memory.writeU16(AVAIL + 4 + 2 * this.size, value);
+    this.memory.writeU16(ga(AVAIL + 4 + 2 * this.size), value);
   }
 
   usedIdx(): number {
-    return this.memory.readU16(USED + 2);
+    return this.memory.readU16(ga(USED + 2));
   }
 
   /** Returns used element `n` as {id, len}. */
   used(n: number): { id: number; len: number } {
     const at = USED + 4 + 8 * (n % this.size);
-    return { id: this.memory.readU32(at), len: this.memory.readU32(at + 4) };
+    return { id: this.memory.readU32(ga(at)), len: this.memory.readU32(ga(at + 4)) };
   }
 
   availEvent(): number {
-    return this.memory.readU16(USED + 4 + 8 * this.size);
+    return this.memory.readU16(ga(USED + 4 + 8 * this.size));
   }
 }

@@ -19,15 +19,16 @@ describe("control socket messages", () => {
   }
 
   test("foreign, truncated and unknown messages decode to reasons, never exceptions", () => {
-    expect(decodeRequest(new TextEncoder().encode("hello"))).toEqual({ ok: false, reason: "message shorter than its header" });
-    expect(decodeRequest(new TextEncoder().encode("hello, world"))).toEqual({ ok: false, reason: "not a tsvm control message" });
+    expect(decodeRequest(new TextEncoder().encode("hello"))).toEqual({ ok: false, error: "truncated message: 2 bytes needed at offset 4 of 5" });
+    expect(decodeRequest(new TextEncoder().encode("hello, world"))).toEqual({ ok: false, error: "not a tsvm control message" });
     const balloon = encodeRequest({ kind: "balloon", bytes: 1 });
-    expect(decodeRequest(balloon.subarray(0, 10))).toEqual({ ok: false, reason: "truncated balloon request" });
+    expect(decodeRequest(balloon.subarray(0, 10))).toEqual({ ok: false, error: "truncated message: 8 bytes needed at offset 8 of 10" });
+    expect(decodeRequest(Uint8Array.of(...balloon, 0))).toEqual({ ok: false, error: "1 unexpected bytes at the end" });
     const unknown = encodeRequest({ kind: "stop" });
     unknown[6] = 99;
-    expect(decodeRequest(unknown)).toEqual({ ok: false, reason: "unknown request kind 99" });
+    expect(decodeRequest(unknown)).toEqual({ ok: false, error: "unknown request kind 99" });
     const version = encodeRequest({ kind: "stop" });
     version[4] = 7;
-    expect(decodeRequest(version)).toEqual({ ok: false, reason: "protocol version 7, expected 1" });
+    expect(decodeRequest(version)).toEqual({ ok: false, error: "protocol version 7, expected 1" });
   });
 });

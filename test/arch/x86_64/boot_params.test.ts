@@ -1,7 +1,7 @@
 import { describe, expect, test } from "bun:test";
 import { BOOT_PARAMS, buildBootParams, writeCmdline } from "../../../src/arch/x86_64/boot_params.ts";
 import { E820_TYPE } from "../../../src/arch/x86_64/e820.ts";
-import { GuestMemory } from "../../../src/memory/mod.ts";
+import { GuestMemory, guestAddress as ga } from "../../../src/memory/mod.ts";
 
 const E820 = [{ address: 0, size: 0x9fc00, type: E820_TYPE.E820_RAM }, { address: 0x100000, size: 0xf00000, type: E820_TYPE.E820_RAM }];
 
@@ -33,12 +33,12 @@ describe("buildBootParams", () => {
 describe("writeCmdline", () => {
   test("writes a NUL-terminated line", () => {
     const mem = GuestMemory.fromBuffers([{ base: 0, bytes: new Uint8Array(0x30000) }]);
-    writeCmdline(mem, 0x20000, "console=ttyS0", 2048);
-    expect(new TextDecoder().decode(mem.slice(0x20000, 14)!)).toBe("console=ttyS0\0");
+    writeCmdline(mem, ga(0x20000), "console=ttyS0", 2048);
+    expect(new TextDecoder().decode(mem.slice(ga(0x20000), 14)!)).toBe("console=ttyS0\0");
   });
 
   test("rejects a line longer than the kernel accepts", () => {
     const mem = GuestMemory.fromBuffers([{ base: 0, bytes: new Uint8Array(0x30000) }]);
-    expect(() => writeCmdline(mem, 0x20000, "x".repeat(2048), 2048)).toThrow(/at most 2047/);
+    expect(() => writeCmdline(mem, ga(0x20000), "x".repeat(2048), 2048)).toThrow(/at most 2047/);
   });
 });

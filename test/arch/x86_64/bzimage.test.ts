@@ -1,6 +1,6 @@
 import { describe, expect, test } from "bun:test";
 import { loadBzImage } from "../../../src/arch/x86_64/bzimage.ts";
-import { GuestMemory } from "../../../src/memory/mod.ts";
+import { GuestMemory, guestAddress as ga } from "../../../src/memory/mod.ts";
 import { craftBzImage } from "../../support/images.ts";
 
 const MIB = 1024 * 1024;
@@ -12,7 +12,7 @@ describe("loadBzImage", () => {
     const mem = memory();
     const kernel = loadBzImage(mem, craftBzImage(), RAM);
     expect({ entry: kernel.entry, end: kernel.end, cmdlineMaxSize: kernel.cmdlineMaxSize }).toEqual({ entry: 0x1000200, end: 0x1010000, cmdlineMaxSize: 2048 });
-    expect([...mem.slice(0x1000000, 4)!]).toEqual([0, 1, 2, 3]);
+    expect([...mem.slice(ga(0x1000000), 4)!]).toEqual([0, 1, 2, 3]);
     expect(kernel.setupHeader!.byteLength).toBe(0x26c - 0x1f1);
   });
 

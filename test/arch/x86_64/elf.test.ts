@@ -1,6 +1,6 @@
 import { describe, expect, test } from "bun:test";
 import { loadElf } from "../../../src/arch/x86_64/elf.ts";
-import { GuestMemory } from "../../../src/memory/mod.ts";
+import { GuestMemory, guestAddress as ga } from "../../../src/memory/mod.ts";
 import { craftElf } from "../../support/images.ts";
 
 const MIB = 1024 * 1024;
@@ -10,10 +10,10 @@ const code = Uint8Array.of(0xf4, 0xeb, 0xfd);
 describe("loadElf", () => {
   test("copies PT_LOAD segments to their physical addresses and zero-fills the rest", () => {
     const mem = memory();
-    mem.writeU8(0x200003, 0xee);
+    mem.writeU8(ga(0x200003), 0xee);
     const kernel = loadElf(mem, craftElf({ entry: 0x200000, segments: [{ paddr: 0x200000, data: code, memsz: 0x10 }] }));
     expect({ entry: kernel.entry, end: kernel.end, format: kernel.format }).toEqual({ entry: 0x200000, end: 0x200010, format: "elf" });
-    expect([...mem.slice(0x200000, 5)!]).toEqual([0xf4, 0xeb, 0xfd, 0, 0]);
+    expect([...mem.slice(ga(0x200000), 5)!]).toEqual([0xf4, 0xeb, 0xfd, 0, 0]);
   });
 
   test("rejects a file without the ELF magic", () => {

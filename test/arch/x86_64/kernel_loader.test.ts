@@ -1,6 +1,6 @@
 import { describe, expect, test } from "bun:test";
 import { loadInitrd, loadKernel } from "../../../src/arch/x86_64/kernel_loader.ts";
-import { GuestMemory } from "../../../src/memory/mod.ts";
+import { GuestMemory, guestAddress as ga } from "../../../src/memory/mod.ts";
 import { craftBzImage, craftElf } from "../../support/images.ts";
 
 const MIB = 1024 * 1024;
@@ -26,7 +26,7 @@ describe("loadInitrd", () => {
     const mem = memory();
     const address = loadInitrd(mem, kernel, Uint8Array.of(1, 2, 3), RAM);
     expect(address).toBe(RAM - 4096);
-    expect([...mem.slice(address, 3)!]).toEqual([1, 2, 3]);
+    expect([...mem.slice(ga(address), 3)!]).toEqual([1, 2, 3]);
   });
 
   test("respects the kernel's initrd_addr_max", () => {

@@ -1,6 +1,6 @@
 import { describe, expect, test } from "bun:test";
 import { Balloon } from "../../../src/devices/virtio/balloon.ts";
-import { GuestMemory } from "../../../src/memory/mod.ts";
+import { GuestMemory, guestAddress as ga } from "../../../src/memory/mod.ts";
 import { COMMON, VirtioPciDriver } from "../../support/virtio_pci_driver.ts";
 
 const VERSION_1 = 1n << 32n;
@@ -9,11 +9,12 @@ const RAM = 1 << 20;
 const DEVICE_CFG = 0x2000;
 
 function setup() {
-  const memory = GuestMemory.fromBuffers([{ base: 0, bytes: new Uint8Array(RAM) }]);
+  const memory = GuestMemory.create([{ base: 0, size: RAM }]);
   const released: number[] = [];
-  const balloon = new Balloon((address, length) => {
-    if (!memory.isValidRange(address, length)) return false;
-    released.push(address);
+  // One region at file offset 0: the offsets punched are the guest addresses.
+  const balloon = new Balloon((fd, offset) => {
+    if (fd !== memory.regions[0]!.fd) return false;
+    released.push(offset);
     return true;
   });
   const d = new VirtioPciDriver(balloon, memory);
@@ -24,12 +25,12 @@ function setup() {
   d.driverOk();
   /** Posts one buffer on a queue whose rings are at `base`. */
   const post = (base: number, address: number, length: number): void => {
-    memory.writeU64(base, BigInt(address));
-    memory.writeU32(base + 8, length);
-    memory.writeU16(base + 12, 0);
-    const idx = memory.readU16(base + 0x802);
-    memory.writeU16(base + 0x804 + 2 * (idx % 8), 0);
-    memory.writeU16(base + 0x802, idx + 1);
+    memory.writeU64(ga(base), BigInt(address));
+    memory.writeU32(ga(base + 8), length);
+    memory.writeU16(ga(base + 12), 0);
+    const idx = memory.readU16(ga(base + 0x802));
+    memory.writeU16(ga(base + 0x804 + 2 * (idx % 8)), 0);
+    memory.writeU16(ga(base + 0x802), idx + 1);
   };
   return { memory, balloon, d, released, post };
 }
@@ -37,11 +38,11 @@ function setup() {
 describe("Balloon", () => {
   test("inflated PFNs are released; PFNs outside RAM are ignored", () => {
     const { memory, balloon, d, released, post } = setup();
-    memory.writeU32(0x10000, 0x20);
-    memory.writeU32(0x10004, 0xfffff); // beyond the 1 MiB of RAM
+    memory.writeU32(ga(0x10000), 0x20);
+    memory.writeU32(ga(0x10004), 0xfffff); // beyond the 1 MiB of RAM
     post(0x1000, 0x10000, 8);
     d.kick(0);
-    expect([released, balloon.inflatedPages, memory.readU16(0x1c02)]).toEqual([[0x20000], 1, 1]);
+    expect([released, balloon.inflatedPages, memory.readU16(ga(0x1c02))]).toEqual([[0x20000], 1, 1]);
   });
 
   test("setTarget updates num_pages and raises a configuration interrupt", () => {
@@ -59,14 +60,14 @@ describe("Balloon", () => {
 
   test("stats are read from the buffer the guest posts, which is returned when the host asks again", () => {
     const { memory, balloon, d, post } = setup();
-    memory.writeU16(0x11000, 4);
-    memory.writeU64(0x11002, 1234n);
-    memory.writeU16(0x1100a, 5);
-    memory.writeU64(0x1100c, 5678n);
+    memory.writeU16(ga(0x11000), 4);
+    memory.writeU64(ga(0x11002), 1234n);
+    memory.writeU16(ga(0x1100a), 5);
+    memory.writeU64(ga(0x1100c), 5678n);
     post(0x3000, 0x11000, 20);
     d.kick(2);
-    expect([balloon.stats, memory.readU16(0x3c02)]).toEqual([{ free_memory: 1234, total_memory: 5678 }, 0]);
+    expect([balloon.stats, memory.readU16(ga(0x3c02))]).toEqual([{ free_memory: 1234, total_memory: 5678 }, 0]);
     balloon.requestStats();
-    expect(memory.readU16(0x3c02)).toBe(1);
+    expect(memory.readU16(ga(0x3c02))).toBe(1);
   });
 });

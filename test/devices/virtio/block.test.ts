@@ -1,4 +1,5 @@
 import { describe, expect, test } from "bun:test";
+import { guestAddress as ga } from "../../../src/memory/mod.ts";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { Block, VIRTIO_BLK_S, VIRTIO_BLK_T } from "../../../src/devices/virtio/block/block.ts";
@@ -22,9 +23,9 @@ function disk(readOnly = false): { path: string; file: DiskFile } {
 
 /** Posts header + data + status and runs the request through Block.handle. */
 function request(dev: Block, d: VirtqueueDriver, type: number, sector: number, dataLen: number, deviceWrites: boolean) {
-  d.memory.writeU32(HDR, type);
-  d.memory.writeU64(HDR + 8, BigInt(sector));
-  d.memory.writeU8(STATUS, 0xff);
+  d.memory.writeU32(ga(HDR), type);
+  d.memory.writeU64(ga(HDR + 8), BigInt(sector));
+  d.memory.writeU8(ga(STATUS), 0xff);
   let n = 0;
   d.writeDesc(n++, { addr: HDR, len: 16, flags: VIRTQ_DESC_F_NEXT, next: 1 });
   if (dataLen > 0) d.writeDesc(n++, { addr: DATA, len: dataLen, flags: VIRTQ_DESC_F_NEXT | (deviceWrites ? VIRTQ_DESC_F_WRITE : 0), next: n });
@@ -33,7 +34,7 @@ function request(dev: Block, d: VirtqueueDriver, type: number, sector: number, d
   const r = d.queue.pop();
   if (r?.kind !== "chain") throw new Error("expected a chain");
   const used = dev.handle(r.chain);
-  return { used, status: d.memory.readU8(STATUS) };
+  return { used, status: d.memory.readU8(ga(STATUS)) };
 }
 
 describe("Block", () => {
@@ -42,14 +43,14 @@ describe("Block", () => {
     const dev = new Block(file, "id");
     const d = new VirtqueueDriver();
     expect(request(dev, d, VIRTIO_BLK_T.IN, 0, 512, true)).toEqual({ used: 513, status: VIRTIO_BLK_S.OK });
-    expect(new TextDecoder().decode(d.memory.slice(DATA, 7)!)).toBe("SECTOR0");
+    expect(new TextDecoder().decode(d.memory.slice(ga(DATA), 7)!)).toBe("SECTOR0");
   });
 
   test("writes reach the file", () => {
     const { path, file } = disk();
     const dev = new Block(file, "id");
     const d = new VirtqueueDriver();
-    d.memory.write(DATA, new TextEncoder().encode("HELLO"));
+    d.memory.write(ga(DATA), new TextEncoder().encode("HELLO"));
     expect(request(dev, d, VIRTIO_BLK_T.OUT, 2, 512, false).status).toBe(VIRTIO_BLK_S.OK);
     expect(new TextDecoder().decode(readFileSync(path).subarray(1024, 1029))).toBe("HELLO");
   });
@@ -75,7 +76,7 @@ describe("Block", () => {
     const { file } = disk();
     const d = new VirtqueueDriver();
     expect(request(new Block(file, "serial-42"), d, VIRTIO_BLK_T.GET_ID, 0, 20, true).status).toBe(VIRTIO_BLK_S.OK);
-    expect(new TextDecoder().decode(d.memory.slice(DATA, 9)!)).toBe("serial-42");
+    expect(new TextDecoder().decode(d.memory.slice(ga(DATA), 9)!)).toBe("serial-42");
   });
 
   test("unknown request types are unsupported", () => {
@@ -87,9 +88,9 @@ describe("Block", () => {
     const { path, file } = disk();
     const dev = new Block(file, "id");
     const d = new VirtqueueDriver();
-    d.memory.writeU64(DATA, 0n);
-    d.memory.writeU32(DATA + 8, 1);
-    d.memory.writeU32(DATA + 12, 0);
+    d.memory.writeU64(ga(DATA), 0n);
+    d.memory.writeU32(ga(DATA + 8), 1);
+    d.memory.writeU32(ga(DATA + 12), 0);
     expect(request(dev, d, VIRTIO_BLK_T.WRITE_ZEROES, 0, 16, false).status).toBe(VIRTIO_BLK_S.OK);
     expect(readFileSync(path).subarray(0, 7).every((b) => b === 0)).toBe(true);
   });

@@ -25,7 +25,7 @@ describe.skipIf(!HAS_QEMU_IMG)("qcow2", () => {
     createQcow2(path, 64 * MIB);
     expect(sh("qemu-img", "check", path).code).toBe(0);
     expect(JSON.parse(sh("qemu-img", "info", "--output=json", path).out)["virtual-size"]).toBe(64 * MIB);
-    const disk = openDiskImage(path, true);
+    const disk = openDiskImage(path, true, null);
     const buf = new Uint8Array(4096).fill(7);
     expect(disk.readInto([buf], 10 * MIB)).toBe(true);
     expect(buf.every((b) => b === 0)).toBe(true);
@@ -36,7 +36,7 @@ describe.skipIf(!HAS_QEMU_IMG)("qcow2", () => {
     const dir = tempDir();
     const path = join(dir, "w.qcow2");
     createQcow2(path, 16 * MIB);
-    const disk = openDiskImage(path, false);
+    const disk = openDiskImage(path, false, null);
     const writes: [number, Uint8Array][] = [[0, pattern(4096, 1)], [65536 - 512, pattern(1024, 2)], [5 * MIB + 512, pattern(200_000, 3)], [16 * MIB - 4096, pattern(4096, 4)]];
     for (const [offset, data] of writes) expect(disk.writeFrom([data], offset)).toBe(true);
     expect(disk.flush()).toBe(true);
@@ -52,7 +52,7 @@ describe.skipIf(!HAS_QEMU_IMG)("qcow2", () => {
     const path = join(tempDir(), "q.qcow2");
     sh("qemu-img", "create", "-f", "qcow2", path, "8M");
     expect(sh("qemu-io", "-c", "write -P 0xab 1M 192k", "-c", "write -z 1088k 64k", path).code).toBe(0);
-    const disk = openDiskImage(path, true);
+    const disk = openDiskImage(path, true, null);
     const buf = new Uint8Array(256 * 1024);
     expect(disk.readInto([buf], 1 * MIB)).toBe(true);
     expect(buf.subarray(0, 64 * 1024).every((b) => b === 0xab)).toBe(true);
@@ -69,7 +69,7 @@ describe.skipIf(!HAS_QEMU_IMG)("qcow2", () => {
     writeFileSync(raw, data);
     const path = join(dir, "c.qcow2");
     expect(sh("qemu-img", "convert", "-c", "-f", "raw", "-O", "qcow2", raw, path).code).toBe(0);
-    const disk = openDiskImage(path, false);
+    const disk = openDiskImage(path, false, null);
     const buf = new Uint8Array(2 * MIB);
     expect(disk.readInto([buf], 0)).toBe(true);
     expect(Buffer.compare(Buffer.from(buf), Buffer.from(data))).toBe(0);
@@ -88,7 +88,7 @@ describe.skipIf(!HAS_QEMU_IMG)("qcow2", () => {
     writeFileSync(base, pattern(4 * MIB, 5));
     const overlay = join(dir, "overlay.qcow2");
     expect(sh("qemu-img", "create", "-f", "qcow2", "-b", "base.raw", "-F", "raw", overlay).code).toBe(0);
-    const disk = openDiskImage(overlay, false);
+    const disk = openDiskImage(overlay, false, null);
     const buf = new Uint8Array(4096);
     expect(disk.readInto([buf], MIB)).toBe(true);
     expect(buf[0]).toBe(pattern(4 * MIB, 5)[MIB]);
@@ -103,7 +103,7 @@ describe.skipIf(!HAS_QEMU_IMG)("qcow2", () => {
   test("version 2 images work", () => {
     const path = join(tempDir(), "v2.qcow2");
     sh("qemu-img", "create", "-f", "qcow2", "-o", "compat=0.10", path, "4M");
-    const disk = openDiskImage(path, false);
+    const disk = openDiskImage(path, false, null);
     expect(disk.writeFrom([pattern(8192, 6)], 65536)).toBe(true);
     const buf = new Uint8Array(8192);
     expect(disk.readInto([buf], 65536)).toBe(true);
@@ -118,7 +118,7 @@ describe.skipIf(!HAS_QEMU_IMG)("qcow2", () => {
     const bytes = readFileSync(path);
     bytes[79] = 0x20; // incompatible_features bit 5: unknown
     writeFileSync(path, bytes);
-    expect(() => openDiskImage(path, false)).toThrow(/incompatible feature bit 5 \(unknown\)/);
+    expect(() => openDiskImage(path, false, null)).toThrow(/incompatible feature bit 5 \(unknown\)/);
   });
 
   test("a header with an absurd L1 size is refused before anything is allocated", () => {
@@ -127,13 +127,13 @@ describe.skipIf(!HAS_QEMU_IMG)("qcow2", () => {
     const bytes = readFileSync(path);
     new DataView(bytes.buffer, bytes.byteOffset).setUint32(36, 0xffffffff, false);
     writeFileSync(path, bytes);
-    expect(() => openDiskImage(path, false)).toThrow(/L1 table .* is larger than/);
+    expect(() => openDiskImage(path, false, null)).toThrow(/L1 table .* is larger than/);
   });
 
   test("a raw image stays raw", () => {
     const path = join(tempDir(), "plain.img");
     writeFileSync(path, new Uint8Array(MIB));
-    const disk = openDiskImage(path, true);
+    const disk = openDiskImage(path, true, null);
     expect([disk.format, disk instanceof DiskFile]).toEqual(["raw", true]);
     disk.close();
   });

@@ -1,7 +1,7 @@
 import { describe, expect, test } from "bun:test";
 import { ChainReader, ChainWriter, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from "../../../src/devices/virtio/descriptor_chain.ts";
 import { Queue } from "../../../src/devices/virtio/queue.ts";
-import { GuestMemory } from "../../../src/memory/mod.ts";
+import { GuestMemory, guestAddress as ga } from "../../../src/memory/mod.ts";
 import { BUFFERS, RAM_SIZE, VirtqueueDriver } from "../../support/virtqueue_driver.ts";
 
 const NEXT = VIRTQ_DESC_F_NEXT;
@@ -15,7 +15,7 @@ describe("Queue.pop", () => {
 
   test("walks a chain of readable then writable buffers", () => {
     const d = new VirtqueueDriver();
-    d.memory.write(BUFFERS, Uint8Array.of(1, 2, 3, 4));
+    d.memory.write(ga(BUFFERS), Uint8Array.of(1, 2, 3, 4));
     d.writeDesc(0, { addr: BUFFERS, len: 4, flags: NEXT, next: 5 });
     d.writeDesc(5, { addr: BUFFERS + 0x100, len: 8, flags: WRITE, next: 0 });
     d.publish(0);
@@ -28,7 +28,7 @@ describe("Queue.pop", () => {
     expect([...got]).toEqual([1, 2, 3, 4]);
     const w = new ChainWriter(r.chain);
     expect(w.write(Uint8Array.of(9, 9))).toBe(true);
-    expect([w.written, d.memory.readU8(BUFFERS + 0x100)]).toEqual([2, 9]);
+    expect([w.written, d.memory.readU8(ga(BUFFERS + 0x100))]).toEqual([2, 9]);
   });
 
   test("follows an indirect table", () => {
@@ -55,7 +55,7 @@ describe("Queue.pop", () => {
     ["an address that overflows", (d) => {
       d.writeDesc(0, { addr: 2 ** 53, len: 4, flags: 0, next: 0 });
       d.publish(0);
-    }, "outside guest RAM"],
+    }, "beyond the physical address space"],
     ["a next index past the table", (d) => {
       d.writeDesc(0, { addr: BUFFERS, len: 4, flags: NEXT, next: 200 });
       d.publish(0);
@@ -131,7 +131,7 @@ describe("Queue used ring and notifications", () => {
     const d = new VirtqueueDriver();
     d.queue.addUsed(0, 0);
     expect(d.queue.shouldNotify()).toBe(true);
-    d.memory.writeU16(0x2000, 1);
+    d.memory.writeU16(ga(0x2000), 1);
     d.queue.addUsed(1, 0);
     expect(d.queue.shouldNotify()).toBe(false);
   });
@@ -165,12 +165,15 @@ describe("Queue used ring and notifications", () => {
   test("activate refuses rings outside RAM, misaligned, or of a bad size", () => {
     const memory = GuestMemory.fromBuffers([{ base: 0, bytes: new Uint8Array(0x4000) }]);
     const q = new Queue(8);
-    Object.assign(q.config, { size: 8, desc: 0x1000, driver: 0x2000, device: 0x8000 });
-    expect(q.activate(memory, { eventIdx: false, indirect: false })).toContain("outside guest RAM");
-    Object.assign(q.config, { device: 0x3002 });
-    expect(q.activate(memory, { eventIdx: false, indirect: false })).toContain("misaligned");
-    Object.assign(q.config, { size: 6, device: 0x3000 });
-    expect(q.activate(memory, { eventIdx: false, indirect: false })).toContain("power of two");
+    const features = { eventIdx: false, indirect: false };
+    Object.assign(q.config, { size: 8, desc: 0x1000n, driver: 0x2000n, device: 0x8000n });
+    expect(q.activate(memory, features)).toEqual({ ok: false, error: "a ring lies outside guest RAM" });
+    Object.assign(q.config, { device: 0x3002n });
+    expect(q.activate(memory, features)).toEqual({ ok: false, error: "ring addresses are misaligned" });
+    Object.assign(q.config, { device: 2n ** 60n });
+    expect(q.activate(memory, features)).toEqual({ ok: false, error: "a ring address lies beyond the physical address space" });
+    Object.assign(q.config, { size: 6, device: 0x3000n });
+    expect(q.activate(memory, features)).toEqual({ ok: false, error: "queue size 6 is not a power of two up to 8" });
   });
 });
 
