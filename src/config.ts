@@ -38,7 +38,7 @@ export function parseByteSize(text: string): number | null {
 }
 
 /** The longest path a Unix socket address holds (sun_path is 108 bytes with the NUL). */
-const MAX_SOCKET_PATH = 107;
+export const MAX_SOCKET_PATH = 107;
 
 export const SERIAL_TYPES = ["stdout", "file", "sink"] as const;
 export type SerialType = (typeof SERIAL_TYPES)[number];
@@ -68,7 +68,7 @@ const SerialSchema = v.pipe(
 export type SerialConfig = v.InferOutput<typeof SerialSchema>;
 
 /** Splits crosvm's `key=value,key=value` option syntax, refusing unknown and repeated keys. */
-function parseKeyValues(flag: string, text: string, keys: readonly string[], positionalKey?: string): Record<string, string> {
+export function parseKeyValues(flag: string, text: string, keys: readonly string[], positionalKey?: string): Record<string, string> {
   const fields: Record<string, string> = {};
   text.split(",").forEach((part, index) => {
     if (part === "") return;
@@ -270,7 +270,7 @@ const FLAG_NAMES: Readonly<Record<string, string>> = {
   kernel: "KERNEL", initrd: "--initrd", mem: "--mem", cpus: "--cpus", params: "--params", logLevel: "--log-level",
 };
 
-function describeIssues(issues: readonly v.BaseIssue<unknown>[]): string {
+export function describeIssues(issues: readonly v.BaseIssue<unknown>[]): string {
   return issues.map((i) => {
     const path = i.path?.map((p) => String(p.key)).join(".");
     return path ? `${path}: ${i.message}` : i.message;
@@ -335,7 +335,7 @@ export function parseRunConfig(raw: RawRunOptions): Config {
   };
 }
 
-function checkSocketPath(path: string | undefined): string | null {
+export function checkSocketPath(path: string | undefined): string | null {
   if (path === undefined) return null;
   if (path.length === 0 || new TextEncoder().encode(path).length > MAX_SOCKET_PATH) {
     throw new ConfigError(`--socket: expected a path of 1-${MAX_SOCKET_PATH} bytes (got ${JSON.stringify(path)})`);

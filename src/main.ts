@@ -9,6 +9,8 @@ import { createQcow2 } from "./devices/virtio/block/qcow2.ts";
 import { runDeviceProcess } from "./devices/sandbox/device_process.ts";
 import type { VmRequest } from "./vm_control/messages.ts";
 import { EXIT_CODE, runVm } from "./vmm/run_vm.ts";
+import { parseDevicesConfig } from "./devices_config.ts";
+import { serveDevices } from "./serve_devices.ts";
 import { VERSION } from "./version.ts";
 
 /** Runs the CLI with `argv` (without the program name); resolves to the exit code. */
@@ -63,6 +65,29 @@ export async function main(argv: readonly string[]): Promise<number> {
         const config = parseRunConfig(configPath === undefined ? raw : mergeRunOptions(readConfigFile(configPath), raw));
         log.debug(`configuration parsed at ${performance.now().toFixed(1)} ms`);
         code = await runVm(config);
+      },
+    )
+    .command(
+      "devices",
+      "Serve virtio devices over vhost-user to another VMM (QEMU, Cloud Hypervisor, tsvm --vhost-user)",
+      (y) => y
+        .option("block", { type: "string", describe: "vhost=SOCKET,path=IMG[,ro=true][,id=ID][,format=raw|qcow2] (repeatable)" })
+        .option("net", { type: "string", describe: "vhost=SOCKET,tap-name=NAME|tap-fd=N[,mac=MAC] (repeatable)" })
+        .option("console", { type: "string", describe: "vhost=SOCKET[,type=stdout|file|sink][,path=P] (repeatable)" })
+        .option("rng", { type: "string", describe: "vhost=SOCKET (repeatable)" })
+        .option("balloon", { type: "string", describe: "vhost=SOCKET (repeatable)" })
+        .option("disable-sandbox", { type: "boolean", describe: "serve the devices from this process, without jails" })
+        .option("seccomp-policy-dir", { type: "string", describe: "read device seccomp policies from this directory" })
+        .option("seccomp-log-failures", { type: "boolean", describe: "log disallowed system calls instead of killing the device" })
+        .option("log-level", { type: "string", describe: "error, warn, info or debug (default warn)" }),
+      async (args) => {
+        const config = parseDevicesConfig({
+          block: repeated(args.block), net: repeated(args.net), console: repeated(args.console), rng: repeated(args.rng),
+          balloon: repeated(args.balloon), disableSandbox: args["disable-sandbox"],
+          seccompPolicyDir: single("--seccomp-policy-dir", args["seccomp-policy-dir"]), seccompLogFailures: args["seccomp-log-failures"],
+          logLevel: single("--log-level", args["log-level"]),
+        });
+        code = await serveDevices(config);
       },
     )
     .command("stop <socket>", "Stop the VM behind a control socket (disks are flushed; run exits 0)", (y) => socketArg(y),

@@ -1,12 +1,11 @@
 // server.ts - the VM's control socket: listens at --socket PATH (mode 0600) and answers requests.
-import { lstatSync, unlinkSync } from "node:fs";
+import { unlinkSync } from "node:fs";
 import { socket, sys } from "../../ffi/mod.ts";
-import { errnoName } from "../base/errno.ts";
+import { listenUnix } from "../base/unix_listener.ts";
 import { OwnedFd } from "../base/owned_fd.ts";
 import { Tube } from "../base/tube.ts";
 import { decodeRequest, encodeResponse, type VmRequest, type VmResponse } from "./messages.ts";
 
-const ECONNREFUSED = 111;
 
 /** Raised when the socket path cannot be ours (a live VM owns it, or it is not a socket). */
 export class ControlSocketError extends Error {
@@ -23,25 +22,9 @@ export class ControlServer extends OwnedFd {
 
   /** Listens at `path`: refuses a path a live VM answers on or that is not a socket; replaces a stale socket. */
   static listen(path: string): ControlServer {
-    let stat: ReturnType<typeof lstatSync> | null = null;
-    try {
-      stat = lstatSync(path);
-    } catch {
-      stat = null;
-    }
-    if (stat) {
-      if (!stat.isSocket()) throw new ControlSocketError(`${path} exists and is not a socket; not replacing it`);
-      const probe = socket.unixConnect(path);
-      if (probe >= 0) {
-        sys.close(probe);
-        throw new ControlSocketError(`a running VM already owns the control socket ${path}`);
-      }
-      if (-probe !== ECONNREFUSED) throw new ControlSocketError(`failed to check the control socket ${path}: ${errnoName(-probe)}`);
-      unlinkSync(path); // stale: left by a VM that is gone
-    }
-    const fd = socket.unixListen(path);
-    if (fd < 0) throw new ControlSocketError(`failed to listen on ${path}: ${errnoName(-fd)}`);
-    return new ControlServer(fd, path);
+    const fd = listenUnix(path, socket.SOCK_SEQPACKET, "the control socket");
+    if (!fd.ok) throw new ControlSocketError(fd.error.replace("something is already listening on", "a running VM already owns"));
+    return new ControlServer(fd.value, path);
   }
 
   /** Accepts a pending connection and returns its fd (to watch), or null. */

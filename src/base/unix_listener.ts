@@ -1,0 +1,32 @@
+// unix_listener.ts - listening on an AF_UNIX socket path that may hold a stale socket from a
+// process that died, without ever taking over a path something else still owns.
+import { lstatSync, unlinkSync } from "node:fs";
+import { socket, sys } from "../../ffi/mod.ts";
+import { ERRNO, errnoName } from "./errno.ts";
+import { err, ok, type Result } from "./result.ts";
+
+/**
+ * Listens at `path` (created mode 0600) for sockets of `type`. A path where something answers, or
+ * that is not a socket at all, is refused; a socket nobody answers on (left by a process that died)
+ * is replaced. Returns the listening fd, or why not.
+ */
+export function listenUnix(path: string, type: number, what: string): Result<number> {
+  let isSocket: boolean | null;
+  try {
+    isSocket = lstatSync(path).isSocket();
+  } catch {
+    isSocket = null; // nothing there
+  }
+  if (isSocket === false) return err(`${path} exists and is not a socket; not replacing it`);
+  if (isSocket) {
+    const probe = socket.unixConnect(path, type);
+    if (probe >= 0) {
+      sys.close(probe);
+      return err(`something is already listening on ${what} ${path}`);
+    }
+    if (-probe !== ERRNO.ECONNREFUSED) return err(`failed to check ${what} ${path}: ${errnoName(-probe)}`);
+    unlinkSync(path);
+  }
+  const fd = socket.unixListen(path, type);
+  return fd < 0 ? err(`failed to listen on ${what} ${path}: ${errnoName(-fd)}`) : ok(fd);
+}

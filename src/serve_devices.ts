@@ -1,0 +1,111 @@
+// serve_devices.ts - `tsvm devices`: tsvm's virtio devices as vhost-user back-ends for any VMM
+// (QEMU, Cloud Hypervisor, crosvm, another tsvm), each on its own socket.
+//
+// Each device runs jailed exactly like `tsvm run`'s device processes, with the listening socket as
+// its fd 3: it accepts one front-end at a time, and when that front-end goes (or is dropped for
+// breaking the protocol) it waits for the next. This process only opens what the user named,
+// starts the devices, relays their log lines, and on SIGTERM/SIGINT ends them and removes the sockets.
+import { unlinkSync } from "node:fs";
+import { event as eventFfi, socket, sys } from "../ffi/mod.ts";
+import { EventFd } from "./base/event_fd.ts";
+import { log, setLogLevel } from "./base/log.ts";
+import { describeError } from "./base/result.ts";
+import { listenUnix } from "./base/unix_listener.ts";
+import { ConfigError } from "./config.ts";
+import { createDevice } from "./devices/create_device.ts";
+import { closeResources, type DeviceResources, openResources, resourceFds } from "./devices/device_resources.ts";
+import { jailIdBase, JailedProcess } from "./devices/sandbox/jailed_process.ts";
+import { VhostUserBackend } from "./devices/vhost_user/backend.ts";
+import type { DevicesConfig } from "./devices_config.ts";
+import { compileDeviceFilter } from "./sandbox/policies.ts";
+import { ControlLoop, DeviceLoop } from "./vmm/control_loop.ts";
+import { IN_PROCESS_HOST } from "./vmm/virtio_devices.ts";
+
+const SIGINT = 2;
+const SIGTERM = 15;
+
+/** Serves every device in `config` until SIGTERM or SIGINT (exit 0) or a device process fails (exit 1). */
+export async function serveDevices(config: DevicesConfig): Promise<number> {
+  setLogLevel(config.logLevel);
+  const cleanup: (() => void)[] = [];
+  const loop = new ControlLoop();
+  cleanup.push(() => loop.close());
+  try {
+    const opened: { resources: DeviceResources; listenFd: number; socket: string }[] = [];
+    for (const d of config.devices) {
+      const filter = config.sandbox ? compileFilter(config, d.spec.kind) : null;
+      const resources = openResources(d.spec);
+      if (!resources.ok) throw new ConfigError(`${d.spec.label}: ${resources.error}`);
+      cleanup.push(() => closeResources(resources.value));
+      const listening = listenUnix(d.socket, socket.SOCK_STREAM, "the vhost-user socket");
+      if (!listening.ok) throw new ConfigError(listening.error);
+      cleanup.push(() => {
+        sys.close(listening.value);
+        try {
+          unlinkSync(d.socket);
+        } catch {
+          // already gone
+        }
+      });
+      opened.push({ resources: resources.value, listenFd: listening.value, socket: d.socket });
+      if (filter !== null) {
+        const started = JailedProcess.spawn({
+          setup: { spec: d.spec, logLevel: config.logLevel, filter, listen: true, resourceFds: resourceFds(resources.value).length },
+          vhostUserFd: listening.value, resourceFds: resourceFds(resources.value), idBase: jailIdBase(process.pid, opened.length - 1), loop,
+          onFailure: (message) => loop.end({ code: 1, message: `stopping: ${message}` }),
+        });
+        if (!started.ok) throw new Error(started.error);
+        cleanup.push(() => started.value.close());
+      } else {
+        serveInProcess(loop, d.spec.label, createDevice(d.spec, resources.value, IN_PROCESS_HOST), listening.value, cleanup);
+      }
+      log.info(`${d.spec.label}: serving vhost-user on ${d.socket}`);
+    }
+    for (const signal of [SIGINT, SIGTERM]) {
+      const fd = new EventFd();
+      eventFfi.notifySignal(signal, fd.fd);
+      loop.watch(fd.fd, () => loop.end({ code: 0, message: null }));
+      cleanup.push(() => {
+        eventFfi.defaultSignal(signal);
+        fd.close();
+      });
+    }
+    const ending = await loop.run();
+    if (ending.message) log.error(ending.message);
+    return ending.code;
+  } finally {
+    while (cleanup.length > 0) {
+      try {
+        cleanup.pop()!();
+      } catch (e) {
+        log.warn(`while shutting down: ${describeError(e)}`);
+      }
+    }
+  }
+}
+
+function compileFilter(config: DevicesConfig, kind: string): Uint8Array {
+  try {
+    return compileDeviceFilter(kind, config.seccompPolicyDir, config.seccompLogFailures ? "log" : "kill");
+  } catch (e) {
+    throw new ConfigError(`failed to load the seccomp policy of the ${kind} device: ${describeError(e)}`);
+  }
+}
+
+/** Serves a device on this process's loop (--disable-sandbox), one front-end at a time. */
+function serveInProcess(loop: ControlLoop, label: string, device: ReturnType<typeof createDevice>, listenFd: number, cleanup: (() => void)[]): void {
+  const deviceLoop = new DeviceLoop(loop, label);
+  const backend = new VhostUserBackend(device, deviceLoop, {
+    disconnected: (reason) => log.info(`${label}: front-end gone (${reason}); waiting for the next one`),
+    log: (level, message) => log[level](`${label}: ${message}`),
+  });
+  deviceLoop.onError = (message) => backend.disconnect(message);
+  loop.watch(listenFd, () => {
+    const fd = socket.accept(listenFd);
+    if (fd >= 0) backend.serve(fd);
+  });
+  cleanup.push(() => {
+    loop.unwatch(listenFd);
+    backend.close();
+  });
+}
