@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# Builds the real-Linux guest of the full-boot test from Debian packages, into build/linux/:
+# Builds the real-Linux guest of the Linux tests from Debian packages, into build/linux/:
 #   initramfs.cpio.gz  busybox-static and the virtio modules; its /init loads them, mounts the
 #                      virtio-blk disk, reads /dev/hwrng, brings eth0 up, writes to hvc0, prints a
 #                      "result <device>: ..." line for each, and reboots (reboot=k: the i8042 ends tsvm).
+#                      Kernel command-line options ask for more: tsvm.write=TEXT mounts the disk
+#                      read-write and writes TEXT to /written.txt; tsvm.ip=ADDR/LEN and tsvm.ping=HOST
+#                      give eth0 an address and ping HOST.
 #   disk.img           an ext4 image holding hello.txt
+# Used by the full-boot test under tsvm (hardware virtualization) and by the vhost-user tests, where
+# QEMU with TCG runs this guest on devices `tsvm devices` serves.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/fetch_linux.sh
@@ -16,7 +21,7 @@ dpkg -x "$work"/busybox-static_*.deb "$work/bb"
 root="$work/root"
 mkdir -p "$root"/{bin,sbin,proc,sys,dev,mnt,lib/modules}
 cp "$work/bb/bin/busybox" "$root/bin/busybox"
-for applet in sh mount insmod cat echo head od ip mkdir sleep reboot ls; do ln -s busybox "$root/bin/$applet"; done
+for applet in sh mount umount insmod cat echo head od ip mkdir sleep reboot ls ping sync grep; do ln -s busybox "$root/bin/$applet"; done
 
 # The modules in load order, each after the modules its .modinfo "depends=" names (Debian's package
 # ships no modules.dep, and depmod may be missing).
@@ -55,10 +60,25 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 for m in $(cat /modules.order); do insmod "$m" 2>/dev/null; done
+for arg in $(cat /proc/cmdline); do
+  case "$arg" in
+    tsvm.write=*) WRITE="${arg#tsvm.write=}" ;;
+    tsvm.ip=*) IP="${arg#tsvm.ip=}" ;;
+    tsvm.ping=*) PING="${arg#tsvm.ping=}" ;;
+  esac
+done
 sleep 1
-if mount -t ext4 -o ro /dev/vda /mnt && [ "$(cat /mnt/hello.txt)" = "hello from the disk" ]; then echo "result blk: ok"; else echo "result blk: FAIL"; fi
+if [ -n "$WRITE" ]; then
+  if mount -t ext4 /dev/vda /mnt && [ "$(cat /mnt/hello.txt)" = "hello from the disk" ] && echo "$WRITE" > /mnt/written.txt && sync && umount /mnt; then
+    echo "result blk: ok (wrote /written.txt)"
+  else echo "result blk: FAIL"; fi
+elif mount -t ext4 -o ro /dev/vda /mnt && [ "$(cat /mnt/hello.txt)" = "hello from the disk" ]; then echo "result blk: ok"; else echo "result blk: FAIL"; fi
 if head -c 16 /dev/hwrng | od -An -tx1 | grep -q .; then echo "result rng: ok"; else echo "result rng: FAIL"; fi
-if [ -e /sys/class/net/eth0 ]; then ip link set eth0 up && echo "result net: ok"; else echo "result net: absent"; fi
+if [ ! -e /sys/class/net/eth0 ]; then echo "result net: absent"
+elif [ -n "$IP" ]; then
+  ip link set lo up; ip link set eth0 up; ip addr add "$IP" dev eth0
+  if ping -c 3 -W 5 "$PING" >/dev/null 2>&1; then echo "result net: ok (ping $PING)"; else echo "result net: FAIL (no answer from $PING)"; fi
+else ip link set eth0 up && echo "result net: ok"; fi
 if [ -e /dev/hvc0 ]; then echo "hello over hvc0" > /dev/hvc0 && echo "result console: ok"; else echo "result console: absent"; fi
 echo "result done"
 reboot -f

@@ -12,6 +12,12 @@ export function tsvmCommand(): string[] {
   return [process.execPath, join(ROOT, "src/main.ts")];
 }
 
+/**
+ * How much slower than a real machine this one runs tests: TSVM_TEST_TIME_SCALE (say 4 inside
+ * scripts/nested_kvm.sh, where everything runs under TCG) stretches every deadline the tests set.
+ */
+export const TIME_SCALE = Math.max(1, Number(process.env.TSVM_TEST_TIME_SCALE ?? "1") || 1);
+
 /** Whether this machine can run VMs (tests that need KVM are skipped, loudly, without it). */
 export const HAS_KVM = ((): boolean => {
   try {
@@ -45,7 +51,7 @@ export async function runTsvm(args: readonly string[], opts: { timeoutMs?: numbe
   const timer = setTimeout(() => {
     timedOut = true;
     child.kill("SIGKILL");
-  }, opts.timeoutMs ?? 30_000);
+  }, (opts.timeoutMs ?? 30_000) * TIME_SCALE);
   const [stdout, stderr] = await Promise.all([new Response(child.stdout).text(), new Response(child.stderr).text()]);
   await child.exited;
   clearTimeout(timer);
@@ -59,8 +65,9 @@ export class TsvmProcess {
   stderr = "";
   readonly #done: Promise<void>;
 
-  constructor(args: readonly string[]) {
-    this.child = Bun.spawn([...tsvmCommand(), ...args], { cwd: ROOT, stdin: "ignore", stdout: "pipe", stderr: "pipe" });
+  /** Starts tsvm with `args`, behind `prefix` when given (`ip netns exec NS`, say). */
+  constructor(args: readonly string[], prefix: readonly string[] = []) {
+    this.child = Bun.spawn([...prefix, ...tsvmCommand(), ...args], { cwd: ROOT, stdin: "ignore", stdout: "pipe", stderr: "pipe" });
     const pump = async (stream: ReadableStream<Uint8Array>, into: "stdout" | "stderr"): Promise<void> => {
       const decoder = new TextDecoder();
       for await (const chunk of stream) this[into] += decoder.decode(chunk, { stream: true });
@@ -72,18 +79,18 @@ export class TsvmProcess {
   }
 
   /** Resolves once `pattern` has appeared on stdout; rejects if tsvm exits first or `timeoutMs` passes. */
-  async waitForOutput(pattern: RegExp, timeoutMs: number): Promise<void> {
-    const deadline = Date.now() + timeoutMs;
-    while (!pattern.test(this.stdout)) {
+  async waitForOutput(pattern: RegExp, timeoutMs: number, stream: "stdout" | "stderr" = "stdout"): Promise<void> {
+    const deadline = Date.now() + timeoutMs * TIME_SCALE;
+    while (!pattern.test(this[stream])) {
       if (this.child.exitCode !== null) throw new Error(`tsvm exited (${this.child.exitCode}) before ${pattern}: ${this.stderr}`);
-      if (Date.now() > deadline) throw new Error(`no ${pattern} within ${timeoutMs} ms; output so far:\n${this.stdout}`);
+      if (Date.now() > deadline) throw new Error(`no ${pattern} within ${timeoutMs} ms; output so far:\n${this[stream]}`);
       await Promise.race([this.#done, Bun.sleep(20)]);
     }
   }
 
   /** Resolves with the exit code, killing the process at `timeoutMs`. */
   async exit(timeoutMs: number): Promise<number | null> {
-    const timer = setTimeout(() => this.child.kill("SIGKILL"), timeoutMs);
+    const timer = setTimeout(() => this.child.kill("SIGKILL"), timeoutMs * TIME_SCALE);
     await this.child.exited;
     await this.#done;
     clearTimeout(timer);

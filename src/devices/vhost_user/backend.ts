@@ -23,11 +23,12 @@ import {
   VHOST_USER_FLAG_REPLY, VHOST_USER_PROTOCOL_F, type VhostUserMessage,
 } from "./protocol.ts";
 
-/** The protocol features a tsvm back-end offers. */
-export const BACKEND_PROTOCOL_FEATURES = [
-  VHOST_USER_PROTOCOL_F.MQ, VHOST_USER_PROTOCOL_F.REPLY_ACK, VHOST_USER_PROTOCOL_F.BACKEND_REQ,
-  VHOST_USER_PROTOCOL_F.CONFIG, VHOST_USER_PROTOCOL_F.RESET_DEVICE,
-].reduce<bigint>((acc, bit) => acc | (1n << bit), 0n);
+/** The protocol features a tsvm back-end offers (CONFIG only for devices that have a configuration). */
+export function backendProtocolFeatures(configSize: number): bigint {
+  const bits: bigint[] = [VHOST_USER_PROTOCOL_F.MQ, VHOST_USER_PROTOCOL_F.REPLY_ACK, VHOST_USER_PROTOCOL_F.BACKEND_REQ, VHOST_USER_PROTOCOL_F.RESET_DEVICE];
+  if (configSize > 0) bits.push(VHOST_USER_PROTOCOL_F.CONFIG);
+  return bits.reduce<bigint>((acc, bit) => acc | (1n << bit), 0n);
+}
 /** How long a reply or a back-end request may wait for room in the socket. */
 const SEND_TIMEOUT_MS = 2000;
 /** struct vhost_vring_addr flags: VHOST_VRING_F_LOG (dirty logging, which tsvm does not offer). */
@@ -70,11 +71,13 @@ export class VhostUserBackend {
   #featuresSet = false;
   #worker: VirtioWorker | null = null;
   #broken = false;
+  readonly #offeredProtocol: bigint;
 
   constructor(device: VirtioDevice, loop: DeviceEventLoop, events: BackendEvents) {
     this.#device = device;
     this.#loop = loop;
     this.#events = events;
+    this.#offeredProtocol = backendProtocolFeatures(device.configSize);
     this.#rings = device.queueMaxSizes.map((max, index) => ({
       queue: new Queue(max, index, device.maxChainBytes), idle: new EventFd(), size: max, address: null, base: 0,
       kick: null, call: null, error: null, started: false, enabled: false, mapped: false,
@@ -156,11 +159,11 @@ export class VhostUserBackend {
         break;
       case VHOST_USER.GET_PROTOCOL_FEATURES:
         result = noFds();
-        if (result.ok) result = reply(encodeU64(BACKEND_PROTOCOL_FEATURES));
+        if (result.ok) result = reply(encodeU64(this.#offeredProtocol));
         break;
       case VHOST_USER.SET_PROTOCOL_FEATURES: {
         const v = decodeU64(m.payload);
-        result = !v.ok ? v : (v.value & ~BACKEND_PROTOCOL_FEATURES) !== 0n
+        result = !v.ok ? v : (v.value & ~this.#offeredProtocol) !== 0n
           ? err(`protocol features 0x${v.value.toString(16)} were not offered`) : ok(null);
         if (result.ok && v.ok) this.#protocolFeatures = v.value;
         if (result.ok) result = noFds();
