@@ -3,9 +3,9 @@ import { describe, expect, test } from "bun:test";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { craftBzImage, craftElf } from "../support/images.ts";
-import { GUEST_ELF, HAS_KVM, runTsvm, tempDir, TsvmProcess } from "../support/tsvm.ts";
+import { GUEST_ELF, HAS_KVM, runTsvm, tempDir, TsvmProcess, TIME_SCALE } from "../support/tsvm.ts";
 
-const TIMEOUT = 60_000;
+const TIMEOUT = 60_000 * TIME_SCALE;
 
 describe.skipIf(!HAS_KVM)("booting the test guest", () => {
   test("the built-in guest passes its checks on 1 vCPU and resets to exit 0", async () => {

@@ -2,9 +2,9 @@
 import { describe, expect, test } from "bun:test";
 import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { HAS_KVM, runTsvm, tempDir, TsvmProcess } from "../support/tsvm.ts";
+import { HAS_KVM, runTsvm, tempDir, TsvmProcess, TIME_SCALE } from "../support/tsvm.ts";
 
-const TIMEOUT = 60_000;
+const TIMEOUT = 60_000 * TIME_SCALE;
 const BOOTED = /serving/;
 
 /** Starts a serving test guest with a control socket (and a disk, when given). */

@@ -3,7 +3,7 @@
 import { describe, expect, test } from "bun:test";
 import { existsSync } from "node:fs";
 import { join, resolve } from "node:path";
-import { HAS_KVM, runTsvm, TsvmProcess } from "../support/tsvm.ts";
+import { HAS_KVM, runTsvm, TIME_SCALE, TsvmProcess } from "../support/tsvm.ts";
 
 const LINUX = resolve(import.meta.dir, "../../build/linux");
 const VMLINUX = join(LINUX, "vmlinux");
@@ -40,14 +40,14 @@ describe.skipIf(!HAS_KVM || !haveLinux)("a Debian 6.1 kernel under tsvm", () => 
     expect(out).toMatch(/ACPI: RSDP 0x00000000000E0000 000024 \(v02 TSVM  \)/);
     expect(out).toContain("IOAPIC[0]: apic_id 2, version 17, address 0xfec00000, GSI 0-23");
     expect(out).toContain("smpboot: Allowing 2 CPUs, 0 hotplug CPUs");
-  }, 150_000);
+  }, 150_000 * TIME_SCALE);
 
   test("the bzImage boots through its decompressor to the same point", async () => {
     const out = await earlyBoot(VMLINUZ, ["-p", "console=ttyS0 earlyprintk=ttyS0 tsvm.marker=bzimage"], LAST_E820_LINE, 400_000);
     expect(out).toMatch(/Linux version 6\.1\.\d+/);
     expect(out).toContain("Command line: console=ttyS0 earlyprintk=ttyS0 tsvm.marker=bzimage\n");
     for (const line of E820_512M) expect(out).toContain(line);
-  }, 450_000);
+  }, 450_000 * TIME_SCALE);
 });
 
 /**
@@ -82,5 +82,5 @@ describe.skipIf(!native || !haveGuest)("a full Linux boot (hardware virtualizati
       expect(r.stdout).toContain(line);
     }
     expect(r.code).toBe(0);
-  }, 150_000);
+  }, 150_000 * TIME_SCALE);
 });

@@ -3,10 +3,10 @@
 import { describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { HAS_KVM, runTsvm, tempDir, TsvmProcess } from "../support/tsvm.ts";
+import { HAS_KVM, runTsvm, tempDir, TsvmProcess, TIME_SCALE } from "../support/tsvm.ts";
 
 const HAS_QEMU_IMG = Bun.which("qemu-img") !== null;
-const TIMEOUT = 60_000;
+const TIMEOUT = 60_000 * TIME_SCALE;
 
 function sh(...cmd: string[]): number {
   return Bun.spawnSync(cmd, { stdout: "ignore", stderr: "ignore" }).exitCode ?? -1;

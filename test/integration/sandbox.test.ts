@@ -2,9 +2,9 @@
 import { describe, expect, test } from "bun:test";
 import { readdirSync, readFileSync, readlinkSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
-import { HAS_KVM, runTsvm, tempDir, TsvmProcess } from "../support/tsvm.ts";
+import { HAS_KVM, runTsvm, tempDir, TsvmProcess, TIME_SCALE } from "../support/tsvm.ts";
 
-const TIMEOUT = 60_000;
+const TIMEOUT = 60_000 * TIME_SCALE;
 
 /** The pids whose parent is `pid`. */
 function childrenOf(pid: number): number[] {

@@ -2,12 +2,12 @@
 import { describe, expect, test } from "bun:test";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { HAS_KVM, runTsvm, tempDir, tsvmCommand, TsvmProcess } from "../support/tsvm.ts";
+import { HAS_KVM, runTsvm, tempDir, tsvmCommand, TsvmProcess, TIME_SCALE } from "../support/tsvm.ts";
 
 const HAS_NETNS = Bun.which("ip") !== null && Bun.which("python3") !== null && process.getuid?.() === 0;
 if (HAS_KVM && !HAS_NETNS) console.warn("tsvm tests: no root, ip or python3 here; the virtio-net test is skipped");
 
-const TIMEOUT = 60_000;
+const TIMEOUT = 60_000 * TIME_SCALE;
 const DISK_SIZE = 1 << 20;
 
 function makeDisk(name: string): string {
