@@ -5,7 +5,7 @@ import { log } from "./base/log.ts";
 import { ConfigError, parseByteSize, parseRunConfig, type RawRunOptions } from "./config.ts";
 import { mergeRunOptions, readConfigFile } from "./config_file.ts";
 import { ControlError, sendRequest } from "./vm_control/client.ts";
-import { createQcow2 } from "./devices/virtio/block/qcow2.ts";
+import { createQcow2 } from "./disk/qcow2.ts";
 import { runDeviceProcess } from "./devices/sandbox/device_process.ts";
 import type { VmRequest } from "./vm_control/messages.ts";
 import { EXIT_CODE, runVm } from "./vmm/run_vm.ts";

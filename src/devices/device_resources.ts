@@ -4,8 +4,8 @@ import { FdOutput } from "../base/fd_output.ts";
 import { describeError, err, ok, type Result } from "../base/result.ts";
 import { Tap } from "../base/tap.ts";
 import type { DeviceSpec, OutputSpec, TapSpec } from "./device_spec.ts";
-import { DiskFile, type DiskImage } from "./virtio/block/disk_file.ts";
-import { imageOf, openDiskImage } from "./virtio/block/qcow2.ts";
+import { DiskFile, type DiskImage } from "../disk/disk_file.ts";
+import { imageOf, openDiskImage } from "../disk/qcow2.ts";
 
 /** What a device works on, by kind. */
 export type DeviceResources =

@@ -13,7 +13,7 @@ import { type Config, ConfigError, kernelCmdline, virtioDeviceSpecs } from "../c
 import { Bus } from "../devices/bus.ts";
 import { closeResources, type DeviceResources, openResources } from "../devices/device_resources.ts";
 import type { DeviceSpec } from "../devices/device_spec.ts";
-import { IrqRouter } from "../devices/irq_router.ts";
+import { IrqRouter } from "./irq_router.ts";
 import { AddressAllocator, PciRoot } from "../devices/pci/mod.ts";
 import { DEVICE_TYPES } from "../devices/vhost_user/device_types.ts";
 import { randomMac } from "../devices/virtio/net/net.ts";

@@ -12,7 +12,7 @@ import { createDevice, type DeviceHost } from "../devices/create_device.ts";
 import { closeResources, type DeviceResources } from "../devices/device_resources.ts";
 import type { DeviceSpec } from "../devices/device_spec.ts";
 import { GsiLine } from "../devices/interrupt.ts";
-import type { IrqRouter } from "../devices/irq_router.ts";
+import type { IrqRouter } from "./irq_router.ts";
 import type { PciRoot } from "../devices/pci/pci_root.ts";
 import { jailIdBase, type JailedProcess } from "../devices/sandbox/jailed_process.ts";
 import { SandboxedDevice } from "../devices/sandbox/sandboxed_device.ts";

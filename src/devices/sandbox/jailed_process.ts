@@ -24,6 +24,10 @@ const LOG_LINES_PER_SECOND = 20;
 const LOG_CHUNK = 4096;
 const SIGSYS = 31;
 const SIGKILL = 9;
+/** How long a failing process gets to finish dying on its own before it is killed. */
+const GRACE_MS = 100;
+/** How long a killed process gets to be reaped (it cannot survive SIGKILL unless stuck in the kernel). */
+const REAP_MS = 1000;
 const O_NONBLOCK = 0o4000;
 /** Host ids of jailed processes start here; see `jailIdBase`. */
 const JAIL_ID_FLOOR = 0x4000_0000;
@@ -263,9 +267,15 @@ export class JailedProcess {
   #fail(what: string): void {
     if (this.#ended !== null || this.#failing) return;
     this.#failing = true;
-    this.#kill();
-    const how = this.#reap();
-    const did = what === "" ? how : `${what}; ${how === `was killed by signal ${SIGKILL}` ? "killed" : how}`;
+    // A process that died closes its sockets just before it can be reaped: if it is on its way out,
+    // its own death is the news (a signal, a seccomp kill), not what its closed sockets looked like.
+    let how = this.#reap(GRACE_MS);
+    const diedAlone = how !== null;
+    if (how === null) {
+      this.#kill();
+      how = this.#reap(REAP_MS) ?? "could not be reaped";
+    }
+    const did = diedAlone || what === "" ? how : `${what}; ${how === `was killed by signal ${SIGKILL}` ? "killed" : how}`;
     this.#ended = `device process ${this.label} (pid ${this.pid}) ${did}`;
     for (const p of this.#pending.values()) p.onReply({ kind: "error", message: this.#ended });
     this.#pending.clear();
@@ -281,9 +291,9 @@ export class JailedProcess {
     }
   }
 
-  /** Reaps the killed process, waiting up to a second (it cannot survive SIGKILL unless stuck in the kernel). */
-  #reap(): string {
-    const deadline = performance.now() + 1000;
+  /** Reaps the process if it ends within `waitMs`; returns how it ended, or null if it did not. */
+  #reap(waitMs: number): string | null {
+    const deadline = performance.now() + waitMs;
     for (;;) {
       const [r, status] = jail.waitpid(this.pid, true);
       if (r > 0) {
@@ -292,8 +302,8 @@ export class JailedProcess {
         if (signal === SIGSYS) return "was killed by SIGSYS: a system call its seccomp policy does not allow";
         return `was killed by signal ${signal}`;
       }
-      if (r < 0 || performance.now() > deadline) return "could not be reaped";
-      Bun.sleepSync(5);
+      if (r < 0 || performance.now() > deadline) return null;
+      Bun.sleepSync(2);
     }
   }
 

@@ -10,7 +10,7 @@ import {
 import { Rng } from "../../../src/devices/virtio/rng.ts";
 import { TSVM_RING_FEATURES, type VirtioDevice } from "../../../src/devices/virtio/virtio_device.ts";
 import { Block } from "../../../src/devices/virtio/block/block.ts";
-import { DiskFile } from "../../../src/devices/virtio/block/disk_file.ts";
+import { DiskFile } from "../../../src/disk/disk_file.ts";
 import { guestAddress as ga } from "../../../src/memory/mod.ts";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";

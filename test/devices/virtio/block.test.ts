@@ -3,7 +3,7 @@ import { guestAddress as ga } from "../../../src/memory/mod.ts";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { Block, VIRTIO_BLK_S, VIRTIO_BLK_T } from "../../../src/devices/virtio/block/block.ts";
-import { DiskFile } from "../../../src/devices/virtio/block/disk_file.ts";
+import { DiskFile } from "../../../src/disk/disk_file.ts";
 import { VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from "../../../src/devices/virtio/descriptor_chain.ts";
 import { tempDir } from "../../support/tsvm.ts";
 import { BUFFERS, VirtqueueDriver } from "../../support/virtqueue_driver.ts";

@@ -2,7 +2,7 @@ import { describe, expect, test } from "bun:test";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { Block } from "../../../src/devices/virtio/block/block.ts";
-import { DiskFile } from "../../../src/devices/virtio/block/disk_file.ts";
+import { DiskFile } from "../../../src/disk/disk_file.ts";
 import { Rng } from "../../../src/devices/virtio/rng.ts";
 import { sys } from "../../../ffi/mod.ts";
 import { GuestMemory, guestAddress as ga } from "../../../src/memory/mod.ts";

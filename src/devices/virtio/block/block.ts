@@ -4,7 +4,7 @@ import { type ControllableDevice, type DeviceCommand, type DeviceReply, unsuppor
 import { drainQueue } from "../drain.ts";
 import type { VirtioInterrupt } from "../interrupt.ts";
 import { type ActivateContext, TSVM_RING_FEATURES, VIRTIO_ID, type VirtioDevice, type VirtioWorker } from "../virtio_device.ts";
-import type { DiskImage } from "./disk_file.ts";
+import type { DiskImage } from "../../../disk/disk_file.ts";
 
 export const SECTOR_SIZE = 512;
 const SECTOR_SHIFT = 9;

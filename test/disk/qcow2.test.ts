@@ -2,9 +2,9 @@
 import { describe, expect, test } from "bun:test";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { DiskFile } from "../../../src/devices/virtio/block/disk_file.ts";
-import { createQcow2, openDiskImage } from "../../../src/devices/virtio/block/qcow2.ts";
-import { tempDir } from "../../support/tsvm.ts";
+import { DiskFile } from "../../src/disk/disk_file.ts";
+import { createQcow2, openDiskImage } from "../../src/disk/qcow2.ts";
+import { tempDir } from "../support/tsvm.ts";
 
 const HAS_QEMU_IMG = Bun.which("qemu-img") !== null && Bun.which("qemu-io") !== null;
 if (!HAS_QEMU_IMG) console.warn("tsvm tests: qemu-img/qemu-io (Debian qemu-utils) missing; the qcow2 interoperability tests are skipped");

@@ -1,6 +1,6 @@
-// disk_file.ts - a raw disk image: opened once, locked against other VMs, accessed with pread/pwrite.
-import { sys } from "../../../../ffi/mod.ts";
-import { OwnedFd } from "../../../base/owned_fd.ts";
+// disk_file.ts - the DiskImage interface, and raw images: opened once, locked against other VMs, read and written with pread/pwrite.
+import { sys } from "../../ffi/mod.ts";
+import { OwnedFd } from "../base/owned_fd.ts";
 
 const O_RDONLY = 0;
 const O_RDWR = 2;
