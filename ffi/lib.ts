@@ -70,7 +70,11 @@ const symbols = {
 /** Names the memfd holding the library, so Workers of the same process open it instead of copying again. */
 const LIBRARY_ENV = "TSVM_LIBRARY_FD_PATH";
 
-/** Copies the embedded library into a memfd so dlopen needs no writable temp directory. */
+/**
+ * Copies the embedded library into a memfd so dlopen needs no writable temp directory. The memfd is
+ * then sealed against writes and reopened read-only, so nothing in this process (a compromised
+ * device, say) can rewrite the code it runs.
+ */
 function libraryPath(): string {
   if (!Bun.isStandaloneExecutable) return embeddedLibrary;
   const inherited = process.env[LIBRARY_ENV];
@@ -78,10 +82,17 @@ function libraryPath(): string {
   const libc = dlopen("libc.so.6", {
     memfd_create: { args: [cstring, u32], returns: i32 },
     write: { args: [i32, pointer, u64], returns: FFIType.i64_fast },
+    fcntl: { args: [i32, i32, i32], returns: i32 },
+    open: { args: [cstring, i32], returns: i32 },
+    close: { args: [i32], returns: i32 },
   });
   const bytes = new Uint8Array(require("node:fs").readFileSync(embeddedLibrary));
   const MFD_CLOEXEC = 1;
-  const fd = libc.symbols.memfd_create(Buffer.from("libtsvm.so\0"), MFD_CLOEXEC);
+  const MFD_ALLOW_SEALING = 2;
+  const F_ADD_SEALS = 1033;
+  const SEALS = 1 | 2 | 4 | 8; // F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE
+  const O_RDONLY_CLOEXEC = 0o2000000;
+  const fd = libc.symbols.memfd_create(Buffer.from("libtsvm.so\0"), MFD_CLOEXEC | MFD_ALLOW_SEALING);
   if (fd < 0) throw new Error("failed to create a memfd for libtsvm.so");
   let done = 0;
   while (done < bytes.length) {
@@ -89,8 +100,12 @@ function libraryPath(): string {
     if (n <= 0) throw new Error("failed to copy libtsvm.so into a memfd");
     done += n;
   }
+  if (libc.symbols.fcntl(fd, F_ADD_SEALS, SEALS) < 0) throw new Error("failed to seal the memfd of libtsvm.so");
+  const readOnly = libc.symbols.open(Buffer.from(`/proc/self/fd/${fd}\0`), O_RDONLY_CLOEXEC);
+  if (readOnly < 0) throw new Error("failed to reopen libtsvm.so read-only");
+  libc.symbols.close(fd);
   libc.close();
-  const path = `/proc/${process.pid}/fd/${fd}`;
+  const path = `/proc/${process.pid}/fd/${readOnly}`;
   process.env[LIBRARY_ENV] = path;
   return path;
 }

@@ -4,6 +4,9 @@ import { OwnedFd } from "../base/owned_fd.ts";
 
 const O_RDONLY = 0;
 const O_RDWR = 2;
+const O_NONBLOCK = 0o4000;
+/** The bytes a probed magic occupies at the start of an image. */
+const MAGIC_SIZE = 4;
 const LOCK_SH = 1;
 const LOCK_EX = 2;
 const LOCK_NB = 4;
@@ -33,10 +36,19 @@ export interface DiskImage {
   close(): void;
 }
 
+/** The first bytes of the image formats tsvm recognises by probing (QEMU's rule, below). */
+const PROBED_MAGICS = [Uint8Array.of(0x51, 0x46, 0x49, 0xfb)]; // qcow2 "QFI\xfb"
+
 /** A host file holding a raw disk image. I/O methods return false on failure; they never throw. */
 export class DiskFile extends OwnedFd implements DiskImage {
   readonly format = "raw";
   readonly readOnly: boolean;
+  /**
+   * Set for an image whose format was only probed: the guest may not write a known image magic
+   * into its first bytes, or the next start would probe it as that format (with a backing file of
+   * the guest's choosing). QEMU refuses the same writes to probed raw images.
+   */
+  guardProbedMagic = false;
   #size: number;
 
   private constructor(fd: number, readOnly: boolean) {
@@ -50,9 +62,18 @@ export class DiskFile extends OwnedFd implements DiskImage {
     return new DiskFile(fd, readOnly);
   }
 
-  /** Opens `path` (read-only or read-write) and takes a shared or exclusive lock on it. */
+  /**
+   * Opens `path` (read-only or read-write) and takes a shared or exclusive lock on it. It must be a
+   * regular file or a block device: opened non-blocking, so a FIFO cannot hang the open, and refused.
+   */
   static open(path: string, readOnly: boolean): DiskFile {
-    const fd = sys.open(path, readOnly ? O_RDONLY : O_RDWR);
+    const fd = sys.open(path, (readOnly ? O_RDONLY : O_RDWR) | O_NONBLOCK);
+    const stat = sys.fstat(fd);
+    const kind = typeof stat === "number" ? -1 : stat.mode & sys.S_IFMT;
+    if (kind !== sys.S_IFREG && kind !== sys.S_IFBLK) {
+      sys.close(fd);
+      throw new Error(`failed to open disk image ${path}: not a regular file or block device`);
+    }
     const lock = sys.flock(fd, (readOnly ? LOCK_SH : LOCK_EX) | LOCK_NB);
     if (lock < 0) {
       sys.close(fd);
@@ -126,6 +147,7 @@ export class DiskFile extends OwnedFd implements DiskImage {
   /** Writes each view in turn from `offset`. */
   writeFrom(views: readonly Uint8Array[], offset: number): boolean {
     if (this.readOnly) return false;
+    if (this.guardProbedMagic && offset < MAGIC_SIZE && this.#wouldWriteMagic(views, offset)) return false;
     let at = offset;
     for (const view of views) {
       let done = 0;
@@ -142,6 +164,19 @@ export class DiskFile extends OwnedFd implements DiskImage {
 
   flush(): boolean {
     return sys.fdatasync(this.fd) === 0;
+  }
+
+  /** Whether writing `views` at `offset` would leave a probed format's magic in the first bytes. */
+  #wouldWriteMagic(views: readonly Uint8Array[], offset: number): boolean {
+    const head = new Uint8Array(MAGIC_SIZE);
+    this.readInto([head], 0);
+    let at = offset;
+    for (const view of views) {
+      for (let i = 0; i < view.byteLength && at + i < MAGIC_SIZE; i++) head[at + i] = view[i]!;
+      at += view.byteLength;
+      if (at >= MAGIC_SIZE) break;
+    }
+    return PROBED_MAGICS.some((magic) => magic.every((b, i) => head[i] === b));
   }
 
   /** Deallocates a range (reads return zeros afterwards). */

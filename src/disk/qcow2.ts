@@ -24,6 +24,9 @@ const MAX_CLUSTER_BITS = 21;
 /** bounds the backing chain so a loop of backing files cannot recurse forever */
 export const MAX_BACKING_DEPTH = 8;
 const BACKING_PATH_MAX = 1023;
+/** bounds the cached L2 tables and refcount blocks (whole clusters, least recently used go first) */
+export const L2_CACHE_BYTES = 4 * 1024 * 1024;
+export const REFCOUNT_CACHE_BYTES = 1024 * 1024;
 /** QEMU's own limits on the tables (QCOW_MAX_L1_SIZE, QCOW_MAX_REFTABLE_SIZE): a hostile header cannot make us allocate more. */
 const MAX_L1_BYTES = 32 * 1024 * 1024;
 const MAX_REFCOUNT_TABLE_BYTES = 8 * 1024 * 1024;
@@ -67,8 +70,8 @@ export class Qcow2Image implements DiskImage {
   readonly #l1: BigUint64Array;
   readonly #refcountTable: BigUint64Array;
   readonly #refcountBits: number;
-  readonly #l2Cache = new Map<number, DataView>();
-  readonly #refcountCache = new Map<number, DataView>();
+  readonly #l2Cache: LruCache<number, DataView>;
+  readonly #refcountCache: LruCache<number, DataView>;
   readonly #backing: DiskImage | null;
   #endOfFile: number;
 
@@ -79,6 +82,8 @@ export class Qcow2Image implements DiskImage {
     this.#clusterSize = 2 ** h.clusterBits;
     this.#l2Entries = this.#clusterSize / 8;
     this.#refcountBits = 2 ** h.refcountOrder;
+    this.#l2Cache = new LruCache(Math.max(2, Math.floor(L2_CACHE_BYTES / this.#clusterSize)));
+    this.#refcountCache = new LruCache(Math.max(2, Math.floor(REFCOUNT_CACHE_BYTES / this.#clusterSize)));
     this.#backing = backing;
     this.#l1 = this.#readTable(h.l1Offset, h.l1Size);
     this.#refcountTable = this.#readTable(h.refcountTableOffset, (h.refcountTableClusters * this.#clusterSize) / 8);
@@ -213,6 +218,7 @@ export class Qcow2Image implements DiskImage {
   }
 
   #l2Table(l2Offset: number): DataView | null {
+    if (l2Offset % this.#clusterSize !== 0) return null; // a corrupt image: L2 tables are cluster aligned
     let t = this.#l2Cache.get(l2Offset);
     if (!t) {
       const bytes = new Uint8Array(this.#clusterSize);
@@ -274,7 +280,8 @@ export class Qcow2Image implements DiskImage {
     const compressed = new Uint8Array(Math.max(0, length));
     if (!this.#file.preadExact(compressed, host)) return false;
     try {
-      const cluster = inflateRawSync(compressed, { finishFlush: 2 /* Z_SYNC_FLUSH: the tail may be padding */ });
+      // At most one cluster comes out: a compressed cluster that inflates to more is corrupt (or a bomb).
+      const cluster = inflateRawSync(compressed, { finishFlush: 2 /* Z_SYNC_FLUSH: the tail may be padding */, maxOutputLength: this.#clusterSize });
       if (cluster.byteLength < inCluster + dst.byteLength) return false;
       dst.set(cluster.subarray(inCluster, inCluster + dst.byteLength));
       return true;
@@ -438,7 +445,9 @@ export function openDiskImage(path: string, readOnly: boolean, format: "raw" | "
 export function imageOf(file: DiskFile, format: "raw" | "qcow2" | null, openBacking: BackingOpener | null): DiskImage {
   const magic = new Uint8Array(4);
   const qcow2 = format === "qcow2" || (format === null && file.size >= 4 && file.preadExact(magic, 0) && isQcow2(magic));
-  return qcow2 ? Qcow2Image.open(file, openBacking) : file;
+  if (qcow2) return Qcow2Image.open(file, openBacking);
+  file.guardProbedMagic = format === null;
+  return file;
 }
 
 /** Creates an empty qcow2 v3 image of `size` bytes with 64 KiB clusters (tsvm create_qcow2). */
@@ -465,4 +474,29 @@ export function createQcow2(path: string, size: number): void {
   v.setBigUint64(cluster, BigInt(2 * cluster), false); // refcount table[0] -> block at cluster 2
   for (let i = 0; i < clusters; i++) v.setUint16(2 * cluster + i * 2, 1, false);
   writeFileSync(path, image, { flag: "wx" });
+}
+
+/** A map that keeps at most `capacity` entries, dropping the least recently used. */
+class LruCache<K, V> {
+  readonly #map = new Map<K, V>();
+  constructor(readonly capacity: number) {}
+
+  get(key: K): V | undefined {
+    const value = this.#map.get(key);
+    if (value !== undefined) {
+      this.#map.delete(key);
+      this.#map.set(key, value);
+    }
+    return value;
+  }
+
+  set(key: K, value: V): void {
+    this.#map.delete(key);
+    this.#map.set(key, value);
+    if (this.#map.size > this.capacity) this.#map.delete(this.#map.keys().next().value!);
+  }
+
+  get size(): number {
+    return this.#map.size;
+  }
 }

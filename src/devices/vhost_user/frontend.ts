@@ -58,6 +58,8 @@ export class VhostUserFrontend implements VirtioDevice {
   #backendChannel: VhostUserConnection | null = null;
   #config: Uint8Array | null = null;
   #failed: string | null = null;
+  /** When the operation under way (activation, a reset) must be over; every request shares it. */
+  #deadline = 0;
   #configListener: (() => void) | null = null;
   #requestWindow = { start: 0, count: 0 };
 
@@ -100,6 +102,7 @@ export class VhostUserFrontend implements VirtioDevice {
       return fail("the back-end does not offer its configuration space (VHOST_USER_PROTOCOL_F_CONFIG)");
     }
     const frontend = new VhostUserFrontend(connection, options, offered.value, protocol);
+    frontend.#deadline = performance.now() + options.timeoutMs;
     const owner = frontend.#send(VHOST_USER.SET_OWNER, new Uint8Array(0));
     if (!owner.ok) return fail(owner.error);
     if (hasFeature(protocol, VHOST_USER_PROTOCOL_F.MQ)) {
@@ -145,15 +148,18 @@ export class VhostUserFrontend implements VirtioDevice {
   writeConfig(offset: number, data: Uint8Array): void {
     if (this.#options.type.configFrom === "frontend") return;
     if (offset + data.byteLength > this.configSize) return;
+    this.#deadline = performance.now() + this.#options.timeoutMs;
     const sent = this.#send(VHOST_USER.SET_CONFIG, encodeConfig({ offset, size: data.byteLength, flags: 0, data }));
     if (sent.ok) this.#config = null; // read it afresh: the device may have changed more than we wrote
   }
 
   activate(ctx: ActivateContext): VirtioWorker {
+    this.#deadline = performance.now() + this.#options.timeoutMs;
     const started: number[] = [];
     const errors: EventFd[] = [];
     const calls = new Map<number, number>();
     const stop = (): void => {
+      this.#deadline = performance.now() + this.#options.timeoutMs;
       ctx.interrupt.onNotifiersChanged(null);
       for (const e of errors) {
         ctx.loop.unwatch(e.fd);
@@ -255,6 +261,7 @@ export class VhostUserFrontend implements VirtioDevice {
 
   #cachedConfig(): Uint8Array | null {
     if (this.#config !== null || this.configSize === 0) return this.#config;
+    this.#deadline = performance.now() + this.#options.timeoutMs;
     const r = this.#request(VHOST_USER.GET_CONFIG, encodeConfig({ offset: 0, size: this.configSize, flags: 0, data: new Uint8Array(this.configSize) }));
     if (!r.ok) return null;
     const c = decodeConfig(r.value.payload);
@@ -270,7 +277,7 @@ export class VhostUserFrontend implements VirtioDevice {
   #send(requestId: number, payload: Uint8Array, fds: readonly number[] = []): Result<null> {
     if (this.#failed !== null) return err(this.#failed);
     const ack = hasFeature(this.#protocolFeatures, VHOST_USER_PROTOCOL_F.REPLY_ACK);
-    const sent = this.#connection.send(requestId, ack ? VHOST_USER_FLAG_NEED_REPLY : 0, payload, fds, this.#options.timeoutMs);
+    const sent = this.#connection.send(requestId, ack ? VHOST_USER_FLAG_NEED_REPLY : 0, payload, fds, this.#remaining());
     if (!sent.ok) return this.#fail(`${requestName(requestId)}: ${describeConnectionError(sent.error)}`);
     if (!ack) return ok(null);
     const reply = this.#awaitReply(requestId);
@@ -284,13 +291,19 @@ export class VhostUserFrontend implements VirtioDevice {
   /** Sends a request whose answer carries data, and returns that answer. */
   #request(requestId: number, payload: Uint8Array): Result<VhostUserMessage> {
     if (this.#failed !== null) return err(this.#failed);
-    const sent = this.#connection.send(requestId, 0, payload, [], this.#options.timeoutMs);
+    const sent = this.#connection.send(requestId, 0, payload, [], this.#remaining());
     if (!sent.ok) return this.#fail(`${requestName(requestId)}: ${describeConnectionError(sent.error)}`);
     return this.#awaitReply(requestId);
   }
 
+  /** What is left of the current operation's deadline (a request outside one gets a whole timeout). */
+  #remaining(): number {
+    const left = this.#deadline - performance.now();
+    return left > 0 ? left : this.#deadline === 0 ? this.#options.timeoutMs : 0;
+  }
+
   #awaitReply(requestId: number): Result<VhostUserMessage> {
-    const reply = this.#connection.receive(this.#options.timeoutMs);
+    const reply = this.#connection.receive(this.#remaining());
     if (!reply.ok) return this.#fail(`${requestName(requestId)}: ${describeConnectionError(reply.error)}`);
     closeFds(reply.value.fds);
     if (reply.value.request !== requestId || !(reply.value.flags & VHOST_USER_FLAG_REPLY) || reply.value.fds.length > 0) {
