@@ -1,12 +1,12 @@
 // tube.ts - typed messages over a SOCK_SEQPACKET socket: one datagram per message, bounded size.
 import { socket, sys } from "../../ffi/mod.ts";
-import { SysError } from "./errno.ts";
+import { ERRNO, SysError } from "./errno.ts";
 import { OwnedFd } from "./owned_fd.ts";
 
 /** Largest message a Tube sends or accepts. */
 export const MAX_MESSAGE_SIZE = 4096;
-const EAGAIN = 11;
-const EINTR = 4;
+/** poll(2): the peer shut down its side of the connection. */
+const POLLRDHUP = 0x2000;
 
 /** What can go wrong receiving: the peer closed, or nothing came in time. */
 export type TubeReceiveResult =
@@ -27,7 +27,7 @@ export class Tube extends OwnedFd {
     const attached = fds.length === 0 ? this.#noFds : Int32Array.from(fds);
     for (;;) {
       const n = socket.sendWithFds(this.fd, bytes, bytes.byteLength, attached);
-      if (n === -EINTR) continue;
+      if (n === -ERRNO.EINTR) continue;
       if (n < 0) throw new SysError("send a message", -n);
       return;
     }
@@ -37,16 +37,17 @@ export class Tube extends OwnedFd {
   receive(timeoutMs: number): TubeReceiveResult {
     const ready = socket.waitReadable(this.fd, timeoutMs);
     if (ready === 0) return { kind: "timeout" };
-    if (ready < 0 && ready !== -EINTR) throw new SysError("wait for a message", -ready);
+    if (ready < 0 && ready !== -ERRNO.EINTR) throw new SysError("wait for a message", -ready);
     for (;;) {
       const n = socket.recvWithFds(this.fd, this.#buffer, this.#fds, this.#fdCount);
       const fds = Array.from(this.#fds.subarray(0, this.#fdCount[0]!));
       this.#fdCount[0] = 0;
       if (n <= 0) for (const fd of fds) sys.close(fd);
-      if (n === -EINTR) continue;
-      if (n === -EAGAIN) return { kind: "timeout" };
+      if (n === -ERRNO.EINTR) continue;
+      if (n === -ERRNO.EAGAIN) return { kind: "timeout" };
       if (n < 0) throw new SysError("receive a message", -n);
-      if (n === 0) return { kind: "closed" };
+      // recvmsg returns 0 both for an empty datagram and for a peer that hung up: ask which.
+      if (n === 0 && (socket.poll(this.fd, POLLRDHUP, 0) & (socket.POLLHUP | POLLRDHUP)) !== 0) return { kind: "closed" };
       return { kind: "message", bytes: this.#buffer.slice(0, n), fds };
     }
   }

@@ -211,7 +211,7 @@ export class JailedProcess {
       }
       if (m.kind === "timeout") return;
       if (m.kind === "closed") {
-        this.#fail("");
+        this.#fail("closed its tube");
         return;
       }
       for (const fd of m.fds) sys.close(fd);
