@@ -69,10 +69,9 @@ async function openAndRun(config: Config, workers: readonly Worker[]): Promise<n
       opened.push({ spec, resources: resources.value });
     }
     control = config.socket === null ? null : listenControl(config.socket);
-    using kvm = Kvm.open();
     let built: BuiltVm;
     try {
-      built = buildVm(kvm, { memorySize: config.memorySize, cpus: config.cpus, kernel, initrd, cmdline: kernelCmdline(config) });
+      built = buildVm(() => Kvm.open(), { memorySize: config.memorySize, cpus: config.cpus, kernel, initrd, cmdline: kernelCmdline(config) });
     } catch (e) {
       if (!(e instanceof KernelLoaderError)) throw e;
       const what = e.kind === "initrd_does_not_fit" ? `initrd ${config.initrd}` : `kernel ${config.kernel ?? "(built-in)"}`;

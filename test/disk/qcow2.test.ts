@@ -138,3 +138,81 @@ describe.skipIf(!HAS_QEMU_IMG)("qcow2", () => {
     disk.close();
   });
 });
+
+describe.skipIf(!HAS_QEMU_IMG)("hostile images", () => {
+  test("a compressed cluster that inflates beyond its cluster reads as an error, with no memory to speak of", () => {
+    const dir = tempDir();
+    // A compressed image whose first cluster's L2 entry is then pointed at a deflate stream of 64 MiB
+    // of zeros (a bomb): inflating must stop at one cluster.
+    const raw = join(dir, "data.raw");
+    const data = new Uint8Array(4 * MIB);
+    data.set(pattern(65536, 3)); // an allocated first cluster, so its L2 table exists
+    writeFileSync(raw, data);
+    const path = join(dir, "bomb.qcow2");
+    expect(sh("qemu-img", "convert", "-c", "-O", "qcow2", raw, path).code).toBe(0);
+    const bytes = readFileSync(path);
+    const bomb = Bun.deflateSync(new Uint8Array(64 * MIB), { level: 9 });
+    const at = Math.ceil(bytes.byteLength / 65536) * 65536;
+    const grown = new Uint8Array(at + bomb.byteLength + 65536);
+    grown.set(bytes);
+    grown.set(bomb, at);
+    // L1 -> L2 -> the first cluster's entry: compressed, at `at`, spanning the bomb's sectors.
+    const v = new DataView(grown.buffer);
+    const l1 = Number(v.getBigUint64(40, false));
+    const l2 = Number(v.getBigUint64(l1, false) & 0x00ff_ffff_ffff_fe00n);
+    expect(l2).toBeGreaterThan(0);
+    const x = 62n - (16n - 8n);
+    const sectors = BigInt(Math.ceil(bomb.byteLength / 512)) - 1n;
+    v.setBigUint64(l2, (1n << 62n) | (sectors << x) | BigInt(at), false);
+    writeFileSync(path, grown);
+    const rssBefore = process.memoryUsage().rss;
+    const disk = openDiskImage(path, true, "qcow2");
+    expect(disk.readInto([new Uint8Array(4096)], 0)).toBe(false);
+    disk.close();
+    expect(process.memoryUsage().rss - rssBefore).toBeLessThan(150 * MIB);
+  });
+
+  test("a backing file is found beside its image, wherever tsvm runs from", () => {
+    const dir = tempDir();
+    writeFileSync(join(dir, "base.raw"), pattern(MIB, 9));
+    const overlay = join(dir, "overlay.qcow2");
+    expect(sh("qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw", overlay).code).toBe(0);
+    const disk = openDiskImage(overlay, true, null);
+    const buf = new Uint8Array(16);
+    expect(disk.readInto([buf], 4096)).toBe(true);
+    expect([...buf]).toEqual([...pattern(MIB, 9).subarray(4096, 4112)]);
+    expect(disk.chainFds.length).toBe(2);
+    disk.close();
+  });
+
+  test("a backing chain deeper than 8 is refused", () => {
+    const dir = tempDir();
+    writeFileSync(join(dir, "d0.raw"), new Uint8Array(MIB));
+    for (let i = 1; i <= 10; i++) {
+      const previous = i === 1 ? "d0.raw" : `d${i - 1}.qcow2`;
+      sh("qemu-img", "create", "-q", "-f", "qcow2", "-b", previous, "-F", i === 1 ? "raw" : "qcow2", join(dir, `d${i}.qcow2`));
+    }
+    expect(() => openDiskImage(join(dir, "d10.qcow2"), true, null)).toThrow(/the backing chain is deeper than 8/);
+  });
+
+  test("a guest cannot turn a probed raw image into a qcow2 with a backing file of its choosing", () => {
+    const dir = tempDir();
+    const path = join(dir, "probed.img");
+    writeFileSync(path, new Uint8Array(MIB));
+    const header = new Uint8Array(512);
+    header.set([0x51, 0x46, 0x49, 0xfb]);
+    const probed = openDiskImage(path, false, null);
+    expect(probed.writeFrom([header], 0)).toBe(false);
+    expect(probed.writeFrom([Uint8Array.of(0x46, 0x49, 0xfb)], 1)).toBe(true); // not yet a magic: byte 0 is 0
+    expect(probed.writeFrom([Uint8Array.of(0x51)], 0)).toBe(false); // would complete "QFI\xfb"
+    probed.close();
+    // With format=raw the user said what it is: nothing is probed, so nothing is guarded.
+    const declared = openDiskImage(path, false, "raw");
+    expect(declared.writeFrom([header], 0)).toBe(true);
+    declared.close();
+    // ... and read as raw again later, it stays raw.
+    const again = openDiskImage(path, true, "raw");
+    expect(again.format).toBe("raw");
+    again.close();
+  });
+});

@@ -36,8 +36,12 @@ export type BuiltVm = {
   close(): void;
 };
 
-/** Loads the guest into fresh memory, then creates the KVM VM around it. */
-export function buildVm(kvm: Kvm, spec: VmSpec): BuiltVm {
+/**
+ * Loads the guest into fresh memory, then opens KVM (`openKvm`, called only once the kernel, initrd
+ * and command line were accepted) and creates the VM around it: a bad kernel is refused the same
+ * way on a machine without KVM.
+ */
+export function buildVm(openKvm: () => Kvm, spec: VmSpec): BuiltVm {
   const regions = memoryRegions(spec.memorySize);
   const lowEnd = lowMemoryEnd(spec.memorySize);
   const memory = GuestMemory.create(regions);
@@ -63,6 +67,8 @@ export function buildVm(kvm: Kvm, spec: VmSpec): BuiltVm {
     const cr3 = writeIdentityPageTables(memory);
     writeGdt(memory);
 
+    const kvm = openKvm();
+    cleanup.push(() => kvm.close());
     const maxVcpus = kvm.checkExtension(KVM_CAP.KVM_CAP_MAX_VCPUS) || kvm.checkExtension(KVM_CAP.KVM_CAP_NR_VCPUS) || 1;
     if (spec.cpus > maxVcpus) throw new Error(`failed to create ${spec.cpus} vCPUs: KVM supports at most ${maxVcpus}`);
     const vm = new Vm(kvm);
