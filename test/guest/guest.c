@@ -12,6 +12,7 @@
  *   tsvm.console_rx=1     wait for host input on the virtio-console receive queue
  *   tsvm.net_rx=1         wait for a frame of ethertype 0x88b5 on the virtio-net receive queue
  *   tsvm.hostile=1        also act as a malicious virtio driver and check the device survives
+ *   tsvm.hostile=bars     move one device's BAR over another's and drive it through its PCI_CFG window
  *   tsvm.bench=blk:N      N sequential 4 KiB virtio-blk reads, one in flight (blk64k:N: 64 KiB;
  *                         blkw:N: 4 KiB writes)
  *   tsvm.bench=rng:N      N one-byte virtio-rng requests: the notify -> device -> interrupt round trip
@@ -321,6 +322,7 @@ void guest_main(const uint8_t *zero_page, const uint8_t *pvh_start_info)
 	check_acpi();
 	interrupts_init();
 	hostile_mode = option_is("tsvm.hostile", "1");
+	hostile_bars_mode = option_is("tsvm.hostile", "bars");
 	console_rx_mode = option_is("tsvm.console_rx", "1");
 	net_rx_mode = option_is("tsvm.net_rx", "1");
 	check_pci();

@@ -47,6 +47,7 @@ void serve(void);
 void writer(void);
 void bench_virtio(const char *kind, uint64_t n, uint32_t size);
 extern int hostile_mode;
+extern int hostile_bars_mode;
 extern int console_rx_mode;
 extern int net_rx_mode;
 #endif

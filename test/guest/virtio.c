@@ -313,6 +313,89 @@ static void check_hostile(void)
 	mmio_write8(d.common + STATUS, 0);
 }
 
+/* ---- a hostile guest moving one device's BAR over another's (tsvm.hostile=bars) ---- */
+
+/* Finds the VIRTIO_PCI_CAP_PCI_CFG capability of `slot`, or 0. */
+static unsigned pci_cfg_cap(unsigned slot)
+{
+	for (unsigned at = pci_read8(slot, 0x34); at; at = pci_read8(slot, at + 1))
+		if (pci_read8(slot, at) == 0x09 && pci_read8(slot, at + 3) == 5) return at;
+	return 0;
+}
+
+/* Writes `len` bytes of `value` at `offset` of BAR 0 through the PCI configuration access window. */
+static void cfg_window_write(unsigned slot, unsigned cap, uint32_t offset, uint32_t len, uint32_t value)
+{
+	pci_write32(slot, cap + 4, 0); /* bar 0 */
+	pci_write32(slot, cap + 8, offset);
+	pci_write32(slot, cap + 12, len);
+	pci_write32(slot, cap + 16, value); /* the window takes the low `len` bytes */
+}
+
+static uint32_t cfg_window_read(unsigned slot, unsigned cap, uint32_t offset, uint32_t len)
+{
+	pci_write32(slot, cap + 4, 0);
+	pci_write32(slot, cap + 8, offset);
+	pci_write32(slot, cap + 12, len);
+	uint32_t v = pci_read32(slot, cap + 16);
+	return len == 1 ? (v & 0xff) : len == 2 ? (v & 0xffff) : v;
+}
+
+static struct vq balloon_inflate;
+static uint32_t bars_pfn[2] __attribute__((aligned(8)));
+static uint8_t bars_page[4096] __attribute__((aligned(4096)));
+
+/* rng's BAR over the balloon's: the rng, driven through its configuration window, cannot take the
+ * balloon's notification addresses (it needs a reset instead); the balloon keeps working; once the
+ * BAR is back, the rng works again after a reset. */
+static void check_hostile_bars(void)
+{
+	struct vdev a, b;
+	if (!open_device(&b, 0x1045, "hostile-bars") || !open_device(&a, 0x1044, "hostile-bars")) return;
+	int ok = negotiate(&b, 0) >= 0;
+	msix_setup(&b, 12);
+	ok &= queue_setup(&b, &balloon_inflate, 0, 1);
+	driver_ok(&b);
+	unsigned slot = (unsigned)a.slot, cap = pci_cfg_cap(slot);
+	uint32_t a_bar = pci_read32(slot, 0x10), b_bar = pci_read32((unsigned)b.slot, 0x10);
+	ok &= cap != 0;
+	pci_write32(slot, 0x10, b_bar); /* overlap */
+	memset(&rngq, 0, sizeof(rngq));
+	cfg_window_write(slot, cap, STATUS, 1, 0);
+	cfg_window_write(slot, cap, STATUS, 1, STATUS_ACK | STATUS_DRIVER);
+	cfg_window_write(slot, cap, GFSEL, 4, 1);
+	cfg_window_write(slot, cap, GF, 4, 1); /* VIRTIO_F_VERSION_1 */
+	cfg_window_write(slot, cap, STATUS, 1, STATUS_ACK | STATUS_DRIVER | STATUS_FEATURES_OK);
+	cfg_window_write(slot, cap, QSEL, 2, 0);
+	cfg_window_write(slot, cap, QSIZEREG, 2, QSIZE);
+	cfg_window_write(slot, cap, QDESC, 4, (uint32_t)(uintptr_t)rngq.desc);
+	cfg_window_write(slot, cap, QDRV, 4, (uint32_t)(uintptr_t)&rngq.avail);
+	cfg_window_write(slot, cap, QDEV, 4, (uint32_t)(uintptr_t)&rngq.used);
+	cfg_window_write(slot, cap, QEN, 2, 1);
+	cfg_window_write(slot, cap, STATUS, 1, STATUS_ACK | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+	int refused = (cfg_window_read(slot, cap, STATUS, 1) & STATUS_NEEDS_RESET) != 0;
+	/* the balloon still takes a page through its own notification address */
+	bars_pfn[0] = (uint32_t)((uintptr_t)bars_page >> 12);
+	balloon_inflate.desc[0] = (struct desc){ (uint64_t)(uintptr_t)bars_pfn, 4, 0, 0 };
+	uint32_t before = irq_counts[13];
+	submit(&balloon_inflate, 0);
+	int balloon_ok = wait_used(&balloon_inflate, 13, before) >= 0;
+	/* the rng's BAR goes back; after a reset it works again */
+	pci_write32(slot, 0x10, a_bar);
+	mmio_write8(a.common + STATUS, 0);
+	ok &= negotiate(&a, 0) >= 0 && queue_setup(&a, &rngq, 0, 0xffff);
+	driver_ok(&a);
+	rngq.desc[0] = (struct desc){ (uint64_t)(uintptr_t)rng_buf[0], 16, DESC_F_WRITE, 0 };
+	submit(&rngq, 0);
+	int rng_ok = 0;
+	for (int spin = 0; spin < 50000000 && !rng_ok; spin++) rng_ok = *(volatile uint16_t *)&rngq.used.idx == 1;
+	puts_("     hostile-bars "); puts_(refused ? "overlap refused" : "overlap accepted"); puts_(balloon_ok ? ", balloon served" : ", balloon lost");
+	puts_(rng_ok ? ", rng works after reset\n" : ", rng dead after reset\n");
+	result(ok && refused && balloon_ok && rng_ok, "hostile-bars", "a BAR moved over another device's: refused (needs reset), the other device unharmed, works after a reset");
+	mmio_write8(a.common + STATUS, 0);
+	mmio_write8(b.common + STATUS, 0);
+}
+
 /* ---- virtio-console ---- */
 static struct vq conrx, contx;
 static char con_out[] = "hello from the guest over virtio-console\n";
@@ -588,8 +671,11 @@ void serve(void)
 
 int hostile_mode;
 
+int hostile_bars_mode;
+
 void check_virtio(void)
 {
+	if (hostile_bars_mode) check_hostile_bars();
 	if (hostile_mode) check_hostile();
 	check_console();
 	check_net();

@@ -105,4 +105,14 @@ describe.skipIf(!HAS_KVM)("virtio devices under the test guest", () => {
     expect(r.stderr).toContain("avail index jumped by 100 on a queue of 8; the device needs a reset");
     expect(r.code).toBe(0);
   }, TIMEOUT);
+
+  for (const home of [[], ["--disable-sandbox"]]) {
+    test(`a guest moving one device's BAR over another's breaks that device, not tsvm${home.length ? " (--disable-sandbox)" : ""}`, async () => {
+      const r = await runTsvm(["run", ...home, "-p", "tsvm.hostile=bars"]);
+      expect(r.stderr).toMatch(/virtio-rng: cannot catch notifications at BAR 0 0x[0-9a-f]+: failed to register ioeventfd at 0x[0-9a-f]+: EEXIST; the device needs a reset/);
+      expect(r.stdout).toContain("hostile-bars overlap refused, balloon served, rng works after reset");
+      expect(r.stdout).toContain("ok   hostile-bars:");
+      expect(r.code).toBe(0);
+    }, TIMEOUT);
+  }
 });
