@@ -186,6 +186,19 @@ export function parseVhostUser(text: string): VhostUserConfig {
   return { type, socket: fields.socket, localConfig: undefined };
 }
 
+/** A host directory shared with the guest through virtio-fs (`--shared-dir PATH:TAG`). */
+export type SharedDirConfig = { readonly path: string; readonly tag: string };
+
+/** Parses crosvm's `--shared-dir PATH:TAG`. */
+export function parseSharedDir(text: string): SharedDirConfig {
+  const at = text.lastIndexOf(":");
+  const path = at < 0 ? "" : text.slice(0, at);
+  const tag = at < 0 ? "" : text.slice(at + 1);
+  if (path === "" || tag === "") throw new ConfigError(`--shared-dir ${text}: expected PATH:TAG`);
+  if (new TextEncoder().encode(tag).length > FS_TAG_MAX) throw new ConfigError(`--shared-dir ${text}: the tag is at most ${FS_TAG_MAX} bytes`);
+  return { path, tag };
+}
+
 /** The settings `tsvm run` works from. */
 export type Config = {
   /** Path of the kernel, or null for the built-in guest. */
@@ -205,6 +218,10 @@ export type Config = {
   readonly nets: readonly NetConfig[];
   /** Devices served by other programs' vhost-user back-ends, after tsvm's own in PCI order. */
   readonly vhostUser: readonly VhostUserConfig[];
+  /** Directories shared through virtio-fs, each served by a virtiofsd tsvm starts. */
+  readonly sharedDirs: readonly SharedDirConfig[];
+  /** The virtiofsd to run (--virtiofsd), or null to look for one. */
+  readonly virtiofsd: string | null;
   /** The control socket path (-s/--socket), or null. */
   readonly socket: string | null;
   /** Run each virtio device in its own jailed process (off with --disable-sandbox). */
@@ -234,6 +251,8 @@ export type RawRunOptions = {
   readonly rwroot?: string | undefined;
   readonly net?: readonly string[] | undefined;
   readonly vhostUser?: readonly string[] | undefined;
+  readonly sharedDir?: readonly string[] | undefined;
+  readonly virtiofsd?: string | undefined;
   /** crosvm 2020's tap creation: --host_ip, --netmask and --mac together. */
   readonly hostIp?: string | undefined;
   readonly netmask?: string | undefined;
@@ -328,6 +347,8 @@ export function parseRunConfig(raw: RawRunOptions): Config {
     blocks,
     nets,
     vhostUser: (raw.vhostUser ?? []).map(parseVhostUser),
+    sharedDirs: (raw.sharedDir ?? []).map(parseSharedDir),
+    virtiofsd: raw.virtiofsd ?? null,
     socket: checkSocketPath(raw.socket),
     sandbox: !(raw.disableSandbox ?? false),
     seccompPolicyDir: raw.seccompPolicyDir ?? null,

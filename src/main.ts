@@ -46,6 +46,8 @@ export async function main(argv: readonly string[]): Promise<number> {
         .option("rwroot", { type: "string", describe: "read-write root disk (adds root=/dev/vda rw)" })
         .option("net", { type: "string", describe: "virtio-net on a tap: tap-name=NAME or tap-fd=N, [,mac=MAC] (repeatable)" })
         .option("vhost-user", { type: "string", describe: "a device served by a vhost-user back-end: TYPE,socket=PATH[,tag=TAG] (repeatable)" })
+        .option("shared-dir", { type: "string", describe: "share a host directory through virtio-fs: PATH:TAG (repeatable; runs virtiofsd)" })
+        .option("virtiofsd", { type: "string", describe: "the virtiofsd program for --shared-dir (default: Debian's /usr/lib/qemu/virtiofsd)" })
         .option("host_ip", { type: "string", describe: "create a tap with this host IPv4 address (with --netmask and --mac)" })
         .option("netmask", { type: "string", describe: "netmask of the created tap" })
         .option("mac", { type: "string", describe: "guest MAC address for the created tap" })
@@ -56,7 +58,8 @@ export async function main(argv: readonly string[]): Promise<number> {
           params: repeated(args.params), serial: repeated(args.serial), logLevel: args["log-level"], rng: args.rng, balloon: args.balloon,
           block: repeated(args.block), disk: repeated(args.disk), rwdisk: repeated(args.rwdisk),
           root: single("--root", args.root), rwroot: single("--rwroot", args.rwroot),
-          net: repeated(args.net), vhostUser: repeated(args["vhost-user"]), hostIp: single("--host_ip", args.host_ip), netmask: single("--netmask", args.netmask),
+          net: repeated(args.net), vhostUser: repeated(args["vhost-user"]), sharedDir: repeated(args["shared-dir"]),
+          virtiofsd: single("--virtiofsd", args.virtiofsd), hostIp: single("--host_ip", args.host_ip), netmask: single("--netmask", args.netmask),
           mac: single("--mac", args.mac), socket: single("--socket", args.socket),
           disableSandbox: args["disable-sandbox"], seccompPolicyDir: single("--seccomp-policy-dir", args["seccomp-policy-dir"]),
           seccompLogFailures: args["seccomp-log-failures"],
@@ -158,7 +161,7 @@ export async function main(argv: readonly string[]): Promise<number> {
 const RUN_FLAGS = [
   "mem", "cpus", "params", "initrd", "serial", "log-level", "rng", "no-rng", "balloon", "no-balloon", "config", "block",
   "disk", "rwdisk", "root", "rwroot", "net", "host_ip", "netmask", "mac", "socket", "help", "disable-sandbox",
-  "seccomp-policy-dir", "seccomp-log-failures", "vhost-user",
+  "seccomp-policy-dir", "seccomp-log-failures", "vhost-user", "shared-dir", "virtiofsd",
 ];
 
 /** Adds "did you mean --x?" to yargs' unknown-argument messages when a known flag is close. */

@@ -39,7 +39,7 @@ describe("parseRunConfig", () => {
   test("defaults follow crosvm: 256 MiB, 1 CPU, COM1 on stdout as the console", () => {
     expect(parseRunConfig({})).toEqual({
       kernel: null, initrd: null, memorySize: 256 * MIB, cpus: 1, params: [],
-      serials: [{ type: "stdout", hardware: "serial", num: 1, console: true, stdin: true }], logLevel: "warn", rng: true, balloon: true, blocks: [], nets: [], vhostUser: [], socket: null, sandbox: true, seccompPolicyDir: null, seccompLogFailures: false,
+      serials: [{ type: "stdout", hardware: "serial", num: 1, console: true, stdin: true }], logLevel: "warn", rng: true, balloon: true, blocks: [], nets: [], vhostUser: [], sharedDirs: [], virtiofsd: null, socket: null, sandbox: true, seccompPolicyDir: null, seccompLogFailures: false,
     });
   });
 

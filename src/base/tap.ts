@@ -19,8 +19,19 @@ const IFNAMSIZ = 16;
 /** TUN_F_* offload flags for TUNSETOFFLOAD. */
 export const TUN_F = { CSUM: 0x01, TSO4: 0x02, TSO6: 0x04, TSO_ECN: 0x08, UFO: 0x10 } as const;
 
+/** What virtio-net needs of a TAP device: frames in and out, and the kernel's offload settings. */
+export interface FrameDevice {
+  readonly fd: number;
+  /** Reads one frame (with header); returns its length, 0 when none is waiting, or -errno. */
+  read(buf: Uint8Array): number;
+  /** Writes one frame (with header); returns false when it was refused. */
+  write(frame: Uint8Array): boolean;
+  setVnetHeaderSize(size: number): void;
+  setOffload(flags: number): void;
+}
+
 /** An open TAP device. Reads and writes carry a virtio_net_hdr_v1 in front of each frame. */
-export class Tap extends OwnedFd {
+export class Tap extends OwnedFd implements FrameDevice {
   readonly name: string;
 
   private constructor(fd: number, name: string) {

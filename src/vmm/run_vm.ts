@@ -9,7 +9,7 @@ import { describeError } from "../base/result.ts";
 import { buildVm, type BuiltVm } from "../arch/x86_64/build_vm.ts";
 import { KernelLoaderError } from "../arch/x86_64/kernel_image.ts";
 import { FOUR_GIB, PCI_MMIO_END, PCI_MMIO_START } from "../arch/x86_64/layout.ts";
-import { type Config, ConfigError, kernelCmdline, virtioDeviceSpecs } from "../config.ts";
+import { type Config, ConfigError, fsConfig, kernelCmdline, virtioDeviceSpecs } from "../config.ts";
 import { Bus } from "../devices/bus.ts";
 import { closeResources, type DeviceResources, openResources } from "../devices/device_resources.ts";
 import type { DeviceSpec } from "../devices/device_spec.ts";
@@ -27,6 +27,7 @@ import { ControlRequests } from "./control_requests.ts";
 import { attachLegacyDevices } from "./legacy_devices.ts";
 import { type InputSink, StdinPump } from "./stdin.ts";
 import { EXIT_CODE, startWorkers, Vcpus } from "./vcpus.ts";
+import { findVirtiofsd, startVirtiofsd } from "./virtiofsd.ts";
 import { attachInProcess, attachSandboxed, attachVhostUser, type DeviceContext, type VirtioHandle } from "./virtio_devices.ts";
 
 export { EXIT_CODE } from "./vcpus.ts";
@@ -176,6 +177,18 @@ async function runBuilt(
       const handle = attachVhostUser(ctx, `vhost-user-${v.type}${i}`, v.type, type, v.socket, v.localConfig);
       if (!handle.ok) throw new ConfigError(handle.error);
       devices.push(handle.value);
+    }
+    if (config.sharedDirs.length > 0) {
+      const program = findVirtiofsd(config.virtiofsd);
+      if (!program.ok) throw new ConfigError(program.error);
+      for (const [i, shared] of config.sharedDirs.entries()) {
+        const daemon = startVirtiofsd(program.value, shared.path);
+        if (!daemon.ok) throw new ConfigError(daemon.error);
+        cleanup.push(() => daemon.value.stop());
+        const handle = attachVhostUser(ctx, `fs${i}`, "fs", DEVICE_TYPES.fs, daemon.value.socket, fsConfig(shared.tag));
+        if (!handle.ok) throw new ConfigError(handle.error);
+        devices.push(handle.value);
+      }
     }
 
     const stdin = stdinSink(legacy.stdinSerial, devices);

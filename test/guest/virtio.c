@@ -671,6 +671,100 @@ void serve(void)
 
 int hostile_mode;
 
+/* ---- virtio-fs (virtio 1.2 §5.11): FUSE requests on the request queue, to a directory the host shares ---- */
+#define FUSE_LOOKUP 1
+#define FUSE_OPEN 14
+#define FUSE_READ 15
+#define FUSE_WRITE 16
+#define FUSE_RELEASE 18
+#define FUSE_INIT 26
+#define FUSE_CREATE 35
+struct fuse_in_header { uint32_t len, opcode; uint64_t unique, nodeid; uint32_t uid, gid, pid; uint16_t total_extlen, padding; };
+struct fuse_out_header { uint32_t len; int32_t error; uint64_t unique; };
+static struct vq fs_hiprio, fs_req;
+static uint8_t fs_in[512] __attribute__((aligned(8)));
+static uint8_t fs_out[1024] __attribute__((aligned(8)));
+static uint64_t fs_unique;
+static const char fs_expected[] = "hello from the host over virtio-fs";
+static const char fs_written[] = "written by the tsvm test guest over virtio-fs\n";
+
+/* Sends one FUSE request (header, `arg`, then `data`) and waits for the answer in fs_out; returns the
+ * FUSE error (0: success, negative errno) or 1 when the device did not answer. */
+static int fuse_call(uint32_t opcode, uint64_t nodeid, const void *arg, uint32_t arglen, const void *data, uint32_t datalen, uint32_t outlen)
+{
+	struct fuse_in_header *h = (struct fuse_in_header *)fs_in;
+	uint32_t len = sizeof(*h) + arglen + datalen;
+	if (len > sizeof(fs_in) || sizeof(struct fuse_out_header) + outlen > sizeof(fs_out)) return 1;
+	memset(h, 0, sizeof(*h));
+	h->len = len;
+	h->opcode = opcode;
+	h->unique = ++fs_unique;
+	h->nodeid = nodeid;
+	memcpy(fs_in + sizeof(*h), arg, arglen);
+	if (datalen) memcpy(fs_in + sizeof(*h) + arglen, data, datalen);
+	memset(fs_out, 0, sizeof(fs_out));
+	fs_req.desc[0] = (struct desc){ (uint64_t)(uintptr_t)fs_in, len, DESC_F_NEXT, 1 };
+	fs_req.desc[1] = (struct desc){ (uint64_t)(uintptr_t)fs_out, (uint32_t)sizeof(struct fuse_out_header) + outlen, DESC_F_WRITE, 0 };
+	uint32_t before = irq_counts[2];
+	submit(&fs_req, 0);
+	if (wait_used(&fs_req, 2, before) < (int64_t)sizeof(struct fuse_out_header)) return 1;
+	const struct fuse_out_header *o = (const struct fuse_out_header *)fs_out;
+	return o->unique == fs_unique ? o->error : 1;
+}
+
+static void check_fs(void)
+{
+	struct vdev d;
+	memset(&d, 0, sizeof(d));
+	d.slot = pci_find(VIRTIO_VENDOR, 0x105a);
+	if (d.slot < 0) return;
+	if (!find_caps(&d) || !d.device) { result(0, "virtio-fs", "capabilities missing"); return; }
+	int ok = negotiate(&d, 0) >= 0;
+	msix_setup(&d, 0);
+	mmio_write16(d.common + MSIX_CFG, 0);
+	ok &= queue_setup(&d, &fs_hiprio, 0, 1) && queue_setup(&d, &fs_req, 1, 2);
+	driver_ok(&d);
+	char tag[37];
+	for (int i = 0; i < 36; i++) tag[i] = (char)mmio_read8(d.device + (uintptr_t)i);
+	tag[36] = 0;
+	puts_("     virtio-fs tag \""); puts_(tag); puts_("\"\n");
+	uint32_t init_in[4] = { 7, 31, 0, 0 }; /* major, minor, max_readahead, flags */
+	ok &= fuse_call(FUSE_INIT, 0, init_in, sizeof(init_in), 0, 0, 64) == 0 && ((uint32_t *)(fs_out + 16))[0] == 7;
+	/* LOOKUP hello.txt in the root (node 1) -> its node; OPEN; READ */
+	int looked = fuse_call(FUSE_LOOKUP, 1, "hello.txt", 10, 0, 0, 128);
+	uint64_t node = *(uint64_t *)(fs_out + 16), size = *(uint64_t *)(fs_out + 16 + 40 + 8);
+	uint32_t open_in[2] = { 0, 0 }; /* O_RDONLY */
+	int opened = looked == 0 ? fuse_call(FUSE_OPEN, node, open_in, sizeof(open_in), 0, 0, 16) : 1;
+	uint64_t fh = *(uint64_t *)(fs_out + 16);
+	uint64_t read_in[5] = { fh, 0, 64, 0, 0 }; /* fh, offset, size | read_flags, lock_owner, flags | padding */
+	int read = opened == 0 ? fuse_call(FUSE_READ, node, read_in, sizeof(read_in), 0, 0, 64) : 1;
+	uint32_t got = ((struct fuse_out_header *)fs_out)->len - 16;
+	char text[65];
+	memcpy(text, fs_out + 16, got < 64 ? got : 64);
+	text[got < 64 ? got : 64] = 0;
+	puts_("     virtio-fs read "); putu(got); puts_(" of "); putu(size); puts_(" bytes \""); puts_(text); puts_("\"\n");
+	ok &= read == 0 && got == sizeof(fs_expected) - 1 && size == got;
+	for (unsigned i = 0; ok && i < got; i++) ok &= text[i] == fs_expected[i];
+	uint64_t release_in[3] = { fh, 0, 0 };
+	if (opened == 0) fuse_call(FUSE_RELEASE, node, release_in, sizeof(release_in), 0, 0, 0);
+	/* CREATE from-guest.txt, WRITE, RELEASE: the host finds the file */
+	uint32_t create_in[4] = { 0x41, 0644, 022, 0 }; /* O_WRONLY | O_CREAT, mode, umask, open_flags */
+	char name[] = "from-guest.txt";
+	uint8_t create_arg[sizeof(create_in) + sizeof(name)];
+	memcpy(create_arg, create_in, sizeof(create_in));
+	memcpy(create_arg + sizeof(create_in), name, sizeof(name));
+	int created = fuse_call(FUSE_CREATE, 1, create_arg, sizeof(create_arg), 0, 0, 128 + 16);
+	uint64_t new_node = *(uint64_t *)(fs_out + 16), new_fh = *(uint64_t *)(fs_out + 16 + 128);
+	uint64_t write_in[5] = { new_fh, 0, sizeof(fs_written) - 1, 0, 0 };
+	int wrote = created == 0 ? fuse_call(FUSE_WRITE, new_node, write_in, sizeof(write_in), fs_written, sizeof(fs_written) - 1, 8) : 1;
+	ok &= wrote == 0 && *(uint32_t *)(fs_out + 16) == sizeof(fs_written) - 1;
+	release_in[0] = new_fh;
+	if (created == 0) fuse_call(FUSE_RELEASE, new_node, release_in, sizeof(release_in), 0, 0, 0);
+	puts_("     virtio-fs create "); putu((uint64_t)(int64_t)created); puts_(", write "); putu((uint64_t)(int64_t)wrote); puts_("\n");
+	result(ok && !(mmio_read8(d.common + STATUS) & STATUS_NEEDS_RESET), "virtio-fs", "tag, FUSE_INIT, LOOKUP, OPEN, READ of a host file; CREATE and WRITE of a new one");
+	mmio_write8(d.common + STATUS, 0);
+}
+
 int hostile_bars_mode;
 
 void check_virtio(void)
@@ -682,4 +776,5 @@ void check_virtio(void)
 	check_balloon();
 	check_rng();
 	for (unsigned i = 0; i < 4; i++) check_blk(i);
+	check_fs();
 }

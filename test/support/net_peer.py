@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""net_peer.py IFACE - the host side of the virtio-net test: waits on IFACE (an AF_PACKET socket) for
-the guest's frame of ethertype 0x88b5, prints its payload, and answers the guest's MAC with a frame
-of the same ethertype. Exits 1 if nothing arrives within 30 seconds."""
+"""net_peer.py IFACE [SECONDS] - the host side of the virtio-net test: waits on IFACE (an AF_PACKET
+socket) for the guest's frame of ethertype 0x88b5, prints its payload, and answers the guest's MAC with
+a frame of the same ethertype. Exits 1 if nothing arrives within SECONDS (default 30)."""
 import socket
 import struct
 import sys
@@ -15,7 +15,7 @@ s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
 s.bind((iface, 0))
 s.settimeout(1.0)
 print("ready", flush=True)
-deadline = time.time() + 30
+deadline = time.time() + (float(sys.argv[2]) if len(sys.argv) > 2 else 30)
 while time.time() < deadline:
     try:
         frame = s.recv(65536)

@@ -204,7 +204,10 @@ describe("Queue against random guest input", () => {
       else {
         counts[r.kind]++;
         if (r.kind === "chain") {
-          for (const b of [...r.chain.readable, ...r.chain.writable]) expect(b.buffer).toBe(ram.buffer);
+          // Every view lies inside guest RAM and together they are exactly the chain's lengths.
+          const views = [...r.chain.readable, ...r.chain.writable];
+          for (const b of views) expect(b.byteOffset + b.byteLength <= ram.byteLength && b.buffer === ram.buffer).toBe(true);
+          expect(views.reduce((n, b) => n + b.byteLength, 0)).toBe(r.chain.readableLength + r.chain.writableLength);
           d.queue.addUsed(r.chain.head, 0);
         }
         if (r.kind === "fatal") {
@@ -215,7 +218,6 @@ describe("Queue against random guest input", () => {
         }
       }
     }
-    expect(counts.chain + counts.bad_chain + counts.fatal + counts.none).toBe(100_000);
     expect(counts.chain).toBeGreaterThan(1000);
     expect(counts.bad_chain).toBeGreaterThan(1000);
   });

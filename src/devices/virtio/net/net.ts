@@ -2,7 +2,7 @@
 // checksum and TSO offloads passed through to the tap.
 import { ChainReader, ChainWriter } from "../descriptor_chain.ts";
 import { drainQueue } from "../drain.ts";
-import { type Tap, TUN_F } from "../../../base/tap.ts";
+import { type FrameDevice, TUN_F } from "../../../base/tap.ts";
 import { type ActivateContext, hasFeature, TSVM_RING_FEATURES, VIRTIO_ID, type VirtioDevice, type VirtioWorker } from "../virtio_device.ts";
 
 const QUEUE_SIZE = 256;
@@ -45,7 +45,7 @@ export class Net implements VirtioDevice {
   readonly configSize = CONFIG_SIZE;
   readonly #config = new Uint8Array(CONFIG_SIZE);
 
-  constructor(readonly tap: Tap, readonly mac: Uint8Array) {
+  constructor(readonly tap: FrameDevice, readonly mac: Uint8Array) {
     const f = VIRTIO_NET_F;
     this.features = [f.CSUM, f.GUEST_CSUM, f.MAC, f.GUEST_TSO4, f.GUEST_TSO6, f.GUEST_ECN, f.GUEST_UFO, f.HOST_TSO4, f.HOST_TSO6, f.HOST_ECN, f.HOST_UFO, f.MRG_RXBUF, f.STATUS]
       .reduce<bigint>((acc, bit) => acc | (1n << bit), TSVM_RING_FEATURES);

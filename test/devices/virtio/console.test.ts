@@ -1,0 +1,69 @@
+import { describe, expect, test } from "bun:test";
+import { Console } from "../../../src/devices/virtio/console.ts";
+import { GuestMemory, guestAddress as ga } from "../../../src/memory/mod.ts";
+import { VirtioPciDriver } from "../../support/virtio_pci_driver.ts";
+
+const VERSION_1 = 1n << 32n;
+const EMERG_WRITE = 1n << 2n;
+const RX = { desc: 0x1000, avail: 0x2000, used: 0x3000 };
+const TX = { desc: 0x5000, avail: 0x6000, used: 0x7000 };
+
+function setup(features = 0n) {
+  const written: string[] = [];
+  const memory = GuestMemory.fromBuffers([{ base: 0, bytes: new Uint8Array(1 << 20) }]);
+  const console = new Console({ write: (b) => written.push(new TextDecoder().decode(b)) });
+  const d = new VirtioPciDriver(console, memory);
+  expect(d.negotiate(VERSION_1 | features)).toBe(true);
+  d.setupQueue(0, 8, RX.desc, RX.avail, RX.used);
+  d.setupQueue(1, 8, TX.desc, TX.avail, TX.used);
+  d.driverOk();
+  const post = (q: typeof RX, index: number, address: number, length: number, writable: boolean): void => {
+    const slot = index % 8;
+    memory.writeU64(ga(q.desc + slot * 16), BigInt(address));
+    memory.writeU32(ga(q.desc + slot * 16 + 8), length);
+    memory.writeU16(ga(q.desc + slot * 16 + 12), writable ? 2 : 0);
+    memory.writeU16(ga(q.avail + 4 + slot * 2), slot);
+    memory.writeU16(ga(q.avail + 2), index + 1);
+  };
+  return { memory, console, d, written, post };
+}
+
+describe("virtio-console", () => {
+  test("transmit buffers go to the output in order", () => {
+    const { memory, d, written, post } = setup();
+    memory.write(ga(0x40000), new TextEncoder().encode("hello "));
+    memory.write(ga(0x41000), new TextEncoder().encode("world\n"));
+    post(TX, 0, 0x40000, 6, false);
+    post(TX, 1, 0x41000, 6, false);
+    d.kick(1);
+    expect([written.join(""), memory.readU16(ga(TX.used + 2))]).toEqual(["hello world\n", 2]);
+  });
+
+  test("host input fills receive buffers as they come, split across them", () => {
+    const { memory, console, d, post } = setup();
+    expect(console.control({ kind: "console_input", bytes: new TextEncoder().encode("abcdef") })).toEqual({ kind: "console_accepted", count: 6 });
+    post(RX, 0, 0x50000, 4, true);
+    d.kick(0);
+    post(RX, 1, 0x51000, 4, true);
+    d.kick(0);
+    const text = (a: number, n: number): string => new TextDecoder().decode(memory.slice(ga(a), n)!);
+    expect([memory.readU16(ga(RX.used + 2)), text(0x50000, 4), text(0x51000, 2), memory.readU32(ga(RX.used + 4 + 8 + 4))]).toEqual([2, "abcd", "ef", 2]);
+  });
+
+  test("host input waiting for the guest is bounded at 64 KiB", () => {
+    const { console } = setup();
+    expect(console.queueInput(new Uint8Array(60_000))).toBe(60_000);
+    expect(console.queueInput(new Uint8Array(10_000))).toBe(64 * 1024 - 60_000);
+    expect(console.queueInput(new Uint8Array(1))).toBe(0);
+  });
+
+  test("an emergency write prints one character before any queue exists", () => {
+    const { d, written } = setup(EMERG_WRITE);
+    d.write(0x2000 + 8, 0x21, 4);
+    expect(written).toEqual(["!"]);
+  });
+
+  test("a device without commands other than input refuses them by name", () => {
+    expect(setup().console.control({ kind: "flush" })).toEqual({ kind: "error", message: "the console device does not take flush requests" });
+  });
+});

@@ -1,0 +1,53 @@
+// net_ns.ts - a private network namespace with a tap, and the AF_PACKET peer of the virtio-net tests.
+import { join } from "node:path";
+import { TIME_SCALE } from "./tsvm.ts";
+
+/** Whether this machine can make network namespaces and run the peer. */
+export const HAS_NETNS = Bun.which("ip") !== null && Bun.which("python3") !== null && process.getuid?.() === 0;
+
+/** Runs a command, throwing with its stderr when it fails. */
+export function sh(...cmd: string[]): string {
+  const r = Bun.spawnSync(cmd, { stdout: "pipe", stderr: "pipe" });
+  if (r.exitCode !== 0) throw new Error(`${cmd.join(" ")}: ${r.stderr.toString()}`);
+  return r.stdout.toString();
+}
+
+/** A namespace `name` holding tap0 (up, no IPv6 chatter); `close` deletes it. */
+export class TapNamespace {
+  readonly exec: string[];
+  constructor(readonly name: string) {
+    sh("ip", "netns", "add", name);
+    this.exec = ["ip", "netns", "exec", name];
+    sh(...this.exec, "ip", "tuntap", "add", "dev", "tap0", "mode", "tap");
+    sh(...this.exec, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1");
+    sh(...this.exec, "ip", "link", "set", "tap0", "up");
+  }
+
+  /** Starts net_peer.py on tap0; resolves once it listens, to a promise of everything it printed. */
+  async startPeer(): Promise<Promise<string>> {
+    const peer = Bun.spawn([...this.exec, "python3", join(import.meta.dir, "net_peer.py"), "tap0", String(30 * TIME_SCALE)], { stdout: "pipe" });
+    const decoder = new TextDecoder();
+    const chunks = (peer.stdout as ReadableStream<Uint8Array>).getReader();
+    let text = "";
+    while (!text.includes("ready")) {
+      const { value, done } = await chunks.read();
+      if (done) throw new Error(`the network peer exited: ${text}`);
+      text += decoder.decode(value);
+    }
+    return (async (): Promise<string> => {
+      for (;;) {
+        const { value, done } = await chunks.read();
+        if (done) return text;
+        text += decoder.decode(value);
+      }
+    })();
+  }
+
+  close(): void {
+    Bun.spawnSync(["ip", "netns", "del", this.name]);
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
