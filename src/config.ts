@@ -154,9 +154,11 @@ export type VhostUserConfig = {
   readonly socket: string;
   /** The configuration the VMM gives the guest itself (virtio-fs: the tag). */
   readonly localConfig: Uint8Array | undefined;
+  /** Wait for a failed back-end to come back (and carry on) instead of stopping the VM. */
+  readonly reconnect: boolean;
 };
 
-const VHOST_USER_KEYS = ["socket", "tag"] as const;
+const VHOST_USER_KEYS = ["socket", "tag", "reconnect"] as const;
 /** virtio-fs tags are at most 36 bytes (struct virtio_fs_config). */
 const FS_TAG_MAX = 36;
 
@@ -168,7 +170,7 @@ export function fsConfig(tag: string): Uint8Array {
   return config;
 }
 
-/** Parses `--vhost-user TYPE,socket=PATH[,tag=TAG]` (crosvm's syntax); TYPE is a name or a virtio device id. */
+/** Parses `--vhost-user TYPE,socket=PATH[,tag=TAG][,reconnect=true]` (crosvm's syntax); TYPE is a name or a virtio device id. */
 export function parseVhostUser(text: string): VhostUserConfig {
   const [typeText = "", ...rest] = text.split(",");
   const byId = Object.entries(DEVICE_TYPES).find(([, t]) => String(t.deviceType) === typeText)?.[0];
@@ -177,13 +179,17 @@ export function parseVhostUser(text: string): VhostUserConfig {
   const fields = parseKeyValues("--vhost-user", rest.join(","), VHOST_USER_KEYS);
   if (fields.socket === undefined || fields.socket === "") throw new ConfigError(`--vhost-user ${text}: socket=PATH is required`);
   if (new TextEncoder().encode(fields.socket).length > MAX_SOCKET_PATH) throw new ConfigError(`--vhost-user ${text}: the socket path is longer than ${MAX_SOCKET_PATH} bytes`);
+  if (fields.reconnect !== undefined && fields.reconnect !== "true" && fields.reconnect !== "false") {
+    throw new ConfigError(`--vhost-user ${text}: reconnect= takes true or false`);
+  }
+  const reconnect = fields.reconnect === "true";
   if (type === "fs") {
     const tag = fields.tag ?? "";
     if (tag === "" || new TextEncoder().encode(tag).length > FS_TAG_MAX) throw new ConfigError(`--vhost-user ${text}: fs needs tag=TAG (1-${FS_TAG_MAX} bytes)`);
-    return { type, socket: fields.socket, localConfig: fsConfig(tag) };
+    return { type, socket: fields.socket, localConfig: fsConfig(tag), reconnect };
   }
   if (fields.tag !== undefined) throw new ConfigError(`--vhost-user ${text}: tag= is only for fs`);
-  return { type, socket: fields.socket, localConfig: undefined };
+  return { type, socket: fields.socket, localConfig: undefined, reconnect };
 }
 
 /** A host directory shared with the guest through virtio-fs (`--shared-dir PATH:TAG`). */

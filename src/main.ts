@@ -45,7 +45,7 @@ export async function main(argv: readonly string[]): Promise<number> {
         .option("root", { alias: "r", type: "string", describe: "read-only root disk (adds root=/dev/vda ro)" })
         .option("rwroot", { type: "string", describe: "read-write root disk (adds root=/dev/vda rw)" })
         .option("net", { type: "string", describe: "virtio-net on a tap: tap-name=NAME or tap-fd=N, [,mac=MAC] (repeatable)" })
-        .option("vhost-user", { type: "string", describe: "a device served by a vhost-user back-end: TYPE,socket=PATH[,tag=TAG] (repeatable)" })
+        .option("vhost-user", { type: "string", describe: "a device served by a vhost-user back-end: TYPE,socket=PATH[,tag=TAG][,reconnect=true] (repeatable)" })
         .option("shared-dir", { type: "string", describe: "share a host directory through virtio-fs: PATH:TAG (repeatable; runs virtiofsd)" })
         .option("virtiofsd", { type: "string", describe: "the virtiofsd program for --shared-dir (default: Debian's /usr/lib/qemu/virtiofsd)" })
         .option("host_ip", { type: "string", describe: "create a tap with this host IPv4 address (with --netmask and --mac)" })

@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { kernelCmdline, parseByteSize, parseRunConfig, parseSerial, parseSize } from "../src/config.ts";
+import { kernelCmdline, parseByteSize, parseRunConfig, parseSerial, parseSharedDir, parseSize, parseVhostUser } from "../src/config.ts";
 
 const MIB = 1024 * 1024;
 
@@ -150,5 +150,33 @@ describe("kernelCmdline", () => {
 
   test("keeps a console the user chose", () => {
     expect(kernelCmdline(parseRunConfig({ params: ["console=hvc0"] }))).toBe("console=hvc0");
+  });
+});
+
+describe("vhost-user and shared-directory flags", () => {
+  test("--vhost-user takes a type by name or virtio device id, a socket, and reconnect", () => {
+    expect(parseVhostUser("block,socket=/run/blk.sock")).toEqual({ type: "block", socket: "/run/blk.sock", localConfig: undefined, reconnect: false });
+    expect(parseVhostUser("4,socket=/run/rng.sock,reconnect=true")).toMatchObject({ type: "rng", reconnect: true });
+  });
+
+  test("an unknown type, a missing socket or a bad reconnect value is refused with the flag named", () => {
+    expect(() => parseVhostUser("gpu,socket=/s")).toThrow(/--vhost-user gpu,socket=\/s: unknown device type "gpu"/);
+    expect(() => parseVhostUser("block")).toThrow(/socket=PATH is required/);
+    expect(() => parseVhostUser("block,socket=/s,reconnect=yes")).toThrow(/reconnect= takes true or false/);
+    expect(() => parseVhostUser(`block,socket=/${"x".repeat(120)}`)).toThrow(/longer than/);
+  });
+
+  test("fs needs a tag of at most 36 bytes, which becomes its configuration; other types take none", () => {
+    const fs = parseVhostUser("fs,socket=/s,tag=shared");
+    expect(new TextDecoder().decode(fs.localConfig!.subarray(0, 6))).toBe("shared");
+    expect(fs.localConfig![6]).toBe(0);
+    expect(() => parseVhostUser("fs,socket=/s")).toThrow(/fs needs tag=TAG/);
+    expect(() => parseVhostUser(`fs,socket=/s,tag=${"t".repeat(37)}`)).toThrow(/fs needs tag=TAG/);
+    expect(() => parseVhostUser("rng,socket=/s,tag=x")).toThrow(/tag= is only for fs/);
+  });
+
+  test("--shared-dir is PATH:TAG", () => {
+    expect(parseSharedDir("/srv/data:data")).toEqual({ path: "/srv/data", tag: "data" });
+    expect(() => parseSharedDir("/srv/data")).toThrow(/--shared-dir/);
   });
 });

@@ -174,7 +174,7 @@ async function runBuilt(
     }
     for (const [i, v] of config.vhostUser.entries()) {
       const type = DEVICE_TYPES[v.type];
-      const handle = attachVhostUser(ctx, `vhost-user-${v.type}${i}`, v.type, type, v.socket, v.localConfig);
+      const handle = attachVhostUser(ctx, { label: `vhost-user-${v.type}${i}`, kind: v.type, type, path: v.socket, localConfig: v.localConfig, reconnect: v.reconnect });
       if (!handle.ok) throw new ConfigError(handle.error);
       devices.push(handle.value);
     }
@@ -185,7 +185,7 @@ async function runBuilt(
         const daemon = startVirtiofsd(program.value, shared.path);
         if (!daemon.ok) throw new ConfigError(daemon.error);
         cleanup.push(() => daemon.value.stop());
-        const handle = attachVhostUser(ctx, `fs${i}`, "fs", DEVICE_TYPES.fs, daemon.value.socket, fsConfig(shared.tag));
+        const handle = attachVhostUser(ctx, { label: `fs${i}`, kind: "fs", type: DEVICE_TYPES.fs, path: daemon.value.socket, localConfig: fsConfig(shared.tag), reconnect: false });
         if (!handle.ok) throw new ConfigError(handle.error);
         devices.push(handle.value);
       }

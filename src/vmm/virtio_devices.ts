@@ -3,6 +3,7 @@
 // vhost-user back-end (--vhost-user). The transport is the same VirtioPciDevice in every case, and
 // device-specific commands (balloon, disk, console input) go through one `command` per home.
 import { FdOutput } from "../base/fd_output.ts";
+import { log } from "../base/log.ts";
 import { SysError } from "../base/errno.ts";
 import { describeError, err, ok, type Result } from "../base/result.ts";
 import { sys, socket } from "../../ffi/mod.ts";
@@ -18,6 +19,7 @@ import { jailIdBase, type JailedProcess } from "../devices/sandbox/jailed_proces
 import { SandboxedDevice } from "../devices/sandbox/sandboxed_device.ts";
 import type { DeviceTypeInfo } from "../devices/vhost_user/device_types.ts";
 import { VhostUserFrontend } from "../devices/vhost_user/frontend.ts";
+import { ReconnectingFrontend } from "../devices/vhost_user/reconnecting.ts";
 import { type DeviceCommand, type DeviceReply, unsupported } from "../devices/virtio/device_control.ts";
 import type { DeviceEventLoop, VirtioDevice } from "../devices/virtio/virtio_device.ts";
 import { VirtioPciDevice } from "../devices/virtio/virtio_pci_device.ts";
@@ -153,28 +155,50 @@ export function attachSandboxed(ctx: DeviceContext, spec: DeviceSpec, resources:
   });
 }
 
-/** A device served by another program's vhost-user back-end at `path` (--vhost-user). */
-export function attachVhostUser(
-  ctx: DeviceContext, label: string, kind: string, type: DeviceTypeInfo, path: string, localConfig: Uint8Array | undefined,
-): Result<VirtioHandle> {
-  const fd = socket.unixConnect(path, socket.SOCK_STREAM);
-  if (fd < 0) return err(`failed to connect to the vhost-user back-end at ${path}: ${new SysError("connect", -fd).message.replace("failed to connect: ", "")}`);
-  const connected = VhostUserFrontend.connect(fd, {
-    label, type, loop: ctx.loop, timeoutMs: VHOST_USER_TIMEOUT_MS,
-    ...(localConfig ? { localConfig } : {}),
-    onFailure: (reason) => ctx.fail(`stopping: the vhost-user back-end of ${label} at ${path} failed: ${reason}`),
-  });
-  if (!connected.ok) return err(connected.error);
-  const frontend = connected.value;
-  const pci = attach(ctx, frontend, ctx.loop);
-  frontend.onConfigChanged(() => pci.notifyConfigChanged());
+/** Where another program's vhost-user back-end listens, and what it serves. */
+export type VhostUserTarget = {
+  readonly label: string;
+  readonly kind: string;
+  readonly type: DeviceTypeInfo;
+  readonly path: string;
+  readonly localConfig: Uint8Array | undefined;
+  /** Whether to wait for a failed back-end to come back instead of stopping the VM. */
+  readonly reconnect: boolean;
+};
+
+/** Puts a device served by the vhost-user back-end at `target.path` on the bus. */
+export function attachVhostUser(ctx: DeviceContext, target: VhostUserTarget): Result<VirtioHandle> {
+  const { label, path } = target;
+  const connect = (onFailure: (reason: string) => void): Result<VhostUserFrontend> => {
+    const fd = socket.unixConnect(path, socket.SOCK_STREAM);
+    if (fd < 0) return err(`failed to connect to the vhost-user back-end at ${path}: ${new SysError("connect", -fd).message.replace("failed to connect: ", "")}`);
+    return VhostUserFrontend.connect(fd, {
+      label, type: target.type, loop: ctx.loop, timeoutMs: VHOST_USER_TIMEOUT_MS, onFailure,
+      ...(target.localConfig ? { localConfig: target.localConfig } : {}),
+    });
+  };
+  const stop = (reason: string): void => ctx.fail(`stopping: the vhost-user back-end of ${label} at ${path} failed: ${reason}`);
+  let device: VhostUserFrontend | ReconnectingFrontend;
+  if (target.reconnect) {
+    const connected = ReconnectingFrontend.connect(connect, { onEvent: (message) => log.warn(`${label} (${path}): ${message}`), onFailure: stop });
+    if (!connected.ok) return connected;
+    const reconnecting = connected.value;
+    ctx.loop.everyTick(() => reconnecting.poll(performance.now()));
+    device = reconnecting;
+  } else {
+    const connected = connect(stop);
+    if (!connected.ok) return connected;
+    device = connected.value;
+  }
+  const pci = attach(ctx, device, ctx.loop);
+  device.onConfigChanged(() => pci.notifyConfigChanged());
   return ok({
-    label, kind, pci, process: null, readsStdin: false,
+    label, kind: target.kind, pci, process: null, readsStdin: false,
     command: (command, onReply) => onReply({ kind: "error", message: `${label} is served by another program's vhost-user back-end, which takes no ${command.kind.replace("_", " ")} requests` }),
     pause: () => {},
     close: () => {
       pci.close();
-      frontend.close();
+      device.close();
     },
   });
 }

@@ -41,6 +41,15 @@ describe.skipIf(!HAS_KVM || process.getuid?.() !== 0)("sandboxed device processe
       const targets = readdirSync(`/proc/${pid}/fd`).map((fd) => readlinkSync(`/proc/${pid}/fd/${fd}`));
       const unexpected = targets.filter((t) => !/^(socket:|anon_inode:|pipe:|\/memfd:|\/dev\/null)/.test(t) && t !== resolve(disk));
       expect(unexpected).toEqual([]);
+      // A device's fd 2 is a pipe tsvm reads and prefixes, never the user's terminal.
+      expect(readlinkSync(`/proc/${pid}/fd/2`)).toMatch(/^pipe:/);
+      // The library the device runs is open read-only (and sealed), so it cannot rewrite its own code.
+      const libraryFds = readdirSync(`/proc/${pid}/fd`).filter((fd) => readlinkSync(`/proc/${pid}/fd/${fd}`).startsWith("/memfd:libtsvm.so"));
+      if (process.env.TSVM_BIN) expect(libraryFds.length).toBeGreaterThan(0);
+      for (const fd of libraryFds) {
+        const flags = Number.parseInt(/^flags:\s*(\d+)$/m.exec(readFileSync(`/proc/${pid}/fdinfo/${fd}`, "utf8"))![1]!, 8);
+        expect(flags & 3).toBe(0); // O_RDONLY
+      }
     }
   }, TIMEOUT);
 

@@ -91,6 +91,23 @@ describe.skipIf(!HAS_KVM || !IS_ROOT)("tsvm run as a vhost-user front-end", () =
     expect(vm.stderr).toMatch(new RegExp(`stopping: the vhost-user back-end of vhost-user-rng0 at ${sock} failed: the peer closed the connection`));
   }, TIMEOUT);
 
+  test("with reconnect=true the VM waits for a back-end that died, carries on with the next, and stops cleanly", async () => {
+    const dir = tempDir();
+    const sock = join(dir, "rng.sock");
+    const control = join(dir, "vm.sock");
+    using first = new TsvmProcess(["devices", "--log-level", "info", "--rng", `vhost=${sock}`]);
+    await first.waitForOutput(/serving vhost-user/, 30_000, "stderr");
+    using vm = new TsvmProcess(["run", "--no-rng", "-s", control, "-p", "tsvm.mode=serve", "--vhost-user", `rng,socket=${sock},reconnect=true`]);
+    await vm.waitForOutput(/serving/, 30_000);
+    first.child.kill("SIGKILL");
+    await vm.waitForOutput(/vhost-user-rng0 \(.*rng\.sock\): the back-end failed \(the peer closed the connection\); waiting for it to come back/, 20_000, "stderr");
+    using second = new TsvmProcess(["devices", "--log-level", "info", "--rng", `vhost=${sock}`]);
+    await second.waitForOutput(/serving vhost-user/, 30_000, "stderr");
+    await vm.waitForOutput(/vhost-user-rng0 \(.*rng\.sock\): the back-end is back; the device carries on/, 20_000, "stderr");
+    expect((await runTsvm(["stop", control])).code).toBe(0);
+    expect(await vm.exit(20_000)).toBe(0);
+  }, TIMEOUT);
+
   test("a socket nobody serves is refused with one line and exit 2", async () => {
     const r = await runTsvm(["run", "--vhost-user", `block,socket=${join(tempDir(), "nobody.sock")}`]);
     expect(r.stderr).toMatch(/failed to connect to the vhost-user back-end at .*nobody\.sock: ENOENT/);

@@ -9,7 +9,7 @@
 import { socket } from "../../../ffi/mod.ts";
 import { EventFd } from "../../base/event_fd.ts";
 import { err, ok, type Result } from "../../base/result.ts";
-import type { GuestMemory } from "../../memory/mod.ts";
+import { guestAddressFromU64, type GuestMemory } from "../../memory/mod.ts";
 import type { Queue } from "../virtio/queue.ts";
 import type { ActivateContext, DeviceEventLoop, VirtioDevice, VirtioWorker } from "../virtio/virtio_device.ts";
 import { hasFeature, VIRTIO_F } from "../virtio/virtio_device.ts";
@@ -154,6 +154,20 @@ export class VhostUserFrontend implements VirtioDevice {
   }
 
   activate(ctx: ActivateContext): VirtioWorker {
+    return this.#start(ctx, false);
+  }
+
+  /**
+   * Starts the rings of a device the driver already runs, on a back-end that has just (re)connected
+   * and knows nothing of them: each ring restarts at its used index, so requests the previous
+   * back-end took but never completed are served again (as QEMU does without inflight tracking),
+   * and every ring is kicked once so the back-end looks at what is already waiting.
+   */
+  resume(ctx: ActivateContext): VirtioWorker {
+    return this.#start(ctx, true);
+  }
+
+  #start(ctx: ActivateContext, resume: boolean): VirtioWorker {
     this.#deadline = performance.now() + this.#options.timeoutMs;
     const started: number[] = [];
     const errors: EventFd[] = [];
@@ -172,12 +186,13 @@ export class VhostUserFrontend implements VirtioDevice {
       }
       if (hasFeature(this.#protocolFeatures, VHOST_USER_PROTOCOL_F.RESET_DEVICE)) this.#send(VHOST_USER.RESET_DEVICE, new Uint8Array(0));
     };
-    const setup = this.#setUp(ctx, started, errors, calls);
+    const setup = this.#setUp(ctx, started, errors, calls, resume);
     if (!setup.ok) {
       this.#fail(setup.error);
       stop();
       return { stop: () => {} };
     }
+    if (resume) for (const index of started) ctx.kicks[index]!.signal();
     // When MSI-X masking moves a queue's interrupt between its irqfd and the VMM, tell the back-end.
     ctx.interrupt.onNotifiersChanged(() => {
       for (const index of started) {
@@ -211,7 +226,7 @@ export class VhostUserFrontend implements VirtioDevice {
     }
   }
 
-  #setUp(ctx: ActivateContext, started: number[], errors: EventFd[], calls: Map<number, number>): Result<null> {
+  #setUp(ctx: ActivateContext, started: number[], errors: EventFd[], calls: Map<number, number>, resume: boolean): Result<null> {
     const protocolBit = this.#speaksProtocol ? 1n << VHOST_USER_F_PROTOCOL_FEATURES : 0n;
     let r = this.#send(VHOST_USER.SET_FEATURES, encodeU64(ctx.features | protocolBit));
     if (!r.ok) return r;
@@ -221,6 +236,8 @@ export class VhostUserFrontend implements VirtioDevice {
       if (queue === null) continue;
       const addresses = ringAddresses(ctx.memory, queue);
       if (addresses === null) return err(`ring ${index} is not in memory the back-end can see`);
+      const base = resume ? usedIndex(ctx.memory, queue) : queue.nextAvail;
+      if (base === null) return err(`ring ${index}'s used ring is not in guest memory`);
       const error = new EventFd();
       errors.push(error);
       ctx.loop.watch(error.fd, () => {
@@ -230,7 +247,7 @@ export class VhostUserFrontend implements VirtioDevice {
       calls.set(index, call);
       const steps: [number, Uint8Array, number[]][] = [
         [VHOST_USER.SET_VRING_NUM, encodeVringState({ index, num: queue.config.size }), []],
-        [VHOST_USER.SET_VRING_BASE, encodeVringState({ index, num: queue.nextAvail }), []],
+        [VHOST_USER.SET_VRING_BASE, encodeVringState({ index, num: base }), []],
         [VHOST_USER.SET_VRING_ADDR, encodeVringAddress({ index, flags: 0, ...addresses, log: 0n }), []],
         [VHOST_USER.SET_VRING_CALL, encodeU64(index), [call]],
         [VHOST_USER.SET_VRING_ERR, encodeU64(index), [error.fd]],
@@ -363,6 +380,13 @@ function request(connection: VhostUserConnection, requestId: number, payload: Ui
     return err(`${requestName(requestId)}: the back-end answered with ${requestName(reply.value.request)}`);
   }
   return ok(reply.value);
+}
+
+/** The index the device has reached in `queue`'s used ring, as the guest sees it (null outside RAM). */
+function usedIndex(memory: GuestMemory, queue: Queue): number | null {
+  const address = guestAddressFromU64(queue.config.device + 2n);
+  const bytes = address === null ? null : memory.slice(address, 2);
+  return bytes === null ? null : bytes[0]! | (bytes[1]! << 8);
 }
 
 /** The VMM's own addresses of a queue's rings (vhost-user's "user addresses"), or null outside shared RAM. */
