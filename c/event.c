@@ -7,6 +7,8 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/timerfd.h>
+#include <time.h>
 #include <unistd.h>
 
 int tsvm_eventfd(unsigned initval, int flags)
@@ -76,4 +78,18 @@ int tsvm_signal_default(int signum)
 	signal(signum, SIG_DFL);
 	signal_eventfds[signum] = -1;
 	return 0;
+}
+
+/* A monotonic timerfd, close-on-exec and non-blocking; readable once the time set with tsvm_timerfd_set passes. */
+int tsvm_timerfd_create(void)
+{
+	int fd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+	return fd < 0 ? -errno : fd;
+}
+
+/* Arms `fd` to fire once in `delay_ms` milliseconds (0 disarms it). */
+int tsvm_timerfd_set(int fd, uint64_t delay_ms)
+{
+	struct itimerspec t = { .it_value = { .tv_sec = (time_t)(delay_ms / 1000), .tv_nsec = (long)(delay_ms % 1000) * 1000000L } };
+	return timerfd_settime(fd, 0, &t, NULL) < 0 ? -errno : 0;
 }

@@ -137,3 +137,9 @@ int tsvm_poll(int fd, int events, int timeout_ms)
 	int r = poll(&p, 1, timeout_ms);
 	return r < 0 ? -errno : (r == 0 ? 0 : p.revents);
 }
+
+/* Shuts down one direction (SHUT_RD 0, SHUT_WR 1) or both (SHUT_RDWR 2) of a connected socket. */
+int tsvm_shutdown(int fd, int how)
+{
+	return shutdown(fd, how) < 0 ? -errno : 0;
+}

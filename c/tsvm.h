@@ -52,6 +52,8 @@ int tsvm_epoll_ctl(int epfd, int op, int fd, uint32_t events, uint64_t token);
 int tsvm_epoll_wait(int epfd, void *events, int max_events, int timeout_ms);
 int tsvm_signal_notify(int signum, int eventfd);
 int tsvm_signal_default(int signum);
+int tsvm_timerfd_create(void);
+int tsvm_timerfd_set(int fd, uint64_t delay_ms);
 
 /* term.c: raw mode for the console's stdin */
 int tsvm_term_raw(int fd, void *saved, uint64_t saved_len);
@@ -67,6 +69,7 @@ int tsvm_unix_connect(const char *path, int type);
 int tsvm_accept(int fd);
 int tsvm_wait_readable(int fd, int timeout_ms);
 int tsvm_poll(int fd, int events, int timeout_ms);
+int tsvm_shutdown(int fd, int how);
 
 /* jail.c: device processes in namespaces, and their lockdown */
 int tsvm_spawn_jailed(const char *path, char *const argv[], char *const envp[], const int *fds, int nfds, int stderr_fd, unsigned id_base);

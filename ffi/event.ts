@@ -41,3 +41,13 @@ export function notifySignal(signum: number, fd: number): void {
 export function defaultSignal(signum: number): void {
   native.tsvm_signal_default(signum);
 }
+
+/** Creates a non-blocking monotonic timerfd; returns the fd or -errno. */
+export function timerfdCreate(): number {
+  return native.tsvm_timerfd_create();
+}
+
+/** Arms `fd` to become readable once, `delayMs` from now (0 disarms it); returns 0 or -errno. */
+export function timerfdSet(fd: number, delayMs: number): number {
+  return native.tsvm_timerfd_set(fd, delayMs);
+}

@@ -46,6 +46,8 @@ const symbols = {
   tsvm_epoll_create: { args: [], returns: i32 },
   tsvm_epoll_ctl: { args: [i32, i32, i32, u32, u64], returns: i32 },
   tsvm_epoll_wait: { args: [i32, pointer, i32, i32], returns: i32 },
+  tsvm_timerfd_create: { args: [], returns: i32 },
+  tsvm_timerfd_set: { args: [i32, u64], returns: i32 },
   tsvm_signal_notify: { args: [i32, i32], returns: i32 },
   tsvm_signal_default: { args: [i32], returns: i32 },
   // term.c
@@ -61,6 +63,7 @@ const symbols = {
   tsvm_accept: { args: [i32], returns: i32 },
   tsvm_wait_readable: { args: [i32, i32], returns: i32 },
   tsvm_poll: { args: [i32, i32, i32], returns: i32 },
+  tsvm_shutdown: { args: [i32, i32], returns: i32 },
   // jail.c
   tsvm_spawn_jailed: { args: [cstring, pointer, pointer, pointer, i32, i32, u32], returns: i32 },
   tsvm_lockdown: { args: [pointer, u64, u64], returns: i32 },

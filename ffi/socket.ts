@@ -8,6 +8,13 @@ export const SOCK_STREAM = 1;
 export const SOCK_SEQPACKET = 5;
 /** recvmsg/sendmsg flag: do not block. */
 export const MSG_DONTWAIT = 0x40;
+/** recvmsg flag: look at the data without taking it. */
+export const MSG_PEEK = 0x02;
+/** sendmsg flag: a peer that is gone gives EPIPE, not SIGPIPE. */
+export const MSG_NOSIGNAL = 0x4000;
+/** socket type flag: non-blocking from the start. */
+export const SOCK_NONBLOCK = 0o4000;
+export const SHUT_WR = 1;
 export const POLLIN = 0x001;
 export const POLLOUT = 0x004;
 export const POLLERR = 0x008;
@@ -61,4 +68,9 @@ export function waitReadable(fd: number, timeoutMs: number): number {
 /** Waits up to `timeoutMs` for `events` on `fd`: the events seen (POLLHUP/POLLERR too), 0 on timeout, or -errno. */
 export function poll(fd: number, events: number, timeoutMs: number): number {
   return native.tsvm_poll(fd, events, timeoutMs);
+}
+
+/** Shuts down `how` (SHUT_WR...) of a connected socket; returns 0 or -errno. */
+export function shutdown(fd: number, how: number): number {
+  return native.tsvm_shutdown(fd, how);
 }

@@ -5,16 +5,20 @@ import { OwnedFd } from "./owned_fd.ts";
 
 const EPOLL_CTL_ADD = 1;
 const EPOLL_CTL_DEL = 2;
+const EPOLL_CTL_MOD = 3;
 export const EPOLLIN = 0x001;
-export const EPOLLHUP = 0x010;
+export const EPOLLOUT = 0x004;
 export const EPOLLERR = 0x008;
+export const EPOLLHUP = 0x010;
+export const EPOLLRDHUP = 0x2000;
+export const EPOLLET = 0x80000000;
 /** struct epoll_event is packed on x86-64: __u32 events; __u64 data. */
 const EPOLL_EVENT_SIZE = 12;
 const MAX_EVENTS = 32;
 const EINTR = 4;
 
-/** One readiness report: the token registered for the fd, and whether it hung up. */
-export type TriggeredEvent<T> = { readonly token: T; readonly readable: boolean; readonly hungUp: boolean };
+/** One readiness report: the token registered for the fd, what it is ready for, and whether it hung up. */
+export type TriggeredEvent<T> = { readonly token: T; readonly readable: boolean; readonly writable: boolean; readonly hungUp: boolean };
 
 /** An epoll instance whose events come back as the tokens they were registered with. */
 export class WaitContext<T> extends OwnedFd {
@@ -28,12 +32,19 @@ export class WaitContext<T> extends OwnedFd {
     super(event.epollCreate());
   }
 
-  /** Watches `fd` for input; its events report `token`. */
-  add(fd: number, token: T): void {
+  /** Watches `fd` for `events` (input unless told otherwise: EPOLLOUT, EPOLLET...); its events report `token`. */
+  add(fd: number, token: T, events = EPOLLIN): void {
     const slot = this.#nextSlot++;
-    checked(event.epollCtl(this.fd, EPOLL_CTL_ADD, fd, EPOLLIN, slot), `watch fd ${fd}`);
+    checked(event.epollCtl(this.fd, EPOLL_CTL_ADD, fd, events, slot), `watch fd ${fd}`);
     this.#tokens.set(slot, token);
     this.#fdsBySlot.set(slot, fd);
+  }
+
+  /** Changes the events `fd` is watched for. */
+  modify(fd: number, events: number): void {
+    for (const [slot, f] of this.#fdsBySlot) {
+      if (f === fd) checked(event.epollCtl(this.fd, EPOLL_CTL_MOD, fd, events, slot), `watch fd ${fd}`);
+    }
   }
 
   /** Stops watching `fd`. */
@@ -58,7 +69,7 @@ export class WaitContext<T> extends OwnedFd {
       const slot = Number(this.#view.getBigUint64(at + 4, true));
       const token = this.#tokens.get(slot);
       if (token === undefined) continue; // deleted while the event was in flight
-      out.push({ token, readable: (events & EPOLLIN) !== 0, hungUp: (events & (EPOLLHUP | EPOLLERR)) !== 0 });
+      out.push({ token, readable: (events & EPOLLIN) !== 0, writable: (events & EPOLLOUT) !== 0, hungUp: (events & (EPOLLHUP | EPOLLERR | EPOLLRDHUP)) !== 0 });
     }
     return out;
   }

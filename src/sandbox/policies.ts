@@ -7,6 +7,7 @@ import common from "../../seccomp/x86_64/common_device.policy" with { type: "tex
 import consolePolicy from "../../seccomp/x86_64/console_device.policy" with { type: "text" };
 import net from "../../seccomp/x86_64/net_device.policy" with { type: "text" };
 import rng from "../../seccomp/x86_64/rng_device.policy" with { type: "text" };
+import vsock from "../../seccomp/x86_64/vsock_device.policy" with { type: "text" };
 import { compilePolicy, type DefaultAction } from "./bpf.ts";
 import { parsePolicy, type PolicySource } from "./policy.ts";
 
@@ -18,6 +19,7 @@ export const EMBEDDED_POLICIES: Readonly<Record<string, string>> = {
   "console_device.policy": consolePolicy,
   "net_device.policy": net,
   "balloon_device.policy": balloon,
+  "vsock_device.policy": vsock,
 };
 
 /** Reads policies from `dir` when given (--seccomp-policy-dir), else from the embedded set. */

@@ -33,6 +33,8 @@ export const POLICY_CONSTANTS: Readonly<Record<string, bigint>> = {
   TUNSETVNETHDRSZ: 0x400454d8n,
   TUNGETIFF: 0x800454d2n,
   TUNSETIFF: 0x400454can,
+  SHUT_WR: 1n,
+  SHUT_RDWR: 2n,
   FIONBIO: 0x5421n,
   FIOCLEX: 0x5451n,
   SIGPWR: 30n,

@@ -10,7 +10,7 @@
 import { ByteReader, ByteWriter } from "../../base/codec.ts";
 import { err, type Result } from "../../base/result.ts";
 import type { DeviceSpec } from "../device_spec.ts";
-import type { BalloonStats, DeviceCommand, DeviceReply } from "../virtio/device_control.ts";
+import type { BalloonStats, DeviceCommand, DeviceReply, VsockStats } from "../virtio/device_control.ts";
 
 export const TUBE_MESSAGE = { SETUP: 1, COMMAND: 2, READY: 0x81, FAILED: 0x82, REPLY: 0x83 } as const;
 
@@ -34,8 +34,10 @@ export type TubeMessage =
   | { readonly kind: "failed"; readonly reason: string }
   | { readonly kind: "reply"; readonly id: number; readonly reply: DeviceReply };
 
-const COMMAND_KINDS = ["balloon_stats", "balloon_target", "console_input", "disk_resize", "flush"] as const;
-const REPLY_KINDS = ["balloon_stats", "console_accepted", "error", "ok"] as const;
+const COMMAND_KINDS = ["balloon_stats", "balloon_target", "console_input", "disk_resize", "flush", "vsock_stats"] as const;
+const REPLY_KINDS = ["balloon_stats", "console_accepted", "error", "ok", "vsock_stats"] as const;
+/** The counters of a vsock statistics reply, in their order on the tube. */
+const VSOCK_COUNTERS = ["cid", "connections", "hostInitiated", "guestInitiated", "refused", "resets", "malformed", "bytesToGuest", "bytesFromGuest"] as const;
 /** bounds the statistics a balloon reply may carry (virtio defines ten tags) */
 const MAX_STATS = 32;
 
@@ -74,6 +76,9 @@ export function encodeReply(id: number, reply: DeviceReply): Uint8Array {
       break;
     }
     case "console_accepted": w.u32(reply.count); break;
+    case "vsock_stats":
+      for (const name of VSOCK_COUNTERS) w.u64(Math.max(0, Math.min(Number.MAX_SAFE_INTEGER, Math.floor(reply.stats[name]))));
+      break;
     case "error": w.str(reply.message); break;
     case "ok": break;
   }
@@ -126,6 +131,7 @@ function decodeCommand(r: ByteReader): DeviceCommand {
     case "console_input": return { kind, bytes: r.bytes().slice() };
     case "disk_resize": return { kind, bytes: r.u64() };
     case "flush": return { kind };
+    case "vsock_stats": return { kind };
     default:
       r.fail("unknown command");
       return { kind: "flush" };
@@ -150,6 +156,10 @@ function decodeReply(r: ByteReader): DeviceReply {
       return { kind, stats: result };
     }
     case "console_accepted": return { kind, count: r.u32() };
+    case "vsock_stats": {
+      const values = VSOCK_COUNTERS.map(() => r.u64());
+      return { kind, stats: Object.fromEntries(VSOCK_COUNTERS.map((name, i) => [name, values[i]!])) as unknown as VsockStats };
+    }
     case "error": return { kind, message: r.str() };
     case "ok": return { kind };
     default:

@@ -1,0 +1,272 @@
+import { afterEach, describe, expect, test } from "bun:test";
+import { readdirSync } from "node:fs";
+import { socket, sys } from "../../../ffi/mod.ts";
+import { StreamSocket } from "../../../src/base/stream_socket.ts";
+import { CONNECTION_BUFFER } from "../../../src/devices/virtio/vsock/connection.ts";
+import { HOST_CID, SHUTDOWN_RCV, SHUTDOWN_SEND, VSOCK_OP } from "../../../src/devices/virtio/vsock/packet.ts";
+import { GUEST_ANSWER_TIMEOUT_MS, MAX_CONNECTIONS, MAX_STRAY_RESETS } from "../../../src/devices/virtio/vsock/vsock.ts";
+import { GUEST_CID, type Received, VsockDriver } from "../../support/vsock_driver.ts";
+
+const open: VsockDriver[] = [];
+afterEach(() => {
+  while (open.length > 0) open.pop()!.close();
+});
+
+function driver(rxBuffers?: number): VsockDriver {
+  const d = new VsockDriver(GUEST_CID, rxBuffers);
+  open.push(d);
+  return d;
+}
+
+const text = (bytes: Uint8Array): string => new TextDecoder().decode(bytes);
+const bytesOf = (s: string): Uint8Array => new TextEncoder().encode(s);
+
+/** Reads what is in the host program's socket now (non-blocking). */
+function drain(fd: number, max = 1 << 20): Uint8Array {
+  const out: number[] = [];
+  const buf = new Uint8Array(65536);
+  while (out.length < max && socket.poll(fd, socket.POLLIN, 0) > 0) {
+    const n = sys.readRaw(fd, buf, Math.min(buf.byteLength, max - out.length));
+    if (n <= 0) break;
+    out.push(...buf.subarray(0, n));
+  }
+  return Uint8Array.from(out);
+}
+
+function writeAll(fd: number, bytes: Uint8Array): void {
+  expect(sys.writeRaw(fd, bytes)).toBe(bytes.byteLength);
+}
+
+/** The guest connects from `guestPort` to host port `port`; returns the host program's end. */
+async function guestConnects(d: VsockDriver, guestPort: number, port: number): Promise<number> {
+  d.host.listening.add(port);
+  d.send({ op: VSOCK_OP.REQUEST, srcPort: guestPort, dstPort: port });
+  const got = await d.receiveUntil((all) => all.length > 0);
+  expect(got.map((p) => p.header.op)).toEqual([VSOCK_OP.RESPONSE]);
+  return d.host.accepted.get(port)!.at(-1)!;
+}
+
+/** Payload bytes of the RW packets in `packets`, concatenated. */
+function payloadOf(packets: Received[]): string {
+  return packets.filter((p) => p.header.op === VSOCK_OP.RW).map((p) => text(p.payload)).join("");
+}
+
+describe("virtio-vsock", () => {
+  test("the configuration space holds the guest's CID as a le64", () => {
+    const d = driver();
+    const config = new Uint8Array(8);
+    d.device.readConfig(0, config);
+    expect([...config]).toEqual([GUEST_CID, 0, 0, 0, 0, 0, 0, 0]);
+  });
+
+  test("a guest connects to a host port: RESPONSE, then bytes both ways with the right header", async () => {
+    const d = driver();
+    const host = await guestConnects(d, 40000, 5000);
+    d.send({ op: VSOCK_OP.RW, srcPort: 40000, dstPort: 5000 }, bytesOf("hello host"));
+    d.pump();
+    expect(text(drain(host))).toBe("hello host");
+    writeAll(host, bytesOf("hello guest"));
+    const got = await d.receiveUntil((all) => payloadOf(all).length >= 11);
+    expect(payloadOf(got)).toBe("hello guest");
+    const h = got[0]!.header;
+    expect([h.srcCid, h.srcPort, h.dstCid, h.dstPort, h.bufAlloc, h.fwdCnt]).toEqual([HOST_CID, 5000, GUEST_CID, 40000, CONNECTION_BUFFER, 10]);
+    expect(d.device.stats()).toMatchObject({ connections: 1, guestInitiated: 1, bytesToGuest: 11, bytesFromGuest: 10 });
+  });
+
+  test("a port nobody listens on gets a reset, and so does a packet for no connection", async () => {
+    const d = driver();
+    d.send({ op: VSOCK_OP.REQUEST, srcPort: 1, dstPort: 6000 });
+    d.send({ op: VSOCK_OP.RW, srcPort: 2, dstPort: 6001 }, bytesOf("x"));
+    const got = await d.receiveUntil((all) => all.length >= 2);
+    expect(got.map((p) => [p.header.op, p.header.dstPort, p.header.srcPort])).toEqual([[VSOCK_OP.RST, 1, 6000], [VSOCK_OP.RST, 2, 6001]]);
+    expect(d.device.stats()).toMatchObject({ connections: 0, refused: 1 });
+  });
+
+  test("a host program connects to a guest port: REQUEST, the guest's RESPONSE gives it OK <port>", async () => {
+    const d = driver();
+    const [device, program] = socket.socketPair(socket.SOCK_STREAM);
+    d.device.acceptHost(StreamSocket.adopt(device), 1234);
+    const [request] = await d.receiveUntil((all) => all.length > 0);
+    expect(request!.header.op).toBe(VSOCK_OP.REQUEST);
+    expect([request!.header.dstCid, request!.header.dstPort, request!.header.srcCid]).toEqual([GUEST_CID, 1234, HOST_CID]);
+    const hostPort = request!.header.srcPort;
+    expect(hostPort).toBeGreaterThanOrEqual(1 << 30);
+    d.send({ op: VSOCK_OP.RESPONSE, srcPort: 1234, dstPort: hostPort });
+    d.pump();
+    expect(text(drain(program))).toBe(`OK ${hostPort}\n`);
+    writeAll(program, bytesOf("ping"));
+    expect(payloadOf(await d.receiveUntil((all) => payloadOf(all).length >= 4))).toBe("ping");
+    d.send({ op: VSOCK_OP.RW, srcPort: 1234, dstPort: hostPort }, bytesOf("pong"));
+    d.pump();
+    expect(text(drain(program))).toBe("pong");
+    sys.close(program);
+  });
+
+  test("a guest that never answers a host program's request is reset when the deadline passes", async () => {
+    const d = driver();
+    const [device, program] = socket.socketPair(socket.SOCK_STREAM);
+    d.device.acceptHost(StreamSocket.adopt(device), 1234);
+    const [request] = await d.receiveUntil((all) => all.length > 0);
+    const got = await d.receiveUntil((all) => all.length > 0, GUEST_ANSWER_TIMEOUT_MS + 2000);
+    expect(got.map((p) => [p.header.op, p.header.srcPort])).toEqual([[VSOCK_OP.RST, request!.header.srcPort]]);
+    expect(socket.poll(program, socket.POLLIN, 0) & (socket.POLLIN | socket.POLLHUP)).not.toBe(0);
+    expect(sys.readRaw(program, new Uint8Array(16))).toBe(0); // closed
+    expect(d.device.stats().connections).toBe(0);
+    sys.close(program);
+  });
+
+  test("host to guest honours the guest's credit: the rest stays in the host socket until the guest has room", async () => {
+    const d = driver();
+    d.host.listening.add(5000);
+    d.send({ op: VSOCK_OP.REQUEST, srcPort: 7, dstPort: 5000, bufAlloc: 100, fwdCnt: 0 });
+    await d.receiveUntil((all) => all.length > 0);
+    const host = d.host.accepted.get(5000)![0]!;
+    writeAll(host, new Uint8Array(1000).fill(0x61));
+    let got = await d.receiveUntil((all) => all.some((p) => p.header.op === VSOCK_OP.CREDIT_REQUEST), 2000);
+    expect(got.filter((p) => p.header.op === VSOCK_OP.RW).reduce((n, p) => n + p.payload.byteLength, 0)).toBe(100);
+    // The guest consumed them and says so.
+    d.send({ op: VSOCK_OP.CREDIT_UPDATE, srcPort: 7, dstPort: 5000, bufAlloc: 100, fwdCnt: 100 });
+    got = await d.receiveUntil((all) => all.filter((p) => p.header.op === VSOCK_OP.RW).reduce((n, p) => n + p.payload.byteLength, 0) >= 100, 2000);
+    expect(got.filter((p) => p.header.op === VSOCK_OP.RW).reduce((n, p) => n + p.payload.byteLength, 0)).toBe(100);
+    expect(d.device.stats().bytesToGuest).toBe(200);
+  });
+
+  test("guest to a host that does not read: held up to the credit offered, and a guest that sends beyond it is reset", async () => {
+    const d = driver();
+    const host = await guestConnects(d, 8, 5000);
+    const chunk = new Uint8Array(60_000);
+    let sent = 0;
+    while (sent + chunk.byteLength <= CONNECTION_BUFFER * 2) {
+      d.send({ op: VSOCK_OP.RW, srcPort: 8, dstPort: 5000 }, chunk);
+      sent += chunk.byteLength;
+      const reset = d.receive().some((p) => p.header.op === VSOCK_OP.RST);
+      if (reset) break;
+    }
+    // The kernel socket took some, the device at most its credit; the guest that went on was reset.
+    expect(d.device.stats().connections).toBe(0);
+    expect(d.device.stats().resets).toBe(1);
+    expect(drain(host).byteLength).toBeLessThanOrEqual(sent);
+  });
+
+  test("a slow host reader gets every byte in order, the guest kept within credit by updates", async () => {
+    const d = driver();
+    const host = await guestConnects(d, 9, 5000);
+    const total = 1 << 20;
+    const data = new Uint8Array(total);
+    for (let i = 0; i < total; i++) data[i] = (i * 7 + (i >> 11)) & 0xff;
+    let sent = 0;
+    let peerFwdCnt = 0;
+    let peerBufAlloc = CONNECTION_BUFFER;
+    const received: number[] = [];
+    const deadline = performance.now() + 20_000;
+    while (received.length < total && performance.now() < deadline) {
+      // Send what the device's credit allows, in packets of up to 32 KiB.
+      while (sent < total && sent - peerFwdCnt < peerBufAlloc) {
+        const n = Math.min(32768, total - sent, peerBufAlloc - (sent - peerFwdCnt));
+        d.send({ op: VSOCK_OP.RW, srcPort: 9, dstPort: 5000 }, data.subarray(sent, sent + n));
+        sent += n;
+      }
+      for (const p of d.receive()) {
+        expect(p.header.op === VSOCK_OP.CREDIT_UPDATE || p.header.op === VSOCK_OP.RW).toBe(true);
+        peerFwdCnt = p.header.fwdCnt;
+        peerBufAlloc = p.header.bufAlloc;
+      }
+      received.push(...drain(host, 16384)); // the host reads 16 KiB at a time
+      d.pump();
+    }
+    expect(received.length).toBe(total);
+    expect(Buffer.from(received).equals(Buffer.from(data))).toBe(true);
+  });
+
+  test("the host program closing mid-stream reaches the guest as a shutdown; the guest's full shutdown is answered with a reset", async () => {
+    const d = driver();
+    const host = await guestConnects(d, 10, 5000);
+    writeAll(host, bytesOf("last words"));
+    sys.close(host);
+    d.host.accepted.get(5000)!.pop();
+    const got = await d.receiveUntil((all) => all.some((p) => p.header.op === VSOCK_OP.SHUTDOWN));
+    expect(payloadOf(got)).toBe("last words");
+    expect(got.at(-1)!.header.flags & SHUTDOWN_SEND).toBe(SHUTDOWN_SEND);
+    d.send({ op: VSOCK_OP.SHUTDOWN, srcPort: 10, dstPort: 5000, flags: SHUTDOWN_RCV | SHUTDOWN_SEND });
+    const end = await d.receiveUntil((all) => all.length > 0);
+    expect(end.map((p) => p.header.op)).toEqual([VSOCK_OP.RST]);
+    expect(d.device.stats().connections).toBe(0);
+  });
+
+  test("the guest half-closing its side shuts the host socket's write side only", async () => {
+    const d = driver();
+    const host = await guestConnects(d, 11, 5000);
+    d.send({ op: VSOCK_OP.RW, srcPort: 11, dstPort: 5000 }, bytesOf("request"));
+    d.send({ op: VSOCK_OP.SHUTDOWN, srcPort: 11, dstPort: 5000, flags: SHUTDOWN_SEND });
+    d.pump();
+    expect(text(drain(host))).toBe("request");
+    expect(sys.readRaw(host, new Uint8Array(8))).toBe(0); // end of stream for the host program
+    writeAll(host, bytesOf("reply"));
+    expect(payloadOf(await d.receiveUntil((all) => payloadOf(all).length >= 5))).toBe("reply");
+  });
+});
+
+describe("virtio-vsock against a hostile driver", () => {
+  test("packets shorter than a header, from another CID, or with a length past the buffer are dropped or reset", async () => {
+    const d = driver();
+    await guestConnects(d, 20, 5000);
+    d.send({ op: VSOCK_OP.RW, srcPort: 20, dstPort: 5000 }, bytesOf("x"), { chainLength: 30 });
+    d.send({ op: VSOCK_OP.REQUEST, srcCid: 99, srcPort: 21, dstPort: 5000 });
+    d.send({ op: VSOCK_OP.RW, srcPort: 20, dstPort: 5000, len: 1 << 20 }, bytesOf("short"));
+    const got = await d.receiveUntil((all) => all.length > 0);
+    expect(got.map((p) => [p.header.op, p.header.dstPort])).toEqual([[VSOCK_OP.RST, 20]]);
+    expect(d.device.stats()).toMatchObject({ malformed: 3, connections: 0 });
+    expect(d.txUsed).toBe(4);
+  });
+
+  test("seqpacket, another destination CID and the wildcard port are refused with a reset", async () => {
+    const d = driver();
+    d.host.listening.add(5000);
+    d.send({ op: VSOCK_OP.REQUEST, srcPort: 1, dstPort: 5000, type: 2 });
+    d.send({ op: VSOCK_OP.REQUEST, srcPort: 2, dstPort: 5000, dstCid: 7 });
+    d.send({ op: VSOCK_OP.REQUEST, srcPort: 3, dstPort: 0xffffffff });
+    const got = await d.receiveUntil((all) => all.length >= 3);
+    expect(got.map((p) => p.header.op)).toEqual([VSOCK_OP.RST, VSOCK_OP.RST, VSOCK_OP.RST]);
+    expect(d.device.stats().connections).toBe(0);
+  });
+
+  test(`a flood of requests holds at ${MAX_CONNECTIONS} connections; the rest are reset`, async () => {
+    const d = driver(64);
+    d.host.listening.add(5000);
+    for (let port = 1; port <= MAX_CONNECTIONS + 40; port++) {
+      d.send({ op: VSOCK_OP.REQUEST, srcPort: port, dstPort: 5000 });
+      d.receive();
+    }
+    expect(d.device.stats()).toMatchObject({ connections: MAX_CONNECTIONS, refused: 40 });
+  });
+
+  test(`a flood of packets for no connection with no rx buffers leaves a backlog of at most ${MAX_STRAY_RESETS} resets`, () => {
+    const d = driver(0);
+    for (let i = 0; i < 5000; i++) d.send({ op: VSOCK_OP.RW, srcPort: i, dstPort: 1 }, bytesOf("x"));
+    expect(d.device.stats().resets).toBe(5000);
+    expect(d.txUsed).toBe(5000);
+    d.postRxBuffers(0, 32);
+    let resets = 0;
+    for (let got = d.receive(); got.length > 0; got = d.receive()) resets += got.length;
+    expect(resets).toBe(MAX_STRAY_RESETS);
+  });
+
+  test("every ring and header field at random never throws and leaves no host socket open", () => {
+    const fdsBefore = readdirSync("/proc/self/fd").length;
+    const d = driver();
+    d.host.listening.add(5000);
+    let seed = 12345;
+    const rand = (): number => (seed = (seed * 1103515245 + 12345) >>> 0);
+    for (let i = 0; i < 3000; i++) {
+      const payload = new Uint8Array(rand() % 200).map(() => rand());
+      d.send({
+        op: rand() % 9, srcPort: rand() % 4, dstPort: rand() % 2 === 0 ? 5000 : rand(), type: rand() % 3, flags: rand(),
+        bufAlloc: rand(), fwdCnt: rand(), len: rand() % 4 === 0 ? rand() : payload.byteLength,
+      }, payload);
+      d.receive();
+    }
+    d.close();
+    open.length = 0;
+    expect(readdirSync("/proc/self/fd").length).toBe(fdsBefore);
+  });
+});
