@@ -129,7 +129,6 @@ export function attachSandboxed(ctx: DeviceContext, spec: DeviceSpec, resources:
   }
   const device = started.value;
   const pci = attach(ctx, device, ctx.loop);
-  device.onConfigChanged(() => pci.notifyConfigChanged());
   if (relay) {
     const { read, out } = relay;
     const buffer = new Uint8Array(4096);
@@ -191,7 +190,6 @@ export function attachVhostUser(ctx: DeviceContext, target: VhostUserTarget): Re
     device = connected.value;
   }
   const pci = attach(ctx, device, ctx.loop);
-  device.onConfigChanged(() => pci.notifyConfigChanged());
   return ok({
     label, kind: target.kind, pci, process: null, readsStdin: false,
     command: (command, onReply) => onReply({ kind: "error", message: `${label} is served by another program's vhost-user back-end, which takes no ${command.kind.replace("_", " ")} requests` }),

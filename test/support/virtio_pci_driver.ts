@@ -48,14 +48,16 @@ export class FakeIoeventfds {
 }
 
 /** A VirtioPciDevice plus register helpers. */
-export class VirtioPciDriver {
-  readonly loop = new FakeLoop();
+export class VirtioPciDriver<L extends DeviceEventLoop = FakeLoop> {
+  readonly loop: L;
   readonly router = new FakeRouter();
   readonly intx = new RecordingIrqLine();
   readonly ioeventfds = new FakeIoeventfds();
   readonly pci: VirtioPciDevice;
 
-  constructor(device: VirtioDevice, readonly memory: GuestMemory) {
+  /** `loop` defaults to a FakeLoop whose handlers `kick` runs; with a real loop, pump it instead. */
+  constructor(device: VirtioDevice, readonly memory: GuestMemory, loop?: L) {
+    this.loop = loop ?? (new FakeLoop() as unknown as L);
     this.pci = new VirtioPciDevice(device, {
       memory, router: this.router, intx: this.intx, intxLine: 16, loop: this.loop,
       ioeventfd: (fd, address, assign) => this.ioeventfds.register(fd, address, assign),
@@ -109,6 +111,6 @@ export class VirtioPciDriver {
   kick(index: number): void {
     const k = this.pci.kicks[index]!;
     k.signal();
-    this.loop.handlers.get(k.fd)?.();
+    if (this.loop instanceof FakeLoop) this.loop.handlers.get(k.fd)?.();
   }
 }

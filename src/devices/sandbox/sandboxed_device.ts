@@ -26,6 +26,8 @@ export type SandboxOptions = {
   readonly loop: DeviceEventLoop;
   /** Called once when the device fails; the message names the device, its pid and what happened. */
   readonly onFailure: (message: string) => void;
+  /** The program to run instead of `tsvm device` (tests that are not tsvm's main module). */
+  readonly command?: readonly string[];
 };
 
 /** A virtio device served by a jailed device process. */
@@ -60,6 +62,7 @@ export class SandboxedDevice implements VirtioDevice {
     const started = JailedProcess.spawn({
       setup: { spec, logLevel: options.logLevel, filter: options.filter, listen: false, resourceFds: fds.length },
       vhostUserFd: theirs, resourceFds: fds, idBase: options.idBase, loop: options.loop, onFailure: options.onFailure,
+      ...(options.command ? { command: options.command } : {}),
     });
     sys.close(theirs);
     if (!started.ok) {

@@ -82,6 +82,8 @@ export class VhostUserBackend {
       queue: new Queue(max, index, device.maxChainBytes), idle: new EventFd(), size: max, address: null, base: 0,
       kick: null, call: null, error: null, started: false, enabled: false, mapped: false,
     }));
+    // A change the device makes on its own goes to the front-end whether or not any ring runs.
+    device.onConfigChanged?.(() => this.#interrupt.signalConfigChanged());
   }
 
   /** Whether a front-end is connected. */
@@ -113,6 +115,7 @@ export class VhostUserBackend {
 
   /** Stops everything and releases every fd. */
   close(): void {
+    this.#device.onConfigChanged?.(null);
     this.disconnect("the back-end is closing");
     for (const ring of this.#rings) ring.idle.close();
   }

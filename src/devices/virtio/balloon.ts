@@ -52,7 +52,7 @@ export class Balloon implements VirtioDevice, ControllableDevice {
   #inflatedPages = 0;
   #stats: Record<string, number> | null = null;
   #statsChain: { queue: Queue; head: number } | null = null;
-  #notifyConfig: (() => void) | null = null;
+  #configListener: (() => void) | null = null;
   #returnStatsBuffer: (() => void) | null = null;
 
   /** `punchHole(fd, offset, length)` gives back the pages of a range of the file behind guest memory. */
@@ -81,7 +81,11 @@ export class Balloon implements VirtioDevice, ControllableDevice {
   /** Asks the guest to hold `pages` 4 KiB pages in the balloon (a configuration change). */
   setTarget(pages: number): void {
     this.#targetPages = Math.max(0, Math.min(0xffffffff, Math.floor(pages)));
-    this.#notifyConfig?.();
+    this.#configListener?.();
+  }
+
+  onConfigChanged(listener: (() => void) | null): void {
+    this.#configListener = listener;
   }
 
   /** Asks the guest for fresh statistics by returning the buffer it left in the stats queue. */
@@ -161,7 +165,6 @@ export class Balloon implements VirtioDevice, ControllableDevice {
       this.#stats = stats;
       this.#statsChain = { queue: statsQueue, head: r.chain.head }; // held until the host wants more
     };
-    this.#notifyConfig = () => ctx.interrupt.signalConfigChanged();
     this.#returnStatsBuffer = () => {
       const held = this.#statsChain;
       if (!held) return;
@@ -176,7 +179,6 @@ export class Balloon implements VirtioDevice, ControllableDevice {
     return {
       stop: () => {
         for (const [fd] of watched) ctx.loop.unwatch(fd);
-        this.#notifyConfig = null;
         this.#returnStatsBuffer = null;
         this.#statsChain = null;
       },

@@ -79,6 +79,11 @@ export interface VirtioDevice {
   readConfig(offset: number, data: Uint8Array): void;
   writeConfig(offset: number, data: Uint8Array): void;
   activate(ctx: ActivateContext): VirtioWorker;
+  /**
+   * Sets the one listener told when the device changes its configuration space on its own (a balloon
+   * target, a disk resize), whether or not the driver has started it; the transport subscribes.
+   */
+  onConfigChanged?(listener: (() => void) | null): void;
 }
 
 /** Returns whether `bit` is set in `features`. */

@@ -114,6 +114,12 @@ export class VirtioPciDevice implements PciDevice {
       virtioCap(VIRTIO_PCI_CAP.PCI_CFG, 0, 0, undefined, 4),
       Uint8Array.of(0, 0, 0, 0, 0xff, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff),
     );
+    // A change the device makes on its own: a driver that has started it hears it at once; one that
+    // has not reads the new values (and a new config_generation) when it gets there.
+    device.onConfigChanged?.(() => {
+      if (this.#status & VIRTIO_STATUS.DRIVER_OK) this.notifyConfigChanged();
+      else this.#configGeneration = (this.#configGeneration + 1) & 0xff;
+    });
   }
 
   get status(): number {
@@ -178,6 +184,7 @@ export class VirtioPciDevice implements PciDevice {
 
   /** Stops the worker and releases eventfds and irqfds. */
   close(): void {
+    this.#device.onConfigChanged?.(null);
     this.#reset();
     this.#msix.close();
     this.interrupt.close();

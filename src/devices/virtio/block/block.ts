@@ -2,7 +2,6 @@
 import { ChainReader, ChainWriter, type DescriptorChain } from "../descriptor_chain.ts";
 import { type ControllableDevice, type DeviceCommand, type DeviceReply, unsupported } from "../device_control.ts";
 import { drainQueue } from "../drain.ts";
-import type { VirtioInterrupt } from "../interrupt.ts";
 import { type ActivateContext, TSVM_RING_FEATURES, VIRTIO_ID, type VirtioDevice, type VirtioWorker } from "../virtio_device.ts";
 import type { DiskImage } from "../../../disk/disk_file.ts";
 
@@ -43,8 +42,8 @@ export class Block implements VirtioDevice, ControllableDevice {
   readonly configSize = CONFIG_SIZE;
   readonly #config = new DataView(new ArrayBuffer(CONFIG_SIZE));
   readonly #id: Uint8Array;
-  /** The driver's interrupt while the device is active (a resize tells it the capacity changed). */
-  #interrupt: VirtioInterrupt | null = null;
+  /** Told when a resize changed the capacity. */
+  #configListener: (() => void) | null = null;
 
   constructor(readonly disk: DiskImage, id: string, label = "block") {
     this.debugLabel = label;
@@ -90,14 +89,12 @@ export class Block implements VirtioDevice, ControllableDevice {
       if (queue) drainQueue(queue, kick, ctx.interrupt, ctx.needsReset, (chain) => this.handle(chain));
     };
     ctx.loop.watch(kick.fd, serve);
-    this.#interrupt = ctx.interrupt;
     serve();
-    return {
-      stop: () => {
-        ctx.loop.unwatch(kick.fd);
-        this.#interrupt = null;
-      },
-    };
+    return { stop: () => ctx.loop.unwatch(kick.fd) };
+  }
+
+  onConfigChanged(listener: (() => void) | null): void {
+    this.#configListener = listener;
   }
 
   control(command: DeviceCommand): DeviceReply {
@@ -112,7 +109,7 @@ export class Block implements VirtioDevice, ControllableDevice {
         const problem = this.disk.resize(command.bytes);
         if (problem !== null) return { kind: "error", message: problem };
         this.refreshCapacity();
-        this.#interrupt?.signalConfigChanged();
+        this.#configListener?.();
         return { kind: "ok" };
       }
       default:
