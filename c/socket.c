@@ -89,7 +89,7 @@ int tsvm_unix_listen(const char *path, int type)
 	int r = bind(fd, (struct sockaddr *)&addr, sizeof(addr));
 	int err = errno;
 	umask(old);
-	if (r < 0 || listen(fd, 16) < 0) {
+	if (r < 0 || listen(fd, 128) < 0) {
 		if (r >= 0)
 			err = errno;
 		close(fd);

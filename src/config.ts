@@ -192,6 +192,48 @@ export function parseVhostUser(text: string): VhostUserConfig {
   return { type, socket: fields.socket, localConfig: undefined, reconnect };
 }
 
+/** The vsock device (`--vsock cid=N,uds=PATH`): the guest's CID and the host's Unix socket. */
+export type VsockConfig = { readonly cid: number; readonly uds: string };
+
+const VSOCK_KEYS = ["cid", "uds"] as const;
+/** CIDs 0-2 are the hypervisor, local and host; 2^32-1 is VMADDR_CID_ANY. */
+export const MIN_GUEST_CID = 3;
+export const MAX_GUEST_CID = 0xffff_fffe;
+/** The guest's host port P is reached at `<uds>_P`: up to 11 bytes more than uds itself. */
+const MAX_VSOCK_UDS = MAX_SOCKET_PATH - 11;
+
+const CidText = v.pipe(
+  v.string("cid=N is required"),
+  v.regex(/^[0-9]+$/, `expected a CID from ${MIN_GUEST_CID} to ${MAX_GUEST_CID}`),
+  v.transform(Number),
+  v.minValue(MIN_GUEST_CID, `expected a CID from ${MIN_GUEST_CID} to ${MAX_GUEST_CID} (0-2 are reserved)`),
+  v.maxValue(MAX_GUEST_CID, `expected a CID from ${MIN_GUEST_CID} to ${MAX_GUEST_CID}`),
+);
+const VsockSchema = v.strictObject({
+  cid: CidText,
+  uds: v.pipe(
+    v.string("uds=PATH is required"),
+    v.minLength(1, "uds=PATH is required"),
+    v.check((p) => new TextEncoder().encode(p).length <= MAX_VSOCK_UDS, `the socket path is at most ${MAX_VSOCK_UDS} bytes (its per-port sockets add "_<port>")`),
+  ),
+});
+
+/** Parses `--vsock cid=N,uds=PATH` (Firecracker's host side: PATH, and PATH_<port> for the guest's connections). */
+export function parseVsock(text: string): VsockConfig {
+  const fields = parseKeyValues("--vsock", text, VSOCK_KEYS);
+  for (const key of VSOCK_KEYS) if (fields[key] === undefined) throw new ConfigError(`--vsock ${text}: ${key}=${key === "cid" ? "N" : "PATH"} is required`);
+  const result = v.safeParse(VsockSchema, fields);
+  if (!result.success) throw new ConfigError(`--vsock ${text}: ${describeIssues(result.issues)}`);
+  return result.output;
+}
+
+/** Parses crosvm's `--cid N` (the kernel's vhost-vsock). */
+export function parseCid(text: string | number): number {
+  const result = v.safeParse(CidText, String(text));
+  if (!result.success) throw new ConfigError(`--cid ${text}: ${describeIssues(result.issues)}`);
+  return result.output;
+}
+
 /** A host directory shared with the guest through virtio-fs (`--shared-dir PATH:TAG`). */
 export type SharedDirConfig = { readonly path: string; readonly tag: string };
 
@@ -228,6 +270,10 @@ export type Config = {
   readonly sharedDirs: readonly SharedDirConfig[];
   /** The virtiofsd to run (--virtiofsd), or null to look for one. */
   readonly virtiofsd: string | null;
+  /** tsvm's own vsock device (--vsock), or null. */
+  readonly vsock: VsockConfig | null;
+  /** The guest CID for the kernel's vhost-vsock (--cid), or null. */
+  readonly cid: number | null;
   /** The control socket path (-s/--socket), or null. */
   readonly socket: string | null;
   /** Run each virtio device in its own jailed process (off with --disable-sandbox). */
@@ -259,6 +305,8 @@ export type RawRunOptions = {
   readonly vhostUser?: readonly string[] | undefined;
   readonly sharedDir?: readonly string[] | undefined;
   readonly virtiofsd?: string | undefined;
+  readonly vsock?: string | undefined;
+  readonly cid?: string | number | undefined;
   /** crosvm 2020's tap creation: --host_ip, --netmask and --mac together. */
   readonly hostIp?: string | undefined;
   readonly netmask?: string | undefined;
@@ -340,6 +388,9 @@ export function parseRunConfig(raw: RawRunOptions): Config {
     if (!created.success) throw new ConfigError(`--host_ip, --netmask and --mac go together: ${describeIssues(created.issues)}`);
     nets.push({ kind: "create", ...created.output });
   }
+  const vsock = raw.vsock === undefined ? null : parseVsock(raw.vsock);
+  const cid = raw.cid === undefined ? null : parseCid(raw.cid);
+  if (vsock !== null && cid !== null) throw new ConfigError("--vsock and --cid both add a vsock device; give one of them");
   return {
     kernel: o.kernel ?? null,
     initrd: o.initrd ?? null,
@@ -355,6 +406,8 @@ export function parseRunConfig(raw: RawRunOptions): Config {
     vhostUser: (raw.vhostUser ?? []).map(parseVhostUser),
     sharedDirs: (raw.sharedDir ?? []).map(parseSharedDir),
     virtiofsd: raw.virtiofsd ?? null,
+    vsock,
+    cid,
     socket: checkSocketPath(raw.socket),
     sandbox: !(raw.disableSandbox ?? false),
     seccompPolicyDir: raw.seccompPolicyDir ?? null,
@@ -377,7 +430,7 @@ export function outputSpec(s: SerialConfig): OutputSpec {
 
 /**
  * The virtio devices a Config asks for, in PCI slot order: disks (root first), the virtio console,
- * network devices, then rng and balloon unless left out. `mac` gives each net device without one a
+ * network devices, then rng and balloon unless left out, then vsock. `mac` gives each net device without one a
  * MAC address (random, locally administered, by default).
  */
 export function virtioDeviceSpecs(config: Config, mac: () => string): DeviceSpec[] {
@@ -392,6 +445,7 @@ export function virtioDeviceSpecs(config: Config, mac: () => string): DeviceSpec
   });
   if (config.rng) specs.push({ kind: "rng", label: "rng" });
   if (config.balloon) specs.push({ kind: "balloon", label: "balloon" });
+  if (config.vsock) specs.push({ kind: "vsock", label: "vsock", cid: config.vsock.cid, uds: config.vsock.uds });
   return specs;
 }
 

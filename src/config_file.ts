@@ -23,6 +23,8 @@ const ConfigFileSchema = v.strictObject({
   "vhost-user": v.optional(StringList),
   "shared-dir": v.optional(StringList),
   virtiofsd: v.optional(v.string()),
+  vsock: v.optional(v.string()),
+  cid: v.optional(v.union([v.string(), v.number()])),
   host_ip: v.optional(v.string()),
   netmask: v.optional(v.string()),
   mac: v.optional(v.string()),
@@ -63,7 +65,7 @@ export function readConfigFile(path: string): RawRunOptions {
     kernel: o.kernel, initrd: o.initrd, mem: o.mem, cpus: o.cpus,
     params: typeof o.params === "string" ? [o.params] : o.params,
     serial: o.serial, block: o.block, disk: o.disk, rwdisk: o.rwdisk, root: o.root, rwroot: o.rwroot,
-    net: o.net, vhostUser: o["vhost-user"], sharedDir: o["shared-dir"], virtiofsd: o.virtiofsd, hostIp: o.host_ip, netmask: o.netmask, mac: o.mac, socket: o.socket,
+    net: o.net, vhostUser: o["vhost-user"], sharedDir: o["shared-dir"], virtiofsd: o.virtiofsd, vsock: o.vsock, cid: o.cid, hostIp: o.host_ip, netmask: o.netmask, mac: o.mac, socket: o.socket,
     rng: o.rng, balloon: o.balloon, logLevel: o["log-level"], disableSandbox: o["disable-sandbox"],
     seccompPolicyDir: o["seccomp-policy-dir"], seccompLogFailures: o["seccomp-log-failures"],
   };

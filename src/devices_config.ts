@@ -1,7 +1,7 @@
 // devices_config.ts - the validated settings of `tsvm devices`: each device as a DeviceSpec and the
 // vhost-user socket it is served on (crosvm's `tsvm devices --block vhost=SOCK,path=IMG` syntax).
 import { LOG_LEVELS, type LogLevel } from "./base/log.ts";
-import { ConfigError, MAX_SOCKET_PATH, parseBlock, parseKeyValues, parseNet, SERIAL_TYPES } from "./config.ts";
+import { ConfigError, MAX_SOCKET_PATH, parseBlock, parseKeyValues, parseNet, parseVsock, SERIAL_TYPES } from "./config.ts";
 import type { DeviceSpec, OutputSpec } from "./devices/device_spec.ts";
 
 /** One device `tsvm devices` serves. */
@@ -23,6 +23,7 @@ export type RawDevicesOptions = {
   readonly net?: readonly string[] | undefined;
   readonly console?: readonly string[] | undefined;
   readonly balloon?: readonly string[] | undefined;
+  readonly vsock?: readonly string[] | undefined;
   readonly disableSandbox?: boolean | undefined;
   readonly seccompPolicyDir?: string | undefined;
   readonly seccompLogFailures?: boolean | undefined;
@@ -76,7 +77,12 @@ export function parseDevicesConfig(raw: RawDevicesOptions): DevicesConfig {
       devices.push({ socket, spec: { kind, label: label(kind) } });
     }
   }
-  if (devices.length === 0) throw new ConfigError("tsvm devices: name at least one device (--block, --net, --console, --rng, --balloon)");
+  for (const text of raw.vsock ?? []) {
+    const { socket, rest } = splitVhost("--vsock", text);
+    const { cid, uds } = parseVsock(rest);
+    devices.push({ socket, spec: { kind: "vsock", label: label("vsock"), cid, uds } });
+  }
+  if (devices.length === 0) throw new ConfigError("tsvm devices: name at least one device (--block, --net, --console, --rng, --balloon, --vsock)");
   const sockets = new Set<string>();
   for (const d of devices) {
     if (sockets.has(d.socket)) throw new ConfigError(`vhost=${d.socket} is given to two devices`);

@@ -48,6 +48,8 @@ export async function main(argv: readonly string[]): Promise<number> {
         .option("vhost-user", { type: "string", describe: "a device served by a vhost-user back-end: TYPE,socket=PATH[,tag=TAG][,reconnect=true] (repeatable)" })
         .option("shared-dir", { type: "string", describe: "share a host directory through virtio-fs: PATH:TAG (repeatable; runs virtiofsd)" })
         .option("virtiofsd", { type: "string", describe: "the virtiofsd program for --shared-dir (default: Debian's /usr/lib/qemu/virtiofsd)" })
+        .option("vsock", { type: "string", describe: "virtio-vsock to host Unix sockets: cid=N,uds=PATH (host programs connect to PATH; the guest reaches port P at PATH_P)" })
+        .option("cid", { type: "string", describe: "virtio-vsock through the kernel's vhost-vsock (/dev/vhost-vsock) with this guest CID" })
         .option("host_ip", { type: "string", describe: "create a tap with this host IPv4 address (with --netmask and --mac)" })
         .option("netmask", { type: "string", describe: "netmask of the created tap" })
         .option("mac", { type: "string", describe: "guest MAC address for the created tap" })
@@ -59,7 +61,7 @@ export async function main(argv: readonly string[]): Promise<number> {
           block: repeated(args.block), disk: repeated(args.disk), rwdisk: repeated(args.rwdisk),
           root: single("--root", args.root), rwroot: single("--rwroot", args.rwroot),
           net: repeated(args.net), vhostUser: repeated(args["vhost-user"]), sharedDir: repeated(args["shared-dir"]),
-          virtiofsd: single("--virtiofsd", args.virtiofsd), hostIp: single("--host_ip", args.host_ip), netmask: single("--netmask", args.netmask),
+          virtiofsd: single("--virtiofsd", args.virtiofsd), vsock: single("--vsock", args.vsock), cid: single("--cid", args.cid), hostIp: single("--host_ip", args.host_ip), netmask: single("--netmask", args.netmask),
           mac: single("--mac", args.mac), socket: single("--socket", args.socket),
           disableSandbox: args["disable-sandbox"], seccompPolicyDir: single("--seccomp-policy-dir", args["seccomp-policy-dir"]),
           seccompLogFailures: args["seccomp-log-failures"],
@@ -79,6 +81,7 @@ export async function main(argv: readonly string[]): Promise<number> {
         .option("console", { type: "string", describe: "vhost=SOCKET[,type=stdout|file|sink][,path=P] (repeatable)" })
         .option("rng", { type: "string", describe: "vhost=SOCKET (repeatable)" })
         .option("balloon", { type: "string", describe: "vhost=SOCKET (repeatable)" })
+        .option("vsock", { type: "string", describe: "vhost=SOCKET,cid=N,uds=PATH (host programs connect to PATH; the guest reaches port P at PATH_P)" })
         .option("disable-sandbox", { type: "boolean", describe: "serve the devices from this process, without jails" })
         .option("seccomp-policy-dir", { type: "string", describe: "read device seccomp policies from this directory" })
         .option("seccomp-log-failures", { type: "boolean", describe: "log disallowed system calls instead of killing the device" })
@@ -86,7 +89,7 @@ export async function main(argv: readonly string[]): Promise<number> {
       async (args) => {
         const config = parseDevicesConfig({
           block: repeated(args.block), net: repeated(args.net), console: repeated(args.console), rng: repeated(args.rng),
-          balloon: repeated(args.balloon), disableSandbox: args["disable-sandbox"],
+          balloon: repeated(args.balloon), vsock: repeated(args.vsock), disableSandbox: args["disable-sandbox"],
           seccompPolicyDir: single("--seccomp-policy-dir", args["seccomp-policy-dir"]), seccompLogFailures: args["seccomp-log-failures"],
           logLevel: single("--log-level", args["log-level"]),
         });
@@ -161,7 +164,7 @@ export async function main(argv: readonly string[]): Promise<number> {
 const RUN_FLAGS = [
   "mem", "cpus", "params", "initrd", "serial", "log-level", "rng", "no-rng", "balloon", "no-balloon", "config", "block",
   "disk", "rwdisk", "root", "rwroot", "net", "host_ip", "netmask", "mac", "socket", "help", "disable-sandbox",
-  "seccomp-policy-dir", "seccomp-log-failures", "vhost-user", "shared-dir", "virtiofsd",
+  "seccomp-policy-dir", "seccomp-log-failures", "vhost-user", "shared-dir", "virtiofsd", "vsock", "cid",
 ];
 
 /** Adds "did you mean --x?" to yargs' unknown-argument messages when a known flag is close. */

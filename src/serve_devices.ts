@@ -48,16 +48,23 @@ export async function serveDevices(config: DevicesConfig): Promise<number> {
         }
       });
       opened.push({ resources: resources.value, listenFd: listening.value, socket: d.socket });
+      // A vsock device's host side (its Unix sockets) stays in this process, as in `tsvm run`.
+      const broker = resources.value.kind === "vsock" ? resources.value.broker : null;
       if (filter !== null) {
         const started = JailedProcess.spawn({
           setup: { spec: d.spec, logLevel: config.logLevel, filter, listen: true, resourceFds: resourceFds(resources.value).length },
           vhostUserFd: listening.value, resourceFds: resourceFds(resources.value), idBase: jailIdBase(process.pid, opened.length - 1), loop,
           onFailure: (message) => loop.end({ code: 1, message: `stopping: ${message}` }),
+          ...(broker ? { hostConnect: (port: number) => broker.connect(port) } : {}),
         });
         if (!started.ok) throw new Error(started.error);
-        cleanup.push(() => started.value.close());
+        const child = started.value;
+        broker?.start(loop, (host, port) => child.sendHostConnection(host, port));
+        cleanup.push(() => child.close());
       } else {
-        serveInProcess(loop, d.spec.label, createDevice(d.spec, resources.value, IN_PROCESS_HOST), listening.value, cleanup);
+        const device = createDevice(d.spec, resources.value, IN_PROCESS_HOST);
+        broker?.start(loop, (host, port) => device.acceptHost?.(host, port));
+        serveInProcess(loop, d.spec.label, device, listening.value, cleanup);
       }
       log.info(`${d.spec.label}: serving vhost-user on ${d.socket}`);
     }

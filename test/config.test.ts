@@ -39,7 +39,7 @@ describe("parseRunConfig", () => {
   test("defaults follow crosvm: 256 MiB, 1 CPU, COM1 on stdout as the console", () => {
     expect(parseRunConfig({})).toEqual({
       kernel: null, initrd: null, memorySize: 256 * MIB, cpus: 1, params: [],
-      serials: [{ type: "stdout", hardware: "serial", num: 1, console: true, stdin: true }], logLevel: "warn", rng: true, balloon: true, blocks: [], nets: [], vhostUser: [], sharedDirs: [], virtiofsd: null, socket: null, sandbox: true, seccompPolicyDir: null, seccompLogFailures: false,
+      serials: [{ type: "stdout", hardware: "serial", num: 1, console: true, stdin: true }], logLevel: "warn", rng: true, balloon: true, blocks: [], nets: [], vhostUser: [], sharedDirs: [], virtiofsd: null, vsock: null, cid: null, socket: null, sandbox: true, seccompPolicyDir: null, seccompLogFailures: false,
     });
   });
 
@@ -178,5 +178,23 @@ describe("vhost-user and shared-directory flags", () => {
   test("--shared-dir is PATH:TAG", () => {
     expect(parseSharedDir("/srv/data:data")).toEqual({ path: "/srv/data", tag: "data" });
     expect(() => parseSharedDir("/srv/data")).toThrow(/--shared-dir/);
+  });
+});
+
+describe("vsock flags", () => {
+  test("--vsock takes a CID and a Unix socket path; --cid a CID for the kernel's vhost-vsock", () => {
+    expect(parseRunConfig({ vsock: "cid=3,uds=/run/v.sock" }).vsock).toEqual({ cid: 3, uds: "/run/v.sock" });
+    expect(parseRunConfig({ cid: "42" }).cid).toBe(42);
+    expect(parseRunConfig({ cid: 4294967294 }).cid).toBe(4294967294);
+  });
+
+  test("reserved and out-of-range CIDs, a missing path and both flags together are refused", () => {
+    expect(() => parseRunConfig({ vsock: "cid=2,uds=/s" })).toThrow(/--vsock cid=2,uds=\/s: cid: expected a CID from 3 to 4294967294 \(0-2 are reserved\)/);
+    expect(() => parseRunConfig({ vsock: "cid=3" })).toThrow(/uds=PATH is required/);
+    expect(() => parseRunConfig({ vsock: "cid=x,uds=/s" })).toThrow(/expected a CID/);
+    expect(() => parseRunConfig({ cid: "4294967295" })).toThrow(/--cid 4294967295: expected a CID from 3 to 4294967294/);
+    expect(() => parseRunConfig({ vsock: `cid=3,uds=/${"p".repeat(100)}` })).toThrow(/at most 96 bytes/);
+    expect(() => parseRunConfig({ vsock: "cid=3,uds=/s", cid: "4" })).toThrow(/give one of them/);
+    expect(() => parseRunConfig({ vsock: "cid=3,uds=/s,port=1" })).toThrow(/--vsock/);
   });
 });

@@ -1,8 +1,9 @@
 // stream_socket.ts - a connected, non-blocking stream socket whose reads and writes never block,
 // throw or raise SIGPIPE: each says what happened instead.
 import { socket, sys } from "../../ffi/mod.ts";
-import { ERRNO } from "./errno.ts";
+import { ERRNO, errnoName } from "./errno.ts";
 import { OwnedFd } from "./owned_fd.ts";
+import { err, ok, type Result } from "./result.ts";
 
 const NO_FDS = new Int32Array(0);
 const O_NONBLOCK = 0o4000;
@@ -44,4 +45,16 @@ export class StreamSocket extends OwnedFd {
   shutdownWrite(): void {
     socket.shutdown(this.fd, socket.SHUT_WR);
   }
+}
+
+/** Connects to the Unix stream socket at `path` without blocking (a full backlog is an error, not a wait). */
+export function connectStream(path: string): Result<StreamSocket> {
+  const fd = socket.unixConnect(path, socket.SOCK_STREAM | socket.SOCK_NONBLOCK);
+  return fd < 0 ? err(`failed to connect to ${path}: ${errnoName(-fd)}`) : ok(new StreamSocket(fd));
+}
+
+/** Accepts the next connection waiting on the listening socket `listening`, or null when none waits. */
+export function acceptStream(listening: OwnedFd): StreamSocket | null {
+  const fd = socket.accept(listening.fd);
+  return fd < 0 ? null : new StreamSocket(fd);
 }

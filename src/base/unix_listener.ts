@@ -5,6 +5,9 @@ import { socket, sys } from "../../ffi/mod.ts";
 import { ERRNO, errnoName } from "./errno.ts";
 import { err, ok, type Result } from "./result.ts";
 
+export const SOCK_STREAM = socket.SOCK_STREAM;
+export const SOCK_SEQPACKET = socket.SOCK_SEQPACKET;
+
 /**
  * Listens at `path` (created mode 0600) for sockets of `type`. A path where something answers, or
  * that is not a socket at all, is refused; a socket nobody answers on (left by a process that died)

@@ -9,16 +9,19 @@ import { Console } from "./virtio/console.ts";
 import { Net, parseMac } from "./virtio/net/net.ts";
 import { type EntropySource, Rng } from "./virtio/rng.ts";
 import type { VirtioDevice } from "./virtio/virtio_device.ts";
+import { Vsock, type VsockHost } from "./virtio/vsock/vsock.ts";
 
 /** What devices take from their host beside their resources. */
 export type DeviceHost = {
   readonly entropy: EntropySource;
   /** Gives back the pages of [offset, offset + length) of file `fd` (FALLOC_FL_PUNCH_HOLE). */
   readonly punchHole: (fd: number, offset: number, length: number) => boolean;
+  /** Connections to host programs for a vsock device (the VMM's broker, or the tube to it). */
+  readonly vsock?: VsockHost;
 };
 
-/** A device and its VMM-side commands (balloon size, disk resize, console input). */
-export type CreatedDevice = VirtioDevice & Partial<ControllableDevice>;
+/** A device, its VMM-side commands (balloon size, disk resize, console input), and for vsock its host connections. */
+export type CreatedDevice = VirtioDevice & Partial<ControllableDevice> & { acceptHost?: Vsock["acceptHost"] };
 
 /** Builds the device `spec` describes over `resources` (which must be of the same kind). */
 export function createDevice(spec: DeviceSpec, resources: DeviceResources, host: DeviceHost): CreatedDevice {
@@ -37,5 +40,10 @@ export function createDevice(spec: DeviceSpec, resources: DeviceResources, host:
       return new Rng(host.entropy);
     case "balloon":
       return new Balloon(host.punchHole);
+    case "vsock": {
+      const vsockHost = host.vsock ?? resources.broker?.host;
+      if (spec.kind !== "vsock" || vsockHost === undefined) throw new Error(`failed to create ${spec.label}: no host side for vsock`);
+      return new Vsock(spec.cid, vsockHost);
+    }
   }
 }

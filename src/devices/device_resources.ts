@@ -6,6 +6,7 @@ import { Tap } from "../base/tap.ts";
 import type { DeviceSpec, OutputSpec, TapSpec } from "./device_spec.ts";
 import { DiskFile, type DiskImage } from "../disk/disk_file.ts";
 import { imageOf, openDiskImage } from "../disk/qcow2.ts";
+import { VsockBroker } from "./vsock_broker.ts";
 
 /** What a device works on, by kind. */
 export type DeviceResources =
@@ -13,7 +14,9 @@ export type DeviceResources =
   | { readonly kind: "console"; readonly output: FdOutput | null }
   | { readonly kind: "net"; readonly tap: Tap }
   | { readonly kind: "rng" }
-  | { readonly kind: "balloon" };
+  | { readonly kind: "balloon" }
+  /** The host side stays with the process that opened it (a jailed device gets none of it). */
+  | { readonly kind: "vsock"; readonly broker: VsockBroker | null };
 
 /** Opens what `spec` names; the error says which file or tap failed and why. */
 export function openResources(spec: DeviceSpec): Result<DeviceResources> {
@@ -28,6 +31,10 @@ export function openResources(spec: DeviceSpec): Result<DeviceResources> {
       case "rng":
       case "balloon":
         return ok({ kind: spec.kind });
+      case "vsock": {
+        const broker = VsockBroker.listen(spec.uds);
+        return broker.ok ? ok({ kind: "vsock", broker: broker.value }) : broker;
+      }
     }
   } catch (e) {
     return err(describeError(e));
@@ -62,6 +69,7 @@ export function resourceFds(resources: DeviceResources): number[] {
     case "net": return [resources.tap.fd];
     case "rng":
     case "balloon":
+    case "vsock":
       return [];
   }
 }
@@ -90,6 +98,8 @@ export function resourcesFromFds(spec: DeviceSpec, fds: readonly number[]): Resu
       case "rng":
       case "balloon":
         return ok({ kind: spec.kind });
+      case "vsock":
+        return ok({ kind: "vsock", broker: null });
     }
   } catch (e) {
     return err(describeError(e));
@@ -102,6 +112,7 @@ export function closeResources(resources: DeviceResources): void {
     case "block": resources.image.close(); break;
     case "console": resources.output?.close(); break;
     case "net": resources.tap.close(); break;
+    case "vsock": resources.broker?.close(); break;
     default: break;
   }
 }

@@ -24,6 +24,8 @@ export type DeviceSpec =
   | { readonly kind: "console"; readonly label: string; readonly output: OutputSpec; readonly stdin: boolean }
   | { readonly kind: "net"; readonly label: string; readonly tap: TapSpec; readonly mac: string }
   | { readonly kind: "rng"; readonly label: string }
-  | { readonly kind: "balloon"; readonly label: string };
+  | { readonly kind: "balloon"; readonly label: string }
+  /** `uds`: the Unix socket host programs connect to; the guest reaches host port P at `<uds>_P`. */
+  | { readonly kind: "vsock"; readonly label: string; readonly cid: number; readonly uds: string };
 
 export type DeviceKind = DeviceSpec["kind"];

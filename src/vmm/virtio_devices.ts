@@ -92,6 +92,7 @@ export function attachInProcess(ctx: DeviceContext, spec: DeviceSpec, resources:
   const loop = new DeviceLoop(ctx.loop, spec.label);
   const pci = attach(ctx, device, loop);
   loop.onError = (message) => pci.needsReset(message);
+  if (resources.kind === "vsock") resources.broker?.start(loop, (host, port) => device.acceptHost?.(host, port));
   return {
     label: spec.label, kind: spec.kind, pci, process: null, readsStdin: spec.kind === "console" && spec.stdin,
     command: (command, onReply) => onReply(device.control ? device.control(command) : unsupported(spec.kind, command)),
@@ -117,9 +118,11 @@ export function attachSandboxed(ctx: DeviceContext, spec: DeviceSpec, resources:
     relay = { read, out: resources.output };
     given = { kind: "console", output: new FdOutput(write, true) };
   }
+  const broker = resources.kind === "vsock" ? resources.broker : null;
   const started = SandboxedDevice.spawn(spec, given, {
     filter: settings.filter, logLevel: settings.logLevel, idBase: jailIdBase(process.pid, settings.index), loop: ctx.loop,
     onFailure: (message) => ctx.fail(`stopping: ${message}`),
+    ...(broker ? { hostConnect: (port: number) => broker.connect(port) } : {}),
   });
   // The process holds its own copies of the resources now; the VMM keeps what it needs to flush.
   if (given !== resources) closeResources(given);
@@ -129,6 +132,7 @@ export function attachSandboxed(ctx: DeviceContext, spec: DeviceSpec, resources:
   }
   const device = started.value;
   const pci = attach(ctx, device, ctx.loop);
+  broker?.start(ctx.loop, (host, port) => device.process.sendHostConnection(host, port));
   if (relay) {
     const { read, out } = relay;
     const buffer = new Uint8Array(4096);

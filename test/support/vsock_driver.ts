@@ -6,7 +6,9 @@ import { StreamSocket } from "../../src/base/stream_socket.ts";
 import { decodeHeader, encodeHeader, HEADER_SIZE, HOST_CID, type PacketHeader, VSOCK_TYPE_STREAM } from "../../src/devices/virtio/vsock/packet.ts";
 import { Vsock, type VsockHost } from "../../src/devices/virtio/vsock/vsock.ts";
 import { GuestMemory, guestAddress as ga } from "../../src/memory/mod.ts";
-import { COMMON, VirtioPciDriver } from "./virtio_pci_driver.ts";
+import type { VirtioDevice } from "../../src/devices/virtio/virtio_device.ts";
+import { TestLoop } from "./vhost_user_driver.ts";
+import { COMMON, FakeLoop, VirtioPciDriver } from "./virtio_pci_driver.ts";
 
 const VERSION_1 = 1n << 32n;
 export const GUEST_CID = 3;
@@ -44,18 +46,22 @@ export class FakeHost implements VsockHost {
   }
 }
 
+/** Where the device under test lives: tsvm's Vsock on a fake host (the default), or any VirtioDevice on a real loop. */
+export type VsockDriverOptions = { readonly cid?: number; readonly rxBuffers?: number; readonly device?: VirtioDevice; readonly loop?: TestLoop };
+
 export class VsockDriver {
   readonly memory = GuestMemory.create([{ base: 0, size: 4 << 20 }]);
   readonly host = new FakeHost();
   readonly device: Vsock;
-  readonly pci: VirtioPciDriver;
+  readonly pci: VirtioPciDriver<FakeLoop | TestLoop>;
   #rxUsed = 0;
   #rxAvail = 0;
   #txAvail = 0;
 
-  constructor(cid = GUEST_CID, rxBuffers = 32) {
-    this.device = new Vsock(cid, this.host);
-    this.pci = new VirtioPciDriver(this.device, this.memory);
+  constructor(options: VsockDriverOptions = {}) {
+    this.device = new Vsock(options.cid ?? GUEST_CID, this.host);
+    this.pci = new VirtioPciDriver<FakeLoop | TestLoop>(options.device ?? this.device, this.memory, options.loop ?? new FakeLoop());
+    const rxBuffers = options.rxBuffers ?? 32;
     if (!this.pci.negotiate(VERSION_1)) throw new Error("features refused");
     for (const [i, r] of RINGS.entries()) this.pci.setupQueue(i, QSIZE, r.desc, r.avail, r.used);
     for (let i = 0; i < rxBuffers; i++) this.#postRx(i, RX_BUFFER_SIZE);
@@ -91,9 +97,14 @@ export class VsockDriver {
 
   /** Runs every ready handler of the device (kicks, host sockets, the timer) until none is ready. */
   pump(): void {
+    const loop = this.pci.loop;
+    if (loop instanceof TestLoop) {
+      loop.pump();
+      return;
+    }
     for (let round = 0; round < 1000; round++) {
       let ran = false;
-      for (const [fd, handler] of [...this.pci.loop.handlers]) {
+      for (const [fd, handler] of [...loop.handlers]) {
         if (socket.poll(fd, socket.POLLIN, 0) > 0) {
           handler();
           ran = true;

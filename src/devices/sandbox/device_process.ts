@@ -5,17 +5,20 @@
 // `tsvm devices` accepts front-ends on), 4 the control tube, 5.. the device's resources (disk image
 // and its backing chain, tap, output). The process reads its setup, builds its device, locks itself
 // down (an empty root, no capabilities, the VMM-compiled seccomp filter), says READY, then serves
-// vhost-user and the VMM's commands on one WaitContext until its VMM goes away.
+// vhost-user and the VMM's commands on one WaitContext until its VMM goes away. A vsock device's
+// host sockets come over the tube too: the VMM connects and accepts them for it.
 import { jail, socket, sys } from "../../../ffi/mod.ts";
 import { setLogLevel, log, type LogLevel } from "../../base/log.ts";
-import { describeError } from "../../base/result.ts";
+import { describeError, err, ok, type Result } from "../../base/result.ts";
+import { StreamSocket } from "../../base/stream_socket.ts";
 import { Tube } from "../../base/tube.ts";
 import { WaitContext } from "../../base/wait_context.ts";
 import { createDevice, type CreatedDevice } from "../create_device.ts";
 import { resourcesFromFds } from "../device_resources.ts";
 import { VhostUserBackend } from "../vhost_user/backend.ts";
 import type { DeviceEventLoop } from "../virtio/virtio_device.ts";
-import { decodeTubeMessage, encodeFailed, encodeReady, encodeReply } from "./messages.ts";
+import type { VsockHost } from "../virtio/vsock/vsock.ts";
+import { decodeTubeMessage, encodeFailed, encodeHostConnect, encodeReady, encodeReply } from "./messages.ts";
 
 const VHOST_USER_FD = 3;
 const TUBE_FD = 4;
@@ -28,6 +31,8 @@ const MAX_FDS = 256;
 const SETUP_TIMEOUT_MS = 30_000;
 const FALLOC_FL_KEEP_SIZE = 0x01;
 const FALLOC_FL_PUNCH_HOLE = 0x02;
+/** Host connections a vsock device waits for at once (its connection limit bounds them anyway). */
+const MAX_PENDING_HOST_CONNECTS = 256;
 
 /** Runs the device process; returns its exit code (it normally ends with its VMM). */
 export function runDeviceProcess(): number {
@@ -46,6 +51,17 @@ export function runDeviceProcess(): number {
 
   const wait = new WaitContext<() => void>();
   const loop: DeviceEventLoop = { watch: (fd, onReadable) => wait.add(fd, onReadable), unwatch: (fd) => wait.delete(fd) };
+  // A vsock device asks the VMM for host connections; the answers come back on the tube.
+  const pendingConnects = new Map<number, (socket: Result<StreamSocket>) => void>();
+  let nextConnectId = 1;
+  const vsockHost: VsockHost = {
+    connect: (port, done) => {
+      if (pendingConnects.size >= MAX_PENDING_HOST_CONNECTS) return done(err("too many host connections pending"));
+      const id = nextConnectId++;
+      pendingConnects.set(id, done);
+      tube.send(encodeHostConnect(id, port));
+    },
+  };
   let device: CreatedDevice;
   let backend: VhostUserBackend;
   try {
@@ -56,6 +72,7 @@ export function runDeviceProcess(): number {
     device = createDevice(setup.spec, resources.value, {
       entropy: sys.getrandom,
       punchHole: (fd, offset, length) => sys.fallocate(fd, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE, offset, length) === 0,
+      vsock: vsockHost,
     });
     backend = new VhostUserBackend(device, loop, {
       disconnected: (reason) => {
@@ -86,15 +103,38 @@ export function runDeviceProcess(): number {
     const m = tube.receive(0);
     if (m.kind === "closed") process.exit(0);
     if (m.kind !== "message") return;
-    for (const fd of m.fds) sys.close(fd);
     const message = decodeTubeMessage(m.bytes);
-    if (!message.ok || message.value.kind !== "command") {
-      log.warn(`${label}: malformed message from the VMM: ${message.ok ? message.value.kind : message.error}`);
+    const v = message.ok ? message.value : null;
+    // A host socket travels with exactly these messages; any other fd is closed unused.
+    const carriesSocket = v !== null && (v.kind === "host_connection" || (v.kind === "host_connected" && v.error === null));
+    const socketFd = carriesSocket && m.fds.length === 1 ? m.fds[0]! : -1;
+    for (const fd of m.fds) if (fd !== socketFd) sys.close(fd);
+    if (v === null || (carriesSocket && socketFd < 0)) {
+      log.warn(`${label}: malformed message from the VMM: ${message.ok ? `${message.value.kind} without its socket` : message.error}`);
       process.exit(5);
     }
-    const { id, command } = message.value;
-    const reply = device.control ? device.control(command) : { kind: "error" as const, message: `the ${label} device takes no commands` };
-    tube.send(encodeReply(id, reply));
+    switch (v.kind) {
+      case "command": {
+        const reply = device.control ? device.control(v.command) : { kind: "error" as const, message: `the ${label} device takes no commands` };
+        tube.send(encodeReply(v.id, reply));
+        return;
+      }
+      case "host_connection":
+        if (device.acceptHost) device.acceptHost(StreamSocket.adopt(socketFd), v.port);
+        else sys.close(socketFd);
+        return;
+      case "host_connected": {
+        const done = pendingConnects.get(v.id);
+        pendingConnects.delete(v.id);
+        const result: Result<StreamSocket> = v.error === null ? ok(StreamSocket.adopt(socketFd)) : err(v.error);
+        if (done) done(result);
+        else if (result.ok) result.value.close();
+        return;
+      }
+      default:
+        log.warn(`${label}: unexpected ${v.kind} message from the VMM`);
+        process.exit(5);
+    }
   });
   for (;;) {
     for (const { token } of wait.wait(-1)) {

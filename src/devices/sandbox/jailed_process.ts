@@ -10,10 +10,11 @@ import { jail, socket, sys } from "../../../ffi/mod.ts";
 import { ERRNO } from "../../base/errno.ts";
 import { log, sanitize } from "../../base/log.ts";
 import { describeError, err, ok, type Result } from "../../base/result.ts";
+import type { StreamSocket } from "../../base/stream_socket.ts";
 import { Tube } from "../../base/tube.ts";
 import type { DeviceEventLoop } from "../virtio/virtio_device.ts";
 import type { DeviceCommand, DeviceReply } from "../virtio/device_control.ts";
-import { decodeTubeMessage, type DeviceSetup, encodeCommand, encodeSetup } from "./messages.ts";
+import { decodeTubeMessage, type DeviceSetup, encodeCommand, encodeHostConnected, encodeHostConnection, encodeSetup } from "./messages.ts";
 
 /**
  * How long a device process may take to start and lock itself down (about 40 ms on a normal host).
@@ -36,6 +37,8 @@ const O_NONBLOCK = 0o4000;
 const JAIL_ID_FLOOR = 0x4000_0000;
 /** Device processes per VM with ids of their own (PCI bus 0 has 31 free slots). */
 const MAX_DEVICES_PER_VM = 32;
+/** Host connections a (vsock) device may ask for per second; more is a device flooding the VMM. */
+const MAX_HOST_CONNECTS_PER_SECOND = 1000;
 
 /**
  * Returns the host uid/gid pair a VM's device `index` runs as: a range chosen from the VMM's pid, so
@@ -59,6 +62,8 @@ export type JailedProcessOptions = {
   readonly onFailure: (message: string) => void;
   /** The program to run instead of `tsvm device` (tests play a hostile device with it). */
   readonly command?: readonly string[];
+  /** Connects a vsock device to the host program serving `port`; without it such a request breaks the protocol. */
+  readonly hostConnect?: (port: number) => Result<StreamSocket>;
 };
 
 type Pending = { readonly onReply: (reply: DeviceReply) => void; readonly deadline: number };
@@ -79,6 +84,8 @@ export class JailedProcess {
   #failing = false;
   #released = false;
   #logWindow = { start: 0, lines: 0, dropped: 0 };
+  #connectWindow = { start: 0, count: 0 };
+  readonly #hostConnect: ((port: number) => Result<StreamSocket>) | null;
   #logCarry = "";
 
   private constructor(label: string, pid: number, tube: Tube, stderr: number, options: JailedProcessOptions) {
@@ -88,6 +95,7 @@ export class JailedProcess {
     this.#stderr = stderr;
     this.#loop = options.loop;
     this.#onFailure = options.onFailure;
+    this.#hostConnect = options.hostConnect ?? null;
     this.#startDeadline = performance.now() + START_TIMEOUT_MS;
   }
 
@@ -194,6 +202,18 @@ export class JailedProcess {
     this.#release();
   }
 
+  /** Hands the device the socket of a host program asking for guest `port` (this process's copy is closed). */
+  sendHostConnection(host: StreamSocket, port: number): void {
+    if (this.#ended === null) {
+      try {
+        this.#tube.send(encodeHostConnection(port), [host.fd]);
+      } catch (e) {
+        this.#fail(`could not be sent a host connection: ${describeError(e)}`);
+      }
+    }
+    host.close();
+  }
+
   /** Ends the process for `what` it did: kill, reap, and report once. */
   fail(what: string): void {
     this.#fail(what);
@@ -231,6 +251,22 @@ export class JailedProcess {
         const p = this.#pending.get(v.id)!;
         this.#pending.delete(v.id);
         p.onReply(v.reply.kind === "error" ? { kind: "error", message: sanitize(v.reply.message) } : v.reply);
+      } else if (v.kind === "host_connect" && this.#ready && this.#hostConnect !== null) {
+        const now = performance.now();
+        if (now - this.#connectWindow.start > 1000) this.#connectWindow = { start: now, count: 0 };
+        if (++this.#connectWindow.count > MAX_HOST_CONNECTS_PER_SECOND) {
+          this.#fail(`asked for more than ${MAX_HOST_CONNECTS_PER_SECOND} host connections in a second`);
+          return;
+        }
+        const connected = this.#hostConnect(v.port);
+        try {
+          this.#tube.send(encodeHostConnected(v.id, connected.ok ? null : connected.error), connected.ok ? [connected.value.fd] : []);
+        } catch (e) {
+          this.#fail(`could not be sent a host connection: ${describeError(e)}`);
+        } finally {
+          if (connected.ok) connected.value.close();
+        }
+        if (this.#ended !== null) return;
       } else {
         this.#fail(`sent an unexpected ${v.kind} message`);
         return;

@@ -2,17 +2,23 @@
 //
 // The virtio side (queues, memory, interrupts, configuration) travels over vhost-user on its own
 // socket; this tube carries only what vhost-user has no words for: the setup before the jail, the
-// device's readiness, and the VMM's commands (balloon, disk, console input) with their replies.
+// device's readiness, the VMM's commands (balloon, disk, console input) with their replies, and for
+// vsock the host sockets the VMM opens for the device (it can open none itself).
 //
 //   VMM -> device:  SETUP (once)             COMMAND id, command
+//                   HOST_CONNECTION port + the socket of a host program asking for a guest port
+//                   HOST_CONNECTED id, error + on success the socket asked for
 //   device -> VMM:  READY | FAILED reason    REPLY id, reply
+//                   HOST_CONNECT id, port    (connect me to the host program serving this port)
 // Encoding: one kind byte, then ByteWriter fields. Decoding never throws (base/codec.ts).
 import { ByteReader, ByteWriter } from "../../base/codec.ts";
 import { err, type Result } from "../../base/result.ts";
 import type { DeviceSpec } from "../device_spec.ts";
 import type { BalloonStats, DeviceCommand, DeviceReply, VsockStats } from "../virtio/device_control.ts";
 
-export const TUBE_MESSAGE = { SETUP: 1, COMMAND: 2, READY: 0x81, FAILED: 0x82, REPLY: 0x83 } as const;
+export const TUBE_MESSAGE = {
+  SETUP: 1, COMMAND: 2, HOST_CONNECTION: 3, HOST_CONNECTED: 4, READY: 0x81, FAILED: 0x82, REPLY: 0x83, HOST_CONNECT: 0x84,
+} as const;
 
 /** What a device process is told before it locks itself down. */
 export type DeviceSetup = {
@@ -32,7 +38,10 @@ export type TubeMessage =
   | { readonly kind: "command"; readonly id: number; readonly command: DeviceCommand }
   | { readonly kind: "ready" }
   | { readonly kind: "failed"; readonly reason: string }
-  | { readonly kind: "reply"; readonly id: number; readonly reply: DeviceReply };
+  | { readonly kind: "reply"; readonly id: number; readonly reply: DeviceReply }
+  | { readonly kind: "host_connection"; readonly port: number }
+  | { readonly kind: "host_connected"; readonly id: number; readonly error: string | null }
+  | { readonly kind: "host_connect"; readonly id: number; readonly port: number };
 
 const COMMAND_KINDS = ["balloon_stats", "balloon_target", "console_input", "disk_resize", "flush", "vsock_stats"] as const;
 const REPLY_KINDS = ["balloon_stats", "console_accepted", "error", "ok", "vsock_stats"] as const;
@@ -55,6 +64,20 @@ export function encodeCommand(id: number, command: DeviceCommand): Uint8Array {
     default: break;
   }
   return w.done();
+}
+
+/** A host program asked for guest `port`; its socket travels with the message. */
+export function encodeHostConnection(port: number): Uint8Array {
+  return new ByteWriter().u8(TUBE_MESSAGE.HOST_CONNECTION).u32(port).done();
+}
+
+/** The answer to HOST_CONNECT `id`: null error means the socket travels with the message. */
+export function encodeHostConnected(id: number, error: string | null): Uint8Array {
+  return new ByteWriter().u8(TUBE_MESSAGE.HOST_CONNECTED).u32(id).u8(error === null ? 1 : 0).str(error ?? "").done();
+}
+
+export function encodeHostConnect(id: number, port: number): Uint8Array {
+  return new ByteWriter().u8(TUBE_MESSAGE.HOST_CONNECT).u32(id).u32(port).done();
 }
 
 export function encodeReady(): Uint8Array {
@@ -108,6 +131,19 @@ export function decodeTubeMessage(bytes: Uint8Array): Result<TubeMessage> {
       const id = r.u32();
       const command = decodeCommand(r);
       return r.finish({ kind: "command", id, command }, true);
+    }
+    case TUBE_MESSAGE.HOST_CONNECTION:
+      return r.finish({ kind: "host_connection", port: r.u32() }, true);
+    case TUBE_MESSAGE.HOST_CONNECTED: {
+      const id = r.u32();
+      const succeeded = r.u8() === 1;
+      const error = r.str();
+      return r.finish({ kind: "host_connected", id, error: succeeded ? null : error }, true);
+    }
+    case TUBE_MESSAGE.HOST_CONNECT: {
+      const id = r.u32();
+      const port = r.u32();
+      return r.finish({ kind: "host_connect", id, port }, true);
     }
     case TUBE_MESSAGE.READY:
       return r.finish({ kind: "ready" }, true);

@@ -6,6 +6,7 @@
 // (the driver reading its features, say) waits for it, within the start deadline.
 import { socket, sys } from "../../../ffi/mod.ts";
 import { err, ok, type Result } from "../../base/result.ts";
+import type { StreamSocket } from "../../base/stream_socket.ts";
 import type { DeviceResources } from "../device_resources.ts";
 import type { DeviceSpec } from "../device_spec.ts";
 import { resourceFds } from "../device_resources.ts";
@@ -28,6 +29,8 @@ export type SandboxOptions = {
   readonly onFailure: (message: string) => void;
   /** The program to run instead of `tsvm device` (tests that are not tsvm's main module). */
   readonly command?: readonly string[];
+  /** For vsock: connects the device to the host program serving a port (see JailedProcess). */
+  readonly hostConnect?: (port: number) => Result<StreamSocket>;
 };
 
 /** A virtio device served by a jailed device process. */
@@ -63,6 +66,7 @@ export class SandboxedDevice implements VirtioDevice {
       setup: { spec, logLevel: options.logLevel, filter: options.filter, listen: false, resourceFds: fds.length },
       vhostUserFd: theirs, resourceFds: fds, idBase: options.idBase, loop: options.loop, onFailure: options.onFailure,
       ...(options.command ? { command: options.command } : {}),
+      ...(options.hostConnect ? { hostConnect: options.hostConnect } : {}),
     });
     sys.close(theirs);
     if (!started.ok) {

@@ -26,6 +26,8 @@ export const DEVICE_TYPES = {
   balloon: { deviceType: VIRTIO_ID.BALLOON, queueMaxSizes: [128, 128, 128], configSize: 8, configFrom: "backend" },
   // tag[36], num_request_queues (virtio 1.2 §5.11.4): the front-end knows the tag; hiprio + one request queue
   fs: { deviceType: VIRTIO_ID.FS, queueMaxSizes: [1024, 1024], configSize: 40, configFrom: "frontend" },
+  // guest_cid (virtio 1.2 §5.10.4); rx, tx and event queues
+  vsock: { deviceType: VIRTIO_ID.VSOCK, queueMaxSizes: [256, 256, 256], configSize: 8, configFrom: "backend" },
 } as const satisfies Record<string, DeviceTypeInfo>;
 
 export type DeviceTypeName = keyof typeof DEVICE_TYPES;

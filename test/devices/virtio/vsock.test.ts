@@ -13,7 +13,7 @@ afterEach(() => {
 });
 
 function driver(rxBuffers?: number): VsockDriver {
-  const d = new VsockDriver(GUEST_CID, rxBuffers);
+  const d = new VsockDriver(rxBuffers === undefined ? {} : { rxBuffers });
   open.push(d);
   return d;
 }
