@@ -146,6 +146,32 @@ export class GuestMemory {
     return null;
   }
 
+  /**
+   * The guest's RAM as mappings of its memfd in this process, adjacent regions joined (a region is
+   * at most 4 GiB, but the kernel and vhost-user back-ends want as few entries as possible). Empty
+   * when the memory is not shareable (plain buffers).
+   */
+  hostMappings(): { guestBase: number; size: number; fd: number; fdOffset: number; hostAddress: number }[] {
+    const out: { guestBase: number; size: number; fd: number; fdOffset: number; hostAddress: number }[] = [];
+    for (const r of this.regions) {
+      if (r.fd < 0 || r.hostAddress === 0) return [];
+      const last = out[out.length - 1];
+      if (last && last.fd === r.fd && last.guestBase + last.size === r.guestBase && last.fdOffset + last.size === r.fdOffset &&
+        last.hostAddress + last.size === r.hostAddress) {
+        last.size += r.size;
+      } else {
+        out.push({ guestBase: r.guestBase, size: r.size, fd: r.fd, fdOffset: r.fdOffset, hostAddress: r.hostAddress });
+      }
+    }
+    return out;
+  }
+
+  /** This process's address of guest `address` (for the kernel or a back-end), or null outside shared RAM. */
+  hostAddressOf(address: GuestAddress): number | null {
+    const r = this.regionOf(address);
+    return r === null || r.hostAddress === 0 ? null : r.hostAddress + (address - r.guestBase);
+  }
+
   /** Returns whether [address, address + length) lies inside one region. */
   isValidRange(address: GuestAddress, length: number): boolean {
     return this.#locate(address, length) !== null;

@@ -28,7 +28,8 @@ import { attachLegacyDevices } from "./legacy_devices.ts";
 import { type InputSink, StdinPump } from "./stdin.ts";
 import { EXIT_CODE, startWorkers, Vcpus } from "./vcpus.ts";
 import { findVirtiofsd, startVirtiofsd } from "./virtiofsd.ts";
-import { attachInProcess, attachSandboxed, attachVhostUser, type DeviceContext, type VirtioHandle } from "./virtio_devices.ts";
+import { attachInProcess, attachInVmm, attachSandboxed, attachVhostUser, type DeviceContext, type VirtioHandle } from "./virtio_devices.ts";
+import { VhostVsock } from "../devices/virtio/vsock/vhost_vsock.ts";
 
 export { EXIT_CODE } from "./vcpus.ts";
 
@@ -43,6 +44,16 @@ const PCI_IO_END = 0x10000;
 
 /** A device spec with what it works on, opened before the VM is built. */
 type OpenedDevice = { readonly spec: DeviceSpec; readonly resources: DeviceResources };
+
+/** Everything opened from the user's names before the VM is built; runBuilt takes ownership. */
+type OpenedVm = {
+  readonly devices: OpenedDevice[];
+  /** Each device kind's compiled seccomp filter (sandboxed runs). */
+  readonly filters: ReadonlyMap<string, Uint8Array>;
+  readonly control: ControlServer | null;
+  /** The kernel's vhost-vsock (--cid), opened and holding the guest's CID. */
+  readonly vhostVsock: VhostVsock | null;
+};
 
 /** Runs the VM described by `config`; resolves to the process exit code. */
 export async function runVm(config: Config): Promise<number> {
@@ -63,11 +74,17 @@ async function openAndRun(config: Config, workers: readonly Worker[]): Promise<n
   const filters = config.sandbox ? compileFilters(config, specs) : new Map<string, Uint8Array>();
   const opened: OpenedDevice[] = [];
   let control: ControlServer | null = null;
+  let vhostVsock: VhostVsock | null = null;
   try {
     for (const spec of specs) {
       const resources = openResources(spec);
       if (!resources.ok) throw new ConfigError(describeOpenFailure(spec, resources.error));
       opened.push({ spec, resources: resources.value });
+    }
+    if (config.cid !== null) {
+      const device = VhostVsock.open(config.cid);
+      if (!device.ok) throw new ConfigError(device.error);
+      vhostVsock = device.value;
     }
     control = config.socket === null ? null : listenControl(config.socket);
     let built: BuiltVm;
@@ -80,13 +97,16 @@ async function openAndRun(config: Config, workers: readonly Worker[]): Promise<n
     }
     log.debug(`VM built at ${performance.now().toFixed(1)} ms`);
     try {
-      const handed = opened.splice(0); // the devices own their resources from here
-      return await runBuilt(config, built, workers, handed, filters, control);
+      // The devices own their resources from here.
+      const handed: OpenedVm = { devices: opened.splice(0), filters, control, vhostVsock };
+      vhostVsock = null;
+      return await runBuilt(config, built, workers, handed);
     } finally {
       built.close();
     }
   } finally {
     control?.close();
+    vhostVsock?.close();
     for (const o of opened) closeResources(o.resources);
   }
 }
@@ -135,10 +155,8 @@ function readUserFile(what: string, path: string): Uint8Array {
 }
 
 /** Puts the devices on the buses, starts the vCPUs and serves until the VM ends; returns the exit code. */
-async function runBuilt(
-  config: Config, built: BuiltVm, workers: readonly Worker[], opened: OpenedDevice[], filters: ReadonlyMap<string, Uint8Array>,
-  control: ControlServer | null,
-): Promise<number> {
+async function runBuilt(config: Config, built: BuiltVm, workers: readonly Worker[], opened: OpenedVm): Promise<number> {
+  const { filters, control } = opened;
   const cleanup: (() => void)[] = [];
   const loop = new ControlLoop();
   cleanup.push(() => loop.close());
@@ -160,7 +178,7 @@ async function runBuilt(
       for (const d of devices) d.close();
     });
     // Device processes start in parallel: each is spawned here and waited for on first use.
-    for (const [index, { spec, resources }] of opened.splice(0).entries()) {
+    for (const [index, { spec, resources }] of opened.devices.splice(0).entries()) {
       if (!config.sandbox) {
         devices.push(attachInProcess(ctx, spec, resources));
         continue;
@@ -178,6 +196,7 @@ async function runBuilt(
       if (!handle.ok) throw new ConfigError(handle.error);
       devices.push(handle.value);
     }
+    if (opened.vhostVsock) devices.push(attachInVmm(ctx, opened.vhostVsock, "vsock"));
     if (config.sharedDirs.length > 0) {
       const program = findVirtiofsd(config.virtiofsd);
       if (!program.ok) throw new ConfigError(program.error);

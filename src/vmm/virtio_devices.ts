@@ -104,6 +104,20 @@ export function attachInProcess(ctx: DeviceContext, spec: DeviceSpec, resources:
   };
 }
 
+/** A device the VMM serves itself that takes no commands (the kernel's vhost-vsock). */
+export function attachInVmm(ctx: DeviceContext, device: VirtioDevice & { close(): void; pause?(paused: boolean): void }, kind: string): VirtioHandle {
+  const pci = attach(ctx, device, ctx.loop);
+  return {
+    label: device.debugLabel, kind, pci, process: null, readsStdin: false,
+    command: (command, onReply) => onReply(unsupported(device.debugLabel, command)),
+    pause: (paused) => device.pause?.(paused),
+    close: () => {
+      pci.close();
+      device.close();
+    },
+  };
+}
+
 /** What a sandboxed device needs beside its spec and resources. */
 export type SandboxSettings = { readonly filter: Uint8Array; readonly logLevel: string; readonly index: number };
 

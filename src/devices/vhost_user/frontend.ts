@@ -9,8 +9,8 @@
 import { socket } from "../../../ffi/mod.ts";
 import { EventFd } from "../../base/event_fd.ts";
 import { err, ok, type Result } from "../../base/result.ts";
-import { guestAddressFromU64, type GuestMemory } from "../../memory/mod.ts";
-import type { Queue } from "../virtio/queue.ts";
+import type { GuestMemory } from "../../memory/mod.ts";
+import { ringHostAddresses, usedRingIndex } from "../virtio/queue.ts";
 import type { ActivateContext, DeviceEventLoop, VirtioDevice, VirtioWorker } from "../virtio/virtio_device.ts";
 import { hasFeature, VIRTIO_F } from "../virtio/virtio_device.ts";
 import { closeFds, describeConnectionError, VhostUserConnection } from "./connection.ts";
@@ -234,9 +234,9 @@ export class VhostUserFrontend implements VirtioDevice {
     if (!r.ok) return r;
     for (const [index, queue] of ctx.queues.entries()) {
       if (queue === null) continue;
-      const addresses = ringAddresses(ctx.memory, queue);
+      const addresses = ringHostAddresses(ctx.memory, queue);
       if (addresses === null) return err(`ring ${index} is not in memory the back-end can see`);
-      const base = resume ? usedIndex(ctx.memory, queue) : queue.nextAvail;
+      const base = resume ? usedRingIndex(ctx.memory, queue) : queue.nextAvail;
       if (base === null) return err(`ring ${index}'s used ring is not in guest memory`);
       const error = new EventFd();
       errors.push(error);
@@ -267,8 +267,8 @@ export class VhostUserFrontend implements VirtioDevice {
   }
 
   #setMemTable(memory: GuestMemory): Result<null> {
-    const regions = memory.regions.filter((region) => region.fd >= 0);
-    if (regions.length !== memory.regions.length) return err("guest memory is not shareable (no memfd)");
+    const regions = memory.hostMappings();
+    if (regions.length === 0) return err("guest memory is not shareable (no memfd)");
     if (regions.length > VHOST_USER_MAX_REGIONS) return err(`guest memory has ${regions.length} regions; vhost-user carries at most ${VHOST_USER_MAX_REGIONS}`);
     const payload = encodeMemoryTable(regions.map((region) => ({
       guestAddress: BigInt(region.guestBase), size: BigInt(region.size), userAddress: BigInt(region.hostAddress), mmapOffset: BigInt(region.fdOffset),
@@ -380,25 +380,4 @@ function request(connection: VhostUserConnection, requestId: number, payload: Ui
     return err(`${requestName(requestId)}: the back-end answered with ${requestName(reply.value.request)}`);
   }
   return ok(reply.value);
-}
-
-/** The index the device has reached in `queue`'s used ring, as the guest sees it (null outside RAM). */
-function usedIndex(memory: GuestMemory, queue: Queue): number | null {
-  const address = guestAddressFromU64(queue.config.device + 2n);
-  const bytes = address === null ? null : memory.slice(address, 2);
-  return bytes === null ? null : bytes[0]! | (bytes[1]! << 8);
-}
-
-/** The VMM's own addresses of a queue's rings (vhost-user's "user addresses"), or null outside shared RAM. */
-function ringAddresses(memory: GuestMemory, queue: Queue): { descriptor: bigint; available: bigint; used: bigint } | null {
-  const host = (address: bigint): bigint | null => {
-    const a = Number(address);
-    const region = memory.regionOf(a as never);
-    if (region === null || region.hostAddress === 0) return null;
-    return BigInt(region.hostAddress + (a - region.guestBase));
-  };
-  const descriptor = host(queue.config.desc);
-  const available = host(queue.config.driver);
-  const used = host(queue.config.device);
-  return descriptor === null || available === null || used === null ? null : { descriptor, available, used };
 }

@@ -250,3 +250,23 @@ export class Queue {
     return { head, readable, writable, readableLength, writableLength };
   }
 }
+
+/** The index the device has reached in `queue`'s used ring, as the guest sees it (null outside RAM). */
+export function usedRingIndex(memory: GuestMemory, queue: Queue): number | null {
+  const address = guestAddressFromU64(queue.config.device + 2n);
+  const bytes = address === null ? null : memory.slice(address, 2);
+  return bytes === null ? null : bytes[0]! | (bytes[1]! << 8);
+}
+
+/** The VMM's own addresses of a queue's rings (vhost's "user addresses"), or null outside shared RAM. */
+export function ringHostAddresses(memory: GuestMemory, queue: Queue): { descriptor: bigint; available: bigint; used: bigint } | null {
+  const host = (address: bigint): bigint | null => {
+    const guest = guestAddressFromU64(address);
+    const at = guest === null ? null : memory.hostAddressOf(guest);
+    return at === null ? null : BigInt(at);
+  };
+  const descriptor = host(queue.config.desc);
+  const available = host(queue.config.driver);
+  const used = host(queue.config.device);
+  return descriptor === null || available === null || used === null ? null : { descriptor, available, used };
+}
