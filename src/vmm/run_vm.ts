@@ -8,7 +8,7 @@ import { log, setLogLevel } from "../base/log.ts";
 import { describeError } from "../base/result.ts";
 import { buildVm, type BuiltVm } from "../arch/x86_64/build_vm.ts";
 import { KernelLoaderError } from "../arch/x86_64/kernel_image.ts";
-import { FOUR_GIB, PCI_MMIO_END, PCI_MMIO_START } from "../arch/x86_64/layout.ts";
+import { pciWindows } from "../arch/x86_64/layout.ts";
 import { type Config, ConfigError, fsConfig, kernelCmdline, virtioDeviceSpecs } from "../config.ts";
 import { Bus } from "../devices/bus.ts";
 import { closeResources, type DeviceResources, openResources } from "../devices/device_resources.ts";
@@ -35,12 +35,6 @@ export { EXIT_CODE } from "./vcpus.ts";
 
 const SIGINT = 2;
 const SIGTERM = 15;
-const GIB = 1024 * 1024 * 1024;
-/** 64-bit BARs go in a 64 GiB window from the first GiB boundary above RAM and 4 GiB. */
-const PCI_MMIO64_SIZE = 64 * GIB;
-/** I/O port window for I/O BARs, above the legacy ISA ports. */
-const PCI_IO_START = 0xc000;
-const PCI_IO_END = 0x10000;
 
 /** A device spec with what it works on, opened before the VM is built. */
 type OpenedDevice = { readonly spec: DeviceSpec; readonly resources: DeviceResources };
@@ -245,12 +239,11 @@ async function runBuilt(config: Config, built: BuiltVm, workers: readonly Worker
 }
 
 function createPciRoot(buses: Record<AddressSpace, Bus>, built: BuiltVm): PciRoot {
-  const highStart = Math.max(FOUR_GIB, built.memory.end);
-  const mmio64Start = Math.ceil(highStart / GIB) * GIB;
+  const w = pciWindows(built.memory.end); // the windows the ACPI tables describe
   return new PciRoot(buses, {
-    mmio32: new AddressAllocator(PCI_MMIO_START, PCI_MMIO_END),
-    mmio64: new AddressAllocator(mmio64Start, mmio64Start + PCI_MMIO64_SIZE),
-    io: new AddressAllocator(PCI_IO_START, PCI_IO_END),
+    mmio32: new AddressAllocator(...w.mmio32),
+    mmio64: new AddressAllocator(...w.mmio64),
+    io: new AddressAllocator(...w.io),
   });
 }
 

@@ -1,8 +1,10 @@
-// acpi.ts - the ACPI tables that tell the guest its CPUs and interrupt controllers (ACPI 6.x):
-// RSDP -> XSDT -> FADT (hardware-reduced, with a DSDT) and MADT. Kernels built without MP-table
-// support (Debian's cloud kernel, say) find their CPUs only here.
-import { IOAPIC_ADDRESS, LAPIC_ADDRESS } from "./layout.ts";
-import { checksum } from "./mptable.ts";
+// acpi.ts - the ACPI tables that tell the guest its CPUs, interrupt controllers and PCI root (ACPI
+// 6.x): RSDP -> XSDT -> FADT (hardware-reduced, with a DSDT) and MADT. Kernels built without
+// MP-table support (Debian's cloud kernel, say) find their CPUs only here, and a kernel that uses
+// ACPI finds PCI only through the DSDT's host bridge: without it Linux scans no PCI bus at all.
+import { device, dwordAddress, eisaId, integer, ioPorts, name, pkg, qwordAddress, resourceTemplate, scope, wordAddress } from "./aml.ts";
+import { IOAPIC_ADDRESS, LAPIC_ADDRESS, type PciWindows } from "./layout.ts";
+import { checksum, PCI_SLOTS, pciSlotPin } from "./mptable.ts";
 
 const HEADER_SIZE = 36;
 const RSDP_SIZE = 36;
@@ -74,9 +76,44 @@ function fadt(dsdt: number): Uint8Array {
   return finish(t, "FACP", 6);
 }
 
-/** Builds the tables for `cpus` CPUs to be placed at `address` (16-byte aligned, below 1 MiB). */
-export function buildAcpiTables(address: number, cpus: number): AcpiTables {
-  const dsdt = finish(new Uint8Array(HEADER_SIZE), "DSDT", 2); // no devices to describe yet
+/** PCI configuration mechanism #1: the address and data ports (0xcf8-0xcff). */
+const PCI_CONFIG_PORTS = 0xcf8;
+
+/**
+ * The DSDT: \_SB.PCI0, the PCI host bridge (bus 0 only), with the windows tsvm places BARs in and
+ * the INTA# of each slot wired as the MP table says (_PRT: slot, pin, no link device, GSI).
+ */
+export function dsdt(pci: PciWindows): Uint8Array {
+  const routing = Array.from({ length: PCI_SLOTS }, (_, i) => {
+    const slot = i + 1;
+    return pkg([integer((slot << 16) | 0xffff), integer(0), integer(0), integer(pciSlotPin(slot))]);
+  });
+  const hostBridge = device("PCI0", [
+    name("_HID", eisaId("PNP0A03")),
+    name("_ADR", integer(0)),
+    name("_SEG", integer(0)),
+    name("_UID", integer(0)),
+    name("_BBN", integer(0)),
+    name("_CRS", resourceTemplate([
+      wordAddress({ type: "bus", min: 0, max: 0 }),
+      ioPorts(PCI_CONFIG_PORTS, 8),
+      // Every port but the configuration ports goes to the bus (the ISA devices answer their own).
+      wordAddress({ type: "io", min: 0, max: PCI_CONFIG_PORTS - 1 }),
+      wordAddress({ type: "io", min: 0xd00, max: pci.io[1] - 1 }),
+      dwordAddress({ type: "memory", min: pci.mmio32[0], max: pci.mmio32[1] - 1 }),
+      qwordAddress({ type: "memory", min: pci.mmio64[0], max: pci.mmio64[1] - 1 }),
+    ])),
+    name("_PRT", pkg(routing)),
+  ]);
+  const body = scope("\\_SB_", [hostBridge]);
+  const table = new Uint8Array(HEADER_SIZE + body.byteLength);
+  table.set(body, HEADER_SIZE);
+  return finish(table, "DSDT", 2);
+}
+
+/** Builds the tables for `cpus` CPUs and the PCI windows `pci`, to be placed at `address` (16-byte aligned, below 1 MiB). */
+export function buildAcpiTables(address: number, cpus: number, pci: PciWindows): AcpiTables {
+  const dsdtTable = dsdt(pci);
   const layout: [string, Uint8Array][] = [];
   const align = (n: number): number => Math.ceil(n / 16) * 16;
   let at = address + align(RSDP_SIZE);
@@ -86,7 +123,7 @@ export function buildAcpiTables(address: number, cpus: number): AcpiTables {
     at = align(at + table.byteLength);
     return where;
   };
-  const dsdtAddress = place("DSDT", dsdt);
+  const dsdtAddress = place("DSDT", dsdtTable);
   const fadtAddress = place("FACP", fadt(dsdtAddress));
   const madtAddress = place("APIC", madt(cpus));
   const xsdt = new Uint8Array(HEADER_SIZE + 2 * 8);

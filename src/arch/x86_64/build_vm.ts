@@ -11,7 +11,7 @@ import { buildE820, type E820Entry } from "./e820.ts";
 import { type LoadedKernel } from "./kernel_image.ts";
 import { loadInitrd, loadKernel } from "./kernel_loader.ts";
 import {
-  ACPI_ADDRESS, CMDLINE_ADDRESS, EBDA_START, IDENTITY_MAP_ADDRESS, lowMemoryEnd, memoryRegions, TSS_ADDRESS, ZERO_PAGE_ADDRESS,
+  ACPI_ADDRESS, CMDLINE_ADDRESS, EBDA_START, IDENTITY_MAP_ADDRESS, lowMemoryEnd, memoryRegions, pciWindows, TSS_ADDRESS, ZERO_PAGE_ADDRESS,
 } from "./layout.ts";
 import { buildMptable } from "./mptable.ts";
 import { writeIdentityPageTables } from "./page_tables.ts";
@@ -63,7 +63,7 @@ export function buildVm(openKvm: () => Kvm, spec: VmSpec): BuiltVm {
       acpiRsdp: ACPI_ADDRESS,
     }));
     memory.write(EBDA_START, buildMptable(EBDA_START, spec.cpus));
-    memory.write(ACPI_ADDRESS, buildAcpiTables(ACPI_ADDRESS, spec.cpus).bytes);
+    memory.write(ACPI_ADDRESS, buildAcpiTables(ACPI_ADDRESS, spec.cpus, pciWindows(memory.end)).bytes);
     const cr3 = writeIdentityPageTables(memory);
     writeGdt(memory);
 

@@ -36,6 +36,25 @@ export const TSS_RESERVED_END = 0xfffc_0000;
 /** 32-bit PCI MMIO window handed out to BARs (up to the IOAPIC). */
 export const PCI_MMIO_START = MMIO_HOLE_START;
 export const PCI_MMIO_END = IOAPIC_ADDRESS;
+/** I/O port window for I/O BARs, above the legacy ISA ports. */
+export const PCI_IO_START = 0xc000;
+export const PCI_IO_END = 0x1_0000;
+const GIB = 1024 * 1024 * 1024;
+/** 64-bit BARs go in a 64 GiB window from the first GiB boundary above RAM and 4 GiB. */
+const PCI_MMIO64_SIZE = 64 * GIB;
+
+/** The windows PCI BARs are placed in ([start, end)), the same in the PCI root and the ACPI tables. */
+export type PciWindows = {
+  readonly io: readonly [number, number];
+  readonly mmio32: readonly [number, number];
+  readonly mmio64: readonly [number, number];
+};
+
+/** The PCI windows of a guest whose RAM ends at `memoryEnd`. */
+export function pciWindows(memoryEnd: number): PciWindows {
+  const mmio64Start = Math.ceil(Math.max(FOUR_GIB, memoryEnd) / GIB) * GIB;
+  return { io: [PCI_IO_START, PCI_IO_END], mmio32: [PCI_MMIO_START, PCI_MMIO_END], mmio64: [mmio64Start, mmio64Start + PCI_MMIO64_SIZE] };
+}
 
 /** The smallest guest that tsvm builds: room for the boot structures and a small kernel. */
 export const MIN_MEMORY_SIZE = 16 * 1024 * 1024;

@@ -27,7 +27,7 @@ const CPU_FEATURES = 0x201;
 const MP_BUS_PCI = 0;
 const MP_BUS_ISA = 1;
 /** PCI slots 1-31 have their INTA# routed (slot 0 is the host bridge, which has none). */
-const PCI_SLOTS = 31;
+export const PCI_SLOTS = 31;
 /** INTx flags: level triggered (3 << 2), active low (3), as PCI interrupts are. */
 const PCI_INTX_FLAGS = 0x0f;
 

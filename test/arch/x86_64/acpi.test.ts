@@ -1,11 +1,19 @@
 import { describe, expect, test } from "bun:test";
+import { readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
 import { buildAcpiTables } from "../../../src/arch/x86_64/acpi.ts";
+import { pciWindows } from "../../../src/arch/x86_64/layout.ts";
+import { pciSlotPin } from "../../../src/arch/x86_64/mptable.ts";
+import { tempDir } from "../../support/tsvm.ts";
+
+const IASL = Bun.which("iasl");
+if (!IASL) console.warn("tsvm tests: no iasl (Debian acpica-tools); the DSDT disassembly test is skipped");
 
 const ADDRESS = 0xe0000;
 const sum = (b: Uint8Array): number => b.reduce((s, x) => (s + x) & 0xff, 0);
 
 describe("buildAcpiTables", () => {
-  const acpi = buildAcpiTables(ADDRESS, 3);
+  const acpi = buildAcpiTables(ADDRESS, 3, pciWindows(6 * 1024 ** 3));
   const table = (name: string): Uint8Array => {
     const at = acpi.tables[name]! - ADDRESS;
     const length = new DataView(acpi.bytes.buffer).getUint32(at + 4, true);
@@ -42,5 +50,27 @@ describe("buildAcpiTables", () => {
 
   test("everything fits below 1 MiB", () => {
     expect(ADDRESS + acpi.bytes.byteLength).toBeLessThan(0x100000);
+  });
+
+  // ACPICA's own disassembler reads the DSDT back: the encoding is ACPI's, not just ours.
+  test.skipIf(!IASL)("iasl disassembles the DSDT to the PCI host bridge, its windows and its slot routing", () => {
+    const dir = tempDir();
+    writeFileSync(join(dir, "dsdt.dat"), table("DSDT"));
+    const run = Bun.spawnSync([IASL!, "-d", join(dir, "dsdt.dat")], { cwd: dir, stdout: "pipe", stderr: "pipe" });
+    expect(run.exitCode).toBe(0);
+    const asl = readFileSync(join(dir, "dsdt.dsl"), "utf8");
+    expect(asl).toContain("Device (PCI0)");
+    expect(asl).toContain('Name (_HID, EisaId ("PNP0A03")');
+    for (const field of ["_ADR", "_SEG", "_UID", "_BBN"]) expect(asl).toMatch(new RegExp(`Name \\(${field}, Zero\\)`));
+    const compact = asl.replace(/\/\/.*$/gm, "").replace(/\s+/g, " ").replace(/ ,/g, ",");
+    expect(compact).toContain("WordBusNumber (ResourceProducer, MinFixed, MaxFixed, PosDecode, 0x0000, 0x0000, 0x0000, 0x0000, 0x0001,");
+    expect(compact).toContain("IO (Decode16, 0x0CF8, 0x0CF8, 0x01, 0x08, )");
+    expect(compact).toContain("0x0000, 0x0D00, 0xFFFF, 0x0000, 0xF300,");
+    expect(compact).toContain("0x00000000, 0xD0000000, 0xFEBFFFFF, 0x00000000, 0x2EC00000,");
+    // RAM ending at 6 GiB puts the 64 GiB window for 64-bit BARs at [6 GiB, 70 GiB).
+    expect(compact).toContain("NonCacheable, ReadWrite, 0x0000000000000000, 0x0000000180000000, 0x000000117FFFFFFF, 0x0000000000000000, 0x0000001000000000,");
+    for (const slot of [1, 2, 31]) {
+      expect(compact).toMatch(new RegExp(`Package \\(0x04\\) \\{ 0x${((slot << 16) | 0xffff).toString(16).toUpperCase().padStart(8, "0")}, Zero, Zero, 0x${pciSlotPin(slot).toString(16).toUpperCase().padStart(2, "0")} \\}`));
+    }
   });
 });
