@@ -10,12 +10,12 @@ const TIMEOUT = 60_000 * TIME_SCALE;
 describe.skipIf(!HAS_KVM)("booting the test guest", () => {
   test("the built-in guest passes its checks on 1 vCPU and resets to exit 0", async () => {
     const r = await runTsvm(["run"]);
+    expect([r.code, r.stderr]).toEqual([0, ""]);
     expect(r.stdout).toContain("booted by the Linux 64-bit boot protocol");
     for (const check of ["zero-page", "e820", "serial", "cmos", "i8042", "mptable", "acpi", "pci", "virtio-rng", "virtio-balloon"]) {
       expect(r.stdout).toContain(`ok   ${check}:`);
     }
     expect(r.stdout).toMatch(/tsvm-guest: \d+ passed, 0 failed/);
-    expect([r.code, r.stderr]).toEqual([0, ""]);
   }, TIMEOUT);
 
   test("an explicit ELF with -c 2 -m 256 -p, run from /, sees 2 CPUs, its command line and its RAM", async () => {
@@ -73,7 +73,10 @@ describe.skipIf(!HAS_KVM)("booting the test guest", () => {
     const r = await runTsvm(["run", "-p", "tsvm.fault=triple"]);
     expect(r.stderr).toMatch(/vCPU 0 stopped: KVM_EXIT_(SHUTDOWN \(triple fault\)|INTERNAL_ERROR)/);
     expect(r.stderr).toMatch(/RIP=[0-9a-f]{16}/);
-    expect(r.stderr).toMatch(/CR0=[0-9a-f]+ CR2=[0-9a-f]+ CR3=0000000000009000/);
+    // Intel's KVM reports the registers of the moment the guest triple-faulted (its page tables at
+    // 0x9000); AMD's reinitializes the VMCB on a shutdown, so there they read as after a reset.
+    const amd = /^vendor_id\s*:\s*AuthenticAMD/m.test(readFileSync("/proc/cpuinfo", "utf8"));
+    expect(r.stderr).toMatch(amd ? /CR0=[0-9a-f]+ CR2=[0-9a-f]+ CR3=[0-9a-f]{16}/ : /CR0=[0-9a-f]+ CR2=[0-9a-f]+ CR3=0000000000009000/);
     expect(r.stderr).toContain("EFER=");
     expect(r.code).toBe(1);
   }, TIMEOUT);

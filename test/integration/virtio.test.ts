@@ -65,7 +65,7 @@ describe.skipIf(!HAS_KVM)("virtio devices under the test guest", () => {
       sh("ip", "netns", "exec", ns, "ip", "tuntap", "add", "dev", "tap0", "mode", "tap");
       sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1");
       sh("ip", "netns", "exec", ns, "ip", "link", "set", "tap0", "up");
-      const peer = Bun.spawn(["ip", "netns", "exec", ns, "python3", join(import.meta.dir, "../support/net_peer.py"), "tap0"], { stdout: "pipe" });
+      const peer = Bun.spawn(["ip", "netns", "exec", ns, "python3", join(import.meta.dir, "../support/net_peer.py"), "tap0", String(30 * TIME_SCALE)], { stdout: "pipe" });
       // Start the VM only once the peer listens, so the guest's frame is not sent into the void.
       const decoder = new TextDecoder();
       const chunks = (peer.stdout as ReadableStream<Uint8Array>).getReader();
@@ -83,7 +83,7 @@ describe.skipIf(!HAS_KVM)("virtio devices under the test guest", () => {
         }
       })();
       const vm = Bun.spawn(["ip", "netns", "exec", ns, ...tsvmCommand(), "run", "-p", "tsvm.net_rx=1", "--net", "tap-name=tap0,mac=52:54:00:12:34:56"], { stdout: "pipe", stderr: "pipe", stdin: "ignore" });
-      const timer = setTimeout(() => vm.kill("SIGKILL"), 60_000);
+      const timer = setTimeout(() => vm.kill("SIGKILL"), 60_000 * TIME_SCALE);
       const out = await new Response(vm.stdout).text();
       await vm.exited;
       clearTimeout(timer);
