@@ -106,6 +106,8 @@ export async function main(argv: readonly string[]): Promise<number> {
       (args) => { code = control(args.socket, { kind: "balloon", bytes: byteSize("SIZE", args.size) }); })
     .command("balloon_stats <socket>", "Print the balloon's size and the guest's memory statistics as JSON", (y) => socketArg(y),
       (args) => { code = control(args.socket, { kind: "balloon_stats" }); })
+    .command("vsock_stats <socket>", "Print the vsock device's connections and byte counts as JSON", (y) => socketArg(y),
+      (args) => { code = control(args.socket, { kind: "vsock_stats" }); })
     .command("disk <action> <index> <size> <socket>", "Resize disk INDEX (0-based) to SIZE: tsvm disk resize INDEX SIZE SOCKET",
       (y) => socketArg(y)
         .positional("action", { type: "string", choices: ["resize"], demandOption: true })
@@ -215,7 +217,7 @@ function control(path: string, request: VmRequest): number {
       log.error(`${request.kind}: ${reply.message}`);
       return 1;
     }
-    if (reply.kind === "balloon_stats") console.log(reply.json);
+    if (reply.kind === "balloon_stats" || reply.kind === "vsock_stats") console.log(reply.json);
     return 0;
   } catch (e) {
     if (e instanceof ControlError) {

@@ -15,15 +15,17 @@ export type VmRequest =
   | { readonly kind: "resume" }
   | { readonly kind: "balloon"; readonly bytes: number }
   | { readonly kind: "balloon_stats" }
-  | { readonly kind: "disk_resize"; readonly index: number; readonly bytes: number };
+  | { readonly kind: "disk_resize"; readonly index: number; readonly bytes: number }
+  | { readonly kind: "vsock_stats" };
 
 export type VmResponse =
   | { readonly kind: "ok" }
   | { readonly kind: "error"; readonly message: string }
-  | { readonly kind: "balloon_stats"; readonly json: string };
+  | { readonly kind: "balloon_stats"; readonly json: string }
+  | { readonly kind: "vsock_stats"; readonly json: string };
 
-const REQUEST_KINDS = ["stop", "suspend", "resume", "balloon", "balloon_stats", "disk_resize"] as const;
-const RESPONSE_KINDS = ["ok", "error", "balloon_stats"] as const;
+const REQUEST_KINDS = ["stop", "suspend", "resume", "balloon", "balloon_stats", "disk_resize", "vsock_stats"] as const;
+const RESPONSE_KINDS = ["ok", "error", "balloon_stats", "vsock_stats"] as const;
 const RESPONSE_BASE = 0x80;
 
 function header(kind: number): ByteWriter {
@@ -58,6 +60,7 @@ export function decodeRequest(bytes: Uint8Array): Result<VmRequest> {
     case "suspend":
     case "resume":
     case "balloon_stats":
+    case "vsock_stats":
       return r.finish({ kind }, true);
     case "balloon":
       return r.finish({ kind, bytes: r.u64() }, true);
@@ -73,7 +76,7 @@ export function decodeRequest(bytes: Uint8Array): Result<VmRequest> {
 export function encodeResponse(r: VmResponse): Uint8Array {
   const w = header(RESPONSE_BASE + RESPONSE_KINDS.indexOf(r.kind));
   if (r.kind === "error") w.str(r.message);
-  if (r.kind === "balloon_stats") w.str(r.json);
+  if (r.kind === "balloon_stats" || r.kind === "vsock_stats") w.str(r.json);
   return w.done();
 }
 
@@ -88,6 +91,7 @@ export function decodeResponse(bytes: Uint8Array): Result<VmResponse> {
     case "error":
       return r.finish({ kind, message: r.str() }, true);
     case "balloon_stats":
+    case "vsock_stats":
       return r.finish({ kind, json: r.str() }, true);
     default:
       return err(`unknown response kind ${code}`);

@@ -46,7 +46,7 @@ export class ControlRequests {
   }
 
   #handle(request: VmRequest, respond: (response: VmResponse) => void): void {
-    const needsRunning = request.kind === "balloon" || request.kind === "balloon_stats" || request.kind === "disk_resize";
+    const needsRunning = request.kind === "balloon" || request.kind === "balloon_stats" || request.kind === "disk_resize" || request.kind === "vsock_stats";
     if (needsRunning && this.#suspended) return respond({ kind: "error", message: "the VM is suspended; resume it first" });
     switch (request.kind) {
       case "stop":
@@ -74,6 +74,18 @@ export class ControlRequests {
           if (reply.kind !== "balloon_stats") return respond(plain(reply));
           const s = reply.stats;
           respond({ kind: "balloon_stats", json: JSON.stringify({ target_bytes: s.target * BALLOON_PAGE_SIZE, actual_bytes: s.actual * BALLOON_PAGE_SIZE, stats: s.stats }) });
+        });
+      }
+      case "vsock_stats": {
+        const vsock = this.#t.devices.find((d) => d.kind === "vsock");
+        if (!vsock) return respond({ kind: "error", message: "this VM has no vsock device (--vsock cid=N,uds=PATH)" });
+        return vsock.command({ kind: "vsock_stats" }, (reply) => {
+          if (reply.kind !== "vsock_stats") return respond(plain(reply));
+          const s = reply.stats;
+          respond({ kind: "vsock_stats", json: JSON.stringify({
+            cid: s.cid, connections: s.connections, host_initiated: s.hostInitiated, guest_initiated: s.guestInitiated,
+            refused: s.refused, resets: s.resets, malformed_packets: s.malformed, bytes_to_guest: s.bytesToGuest, bytes_from_guest: s.bytesFromGuest,
+          }) });
         });
       }
       case "disk_resize": {

@@ -325,6 +325,7 @@ void guest_main(const uint8_t *zero_page, const uint8_t *pvh_start_info)
 	hostile_bars_mode = option_is("tsvm.hostile", "bars");
 	console_rx_mode = option_is("tsvm.console_rx", "1");
 	net_rx_mode = option_is("tsvm.net_rx", "1");
+	vsock_mode = option_is("tsvm.vsock", "1");
 	check_pci();
 	check_virtio();
 	if (mp_cpus > 1) check_smp();

@@ -50,4 +50,5 @@ extern int hostile_mode;
 extern int hostile_bars_mode;
 extern int console_rx_mode;
 extern int net_rx_mode;
+extern int vsock_mode;
 #endif

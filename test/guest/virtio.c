@@ -765,6 +765,188 @@ static void check_fs(void)
 	mmio_write8(d.common + STATUS, 0);
 }
 
+
+/* ---- virtio-vsock (virtio 1.2 §5.10): stream sockets to the host (CID 2) ---- */
+#define VSOCK_OP_REQUEST 1
+#define VSOCK_OP_RESPONSE 2
+#define VSOCK_OP_RST 3
+#define VSOCK_OP_SHUTDOWN 4
+#define VSOCK_OP_RW 5
+#define VSOCK_OP_CREDIT_UPDATE 6
+#define VSOCK_OP_CREDIT_REQUEST 7
+#define VSOCK_HOST_CID 2
+#define VSOCK_RX_SIZE 4096
+/* what the guest can hold for a connection: small, so the host must wait for credit updates */
+#define VSOCK_GUEST_BUF 16384
+#define VSOCK_ECHO_PORT 1234
+#define VSOCK_HOST_PORT 5000
+#define VSOCK_DEAD_PORT 5001
+#define VSOCK_TRANSFER (1024 * 1024)
+
+struct vsock_hdr {
+	uint64_t src_cid, dst_cid;
+	uint32_t src_port, dst_port, len;
+	uint16_t type, op;
+	uint32_t flags, buf_alloc, fwd_cnt;
+} __attribute__((packed));
+
+static struct vq vs_rx, vs_tx, vs_ev;
+static uint8_t vs_rxbuf[QSIZE][VSOCK_RX_SIZE] __attribute__((aligned(16)));
+static struct { struct vsock_hdr h; uint8_t data[VSOCK_RX_SIZE - sizeof(struct vsock_hdr)]; } __attribute__((packed)) vs_txbuf;
+static uint8_t vs_evbuf[QSIZE][8];
+static uint64_t vs_cid;
+/* one connection at a time: the host's credit, and what the guest has received and consumed */
+static struct { uint32_t local_port, peer_port, peer_buf, peer_fwd, tx_cnt, fwd_cnt; } vs_conn;
+int vsock_mode;
+
+/* The byte at `offset` of the 1 MiB the guest sends (the host test computes the same). */
+static uint8_t vsock_pattern(uint32_t offset) { return (uint8_t)(offset * 7 + (offset >> 11)); }
+
+static void vs_post_rx(uint16_t i)
+{
+	vs_rx.desc[i] = (struct desc){ (uint64_t)(uintptr_t)vs_rxbuf[i], VSOCK_RX_SIZE, DESC_F_WRITE, 0 };
+	submit(&vs_rx, i);
+}
+
+/* Sends one packet on the current connection and waits for the device to take it. */
+static int vs_send(uint16_t op, uint32_t flags, const uint8_t *data, uint32_t len)
+{
+	vs_txbuf.h = (struct vsock_hdr){ vs_cid, VSOCK_HOST_CID, vs_conn.local_port, vs_conn.peer_port, len, 1, op, flags,
+	                                 VSOCK_GUEST_BUF, vs_conn.fwd_cnt };
+	if (len) memcpy(vs_txbuf.data, data, len);
+	vs_tx.desc[0] = (struct desc){ (uint64_t)(uintptr_t)&vs_txbuf, (uint32_t)sizeof(struct vsock_hdr) + len, 0, 0 };
+	uint32_t before = irq_counts[6];
+	submit(&vs_tx, 0);
+	if (wait_used(&vs_tx, 6, before) < 0) return 0;
+	if (op == VSOCK_OP_RW) vs_conn.tx_cnt += len;
+	return 1;
+}
+
+struct rx_wait { uint16_t last; };
+static int vs_rx_ready(const void *arg) { (void)arg; return *(volatile uint16_t *)&vs_rx.used.idx != vs_rx.last_used; }
+
+/* Receives the next packet into *h and data (up to VSOCK_RX_SIZE); waits up to `seconds`. Returns the payload length or -1. */
+static int64_t vs_recv(struct vsock_hdr *h, uint8_t *data, unsigned seconds)
+{
+	for (unsigned s = 0; s < seconds && !vs_rx_ready(0); s += 3) wait_until(vs_rx_ready, 0);
+	if (!vs_rx_ready(0)) return -1;
+	uint32_t id = vs_rx.used.ring[vs_rx.last_used % QSIZE].id, len = vs_rx.used.ring[vs_rx.last_used % QSIZE].len;
+	vs_rx.last_used++;
+	if (id >= QSIZE || len < sizeof(struct vsock_hdr)) return -1;
+	memcpy(h, vs_rxbuf[id], sizeof(*h));
+	uint32_t n = len - (uint32_t)sizeof(struct vsock_hdr);
+	if (n > h->len) n = h->len;
+	if (data && n) memcpy(data, vs_rxbuf[id] + sizeof(struct vsock_hdr), n);
+	vs_post_rx((uint16_t)id);
+	if (h->src_cid == VSOCK_HOST_CID && h->dst_port == vs_conn.local_port && h->src_port == vs_conn.peer_port) {
+		vs_conn.peer_buf = h->buf_alloc;
+		vs_conn.peer_fwd = h->fwd_cnt;
+	}
+	return n;
+}
+
+static uint8_t vs_data[VSOCK_RX_SIZE];
+
+/* Host -> guest: waits for a host program's request on VSOCK_ECHO_PORT, accepts it and echoes one message. */
+static int vsock_echo(void)
+{
+	struct vsock_hdr h;
+	puts_("     virtio-vsock listening on port 1234\n");
+	for (;;) {
+		int64_t n = vs_recv(&h, 0, 60);
+		if (n < 0) { puts_("     virtio-vsock: no connection request from the host\n"); return 0; }
+		if (h.op == VSOCK_OP_REQUEST && h.dst_port == VSOCK_ECHO_PORT) break;
+	}
+	vs_conn = (typeof(vs_conn)){ VSOCK_ECHO_PORT, h.src_port, h.buf_alloc, h.fwd_cnt, 0, 0 };
+	if (!vs_send(VSOCK_OP_RESPONSE, 0, 0, 0)) return 0;
+	for (;;) {
+		int64_t n = vs_recv(&h, vs_data, 30);
+		if (n < 0) return 0;
+		if (h.op != VSOCK_OP_RW || h.dst_port != VSOCK_ECHO_PORT) continue;
+		vs_conn.fwd_cnt += (uint32_t)n;
+		puts_("     virtio-vsock echoing "); putu((uint64_t)n); puts_(" bytes\n");
+		return vs_send(VSOCK_OP_RW, 0, vs_data, (uint32_t)n);
+	}
+}
+
+/* Guest -> host: connects to VSOCK_HOST_PORT, sends 1 MiB within the host's credit, then reads 1 MiB back. */
+static int vsock_transfer(void)
+{
+	struct vsock_hdr h;
+	vs_conn = (typeof(vs_conn)){ 40000, VSOCK_HOST_PORT, 0, 0, 0, 0 };
+	if (!vs_send(VSOCK_OP_REQUEST, 0, 0, 0)) return 0;
+	if (vs_recv(&h, 0, 30) < 0 || h.op != VSOCK_OP_RESPONSE) { puts_("     virtio-vsock: the host refused port 5000\n"); return 0; }
+	uint32_t sent = 0, waits = 0;
+	while (sent < VSOCK_TRANSFER) {
+		uint32_t credit = vs_conn.peer_buf - (vs_conn.tx_cnt - vs_conn.peer_fwd);
+		if (credit == 0 || credit > vs_conn.peer_buf) {
+			/* out of credit: the host says when it has taken more (a CREDIT_UPDATE, or any packet) */
+			waits++;
+			if (vs_recv(&h, 0, 30) < 0 || h.op == VSOCK_OP_RST) return 0;
+			continue;
+		}
+		uint32_t n = (uint32_t)sizeof(vs_txbuf.data);
+		if (n > credit) n = credit;
+		if (n > VSOCK_TRANSFER - sent) n = VSOCK_TRANSFER - sent;
+		for (uint32_t i = 0; i < n; i++) vs_data[i] = vsock_pattern(sent + i);
+		if (!vs_send(VSOCK_OP_RW, 0, vs_data, n)) return 0;
+		sent += n;
+		while (vs_rx_ready(0)) if (vs_recv(&h, 0, 1) < 0) return 0; /* credit updates that came meanwhile */
+	}
+	puts_("     virtio-vsock sent "); putu(sent); puts_(" bytes, waited for credit "); putu(waits); puts_(" times\n");
+	/* the host answers with 1 MiB of its own; the guest consumes it and gives credit back as it goes */
+	uint32_t received = 0, sum = 0, reported = 0;
+	while (received < VSOCK_TRANSFER) {
+		int64_t n = vs_recv(&h, vs_data, 30);
+		if (n < 0 || h.op == VSOCK_OP_RST) { puts_("     virtio-vsock: the host's data stopped\n"); return 0; }
+		if (h.op == VSOCK_OP_CREDIT_REQUEST) { vs_send(VSOCK_OP_CREDIT_UPDATE, 0, 0, 0); continue; }
+		if (h.op != VSOCK_OP_RW) continue;
+		for (int64_t i = 0; i < n; i++) sum = sum * 31 + vs_data[i];
+		received += (uint32_t)n;
+		vs_conn.fwd_cnt += (uint32_t)n;
+		if (vs_conn.fwd_cnt - reported >= VSOCK_GUEST_BUF / 2) {
+			reported = vs_conn.fwd_cnt;
+			if (!vs_send(VSOCK_OP_CREDIT_UPDATE, 0, 0, 0)) return 0;
+		}
+	}
+	puts_("     virtio-vsock received "); putu(received); puts_(" bytes checksum "); putx(sum); puts_("\n");
+	vs_send(VSOCK_OP_SHUTDOWN, 3, 0, 0);
+	while (vs_recv(&h, 0, 10) >= 0) if (h.op == VSOCK_OP_RST) return 1;
+	return 0;
+}
+
+static void check_vsock(void)
+{
+	struct vdev d;
+	memset(&d, 0, sizeof(d));
+	d.slot = pci_find(VIRTIO_VENDOR, 0x1040 + 19);
+	if (d.slot < 0) return; /* no vsock device: nothing to check */
+	if (!find_caps(&d)) { result(0, "virtio-vsock", "common/notify/ISR capabilities or MSI-X missing"); return; }
+	int ok = negotiate(&d, 0) >= 0;
+	msix_setup(&d, 4);
+	mmio_write16(d.common + MSIX_CFG, 0);
+	ok = ok && queue_setup(&d, &vs_rx, 0, 1) && queue_setup(&d, &vs_tx, 1, 2) && queue_setup(&d, &vs_ev, 2, 3);
+	vs_cid = (uint64_t)mmio_read32(d.device) | ((uint64_t)mmio_read32(d.device + 4) << 32);
+	driver_ok(&d);
+	for (uint16_t i = 0; ok && i < QSIZE; i++) {
+		vs_post_rx(i);
+		vs_ev.desc[i] = (struct desc){ (uint64_t)(uintptr_t)vs_evbuf[i], 8, DESC_F_WRITE, 0 };
+		submit(&vs_ev, i);
+	}
+	puts_("     virtio-vsock cid "); putu(vs_cid); puts_("\n");
+	/* A port nobody serves on the host is refused with a reset. */
+	struct vsock_hdr h;
+	vs_conn = (typeof(vs_conn)){ 40001, VSOCK_DEAD_PORT, 0, 0, 0, 0 };
+	int refused = ok && vs_send(VSOCK_OP_REQUEST, 0, 0, 0) && vs_recv(&h, 0, 10) >= 0 && h.op == VSOCK_OP_RST &&
+	              h.dst_port == 40001 && h.src_port == VSOCK_DEAD_PORT;
+	int exchanged = 1;
+	if (vsock_mode) exchanged = vsock_echo() && vsock_transfer();
+	result(ok && vs_cid > 2 && refused && exchanged && !(mmio_read8(d.common + STATUS) & STATUS_NEEDS_RESET), "virtio-vsock",
+	       vsock_mode ? "CID from config space; reset for a port nobody serves; a host connection echoed; 1 MiB each way within credit"
+	                  : "CID from config space; a connection to a port nobody serves is reset");
+	mmio_write8(d.common + STATUS, 0);
+}
+
 int hostile_bars_mode;
 
 void check_virtio(void)
@@ -777,4 +959,5 @@ void check_virtio(void)
 	check_rng();
 	for (unsigned i = 0; i < 4; i++) check_blk(i);
 	check_fs();
+	check_vsock();
 }

@@ -4,14 +4,14 @@ import { decodeRequest, decodeResponse, encodeRequest, encodeResponse, type VmRe
 describe("control socket messages", () => {
   const requests: VmRequest[] = [
     { kind: "stop" }, { kind: "suspend" }, { kind: "resume" }, { kind: "balloon", bytes: 512 * 1024 * 1024 },
-    { kind: "balloon_stats" }, { kind: "disk_resize", index: 3, bytes: 2 ** 40 },
+    { kind: "balloon_stats" }, { kind: "disk_resize", index: 3, bytes: 2 ** 40 }, { kind: "vsock_stats" },
   ];
   for (const r of requests) {
     test(`${r.kind} requests round-trip`, () => {
       expect(decodeRequest(encodeRequest(r))).toEqual({ ok: true, value: r });
     });
   }
-  const responses: VmResponse[] = [{ kind: "ok" }, { kind: "error", message: "no disk 3 (this VM has 1) — ünïcode" }, { kind: "balloon_stats", json: '{"a":1}' }];
+  const responses: VmResponse[] = [{ kind: "ok" }, { kind: "error", message: "no disk 3 (this VM has 1) — ünïcode" }, { kind: "balloon_stats", json: '{"a":1}' }, { kind: "vsock_stats", json: '{"b":2}' }];
   for (const r of responses) {
     test(`${r.kind} responses round-trip`, () => {
       expect(decodeResponse(encodeResponse(r))).toEqual({ ok: true, value: r });
