@@ -2,7 +2,7 @@
 // 6.x): RSDP -> XSDT -> FADT (hardware-reduced, with a DSDT) and MADT. Kernels built without
 // MP-table support (Debian's cloud kernel, say) find their CPUs only here, and a kernel that uses
 // ACPI finds PCI only through the DSDT's host bridge: without it Linux scans no PCI bus at all.
-import { device, dwordAddress, eisaId, integer, ioPorts, name, pkg, qwordAddress, resourceTemplate, scope, wordAddress } from "./aml.ts";
+import { device, dwordAddress, eisaId, integer, ioPorts, isaIrq, name, pkg, qwordAddress, resourceTemplate, scope, wordAddress } from "./aml.ts";
 import { IOAPIC_ADDRESS, LAPIC_ADDRESS, type PciWindows } from "./layout.ts";
 import { checksum, PCI_SLOTS, pciSlotPin } from "./mptable.ts";
 
@@ -78,10 +78,15 @@ function fadt(dsdt: number): Uint8Array {
 
 /** PCI configuration mechanism #1: the address and data ports (0xcf8-0xcff). */
 const PCI_CONFIG_PORTS = 0xcf8;
+/** The four 16550A UARTs (tsvm always has all four) and the CMOS RTC, with their ISA interrupts. */
+const UARTS = [{ base: 0x3f8, irq: 4 }, { base: 0x2f8, irq: 3 }, { base: 0x3e8, irq: 4 }, { base: 0x2e8, irq: 3 }];
+const RTC = { base: 0x70, irq: 8 };
 
 /**
  * The DSDT: \_SB.PCI0, the PCI host bridge (bus 0 only), with the windows tsvm places BARs in and
- * the INTA# of each slot wired as the MP table says (_PRT: slot, pin, no link device, GSI).
+ * the INTA# of each slot wired as the MP table says (_PRT: slot, pin, no link device, GSI); and the
+ * ISA devices with interrupts, COM1-COM4 and the RTC. The FADT says hardware-reduced, so Linux
+ * sets up no legacy interrupts of its own: a UART gets its IRQ only from a device described here.
  */
 export function dsdt(pci: PciWindows): Uint8Array {
   const routing = Array.from({ length: PCI_SLOTS }, (_, i) => {
@@ -105,7 +110,15 @@ export function dsdt(pci: PciWindows): Uint8Array {
     ])),
     name("_PRT", pkg(routing)),
   ]);
-  const body = scope("\\_SB_", [hostBridge]);
+  const isa = [
+    ...UARTS.map((u, i) => device(`COM${i + 1}`, [
+      name("_HID", eisaId("PNP0501")),
+      name("_UID", integer(i + 1)),
+      name("_CRS", resourceTemplate([ioPorts(u.base, 8), isaIrq(u.irq)])),
+    ])),
+    device("RTC", [name("_HID", eisaId("PNP0B00")), name("_CRS", resourceTemplate([ioPorts(RTC.base, 2), isaIrq(RTC.irq)]))]),
+  ];
+  const body = scope("\\_SB_", [hostBridge, ...isa]);
   const table = new Uint8Array(HEADER_SIZE + body.byteLength);
   table.set(body, HEADER_SIZE);
   return finish(table, "DSDT", 2);

@@ -152,6 +152,13 @@ export function ioPorts(base: number, length: number): Bytes {
   return Uint8Array.from([0x47, 0x01, ...le(base, 2), ...le(base, 2), 1, length]);
 }
 
+/** IRQ(Edge, ActiveHigh, Shared) {irq}: an ISA interrupt, which other devices may share. */
+export function isaIrq(irq: number): Bytes {
+  if (irq < 0 || irq > 15) throw new Error(`${irq} is not an ISA IRQ`);
+  const mask = 1 << irq;
+  return Uint8Array.of(0x23, mask & 0xff, mask >> 8, 0x11); // flags: shareable (bit 4), edge (bit 0)
+}
+
 /** ResourceTemplate(): the descriptors and an end tag, in a buffer. */
 export function resourceTemplate(descriptors: readonly Bytes[]): Bytes {
   return buffer(concat([...descriptors, Uint8Array.of(0x79, 0)]));

@@ -69,6 +69,10 @@ describe("buildAcpiTables", () => {
     expect(compact).toContain("0x00000000, 0xD0000000, 0xFEBFFFFF, 0x00000000, 0x2EC00000,");
     // RAM ending at 6 GiB puts the 64 GiB window for 64-bit BARs at [6 GiB, 70 GiB).
     expect(compact).toContain("NonCacheable, ReadWrite, 0x0000000000000000, 0x0000000180000000, 0x000000117FFFFFFF, 0x0000000000000000, 0x0000001000000000,");
+    // The UARTs and the RTC, each with its ports and ISA interrupt (Linux maps no legacy IRQ itself on a hardware-reduced platform).
+    for (const [dev, hid, port, irq] of [["COM1", "PNP0501", "0x03F8", 4], ["COM2", "PNP0501", "0x02F8", 3], ["COM4", "PNP0501", "0x02E8", 3], ["RTC", "PNP0B00", "0x0070", 8]] as const) {
+      expect(compact).toMatch(new RegExp(`Device \\(${dev}\\) \\{ Name \\(_HID, EisaId \\("${hid}"\\)[^}]*IO \\(Decode16, ${port}, ${port}, 0x01, 0x0[28], \\) IRQ \\(Edge, ActiveHigh, Shared, \\) \\{${irq}\\}`));
+    }
     for (const slot of [1, 2, 31]) {
       expect(compact).toMatch(new RegExp(`Package \\(0x04\\) \\{ 0x${((slot << 16) | 0xffff).toString(16).toUpperCase().padStart(8, "0")}, Zero, Zero, 0x${pciSlotPin(slot).toString(16).toUpperCase().padStart(2, "0")} \\}`));
     }

@@ -1,0 +1,100 @@
+// virtio-vsock under real KVM with the test guest's driver: Firecracker's host side (a Unix socket
+// and CONNECT lines; uds_PORT for the guest's connections), in a jailed device and in-process.
+import { describe, expect, test } from "bun:test";
+import { createServer, connect, type Socket } from "node:net";
+import { join } from "node:path";
+import { HAS_KVM, runTsvm, tempDir, TIME_SCALE, TsvmProcess } from "../support/tsvm.ts";
+
+const TIMEOUT = 120_000 * TIME_SCALE;
+const MIB = 1024 * 1024;
+
+/** The guest's 1 MiB (test/guest/virtio.c vsock_pattern) and the host's answer. */
+const guestByte = (i: number): number => (i * 7 + (i >> 11)) & 0xff;
+const hostData = Uint8Array.from({ length: MIB }, (_, i) => (i * 13 + (i >> 9)) & 0xff);
+/** The guest's checksum: sum = sum * 31 + byte, mod 2^32. */
+const checksum = (bytes: Uint8Array): number => bytes.reduce((sum, b) => (Math.imul(sum, 31) + b) >>> 0, 0);
+
+/** Listens on `path` for the guest's connection: reads its 1 MiB slowly, checks it, answers with hostData. */
+function slowHostListener(path: string): { received: Promise<string>; close: () => void } {
+  let report: (result: string) => void = () => {};
+  const received = new Promise<string>((resolve) => (report = resolve));
+  const server = createServer((socket: Socket) => {
+    let count = 0;
+    let bad = -1;
+    socket.on("data", (chunk: Buffer) => {
+      for (let i = 0; i < chunk.byteLength; i++) if (bad < 0 && chunk[i] !== guestByte(count + i)) bad = count + i;
+      count += chunk.byteLength;
+      socket.pause(); // a slow reader: the guest must wait for credit
+      setTimeout(() => socket.resume(), 2);
+      if (count >= MIB) {
+        report(bad < 0 ? `ok ${count}` : `bad byte at ${bad}`);
+        socket.write(hostData);
+      }
+    });
+  });
+  server.listen(path);
+  return { received, close: () => server.close() };
+}
+
+/** Connects to guest port `port` through `uds`; resolves with the connection's first line and its socket. */
+function connectToGuest(uds: string, port: number): Promise<{ line: string; socket: Socket }> {
+  return new Promise((resolve, reject) => {
+    const socket = connect({ path: uds });
+    let text = "";
+    socket.on("error", reject);
+    socket.on("connect", () => socket.write(`CONNECT ${port}\n`));
+    const onData = (chunk: Buffer): void => {
+      text += chunk.toString();
+      if (!text.includes("\n")) return;
+      socket.off("data", onData);
+      resolve({ line: text.slice(0, text.indexOf("\n") + 1), socket });
+    };
+    socket.on("data", onData);
+  });
+}
+
+describe.skipIf(!HAS_KVM)("virtio-vsock under the test guest", () => {
+  for (const home of ["a jailed device process", "tsvm itself (--disable-sandbox)"]) {
+    test(`in ${home}: a host program reaches the guest's port, the guest reaches a host listener, 1 MiB each way within credit`, async () => {
+      const dir = tempDir();
+      const uds = join(dir, "v.sock");
+      const control = join(dir, "vm.sock");
+      const listener = slowHostListener(`${uds}_5000`);
+      try {
+        using vm = new TsvmProcess([
+          "run", ...(home.includes("disable") ? ["--disable-sandbox"] : []), "-s", control, "-p", "tsvm.vsock=1 tsvm.mode=serve",
+          "--vsock", `cid=3,uds=${uds}`,
+        ]);
+        await vm.waitForOutput(/virtio-vsock listening on port 1234/, 60_000);
+        const { line, socket } = await connectToGuest(uds, 1234);
+        expect(line).toMatch(/^OK \d+\n$/);
+        const echoed = new Promise<string>((resolve) => socket.once("data", (chunk: Buffer) => resolve(chunk.toString())));
+        socket.write("ping from the host");
+        expect(await echoed).toBe("ping from the host");
+        socket.end();
+        expect(await listener.received).toBe(`ok ${MIB}`);
+        await vm.waitForOutput(/virtio-vsock received 1048576 bytes checksum 0x[0-9a-f]+/, 60_000);
+        expect(vm.stdout).toContain(`virtio-vsock received 1048576 bytes checksum 0x${checksum(hostData).toString(16)}`);
+        expect(vm.stdout).toMatch(/virtio-vsock sent 1048576 bytes, waited for credit [1-9]\d* times/);
+        expect(vm.stdout).toContain("ok   virtio-vsock:");
+        await vm.waitForOutput(/serving/, 30_000);
+        const stats = await runTsvm(["vsock_stats", control]);
+        expect(JSON.parse(stats.stdout)).toMatchObject({ cid: 3, host_initiated: 1, guest_initiated: 2, refused: 1 });
+        const counts = JSON.parse(stats.stdout) as { bytes_to_guest: number; bytes_from_guest: number };
+        expect(counts.bytes_to_guest).toBe(MIB + 18);
+        expect(counts.bytes_from_guest).toBe(MIB + 18);
+        expect((await runTsvm(["stop", control])).code).toBe(0);
+        expect(await vm.exit(20_000)).toBe(0);
+      } finally {
+        listener.close();
+      }
+    }, TIMEOUT);
+  }
+
+  test("without tsvm.vsock=1 the guest checks the CID and the reset for an unserved port", async () => {
+    const r = await runTsvm(["run", "--vsock", `cid=42,uds=${join(tempDir(), "v.sock")}`]);
+    expect(r.stdout).toContain("virtio-vsock cid 42");
+    expect(r.stdout).toContain("ok   virtio-vsock: CID from config space; a connection to a port nobody serves is reset");
+    expect(r.code).toBe(0);
+  }, TIMEOUT);
+});
