@@ -5,7 +5,9 @@
 #                      "result <device>: ..." line for each, and reboots (reboot=k: the i8042 ends tsvm).
 #                      Kernel command-line options ask for more: tsvm.write=TEXT mounts the disk
 #                      read-write and writes TEXT to /written.txt; tsvm.ip=ADDR/LEN and tsvm.ping=HOST
-#                      give eth0 an address and ping HOST.
+#                      give eth0 an address and ping HOST; tsvm.vsock=1 accepts one vsock connection
+#                      on port 1234 (echoing it) and connects to the host's port 5000 (vsock_probe, a
+#                      small static program built from scripts/linux_guest/vsock_probe.c).
 #   disk.img           an ext4 image holding hello.txt
 # Used by the full-boot test under tsvm (hardware virtualization) and by the vhost-user tests, where
 # QEMU with TCG runs this guest on devices `tsvm devices` serves.
@@ -22,6 +24,7 @@ root="$work/root"
 mkdir -p "$root"/{bin,sbin,proc,sys,dev,mnt,lib/modules}
 cp "$work/bb/bin/busybox" "$root/bin/busybox"
 for applet in sh mount umount insmod cat echo head od ip mkdir sleep reboot ls ping sync grep; do ln -s busybox "$root/bin/$applet"; done
+gcc -static -Os -Wall -Wextra -Werror -o "$root/bin/vsock_probe" scripts/linux_guest/vsock_probe.c
 
 # The modules in load order, each after the modules its .modinfo "depends=" names (Debian's package
 # ships no modules.dep, and depmod may be missing).
@@ -34,7 +37,8 @@ for dirpath, _, files in os.walk(tree):
         if f.endswith(".ko"):
             paths[f[:-3].replace("-", "_")] = os.path.join(dirpath, f)
 wanted = ["virtio", "virtio_ring", "virtio_pci_modern_dev", "virtio_pci_legacy_dev", "virtio_pci", "virtio_blk",
-          "virtio_net", "virtio_console", "virtio_rng", "virtio_balloon"]
+          "virtio_net", "virtio_console", "virtio_rng", "virtio_balloon", "vsock", "vmw_vsock_virtio_transport_common",
+          "vmw_vsock_virtio_transport"]
 order = []
 def add(name):
     name = name.replace("-", "_")
@@ -65,6 +69,7 @@ for arg in $(cat /proc/cmdline); do
     tsvm.write=*) WRITE="${arg#tsvm.write=}" ;;
     tsvm.ip=*) IP="${arg#tsvm.ip=}" ;;
     tsvm.ping=*) PING="${arg#tsvm.ping=}" ;;
+    tsvm.vsock=*) VSOCK="${arg#tsvm.vsock=}" ;;
   esac
 done
 sleep 1
@@ -80,6 +85,11 @@ elif [ -n "$IP" ]; then
   if ping -c 3 -W 5 "$PING" >/dev/null 2>&1; then echo "result net: ok (ping $PING)"; else echo "result net: FAIL (no answer from $PING)"; fi
 else ip link set eth0 up && echo "result net: ok"; fi
 if [ -e /dev/hvc0 ]; then echo "hello over hvc0" > /dev/hvc0 && echo "result console: ok"; else echo "result console: absent"; fi
+if [ -n "$VSOCK" ]; then
+  vsock_probe echo 1234 & echoer=$!
+  if vsock_probe connect 5000 "hello from linux over vsock"; then echo "result vsock connect: ok"; else echo "result vsock connect: FAIL"; fi
+  if wait $echoer; then echo "result vsock accept: ok"; else echo "result vsock accept: FAIL"; fi
+fi
 echo "result done"
 reboot -f
 INIT

@@ -2,6 +2,7 @@
 // Debian's cloud kernel on virtio devices that `tsvm devices` serves over vhost-user, jailed.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { copyFileSync, existsSync } from "node:fs";
+import { connect, createServer, type Socket } from "node:net";
 import { join, resolve } from "node:path";
 import { tempDir, TIME_SCALE, TsvmProcess } from "../support/tsvm.ts";
 
@@ -26,14 +27,19 @@ function sh(...cmd: string[]): string {
   return r.stdout.toString();
 }
 
-/** Boots the Linux guest under QEMU TCG with the vhost-user devices in `devices`; resolves to its console output. */
-async function bootLinux(devices: readonly string[], append: string): Promise<string> {
-  const qemu = Bun.spawn([
+/** The QEMU command that boots the Linux guest under TCG with the vhost-user devices in `devices`. */
+function qemuCommand(devices: readonly string[], append: string): string[] {
+  return [
     QEMU!, "-accel", "tcg", "-cpu", "max", "-m", "512", "-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio",
     "-object", "memory-backend-memfd,id=mem,size=512M,share=on", "-numa", "node,memdev=mem",
     ...devices, "-kernel", join(LINUX, "vmlinuz"), "-initrd", join(LINUX, "initramfs.cpio.gz"),
     "-append", `console=ttyS0 reboot=k panic=-1 ${append}`,
-  ], { stdout: "pipe", stderr: "pipe", stdin: "ignore" });
+  ];
+}
+
+/** Boots the Linux guest; resolves to its console output once it has rebooted. */
+async function bootLinux(devices: readonly string[], append: string): Promise<string> {
+  const qemu = Bun.spawn(qemuCommand(devices, append), { stdout: "pipe", stderr: "pipe", stdin: "ignore" });
   const timer = setTimeout(() => qemu.kill("SIGKILL"), TIMEOUT - 10_000);
   const [out, err] = await Promise.all([new Response(qemu.stdout).text(), new Response(qemu.stderr).text()]);
   await qemu.exited;
@@ -82,5 +88,58 @@ describe.skipIf(!READY)("Linux's virtio drivers against tsvm devices (QEMU TCG f
     devices.child.kill("SIGTERM");
     expect(await devices.exit(10_000)).toBe(0);
     expect(existsSync(sock("blk"))).toBe(false);
+  }, TIMEOUT);
+
+  test("virtio-vsock: Linux's vsock driver connects to a host program and accepts one, through tsvm devices --vsock", async () => {
+    const dir = tempDir();
+    const vhost = join(dir, "vsock.vhost");
+    const uds = join(dir, "v.sock");
+    // The host program the guest connects to (port 5000): answers whatever it is sent.
+    const server = createServer((socket: Socket) => socket.once("data", (chunk: Buffer) => socket.end(`hello from the host, you said: ${chunk}`)));
+    server.listen(`${uds}_5000`);
+    using devices = new TsvmProcess(["devices", "--log-level", "info", "--vsock", `vhost=${vhost},cid=3,uds=${uds}`]);
+    try {
+      await devices.waitForOutput(/vsock0: serving vhost-user/, 30_000, "stderr");
+      const qemu = Bun.spawn(qemuCommand(["-chardev", `socket,id=vs,path=${vhost}`, "-device", "vhost-user-vsock-pci,chardev=vs"], "tsvm.vsock=1"),
+        { stdout: "pipe", stderr: "pipe", stdin: "ignore" });
+      const timer = setTimeout(() => qemu.kill("SIGKILL"), TIMEOUT - 10_000);
+      let out = "";
+      const reader = (qemu.stdout as ReadableStream<Uint8Array>).getReader();
+      const decoder = new TextDecoder();
+      const until = async (pattern: RegExp): Promise<void> => {
+        while (!pattern.test(out)) {
+          const { value, done } = await reader.read();
+          if (done) return;
+          out += decoder.decode(value);
+        }
+      };
+      // Once the guest listens on port 1234, a host program asks for it through the Unix socket.
+      await until(/vsock listening on port 1234/);
+      const echoed = await new Promise<string>((resolveEcho, reject) => {
+        const socket = connect({ path: uds });
+        let text = "";
+        socket.on("error", reject);
+        socket.on("connect", () => socket.write("CONNECT 1234\n"));
+        socket.on("data", (chunk: Buffer) => {
+          text += chunk.toString();
+          if (/^OK \d+\n$/.test(text)) socket.write("ping from the host");
+          else if (text.includes("ping from the host")) {
+            socket.end();
+            resolveEcho(text);
+          }
+        });
+      });
+      expect(echoed).toMatch(/^OK \d+\nping from the host$/);
+      await until(/result done/);
+      qemu.kill("SIGTERM");
+      await qemu.exited;
+      clearTimeout(timer);
+      expect(out).toContain("vsock reply: hello from the host, you said: hello from linux over vsock");
+      expect(out).toContain("result vsock connect: ok");
+      expect(out).toContain("vsock echoed 18 bytes");
+      expect(out).toContain("result vsock accept: ok");
+    } finally {
+      server.close();
+    }
   }, TIMEOUT);
 });
