@@ -8,7 +8,8 @@
 //   5. the private memory of the process tree, sandboxed vs --disable-sandbox vs QEMU, and blk reads
 //      in a jailed device process vs in-process;
 //   6. vhost-user-blk 4 KiB QD1 reads: `tsvm devices` vs qemu-storage-daemon behind tsvm's front-end,
-//      and vhost-user vs tsvm's own jailed block device.
+//      and vhost-user vs tsvm's own jailed block device;
+//   7. vsock connection set-up and 1 MiB each way (the test guest's driver) vs a host Unix socket pair.
 // Usage: bun scripts/bench.ts [--rounds N] [--exits N]   (needs dist/tsvm; installs QEMU if missing)
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -240,6 +241,108 @@ async function memoryOf(cmd: string[], ready: RegExp | null): Promise<number> {
     rows.push("| vhost-user-blk vs qemu-storage-daemon | skipped: qemu-storage-daemon not installed | | | |");
   }
   rows.push(`| virtio-blk 4 KiB QD1 reads, vhost-user (tsvm devices) vs jailed device process (TSC cycles per request) | ${median(ours)} | jailed ${median(jailed)} | ${(median(jailed) / median(ours)).toFixed(2)}× its rate | report |`);
+}
+
+// 7. vsock: connection set-up (a host program's CONNECT to the guest's OK) and 1 MiB each way with the
+//    test guest's driver, against the same on a plain host Unix socket pair (the ceiling).
+{
+  const MIB = 1024 * 1024;
+  type VsockRound = { setupMs: number; toHostMs: number; toGuestMs: number };
+  const { connect, createServer } = await import("node:net");
+  const vsockRound = async (): Promise<VsockRound> => {
+    const uds = join(dir, `v${Math.random().toString(36).slice(2, 8)}.sock`);
+    let toHostMs = 0;
+    let toGuestMs = 0;
+    const done = new Promise<void>((resolveDone) => {
+      const server = createServer((socket) => {
+        const start = performance.now();
+        let got = 0;
+        socket.on("data", (chunk: Buffer) => {
+          got += chunk.byteLength;
+          if (got >= MIB && toHostMs === 0) {
+            toHostMs = performance.now() - start;
+            const sent = performance.now();
+            socket.write(new Uint8Array(MIB));
+            socket.on("end", () => { // the guest shuts the connection down once it has all of it
+              toGuestMs = performance.now() - sent;
+              server.close();
+              resolveDone();
+            });
+          }
+        });
+      });
+      server.listen(`${uds}_5000`);
+    });
+    const vm = Bun.spawn([TSVM, "run", "--serial", "type=stdout,num=1", "-p", "tsvm.vsock=1", "--vsock", `cid=3,uds=${uds}`], { stdout: "pipe", stderr: "ignore" });
+    const reader = (vm.stdout as ReadableStream<Uint8Array>).getReader();
+    let text = "";
+    while (!text.includes("listening on port 1234")) {
+      const { value, done: ended } = await reader.read();
+      if (ended) throw new Error(`the guest never listened:\n${text}`);
+      text += new TextDecoder().decode(value);
+    }
+    const setupMs = await new Promise<number>((resolveSetup) => {
+      const start = performance.now();
+      const socket = connect({ path: uds }, () => socket.write("CONNECT 1234\n"));
+      socket.once("data", () => {
+        resolveSetup(performance.now() - start);
+        socket.write("x");
+        socket.end();
+      });
+    });
+    await done;
+    vm.kill("SIGKILL");
+    await vm.exited;
+    return { setupMs, toHostMs, toGuestMs };
+  };
+  const pairRound = async (): Promise<VsockRound> => {
+    const path = join(dir, `p${Math.random().toString(36).slice(2, 8)}.sock`);
+    let received = 0;
+    let serverSide: import("node:net").Socket | null = null;
+    let mark = 0;
+    let onMib: () => void = () => {};
+    const server = createServer((socket) => {
+      serverSide = socket;
+      socket.on("data", (chunk: Buffer) => {
+        received += chunk.byteLength;
+        if (received >= MIB) onMib();
+      });
+    });
+    await new Promise<void>((r) => server.listen(path, () => r()));
+    const start = performance.now();
+    const client = await new Promise<import("node:net").Socket>((r) => {
+      const c = connect({ path }, () => r(c));
+    });
+    const setupMs = performance.now() - start;
+    const toHost = new Promise<void>((r) => (onMib = r));
+    mark = performance.now();
+    client.write(new Uint8Array(MIB));
+    await toHost;
+    const toHostMs = performance.now() - mark;
+    let back = 0;
+    const toGuest = new Promise<void>((r) => client.on("data", (chunk: Buffer) => {
+      back += chunk.byteLength;
+      if (back >= MIB) r();
+    }));
+    mark = performance.now();
+    serverSide!.write(new Uint8Array(MIB));
+    await toGuest;
+    const toGuestMs = performance.now() - mark;
+    client.destroy();
+    server.close();
+    return { setupMs, toHostMs, toGuestMs };
+  };
+  const vsockRounds: VsockRound[] = [];
+  const pairRounds: VsockRound[] = [];
+  for (let i = 0; i < Math.max(3, Math.floor(ROUNDS / 2)); i++) {
+    vsockRounds.push(await vsockRound());
+    pairRounds.push(await pairRound());
+  }
+  const m = (rs: VsockRound[], k: keyof VsockRound): number => median(rs.map((r) => r[k]));
+  const mibps = (ms: number): string => (1000 / ms).toFixed(0);
+  rows.push(`| vsock connection set-up, host program to guest port (ms) | ${m(vsockRounds, "setupMs").toFixed(2)} | host Unix socket ${m(pairRounds, "setupMs").toFixed(2)} | ${(m(vsockRounds, "setupMs") / m(pairRounds, "setupMs")).toFixed(1)}× | report |`);
+  rows.push(`| vsock 1 MiB guest→host (MiB/s) | ${mibps(m(vsockRounds, "toHostMs"))} | host Unix socket ${mibps(m(pairRounds, "toHostMs"))} | ${(m(vsockRounds, "toHostMs") / m(pairRounds, "toHostMs")).toFixed(1)}× the time | ≤ 2× |`);
+  rows.push(`| vsock 1 MiB host→guest (MiB/s) | ${mibps(m(vsockRounds, "toGuestMs"))} | host Unix socket ${mibps(m(pairRounds, "toGuestMs"))} | ${(m(vsockRounds, "toGuestMs") / m(pairRounds, "toGuestMs")).toFixed(1)}× the time | ≤ 2× |`);
 }
 
 console.log("| Benchmark | tsvm | Peer | Ratio | Goal |");
