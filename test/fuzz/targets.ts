@@ -19,6 +19,10 @@ import { Block } from "../../src/devices/virtio/block/block.ts";
 import { Console } from "../../src/devices/virtio/console.ts";
 import { Rng } from "../../src/devices/virtio/rng.ts";
 import type { VirtioDevice } from "../../src/devices/virtio/virtio_device.ts";
+import { StreamSocket } from "../../src/base/stream_socket.ts";
+import { HOST_CID, VSOCK_OP } from "../../src/devices/virtio/vsock/packet.ts";
+import { MAX_CONNECTIONS, Vsock } from "../../src/devices/virtio/vsock/vsock.ts";
+import { FakeHost, GUEST_CID, VsockDriver } from "../support/vsock_driver.ts";
 import { DiskFile } from "../../src/disk/disk_file.ts";
 import { GuestMemory, guestAddress as ga } from "../../src/memory/mod.ts";
 import { EMBEDDED_POLICIES } from "../../src/sandbox/policies.ts";
@@ -113,6 +117,64 @@ function pciDevice(name: string, make: () => { device: VirtioDevice; close(): vo
     },
   };
 }
+
+/**
+ * virtio-vsock's protocol: well-formed rings carrying random headers and payloads (ops, ports, CIDs,
+ * lengths, credit), against host programs that write, close and connect at random.
+ */
+const vsockPackets: FuzzTarget = {
+  name: "virtio-vsock packets and host sockets",
+  setUp() {
+    const d = new VsockDriver();
+    d.host.listening.add(5000);
+    d.host.listening.add(5001);
+    const programs: number[] = [];
+    const ports = [1, 2, 1234, 5000, 5001, 0xffffffff];
+    return {
+      run(r) {
+        for (const list of d.host.accepted.values()) programs.push(...list.splice(0));
+        switch (r.below(5)) {
+          case 0: {
+            // A host program asks for a guest port.
+            const [device, program] = socket.socketPair(socket.SOCK_STREAM);
+            programs.push(program);
+            d.device.acceptHost(StreamSocket.adopt(device), r.pick(ports));
+            break;
+          }
+          case 1: {
+            // A host program writes, or goes away.
+            const fd = programs.length > 0 ? programs[r.below(programs.length)]! : -1;
+            if (fd < 0) break;
+            if (r.oneIn(3)) {
+              sys.close(fd);
+              programs.splice(programs.indexOf(fd), 1);
+            } else sys.writeRaw(fd, r.bytes(r.below(3000)));
+            break;
+          }
+          default: {
+            const payload = r.bytes(r.oneIn(8) ? r.below(4000) : r.below(64));
+            const hostPort = d.device.stats().connections > 0 && r.oneIn(2) ? (1 << 30) + r.below(4) : r.pick(ports);
+            d.send({
+              srcCid: r.oneIn(16) ? r.u32() : GUEST_CID, dstCid: r.oneIn(16) ? r.u32() : HOST_CID, srcPort: r.pick(ports), dstPort: hostPort,
+              op: r.oneIn(10) ? r.below(10) : r.pick([VSOCK_OP.REQUEST, VSOCK_OP.RESPONSE, VSOCK_OP.RW, VSOCK_OP.RW, VSOCK_OP.CREDIT_UPDATE, VSOCK_OP.SHUTDOWN, VSOCK_OP.RST]),
+              type: r.oneIn(16) ? r.below(4) : 1, flags: r.below(4), bufAlloc: r.interesting32(), fwdCnt: r.interesting32(),
+              len: r.oneIn(10) ? r.interesting32() : payload.byteLength,
+            }, payload, r.oneIn(16) ? { chainLength: r.below(60) } : {});
+          }
+        }
+        // Drain writes the device made to host programs (they would block the device's sends otherwise).
+        for (const fd of programs) while (socket.poll(fd, socket.POLLIN, 0) > 0 && sys.readRaw(fd, new Uint8Array(65536)) > 0) ;
+        d.receive();
+        if (d.device.stats().connections > MAX_CONNECTIONS) throw new Error("more connections than the device allows");
+        while (programs.length > 96) sys.close(programs.shift()!);
+      },
+      tearDown() {
+        for (const fd of programs) sys.close(fd);
+        d.close();
+      },
+    };
+  },
+};
 
 /** The vhost-user back-end: random messages, fds of every kind, from a front-end that may hang up. */
 const vhostUserBackend: FuzzTarget = {
@@ -328,6 +390,8 @@ export const FUZZ_TARGETS: readonly FuzzTarget[] = [
   }),
   pciDevice("virtio-console through VirtioPciDevice", () => ({ device: new Console(null), close: () => {} })),
   pciDevice("virtio-balloon through VirtioPciDevice", () => ({ device: new Balloon(() => true), close: () => {} })),
+  pciDevice("virtio-vsock through VirtioPciDevice", () => ({ device: new Vsock(GUEST_CID, new FakeHost()), close: () => {} })),
+  vsockPackets,
   vhostUserBackend,
   vhostUserFrontend,
   messages,
