@@ -51,7 +51,7 @@ trap cleanup EXIT
 {
   echo "#!/bin/bash"
   echo "cd $(printf %q "$repo")"
-  for v in CI TSVM_BIN TSVM_TEST_TIME_SCALE TSVM_DEVICE_START_TIMEOUT_MS PATH HOME TERM; do
+  for v in CI TSVM_BIN TSVM_TEST_TIME_SCALE TSVM_DEVICE_START_TIMEOUT_MS TSVM_DEVICE_TIMEOUT_MS PATH HOME TERM; do
     [ -n "${!v:-}" ] && printf 'export %s=%q\n' "$v" "${!v}"
   done
   printf '%q ' "$@"

@@ -14,7 +14,7 @@ if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then
   status=${PIPESTATUS[0]}
 else
   echo "no usable /dev/kvm here: running the KVM tests in a nested-KVM machine (scripts/nested_kvm.sh)"
-  bash scripts/nested_kvm.sh --timeout 4800 -- env TSVM_BIN=dist/tsvm TSVM_TEST_TIME_SCALE=6 TSVM_DEVICE_START_TIMEOUT_MS=90000 \
+  bash scripts/nested_kvm.sh --timeout 4800 -- env TSVM_BIN=dist/tsvm TSVM_TEST_TIME_SCALE=6 TSVM_DEVICE_START_TIMEOUT_MS=90000 TSVM_DEVICE_TIMEOUT_MS=60000 \
     "$bun" test --timeout 1800000 $files "$@" 2>&1 | tee "$log"
   status=${PIPESTATUS[0]}
 fi

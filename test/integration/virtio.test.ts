@@ -23,6 +23,7 @@ describe.skipIf(!HAS_KVM)("virtio devices under the test guest", () => {
     const rw = makeDisk("rw.img");
     const ro = makeDisk("ro.img");
     const r = await runTsvm(["run", "--block", `path=${rw},id=disk-one`, "--disk", ro]);
+    expect([r.code, r.stderr]).toEqual([0, ""]);
     expect(r.stdout).toContain('virtio-blk0 capacity 2048 sectors, id "disk-one", read-write');
     expect(r.stdout).toContain('virtio-blk0 sector 0 starts "TSVMDISK"');
     expect(r.stdout).toContain("ok   virtio-blk0:");

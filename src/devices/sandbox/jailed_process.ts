@@ -21,8 +21,11 @@ import { decodeTubeMessage, type DeviceSetup, encodeCommand, encodeHostConnected
  * TSVM_DEVICE_START_TIMEOUT_MS raises it on hosts that run far slower (everything under emulation).
  */
 export const START_TIMEOUT_MS = Number(process.env.TSVM_DEVICE_START_TIMEOUT_MS ?? "") || 8000;
-/** How long a device may take to answer one command. */
-export const COMMAND_TIMEOUT_MS = 5000;
+/**
+ * How long a device process may take to answer one command or vhost-user request; raised, like the
+ * start timeout, with TSVM_DEVICE_TIMEOUT_MS on hosts that run everything far slower.
+ */
+export const COMMAND_TIMEOUT_MS = Number(process.env.TSVM_DEVICE_TIMEOUT_MS ?? "") || 5000;
 /** Log lines a device may print per second before the rest are dropped (and counted). */
 const LOG_LINES_PER_SECOND = 20;
 const LOG_CHUNK = 4096;

@@ -14,10 +14,10 @@ import { DEVICE_TYPES, type DeviceTypeInfo } from "../vhost_user/device_types.ts
 import { VhostUserFrontend } from "../vhost_user/frontend.ts";
 import type { DeviceCommand, DeviceReply } from "../virtio/device_control.ts";
 import type { ActivateContext, DeviceEventLoop, VirtioDevice, VirtioWorker } from "../virtio/virtio_device.ts";
-import { JailedProcess } from "./jailed_process.ts";
+import { COMMAND_TIMEOUT_MS, JailedProcess } from "./jailed_process.ts";
 
 /** How long the device process may take to answer one vhost-user request. */
-const REQUEST_TIMEOUT_MS = 5000;
+const REQUEST_TIMEOUT_MS = COMMAND_TIMEOUT_MS;
 
 /** What a sandboxed device needs beside its spec and resources. */
 export type SandboxOptions = {
