@@ -2,7 +2,9 @@ import { describe, expect, test } from "bun:test";
 import { guestAddress as ga } from "../../../src/memory/mod.ts";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { Block, VIRTIO_BLK_S, VIRTIO_BLK_T } from "../../../src/devices/virtio/block/block.ts";
+import { Block, VIRTIO_BLK_F, VIRTIO_BLK_S, VIRTIO_BLK_T } from "../../../src/devices/virtio/block/block.ts";
+import { EventFd } from "../../../src/base/event_fd.ts";
+import { FakeLoop } from "../../support/virtio_pci_driver.ts";
 import { DiskFile } from "../../../src/disk/disk_file.ts";
 import { VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from "../../../src/devices/virtio/descriptor_chain.ts";
 import { tempDir } from "../../support/tsvm.ts";
@@ -105,5 +107,52 @@ describe("Block", () => {
   test("a second read-write open of the same image is refused", () => {
     const { path } = disk();
     expect(() => DiskFile.open(path, false)).toThrow(/another VM has it open/);
+  });
+});
+
+describe("Block durability (virtio 1.2 §5.2.6.2)", () => {
+  /** A disk that counts its flushes. */
+  function countingDisk() {
+    const { file } = disk();
+    let flushes = 0;
+    const flush = file.flush.bind(file);
+    file.flush = () => {
+      flushes++;
+      return flush();
+    };
+    return { disk: file, flushes: () => flushes };
+  }
+  /** Activates `dev` as a driver that accepted `features` would. */
+  function activate(dev: Block, features: bigint): void {
+    using kick = new EventFd();
+    const interrupt = { signalUsedQueue: () => {}, signalConfigChanged: () => {}, queueNotifier: () => kick, onNotifiersChanged: () => {} };
+    dev.activate({ memory: new VirtqueueDriver().memory, queues: [null], kicks: [kick], interrupt, features, loop: new FakeLoop(), needsReset: () => {} }).stop();
+  }
+
+  for (const [accepted, expected] of [[true, 0], [false, 2]] as const) {
+    test(`a driver that ${accepted ? "accepted" : "did not accept"} VIRTIO_BLK_F_FLUSH gets ${accepted ? "write-back" : "write-through"}: ${expected} flushes for a write and a write-zeroes`, () => {
+      const c = countingDisk();
+      const dev = new Block(c.disk, "id");
+      activate(dev, (1n << 32n) | (accepted ? 1n << VIRTIO_BLK_F.FLUSH : 0n));
+      const d = new VirtqueueDriver();
+      expect(request(dev, d, VIRTIO_BLK_T.OUT, 0, 512, false).status).toBe(VIRTIO_BLK_S.OK);
+      d.memory.writeU64(ga(DATA), 4n);
+      d.memory.writeU32(ga(DATA + 8), 1);
+      d.memory.writeU32(ga(DATA + 12), 0);
+      expect(request(dev, d, VIRTIO_BLK_T.WRITE_ZEROES, 0, 16, false).status).toBe(VIRTIO_BLK_S.OK);
+      expect(c.flushes()).toBe(expected);
+    });
+  }
+
+  test("before any driver has said, writes are write-through", () => {
+    const c = countingDisk();
+    expect(request(new Block(c.disk, "id"), new VirtqueueDriver(), VIRTIO_BLK_T.OUT, 0, 512, false).status).toBe(VIRTIO_BLK_S.OK);
+    expect(c.flushes()).toBe(1);
+  });
+
+  test("a write whose flush fails is reported as an I/O error", () => {
+    const c = countingDisk();
+    c.disk.flush = () => false;
+    expect(request(new Block(c.disk, "id"), new VirtqueueDriver(), VIRTIO_BLK_T.OUT, 0, 512, false).status).toBe(VIRTIO_BLK_S.IOERR);
   });
 });

@@ -2,7 +2,7 @@
 import { ChainReader, ChainWriter, type DescriptorChain } from "../descriptor_chain.ts";
 import { type ControllableDevice, type DeviceCommand, type DeviceReply, unsupported } from "../device_control.ts";
 import { drainQueue } from "../drain.ts";
-import { type ActivateContext, TSVM_RING_FEATURES, VIRTIO_ID, type VirtioDevice, type VirtioWorker } from "../virtio_device.ts";
+import { type ActivateContext, hasFeature, TSVM_RING_FEATURES, VIRTIO_ID, type VirtioDevice, type VirtioWorker } from "../virtio_device.ts";
 import type { DiskImage } from "../../../disk/disk_file.ts";
 
 export const SECTOR_SIZE = 512;
@@ -44,6 +44,12 @@ export class Block implements VirtioDevice, ControllableDevice {
   readonly #id: Uint8Array;
   /** Told when a resize changed the capacity. */
   #configListener: (() => void) | null = null;
+  /**
+   * Whether a completed write must already be on stable storage: so unless the driver accepted
+   * VIRTIO_BLK_F_FLUSH (without it the driver has no way to ask for durability, and virtio 1.2
+   * §5.2.6.2 makes the device write-through). Until a driver says, assume the safe case.
+   */
+  #writeThrough = true;
 
   constructor(readonly disk: DiskImage, id: string, label = "block") {
     this.debugLabel = label;
@@ -88,6 +94,7 @@ export class Block implements VirtioDevice, ControllableDevice {
       kick.read();
       if (queue) drainQueue(queue, kick, ctx.interrupt, ctx.needsReset, (chain) => this.handle(chain));
     };
+    this.#writeThrough = !hasFeature(ctx.features, VIRTIO_BLK_F.FLUSH);
     ctx.loop.watch(kick.fd, serve);
     serve();
     return { stop: () => ctx.loop.unwatch(kick.fd) };
@@ -137,7 +144,8 @@ export class Block implements VirtioDevice, ControllableDevice {
       }
       case VIRTIO_BLK_T.OUT: {
         const length = reader.remaining;
-        const ok = !this.disk.readOnly && this.#inRange(sector, length) && this.disk.writeFrom(reader.take(length)!, sector * SECTOR_SIZE);
+        const ok = !this.disk.readOnly && this.#inRange(sector, length) && this.disk.writeFrom(reader.take(length)!, sector * SECTOR_SIZE) &&
+          this.#durable();
         return this.#finish(writer, chain, ok ? VIRTIO_BLK_S.OK : VIRTIO_BLK_S.IOERR);
       }
       case VIRTIO_BLK_T.FLUSH:
@@ -150,10 +158,15 @@ export class Block implements VirtioDevice, ControllableDevice {
       case VIRTIO_BLK_T.DISCARD:
       case VIRTIO_BLK_T.WRITE_ZEROES:
         if (this.disk.readOnly) return this.#finish(writer, chain, VIRTIO_BLK_S.IOERR);
-        return this.#finish(writer, chain, this.#ranges(reader, type) ? VIRTIO_BLK_S.OK : VIRTIO_BLK_S.IOERR);
+        return this.#finish(writer, chain, this.#ranges(reader, type) && this.#durable() ? VIRTIO_BLK_S.OK : VIRTIO_BLK_S.IOERR);
       default:
         return this.#finish(writer, chain, VIRTIO_BLK_S.UNSUPP);
     }
+  }
+
+  /** After a write: on stable storage before it completes when the device is write-through. */
+  #durable(): boolean {
+    return !this.#writeThrough || this.disk.flush();
   }
 
   /** Whether [sector, sector + length) is whole sectors inside the disk. */
