@@ -55,6 +55,8 @@ export async function runTsvm(args: readonly string[], opts: { timeoutMs?: numbe
   const [stdout, stderr] = await Promise.all([new Response(child.stdout).text(), new Response(child.stderr).text()]);
   await child.exited;
   clearTimeout(timer);
+  // A VM that failed (exit 1) or was killed says why on stderr: show it, so a failing test's log explains itself.
+  if ((child.exitCode === 1 || timedOut) && stderr.length > 0) console.error(`[tsvm ${args[0]} ${timedOut ? "timed out" : "exited 1"}] ${stderr.slice(-2000)}`);
   return { code: child.exitCode, signal: child.signalCode === null ? null : String(child.signalCode), stdout, stderr, timedOut };
 }
 
