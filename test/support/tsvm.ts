@@ -85,7 +85,10 @@ export class TsvmProcess {
     const deadline = Date.now() + timeoutMs * TIME_SCALE;
     while (!pattern.test(this[stream])) {
       if (this.child.exitCode !== null) throw new Error(`tsvm exited (${this.child.exitCode}) before ${pattern}: ${this.stderr}`);
-      if (Date.now() > deadline) throw new Error(`no ${pattern} within ${timeoutMs} ms; output so far:\n${this[stream]}`);
+      if (Date.now() > deadline) {
+        const other = stream === "stdout" ? this.stderr : this.stdout;
+        throw new Error(`no ${pattern} within ${timeoutMs} ms; ${stream} so far:\n${this[stream]}\n${stream === "stdout" ? "stderr" : "stdout"}:\n${other.slice(-2000)}`);
+      }
       await Promise.race([this.#done, Bun.sleep(20)]);
     }
   }
