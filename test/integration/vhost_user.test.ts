@@ -100,7 +100,7 @@ describe.skipIf(!HAS_KVM || !IS_ROOT)("tsvm run as a vhost-user front-end", () =
     using vm = new TsvmProcess(["run", "--no-rng", "-s", control, "-p", "tsvm.mode=serve", "--vhost-user", `rng,socket=${sock},reconnect=true`]);
     await vm.waitForOutput(/serving/, 30_000);
     first.child.kill("SIGKILL");
-    await vm.waitForOutput(/vhost-user-rng0 \(.*rng\.sock\): the back-end failed \(the peer closed the connection\); waiting for it to come back/, 20_000, "stderr");
+    await vm.waitForOutput(/vhost-user-rng0 \(.*rng\.sock\): the back-end failed \((back-end channel: )?the peer closed the connection\); waiting for it to come back/, 20_000, "stderr");
     using second = new TsvmProcess(["devices", "--log-level", "info", "--rng", `vhost=${sock}`]);
     await second.waitForOutput(/serving vhost-user/, 30_000, "stderr");
     await vm.waitForOutput(/vhost-user-rng0 \(.*rng\.sock\): the back-end is back; the device carries on/, 20_000, "stderr");
