@@ -10,7 +10,7 @@
 //   6. vhost-user-blk 4 KiB QD1 reads: `tsvm devices` vs qemu-storage-daemon behind tsvm's front-end,
 //      and vhost-user vs tsvm's own jailed block device;
 //   7. vsock connection set-up and 1 MiB each way (the test guest's driver) vs a host Unix socket pair.
-// Usage: bun scripts/bench.ts [--rounds N] [--exits N]   (needs dist/tsvm; installs QEMU if missing)
+// Usage: bun scripts/bench.ts [--rounds N] [--exits N] [--only 1,6,7]   (needs dist/tsvm; installs QEMU if missing)
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
@@ -23,6 +23,10 @@ const arg = (name: string, fallback: number): number => {
   return i > 0 ? Number(Bun.argv[i + 1]) : fallback;
 };
 const ROUNDS = arg("--rounds", 11);
+/** --only 1,6,7 runs those sections (numbered as above); all by default. */
+const onlyAt = Bun.argv.indexOf("--only");
+const ONLY = onlyAt >= 0 ? new Set((Bun.argv[onlyAt + 1] ?? "").split(",").map(Number)) : null;
+const want = (section: number): boolean => ONLY === null || ONLY.has(section);
 const EXITS = arg("--exits", 50000);
 
 const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
@@ -61,7 +65,7 @@ const cLoop = join(dir, "c_exit_loop");
 sh(["gcc", "-O2", "-o", cLoop, join(ROOT, "scripts/bench/c_exit_loop.c")]);
 
 const rows: string[] = [];
-for (const kind of ["pio", "mmio"] as const) {
+for (const kind of want(1) ? (["pio", "mmio"] as const) : []) {
   const cmdline = `tsvm.bench=${kind}:${EXITS}`;
   const c: number[] = [];
   const ts: number[] = [];
@@ -78,18 +82,18 @@ if (!qemu) {
   sh(["apt-get", "install", "-y", "-qq", "qemu-system-x86"]);
   qemu = Bun.which("qemu-system-x86_64");
 }
-if (qemu) {
+if (qemu && (want(2) || want(3))) {
   const qemuCmd = [qemu, "-enable-kvm", "-cpu", "qemu64,-cx16", "-M", "microvm", "-m", "256", "-nodefaults",
     "-no-user-config", "-nographic", "-serial", "stdio", "-kernel", GUEST];
   const tsvmCmd = [TSVM, "run", "-m", "256"];
   const q: number[] = [];
   const t: number[] = [];
-  for (let i = 0; i < ROUNDS; i++) {
+  for (let i = 0; i < (want(2) ? ROUNDS : 0); i++) {
     q.push(await firstByte(qemuCmd));
     t.push(await firstByte(tsvmCmd));
   }
   const ratio = median(t) / median(q);
-  rows.push(`| Start to first serial byte (ms, median of ${ROUNDS}) | ${median(t).toFixed(1)} | QEMU microvm ${median(q).toFixed(1)} | ${ratio.toFixed(2)}× | ≤ 0.5× |`);
+  if (want(2)) rows.push(`| Start to first serial byte (ms, median of ${ROUNDS}) | ${median(t).toFixed(1)} | QEMU microvm ${median(q).toFixed(1)} | ${ratio.toFixed(2)}× | ≤ 0.5× |`);
   const image = join(dir, "bench.img");
   sh(["truncate", "-s", "64M", image]);
   const qemuPci = [qemu, "-enable-kvm", "-cpu", "qemu64,-cx16", "-M", "pc", "-m", "256", "-nodefaults", "-no-user-config",
@@ -105,7 +109,7 @@ if (qemu) {
     ["virtio-rng notify -> used round trip", "rng:3000", ["-device", "virtio-rng-pci,disable-legacy=on"], []],
   ];
   const deviceRounds = Math.max(3, Math.floor(ROUNDS / 2));
-  for (const [name, mode, qemuArgs, tsvmArgs] of devices) {
+  for (const [name, mode, qemuArgs, tsvmArgs] of want(3) ? devices : []) {
     const q: number[] = [];
     const t: number[] = [];
     for (let i = 0; i < deviceRounds; i++) {
@@ -115,12 +119,12 @@ if (qemu) {
     // Requests per second relative to QEMU: its cycles per request over ours.
     rows.push(`| ${name} (TSC cycles per request, median of ${deviceRounds}) | ${median(t)} | QEMU ${median(q)} | ${(median(q) / median(t)).toFixed(2)}× QEMU's rate | ≥ 1.0× |`);
   }
-} else {
+} else if (!qemu) {
   rows.push("| QEMU benchmarks | skipped: qemu-system-x86_64 not installed | | | |");
 }
 
 // 4. qcow2 against raw: the same guest reads and writes through tsvm's block device on both formats.
-{
+if (want(4)) {
   const raw = join(dir, "compare.raw");
   const qcow = join(dir, "compare.qcow2");
   sh(["truncate", "-s", "64M", raw]);
@@ -171,7 +175,7 @@ async function memoryOf(cmd: string[], ready: RegExp | null): Promise<number> {
   await child.exited;
   return kib;
 }
-{
+if (want(5)) {
   const disk = join(dir, "mem.img");
   sh(["truncate", "-s", "16M", disk]);
   const common = ["run", "-c", "1", "-p", "tsvm.mode=serve", "--no-balloon", "--block", `path=${disk}`,
@@ -201,7 +205,7 @@ async function memoryOf(cmd: string[], ready: RegExp | null): Promise<number> {
 
 // 6. vhost-user block: 4 KiB QD1 reads through tsvm's vhost-user front-end, served by `tsvm devices`
 //    and by qemu-storage-daemon; and tsvm's vhost-user block against its own jailed block device.
-{
+if (want(6)) {
   const image = join(dir, "vhost.img");
   sh(["truncate", "-s", "64M", image]);
   const perRequest = (output: string): number => Number(/failures 0 tsc-per-request (\d+)/.exec(output)?.[1] ?? NaN);
@@ -245,7 +249,7 @@ async function memoryOf(cmd: string[], ready: RegExp | null): Promise<number> {
 
 // 7. vsock: connection set-up (a host program's CONNECT to the guest's OK) and 1 MiB each way with the
 //    test guest's driver, against the same on a plain host Unix socket pair (the ceiling).
-{
+if (want(7)) {
   const MIB = 1024 * 1024;
   type VsockRound = { setupMs: number; toHostMs: number; toGuestMs: number };
   const { connect, createServer } = await import("node:net");
