@@ -29,12 +29,13 @@ describe.skipIf(!HAS_KVM || !IS_ROOT)("tsvm run as a vhost-user front-end", () =
     const out = join(dir, "console.out");
     const sock = (name: string): string => join(dir, `${name}.sock`);
     using ns = new TapNamespace(`tsvmvh${process.pid}`);
-    const peer = await ns.startPeer();
     using devices = new TsvmProcess([
       "devices", "--log-level", "info", "--block", `vhost=${sock("blk")},path=${disk},id=over-vhost`, "--rng", `vhost=${sock("rng")}`,
       "--console", `vhost=${sock("con")},type=file,path=${out}`, "--net", `vhost=${sock("net")},tap-name=tap0,mac=52:54:00:12:34:56`,
     ], ns.exec);
     await devices.waitForOutput(/(serving vhost-user[^]*){4}/, 30_000, "stderr");
+    // The peer waits a bounded time for the guest's frame: start it only once the back-ends serve.
+    const peer = await ns.startPeer();
     const r = await runTsvm([
       "run", "--no-rng", "-p", "tsvm.net_rx=1", "--vhost-user", `block,socket=${sock("blk")}`, "--vhost-user", `rng,socket=${sock("rng")}`,
       "--vhost-user", `console,socket=${sock("con")}`, "--vhost-user", `net,socket=${sock("net")}`,
