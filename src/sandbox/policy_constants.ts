@@ -14,6 +14,8 @@ export const POLICY_CONSTANTS: Readonly<Record<string, bigint>> = {
   MADV_WILLNEED: 3n,
   MADV_FREE: 8n,
   MADV_DONTDUMP: 16n,
+  MADV_NORMAL: 0n,
+  MADV_DODUMP: 17n,
   F_GETFL: 3n,
   F_SETFL: 4n,
   F_GET_SEALS: 1034n,

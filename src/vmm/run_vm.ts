@@ -198,7 +198,10 @@ async function runBuilt(config: Config, built: BuiltVm, workers: readonly Worker
         const daemon = startVirtiofsd(program.value, shared.path);
         if (!daemon.ok) throw new ConfigError(daemon.error);
         cleanup.push(() => daemon.value.stop());
-        const handle = attachVhostUser(ctx, { label: `fs${i}`, kind: "fs", type: DEVICE_TYPES.fs, path: daemon.value.socket, localConfig: fsConfig(shared.tag), reconnect: false });
+        const handle = attachVhostUser(ctx, {
+          label: `fs${i}`, kind: "fs", type: DEVICE_TYPES.fs, path: daemon.value.socket, localConfig: fsConfig(shared.tag), reconnect: false,
+          diagnose: () => daemon.value.ended(),
+        });
         if (!handle.ok) throw new ConfigError(handle.error);
         devices.push(handle.value);
       }

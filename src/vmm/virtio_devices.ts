@@ -27,6 +27,8 @@ import { type ControlLoop, DeviceLoop } from "./control_loop.ts";
 
 /** How long another program's vhost-user back-end may take to answer one request. */
 const VHOST_USER_TIMEOUT_MS = 5000;
+/** How long to wait for a failed back-end's exit status before saying why it failed. */
+const DIAGNOSE_DELAY_MS = 200;
 const FALLOC_FL_KEEP_SIZE = 0x01;
 const FALLOC_FL_PUNCH_HOLE = 0x02;
 
@@ -181,6 +183,8 @@ export type VhostUserTarget = {
   readonly localConfig: Uint8Array | undefined;
   /** Whether to wait for a failed back-end to come back instead of stopping the VM. */
   readonly reconnect: boolean;
+  /** What more tsvm knows when the back-end fails (a virtiofsd it started: how that ended). */
+  readonly diagnose?: () => string | null;
 };
 
 /** Puts a device served by the vhost-user back-end at `target.path` on the bus. */
@@ -194,7 +198,16 @@ export function attachVhostUser(ctx: DeviceContext, target: VhostUserTarget): Re
       ...(target.localConfig ? { localConfig: target.localConfig } : {}),
     });
   };
-  const stop = (reason: string): void => ctx.fail(`stopping: the vhost-user back-end of ${label} at ${path} failed: ${reason}`);
+  const stop = (reason: string): void => {
+    const fail = (): void => {
+      const more = target.diagnose?.() ?? null;
+      ctx.fail(`stopping: the vhost-user back-end of ${label} at ${path} failed: ${reason}${more ? ` (${more})` : ""}`);
+    };
+    // A back-end tsvm started itself may be a moment from exiting: give its exit and last words
+    // time to arrive (the event loop collects both), then stop.
+    if (target.diagnose) setTimeout(fail, DIAGNOSE_DELAY_MS);
+    else fail();
+  };
   let device: VhostUserFrontend | ReconnectingFrontend;
   if (target.reconnect) {
     const connected = ReconnectingFrontend.connect(connect, { onEvent: (message) => log.warn(`${label} (${path}): ${message}`), onFailure: stop });

@@ -3,6 +3,7 @@
 import { existsSync, mkdtempSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { log, sanitize } from "../base/log.ts";
 import { err, ok, type Result } from "../base/result.ts";
 
 /** Where distributions put virtiofsd: Debian's qemu-system-common, Fedora's virtiofsd package. */
@@ -10,8 +11,16 @@ const KNOWN_PATHS = ["/usr/lib/qemu/virtiofsd", "/usr/libexec/virtiofsd", "/usr/
 /** How long virtiofsd may take to create its socket. */
 const START_TIMEOUT_MS = 5000;
 
+/** Lines of virtiofsd's stderr kept for the message when it fails. */
+const KEPT_LINES = 3;
+
 /** A running virtiofsd serving one directory on its own socket. */
-export type Virtiofsd = { readonly socket: string; stop(): void };
+export type Virtiofsd = {
+  readonly socket: string;
+  /** How virtiofsd ended and its last words, once it has; null while it runs. */
+  ended(): string | null;
+  stop(): void;
+};
 
 /** Finds the virtiofsd to run: `program` if given, else a known install or one on PATH. */
 export function findVirtiofsd(program: string | null): Result<string> {
@@ -40,6 +49,26 @@ export function startVirtiofsd(program: string, dir: string): Result<Virtiofsd> 
     ? [`--socket-path=${socket}`, `--shared-dir=${dir}`, "--cache=auto"]
     : [`--socket-path=${socket}`, "-o", `source=${dir}`, "-o", "cache=auto"];
   const child = Bun.spawn([program, ...args], { stdin: "ignore", stdout: "ignore", stderr: "pipe" });
+  // Its log goes to tsvm's at debug level (escaped); the last lines explain a failure.
+  const lastLines: string[] = [];
+  void (async (): Promise<void> => {
+    const decoder = new TextDecoder();
+    let carry = "";
+    for await (const chunk of child.stderr as ReadableStream<Uint8Array>) {
+      const lines = (carry + decoder.decode(chunk)).split("\n");
+      carry = lines.pop() ?? "";
+      for (const line of lines) {
+        log.debug(`[virtiofsd] ${sanitize(line)}`);
+        lastLines.push(sanitize(line, 200));
+        if (lastLines.length > KEPT_LINES) lastLines.shift();
+      }
+    }
+  })();
+  const ended = (): string | null => {
+    if (child.exitCode === null && child.signalCode === null) return null;
+    const how = child.signalCode !== null ? `was killed by ${child.signalCode}` : `exited with status ${child.exitCode}`;
+    return `virtiofsd (pid ${child.pid}) ${how}${lastLines.length > 0 ? `: ${lastLines.join(" / ")}` : ""}`;
+  };
   const stop = (): void => {
     child.kill("SIGTERM");
     rmSync(runtime, { recursive: true, force: true });
@@ -53,5 +82,5 @@ export function startVirtiofsd(program: string, dir: string): Result<Virtiofsd> 
     }
     Bun.sleepSync(5);
   }
-  return ok({ socket, stop });
+  return ok({ socket, ended, stop });
 }
