@@ -24,8 +24,10 @@ function slowHostListener(path: string): { received: Promise<string>; close: () 
     socket.on("data", (chunk: Buffer) => {
       for (let i = 0; i < chunk.byteLength; i++) if (bad < 0 && chunk[i] !== guestByte(count + i)) bad = count + i;
       count += chunk.byteLength;
-      socket.pause(); // a slow reader: the guest must wait for credit
-      setTimeout(() => socket.resume(), 2);
+      // A reader that stalls once: the host socket and the device's buffer fill, and the guest must
+      // wait for credit; then a slow one.
+      socket.pause();
+      setTimeout(() => socket.resume(), count === chunk.byteLength ? 1000 * TIME_SCALE : 2);
       if (count >= MIB) {
         report(bad < 0 ? `ok ${count}` : `bad byte at ${bad}`);
         socket.write(hostData);
