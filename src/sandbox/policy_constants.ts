@@ -16,6 +16,8 @@ export const POLICY_CONSTANTS: Readonly<Record<string, bigint>> = {
   MADV_DONTDUMP: 16n,
   MADV_NORMAL: 0n,
   MADV_DODUMP: 17n,
+  MADV_HUGEPAGE: 14n,
+  MADV_NOHUGEPAGE: 15n,
   F_GETFL: 3n,
   F_SETFL: 4n,
   F_GET_SEALS: 1034n,
