@@ -7,6 +7,7 @@
 // starts the devices, relays their log lines, and on SIGTERM/SIGINT ends them and removes the sockets.
 import { unlinkSync } from "node:fs";
 import { event as eventFfi, socket, sys } from "../ffi/mod.ts";
+import { runCleanup } from "./base/cleanup.ts";
 import { EventFd } from "./base/event_fd.ts";
 import { log, setLogLevel } from "./base/log.ts";
 import { describeError } from "./base/result.ts";
@@ -81,13 +82,7 @@ export async function serveDevices(config: DevicesConfig): Promise<number> {
     if (ending.message) log.error(ending.message);
     return ending.code;
   } finally {
-    while (cleanup.length > 0) {
-      try {
-        cleanup.pop()!();
-      } catch (e) {
-        log.warn(`while shutting down: ${describeError(e)}`);
-      }
-    }
+    runCleanup(cleanup);
   }
 }
 

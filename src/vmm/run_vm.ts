@@ -3,6 +3,7 @@
 // guest exits, a vCPU or device fails, or tsvm is told to stop.
 import { readFileSync } from "node:fs";
 import { event as eventFfi } from "../../ffi/mod.ts";
+import { runCleanup } from "../base/cleanup.ts";
 import { EventFd } from "../base/event_fd.ts";
 import { log, setLogLevel } from "../base/log.ts";
 import { describeError } from "../base/result.ts";
@@ -231,13 +232,7 @@ async function runBuilt(config: Config, built: BuiltVm, workers: readonly Worker
     if (ending.message) log.error(ending.message);
     return ending.code;
   } finally {
-    while (cleanup.length > 0) {
-      try {
-        cleanup.pop()!();
-      } catch (e) {
-        log.warn(`while shutting down: ${describeError(e)}`);
-      }
-    }
+    runCleanup(cleanup);
   }
 }
 

@@ -2,9 +2,9 @@
 import { describe, expect, test } from "bun:test";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { HAS_NETNS, TapNamespace } from "../support/net_ns.ts";
 import { HAS_KVM, runTsvm, tempDir, tsvmCommand, TsvmProcess, TIME_SCALE } from "../support/tsvm.ts";
 
-const HAS_NETNS = Bun.which("ip") !== null && Bun.which("python3") !== null && process.getuid?.() === 0;
 if (HAS_KVM && !HAS_NETNS) console.warn("tsvm tests: no root, ip or python3 here; the virtio-net test is skipped");
 
 const TIMEOUT = 60_000 * TIME_SCALE;
@@ -56,47 +56,19 @@ describe.skipIf(!HAS_KVM)("virtio devices under the test guest", () => {
   }, TIMEOUT);
 
   test.skipIf(!HAS_NETNS)("virtio-net: frames cross a tap in a private network namespace, both directions", async () => {
-    const ns = `tsvmtest${process.pid}`;
-    const sh = (...cmd: string[]): void => {
-      const r = Bun.spawnSync(cmd, { stderr: "pipe" });
-      if (r.exitCode !== 0) throw new Error(`${cmd.join(" ")}: ${r.stderr.toString()}`);
-    };
-    sh("ip", "netns", "add", ns);
-    try {
-      sh("ip", "netns", "exec", ns, "ip", "tuntap", "add", "dev", "tap0", "mode", "tap");
-      sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1");
-      sh("ip", "netns", "exec", ns, "ip", "link", "set", "tap0", "up");
-      const peer = Bun.spawn(["ip", "netns", "exec", ns, "python3", join(import.meta.dir, "../support/net_peer.py"), "tap0", String(30 * TIME_SCALE)], { stdout: "pipe" });
-      // Start the VM only once the peer listens, so the guest's frame is not sent into the void.
-      const decoder = new TextDecoder();
-      const chunks = (peer.stdout as ReadableStream<Uint8Array>).getReader();
-      let peerText = "";
-      while (!peerText.includes("ready")) {
-        const { value, done } = await chunks.read();
-        if (done) throw new Error(`the network peer exited: ${peerText}`);
-        peerText += decoder.decode(value);
-      }
-      const peerOut = (async (): Promise<string> => {
-        for (;;) {
-          const { value, done } = await chunks.read();
-          if (done) return peerText;
-          peerText += decoder.decode(value);
-        }
-      })();
-      const vm = Bun.spawn(["ip", "netns", "exec", ns, ...tsvmCommand(), "run", "-p", "tsvm.net_rx=1", "--net", "tap-name=tap0,mac=52:54:00:12:34:56"], { stdout: "pipe", stderr: "pipe", stdin: "ignore" });
-      const timer = setTimeout(() => vm.kill("SIGKILL"), 60_000 * TIME_SCALE);
-      const out = await new Response(vm.stdout).text();
-      await vm.exited;
-      clearTimeout(timer);
-      await peer.exited;
-      expect(await peerOut).toContain("from guest: hello from the tsvm guest");
-      expect(out).toContain("virtio-net mac 0x52:0x54:0x0:0x12:0x34:0x56");
-      expect(out).toContain('virtio-net received "hello from the host side"');
-      expect(out).toContain("ok   virtio-net:");
-      expect(vm.exitCode).toBe(0);
-    } finally {
-      sh("ip", "netns", "del", ns);
-    }
+    using ns = new TapNamespace(`tsvmtest${process.pid}`);
+    // Start the VM only once the peer listens, so the guest's frame is not sent into the void.
+    const peer = await ns.startPeer();
+    const vm = Bun.spawn([...ns.exec, ...tsvmCommand(), "run", "-p", "tsvm.net_rx=1", "--net", "tap-name=tap0,mac=52:54:00:12:34:56"], { stdout: "pipe", stderr: "pipe", stdin: "ignore" });
+    const timer = setTimeout(() => vm.kill("SIGKILL"), 60_000 * TIME_SCALE);
+    const out = await new Response(vm.stdout).text();
+    await vm.exited;
+    clearTimeout(timer);
+    expect(await peer).toContain("from guest: hello from the tsvm guest");
+    expect(out).toContain("virtio-net mac 0x52:0x54:0x0:0x12:0x34:0x56");
+    expect(out).toContain('virtio-net received "hello from the host side"');
+    expect(out).toContain("ok   virtio-net:");
+    expect(vm.exitCode).toBe(0);
   }, TIMEOUT);
 
   test("a hostile driver cannot crash the rng device, which works again after a reset", async () => {
