@@ -40,6 +40,7 @@ extern volatile uint32_t irq_counts[16];
 #define IRQ_VECTOR_BASE 0x40
 int wait_for_irq(unsigned index, uint32_t before);
 int wait_until(int (*done)(const void *), const void *arg);
+int wait_until_ms(int (*done)(const void *), const void *arg, unsigned ms);
 
 /* virtio.c */
 void check_virtio(void);

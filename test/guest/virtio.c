@@ -479,8 +479,10 @@ static void check_net(void)
 	nettx.desc[0] = (struct desc){ (uint64_t)(uintptr_t)net_txbuf, NET_HDR + 14 + sizeof(payload), 0, 0 };
 	uint32_t before = irq_counts[10];
 	submit(&nettx, 0);
-	ok &= wait_used(&nettx, 10, before) == 0;
+	int sent = wait_used(&nettx, 10, before) == 0;
+	ok &= sent;
 	puts_("     virtio-net mac "); for (int i = 0; i < 6; i++) { putx(mac[i]); puts_(i < 5 ? ":" : "\n"); }
+	if (!sent) puts_("     virtio-net: the device did not return the TX frame\n");
 	if (net_rx_mode) {
 		int got = 0;
 		for (int frames = 0; frames < 16 && !got; frames++) {
@@ -504,6 +506,7 @@ static void check_net(void)
 			barrier();
 			mmio_write16(netrx.notify, 0);
 		}
+		if (!got) puts_("     virtio-net: no frame of ethertype 0x88b5 came in through RX\n");
 		ok &= got;
 	}
 	result(ok && !(mmio_read8(d.common + STATUS) & STATUS_NEEDS_RESET), "virtio-net",
@@ -828,7 +831,7 @@ static int vs_rx_ready(const void *arg) { (void)arg; return *(volatile uint16_t 
 /* Receives the next packet into *h and data (up to VSOCK_RX_SIZE); waits up to `seconds`. Returns the payload length or -1. */
 static int64_t vs_recv(struct vsock_hdr *h, uint8_t *data, unsigned seconds)
 {
-	for (unsigned s = 0; s < seconds && !vs_rx_ready(0); s += 3) wait_until(vs_rx_ready, 0);
+	wait_until_ms(vs_rx_ready, 0, seconds * 1000);
 	if (!vs_rx_ready(0)) return -1;
 	uint32_t id = vs_rx.used.ring[vs_rx.last_used % QSIZE].id, len = vs_rx.used.ring[vs_rx.last_used % QSIZE].len;
 	vs_rx.last_used++;

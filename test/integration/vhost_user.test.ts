@@ -40,12 +40,14 @@ describe.skipIf(!HAS_KVM || !IS_ROOT)("tsvm run as a vhost-user front-end", () =
       "run", "--no-rng", "-p", "tsvm.net_rx=1", "--vhost-user", `block,socket=${sock("blk")}`, "--vhost-user", `rng,socket=${sock("rng")}`,
       "--vhost-user", `console,socket=${sock("con")}`, "--vhost-user", `net,socket=${sock("net")}`,
     ], { timeoutMs: 60_000 });
+    const peerText = await peer.output;
+    if (!r.stdout.includes("ok   virtio-net:")) throw new Error(`virtio-net failed; the peer printed: ${peerText}\nback-ends' stderr:\n${devices.stderr}\ntsvm run's:\n${r.stderr}\n${r.stdout}`);
     for (const check of ["virtio-blk0", "virtio-rng", "virtio-console", "virtio-net"]) expect(r.stdout).toContain(`ok   ${check}:`);
     expect(r.stdout).toContain('virtio-blk0 capacity 2048 sectors, id "over-vhost", read-write');
     expect(r.code).toBe(0);
     expect(new TextDecoder().decode(readFileSync(disk).subarray(512, 542))).toBe("written by the tsvm test guest");
     expect(readFileSync(out, "utf8")).toContain("hello from the guest over virtio-console");
-    expect(await peer).toContain("from guest: hello from the tsvm guest");
+    expect(peerText).toContain("from guest: hello from the tsvm guest");
     // The back-ends outlive their front-end.
     await devices.waitForOutput(/rng0: front-end gone/, 10_000, "stderr");
     expect(devices.child.exitCode).toBeNull();

@@ -61,10 +61,11 @@ describe.skipIf(!HAS_KVM)("virtio devices under the test guest", () => {
     const peer = await ns.startPeer();
     const vm = Bun.spawn([...ns.exec, ...tsvmCommand(), "run", "-p", "tsvm.net_rx=1", "--net", "tap-name=tap0,mac=52:54:00:12:34:56"], { stdout: "pipe", stderr: "pipe", stdin: "ignore" });
     const timer = setTimeout(() => vm.kill("SIGKILL"), 60_000 * TIME_SCALE);
-    const out = await new Response(vm.stdout).text();
+    const [out, err] = await Promise.all([new Response(vm.stdout).text(), new Response(vm.stderr).text()]);
     await vm.exited;
     clearTimeout(timer);
-    expect(await peer).toContain("from guest: hello from the tsvm guest");
+    const peerText = await peer.output;
+    if (!peerText.includes("from guest: hello from the tsvm guest")) throw new Error(`the peer saw no frame: ${peerText}\ntsvm exited ${vm.exitCode}; stdout:\n${out}\nstderr:\n${err}`);
     expect(out).toContain("virtio-net mac 0x52:0x54:0x0:0x12:0x34:0x56");
     expect(out).toContain('virtio-net received "hello from the host side"');
     expect(out).toContain("ok   virtio-net:");

@@ -3,7 +3,7 @@
 import { describe, expect, test } from "bun:test";
 import { createServer, connect, type Socket } from "node:net";
 import { join } from "node:path";
-import { HAS_KVM, runTsvm, tempDir, TIME_SCALE, TsvmProcess } from "../support/tsvm.ts";
+import { HAS_KVM, runTsvm, tempDir, TIME_SCALE, TsvmProcess, within } from "../support/tsvm.ts";
 
 const TIMEOUT = 120_000 * TIME_SCALE;
 const MIB = 1024 * 1024;
@@ -68,14 +68,15 @@ describe.skipIf(!HAS_KVM)("virtio-vsock under the test guest", () => {
           "--vsock", `cid=3,uds=${uds}`,
         ]);
         await vm.waitForOutput(/virtio-vsock listening on port 1234/, 60_000);
-        const { line, socket } = await connectToGuest(uds, 1234);
+        const { line, socket } = await within(connectToGuest(uds, 1234), 30_000, "answer to CONNECT 1234", vm);
         expect(line).toMatch(/^OK \d+\n$/);
         const echoed = new Promise<string>((resolve) => socket.once("data", (chunk: Buffer) => resolve(chunk.toString())));
         socket.write("ping from the host");
-        expect(await echoed).toBe("ping from the host");
+        expect(await within(echoed, 30_000, "echo from guest port 1234", vm)).toBe("ping from the host");
         socket.end();
-        expect(await listener.received).toBe(`ok ${MIB}`);
-        await vm.waitForOutput(/virtio-vsock received 1048576 bytes checksum 0x[0-9a-f]+/, 60_000);
+        expect(await within(listener.received, 60_000, "1 MiB from the guest at the host listener", vm)).toBe(`ok ${MIB}`);
+        // The whole line, not a prefix of its checksum still being written.
+        await vm.waitForOutput(/virtio-vsock received 1048576 bytes checksum 0x[0-9a-f]+\r?\n/, 60_000);
         expect(vm.stdout).toContain(`virtio-vsock received 1048576 bytes checksum 0x${checksum(hostData).toString(16)}`);
         expect(vm.stdout).toMatch(/virtio-vsock sent 1048576 bytes, waited for credit [1-9]\d* times/);
         expect(vm.stdout).toContain("ok   virtio-vsock:");

@@ -23,8 +23,11 @@ export class TapNamespace {
     sh(...this.exec, "ip", "link", "set", "tap0", "up");
   }
 
-  /** Starts net_peer.py on tap0; resolves once it listens, to a promise of everything it printed. */
-  async startPeer(): Promise<Promise<string>> {
+  /**
+   * Starts net_peer.py on tap0; resolves once it listens, with `output`: everything it printed, once
+   * it exits. (Wrapped in an object: an async function's returned promise would be awaited too.)
+   */
+  async startPeer(): Promise<{ output: Promise<string> }> {
     const peer = Bun.spawn([...this.exec, "python3", join(import.meta.dir, "net_peer.py"), "tap0", String(30 * TIME_SCALE)], { stdout: "pipe" });
     const decoder = new TextDecoder();
     const chunks = (peer.stdout as ReadableStream<Uint8Array>).getReader();
@@ -34,13 +37,14 @@ export class TapNamespace {
       if (done) throw new Error(`the network peer exited: ${text}`);
       text += decoder.decode(value);
     }
-    return (async (): Promise<string> => {
+    const output = (async (): Promise<string> => {
       for (;;) {
         const { value, done } = await chunks.read();
         if (done) return text;
         text += decoder.decode(value);
       }
     })();
+    return { output };
   }
 
   close(): void {

@@ -107,6 +107,22 @@ export class TsvmProcess {
   }
 }
 
+/** Resolves as `promise` does, or rejects naming `what` (and `vm`'s output) once `timeoutMs` passes. */
+export async function within<T>(promise: Promise<T>, timeoutMs: number, what: string, vm?: TsvmProcess): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const expired = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      const output = vm ? `\nstdout:\n${vm.stdout.slice(-3000)}\nstderr:\n${vm.stderr.slice(-2000)}` : "";
+      reject(new Error(`no ${what} within ${timeoutMs} ms${output}`));
+    }, timeoutMs * TIME_SCALE);
+  });
+  try {
+    return await Promise.race([promise, expired]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 /** Returns a fresh temporary directory. */
 export function tempDir(): string {
   return mkdtempSync(join(tmpdir(), "tsvm-test-"));
