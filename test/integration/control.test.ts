@@ -59,7 +59,7 @@ describe.skipIf(!HAS_KVM)("the control socket", () => {
   test("suspend stops the guest's clock-driven ticks; resume continues them", async () => {
     const socket = join(tempDir(), "vm.sock");
     using vm = new TsvmProcess(["run", "--log-level", "debug", "-p", "tsvm.mode=serve", "-s", socket]);
-    await vm.waitForOutput(/(tick\r?\n[^]*){3}/, 30_000);
+    await vm.waitForOutput((out) => ticks(out) >= 3, 30_000);
     expect((await runTsvm(["suspend", socket])).code).toBe(0);
     const atSuspend = ticks(vm.stdout);
     const devices = readdirSync("/proc").filter((d) => /^\d+$/.test(d)).filter((p) => {
@@ -76,7 +76,7 @@ describe.skipIf(!HAS_KVM)("the control socket", () => {
     expect(ticks(vm.stdout)).toBe(atSuspend);
     expect((await runTsvm(["resume", socket])).code).toBe(0);
     try {
-      await vm.waitForOutput(new RegExp(`(tick\\r?\\n[^]*){${atSuspend + 2}}`), 10_000);
+      await vm.waitForOutput((out) => ticks(out) >= atSuspend + 2, 10_000);
     } catch (e) {
       // Say where each thread of tsvm stands, to tell a parked vCPU from a stuck one.
       const pid = vm.child.pid;

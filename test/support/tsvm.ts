@@ -80,10 +80,16 @@ export class TsvmProcess {
     ]).then(() => {});
   }
 
-  /** Resolves once `pattern` has appeared on stdout; rejects if tsvm exits first or `timeoutMs` passes. */
-  async waitForOutput(pattern: RegExp, timeoutMs: number, stream: "stdout" | "stderr" = "stdout"): Promise<void> {
+  /**
+   * Resolves once `pattern` has appeared on stdout (or, given a function, once it holds for the
+   * output so far); rejects if tsvm exits first or `timeoutMs` passes. Count repeated lines with a
+   * function: a regular expression like /(tick[^]*){60}/ backtracks exponentially and JSC gives up
+   * on it (no match) long before it would succeed.
+   */
+  async waitForOutput(pattern: RegExp | ((output: string) => boolean), timeoutMs: number, stream: "stdout" | "stderr" = "stdout"): Promise<void> {
     const deadline = Date.now() + timeoutMs * TIME_SCALE;
-    while (!pattern.test(this[stream])) {
+    const seen = typeof pattern === "function" ? pattern : (text: string): boolean => pattern.test(text);
+    while (!seen(this[stream])) {
       if (this.child.exitCode !== null) throw new Error(`tsvm exited (${this.child.exitCode}) before ${pattern}: ${this.stderr}`);
       if (Date.now() > deadline) {
         const other = stream === "stdout" ? this.stderr : this.stdout;
