@@ -79,6 +79,8 @@ describe.skipIf(!HAS_KVM)("virtio-vsock under the test guest", () => {
         await vm.waitForOutput(/virtio-vsock received 1048576 bytes checksum 0x[0-9a-f]+\r?\n/, 60_000);
         expect(vm.stdout).toContain(`virtio-vsock received 1048576 bytes checksum 0x${checksum(hostData).toString(16)}`);
         expect(vm.stdout).toMatch(/virtio-vsock sent 1048576 bytes, waited for credit [1-9]\d* times/);
+        // The guest then shuts the connection down and waits for the host's reset before its verdict.
+        await vm.waitForOutput(/(ok|FAIL) +virtio-vsock:/, 60_000);
         expect(vm.stdout).toContain("ok   virtio-vsock:");
         await vm.waitForOutput(/serving/, 30_000);
         const stats = await runTsvm(["vsock_stats", control]);
