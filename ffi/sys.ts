@@ -38,6 +38,35 @@ export function pwriteRaw(fd: number, buf: Uint8Array, offset: number): number {
   return Number(native.tsvm_pwrite(fd, buf, buf.byteLength, offset));
 }
 
+/** The most segments one preadv/pwritev takes (the kernel's UIO_MAXIOV). */
+export const MAX_IOV = 1024;
+/** struct iovec[MAX_IOV] as 32-bit words: base low, base high, length low, length high. */
+const iovecs = new Uint32Array(MAX_IOV * 4);
+
+/** Fills `iovecs` for `views` (at most MAX_IOV); returns how many. */
+function fillIovecs(views: readonly Uint8Array[]): number {
+  const count = Math.min(views.length, MAX_IOV);
+  for (let i = 0; i < count; i++) {
+    const view = views[i]!;
+    const base = view.byteLength === 0 ? 0 : (ptr(view) as unknown as number);
+    iovecs[i * 4] = base >>> 0;
+    iovecs[i * 4 + 1] = Math.floor(base / 0x1_0000_0000);
+    iovecs[i * 4 + 2] = view.byteLength;
+    iovecs[i * 4 + 3] = 0;
+  }
+  return count;
+}
+
+/** Reads into `views` in order (the first MAX_IOV of them) from `offset` in one call; returns the count or -errno. */
+export function preadvRaw(fd: number, views: readonly Uint8Array[], offset: number): number {
+  return Number(native.tsvm_preadv(fd, iovecs, fillIovecs(views), offset));
+}
+
+/** Writes `views` in order (the first MAX_IOV of them) at `offset` in one call; returns the count or -errno. */
+export function pwritevRaw(fd: number, views: readonly Uint8Array[], offset: number): number {
+  return Number(native.tsvm_pwritev(fd, iovecs, fillIovecs(views), offset));
+}
+
 /** Returns the size in bytes of the file behind `fd`. */
 export function fileSize(fd: number): number {
   const out = new BigInt64Array(1);

@@ -38,6 +38,10 @@ kernel=build/linux/vmlinuz
 modules=build/linux/modules
 [ -d "$modules/kernel" ] || { echo "nested_kvm.sh: no module tree in $modules" >&2; exit 3; }
 
+# The guest mounts tmpfs of its own on these, so a repository below one of them is out of its sight.
+case "$repo/" in
+  /tmp/*|/run/*|/dev/shm/*) echo "nested_kvm.sh: the repository is under ${repo%"${repo#/*/}"}, which the nested machine replaces with its own tmpfs; move it elsewhere" >&2; exit 3 ;;
+esac
 mkdir -p build/nested
 work=$(mktemp -d "$repo/build/nested/run.XXXXXX")
 vfsd_pid=

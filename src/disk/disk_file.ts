@@ -124,11 +124,26 @@ export class DiskFile extends OwnedFd implements DiskImage {
     return true;
   }
 
-  /** Fills each view in turn from `offset`; reads past the end of the file give zeros. */
+  /**
+   * Fills each view in turn from `offset`; reads past the end of the file give zeros. A scatter list
+   * is read with one preadv; what a short read leaves (the end of the file, a signal) view by view.
+   */
   readInto(views: readonly Uint8Array[], offset: number): boolean {
+    let skip = 0;
+    if (views.length > 1) {
+      const n = sys.preadvRaw(this.fd, views, offset);
+      if (n < 0 && n !== -EINTR) return false;
+      skip = Math.max(0, n);
+    }
     let at = offset;
     for (const view of views) {
-      let done = 0;
+      if (skip >= view.byteLength) {
+        skip -= view.byteLength;
+        at += view.byteLength;
+        continue;
+      }
+      let done = skip;
+      skip = 0;
       while (done < view.byteLength) {
         const n = sys.preadRaw(this.fd, view.subarray(done), at + done);
         if (n === -EINTR) continue;
@@ -144,13 +159,25 @@ export class DiskFile extends OwnedFd implements DiskImage {
     return true;
   }
 
-  /** Writes each view in turn from `offset`. */
+  /** Writes each view in turn from `offset` (a scatter list with one pwritev, then what a short write left). */
   writeFrom(views: readonly Uint8Array[], offset: number): boolean {
     if (this.readOnly) return false;
     if (this.guardProbedMagic && offset < MAGIC_SIZE && this.#wouldWriteMagic(views, offset)) return false;
+    let skip = 0;
+    if (views.length > 1) {
+      const n = sys.pwritevRaw(this.fd, views, offset);
+      if (n < 0 && n !== -EINTR) return false;
+      skip = Math.max(0, n);
+    }
     let at = offset;
     for (const view of views) {
-      let done = 0;
+      if (skip >= view.byteLength) {
+        skip -= view.byteLength;
+        at += view.byteLength;
+        continue;
+      }
+      let done = skip;
+      skip = 0;
       while (done < view.byteLength) {
         const n = sys.pwriteRaw(this.fd, view.subarray(done), at + done);
         if (n === -EINTR) continue;

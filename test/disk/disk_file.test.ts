@@ -1,0 +1,91 @@
+// Raw images: a request's scatter list goes to the file in one preadv/pwritev, short reads at the end
+// of the file give zeros, and lists longer than the kernel's iovec limit still work.
+import { describe, expect, test } from "bun:test";
+import { readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { DiskFile } from "../../src/disk/disk_file.ts";
+import { tempDir } from "../support/tsvm.ts";
+
+function pattern(length: number, seed: number): Uint8Array {
+  return Uint8Array.from({ length }, (_, i) => (i * 31 + seed) & 0xff);
+}
+
+/** Read and write system calls this thread has made so far (/proc/thread-self/io: syscr, syscw). */
+function ioCalls(): { reads: number; writes: number } {
+  const text = readFileSync("/proc/thread-self/io", "utf8");
+  const field = (name: string): number => Number(new RegExp(`^${name}: (\\d+)$`, "m").exec(text)![1]);
+  return { reads: field("syscr"), writes: field("syscw") };
+}
+
+/** Read calls that reading /proc/thread-self/io itself counts between two ioCalls(). */
+function readsOfIoCalls(): number {
+  const a = ioCalls();
+  return ioCalls().reads - a.reads;
+}
+
+function image(bytes: Uint8Array): string {
+  const path = join(tempDir(), "disk.img");
+  writeFileSync(path, bytes);
+  return path;
+}
+
+describe("DiskFile scatter lists", () => {
+  test("a write of three segments lands in order, in one system call", () => {
+    const path = image(new Uint8Array(16384));
+    using disk = DiskFile.open(path, false);
+    const segments = [pattern(100, 1), new Uint8Array(0), pattern(5000, 2), pattern(7, 3)];
+    const before = ioCalls();
+    expect(disk.writeFrom(segments, 10)).toBe(true);
+    expect(ioCalls().writes - before.writes).toBe(1);
+    const file = readFileSync(path);
+    let at = 10;
+    for (const s of segments) {
+      expect(file.subarray(at, at + s.byteLength)).toEqual(Buffer.from(s));
+      at += s.byteLength;
+    }
+    expect(file.subarray(0, 10).every((b) => b === 0)).toBe(true);
+    expect(file[at]).toBe(0);
+  });
+
+  test("a read of three segments fills them in order, in one system call", () => {
+    const data = pattern(16384, 9);
+    using disk = DiskFile.open(image(data), true);
+    const segments = [new Uint8Array(512), new Uint8Array(3000), new Uint8Array(1)];
+    const own = readsOfIoCalls();
+    const before = ioCalls();
+    expect(disk.readInto(segments, 700)).toBe(true);
+    expect(ioCalls().reads - before.reads - own).toBe(1);
+    expect(Buffer.concat(segments).equals(Buffer.from(data.subarray(700, 700 + 3513)))).toBe(true);
+  });
+
+  test("segments past the end of the file read as zeros, including one the end cuts in two", () => {
+    const data = pattern(6000, 4);
+    using disk = DiskFile.open(image(data), true);
+    const segments = [new Uint8Array(1000).fill(0xee), new Uint8Array(4096).fill(0xee), new Uint8Array(512).fill(0xee)];
+    expect(disk.readInto(segments, 4000)).toBe(true);
+    expect(segments[0]!).toEqual(data.subarray(4000, 5000));
+    expect(segments[1]!.subarray(0, 1000)).toEqual(data.subarray(5000, 6000));
+    expect(segments[1]!.subarray(1000).every((b) => b === 0)).toBe(true);
+    expect(segments[2]!.every((b) => b === 0)).toBe(true);
+  });
+
+  test("more segments than one preadv takes (1024) are still all read and written", () => {
+    const path = image(new Uint8Array(4096));
+    using disk = DiskFile.open(path, false);
+    const bytes = pattern(1500, 5);
+    const segments = Array.from({ length: 1500 }, (_, i) => bytes.subarray(i, i + 1));
+    expect(disk.writeFrom(segments, 100)).toBe(true);
+    expect(readFileSync(path).subarray(100, 1600).equals(bytes)).toBe(true);
+    const back = Array.from({ length: 1500 }, () => new Uint8Array(1));
+    expect(disk.readInto(back, 100)).toBe(true);
+    expect(Buffer.concat(back).equals(Buffer.from(bytes))).toBe(true);
+  });
+
+  test("a read-only image refuses a scatter write and the file is untouched", () => {
+    const data = pattern(4096, 6);
+    const path = image(data);
+    using disk = DiskFile.open(path, true);
+    expect(disk.writeFrom([new Uint8Array(10), new Uint8Array(10)], 0)).toBe(false);
+    expect(readFileSync(path).equals(data)).toBe(true);
+  });
+});
