@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { DiskFile } from "../../src/disk/disk_file.ts";
 import { tempDir } from "../support/tsvm.ts";
 
-function pattern(length: number, seed: number): Uint8Array {
+function pattern(length: number, seed: number): Uint8Array<ArrayBuffer> {
   return Uint8Array.from({ length }, (_, i) => (i * 31 + seed) & 0xff);
 }
 
