@@ -124,64 +124,43 @@ export class DiskFile extends OwnedFd implements DiskImage {
     return true;
   }
 
-  /**
-   * Fills each view in turn from `offset`; reads past the end of the file give zeros. A scatter list
-   * is read with one preadv; what a short read leaves (the end of the file, a signal) view by view.
-   */
+  /** Fills each view in turn from `offset`; reads past the end of the file give zeros. */
   readInto(views: readonly Uint8Array[], offset: number): boolean {
-    let skip = 0;
-    if (views.length > 1) {
-      const n = sys.preadvRaw(this.fd, views, offset);
-      if (n < 0 && n !== -EINTR) return false;
-      skip = Math.max(0, n);
-    }
-    let at = offset;
-    for (const view of views) {
-      if (skip >= view.byteLength) {
-        skip -= view.byteLength;
-        at += view.byteLength;
-        continue;
-      }
-      let done = skip;
-      skip = 0;
-      while (done < view.byteLength) {
-        const n = sys.preadRaw(this.fd, view.subarray(done), at + done);
-        if (n === -EINTR) continue;
-        if (n < 0) return false;
-        if (n === 0) {
-          view.fill(0, done);
-          break;
-        }
-        done += n;
-      }
-      at += view.byteLength;
-    }
-    return true;
+    return this.#transfer(views, offset, false);
   }
 
-  /** Writes each view in turn from `offset` (a scatter list with one pwritev, then what a short write left). */
+  /** Writes each view in turn from `offset`. */
   writeFrom(views: readonly Uint8Array[], offset: number): boolean {
     if (this.readOnly) return false;
     if (this.guardProbedMagic && offset < MAGIC_SIZE && this.#wouldWriteMagic(views, offset)) return false;
+    return this.#transfer(views, offset, true);
+  }
+
+  /**
+   * Moves `views`, in order, to the file (`write`) or from it at `offset`: a scatter list in one
+   * preadv/pwritev, then what a short transfer left (the end of the file, a signal, more than
+   * MAX_IOV segments) view by view. Reads past the end of the file give zeros.
+   */
+  #transfer(views: readonly Uint8Array[], offset: number, write: boolean): boolean {
     let skip = 0;
     if (views.length > 1) {
-      const n = sys.pwritevRaw(this.fd, views, offset);
+      const n = write ? sys.pwritevRaw(this.fd, views, offset) : sys.preadvRaw(this.fd, views, offset);
       if (n < 0 && n !== -EINTR) return false;
       skip = Math.max(0, n);
     }
     let at = offset;
     for (const view of views) {
-      if (skip >= view.byteLength) {
-        skip -= view.byteLength;
-        at += view.byteLength;
-        continue;
-      }
-      let done = skip;
-      skip = 0;
+      let done = Math.min(skip, view.byteLength);
+      skip -= done;
       while (done < view.byteLength) {
-        const n = sys.pwriteRaw(this.fd, view.subarray(done), at + done);
+        const rest = view.subarray(done);
+        const n = write ? sys.pwriteRaw(this.fd, rest, at + done) : sys.preadRaw(this.fd, rest, at + done);
         if (n === -EINTR) continue;
-        if (n <= 0) return false;
+        if (n < 0 || (n === 0 && write)) return false;
+        if (n === 0) {
+          view.fill(0, done); // the end of the file
+          break;
+        }
         done += n;
       }
       at += view.byteLength;
