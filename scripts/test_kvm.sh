@@ -18,11 +18,14 @@ else
     "$bun" test --timeout 1800000 $files "$@" 2>&1 | tee "$log"
   status=${PIPESTATUS[0]}
 fi
-clean=$(sed 's/\x1b\[[0-9;]*m//g' "$log")
+# (the nested machine's console ends its lines with \r\n)
+clean=$(sed 's/\x1b\[[0-9;]*m//g; s/\r$//' "$log")
 p=$(echo "$clean" | grep -E '^ *[0-9]+ pass$' | tail -1 | tr -dc '0-9')
 f=$(echo "$clean" | grep -E '^ *[0-9]+ fail$' | tail -1 | tr -dc '0-9')
 rm -f "$log"
 failed=${f:-0}
 if [ "$status" -ne 0 ] && [ "$failed" -eq 0 ]; then failed=1; fi
+# No summary at all means the run died before bun test finished: not a pass.
+if [ -z "$p" ] && [ -z "$f" ] && [ "$failed" -eq 0 ]; then echo "test_kvm.sh: bun test printed no summary"; failed=1; fi
 echo "${p:-0} passed, $failed failed"
 [ "$failed" -eq 0 ]
