@@ -850,6 +850,27 @@ static int64_t vs_recv(struct vsock_hdr *h, uint8_t *data, unsigned seconds)
 
 static uint8_t vs_data[VSOCK_RX_SIZE];
 
+/* Like vs_recv, for the current connection only: a packet of another (the echo connection's
+ * SHUTDOWN or RST arriving late, say) is set aside; a SHUTDOWN is answered with the RST that ends
+ * that connection. Gives up after 64 foreign packets. */
+static int64_t vs_recv_conn(struct vsock_hdr *h, uint8_t *data, unsigned seconds)
+{
+	for (int foreign = 0; foreign < 64; foreign++) {
+		int64_t n = vs_recv(h, data, seconds);
+		if (n < 0) return n;
+		if (h->src_cid == VSOCK_HOST_CID && h->dst_port == vs_conn.local_port && h->src_port == vs_conn.peer_port) return n;
+		if (h->op == VSOCK_OP_SHUTDOWN) {
+			uint32_t local = vs_conn.local_port, peer = vs_conn.peer_port;
+			vs_conn.local_port = h->dst_port;
+			vs_conn.peer_port = h->src_port;
+			vs_send(VSOCK_OP_RST, 0, 0, 0);
+			vs_conn.local_port = local;
+			vs_conn.peer_port = peer;
+		}
+	}
+	return -1;
+}
+
 /* Host -> guest: waits for a host program's request on VSOCK_ECHO_PORT, accepts it and echoes one message. */
 static int vsock_echo(void)
 {
@@ -878,14 +899,14 @@ static int vsock_transfer(void)
 	struct vsock_hdr h;
 	vs_conn = (typeof(vs_conn)){ 40000, VSOCK_HOST_PORT, 0, 0, 0, 0 };
 	if (!vs_send(VSOCK_OP_REQUEST, 0, 0, 0)) return 0;
-	if (vs_recv(&h, 0, 30) < 0 || h.op != VSOCK_OP_RESPONSE) { puts_("     virtio-vsock: the host refused port 5000\n"); return 0; }
+	if (vs_recv_conn(&h, 0, 30) < 0 || h.op != VSOCK_OP_RESPONSE) { puts_("     virtio-vsock: the host refused port 5000\n"); return 0; }
 	uint32_t sent = 0, waits = 0;
 	while (sent < VSOCK_TRANSFER) {
 		uint32_t credit = vs_conn.peer_buf - (vs_conn.tx_cnt - vs_conn.peer_fwd);
 		if (credit == 0 || credit > vs_conn.peer_buf) {
 			/* out of credit: the host says when it has taken more (a CREDIT_UPDATE, or any packet) */
 			waits++;
-			if (vs_recv(&h, 0, 30) < 0 || h.op == VSOCK_OP_RST) return 0;
+			if (vs_recv_conn(&h, 0, 30) < 0 || h.op == VSOCK_OP_RST) return 0;
 			continue;
 		}
 		uint32_t n = (uint32_t)sizeof(vs_txbuf.data);
@@ -900,7 +921,7 @@ static int vsock_transfer(void)
 	/* the host answers with 1 MiB of its own; the guest consumes it and gives credit back as it goes */
 	uint32_t received = 0, sum = 0, reported = 0;
 	while (received < VSOCK_TRANSFER) {
-		int64_t n = vs_recv(&h, vs_data, 30);
+		int64_t n = vs_recv_conn(&h, vs_data, 30);
 		if (n < 0 || h.op == VSOCK_OP_RST) { puts_("     virtio-vsock: the host's data stopped\n"); return 0; }
 		if (h.op == VSOCK_OP_CREDIT_REQUEST) { vs_send(VSOCK_OP_CREDIT_UPDATE, 0, 0, 0); continue; }
 		if (h.op != VSOCK_OP_RW) continue;
@@ -914,7 +935,7 @@ static int vsock_transfer(void)
 	}
 	puts_("     virtio-vsock received "); putu(received); puts_(" bytes checksum "); putx(sum); puts_("\n");
 	vs_send(VSOCK_OP_SHUTDOWN, 3, 0, 0);
-	while (vs_recv(&h, 0, 10) >= 0) if (h.op == VSOCK_OP_RST) return 1;
+	while (vs_recv_conn(&h, 0, 10) >= 0) if (h.op == VSOCK_OP_RST) return 1;
 	return 0;
 }
 
