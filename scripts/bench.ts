@@ -31,10 +31,36 @@ const EXITS = arg("--exits", 50000);
 
 const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
-function sh(cmd: string[]): string {
-  const r = Bun.spawnSync(cmd, { stdout: "pipe", stderr: "pipe" });
-  if (r.exitCode !== 0) throw new Error(`${cmd.join(" ")} failed: ${r.stderr.toString()}`);
+/** Deadlines stretch by TSVM_TEST_TIME_SCALE (nested KVM is ~20x slower than hardware). */
+const TIME_SCALE = Number(process.env.TSVM_TEST_TIME_SCALE ?? 1);
+// On a slow host (nested KVM) device processes start and answer slower too: scale tsvm's own deadlines.
+if (TIME_SCALE > 1) {
+  process.env.TSVM_DEVICE_START_TIMEOUT_MS ??= String(8000 * TIME_SCALE);
+  process.env.TSVM_DEVICE_TIMEOUT_MS ??= String(5000 * TIME_SCALE);
+}
+/** Progress goes to stderr, so a stalled step names itself; the table goes to stdout. */
+const step = (what: string): void => console.error(`bench: ${what}`);
+
+function sh(cmd: string[], timeoutMs = 120_000): string {
+  const r = Bun.spawnSync(cmd, { stdout: "pipe", stderr: "pipe", timeout: timeoutMs * TIME_SCALE, killSignal: "SIGKILL" });
+  if (r.exitCode !== 0) {
+    const why = r.exitCode === null ? `was killed after ${timeoutMs * TIME_SCALE} ms` : `failed (exit ${r.exitCode})`;
+    throw new Error(`${cmd.join(" ")} ${why}:\n${r.stdout.toString().slice(-2000)}\n${r.stderr.toString().slice(-2000)}`);
+  }
   return r.stdout.toString();
+}
+
+/** Resolves as `promise` does, or rejects naming `what` once `ms` (scaled) have passed. */
+async function within<T>(ms: number, what: string, promise: Promise<T>): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`bench: no ${what} within ${ms * TIME_SCALE} ms`)), ms * TIME_SCALE);
+  });
+  try {
+    return await Promise.race([promise, late]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 function cyclesPerExit(output: string): number {
@@ -125,6 +151,7 @@ if (qemu && (want(2) || want(3))) {
 
 // 4. qcow2 against raw: the same guest reads and writes through tsvm's block device on both formats.
 if (want(4)) {
+  step("4. qcow2 vs raw");
   const raw = join(dir, "compare.raw");
   const qcow = join(dir, "compare.qcow2");
   sh(["truncate", "-s", "64M", raw]);
@@ -176,6 +203,7 @@ async function memoryOf(cmd: string[], ready: RegExp | null): Promise<number> {
   return kib;
 }
 if (want(5)) {
+  step("5. memory and sandbox cost");
   const disk = join(dir, "mem.img");
   sh(["truncate", "-s", "16M", disk]);
   const common = ["run", "-c", "1", "-p", "tsvm.mode=serve", "--no-balloon", "--block", `path=${disk}`,
@@ -206,11 +234,12 @@ if (want(5)) {
 // 6. vhost-user block: 4 KiB QD1 reads through tsvm's vhost-user front-end, served by `tsvm devices`
 //    and by qemu-storage-daemon; and tsvm's vhost-user block against its own jailed block device.
 if (want(6)) {
+  step("6. vhost-user block");
   const image = join(dir, "vhost.img");
   sh(["truncate", "-s", "64M", image]);
   const perRequest = (output: string): number => Number(/failures 0 tsc-per-request (\d+)/.exec(output)?.[1] ?? NaN);
   const waitForSocket = async (path: string, backend: ReturnType<typeof Bun.spawn>): Promise<void> => {
-    const deadline = Date.now() + 30_000;
+    const deadline = Date.now() + 30_000 * TIME_SCALE;
     while (!existsSync(path)) {
       if (backend.exitCode !== null || Date.now() > deadline) throw new Error(`the back-end never listened on ${path}`);
       await Bun.sleep(20);
@@ -221,6 +250,7 @@ if (want(6)) {
     const child = Bun.spawn(backend, { stdout: "ignore", stderr: "ignore" });
     try {
       await waitForSocket(socketPath, child);
+      step(`vhost-user blk over ${backend[0] === TSVM ? "tsvm devices" : backend[0]}`);
       return perRequest(sh([TSVM, "run", "--serial", "type=stdout,num=1", "-p", "tsvm.bench=blk:3000", "--vhost-user", `block,socket=${socketPath}`]));
     } finally {
       child.kill("SIGKILL");
@@ -250,6 +280,7 @@ if (want(6)) {
 // 7. vsock: connection set-up (a host program's CONNECT to the guest's OK) and 1 MiB each way with the
 //    test guest's driver, against the same on a plain host Unix socket pair (the ceiling).
 if (want(7)) {
+  step("7. vsock");
   const MIB = 1024 * 1024;
   type VsockRound = { setupMs: number; toHostMs: number; toGuestMs: number };
   const { connect, createServer } = await import("node:net");
@@ -280,12 +311,31 @@ if (want(7)) {
     const vm = Bun.spawn([TSVM, "run", "--serial", "type=stdout,num=1", "-p", "tsvm.vsock=1", "--vsock", `cid=3,uds=${uds}`], { stdout: "pipe", stderr: "ignore" });
     const reader = (vm.stdout as ReadableStream<Uint8Array>).getReader();
     let text = "";
-    while (!text.includes("listening on port 1234")) {
-      const { value, done: ended } = await reader.read();
-      if (ended) throw new Error(`the guest never listened:\n${text}`);
-      text += new TextDecoder().decode(value);
+    const stopVm = async (): Promise<void> => {
+      vm.kill("SIGKILL");
+      await vm.exited;
+    };
+    try {
+      await within(60_000, "guest listening on vsock port 1234", (async () => {
+        while (!text.includes("listening on port 1234")) {
+          const { value, done: ended } = await reader.read();
+          if (ended) throw new Error(`the guest never listened:\n${text}`);
+          text += new TextDecoder().decode(value);
+        }
+      })());
+    } catch (e) {
+      await stopVm();
+      throw e;
     }
-    const setupMs = await new Promise<number>((resolveSetup) => {
+    // Keep draining the console so the guest never blocks on a full pipe.
+    void (async () => {
+      for (;;) {
+        const { value, done: ended } = await reader.read();
+        if (ended) return;
+        text += new TextDecoder().decode(value);
+      }
+    })();
+    const setupMs = await within(30_000, "reply to CONNECT 1234", new Promise<number>((resolveSetup) => {
       const start = performance.now();
       const socket = connect({ path: uds }, () => socket.write("CONNECT 1234\n"));
       socket.on("error", () => {}); // the guest may reset the echo connection once it is done with it
@@ -294,10 +344,15 @@ if (want(7)) {
         socket.write("x");
         socket.end();
       });
+    })).catch(async (e) => {
+      await stopVm();
+      throw new Error(`${e instanceof Error ? e.message : e}; guest console:\n${text.slice(-2000)}`);
     });
-    await done;
-    vm.kill("SIGKILL");
-    await vm.exited;
+    await within(120_000, "1 MiB each way over vsock", done).catch(async (e) => {
+      await stopVm();
+      throw new Error(`${e instanceof Error ? e.message : e}; guest console:\n${text.slice(-2000)}`);
+    });
+    await stopVm();
     return { setupMs, toHostMs, toGuestMs };
   };
   const pairRound = async (): Promise<VsockRound> => {
@@ -340,6 +395,7 @@ if (want(7)) {
   const vsockRounds: VsockRound[] = [];
   const pairRounds: VsockRound[] = [];
   for (let i = 0; i < Math.max(3, Math.floor(ROUNDS / 2)); i++) {
+    step(`vsock round ${i + 1}`);
     vsockRounds.push(await vsockRound());
     pairRounds.push(await pairRound());
   }
