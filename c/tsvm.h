@@ -79,4 +79,14 @@ int tsvm_pipe(int *fds_out);
 int tsvm_lockdown(const void *bpf, uint64_t len, uint64_t max_fds);
 int tsvm_waitpid(int pid, int *status_out, int nohang);
 
+/* aio.c: disk requests in flight on a pool of threads, completions told through an eventfd */
+struct tsvm_aio;
+struct tsvm_aio *tsvm_aio_create(int max_threads, int capacity, int notify_fd);
+int tsvm_aio_submit(struct tsvm_aio *aio, int op, int fd, const void *iov, int iovcnt, int64_t offset, uint32_t tag, uint32_t align);
+int tsvm_aio_reap(struct tsvm_aio *aio, void *out, int max);
+int tsvm_aio_wait_idle(struct tsvm_aio *aio);
+void tsvm_aio_destroy(struct tsvm_aio *aio);
+int tsvm_dio_probe_align(int fd);
+int tsvm_disk_transfer(int fd, const void *iov, int iovcnt, int64_t offset, uint32_t align, int write);
+
 #endif

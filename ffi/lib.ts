@@ -70,6 +70,14 @@ const symbols = {
   tsvm_spawn_jailed: { args: [cstring, pointer, pointer, pointer, i32, i32, u32], returns: i32 },
   tsvm_lockdown: { args: [pointer, u64, u64], returns: i32 },
   tsvm_waitpid: { args: [i32, pointer, i32], returns: i32 },
+  // aio.c
+  tsvm_aio_create: { args: [i32, i32, i32], returns: pointer },
+  tsvm_aio_submit: { args: [pointer, i32, i32, pointer, i32, i64, u32, u32], returns: i32 },
+  tsvm_aio_reap: { args: [pointer, pointer, i32], returns: i32 },
+  tsvm_aio_wait_idle: { args: [pointer], returns: i32 },
+  tsvm_aio_destroy: { args: [pointer], returns: FFIType.void },
+  tsvm_dio_probe_align: { args: [i32], returns: i32 },
+  tsvm_disk_transfer: { args: [i32, pointer, i32, i64, u32, i32], returns: i32 },
 } as const;
 
 /** Names the memfd holding the library, so Workers of the same process open it instead of copying again. */

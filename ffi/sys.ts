@@ -41,10 +41,10 @@ export function pwriteRaw(fd: number, buf: Uint8Array, offset: number): number {
 /** The most segments one preadv/pwritev takes (the kernel's UIO_MAXIOV). */
 export const MAX_IOV = 1024;
 /** struct iovec[MAX_IOV] as 32-bit words: base low, base high, length low, length high. */
-const iovecs = new Uint32Array(MAX_IOV * 4);
+export const iovecs = new Uint32Array(MAX_IOV * 4);
 
 /** Fills `iovecs` for `views` (at most MAX_IOV); returns how many. */
-function fillIovecs(views: readonly Uint8Array[]): number {
+export function fillIovecs(views: readonly Uint8Array[]): number {
   const count = Math.min(views.length, MAX_IOV);
   for (let i = 0; i < count; i++) {
     const view = views[i]!;

@@ -95,7 +95,7 @@ export function parseSerial(text: string): SerialConfig {
   return result.output;
 }
 
-const BLOCK_KEYS = ["path", "ro", "id", "root", "format"] as const;
+const BLOCK_KEYS = ["path", "ro", "id", "root", "format", "o_direct"] as const;
 export const DISK_FORMATS = ["raw", "qcow2"] as const;
 /** virtio-blk serial numbers are at most 20 bytes (VIRTIO_BLK_ID_BYTES). */
 const BLOCK_ID_MAX = 20;
@@ -106,10 +106,12 @@ const BlockSchema = v.strictObject({
   root: v.optional(BooleanText, "false"),
   /** The image format; without it the format is recognised by the image's magic (QEMU's probing). */
   format: v.optional(v.picklist(DISK_FORMATS, `expected one of ${DISK_FORMATS.join(", ")}`)),
+  /** O_DIRECT: the host's page cache is bypassed (crosvm's key; QEMU's cache=none). */
+  o_direct: v.optional(BooleanText, "false"),
 });
 export type BlockConfig = v.InferOutput<typeof BlockSchema>;
 
-/** Parses `--block path=P[,ro=true][,id=ID][,root=true][,format=raw|qcow2]` (a bare first value is the path). */
+/** Parses `--block path=P[,ro=true][,id=ID][,root=true][,format=raw|qcow2][,o_direct=true]` (a bare first value is the path). */
 export function parseBlock(text: string, flag = "--block"): BlockConfig {
   const fields = parseKeyValues(flag, text, BLOCK_KEYS, "path");
   if (fields.path === undefined) throw new ConfigError(`${flag} ${text}: path=PATH is required`);
@@ -435,7 +437,7 @@ export function outputSpec(s: SerialConfig): OutputSpec {
  */
 export function virtioDeviceSpecs(config: Config, mac: () => string): DeviceSpec[] {
   const specs: DeviceSpec[] = config.blocks.map((b, i) => ({
-    kind: "block", label: `block${i}`, path: b.path, readOnly: b.ro, id: b.id, format: b.format ?? null,
+    kind: "block", label: `block${i}`, path: b.path, readOnly: b.ro, id: b.id, format: b.format ?? null, direct: b.o_direct,
   }));
   const consolePort = config.serials.find((s) => s.hardware === "virtio-console");
   if (consolePort) specs.push({ kind: "console", label: "console", output: outputSpec(consolePort), stdin: consolePort.stdin });

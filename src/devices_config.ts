@@ -51,7 +51,7 @@ export function parseDevicesConfig(raw: RawDevicesOptions): DevicesConfig {
     const { socket, rest } = splitVhost("--block", text);
     const b = parseBlock(rest);
     if (b.root) throw new ConfigError(`--block ${text}: root= means nothing to a vhost-user back-end`);
-    devices.push({ socket, spec: { kind: "block", label: label("block"), path: b.path, readOnly: b.ro, id: b.id, format: b.format ?? null } });
+    devices.push({ socket, spec: { kind: "block", label: label("block"), path: b.path, readOnly: b.ro, id: b.id, format: b.format ?? null, direct: b.o_direct } });
   }
   for (const text of raw.net ?? []) {
     const { socket, rest } = splitVhost("--net", text);

@@ -64,7 +64,12 @@ describe("parseRunConfig", () => {
 
 describe("disk flags", () => {
   test("--block reads crosvm's syntax, with a bare path first", () => {
-    expect(parseRunConfig({ block: ["disk.img,ro=true,id=vol1"] }).blocks).toEqual([{ path: "disk.img", ro: true, id: "vol1", root: false }]);
+    expect(parseRunConfig({ block: ["disk.img,ro=true,id=vol1"] }).blocks).toEqual([{ path: "disk.img", ro: true, id: "vol1", root: false, o_direct: false }]);
+  });
+
+  test("--block o_direct=true asks for O_DIRECT, and only true or false is taken", () => {
+    expect(parseRunConfig({ block: ["path=disk.img,o_direct=true"] }).blocks[0]!.o_direct).toBe(true);
+    expect(() => parseRunConfig({ block: ["path=disk.img,o_direct=yes"] })).toThrow(/o_direct.*expected true or false|expected true or false/);
   });
 
   test("-d/--disk is read-only and --rwdisk read-write", () => {

@@ -23,7 +23,7 @@ export function openResources(spec: DeviceSpec): Result<DeviceResources> {
   try {
     switch (spec.kind) {
       case "block":
-        return ok({ kind: "block", image: openDiskImage(spec.path, spec.readOnly, spec.format) });
+        return ok({ kind: "block", image: openDiskImage(spec.path, spec.readOnly, spec.format, 0, spec.direct) });
       case "console":
         return ok({ kind: "console", output: openOutput(spec.output) });
       case "net":

@@ -20,6 +20,8 @@ export type DeviceSpec =
     readonly kind: "block"; readonly label: string; readonly path: string; readonly readOnly: boolean; readonly id: string;
     /** The image format, or null to recognise it by its magic. */
     readonly format: "raw" | "qcow2" | null;
+    /** O_DIRECT (o_direct=true): reads and writes bypass the host's page cache. */
+    readonly direct: boolean;
   }
   | { readonly kind: "console"; readonly label: string; readonly output: OutputSpec; readonly stdin: boolean }
   | { readonly kind: "net"; readonly label: string; readonly tap: TapSpec; readonly mac: string }

@@ -1,10 +1,15 @@
-// disk_file.ts - the DiskImage interface, and raw images: opened once, locked against other VMs, read and written with pread/pwrite.
-import { sys } from "../../ffi/mod.ts";
+// disk_file.ts - the DiskImage interface, and raw images: opened once, locked against other VMs, read
+// and written with preadv/pwritev (through the page cache, or O_DIRECT with o_direct=true).
+import { aio, sys } from "../../ffi/mod.ts";
+import { SysError } from "../base/errno.ts";
 import { OwnedFd } from "../base/owned_fd.ts";
 
 const O_RDONLY = 0;
 const O_RDWR = 2;
 const O_NONBLOCK = 0o4000;
+const O_DIRECT = 0o40000;
+const F_GETFL = 3;
+const EINVAL = 22;
 /** The bytes a probed magic occupies at the start of an image. */
 const MAGIC_SIZE = 4;
 const LOCK_SH = 1;
@@ -26,6 +31,13 @@ export interface DiskImage {
   readonly fd: number;
   /** The image file, then its backing chain's (for handing to a device process, in order). */
   readonly chainFds: readonly number[];
+  /**
+   * Where data requests may run in flight on an I/O pool (the file and its O_DIRECT alignment, 1
+   * when buffered), or null when the format must serve them one by one (qcow2 maps each request).
+   */
+  readonly asyncTarget: { readonly fd: number; readonly align: number } | null;
+  /** Whether the guest may write `views` at `offset` (not read-only, no probed magic written). */
+  mayWrite(views: readonly Uint8Array[], offset: number): boolean;
   readInto(views: readonly Uint8Array[], offset: number): boolean;
   writeFrom(views: readonly Uint8Array[], offset: number): boolean;
   flush(): boolean;
@@ -49,25 +61,42 @@ export class DiskFile extends OwnedFd implements DiskImage {
    * the guest's choosing). QEMU refuses the same writes to probed raw images.
    */
   guardProbedMagic = false;
+  /**
+   * 1 for a file read through the page cache; for an O_DIRECT file, the alignment of offsets,
+   * lengths and buffers it needs (requests that break it go through an aligned bounce buffer).
+   */
+  readonly align: number;
   #size: number;
 
   private constructor(fd: number, readOnly: boolean) {
     super(fd);
     this.readOnly = readOnly;
     this.#size = sys.fileSize(fd);
+    const flags = sys.fcntlIntRaw(fd, F_GETFL, 0);
+    this.align = flags >= 0 && (flags & O_DIRECT) !== 0 ? aio.directAlignment(fd) : 1;
   }
 
-  /** Wraps an fd opened (and locked) by another process, as a jailed device process receives it. */
+  /** Wraps an fd opened (and locked) by another process, as a jailed device process receives it (O_DIRECT kept). */
   static fromFd(fd: number, readOnly: boolean): DiskFile {
     return new DiskFile(fd, readOnly);
   }
 
   /**
-   * Opens `path` (read-only or read-write) and takes a shared or exclusive lock on it. It must be a
-   * regular file or a block device: opened non-blocking, so a FIFO cannot hang the open, and refused.
+   * Opens `path` (read-only or read-write; with `direct`, O_DIRECT: the host's page cache is
+   * bypassed) and takes a shared or exclusive lock on it. It must be a regular file or a block
+   * device: opened non-blocking, so a FIFO cannot hang the open, and refused.
    */
-  static open(path: string, readOnly: boolean): DiskFile {
-    const fd = sys.open(path, (readOnly ? O_RDONLY : O_RDWR) | O_NONBLOCK);
+  static open(path: string, readOnly: boolean, direct = false): DiskFile {
+    let fd: number;
+    try {
+      fd = sys.open(path, (readOnly ? O_RDONLY : O_RDWR) | O_NONBLOCK | (direct ? O_DIRECT : 0));
+    } catch (e) {
+      // open(2) says EINVAL for O_DIRECT on a file system without direct I/O (tmpfs before Linux 6.6).
+      if (direct && e instanceof SysError && e.errno === EINVAL) {
+        throw new Error(`failed to open disk image ${path} with o_direct=true: its file system does not support O_DIRECT`);
+      }
+      throw e;
+    }
     const stat = sys.fstat(fd);
     const kind = typeof stat === "number" ? -1 : stat.mode & sys.S_IFMT;
     if (kind !== sys.S_IFREG && kind !== sys.S_IFBLK) {
@@ -86,6 +115,14 @@ export class DiskFile extends OwnedFd implements DiskImage {
 
   get chainFds(): readonly number[] {
     return [this.fd];
+  }
+
+  get asyncTarget(): { readonly fd: number; readonly align: number } {
+    return { fd: this.fd, align: this.align };
+  }
+
+  mayWrite(views: readonly Uint8Array[], offset: number): boolean {
+    return !this.readOnly && !(this.guardProbedMagic && offset < MAGIC_SIZE && this.#wouldWriteMagic(views, offset));
   }
 
   /** Size in bytes, as of opening (or the last refresh). */
@@ -114,6 +151,7 @@ export class DiskFile extends OwnedFd implements DiskImage {
 
   /** Writes all of `buf` at `offset`, even on a read-only image (metadata of a fresh image). */
   pwriteExact(buf: Uint8Array, offset: number): boolean {
+    if (this.align > 1) return aio.diskTransfer(this.fd, [buf], offset, this.align, true) === 0;
     let done = 0;
     while (done < buf.byteLength) {
       const n = sys.pwriteRaw(this.fd, buf.subarray(done), offset + done);
@@ -131,9 +169,7 @@ export class DiskFile extends OwnedFd implements DiskImage {
 
   /** Writes each view in turn from `offset`. */
   writeFrom(views: readonly Uint8Array[], offset: number): boolean {
-    if (this.readOnly) return false;
-    if (this.guardProbedMagic && offset < MAGIC_SIZE && this.#wouldWriteMagic(views, offset)) return false;
-    return this.#transfer(views, offset, true);
+    return this.mayWrite(views, offset) && this.#transfer(views, offset, true);
   }
 
   /**
@@ -142,6 +178,7 @@ export class DiskFile extends OwnedFd implements DiskImage {
    * MAX_IOV segments) view by view. Reads past the end of the file give zeros.
    */
   #transfer(views: readonly Uint8Array[], offset: number, write: boolean): boolean {
+    if (this.align > 1) return views.length <= aio.AIO_MAX_SEGMENTS && aio.diskTransfer(this.fd, views, offset, this.align, write) === 0;
     let skip = 0;
     if (views.length > 1) {
       const n = write ? sys.pwritevRaw(this.fd, views, offset) : sys.preadvRaw(this.fd, views, offset);

@@ -62,6 +62,8 @@ export function isQcow2(first4: Uint8Array): boolean {
 /** A qcow2 image on top of a locked DiskFile. I/O returns false on failure and never throws. */
 export class Qcow2Image implements DiskImage {
   readonly format = "qcow2";
+  /** Each request is mapped through the cluster tables, one at a time. */
+  readonly asyncTarget = null;
   readonly readOnly: boolean;
   readonly #file: DiskFile;
   readonly #h: Header;
@@ -162,6 +164,10 @@ export class Qcow2Image implements DiskImage {
       at += view.byteLength;
     }
     return true;
+  }
+
+  mayWrite(): boolean {
+    return !this.readOnly;
   }
 
   writeFrom(views: readonly Uint8Array[], offset: number): boolean {
@@ -424,16 +430,17 @@ export class Qcow2Image implements DiskImage {
 }
 
 /**
- * Opens a disk image of `format` (null: recognised by its magic), locked for this VM. A qcow2 image's
+ * Opens a disk image of `format` (null: recognised by its magic), locked for this VM; `direct`
+ * opens it and its backing chain with O_DIRECT. A qcow2 image's
  * backing file is resolved against the image's own directory and opened read-only, to a depth of
  * MAX_BACKING_DEPTH.
  */
-export function openDiskImage(path: string, readOnly: boolean, format: "raw" | "qcow2" | null, depth = 0): DiskImage {
-  const file = DiskFile.open(path, readOnly);
+export function openDiskImage(path: string, readOnly: boolean, format: "raw" | "qcow2" | null, depth = 0, direct = false): DiskImage {
+  const file = DiskFile.open(path, readOnly, direct);
   try {
     return imageOf(file, format, (name) => {
       if (depth + 1 > MAX_BACKING_DEPTH) throw new Qcow2Error(`the backing chain is deeper than ${MAX_BACKING_DEPTH}`);
-      return openDiskImage(resolve(dirname(path), name), true, null, depth + 1);
+      return openDiskImage(resolve(dirname(path), name), true, null, depth + 1, direct);
     });
   } catch (e) {
     file.close();

@@ -4,6 +4,7 @@ import { describe, expect, test } from "bun:test";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { DiskFile } from "../../src/disk/disk_file.ts";
+import { sys } from "../../ffi/mod.ts";
 import { tempDir } from "../support/tsvm.ts";
 
 function pattern(length: number, seed: number): Uint8Array<ArrayBuffer> {
@@ -87,5 +88,73 @@ describe("DiskFile scatter lists", () => {
     using disk = DiskFile.open(path, true);
     expect(disk.writeFrom([new Uint8Array(10), new Uint8Array(10)], 0)).toBe(false);
     expect(readFileSync(path).equals(data)).toBe(true);
+  });
+});
+
+describe("DiskFile with O_DIRECT (o_direct=true)", () => {
+  /** Opens a fresh image with O_DIRECT, or null where the temp directory's file system has none. */
+  function direct(bytes: Uint8Array): { path: string; disk: DiskFile } | null {
+    const path = image(bytes);
+    try {
+      return { path, disk: DiskFile.open(path, false, true) };
+    } catch (e) {
+      if (e instanceof Error && /does not support O_DIRECT/.test(e.message)) {
+        console.warn(`skipping: ${e.message}`);
+        return null;
+      }
+      throw e;
+    }
+  }
+
+  test("the alignment is probed, and a buffered open reports none", () => {
+    const opened = direct(pattern(65536, 9));
+    if (!opened) return;
+    using disk = opened.disk;
+    expect([512, 1024, 2048, 4096]).toContain(disk.align);
+    using buffered = DiskFile.open(image(new Uint8Array(4096)), false);
+    expect(buffered.align).toBe(1);
+  });
+
+  test("unaligned buffers, offsets and lengths go through a bounce buffer, reads and writes alike", () => {
+    const original = pattern(65536, 5);
+    const opened = direct(original);
+    if (!opened) return;
+    using disk = opened.disk;
+    // A read whose buffers are neither aligned nor block-sized, at an odd offset.
+    const a = new Uint8Array(3);
+    const b = new Uint8Array(1000);
+    expect(disk.readInto([a, b], 4097)).toBe(true);
+    expect(Buffer.concat([a, b]).equals(Buffer.from(original.subarray(4097, 5100)))).toBe(true);
+    // A partial-block write keeps its neighbours (read-modify-write).
+    const patch = pattern(10, 200);
+    expect(disk.writeFrom([patch], 100)).toBe(true);
+    const expected = Buffer.from(original);
+    expected.set(patch, 100);
+    expect(readFileSync(opened.path).equals(expected)).toBe(true);
+    // A write across blocks from two odd-sized buffers.
+    const left = pattern(700, 11);
+    const right = pattern(5000, 12);
+    expect(disk.writeFrom([left, right], 8000)).toBe(true);
+    expected.set(left, 8000);
+    expected.set(right, 8700);
+    expect(readFileSync(opened.path).equals(expected)).toBe(true);
+  });
+
+  test("reads past the end of the file give zeros", () => {
+    const opened = direct(pattern(8192, 3));
+    if (!opened) return;
+    using disk = opened.disk;
+    const buf = new Uint8Array(8192).fill(0xee);
+    expect(disk.readInto([buf], 4096)).toBe(true);
+    expect(Buffer.from(buf.subarray(0, 4096)).equals(Buffer.from(pattern(8192, 3).subarray(4096)))).toBe(true);
+    expect(buf.subarray(4096).every((x) => x === 0)).toBe(true);
+  });
+
+  test("a fd handed to another process keeps O_DIRECT", () => {
+    const opened = direct(pattern(16384, 1));
+    if (!opened) return;
+    using disk = opened.disk;
+    using again = DiskFile.fromFd(sys.dup(disk.fd), false); // a dup shares the open file description, as SCM_RIGHTS does
+    expect(again.align).toBe(disk.align);
   });
 });

@@ -8,7 +8,8 @@ import type { Queue } from "./queue.ts";
 export const CHAINS_PER_WAKEUP = 256;
 
 /**
- * Handles available chains with `handle` (which returns the bytes it wrote), returns invalid chains
+ * Handles available chains with `handle` (which returns the bytes it wrote, or null when the chain
+ * is in flight and the handler will return it to the used ring itself), returns invalid chains
  * with length 0, re-arms notifications, and interrupts the driver if it asked for it. After
  * CHAINS_PER_WAKEUP chains it stops and signals `kick` itself, so its loop comes back to the queue
  * after serving everything else. A fatal ring error calls `needsReset` and stops.
@@ -18,7 +19,7 @@ export function drainQueue(
   kick: EventFd,
   interrupt: VirtioInterrupt,
   needsReset: (reason: string) => void,
-  handle: (chain: DescriptorChain) => number,
+  handle: (chain: DescriptorChain) => number | null,
 ): void {
   let served = 0;
   outer: for (;;) {
@@ -27,7 +28,11 @@ export function drainQueue(
         needsReset(r.reason);
         return;
       }
-      queue.addUsed(r.kind === "chain" ? r.chain.head : r.head, r.kind === "chain" ? handle(r.chain) : 0);
+      if (r.kind === "bad_chain") queue.addUsed(r.head, 0);
+      else {
+        const written = handle(r.chain);
+        if (written !== null) queue.addUsed(r.chain.head, written);
+      }
       if (++served >= CHAINS_PER_WAKEUP) {
         kick.signal(); // more may be waiting: come back after the other fds of the loop
         break outer;

@@ -2,12 +2,18 @@
 import { ChainReader, ChainWriter, type DescriptorChain } from "../descriptor_chain.ts";
 import { type ControllableDevice, type DeviceCommand, type DeviceReply, unsupported } from "../device_control.ts";
 import { drainQueue } from "../drain.ts";
+import type { Queue } from "../queue.ts";
+import { AIO_OP, AIO_SYNC, AioPool } from "../../../../ffi/aio.ts";
+import { EventFd } from "../../../base/event_fd.ts";
+import { log } from "../../../base/log.ts";
 import { type ActivateContext, hasFeature, TSVM_RING_FEATURES, VIRTIO_ID, type VirtioDevice, type VirtioWorker } from "../virtio_device.ts";
 import type { DiskImage } from "../../../disk/disk_file.ts";
 
 export const SECTOR_SIZE = 512;
 const SECTOR_SHIFT = 9;
 const QUEUE_SIZE = 256;
+/** At most this many I/O threads per queue (started as requests need them). */
+const MAX_IO_THREADS = 16;
 /** Feature bits (§5.2.3). */
 export const VIRTIO_BLK_F = {
   SIZE_MAX: 1n, SEG_MAX: 2n, RO: 5n, BLK_SIZE: 6n, FLUSH: 9n, DISCARD: 13n, WRITE_ZEROES: 14n,
@@ -33,6 +39,15 @@ const CONFIG = {
 } as const;
 const CONFIG_SIZE = 60;
 
+/** A request whose header has been read: the chain, positioned after the header. */
+export type BlockRequest = {
+  readonly chain: DescriptorChain;
+  readonly reader: ChainReader;
+  readonly writer: ChainWriter;
+  readonly type: number;
+  readonly sector: number;
+};
+
 /** The block device: one request queue over one disk file. */
 export class Block implements VirtioDevice, ControllableDevice {
   readonly debugLabel: string;
@@ -50,6 +65,8 @@ export class Block implements VirtioDevice, ControllableDevice {
    * §5.2.6.2 makes the device write-through). Until a driver says, assume the safe case.
    */
   #writeThrough = true;
+  /** The active queue's requests in flight (null for qcow2 or before activation). */
+  #inFlight: InFlight | null = null;
 
   constructor(readonly disk: DiskImage, id: string, label = "block") {
     this.debugLabel = label;
@@ -87,17 +104,36 @@ export class Block implements VirtioDevice, ControllableDevice {
 
   writeConfig(): void {} // writeback (CONFIG_WCE) is not offered: the cache mode is fixed
 
+  /**
+   * Serves the queue. On a raw image, reads, writes and flushes run in flight on an I/O pool and
+   * return to the used ring as they finish; qcow2 (whose requests map through cluster tables) and
+   * the rare request types are served at once.
+   */
   activate(ctx: ActivateContext): VirtioWorker {
     const queue = ctx.queues[0];
     const kick = ctx.kicks[0]!;
+    this.#writeThrough = !hasFeature(ctx.features, VIRTIO_BLK_F.FLUSH);
+    const target = this.disk.asyncTarget;
+    const inFlight = queue && target ? new InFlight(this, queue, target, ctx) : null;
+    this.#inFlight = inFlight;
     const serve = (): void => {
       kick.read();
-      if (queue) drainQueue(queue, kick, ctx.interrupt, ctx.needsReset, (chain) => this.handle(chain));
+      if (queue) drainQueue(queue, kick, ctx.interrupt, ctx.needsReset, (chain) => (inFlight ? inFlight.start(chain) : this.handle(chain)));
     };
-    this.#writeThrough = !hasFeature(ctx.features, VIRTIO_BLK_F.FLUSH);
     ctx.loop.watch(kick.fd, serve);
     serve();
-    return { stop: () => ctx.loop.unwatch(kick.fd) };
+    return {
+      stop: () => {
+        ctx.loop.unwatch(kick.fd);
+        inFlight?.close(); // waits for what is in flight: afterwards no thread touches guest memory
+        if (this.#inFlight === inFlight) this.#inFlight = null;
+      },
+    };
+  }
+
+  /** Waits until no request is in flight (before a flush from the host, or a stop). */
+  settle(): void {
+    this.#inFlight?.settle();
   }
 
   onConfigChanged(listener: (() => void) | null): void {
@@ -107,6 +143,7 @@ export class Block implements VirtioDevice, ControllableDevice {
   control(command: DeviceCommand): DeviceReply {
     switch (command.kind) {
       case "flush":
+        this.settle();
         return this.disk.flush() ? { kind: "ok" } : { kind: "error", message: "fdatasync of the disk image failed" };
       case "disk_resize": {
         if (this.disk.readOnly) return { kind: "error", message: "the disk is read-only" };
@@ -126,42 +163,56 @@ export class Block implements VirtioDevice, ControllableDevice {
 
   /** Executes one request and returns the bytes written to the driver (data + status). */
   handle(chain: DescriptorChain): number {
+    const request = this.parse(chain);
+    return typeof request === "number" ? request : this.execute(request);
+  }
+
+  /** Reads a request's header; a number is the used length of a request already finished (malformed). */
+  parse(chain: DescriptorChain): BlockRequest | number {
     const reader = new ChainReader(chain);
     const header = new Uint8Array(HEADER_SIZE);
     // The status byte is the last writable byte; without one the request cannot even fail.
     if (chain.writableLength < 1) return 0;
     const writer = new ChainWriter(chain);
-    if (!reader.read(header)) return this.#finish(writer, chain, VIRTIO_BLK_S.IOERR);
+    if (!reader.read(header)) return this.finish(writer, chain, VIRTIO_BLK_S.IOERR);
     const h = new DataView(header.buffer);
-    const type = h.getUint32(0, true);
-    const sector = Number(h.getBigUint64(8, true));
+    return { chain, reader, writer, type: h.getUint32(0, true), sector: Number(h.getBigUint64(8, true)) };
+  }
+
+  /** Serves a parsed request at once; returns the used length. */
+  execute({ chain, reader, writer, type, sector }: BlockRequest): number {
     const dataIn = chain.writableLength - 1;
     switch (type) {
       case VIRTIO_BLK_T.IN: {
         const views = writer.take(dataIn)!;
-        const ok = this.#inRange(sector, dataIn) && this.disk.readInto(views, sector * SECTOR_SIZE);
-        return this.#finish(writer, chain, ok ? VIRTIO_BLK_S.OK : VIRTIO_BLK_S.IOERR);
+        const ok = this.inRange(sector, dataIn) && this.disk.readInto(views, sector * SECTOR_SIZE);
+        return this.finish(writer, chain, ok ? VIRTIO_BLK_S.OK : VIRTIO_BLK_S.IOERR);
       }
       case VIRTIO_BLK_T.OUT: {
         const length = reader.remaining;
-        const ok = !this.disk.readOnly && this.#inRange(sector, length) && this.disk.writeFrom(reader.take(length)!, sector * SECTOR_SIZE) &&
+        const ok = !this.disk.readOnly && this.inRange(sector, length) && this.disk.writeFrom(reader.take(length)!, sector * SECTOR_SIZE) &&
           this.#durable();
-        return this.#finish(writer, chain, ok ? VIRTIO_BLK_S.OK : VIRTIO_BLK_S.IOERR);
+        return this.finish(writer, chain, ok ? VIRTIO_BLK_S.OK : VIRTIO_BLK_S.IOERR);
       }
       case VIRTIO_BLK_T.FLUSH:
-        return this.#finish(writer, chain, this.disk.flush() ? VIRTIO_BLK_S.OK : VIRTIO_BLK_S.IOERR);
+        return this.finish(writer, chain, this.disk.flush() ? VIRTIO_BLK_S.OK : VIRTIO_BLK_S.IOERR);
       case VIRTIO_BLK_T.GET_ID: {
         const n = Math.min(dataIn, VIRTIO_BLK_ID_BYTES);
         writer.write(this.#id.subarray(0, n));
-        return this.#finish(writer, chain, VIRTIO_BLK_S.OK);
+        return this.finish(writer, chain, VIRTIO_BLK_S.OK);
       }
       case VIRTIO_BLK_T.DISCARD:
       case VIRTIO_BLK_T.WRITE_ZEROES:
-        if (this.disk.readOnly) return this.#finish(writer, chain, VIRTIO_BLK_S.IOERR);
-        return this.#finish(writer, chain, this.#ranges(reader, type) && this.#durable() ? VIRTIO_BLK_S.OK : VIRTIO_BLK_S.IOERR);
+        if (this.disk.readOnly) return this.finish(writer, chain, VIRTIO_BLK_S.IOERR);
+        return this.finish(writer, chain, this.#ranges(reader, type) && this.#durable() ? VIRTIO_BLK_S.OK : VIRTIO_BLK_S.IOERR);
       default:
-        return this.#finish(writer, chain, VIRTIO_BLK_S.UNSUPP);
+        return this.finish(writer, chain, VIRTIO_BLK_S.UNSUPP);
     }
+  }
+
+  /** Whether completed writes must be on stable storage (FLUSH not negotiated). */
+  get writeThrough(): boolean {
+    return this.#writeThrough;
   }
 
   /** After a write: on stable storage before it completes when the device is write-through. */
@@ -170,7 +221,7 @@ export class Block implements VirtioDevice, ControllableDevice {
   }
 
   /** Whether [sector, sector + length) is whole sectors inside the disk. */
-  #inRange(sector: number, length: number): boolean {
+  inRange(sector: number, length: number): boolean {
     return length % SECTOR_SIZE === 0 && Number.isSafeInteger(sector) && sector + length / SECTOR_SIZE <= this.capacity;
   }
 
@@ -184,7 +235,7 @@ export class Block implements VirtioDevice, ControllableDevice {
       const sector = Number(v.getBigUint64(0, true));
       const sectors = v.getUint32(8, true);
       const flags = v.getUint32(12, true);
-      if (sectors > MAX_DISCARD_SECTORS || !this.#inRange(sector, sectors * SECTOR_SIZE)) return false;
+      if (sectors > MAX_DISCARD_SECTORS || !this.inRange(sector, sectors * SECTOR_SIZE)) return false;
       if (type === VIRTIO_BLK_T.DISCARD && flags !== 0) return false; // §5.2.6.2: unmap flag only for write-zeroes
       const ok = type === VIRTIO_BLK_T.DISCARD
         ? this.disk.discard(sector * SECTOR_SIZE, sectors * SECTOR_SIZE)
@@ -195,10 +246,135 @@ export class Block implements VirtioDevice, ControllableDevice {
   }
 
   /** Writes the status into the last writable byte; returns the used length. */
-  #finish(writer: ChainWriter, chain: DescriptorChain, status: number): number {
+  finish(writer: ChainWriter, chain: DescriptorChain, status: number): number {
     const skip = chain.writableLength - 1 - writer.written;
     if (skip > 0) writer.take(skip);
     writer.write(Uint8Array.of(status));
     return status === VIRTIO_BLK_S.OK ? writer.written : 1;
+  }
+}
+
+/** A request on the I/O pool: what completes it. */
+type Pending = { readonly request: BlockRequest; readonly kind: "read" | "write" | "flush" };
+
+/**
+ * One queue's requests in flight on a pool of C threads (c/aio.c): a read or write is started when
+ * it is popped and returned to the used ring when its thread finishes, in whatever order they do.
+ * A FLUSH covers every write completed before it (virtio 1.2 §5.2.6.2), so it starts only once the
+ * writes in flight before it are done. Tags are a counter, not descriptor heads: a hostile driver
+ * may post the same head twice.
+ */
+class InFlight {
+  readonly #pool: AioPool;
+  readonly #done = new EventFd();
+  readonly #pending = new Map<number, Pending>();
+  readonly #flushesWaiting: BlockRequest[] = [];
+  #nextTag = 0;
+  #writes = 0;
+  #closed = false;
+
+  constructor(
+    readonly block: Block,
+    readonly queue: Queue,
+    readonly target: { readonly fd: number; readonly align: number },
+    readonly ctx: ActivateContext,
+  ) {
+    this.#pool = new AioPool(MAX_IO_THREADS, QUEUE_SIZE, this.#done.fd);
+    ctx.loop.watch(this.#done.fd, () => this.#completions());
+  }
+
+  /** Starts `chain`'s request: null while it is in flight, else the used length of one served at once. */
+  start(chain: DescriptorChain): number | null {
+    const request = this.block.parse(chain);
+    if (typeof request === "number") return request;
+    const { type, sector, reader, writer } = request;
+    const disk = this.block.disk;
+    switch (type) {
+      case VIRTIO_BLK_T.IN: {
+        const length = chain.writableLength - 1;
+        if (!this.block.inRange(sector, length)) return this.block.finish(writer, chain, VIRTIO_BLK_S.IOERR);
+        const views = writer.take(length)!;
+        return this.#submit(request, "read", AIO_OP.READ, views, sector * SECTOR_SIZE);
+      }
+      case VIRTIO_BLK_T.OUT: {
+        const length = reader.remaining;
+        const views = reader.take(length)!;
+        if (!this.block.inRange(sector, length) || !disk.mayWrite(views, sector * SECTOR_SIZE)) {
+          return this.block.finish(writer, chain, VIRTIO_BLK_S.IOERR);
+        }
+        return this.#submit(request, "write", AIO_OP.WRITE | (this.block.writeThrough ? AIO_SYNC : 0), views, sector * SECTOR_SIZE);
+      }
+      case VIRTIO_BLK_T.FLUSH:
+        if (this.#writes > 0) {
+          this.#flushesWaiting.push(request);
+          return null;
+        }
+        return this.#submit(request, "flush", AIO_OP.FLUSH, [], 0);
+      default:
+        // get-id, discard, write-zeroes and unknown types: rare, served at once
+        return this.block.execute(request);
+    }
+  }
+
+  #submit(request: BlockRequest, kind: Pending["kind"], op: number, views: readonly Uint8Array[], offset: number): number | null {
+    const { align } = this.target;
+    const length = views.reduce((n, v) => n + v.byteLength, 0);
+    // O_DIRECT on a device whose blocks are larger than the request's alignment: a partial block is
+    // read, modified and written back, which must not race with other requests on that block.
+    if (kind !== "flush" && align > 1 && (offset % align !== 0 || length % align !== 0)) return this.#serveAlone(request);
+    const tag = this.#nextTag;
+    const r = kind === "flush"
+      ? this.#pool.submitFlush(this.target.fd, tag)
+      : this.#pool.submit(op, this.target.fd, views, offset, tag, align);
+    if (r !== 0) return this.#serveAlone(request); // pool full (a driver past its queue size) or no thread: serve it here
+    this.#nextTag = (tag + 1) >>> 0;
+    this.#pending.set(tag, { request, kind });
+    if (kind === "write") this.#writes++;
+    return null;
+  }
+
+  /** Serves a request at once, on this thread, with nothing in flight beside it. */
+  #serveAlone(request: BlockRequest): number {
+    this.#pool.waitIdle();
+    return this.block.execute(request);
+  }
+
+  /** Returns finished requests to the used ring, starts FLUSHes that were waiting, interrupts once. */
+  #completions(): void {
+    this.#done.read();
+    for (const { tag, result } of this.#pool.reap()) {
+      const pending = this.#pending.get(tag);
+      if (pending === undefined) continue;
+      this.#pending.delete(tag);
+      if (pending.kind === "write") this.#writes--;
+      if (result !== 0) log.debug(`${this.block.debugLabel}: ${pending.kind} failed: errno ${-result}`);
+      const { chain, writer } = pending.request;
+      this.queue.addUsed(chain.head, this.block.finish(writer, chain, result === 0 ? VIRTIO_BLK_S.OK : VIRTIO_BLK_S.IOERR));
+    }
+    if (this.#writes === 0) {
+      for (const flush of this.#flushesWaiting.splice(0)) {
+        const used = this.#submit(flush, "flush", AIO_OP.FLUSH, [], 0);
+        if (used !== null) this.queue.addUsed(flush.chain.head, used);
+      }
+    }
+    if (this.queue.shouldNotify()) this.ctx.interrupt.signalUsedQueue(this.queue.index);
+  }
+
+  /** Blocks until nothing is in flight, then returns what finished to the used ring. */
+  settle(): void {
+    if (this.#closed) return;
+    this.#pool.waitIdle();
+    this.#completions();
+  }
+
+  /** Waits for what is in flight and stops the pool; nothing more reaches the used ring. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.ctx.loop.unwatch(this.#done.fd);
+    this.#pool.close();
+    this.#done.close();
+    this.#pending.clear();
+    this.#flushesWaiting.length = 0;
   }
 }

@@ -1,0 +1,354 @@
+/*
+ * aio.c - block I/O in flight: a small pool of threads that run disk requests (preadv, pwritev,
+ * fdatasync) and report each completion through an eventfd the device's loop watches.
+ *
+ * Why threads and not io_uring: io_uring is a large kernel attack surface that ChromeOS and Android
+ * keep away from untrusted code, and a jailed device process is exactly that; a thread pool needs
+ * only the calls the block policy already allows (plus clone pinned to pthread_create's flags).
+ *
+ * Requests carry a 32-bit tag chosen by the caller; completions come back as {tag, result} in the
+ * order they finish, result 0 or -errno. Threads start on demand, up to the pool's limit, and stay.
+ * The scatter list of a request is copied at submission; the buffers it names (guest memory) must
+ * stay mapped until the request completes.
+ *
+ * The same transfer code serves synchronous callers (tsvm_disk_transfer), so O_DIRECT's alignment
+ * rule lives in one place: a request whose buffers, offset or length are not multiples of the
+ * image's alignment goes through an aligned bounce buffer (read-modify-write for a partial write).
+ */
+#define _GNU_SOURCE
+#include "tsvm.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+enum { AIO_READ = 0, AIO_WRITE = 1, AIO_FLUSH = 2 };
+/* op flag: fdatasync after a successful write (a write-through device) */
+#define AIO_SYNC 0x100
+#define AIO_MAX_IOV 1024
+/* scatter lists up to this long live inside the request; longer ones are allocated */
+#define INLINE_IOV 4
+#define STACK_SIZE (256 * 1024)
+
+struct aio_request {
+	int op;
+	int fd;
+	int64_t offset;
+	uint32_t tag;
+	int iovcnt;
+	uint32_t align;
+	struct iovec *iov;
+	struct iovec inline_iov[INLINE_IOV];
+};
+
+struct aio_completion {
+	uint32_t tag;
+	int32_t result;
+};
+
+struct tsvm_aio {
+	pthread_mutex_t lock;
+	pthread_cond_t work;
+	pthread_cond_t idle;
+	int notify_fd;
+	unsigned capacity;   /* requests submitted and not yet reaped, at most */
+	unsigned outstanding;
+	struct aio_request *pending; /* ring of requests waiting for a thread */
+	unsigned pending_head, pending_count;
+	struct aio_completion *done; /* completions waiting to be reaped */
+	unsigned done_count;
+	unsigned running;    /* requests a thread is executing */
+	unsigned waiting;    /* threads waiting for work */
+	int stopping;
+	unsigned max_threads, threads;
+	pthread_t tids[];
+};
+
+static int64_t total_length(const struct iovec *iov, int iovcnt)
+{
+	int64_t total = 0;
+	for (int i = 0; i < iovcnt; i++) total += (int64_t)iov[i].iov_len;
+	return total;
+}
+
+/* preadv/pwritev until everything moved; a read past the end of the file fills zeros. */
+static int plain_transfer(int fd, struct iovec *iov, int iovcnt, int64_t offset, int write)
+{
+	while (iovcnt > 0) {
+		ssize_t n = write ? pwritev(fd, iov, iovcnt, offset) : preadv(fd, iov, iovcnt, offset);
+		if (n < 0) {
+			if (errno == EINTR) continue;
+			return -errno;
+		}
+		if (n == 0) {
+			if (write) return -EIO;
+			for (int i = 0; i < iovcnt; i++) memset(iov[i].iov_base, 0, iov[i].iov_len);
+			return 0;
+		}
+		offset += n;
+		while (iovcnt > 0 && (size_t)n >= iov->iov_len) {
+			n -= (ssize_t)iov->iov_len;
+			iov++;
+			iovcnt--;
+		}
+		if (iovcnt > 0) {
+			iov->iov_base = (char *)iov->iov_base + n;
+			iov->iov_len -= (size_t)n;
+		}
+	}
+	return 0;
+}
+
+static int aligned(const struct iovec *iov, int iovcnt, int64_t offset, uint32_t align)
+{
+	if (offset % align) return 0;
+	for (int i = 0; i < iovcnt; i++)
+		if ((uintptr_t)iov[i].iov_base % align || iov[i].iov_len % align) return 0;
+	return 1;
+}
+
+/*
+ * O_DIRECT through an aligned bounce buffer covering the request rounded out to `align`. A write
+ * that only partly covers its first or last block reads those blocks first; a read past the end of
+ * the file gives zeros.
+ */
+static int bounced_transfer(int fd, const struct iovec *iov, int iovcnt, int64_t offset, uint32_t align, int write)
+{
+	int64_t length = total_length(iov, iovcnt);
+	int64_t start = offset - offset % align;
+	int64_t end = (offset + length + align - 1) / align * align;
+	void *buf = NULL;
+	if (posix_memalign(&buf, align, (size_t)(end - start))) return -ENOMEM;
+	struct iovec whole = { buf, (size_t)(end - start) };
+	int r = 0;
+	if (!write || start != offset || end != offset + length) {
+		if (write && end - start > 2 * (int64_t)align) {
+			/* only the partial first and last blocks matter */
+			struct iovec head = { buf, align };
+			struct iovec tail = { (char *)buf + (end - start) - align, align };
+			r = plain_transfer(fd, &head, 1, start, 0);
+			if (!r) r = plain_transfer(fd, &tail, 1, end - align, 0);
+		} else {
+			struct iovec all = whole;
+			r = plain_transfer(fd, &all, 1, start, 0);
+		}
+	}
+	char *at = (char *)buf + (offset - start);
+	for (int i = 0; !r && i < iovcnt; i++) {
+		if (write) memcpy(at, iov[i].iov_base, iov[i].iov_len);
+		else memcpy(iov[i].iov_base, at, iov[i].iov_len);
+		at += iov[i].iov_len;
+	}
+	/* (a write that ends past the end of the file grows it to the next multiple of `align`) */
+	if (!r && write) r = plain_transfer(fd, &whole, 1, start, 1);
+	free(buf);
+	return r;
+}
+
+static int transfer(int fd, struct iovec *iov, int iovcnt, int64_t offset, uint32_t align, int write)
+{
+	if (align > 1 && !aligned(iov, iovcnt, offset, align)) return bounced_transfer(fd, iov, iovcnt, offset, align, write);
+	return plain_transfer(fd, iov, iovcnt, offset, write);
+}
+
+static int execute(struct aio_request *req)
+{
+	int kind = req->op & 0xff;
+	if (kind == AIO_FLUSH) return fdatasync(req->fd) ? -errno : 0;
+	int r = transfer(req->fd, req->iov, req->iovcnt, req->offset, req->align, kind == AIO_WRITE);
+	if (!r && kind == AIO_WRITE && (req->op & AIO_SYNC) && fdatasync(req->fd)) r = -errno;
+	return r;
+}
+
+static void *worker(void *arg)
+{
+	struct tsvm_aio *aio = arg;
+	pthread_mutex_lock(&aio->lock);
+	for (;;) {
+		while (!aio->pending_count && !aio->stopping) {
+			aio->waiting++;
+			pthread_cond_wait(&aio->work, &aio->lock);
+			aio->waiting--;
+		}
+		if (aio->stopping) break;
+		struct aio_request req = aio->pending[aio->pending_head];
+		if (req.iov == aio->pending[aio->pending_head].inline_iov) req.iov = req.inline_iov;
+		aio->pending_head = (aio->pending_head + 1) % aio->capacity;
+		aio->pending_count--;
+		aio->running++;
+		pthread_mutex_unlock(&aio->lock);
+
+		int result = execute(&req);
+		if (req.iov != req.inline_iov) free(req.iov);
+
+		pthread_mutex_lock(&aio->lock);
+		aio->running--;
+		aio->done[aio->done_count++] = (struct aio_completion){ req.tag, result };
+		if (aio->done_count == 1) {
+			uint64_t one = 1;
+			ssize_t ignored = write(aio->notify_fd, &one, sizeof one);
+			(void)ignored; /* an eventfd only fails to count when it would overflow: it is readable anyway */
+		}
+		if (!aio->pending_count && !aio->running) pthread_cond_broadcast(&aio->idle);
+	}
+	pthread_mutex_unlock(&aio->lock);
+	return NULL;
+}
+
+/* A pool of at most `max_threads` threads for up to `capacity` requests; completions signal `notify_fd`. */
+struct tsvm_aio *tsvm_aio_create(int max_threads, int capacity, int notify_fd)
+{
+	if (max_threads < 1 || capacity < 1 || capacity > 65536) return NULL;
+	struct tsvm_aio *aio = calloc(1, sizeof *aio + (size_t)max_threads * sizeof(pthread_t));
+	if (!aio) return NULL;
+	aio->pending = calloc((size_t)capacity, sizeof *aio->pending);
+	aio->done = calloc((size_t)capacity, sizeof *aio->done);
+	if (!aio->pending || !aio->done) {
+		free(aio->pending);
+		free(aio->done);
+		free(aio);
+		return NULL;
+	}
+	pthread_mutex_init(&aio->lock, NULL);
+	pthread_cond_init(&aio->work, NULL);
+	pthread_cond_init(&aio->idle, NULL);
+	aio->notify_fd = notify_fd;
+	aio->capacity = (unsigned)capacity;
+	aio->max_threads = (unsigned)max_threads;
+	return aio;
+}
+
+/*
+ * Queues one request: op is 0 read, 1 write (| 0x100: fdatasync after it), 2 fdatasync; iov is
+ * struct iovec[iovcnt] (copied); align > 1 is an O_DIRECT file's alignment. Returns 0, -EAGAIN when
+ * `capacity` requests are outstanding, -EINVAL for a bad request, or -errno if no thread could start.
+ */
+int tsvm_aio_submit(struct tsvm_aio *aio, int op, int fd, const void *iov, int iovcnt, int64_t offset, uint32_t tag, uint32_t align)
+{
+	int kind = op & 0xff;
+	if (kind > AIO_FLUSH || (kind != AIO_FLUSH && (iovcnt < 0 || iovcnt > AIO_MAX_IOV)) || offset < 0 ||
+	    (align > 1 && (align & (align - 1))))
+		return -EINVAL;
+	if (kind == AIO_FLUSH) iovcnt = 0;
+	struct iovec *copy = NULL;
+	if (iovcnt > INLINE_IOV) {
+		copy = malloc((size_t)iovcnt * sizeof *copy);
+		if (!copy) return -ENOMEM;
+		memcpy(copy, iov, (size_t)iovcnt * sizeof *copy);
+	}
+	pthread_mutex_lock(&aio->lock);
+	if (aio->outstanding >= aio->capacity) {
+		pthread_mutex_unlock(&aio->lock);
+		free(copy);
+		return -EAGAIN;
+	}
+	if (!aio->waiting && aio->threads < aio->max_threads && aio->threads < aio->pending_count + aio->running + 1) {
+		pthread_attr_t attr;
+		pthread_attr_init(&attr);
+		pthread_attr_setstacksize(&attr, STACK_SIZE);
+		int r = pthread_create(&aio->tids[aio->threads], &attr, worker, aio);
+		pthread_attr_destroy(&attr);
+		if (r && !aio->threads) {
+			pthread_mutex_unlock(&aio->lock);
+			free(copy);
+			return -r;
+		}
+		if (!r) aio->threads++;
+	}
+	unsigned slot = (aio->pending_head + aio->pending_count) % aio->capacity;
+	struct aio_request *req = &aio->pending[slot];
+	*req = (struct aio_request){ .op = op, .fd = fd, .offset = offset, .tag = tag, .iovcnt = iovcnt,
+				     .align = align > 1 ? align : 1 };
+	if (copy) {
+		req->iov = copy;
+	} else {
+		if (iovcnt) memcpy(req->inline_iov, iov, (size_t)iovcnt * sizeof *copy);
+		req->iov = req->inline_iov;
+	}
+	aio->pending_count++;
+	aio->outstanding++;
+	pthread_cond_signal(&aio->work);
+	pthread_mutex_unlock(&aio->lock);
+	return 0;
+}
+
+/* Moves up to `max` completions into out[] as {u32 tag, i32 result} pairs; returns how many. */
+int tsvm_aio_reap(struct tsvm_aio *aio, void *out, int max)
+{
+	struct aio_completion *dst = out;
+	pthread_mutex_lock(&aio->lock);
+	unsigned n = aio->done_count < (unsigned)max ? aio->done_count : (unsigned)max;
+	memcpy(dst, aio->done, n * sizeof *dst);
+	memmove(aio->done, aio->done + n, (aio->done_count - n) * sizeof *dst);
+	aio->done_count -= n;
+	aio->outstanding -= n;
+	pthread_mutex_unlock(&aio->lock);
+	return (int)n;
+}
+
+/* Waits until no request is queued or running (their completions stay to be reaped); returns how many wait to be reaped. */
+int tsvm_aio_wait_idle(struct tsvm_aio *aio)
+{
+	pthread_mutex_lock(&aio->lock);
+	while (aio->pending_count || aio->running) pthread_cond_wait(&aio->idle, &aio->lock);
+	int n = (int)aio->done_count;
+	pthread_mutex_unlock(&aio->lock);
+	return n;
+}
+
+/* Waits for what is in flight, stops the threads and frees the pool. */
+void tsvm_aio_destroy(struct tsvm_aio *aio)
+{
+	tsvm_aio_wait_idle(aio);
+	pthread_mutex_lock(&aio->lock);
+	aio->stopping = 1;
+	pthread_cond_broadcast(&aio->work);
+	pthread_mutex_unlock(&aio->lock);
+	for (unsigned i = 0; i < aio->threads; i++) pthread_join(aio->tids[i], NULL);
+	pthread_cond_destroy(&aio->work);
+	pthread_cond_destroy(&aio->idle);
+	pthread_mutex_destroy(&aio->lock);
+	free(aio->pending);
+	free(aio->done);
+	free(aio);
+}
+
+/*
+ * The alignment O_DIRECT needs on `fd`, found as QEMU does, by trying: the smallest of 512..4096
+ * bytes at which a read at offset 0 into page-aligned memory succeeds (4096 if none can tell, as
+ * for an empty file). Returns it, or -errno.
+ */
+int tsvm_dio_probe_align(int fd)
+{
+	void *buf = NULL;
+	if (posix_memalign(&buf, 4096, 4096)) return -ENOMEM;
+	int found = 4096;
+	for (int align = 512; align < 4096; align *= 2) {
+		ssize_t n;
+		do n = pread(fd, buf, (size_t)align, 0);
+		while (n < 0 && errno == EINTR);
+		if (n > 0) {
+			found = align;
+			break;
+		}
+		if (n == 0) break; /* an empty file says nothing */
+	}
+	free(buf);
+	return found;
+}
+
+/* The synchronous form, for one caller's own thread: 0 or -errno (reads past the end give zeros). */
+int tsvm_disk_transfer(int fd, const void *iov, int iovcnt, int64_t offset, uint32_t align, int write)
+{
+	if (iovcnt < 0 || iovcnt > AIO_MAX_IOV || offset < 0 || (align > 1 && (align & (align - 1)))) return -EINVAL;
+	struct iovec local[INLINE_IOV];
+	struct iovec *copy = iovcnt > INLINE_IOV ? malloc((size_t)iovcnt * sizeof *copy) : local;
+	if (!copy) return -ENOMEM;
+	memcpy(copy, iov, (size_t)iovcnt * sizeof *copy);
+	int r = transfer(fd, copy, iovcnt, offset, align > 1 ? align : 1, write);
+	if (copy != local) free(copy);
+	return r;
+}

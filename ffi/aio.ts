@@ -1,0 +1,83 @@
+// aio.ts - bindings for c/aio.c: disk requests in flight on a pool of C threads, and the same
+// transfer (O_DIRECT alignment included) for synchronous callers.
+import type { Pointer } from "bun:ffi";
+import { native } from "./lib.ts";
+import { fillIovecs, iovecs, MAX_IOV } from "./sys.ts";
+
+/** What a request does. */
+export const AIO_OP = { READ: 0, WRITE: 1, FLUSH: 2 } as const;
+/** Added to WRITE: fdatasync before the request completes (a write-through device). */
+export const AIO_SYNC = 0x100;
+/** The most segments one request may have. */
+export const AIO_MAX_SEGMENTS = MAX_IOV;
+
+/** One finished request: the caller's tag and 0 or -errno. */
+export type AioCompletion = { tag: number; result: number };
+
+/**
+ * A pool of C threads running one fd's requests; each completion makes `notifyFd` (an eventfd)
+ * readable. The buffers a request names must stay mapped until it is reaped (guest memory).
+ */
+export class AioPool {
+  #handle: Pointer | null;
+  readonly #reaped: Int32Array;
+
+  /** Throws if the pool cannot be made (bad sizes, no memory). */
+  constructor(maxThreads: number, readonly capacity: number, notifyFd: number) {
+    this.#handle = native.tsvm_aio_create(maxThreads, capacity, notifyFd) as Pointer | null;
+    if (this.#handle === null) throw new Error(`failed to create an I/O pool of ${maxThreads} threads for ${capacity} requests`);
+    this.#reaped = new Int32Array(capacity * 2);
+  }
+
+  /** Queues a read or write of `views` (in order) at `offset`; returns 0 or -errno (-EAGAIN: full). */
+  submit(op: number, fd: number, views: readonly Uint8Array[], offset: number, tag: number, align: number): number {
+    if (views.length > MAX_IOV) return -22; // EINVAL
+    return native.tsvm_aio_submit(this.#live(), op, fd, iovecs, fillIovecs(views), offset, tag, align);
+  }
+
+  /** Queues an fdatasync of `fd`. */
+  submitFlush(fd: number, tag: number): number {
+    return native.tsvm_aio_submit(this.#live(), AIO_OP.FLUSH, fd, iovecs, 0, 0, tag, 1);
+  }
+
+  /** The completions so far (in the order they finished). */
+  reap(): AioCompletion[] {
+    const n = native.tsvm_aio_reap(this.#live(), this.#reaped, this.capacity);
+    const out: AioCompletion[] = [];
+    for (let i = 0; i < n; i++) out.push({ tag: this.#reaped[i * 2]! >>> 0, result: this.#reaped[i * 2 + 1]! });
+    return out;
+  }
+
+  /** Blocks until nothing is queued or running; returns how many completions wait to be reaped. */
+  waitIdle(): number {
+    return native.tsvm_aio_wait_idle(this.#live());
+  }
+
+  /** Waits for what is in flight, then stops the threads. */
+  close(): void {
+    if (this.#handle === null) return;
+    native.tsvm_aio_destroy(this.#handle);
+    this.#handle = null;
+  }
+
+  #live(): Pointer {
+    if (this.#handle === null) throw new Error("the I/O pool is closed");
+    return this.#handle;
+  }
+}
+
+/**
+ * Moves `views` (in order, at most AIO_MAX_SEGMENTS) to or from `fd` at `offset` until done; reads
+ * past the end of the file give zeros. `align` > 1: the fd is O_DIRECT with that alignment, and an
+ * unaligned request goes through a bounce buffer. Returns 0 or -errno.
+ */
+export function diskTransfer(fd: number, views: readonly Uint8Array[], offset: number, align: number, write: boolean): number {
+  if (views.length > MAX_IOV) return -22;
+  return native.tsvm_disk_transfer(fd, iovecs, fillIovecs(views), offset, align, write ? 1 : 0);
+}
+
+/** The alignment an O_DIRECT `fd` needs (512..4096 bytes, found by trying reads at offset 0). */
+export function directAlignment(fd: number): number {
+  const align = native.tsvm_dio_probe_align(fd);
+  return align > 0 ? align : 4096;
+}
