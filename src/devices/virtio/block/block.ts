@@ -259,7 +259,8 @@ type Pending = { readonly request: BlockRequest; readonly kind: "read" | "write"
 
 /**
  * One queue's requests in flight on a pool of C threads (c/aio.c): a read or write is started when
- * it is popped and returned to the used ring when its thread finishes, in whatever order they do.
+ * it is popped and returned to the used ring when its thread finishes, in whatever order they do;
+ * a request alone is served at once on the loop.
  * A FLUSH covers every write completed before it (virtio 1.2 §5.2.6.2), so it starts only once the
  * writes in flight before it are done. Tags are a counter, not descriptor heads: a hostile driver
  * may post the same head twice.
@@ -287,6 +288,9 @@ class InFlight {
   start(chain: DescriptorChain): number | null {
     const request = this.block.parse(chain);
     if (typeof request === "number") return request;
+    // A request alone (nothing in flight, nothing more available: queue depth 1) is served here,
+    // without the hop to a pool thread and back; only requests at depth gain from the pool.
+    if (this.#pending.size === 0 && !this.queue.hasAvailable()) return this.block.execute(request);
     const { type, sector, reader, writer } = request;
     const disk = this.block.disk;
     switch (type) {
