@@ -90,7 +90,14 @@ const dir = mkdtempSync(join(tmpdir(), "tsvm-bench-"));
 const cLoop = join(dir, "c_exit_loop");
 sh(["gcc", "-O2", "-o", cLoop, join(ROOT, "scripts/bench/c_exit_loop.c")]);
 
-const rows: string[] = [];
+/** Each row is printed as soon as it is measured, so a section that fails later loses nothing. */
+const rows = {
+  push(row: string): void {
+    console.log(row);
+  },
+};
+console.log("| Benchmark | tsvm | Peer | Ratio | Goal |");
+console.log("|---|---|---|---|---|");
 for (const kind of want(1) ? (["pio", "mmio"] as const) : []) {
   const cmdline = `tsvm.bench=${kind}:${EXITS}`;
   const c: number[] = [];
@@ -290,6 +297,7 @@ if (want(7)) {
     let toGuestMs = 0;
     const done = new Promise<void>((resolveDone) => {
       const server = createServer((socket) => {
+        socket.on("error", (e) => console.error(`bench: the guest's port-5000 connection failed on the host: ${e.message}`));
         const start = performance.now();
         let got = 0;
         socket.on("data", (chunk: Buffer) => {
@@ -405,7 +413,3 @@ if (want(7)) {
   rows.push(`| vsock 1 MiB guest→host (MiB/s) | ${mibps(m(vsockRounds, "toHostMs"))} | host Unix socket ${mibps(m(pairRounds, "toHostMs"))} | ${(m(vsockRounds, "toHostMs") / m(pairRounds, "toHostMs")).toFixed(1)}× the time | ≤ 2× |`);
   rows.push(`| vsock 1 MiB host→guest (MiB/s) | ${mibps(m(vsockRounds, "toGuestMs"))} | host Unix socket ${mibps(m(pairRounds, "toGuestMs"))} | ${(m(vsockRounds, "toGuestMs") / m(pairRounds, "toGuestMs")).toFixed(1)}× the time | ≤ 2× |`);
 }
-
-console.log("| Benchmark | tsvm | Peer | Ratio | Goal |");
-console.log("|---|---|---|---|---|");
-for (const r of rows) console.log(r);
