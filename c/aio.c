@@ -77,7 +77,12 @@ static int64_t total_length(const struct iovec *iov, int iovcnt)
 /* preadv/pwritev until everything moved; a read past the end of the file fills zeros. */
 static int plain_transfer(int fd, struct iovec *iov, int iovcnt, int64_t offset, int write)
 {
-	while (iovcnt > 0) {
+	for (;;) {
+		while (iovcnt > 0 && iov->iov_len == 0) { /* empty segments move nothing */
+			iov++;
+			iovcnt--;
+		}
+		if (iovcnt == 0) return 0;
 		ssize_t n = write ? pwritev(fd, iov, iovcnt, offset) : preadv(fd, iov, iovcnt, offset);
 		if (n < 0) {
 			if (errno == EINTR) continue;
@@ -99,7 +104,6 @@ static int plain_transfer(int fd, struct iovec *iov, int iovcnt, int64_t offset,
 			iov->iov_len -= (size_t)n;
 		}
 	}
-	return 0;
 }
 
 static int aligned(const struct iovec *iov, int iovcnt, int64_t offset, uint32_t align)

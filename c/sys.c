@@ -22,9 +22,6 @@ int64_t tsvm_read(int fd, void *buf, uint64_t len) { RET64(read(fd, buf, len)); 
 int64_t tsvm_write(int fd, const void *buf, uint64_t len) { RET64(write(fd, buf, len)); }
 int64_t tsvm_pread(int fd, void *buf, uint64_t len, int64_t off) { RET64(pread(fd, buf, len, off)); }
 int64_t tsvm_pwrite(int fd, const void *buf, uint64_t len, int64_t off) { RET64(pwrite(fd, buf, len, off)); }
-/* One call for a whole scatter list (a virtio-blk request's data segments); iov is struct iovec[iovcnt]. */
-int64_t tsvm_preadv(int fd, const void *iov, int iovcnt, int64_t off) { RET64(preadv(fd, (const struct iovec *)iov, iovcnt, off)); }
-int64_t tsvm_pwritev(int fd, const void *iov, int iovcnt, int64_t off) { RET64(pwritev(fd, (const struct iovec *)iov, iovcnt, off)); }
 
 int tsvm_fstat_size(int fd, int64_t *size_out)
 {

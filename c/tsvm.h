@@ -16,8 +16,6 @@ int64_t tsvm_read(int fd, void *buf, uint64_t len);
 int64_t tsvm_write(int fd, const void *buf, uint64_t len);
 int64_t tsvm_pread(int fd, void *buf, uint64_t len, int64_t off);
 int64_t tsvm_pwrite(int fd, const void *buf, uint64_t len, int64_t off);
-int64_t tsvm_preadv(int fd, const void *iov, int iovcnt, int64_t off);
-int64_t tsvm_pwritev(int fd, const void *iov, int iovcnt, int64_t off);
 int tsvm_fstat_size(int fd, int64_t *size_out);
 int tsvm_fstat(int fd, int64_t *out);
 int tsvm_ioctl_ptr(int fd, uint64_t request, void *arg);

@@ -13,8 +13,6 @@ const symbols = {
   tsvm_write: { args: [i32, pointer, u64], returns: FFIType.i64_fast },
   tsvm_pread: { args: [i32, pointer, u64, i64], returns: FFIType.i64_fast },
   tsvm_pwrite: { args: [i32, pointer, u64, i64], returns: FFIType.i64_fast },
-  tsvm_preadv: { args: [i32, pointer, i32, i64], returns: FFIType.i64_fast },
-  tsvm_pwritev: { args: [i32, pointer, i32, i64], returns: FFIType.i64_fast },
   tsvm_fstat_size: { args: [i32, pointer], returns: i32 },
   tsvm_fstat: { args: [i32, pointer], returns: i32 },
   tsvm_ioctl_ptr: { args: [i32, u64, pointer], returns: i32 },

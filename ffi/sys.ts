@@ -57,16 +57,6 @@ export function fillIovecs(views: readonly Uint8Array[]): number {
   return count;
 }
 
-/** Reads into `views` in order (the first MAX_IOV of them) from `offset` in one call; returns the count or -errno. */
-export function preadvRaw(fd: number, views: readonly Uint8Array[], offset: number): number {
-  return Number(native.tsvm_preadv(fd, iovecs, fillIovecs(views), offset));
-}
-
-/** Writes `views` in order (the first MAX_IOV of them) at `offset` in one call; returns the count or -errno. */
-export function pwritevRaw(fd: number, views: readonly Uint8Array[], offset: number): number {
-  return Number(native.tsvm_pwritev(fd, iovecs, fillIovecs(views), offset));
-}
-
 /** Returns the size in bytes of the file behind `fd`. */
 export function fileSize(fd: number): number {
   const out = new BigInt64Array(1);

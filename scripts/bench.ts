@@ -90,12 +90,8 @@ const dir = mkdtempSync(join(tmpdir(), "tsvm-bench-"));
 const cLoop = join(dir, "c_exit_loop");
 sh(["gcc", "-O2", "-o", cLoop, join(ROOT, "scripts/bench/c_exit_loop.c")]);
 
-/** Each row is printed as soon as it is measured, so a section that fails later loses nothing. */
-const rows = {
-  push(row: string): void {
-    console.log(row);
-  },
-};
+/** Prints a table row as soon as it is measured, so a section that fails later loses nothing. */
+const row = (text: string): void => console.log(text);
 console.log("| Benchmark | tsvm | Peer | Ratio | Goal |");
 console.log("|---|---|---|---|---|");
 for (const kind of want(1) ? (["pio", "mmio"] as const) : []) {
@@ -107,7 +103,7 @@ for (const kind of want(1) ? (["pio", "mmio"] as const) : []) {
     ts.push(cyclesPerExit(sh([TSVM, "run", "--serial", "type=stdout,num=1", "-p", cmdline])));
   }
   const ratio = median(ts) / median(c);
-  rows.push(`| ${kind.toUpperCase()} exit round trip (TSC cycles, median of ${ROUNDS}×${EXITS}) | ${median(ts)} | C loop ${median(c)} | ${ratio.toFixed(2)}× | ≤ 1.10× |`);
+  row(`| ${kind.toUpperCase()} exit round trip (TSC cycles, median of ${ROUNDS}×${EXITS}) | ${median(ts)} | C loop ${median(c)} | ${ratio.toFixed(2)}× | ≤ 1.10× |`);
 }
 
 let qemu = Bun.which("qemu-system-x86_64");
@@ -126,7 +122,7 @@ if (qemu && (want(2) || want(3))) {
     t.push(await firstByte(tsvmCmd));
   }
   const ratio = median(t) / median(q);
-  if (want(2)) rows.push(`| Start to first serial byte (ms, median of ${ROUNDS}) | ${median(t).toFixed(1)} | QEMU microvm ${median(q).toFixed(1)} | ${ratio.toFixed(2)}× | ≤ 0.5× |`);
+  if (want(2)) row(`| Start to first serial byte (ms, median of ${ROUNDS}) | ${median(t).toFixed(1)} | QEMU microvm ${median(q).toFixed(1)} | ${ratio.toFixed(2)}× | ≤ 0.5× |`);
   const image = join(dir, "bench.img");
   sh(["truncate", "-s", "64M", image]);
   const qemuPci = [qemu, "-enable-kvm", "-cpu", "qemu64,-cx16", "-M", "pc", "-m", "256", "-nodefaults", "-no-user-config",
@@ -150,10 +146,10 @@ if (qemu && (want(2) || want(3))) {
       t.push(perRequest(sh([TSVM, "run", "--serial", "type=stdout,num=1", "-p", `tsvm.bench=${mode}`, ...tsvmArgs])));
     }
     // Requests per second relative to QEMU: its cycles per request over ours.
-    rows.push(`| ${name} (TSC cycles per request, median of ${deviceRounds}) | ${median(t)} | QEMU ${median(q)} | ${(median(q) / median(t)).toFixed(2)}× QEMU's rate | ≥ 1.0× |`);
+    row(`| ${name} (TSC cycles per request, median of ${deviceRounds}) | ${median(t)} | QEMU ${median(q)} | ${(median(q) / median(t)).toFixed(2)}× QEMU's rate | ≥ 1.0× |`);
   }
 } else if (!qemu) {
-  rows.push("| QEMU benchmarks | skipped: qemu-system-x86_64 not installed | | | |");
+  row("| QEMU benchmarks | skipped: qemu-system-x86_64 not installed | | | |");
 }
 
 // 4. qcow2 against raw: the same guest reads and writes through tsvm's block device on both formats.
@@ -171,7 +167,7 @@ if (want(4)) {
       r.push(perRequest(sh([TSVM, "run", "--serial", "type=stdout,num=1", "-p", `tsvm.bench=${mode}`, "--block", `path=${raw}`])));
       q.push(perRequest(sh([TSVM, "run", "--serial", "type=stdout,num=1", "-p", `tsvm.bench=${mode}`, "--block", `path=${qcow}`])));
     }
-    rows.push(`| virtio-blk ${name}, qcow2 vs raw image (TSC cycles per request) | ${median(q)} | raw ${median(r)} | ${(median(r) / median(q)).toFixed(2)}× raw's rate | ≥ 0.8× |`);
+    row(`| virtio-blk ${name}, qcow2 vs raw image (TSC cycles per request) | ${median(q)} | raw ${median(r)} | ${(median(r) / median(q)).toFixed(2)}× raw's rate | ≥ 0.8× |`);
   }
 }
 
@@ -217,14 +213,14 @@ if (want(5)) {
     "--serial", "type=stdout,num=1,console=true", "--serial", "type=stdout,hardware=virtio-console,num=1"];
   const sandboxed = await memoryOf([TSVM, ...common], /serving/);
   const inProcess = await memoryOf([TSVM, ...common, "--disable-sandbox"], /serving/);
-  rows.push(`| Private memory minus guest RAM, block+rng+console (MiB) | sandboxed ${(sandboxed / 1024).toFixed(1)} | --disable-sandbox ${(inProcess / 1024).toFixed(1)} | ${(sandboxed / inProcess).toFixed(2)}× | ≤ 13 MiB, below QEMU |`);
+  row(`| Private memory minus guest RAM, block+rng+console (MiB) | sandboxed ${(sandboxed / 1024).toFixed(1)} | --disable-sandbox ${(inProcess / 1024).toFixed(1)} | ${(sandboxed / inProcess).toFixed(2)}× | ≤ 13 MiB, below QEMU |`);
   const qemuBin = Bun.which("qemu-system-x86_64");
   if (qemuBin) {
     const q = await memoryOf([qemuBin, "-enable-kvm", "-cpu", "qemu64,-cx16", "-M", "pc", "-m", "256", "-nodefaults", "-no-user-config",
       "-nographic", "-serial", "stdio", "-kernel", GUEST, "-append", "tsvm.mode=serve",
       "-drive", `file=${disk},if=none,id=d0,format=raw`, "-device", "virtio-blk-pci,drive=d0,disable-legacy=on",
       "-device", "virtio-rng-pci,disable-legacy=on", "-device", "virtio-serial-pci,disable-legacy=on"], null);
-    rows.push(`| Private memory minus guest RAM, QEMU on the same devices (MiB) | sandboxed tsvm ${(sandboxed / 1024).toFixed(1)} | QEMU ${(q / 1024).toFixed(1)} | ${(sandboxed / q).toFixed(2)}× | below QEMU |`);
+    row(`| Private memory minus guest RAM, QEMU on the same devices (MiB) | sandboxed tsvm ${(sandboxed / 1024).toFixed(1)} | QEMU ${(q / 1024).toFixed(1)} | ${(sandboxed / q).toFixed(2)}× | below QEMU |`);
   }
   const image = join(dir, "sb.img");
   sh(["truncate", "-s", "64M", image]);
@@ -235,7 +231,7 @@ if (want(5)) {
     sb.push(perRequest(sh([TSVM, "run", "--serial", "type=stdout,num=1", "-p", "tsvm.bench=blk:3000", "--block", `path=${image}`])));
     ip.push(perRequest(sh([TSVM, "run", "--disable-sandbox", "--serial", "type=stdout,num=1", "-p", "tsvm.bench=blk:3000", "--block", `path=${image}`])));
   }
-  rows.push(`| virtio-blk 4 KiB reads, sandboxed vs --disable-sandbox (TSC cycles per request) | ${median(sb)} | in-process ${median(ip)} | ${(median(sb) / median(ip)).toFixed(2)}× | ≤ 1.10× |`);
+  row(`| virtio-blk 4 KiB reads, sandboxed vs --disable-sandbox (TSC cycles per request) | ${median(sb)} | in-process ${median(ip)} | ${(median(sb) / median(ip)).toFixed(2)}× | ≤ 1.10× |`);
 }
 
 // 6. vhost-user block: 4 KiB QD1 reads through tsvm's vhost-user front-end, served by `tsvm devices`
@@ -277,11 +273,11 @@ if (want(6)) {
     jailed.push(perRequest(sh([TSVM, "run", "--serial", "type=stdout,num=1", "-p", "tsvm.bench=blk:3000", "--block", `path=${image}`])));
   }
   if (qsd) {
-    rows.push(`| vhost-user-blk 4 KiB QD1 reads, tsvm devices vs qemu-storage-daemon behind tsvm (TSC cycles per request) | ${median(ours)} | qemu-storage-daemon ${median(theirs)} | ${(median(theirs) / median(ours)).toFixed(2)}× its rate | ≥ 1.0× |`);
+    row(`| vhost-user-blk 4 KiB QD1 reads, tsvm devices vs qemu-storage-daemon behind tsvm (TSC cycles per request) | ${median(ours)} | qemu-storage-daemon ${median(theirs)} | ${(median(theirs) / median(ours)).toFixed(2)}× its rate | ≥ 1.0× |`);
   } else {
-    rows.push("| vhost-user-blk vs qemu-storage-daemon | skipped: qemu-storage-daemon not installed | | | |");
+    row("| vhost-user-blk vs qemu-storage-daemon | skipped: qemu-storage-daemon not installed | | | |");
   }
-  rows.push(`| virtio-blk 4 KiB QD1 reads, vhost-user (tsvm devices) vs jailed device process (TSC cycles per request) | ${median(ours)} | jailed ${median(jailed)} | ${(median(jailed) / median(ours)).toFixed(2)}× its rate | report |`);
+  row(`| virtio-blk 4 KiB QD1 reads, vhost-user (tsvm devices) vs jailed device process (TSC cycles per request) | ${median(ours)} | jailed ${median(jailed)} | ${(median(jailed) / median(ours)).toFixed(2)}× its rate | report |`);
 }
 
 // 7. vsock: connection set-up (a host program's CONNECT to the guest's OK) and 1 MiB each way with the
@@ -409,7 +405,7 @@ if (want(7)) {
   }
   const m = (rs: VsockRound[], k: keyof VsockRound): number => median(rs.map((r) => r[k]));
   const mibps = (ms: number): string => (1000 / ms).toPrecision(3);
-  rows.push(`| vsock connection set-up, host program to guest port (ms) | ${m(vsockRounds, "setupMs").toFixed(2)} | host Unix socket ${m(pairRounds, "setupMs").toFixed(2)} | ${(m(vsockRounds, "setupMs") / m(pairRounds, "setupMs")).toFixed(1)}× | report |`);
-  rows.push(`| vsock 1 MiB guest→host (MiB/s) | ${mibps(m(vsockRounds, "toHostMs"))} | host Unix socket ${mibps(m(pairRounds, "toHostMs"))} | ${(m(vsockRounds, "toHostMs") / m(pairRounds, "toHostMs")).toFixed(1)}× the time | ≤ 2× |`);
-  rows.push(`| vsock 1 MiB host→guest (MiB/s) | ${mibps(m(vsockRounds, "toGuestMs"))} | host Unix socket ${mibps(m(pairRounds, "toGuestMs"))} | ${(m(vsockRounds, "toGuestMs") / m(pairRounds, "toGuestMs")).toFixed(1)}× the time | ≤ 2× |`);
+  row(`| vsock connection set-up, host program to guest port (ms) | ${m(vsockRounds, "setupMs").toFixed(2)} | host Unix socket ${m(pairRounds, "setupMs").toFixed(2)} | ${(m(vsockRounds, "setupMs") / m(pairRounds, "setupMs")).toFixed(1)}× | report |`);
+  row(`| vsock 1 MiB guest→host (MiB/s) | ${mibps(m(vsockRounds, "toHostMs"))} | host Unix socket ${mibps(m(pairRounds, "toHostMs"))} | ${(m(vsockRounds, "toHostMs") / m(pairRounds, "toHostMs")).toFixed(1)}× the time | ≤ 2× |`);
+  row(`| vsock 1 MiB host→guest (MiB/s) | ${mibps(m(vsockRounds, "toGuestMs"))} | host Unix socket ${mibps(m(pairRounds, "toGuestMs"))} | ${(m(vsockRounds, "toGuestMs") / m(pairRounds, "toGuestMs")).toFixed(1)}× the time | ≤ 2× |`);
 }

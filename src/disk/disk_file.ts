@@ -16,7 +16,6 @@ const LOCK_SH = 1;
 const LOCK_EX = 2;
 const LOCK_NB = 4;
 const EWOULDBLOCK = 11;
-const EINTR = 4;
 const FALLOC_FL_KEEP_SIZE = 0x01;
 const FALLOC_FL_PUNCH_HOLE = 0x02;
 const FALLOC_FL_ZERO_RANGE = 0x10;
@@ -151,15 +150,7 @@ export class DiskFile extends OwnedFd implements DiskImage {
 
   /** Writes all of `buf` at `offset`, even on a read-only image (metadata of a fresh image). */
   pwriteExact(buf: Uint8Array, offset: number): boolean {
-    if (this.align > 1) return aio.diskTransfer(this.fd, [buf], offset, this.align, true) === 0;
-    let done = 0;
-    while (done < buf.byteLength) {
-      const n = sys.pwriteRaw(this.fd, buf.subarray(done), offset + done);
-      if (n === -EINTR) continue;
-      if (n <= 0) return false;
-      done += n;
-    }
-    return true;
+    return this.#transfer([buf], offset, true);
   }
 
   /** Fills each view in turn from `offset`; reads past the end of the file give zeros. */
@@ -173,34 +164,16 @@ export class DiskFile extends OwnedFd implements DiskImage {
   }
 
   /**
-   * Moves `views`, in order, to the file (`write`) or from it at `offset`: a scatter list in one
-   * preadv/pwritev, then what a short transfer left (the end of the file, a signal, more than
-   * MAX_IOV segments) view by view. Reads past the end of the file give zeros.
+   * Moves `views`, in order, to the file (`write`) or from it at `offset`: each AIO_MAX_SEGMENTS of
+   * them in one call into the C library, which runs preadv/pwritev until all moved (reads past the
+   * end of the file give zeros; an O_DIRECT file's unaligned requests go through a bounce buffer).
    */
   #transfer(views: readonly Uint8Array[], offset: number, write: boolean): boolean {
-    if (this.align > 1) return views.length <= aio.AIO_MAX_SEGMENTS && aio.diskTransfer(this.fd, views, offset, this.align, write) === 0;
-    let skip = 0;
-    if (views.length > 1) {
-      const n = write ? sys.pwritevRaw(this.fd, views, offset) : sys.preadvRaw(this.fd, views, offset);
-      if (n < 0 && n !== -EINTR) return false;
-      skip = Math.max(0, n);
-    }
     let at = offset;
-    for (const view of views) {
-      let done = Math.min(skip, view.byteLength);
-      skip -= done;
-      while (done < view.byteLength) {
-        const rest = view.subarray(done);
-        const n = write ? sys.pwriteRaw(this.fd, rest, at + done) : sys.preadRaw(this.fd, rest, at + done);
-        if (n === -EINTR) continue;
-        if (n < 0 || (n === 0 && write)) return false;
-        if (n === 0) {
-          view.fill(0, done); // the end of the file
-          break;
-        }
-        done += n;
-      }
-      at += view.byteLength;
+    for (let i = 0; i < views.length; i += aio.AIO_MAX_SEGMENTS) {
+      const part = views.length <= aio.AIO_MAX_SEGMENTS ? views : views.slice(i, i + aio.AIO_MAX_SEGMENTS);
+      if (aio.diskTransfer(this.fd, part, at, this.align, write) !== 0) return false;
+      for (const view of part) at += view.byteLength;
     }
     return true;
   }

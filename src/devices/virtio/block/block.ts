@@ -309,7 +309,8 @@ class InFlight {
         return this.#submit(request, "write", AIO_OP.WRITE | (this.block.writeThrough ? AIO_SYNC : 0), views, sector * SECTOR_SIZE);
       }
       case VIRTIO_BLK_T.FLUSH:
-        if (this.#writes > 0) {
+        // (a driver that keeps posting FLUSHes cannot grow the waiting list past a queue's worth)
+        if (this.#writes > 0 && this.#flushesWaiting.length < QUEUE_SIZE) {
           this.#flushesWaiting.push(request);
           return null;
         }
