@@ -131,9 +131,9 @@ export async function main(argv: readonly string[]): Promise<number> {
         }
         code = 0;
       })
-    .command("device", false, () => {}, () => {
+    .command("device", false, () => {}, async () => {
       // A jailed device process (started by `tsvm run`, never by hand): fds 3.. are set up for it.
-      code = runDeviceProcess();
+      code = await runDeviceProcess();
     })
     .command("version", "Print tsvm's version", () => {}, () => {
       console.log(`tsvm ${VERSION}`);

@@ -13,7 +13,7 @@ import { log, setLogLevel } from "./base/log.ts";
 import { describeError } from "./base/result.ts";
 import { listenUnix } from "./base/unix_listener.ts";
 import { ConfigError } from "./config.ts";
-import { createDevice } from "./devices/create_device.ts";
+import { createDevice, loadDeviceKinds } from "./devices/create_device.ts";
 import { closeResources, type DeviceResources, openResources, resourceFds } from "./devices/device_resources.ts";
 import { jailIdBase, JailedProcess } from "./devices/sandbox/jailed_process.ts";
 import { VhostUserBackend } from "./devices/vhost_user/backend.ts";
@@ -33,6 +33,7 @@ export async function serveDevices(config: DevicesConfig): Promise<number> {
   cleanup.push(() => loop.close());
   try {
     const opened: { resources: DeviceResources; listenFd: number; socket: string }[] = [];
+    if (!config.sandbox) await loadDeviceKinds(config.devices.map((d) => d.spec.kind));
     for (const d of config.devices) {
       const filter = config.sandbox ? compileFilter(config, d.spec.kind) : null;
       const resources = openResources(d.spec);

@@ -4,8 +4,8 @@ import { FdOutput } from "../base/fd_output.ts";
 import { describeError, err, ok, type Result } from "../base/result.ts";
 import { Tap } from "../base/tap.ts";
 import type { DeviceSpec, OutputSpec, TapSpec } from "./device_spec.ts";
-import { DiskFile, type DiskImage } from "../disk/disk_file.ts";
-import { imageOf, openDiskImage } from "../disk/qcow2.ts";
+import type { DiskImage } from "../disk/disk_file.ts";
+import { openDiskImage } from "../disk/qcow2.ts";
 import { VsockBroker } from "./vsock_broker.ts";
 
 /** What a device works on, by kind. */
@@ -61,7 +61,7 @@ function openTap(tap: TapSpec): Tap {
   }
 }
 
-/** The fds a jailed device process needs, in the order `resourcesFromFds` takes them. */
+/** The fds a jailed device process needs, in the order create_device.ts's `resourcesFromFds` takes them. */
 export function resourceFds(resources: DeviceResources): number[] {
   switch (resources.kind) {
     case "block": return [...resources.image.chainFds];
@@ -71,38 +71,6 @@ export function resourceFds(resources: DeviceResources): number[] {
     case "balloon":
     case "vsock":
       return [];
-  }
-}
-
-/** Rebuilds resources from the fds a device process was given (see `resourceFds`). */
-export function resourcesFromFds(spec: DeviceSpec, fds: readonly number[]): Result<DeviceResources> {
-  const fd = fds[0];
-  try {
-    switch (spec.kind) {
-      case "block": {
-        if (fd === undefined) return err("no disk image fd");
-        // The backing chain's files follow the image's, in the order the VMM opened them.
-        const backing = fds.slice(1);
-        const openBacking = (): DiskImage => {
-          const next = backing.shift();
-          if (next === undefined) throw new Error("the image names a backing file the VMM did not open");
-          return imageOf(DiskFile.fromFd(next, true), null, openBacking);
-        };
-        return ok({ kind: "block", image: imageOf(DiskFile.fromFd(fd, spec.readOnly), spec.format, openBacking) });
-      }
-      case "console":
-        return ok({ kind: "console", output: fd === undefined ? null : new FdOutput(fd, true) });
-      case "net":
-        if (fd === undefined) return err("no tap fd");
-        return ok({ kind: "net", tap: Tap.fromFd(fd) });
-      case "rng":
-      case "balloon":
-        return ok({ kind: spec.kind });
-      case "vsock":
-        return ok({ kind: "vsock", broker: null });
-    }
-  } catch (e) {
-    return err(describeError(e));
   }
 }
 

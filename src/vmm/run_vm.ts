@@ -29,6 +29,7 @@ import { attachLegacyDevices } from "./legacy_devices.ts";
 import { type InputSink, StdinPump } from "./stdin.ts";
 import { EXIT_CODE, startWorkers, Vcpus } from "./vcpus.ts";
 import { findVirtiofsd, startVirtiofsd } from "./virtiofsd.ts";
+import { loadDeviceKinds } from "../devices/create_device.ts";
 import { attachInProcess, attachInVmm, attachSandboxed, attachVhostUser, type DeviceContext, type VirtioHandle } from "./virtio_devices.ts";
 import { VhostVsock } from "../devices/virtio/vsock/vhost_vsock.ts";
 
@@ -172,6 +173,7 @@ async function runBuilt(config: Config, built: BuiltVm, workers: readonly Worker
     cleanup.push(() => {
       for (const d of devices) d.close();
     });
+    if (!config.sandbox) await loadDeviceKinds(opened.devices.map((d) => d.spec.kind));
     // Device processes start in parallel: each is spawned here and waited for on first use.
     for (const [index, { spec, resources }] of opened.devices.splice(0).entries()) {
       if (!config.sandbox) {

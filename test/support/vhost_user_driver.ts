@@ -52,8 +52,9 @@ export class TestFrontend {
   readonly calls: EventFd[] = [];
   readonly #availIdx: number[] = [];
 
-  constructor() {
-    const [ours, theirs] = socket.socketPair(socket.SOCK_STREAM);
+  /** Over a socket pair (the back-end takes `backendFd`), or over `connected`, a socket to a back-end elsewhere. */
+  constructor(connected?: number) {
+    const [ours, theirs] = connected === undefined ? socket.socketPair(socket.SOCK_STREAM) : [connected, -1];
     this.connection = new VhostUserConnection(ours);
     this.backendFd = theirs;
   }
@@ -121,6 +122,28 @@ export class TestFrontend {
     this.memory.writeU16(ga(base + 0x200 + 2), this.#availIdx[index]!);
     this.kicks[index]!.signal();
     return buffer;
+  }
+
+  /**
+   * Posts one chain on queue `index` (`segments` in order, each device-readable or -writable) and
+   * kicks it. The chain takes descriptors 0..3: one chain in flight at a time, of at most 4 segments.
+   */
+  postChain(index: number, segments: readonly { readonly addr: number; readonly len: number; readonly write: boolean }[]): void {
+    const base = QUEUE_BASE + index * 0x1000;
+    const slot = this.#availIdx[index]! % QSIZE;
+    if (segments.length > 4) throw new Error("postChain: at most 4 segments");
+    segments.forEach((segment, i) => {
+      const at = base + i * 16;
+      const last = i === segments.length - 1;
+      this.memory.writeU64(ga(at), BigInt(segment.addr));
+      this.memory.writeU32(ga(at + 8), segment.len);
+      this.memory.writeU16(ga(at + 12), (last ? 0 : 1) | (segment.write ? 2 : 0)); // VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE
+      this.memory.writeU16(ga(at + 14), i + 1);
+    });
+    this.memory.writeU16(ga(base + 0x200 + 4 + 2 * slot), 0);
+    this.#availIdx[index] = (this.#availIdx[index]! + 1) & 0xffff;
+    this.memory.writeU16(ga(base + 0x200 + 2), this.#availIdx[index]!);
+    this.kicks[index]!.signal();
   }
 
   /** The used index of queue `index` and its last element. */

@@ -20,6 +20,14 @@ import { decodeTubeMessage, type DeviceSetup, encodeCommand, encodeHostConnected
  * How long a device process may take to start and lock itself down (about 40 ms on a normal host).
  * TSVM_DEVICE_START_TIMEOUT_MS raises it on hosts that run far slower (everything under emulation).
  */
+/**
+ * A device process's whole environment. No transpiler cache (it has no files to keep one in), and no
+ * FTL, JSC's top JIT tier: a device's time goes to system calls, not to its few small loops, and
+ * FTL's compiler and code kept about 1.5 MiB more in a block device process after a few thousand
+ * requests, for no request rate we could measure (test/devices/sandbox/device_memory.test.ts).
+ */
+const DEVICE_ENV = ["BUN_RUNTIME_TRANSPILER_CACHE_PATH=0", "BUN_JSC_useFTLJIT=0"];
+
 export const START_TIMEOUT_MS = Number(process.env.TSVM_DEVICE_START_TIMEOUT_MS ?? "") || 8000;
 /**
  * How long a device process may take to answer one command or vhost-user request; raised, like the
@@ -109,7 +117,7 @@ export class JailedProcess {
     const [logRead, logWrite] = sys.pipe();
     const command = options.command ?? (Bun.isStandaloneExecutable ? [process.execPath, "device"] : [process.execPath, Bun.main, "device"]);
     const fds = [options.vhostUserFd, theirs, ...options.resourceFds];
-    const pid = jail.spawnJailed(command[0]!, command, ["BUN_RUNTIME_TRANSPILER_CACHE_PATH=0"], fds, logWrite, options.idBase);
+    const pid = jail.spawnJailed(command[0]!, command, DEVICE_ENV, fds, logWrite, options.idBase);
     sys.close(theirs);
     sys.close(logWrite);
     if (pid < 0) {

@@ -1,0 +1,33 @@
+// process_memory.ts - what a process tree costs in memory, from /proc/PID/smaps: private dirty pages,
+// with guest RAM left out (tsvm's guest memfd, or any mapping the caller names).
+import { readdirSync, readFileSync } from "node:fs";
+
+/** The pids whose parent is `pid` (from /proc/N/stat, so children of any of its threads). */
+export function childPids(pid: number): number[] {
+  return readdirSync("/proc").filter((d) => /^\d+$/.test(d)).map(Number).filter((p) => {
+    try {
+      // The state and the parent pid follow the command name, which can hold spaces: split after ") ".
+      return Number(readFileSync(`/proc/${p}/stat`, "utf8").split(") ")[1]!.split(" ")[1]) === pid;
+    } catch {
+      return false; // gone meanwhile
+    }
+  });
+}
+
+/** Guest RAM as tsvm maps it (the memfd named in GuestMemory), and QEMU's memory-backend-memfd. */
+const GUEST_RAM = /\/memfd:(tsvm_guest_mem|mem)( \(deleted\))?$/;
+
+/**
+ * The Private_Dirty KiB of `pid`, mappings matching `exclude` left out. Private means mapped by this
+ * process alone: pages shared with other processes (the executable's text, a guest memfd mapped by
+ * device processes too) count in none of them.
+ */
+export function privateDirtyKib(pid: number, exclude: RegExp = GUEST_RAM): number {
+  let total = 0;
+  let skip = false;
+  for (const line of readFileSync(`/proc/${pid}/smaps`, "utf8").split("\n")) {
+    if (/^[0-9a-f]+-[0-9a-f]+ /.test(line)) skip = exclude.test(line);
+    else if (!skip && line.startsWith("Private_Dirty:")) total += Number(/(\d+) kB/.exec(line)?.[1] ?? 0);
+  }
+  return total;
+}
