@@ -5,15 +5,16 @@
 //      notify -> device -> used-ring round trip: tsvm vs QEMU's modern virtio-pci devices, same guest
 //      and image. The guest polls the used ring (interrupts suppressed) under both VMMs;
 //   4. virtio-blk on a qcow2 image vs the same requests on a raw image;
-//   5. the private memory of the process tree, sandboxed vs --disable-sandbox vs QEMU, and blk reads
-//      in a jailed device process vs in-process;
+//   5. private dirty memory (guest RAM left out) of the VMM and each device process vs QEMU, the
+//      tree's total for 1/4/16 vCPUs and 1/4/8 disks, and blk reads jailed vs in-process;
 //   6. vhost-user-blk 4 KiB QD1 reads: `tsvm devices` vs qemu-storage-daemon behind tsvm's front-end,
 //      and vhost-user vs tsvm's own jailed block device;
 //   7. vsock connection set-up and 1 MiB each way (the test guest's driver) vs a host Unix socket pair.
 // Usage: bun scripts/bench.ts [--rounds N] [--exits N] [--only 1,6,7]   (needs dist/tsvm; installs QEMU if missing)
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
+import { childPids, privateDirtyKib } from "../test/support/process_memory.ts";
 
 const ROOT = resolve(import.meta.dir, "..");
 const GUEST = join(ROOT, "build/guest/tsvm-guest.elf");
@@ -171,57 +172,71 @@ if (want(4)) {
   }
 }
 
-// 5. Sandboxing: private memory of the whole process tree (minus guest RAM, which is a shared memfd)
-//    with block, rng and console after the guest has booted; and blk reads sandboxed vs in-process.
-function privateKib(pid: number): number {
-  const pids = [pid, ...readdirSync("/proc").filter((d) => /^\d+$/.test(d)).map(Number).filter((p) => {
-    try {
-      return Number(readFileSync(`/proc/${p}/stat`, "utf8").split(") ")[1]!.split(" ")[1]) === pid;
-    } catch {
-      return false;
-    }
-  })];
-  let total = 0;
-  for (const p of pids) {
-    const rollup = readFileSync(`/proc/${p}/smaps_rollup`, "utf8");
-    for (const key of ["Private_Clean", "Private_Dirty"]) total += Number(new RegExp(`^${key}:\\s+(\\d+) kB`, "m").exec(rollup)?.[1] ?? 0);
-  }
-  return total;
-}
-async function memoryOf(cmd: string[], ready: RegExp | null): Promise<number> {
+// 5. Memory: private dirty memory (guest RAM left out) of the VMM and of each device process with
+//    block, rng, console and balloon, against QEMU with the same devices and guest; the tree's total
+//    for 1, 4 and 16 vCPUs and for 1, 4 and 8 disks; then blk reads in a jailed device process vs
+//    in-process.
+type TreeMemory = { readonly vmm: number; readonly devices: readonly number[]; readonly total: number };
+/** Starts `cmd`, waits for `ready` on its stdout (or 3 s), and measures its process tree (KiB). */
+async function memoryOf(cmd: string[], ready: RegExp | null): Promise<TreeMemory> {
   const child = Bun.spawn(cmd, { stdout: "pipe", stderr: "ignore", stdin: "ignore" });
-  const reader = (child.stdout as ReadableStream<Uint8Array>).getReader();
-  let text = "";
-  const deadline = performance.now() + 20_000;
-  while (ready !== null && !ready.test(text) && performance.now() < deadline) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    text += new TextDecoder().decode(value);
+  try {
+    const reader = (child.stdout as ReadableStream<Uint8Array>).getReader();
+    let text = "";
+    const deadline = performance.now() + 60_000 * TIME_SCALE;
+    while (ready !== null && !ready.test(text)) {
+      if (performance.now() > deadline) throw new Error(`bench: ${cmd[0]} never printed ${ready}`);
+      const { value, done } = await within(60_000, `output from ${cmd[0]}`, reader.read());
+      if (done) throw new Error(`bench: ${cmd[0]} ended before ${ready}:\n${text.slice(-1000)}`);
+      text += new TextDecoder().decode(value);
+    }
+    if (ready === null) await Bun.sleep(3000 * TIME_SCALE); // QEMU: give the guest time to boot
+    await Bun.sleep(500);
+    const vmm = privateDirtyKib(child.pid);
+    const devices = childPids(child.pid).map((pid) => privateDirtyKib(pid));
+    return { vmm, devices, total: vmm + devices.reduce((a, b) => a + b, 0) };
+  } finally {
+    child.kill("SIGKILL");
+    await child.exited;
   }
-  if (ready === null) await Bun.sleep(3000); // QEMU: give the guest time to boot
-  await Bun.sleep(500);
-  const kib = privateKib(child.pid);
-  child.kill("SIGKILL");
-  await child.exited;
-  return kib;
 }
+const mib = (kib: number): string => (kib / 1024).toFixed(1);
 if (want(5)) {
   step("5. memory and sandbox cost");
-  const disk = join(dir, "mem.img");
-  sh(["truncate", "-s", "16M", disk]);
-  const common = ["run", "-c", "1", "-p", "tsvm.mode=serve", "--no-balloon", "--block", `path=${disk}`,
-    "--serial", "type=stdout,num=1,console=true", "--serial", "type=stdout,hardware=virtio-console,num=1"];
-  const sandboxed = await memoryOf([TSVM, ...common], /serving/);
-  const inProcess = await memoryOf([TSVM, ...common, "--disable-sandbox"], /serving/);
-  row(`| Private memory minus guest RAM, block+rng+console (MiB) | sandboxed ${(sandboxed / 1024).toFixed(1)} | --disable-sandbox ${(inProcess / 1024).toFixed(1)} | ${(sandboxed / inProcess).toFixed(2)}× | ≤ 13 MiB, below QEMU |`);
+  const disks = Array.from({ length: 8 }, (_, i) => join(dir, `mem${i}.img`));
+  for (const disk of disks) sh(["truncate", "-s", "16M", disk]);
+  const tsvmRun = (cpus: number, diskCount: number, extra: string[] = []): string[] => [TSVM, "run", "-m", "256", "-c", String(cpus),
+    "-p", "tsvm.mode=serve", ...disks.slice(0, diskCount).flatMap((d) => ["--block", `path=${d}`]),
+    "--serial", "type=stdout,num=1,console=true", "--serial", "type=stdout,hardware=virtio-console,num=1", ...extra];
+  step("memory: tsvm, 1 vCPU, block + rng + console + balloon");
+  const base = await memoryOf(tsvmRun(1, 1), /serving/);
+  const inProcess = await memoryOf(tsvmRun(1, 1, ["--disable-sandbox"]), /serving/);
+  row(`| Private dirty memory minus guest RAM, block+rng+console+balloon, 1 vCPU (MiB) | tree ${mib(base.total)}: VMM ${mib(base.vmm)}, devices ${base.devices.map(mib).join(" + ")} | --disable-sandbox ${mib(inProcess.total)} | ${(base.total / inProcess.total).toFixed(2)}× | tree ≤ 13, VMM ≤ 5, each device ≤ 2.5 |`);
   const qemuBin = Bun.which("qemu-system-x86_64");
   if (qemuBin) {
-    const q = await memoryOf([qemuBin, "-enable-kvm", "-cpu", "qemu64,-cx16", "-M", "pc", "-m", "256", "-nodefaults", "-no-user-config",
+    step("memory: QEMU, same devices");
+    const q = await memoryOf([qemuBin, "-enable-kvm", "-cpu", "qemu64,-cx16", "-M", "pc", "-m", "256", "-smp", "1", "-nodefaults", "-no-user-config",
+      "-object", "memory-backend-memfd,id=mem,size=256M", "-numa", "node,memdev=mem",
       "-nographic", "-serial", "stdio", "-kernel", GUEST, "-append", "tsvm.mode=serve",
-      "-drive", `file=${disk},if=none,id=d0,format=raw`, "-device", "virtio-blk-pci,drive=d0,disable-legacy=on",
-      "-device", "virtio-rng-pci,disable-legacy=on", "-device", "virtio-serial-pci,disable-legacy=on"], null);
-    row(`| Private memory minus guest RAM, QEMU on the same devices (MiB) | sandboxed tsvm ${(sandboxed / 1024).toFixed(1)} | QEMU ${(q / 1024).toFixed(1)} | ${(sandboxed / q).toFixed(2)}× | below QEMU |`);
+      "-drive", `file=${disks[0]},if=none,id=d0,format=raw`, "-device", "virtio-blk-pci,drive=d0,disable-legacy=on",
+      "-device", "virtio-rng-pci,disable-legacy=on", "-device", "virtio-serial-pci,disable-legacy=on",
+      "-device", "virtio-balloon-pci,disable-legacy=on"], null);
+    row(`| Private dirty memory minus guest RAM, the same devices, 1 vCPU (MiB) | tsvm ${mib(base.total)} | QEMU ${mib(q.total)} | ${(base.total / q.total).toFixed(2)}× | below QEMU |`);
   }
+  const byCpus = [base];
+  for (const cpus of [4, 16]) {
+    step(`memory: tsvm, ${cpus} vCPUs`);
+    byCpus.push(await memoryOf(tsvmRun(cpus, 1), /serving/));
+  }
+  const perCpu = (byCpus[2]!.total - byCpus[0]!.total) / 15;
+  row(`| Private dirty memory of the tree with 1, 4, 16 vCPUs (MiB) | ${byCpus.map((m) => mib(m.total)).join(", ")} | per extra vCPU ${mib(perCpu)} | - | ≤ 1 per vCPU |`);
+  const byDisks = [base];
+  for (const count of [4, 8]) {
+    step(`memory: tsvm, ${count} disks`);
+    byDisks.push(await memoryOf(tsvmRun(1, count), /serving/));
+  }
+  const perDisk = (byDisks[2]!.total - byDisks[0]!.total) / 7;
+  row(`| Private dirty memory of the tree with 1, 4, 8 disks (MiB) | ${byDisks.map((m) => mib(m.total)).join(", ")} | per extra disk ${mib(perDisk)} | - | ≤ 2.5 per disk |`);
   const image = join(dir, "sb.img");
   sh(["truncate", "-s", "64M", image]);
   const perRequest = (output: string): number => Number(/failures 0 tsc-per-request (\d+)/.exec(output)?.[1] ?? NaN);

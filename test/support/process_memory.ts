@@ -14,8 +14,8 @@ export function childPids(pid: number): number[] {
   });
 }
 
-/** Guest RAM as tsvm maps it (the memfd named in GuestMemory), and QEMU's memory-backend-memfd. */
-const GUEST_RAM = /\/memfd:(tsvm_guest_mem|mem)( \(deleted\))?$/;
+/** Guest RAM as tsvm maps it (the memfd GuestMemory names) and as QEMU does with -object memory-backend-memfd. */
+const GUEST_RAM = /\/memfd:(tsvm_guest_mem|memory-backend-memfd)( \(deleted\))?$/;
 
 /**
  * The Private_Dirty KiB of `pid`, mappings matching `exclude` left out. Private means mapped by this
