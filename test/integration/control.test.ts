@@ -1,7 +1,8 @@
 // The control socket: tsvm run -s PATH and the subcommands that talk to it, against a running test guest.
 import { describe, expect, test } from "bun:test";
-import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { childPids } from "../support/process_memory.ts";
 import { HAS_KVM, runTsvm, tempDir, TsvmProcess, TIME_SCALE } from "../support/tsvm.ts";
 
 const TIMEOUT = 60_000 * TIME_SCALE;
@@ -62,13 +63,7 @@ describe.skipIf(!HAS_KVM)("the control socket", () => {
     await vm.waitForOutput((out) => ticks(out) >= 3, 30_000);
     expect((await runTsvm(["suspend", socket])).code).toBe(0);
     const atSuspend = ticks(vm.stdout);
-    const devices = readdirSync("/proc").filter((d) => /^\d+$/.test(d)).filter((p) => {
-      try {
-        return readFileSync(`/proc/${p}/stat`, "utf8").split(") ")[1]!.split(" ")[1] === String(vm.child.pid);
-      } catch {
-        return false;
-      }
-    });
+    const devices = childPids(vm.child.pid);
     expect(devices.length).toBe(2); // the default rng and balloon
     for (const pid of devices) expect(/^State:\s+T/m.test(readFileSync(`/proc/${pid}/status`, "utf8"))).toBe(true);
     const balloonWhileSuspended = await runTsvm(["balloon", "4M", socket]);

@@ -2,20 +2,10 @@
 import { describe, expect, test } from "bun:test";
 import { readdirSync, readFileSync, readlinkSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
+import { childPids } from "../support/process_memory.ts";
 import { HAS_KVM, runTsvm, tempDir, TsvmProcess, TIME_SCALE } from "../support/tsvm.ts";
 
 const TIMEOUT = 60_000 * TIME_SCALE;
-
-/** The pids whose parent is `pid`. */
-function childrenOf(pid: number): number[] {
-  return readdirSync("/proc").filter((d) => /^\d+$/.test(d)).map(Number).filter((p) => {
-    try {
-      return Number(readFileSync(`/proc/${p}/stat`, "utf8").split(") ")[1]!.split(" ")[1]) === pid;
-    } catch {
-      return false;
-    }
-  });
-}
 
 function field(pid: number, name: string): string {
   return new RegExp(`^${name}:\\s*(.*)$`, "m").exec(readFileSync(`/proc/${pid}/status`, "utf8"))![1]!.trim();
@@ -27,7 +17,7 @@ describe.skipIf(!HAS_KVM || process.getuid?.() !== 0)("sandboxed device processe
     writeFileSync(disk, new Uint8Array(1 << 20));
     using vm = new TsvmProcess(["run", "-p", "tsvm.mode=serve", "--block", `path=${disk}`]);
     await vm.waitForOutput(/serving/, 30_000);
-    const devices = childrenOf(vm.child.pid);
+    const devices = childPids(vm.child.pid);
     expect(devices.length).toBe(3); // block, rng, balloon
     for (const pid of devices) {
       for (const ns of ["user", "pid", "mnt", "net", "ipc", "uts"]) {
@@ -56,7 +46,7 @@ describe.skipIf(!HAS_KVM || process.getuid?.() !== 0)("sandboxed device processe
   test("kill -9 of a device process stops the VM, naming the device", async () => {
     using vm = new TsvmProcess(["run", "-p", "tsvm.mode=serve"]);
     await vm.waitForOutput(/serving/, 30_000);
-    const [victim] = childrenOf(vm.child.pid);
+    const [victim] = childPids(vm.child.pid);
     process.kill(victim!, "SIGKILL");
     const started = performance.now();
     expect(await vm.exit(10_000)).toBe(1);
@@ -91,7 +81,7 @@ describe.skipIf(!HAS_KVM || process.getuid?.() !== 0)("sandboxed device processe
     writeFileSync(disk, new Uint8Array(1 << 20));
     using vm = new TsvmProcess(["run", "--disable-sandbox", "-p", "tsvm.mode=serve", "--block", `path=${disk}`]);
     await vm.waitForOutput(/serving/, 30_000);
-    expect(childrenOf(vm.child.pid)).toEqual([]);
+    expect(childPids(vm.child.pid)).toEqual([]);
     for (const check of ["virtio-rng", "virtio-balloon", "virtio-blk0"]) expect(vm.stdout).toContain(`ok   ${check}:`);
   }, TIMEOUT);
 });

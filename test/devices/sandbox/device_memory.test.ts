@@ -39,8 +39,11 @@ function usedReaches(frontend: TestFrontend, count: number): void {
   }
 }
 
+const IS_ROOT = process.getuid?.() === 0;
+if (!IS_ROOT) console.warn("tsvm tests: not root, so no jailed device processes; the device memory test is skipped");
+
 describe("device process memory", () => {
-  test.skipIf(process.getuid?.() !== 0)("a jailed block and rng device stay under their ceilings and keep nothing per request", async () => {
+  test.skipIf(!IS_ROOT)("a jailed block and rng device stay under their ceilings and keep nothing per request", async () => {
     const dir = tempDir();
     const image = join(dir, "disk.img");
     writeFileSync(image, new Uint8Array(1 << 20));

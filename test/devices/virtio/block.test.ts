@@ -247,6 +247,25 @@ describe("Block requests in flight (raw image, I/O pool)", () => {
     t.file.close();
   });
 
+  test("a driver that floods FLUSHes behind a write in flight gets every one served, and no longer list than a queue's worth", () => {
+    const t = activated(256, FEATURES);
+    const write = post(t.d, 0, VIRTIO_BLK_T.OUT, 0, 4096);
+    t.d.memory.write(ga(write.data), new Uint8Array(4096).fill(0x5a));
+    const flush = post(t.d, 1, VIRTIO_BLK_T.FLUSH, 0, 0);
+    for (let i = 0; i < 254; i++) t.d.publish(3); // the same FLUSH head, again and again
+    t.loop.handlers.get(t.kick.fd)!(); // the write goes in flight, 255 FLUSHes wait for it
+    expect(t.d.usedIdx()).toBe(0);
+    for (let i = 0; i < 10; i++) t.d.publish(3);
+    t.loop.handlers.get(t.kick.fd)!(); // one more waits; past a queue's worth they wait here for the write
+    expect(t.d.usedIdx()).toBe(9);
+    expect(readFileSync(t.path).subarray(0, 4096).every((b) => b === 0x5a)).toBe(true); // (the write was done before them)
+    t.pump(266);
+    expect(t.d.usedIdx()).toBe(266);
+    expect([t.d.memory.readU8(ga(write.status)), t.d.memory.readU8(ga(flush.status))]).toEqual([VIRTIO_BLK_S.OK, VIRTIO_BLK_S.OK]);
+    t.worker.stop();
+    t.file.close();
+  });
+
   test("a driver without FLUSH gets its in-flight writes (write-through) and bad requests fail without touching the file", () => {
     const t = activated(32, 1n << 32n);
     const good = post(t.d, 0, VIRTIO_BLK_T.OUT, 1, 512);

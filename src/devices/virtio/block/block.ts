@@ -309,12 +309,12 @@ class InFlight {
         return this.#submit(request, "write", AIO_OP.WRITE | (this.block.writeThrough ? AIO_SYNC : 0), views, sector * SECTOR_SIZE);
       }
       case VIRTIO_BLK_T.FLUSH:
-        // (a driver that keeps posting FLUSHes cannot grow the waiting list past a queue's worth)
-        if (this.#writes > 0 && this.#flushesWaiting.length < QUEUE_SIZE) {
-          this.#flushesWaiting.push(request);
-          return null;
-        }
-        return this.#submit(request, "flush", AIO_OP.FLUSH, [], 0);
+        if (this.#writes === 0) return this.#submit(request, "flush", AIO_OP.FLUSH, [], 0);
+        // A driver that keeps posting FLUSHes cannot grow the waiting list past a queue's worth:
+        // past that, a FLUSH waits here for the writes before it.
+        if (this.#flushesWaiting.length >= QUEUE_SIZE) return this.#serveAlone(request);
+        this.#flushesWaiting.push(request);
+        return null;
       default:
         // get-id, discard, write-zeroes and unknown types: rare, served at once
         return this.block.execute(request);
