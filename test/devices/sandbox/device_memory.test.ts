@@ -40,7 +40,10 @@ function usedReaches(frontend: TestFrontend, count: number): void {
 }
 
 const IS_ROOT = process.getuid?.() === 0;
+/** The ceilings are the built executable's: run from the sources, Bun's transpiler keeps ~12 MiB more. */
+const BUILT = process.env.TSVM_BIN !== undefined && process.env.TSVM_BIN !== "";
 if (!IS_ROOT) console.warn("tsvm tests: not root, so no jailed device processes; the device memory test is skipped");
+else if (!BUILT) console.warn("tsvm tests: TSVM_BIN is not set (npm test sets it); device memory is held to no ceiling, only to keeping nothing per request");
 
 describe("device process memory", () => {
   test.skipIf(!IS_ROOT)("a jailed block and rng device stay under their ceilings and keep nothing per request", async () => {
@@ -94,8 +97,8 @@ describe("device process memory", () => {
     const later = measure();
     const report = `KiB per device process: started ${started.join(", ")}; after ${WARM_UP_ROUNDS} rounds ${warm.join(", ")}; after ${rounds} ${later.join(", ")}`;
     const over = [
-      ...started.filter((kib) => kib > STARTED_CEILING_KIB).map(() => "started"),
-      ...[...warm, ...later].filter((kib) => kib > SERVING_CEILING_KIB).map(() => "serving"),
+      ...started.filter((kib) => BUILT && kib > STARTED_CEILING_KIB).map(() => "started"),
+      ...[...warm, ...later].filter((kib) => BUILT && kib > SERVING_CEILING_KIB).map(() => "serving"),
       ...later.filter((kib, i) => kib - warm[i]! > LEAK_KIB).map(() => "grew"),
     ];
     console.log(report);
