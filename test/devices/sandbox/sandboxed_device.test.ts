@@ -1,7 +1,6 @@
 // A jailed device behind the VMM's transport, without KVM: commands reach the process, and what the
 // device changes reaches the driver as a configuration-change interrupt.
 import { afterEach, describe, expect, test } from "bun:test";
-import { join } from "node:path";
 import { socket } from "../../../ffi/mod.ts";
 import { SandboxedDevice } from "../../../src/devices/sandbox/sandboxed_device.ts";
 import { jailIdBase } from "../../../src/devices/sandbox/jailed_process.ts";
@@ -9,6 +8,7 @@ import type { DeviceReply } from "../../../src/devices/virtio/device_control.ts"
 import { GuestMemory } from "../../../src/memory/mod.ts";
 import { compileDeviceFilter } from "../../../src/sandbox/policies.ts";
 import { TestLoop } from "../../support/vhost_user_driver.ts";
+import { tsvmCommand } from "../../support/tsvm.ts";
 import { COMMON, VirtioPciDriver } from "../../support/virtio_pci_driver.ts";
 
 const IS_ROOT = process.getuid?.() === 0;
@@ -34,7 +34,7 @@ describe.skipIf(!IS_ROOT)("SandboxedDevice", () => {
     const failures: string[] = [];
     const started = SandboxedDevice.spawn({ kind: "balloon", label: "balloon" }, { kind: "balloon" }, {
       filter: compileDeviceFilter("balloon", null, "kill"), logLevel: "warn", idBase: jailIdBase(process.pid, 40), loop,
-      onFailure: (m) => failures.push(m), command: [process.execPath, join(import.meta.dir, "../../../src/main.ts"), "device"],
+      onFailure: (m) => failures.push(m), command: [...tsvmCommand(), "device"],
     });
     if (!started.ok) throw new Error(started.error);
     const device = started.value;
