@@ -78,6 +78,8 @@ if [ -n "$WRITE" ]; then
     echo "result blk: ok (wrote /written.txt)"
   else echo "result blk: FAIL"; fi
 elif mount -t ext4 -o ro /dev/vda /mnt && [ "$(cat /mnt/hello.txt)" = "hello from the disk" ]; then echo "result blk: ok"; else echo "result blk: FAIL"; fi
+# blk-mq lists one directory per hardware queue the driver set up (VIRTIO_BLK_F_MQ: more than one)
+if [ -d /sys/block/vda/mq ]; then echo "result blk queues:" $(ls /sys/block/vda/mq); fi
 if head -c 16 /dev/hwrng | od -An -tx1 | grep -q .; then echo "result rng: ok"; else echo "result rng: FAIL"; fi
 if [ ! -e /sys/class/net/eth0 ]; then echo "result net: absent"
 elif [ -n "$IP" ]; then

@@ -3,7 +3,7 @@ import * as v from "valibot";
 import { LOG_LEVELS, type LogLevel } from "./base/log.ts";
 import { MIN_MEMORY_SIZE } from "./arch/x86_64/layout.ts";
 import type { DeviceSpec, OutputSpec } from "./devices/device_spec.ts";
-import { DEVICE_TYPE_NAMES, DEVICE_TYPES, type DeviceTypeName } from "./devices/vhost_user/device_types.ts";
+import { BLOCK_MAX_QUEUES, DEVICE_TYPE_NAMES, DEVICE_TYPES, type DeviceTypeName } from "./devices/vhost_user/device_types.ts";
 
 /** Raised for user input that cannot become a Config; the CLI prints it and exits 2. */
 export class ConfigError extends Error {
@@ -95,7 +95,7 @@ export function parseSerial(text: string): SerialConfig {
   return result.output;
 }
 
-const BLOCK_KEYS = ["path", "ro", "id", "root", "format", "o_direct"] as const;
+const BLOCK_KEYS = ["path", "ro", "id", "root", "format", "o_direct", "num-queues"] as const;
 export const DISK_FORMATS = ["raw", "qcow2"] as const;
 /** virtio-blk serial numbers are at most 20 bytes (VIRTIO_BLK_ID_BYTES). */
 const BLOCK_ID_MAX = 20;
@@ -108,10 +108,21 @@ const BlockSchema = v.strictObject({
   format: v.optional(v.picklist(DISK_FORMATS, `expected one of ${DISK_FORMATS.join(", ")}`)),
   /** O_DIRECT: the host's page cache is bypassed (crosvm's key; QEMU's cache=none). */
   o_direct: v.optional(BooleanText, "false"),
+  /** Request queues (QEMU's and crosvm's key); without it, one per vCPU up to BLOCK_MAX_QUEUES. */
+  "num-queues": v.optional(v.pipe(
+    v.string(),
+    v.regex(/^[0-9]+$/, `expected a number of queues from 1 to ${BLOCK_MAX_QUEUES}`),
+    v.transform(Number),
+    v.minValue(1, `expected a number of queues from 1 to ${BLOCK_MAX_QUEUES}`),
+    v.maxValue(BLOCK_MAX_QUEUES, `expected a number of queues from 1 to ${BLOCK_MAX_QUEUES}`),
+  )),
 });
 export type BlockConfig = v.InferOutput<typeof BlockSchema>;
 
-/** Parses `--block path=P[,ro=true][,id=ID][,root=true][,format=raw|qcow2][,o_direct=true]` (a bare first value is the path). */
+/**
+ * Parses `--block path=P[,ro=true][,id=ID][,root=true][,format=raw|qcow2][,o_direct=true][,num-queues=N]`
+ * (a bare first value is the path).
+ */
 export function parseBlock(text: string, flag = "--block"): BlockConfig {
   const fields = parseKeyValues(flag, text, BLOCK_KEYS, "path");
   if (fields.path === undefined) throw new ConfigError(`${flag} ${text}: path=PATH is required`);
@@ -425,6 +436,11 @@ export function checkSocketPath(path: string | undefined): string | null {
   return path;
 }
 
+/** A disk's request queues when `num-queues` is not given: one per vCPU (as QEMU does), up to BLOCK_MAX_QUEUES. */
+export function defaultBlockQueues(cpus: number): number {
+  return Math.min(cpus, BLOCK_MAX_QUEUES);
+}
+
 /** Where a port's output goes, as a device spec says it. */
 export function outputSpec(s: SerialConfig): OutputSpec {
   return s.type === "file" ? { type: "file", path: s.path! } : { type: s.type };
@@ -438,6 +454,7 @@ export function outputSpec(s: SerialConfig): OutputSpec {
 export function virtioDeviceSpecs(config: Config, mac: () => string): DeviceSpec[] {
   const specs: DeviceSpec[] = config.blocks.map((b, i) => ({
     kind: "block", label: `block${i}`, path: b.path, readOnly: b.ro, id: b.id, format: b.format ?? null, direct: b.o_direct,
+    queues: b["num-queues"] ?? defaultBlockQueues(config.cpus),
   }));
   const consolePort = config.serials.find((s) => s.hardware === "virtio-console");
   if (consolePort) specs.push({ kind: "console", label: "console", output: outputSpec(consolePort), stdin: consolePort.stdin });

@@ -1,6 +1,7 @@
 // devices_config.ts - the validated settings of `tsvm devices`: each device as a DeviceSpec and the
 // vhost-user socket it is served on (crosvm's `tsvm devices --block vhost=SOCK,path=IMG` syntax).
 import { LOG_LEVELS, type LogLevel } from "./base/log.ts";
+import { BLOCK_MAX_QUEUES } from "./devices/vhost_user/device_types.ts";
 import { ConfigError, MAX_SOCKET_PATH, parseBlock, parseKeyValues, parseNet, parseVsock, SERIAL_TYPES } from "./config.ts";
 import type { DeviceSpec, OutputSpec } from "./devices/device_spec.ts";
 
@@ -51,7 +52,9 @@ export function parseDevicesConfig(raw: RawDevicesOptions): DevicesConfig {
     const { socket, rest } = splitVhost("--block", text);
     const b = parseBlock(rest);
     if (b.root) throw new ConfigError(`--block ${text}: root= means nothing to a vhost-user back-end`);
-    devices.push({ socket, spec: { kind: "block", label: label("block"), path: b.path, readOnly: b.ro, id: b.id, format: b.format ?? null, direct: b.o_direct } });
+    // A back-end offers as many queues as it may be asked for; each front-end uses what it needs.
+    const queues = b["num-queues"] ?? BLOCK_MAX_QUEUES;
+    devices.push({ socket, spec: { kind: "block", label: label("block"), path: b.path, readOnly: b.ro, id: b.id, format: b.format ?? null, direct: b.o_direct, queues } });
   }
   for (const text of raw.net ?? []) {
     const { socket, rest } = splitVhost("--net", text);

@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { kernelCmdline, parseByteSize, parseRunConfig, parseSerial, parseSharedDir, parseSize, parseVhostUser } from "../src/config.ts";
+import { kernelCmdline, parseByteSize, parseRunConfig, parseSerial, parseSharedDir, parseSize, parseVhostUser, virtioDeviceSpecs } from "../src/config.ts";
 
 const MIB = 1024 * 1024;
 
@@ -70,6 +70,17 @@ describe("disk flags", () => {
   test("--block o_direct=true asks for O_DIRECT, and only true or false is taken", () => {
     expect(parseRunConfig({ block: ["path=disk.img,o_direct=true"] }).blocks[0]!.o_direct).toBe(true);
     expect(() => parseRunConfig({ block: ["path=disk.img,o_direct=yes"] })).toThrow(/o_direct.*expected true or false|expected true or false/);
+  });
+
+  test("--block num-queues=N sets the request queues (1-16); without it a disk gets one per vCPU up to 16", () => {
+    const specs = (flags: Parameters<typeof parseRunConfig>[0]) =>
+      virtioDeviceSpecs(parseRunConfig(flags), () => "52:54:00:00:00:01").flatMap((s) => (s.kind === "block" ? [s.queues] : []));
+    expect(specs({ block: ["path=a.img,num-queues=4", "b.img"] })).toEqual([4, 1]);
+    expect(specs({ block: ["a.img"], cpus: 6 })).toEqual([6]);
+    expect(specs({ block: ["a.img"], cpus: 64 })).toEqual([16]);
+    for (const bad of ["0", "17", "two", "1.5", ""]) {
+      expect(() => parseRunConfig({ block: [`path=a.img,num-queues=${bad}`] })).toThrow(/num-queues.*expected a number of queues from 1 to 16|expected a number of queues from 1 to 16/);
+    }
   });
 
   test("-d/--disk is read-only and --rwdisk read-write", () => {

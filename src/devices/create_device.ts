@@ -59,7 +59,7 @@ const LOADERS: { readonly [K in DeviceKind]: () => Promise<DeviceKindCode> } = {
       },
       create: (spec, resources) => {
         if (resources.kind !== "block" || spec.kind !== "block") throw new Error("not a block device");
-        return new Block(resources.image, spec.id, spec.label);
+        return new Block(resources.image, spec.id, spec.label, spec.queues);
       },
     };
   },

@@ -22,6 +22,8 @@ export type DeviceSpec =
     readonly format: "raw" | "qcow2" | null;
     /** O_DIRECT (o_direct=true): reads and writes bypass the host's page cache. */
     readonly direct: boolean;
+    /** Request queues (num-queues=N, 1..BLOCK_MAX_QUEUES); more than one offers VIRTIO_BLK_F_MQ. */
+    readonly queues: number;
   }
   | { readonly kind: "console"; readonly label: string; readonly output: OutputSpec; readonly stdin: boolean }
   | { readonly kind: "net"; readonly label: string; readonly tap: TapSpec; readonly mac: string }

@@ -10,7 +10,7 @@ import { describeError } from "../base/result.ts";
 import { buildVm, type BuiltVm } from "../arch/x86_64/build_vm.ts";
 import { KernelLoaderError } from "../arch/x86_64/kernel_image.ts";
 import { pciWindows } from "../arch/x86_64/layout.ts";
-import { type Config, ConfigError, fsConfig, kernelCmdline, virtioDeviceSpecs } from "../config.ts";
+import { type Config, ConfigError, defaultBlockQueues, fsConfig, kernelCmdline, virtioDeviceSpecs } from "../config.ts";
 import { Bus } from "../devices/bus.ts";
 import { closeResources, type DeviceResources, openResources } from "../devices/device_resources.ts";
 import type { DeviceSpec } from "../devices/device_spec.ts";
@@ -189,7 +189,10 @@ async function runBuilt(config: Config, built: BuiltVm, workers: readonly Worker
     }
     for (const [i, v] of config.vhostUser.entries()) {
       const type = DEVICE_TYPES[v.type];
-      const handle = attachVhostUser(ctx, { label: `vhost-user-${v.type}${i}`, kind: v.type, type, path: v.socket, localConfig: v.localConfig, reconnect: v.reconnect });
+      const handle = attachVhostUser(ctx, {
+        label: `vhost-user-${v.type}${i}`, kind: v.type, type, path: v.socket, localConfig: v.localConfig, reconnect: v.reconnect,
+        ...(v.type === "block" ? { queues: defaultBlockQueues(config.cpus) } : {}),
+      });
       if (!handle.ok) throw new ConfigError(handle.error);
       devices.push(handle.value);
     }

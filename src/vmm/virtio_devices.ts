@@ -181,6 +181,8 @@ export type VhostUserTarget = {
   readonly type: DeviceTypeInfo;
   readonly path: string;
   readonly localConfig: Uint8Array | undefined;
+  /** For a multiqueue type (block): the queues wanted; the back-end may have fewer. */
+  readonly queues?: number;
   /** Whether to wait for a failed back-end to come back instead of stopping the VM. */
   readonly reconnect: boolean;
   /** What more tsvm knows when the back-end fails (a virtiofsd it started: how that ended). */
@@ -190,13 +192,25 @@ export type VhostUserTarget = {
 /** Puts a device served by the vhost-user back-end at `target.path` on the bus. */
 export function attachVhostUser(ctx: DeviceContext, target: VhostUserTarget): Result<VirtioHandle> {
   const { label, path } = target;
+  // The queue count is settled by the first back-end; one that comes back must give the same.
+  let settledQueues: number | null = null;
   const connect = (onFailure: (reason: string) => void): Result<VhostUserFrontend> => {
     const fd = socket.unixConnect(path, socket.SOCK_STREAM);
     if (fd < 0) return err(`failed to connect to the vhost-user back-end at ${path}: ${new SysError("connect", -fd).message.replace("failed to connect: ", "")}`);
-    return VhostUserFrontend.connect(fd, {
+    const queues = settledQueues ?? target.queues;
+    const connected = VhostUserFrontend.connect(fd, {
       label, type: target.type, loop: ctx.loop, timeoutMs: VHOST_USER_TIMEOUT_MS, onFailure,
+      ...(queues === undefined ? {} : { queues }),
       ...(target.localConfig ? { localConfig: target.localConfig } : {}),
     });
+    if (!connected.ok) return connected;
+    const count = connected.value.queueMaxSizes.length;
+    if (settledQueues !== null && count !== settledQueues) {
+      connected.value.close();
+      return err(`the vhost-user back-end of ${label} came back with ${count} queues instead of ${settledQueues}`);
+    }
+    settledQueues = count;
+    return connected;
   };
   const stop = (reason: string): void => {
     const fail = (): void => {

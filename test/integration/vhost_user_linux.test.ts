@@ -27,10 +27,10 @@ function sh(...cmd: string[]): string {
   return r.stdout.toString();
 }
 
-/** The QEMU command that boots the Linux guest under TCG with the vhost-user devices in `devices`. */
-function qemuCommand(devices: readonly string[], append: string): string[] {
+/** The QEMU command that boots the Linux guest under TCG (`cpus` vCPUs) with the vhost-user devices in `devices`. */
+function qemuCommand(devices: readonly string[], append: string, cpus: number): string[] {
   return [
-    QEMU!, "-accel", "tcg", "-cpu", "max", "-m", "512", "-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio",
+    QEMU!, "-accel", "tcg", "-cpu", "max", "-smp", String(cpus), "-m", "512", "-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio",
     "-object", "memory-backend-memfd,id=mem,size=512M,share=on", "-numa", "node,memdev=mem",
     ...devices, "-kernel", join(LINUX, "vmlinuz"), "-initrd", join(LINUX, "initramfs.cpio.gz"),
     "-append", `console=ttyS0 reboot=k panic=-1 ${append}`,
@@ -38,8 +38,8 @@ function qemuCommand(devices: readonly string[], append: string): string[] {
 }
 
 /** Boots the Linux guest; resolves to its console output once it has rebooted. */
-async function bootLinux(devices: readonly string[], append: string): Promise<string> {
-  const qemu = Bun.spawn(qemuCommand(devices, append), { stdout: "pipe", stderr: "pipe", stdin: "ignore" });
+async function bootLinux(devices: readonly string[], append: string, cpus = 1): Promise<string> {
+  const qemu = Bun.spawn(qemuCommand(devices, append, cpus), { stdout: "pipe", stderr: "pipe", stdin: "ignore" });
   const timer = setTimeout(() => qemu.kill("SIGKILL"), TIMEOUT - 10_000);
   const [out, err] = await Promise.all([new Response(qemu.stdout).text(), new Response(qemu.stderr).text()]);
   await qemu.exited;
@@ -59,7 +59,7 @@ describe.skipIf(!READY)("Linux's virtio drivers against tsvm devices (QEMU TCG f
     Bun.spawnSync(["ip", "netns", "del", ns]);
   });
 
-  test("virtio-blk, virtio-rng and virtio-net: mount and write ext4, read /dev/hwrng, ping the host", async () => {
+  test("virtio-blk with two queues, virtio-rng and virtio-net: mount and write ext4, read /dev/hwrng, ping the host", async () => {
     const dir = tempDir();
     const disk = join(dir, "disk.img");
     copyFileSync(join(LINUX, "disk.img"), disk);
@@ -71,13 +71,15 @@ describe.skipIf(!READY)("Linux's virtio drivers against tsvm devices (QEMU TCG f
     ], ["ip", "netns", "exec", ns]);
     await devices.waitForOutput(/rng0: serving vhost-user/, 30_000, "stderr");
     const out = await bootLinux([
-      "-chardev", `socket,id=blk,path=${sock("blk")}`, "-device", "vhost-user-blk-pci,chardev=blk",
+      // Two vCPUs and two request queues: Linux's virtio_blk negotiates VIRTIO_BLK_F_MQ.
+      "-chardev", `socket,id=blk,path=${sock("blk")}`, "-device", "vhost-user-blk-pci,chardev=blk,num-queues=2",
       "-chardev", `socket,id=rng,path=${sock("rng")}`, "-device", "vhost-user-rng-pci,chardev=rng",
       // MSI-X with -netdev vhost-user crashes QEMU 7.2 under TCG: INTx (vectors=0) works.
       "-chardev", `socket,id=net,path=${sock("net")}`, "-netdev", "vhost-user,id=n0,chardev=net",
       "-device", "virtio-net-pci,netdev=n0,vectors=0,mac=52:54:00:12:34:56",
-    ], `tsvm.write=written-by-linux tsvm.ip=${GUEST_IP} tsvm.ping=${HOST_IP}`);
+    ], `tsvm.write=written-by-linux tsvm.ip=${GUEST_IP} tsvm.ping=${HOST_IP}`, 2);
     expect(out).toContain("result blk: ok (wrote /written.txt)");
+    expect(out).toContain("result blk queues: 0 1");
     expect(out).toContain("result rng: ok");
     expect(out).toContain(`result net: ok (ping ${HOST_IP})`);
     expect(out).toContain("result done");

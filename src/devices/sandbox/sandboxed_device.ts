@@ -10,7 +10,7 @@ import type { StreamSocket } from "../../base/stream_socket.ts";
 import type { DeviceResources } from "../device_resources.ts";
 import type { DeviceSpec } from "../device_spec.ts";
 import { resourceFds } from "../device_resources.ts";
-import { DEVICE_TYPES, type DeviceTypeInfo } from "../vhost_user/device_types.ts";
+import { DEVICE_TYPES, withQueueCount, type DeviceTypeInfo } from "../vhost_user/device_types.ts";
 import { VhostUserFrontend } from "../vhost_user/frontend.ts";
 import type { DeviceCommand, DeviceReply } from "../virtio/device_control.ts";
 import type { ActivateContext, DeviceEventLoop, VirtioDevice, VirtioWorker } from "../virtio/virtio_device.ts";
@@ -47,7 +47,7 @@ export class SandboxedDevice implements VirtioDevice {
   #configListener: (() => void) | null = null;
 
   private constructor(spec: DeviceSpec, process: JailedProcess, fd: number, loop: DeviceEventLoop) {
-    const type = DEVICE_TYPES[spec.kind];
+    const type = withQueueCount(DEVICE_TYPES[spec.kind], spec.kind === "block" ? spec.queues : 1);
     this.debugLabel = spec.label;
     this.deviceType = type.deviceType;
     this.queueMaxSizes = type.queueMaxSizes;
@@ -120,7 +120,7 @@ export class SandboxedDevice implements VirtioDevice {
     const ready = this.process.waitReady();
     if (!ready.ok) return null;
     const connected = VhostUserFrontend.connect(this.#socket, {
-      label: this.debugLabel, type: this.#type, loop: this.#loop, timeoutMs: REQUEST_TIMEOUT_MS,
+      label: this.debugLabel, type: this.#type, queues: this.queueMaxSizes.length, loop: this.#loop, timeoutMs: REQUEST_TIMEOUT_MS,
       onFailure: (reason) => this.process.fail(`broke the vhost-user protocol: ${reason}`),
     });
     if (!connected.ok) {

@@ -14,7 +14,7 @@ import { ringHostAddresses, usedRingIndex } from "../virtio/queue.ts";
 import type { ActivateContext, DeviceEventLoop, VirtioDevice, VirtioWorker } from "../virtio/virtio_device.ts";
 import { hasFeature, VIRTIO_F } from "../virtio/virtio_device.ts";
 import { closeFds, describeConnectionError, VhostUserConnection } from "./connection.ts";
-import type { DeviceTypeInfo } from "./device_types.ts";
+import { type DeviceTypeInfo, withQueueCount } from "./device_types.ts";
 import {
   decodeConfig, decodeU64, decodeVringState, encodeConfig, encodeMemoryTable, encodeU64, encodeVringAddress, encodeVringState,
   requestName, VHOST_USER, VHOST_USER_BACKEND, VHOST_USER_F_PROTOCOL_FEATURES, VHOST_USER_FLAG_NEED_REPLY, VHOST_USER_FLAG_REPLY,
@@ -33,6 +33,11 @@ const MAX_BACKEND_REQUESTS_PER_SECOND = 1000;
 export type FrontendOptions = {
   readonly label: string;
   readonly type: DeviceTypeInfo;
+  /**
+   * For a multiqueue type: how many queues the device should have (fewer if the back-end has
+   * fewer); 1 when the back-end does not speak VHOST_USER_PROTOCOL_F_MQ.
+   */
+  readonly queues?: number;
   /** The configuration the front-end provides itself (types whose `configFrom` is "frontend"). */
   readonly localConfig?: Uint8Array;
   /** The loop that watches the back-end channel and the rings' error fds (the VMM's control loop). */
@@ -63,12 +68,12 @@ export class VhostUserFrontend implements VirtioDevice {
   #configListener: (() => void) | null = null;
   #requestWindow = { start: 0, count: 0 };
 
-  private constructor(connection: VhostUserConnection, options: FrontendOptions, offered: bigint, protocolFeatures: bigint) {
+  private constructor(connection: VhostUserConnection, options: FrontendOptions, offered: bigint, protocolFeatures: bigint, queues: number) {
     this.#connection = connection;
     this.#options = options;
     this.debugLabel = options.label;
     this.deviceType = options.type.deviceType;
-    this.queueMaxSizes = options.type.queueMaxSizes;
+    this.queueMaxSizes = withQueueCount(options.type, queues).queueMaxSizes;
     this.configSize = options.type.configSize;
     this.features = offered & ~(1n << VHOST_USER_F_PROTOCOL_FEATURES);
     this.#speaksProtocol = hasFeature(offered, VHOST_USER_F_PROTOCOL_FEATURES);
@@ -101,18 +106,21 @@ export class VhostUserFrontend implements VirtioDevice {
     if (options.type.configFrom === "backend" && options.type.configSize > 0 && !hasFeature(protocol, VHOST_USER_PROTOCOL_F.CONFIG)) {
       return fail("the back-end does not offer its configuration space (VHOST_USER_PROTOCOL_F_CONFIG)");
     }
-    const frontend = new VhostUserFrontend(connection, options, offered.value, protocol);
-    frontend.#deadline = performance.now() + options.timeoutMs;
-    const owner = frontend.#send(VHOST_USER.SET_OWNER, new Uint8Array(0));
-    if (!owner.ok) return fail(owner.error);
+    // The queue count: the type's, or for a multiqueue type as many as wanted and the back-end has.
+    const needed = options.type.queueMaxSizes.length;
+    let queues = needed;
     if (hasFeature(protocol, VHOST_USER_PROTOCOL_F.MQ)) {
       const n = request(connection, VHOST_USER.GET_QUEUE_NUM, new Uint8Array(0), options.timeoutMs);
       const count = n.ok ? decodeU64(n.value.payload) : n;
       if (!count.ok) return fail(count.error);
-      if (count.value < BigInt(options.type.queueMaxSizes.length)) {
-        return fail(`the back-end has ${count.value} queues; a ${options.label} device needs ${options.type.queueMaxSizes.length}`);
-      }
+      if (count.value < BigInt(needed)) return fail(`the back-end has ${count.value} queues; a ${options.label} device needs ${needed}`);
+      const multiqueue = options.type.multiqueue;
+      if (multiqueue) queues = Math.max(needed, Math.min(Number(count.value), options.queues ?? needed, multiqueue.max));
     }
+    const frontend = new VhostUserFrontend(connection, options, offered.value, protocol, queues);
+    frontend.#deadline = performance.now() + options.timeoutMs;
+    const owner = frontend.#send(VHOST_USER.SET_OWNER, new Uint8Array(0));
+    if (!owner.ok) return fail(owner.error);
     if (hasFeature(protocol, VHOST_USER_PROTOCOL_F.BACKEND_REQ)) {
       const [ours, theirs] = socket.socketPair(socket.SOCK_STREAM);
       const sent = frontend.#send(VHOST_USER.SET_BACKEND_REQ_FD, new Uint8Array(0), [theirs]);
@@ -286,8 +294,14 @@ export class VhostUserFrontend implements VirtioDevice {
       this.#fail(`malformed GET_CONFIG reply${c.ok ? "" : `: ${c.error}`}`);
       return null;
     }
-    this.#config = c.value.data;
-    return this.#config;
+    const config = c.value.data;
+    // A multiqueue device's configuration counts its queues: the count the guest gets is ours.
+    const multiqueue = this.#options.type.multiqueue;
+    if (multiqueue && multiqueue.countOffset + 2 <= config.byteLength) {
+      new DataView(config.buffer, config.byteOffset, config.byteLength).setUint16(multiqueue.countOffset, this.queueMaxSizes.length, true);
+    }
+    this.#config = config;
+    return config;
   }
 
   /** Sends a request that needs no answer; with REPLY_ACK, waits for the back-end's acknowledgement. */

@@ -71,6 +71,35 @@ describe("VhostUserFrontend against tsvm's own back-end (tsvm devices)", () => {
   }, 30_000);
 });
 
+describe("VhostUserFrontend: a multiqueue block back-end (VHOST_USER_PROTOCOL_F_MQ, VIRTIO_BLK_F_MQ)", () => {
+  test("the device gets as many queues as wanted and the back-end has, and its configuration says that count", async () => {
+    const dir = tempDir();
+    const image = join(dir, "disk.img");
+    await Bun.write(image, new Uint8Array(1 << 20));
+    const path = join(dir, "blk.sock");
+    const devices = new TsvmProcess(["devices", ...SANDBOX, "--log-level", "info", "--block", `vhost=${path},path=${image},num-queues=4`]);
+    cleanup.push(() => devices[Symbol.dispose]());
+    await devices.waitForOutput(/serving vhost-user/, 20_000, "stderr");
+    for (const [wanted, expected] of [[2, 2], [8, 4], [undefined, 1]] as const) {
+      const fd = socket.unixConnect(path, socket.SOCK_STREAM);
+      const failures: string[] = [];
+      const frontend = VhostUserFrontend.connect(fd, {
+        label: "block", type: DEVICE_TYPES.block, ...(wanted === undefined ? {} : { queues: wanted }), loop: new TestLoop(), timeoutMs: 5000,
+        onFailure: (reason) => failures.push(reason),
+      });
+      expect(frontend.ok).toBe(true);
+      if (!frontend.ok) return;
+      expect(frontend.value.queueMaxSizes).toEqual(new Array(expected).fill(256));
+      expect((frontend.value.features >> 12n) & 1n).toBe(1n); // VIRTIO_BLK_F_MQ: the back-end has 4
+      const count = new Uint8Array(2);
+      frontend.value.readConfig(34, count);
+      expect(count[0]! | (count[1]! << 8)).toBe(expected);
+      frontend.value.close();
+      expect(failures).toEqual([]);
+    }
+  }, 30_000);
+});
+
 describe("VhostUserFrontend against a hostile back-end", () => {
   /** Starts the hostile back-end in `mode`; returns its socket path. */
   async function hostile(mode: string): Promise<string> {

@@ -303,6 +303,63 @@ describe("Block requests in flight (raw image, I/O pool)", () => {
     t.file.close();
   });
 
+  test("two queues (VIRTIO_BLK_F_MQ): requests on both are in flight at once, each returns to its own queue with its own interrupt, and a FLUSH on one waits for writes on the other", () => {
+    const path = join(tempDir(), "disk.img");
+    writeFileSync(path, Uint8Array.from({ length: DISK_SIZE }, (_, i) => (i * 13) & 0xff));
+    const file = DiskFile.open(path, false);
+    const dev = new Block(file, "id", "block", 2);
+    expect(dev.queueMaxSizes).toEqual([256, 256]);
+    expect((dev.features >> VIRTIO_BLK_F.MQ) & 1n).toBe(1n);
+    const cfg = new Uint8Array(2);
+    dev.readConfig(34, cfg);
+    expect(cfg[0]! | (cfg[1]! << 8)).toBe(2); // num_queues
+    const q0 = new VirtqueueDriver(32);
+    const q1 = new VirtqueueDriver(64, undefined, { memory: q0.memory, rings: 0x5000, index: 1 });
+    const kicks = [new EventFd(), new EventFd()];
+    const loop = new FakeLoop();
+    const signalled: number[] = [];
+    const interrupt = { signalUsedQueue: (q: number) => void signalled.push(q), signalConfigChanged: () => {}, queueNotifier: () => kicks[0]!, onNotifiersChanged: () => {} };
+    const worker = dev.activate({
+      memory: q0.memory, queues: [q0.queue, q1.queue], kicks, interrupt, features: FEATURES | (1n << VIRTIO_BLK_F.MQ), loop,
+      needsReset: (why) => { throw new Error(why); },
+    });
+    // Queue 0: four reads (slots 0-3); queue 1: four writes (slots 8-11) and a FLUSH (slot 12).
+    const reads = Array.from({ length: 4 }, (_, n) => post(q0, n, VIRTIO_BLK_T.IN, n * 8, 4096));
+    for (let n = 0; n < 4; n++) {
+      const { data } = post(q1, 8 + n, VIRTIO_BLK_T.OUT, 64 + n * 8, 4096);
+      q1.memory.write(ga(data), new Uint8Array(4096).fill(0xc0 + n));
+    }
+    const flush = post(q1, 12, VIRTIO_BLK_T.FLUSH, 0, 0);
+    loop.handlers.get(kicks[0]!.fd)!();
+    loop.handlers.get(kicks[1]!.fd)!();
+    const deadline = Date.now() + 5000;
+    while ((q0.usedIdx() < 4 || q1.usedIdx() < 5) && Date.now() < deadline) {
+      for (const [fd, handler] of [...loop.handlers]) if (!kicks.some((k) => k.fd === fd) && socket.waitReadable(fd, 100) > 0) handler();
+    }
+    expect([q0.usedIdx(), q1.usedIdx()]).toEqual([4, 5]);
+    expect(new Set(Array.from({ length: 4 }, (_, i) => q0.used(i).id))).toEqual(new Set([0, 3, 6, 9]));
+    expect(q1.used(4)).toEqual({ id: 36, len: 1 }); // the FLUSH is last on its queue
+    expect(q1.memory.readU8(ga(flush.status))).toBe(VIRTIO_BLK_S.OK);
+    const bytes = readFileSync(path);
+    reads.forEach(({ data, status }, n) => {
+      expect(q0.memory.readU8(ga(status))).toBe(VIRTIO_BLK_S.OK);
+      expect(Buffer.from(q0.memory.slice(ga(data), 4096)!).equals(bytes.subarray(n * 4096, (n + 1) * 4096))).toBe(true);
+    });
+    for (let n = 0; n < 4; n++) expect(bytes.subarray((8 + n) * 4096, (9 + n) * 4096).every((b) => b === 0xc0 + n)).toBe(true);
+    expect(new Set(signalled)).toEqual(new Set([0, 1]));
+    worker.stop();
+    expect(loop.handlers.size).toBe(0);
+    file.close();
+  });
+
+  test("the number of queues is checked", () => {
+    const { file } = disk();
+    expect(() => new Block(file, "id", "block", 0)).toThrow(/expected 1 to 16/);
+    expect(() => new Block(file, "id", "block", 17)).toThrow(/expected 1 to 16/);
+    expect((new Block(file, "id").features >> VIRTIO_BLK_F.MQ) & 1n).toBe(0n); // one queue: no MQ
+    file.close();
+  });
+
   test("the host's flush command waits for writes in flight", () => {
     const t = activated(32, FEATURES);
     for (let n = 0; n < 4; n++) {

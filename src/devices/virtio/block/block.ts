@@ -8,15 +8,16 @@ import { EventFd } from "../../../base/event_fd.ts";
 import { log } from "../../../base/log.ts";
 import { type ActivateContext, hasFeature, TSVM_RING_FEATURES, VIRTIO_ID, type VirtioDevice, type VirtioWorker } from "../virtio_device.ts";
 import type { DiskImage } from "../../../disk/disk_file.ts";
+import { BLOCK_MAX_QUEUES } from "../../vhost_user/device_types.ts";
 
 export const SECTOR_SIZE = 512;
 const SECTOR_SHIFT = 9;
 const QUEUE_SIZE = 256;
-/** At most this many I/O threads per queue (started as requests need them). */
+/** At most this many I/O threads per device, whatever its queue count (started as requests need them). */
 const MAX_IO_THREADS = 16;
 /** Feature bits (§5.2.3). */
 export const VIRTIO_BLK_F = {
-  SIZE_MAX: 1n, SEG_MAX: 2n, RO: 5n, BLK_SIZE: 6n, FLUSH: 9n, DISCARD: 13n, WRITE_ZEROES: 14n,
+  SIZE_MAX: 1n, SEG_MAX: 2n, RO: 5n, BLK_SIZE: 6n, FLUSH: 9n, MQ: 12n, DISCARD: 13n, WRITE_ZEROES: 14n,
 } as const;
 /** Request types and status values (§5.2.6). */
 export const VIRTIO_BLK_T = { IN: 0, OUT: 1, FLUSH: 4, GET_ID: 8, DISCARD: 11, WRITE_ZEROES: 13 } as const;
@@ -34,7 +35,7 @@ const MAX_DISCARD_SECTORS = (1 << 30) >> SECTOR_SHIFT;
 const MAX_DISCARD_SEG = 32;
 /** struct virtio_blk_config fields we fill (§5.2.4). */
 const CONFIG = {
-  capacity: 0, size_max: 8, seg_max: 12, blk_size: 20, max_discard_sectors: 36, max_discard_seg: 40,
+  capacity: 0, size_max: 8, seg_max: 12, blk_size: 20, num_queues: 34, max_discard_sectors: 36, max_discard_seg: 40,
   discard_sector_alignment: 44, max_write_zeroes_sectors: 48, max_write_zeroes_seg: 52, write_zeroes_may_unmap: 56,
 } as const;
 const CONFIG_SIZE = 60;
@@ -48,11 +49,11 @@ export type BlockRequest = {
   readonly sector: number;
 };
 
-/** The block device: one request queue over one disk file. */
+/** The block device: one or more request queues (VIRTIO_BLK_F_MQ) over one disk image. */
 export class Block implements VirtioDevice, ControllableDevice {
   readonly debugLabel: string;
   readonly deviceType = VIRTIO_ID.BLOCK;
-  readonly queueMaxSizes = [QUEUE_SIZE];
+  readonly queueMaxSizes: readonly number[];
   readonly features: bigint;
   readonly configSize = CONFIG_SIZE;
   readonly #config = new DataView(new ArrayBuffer(CONFIG_SIZE));
@@ -65,13 +66,19 @@ export class Block implements VirtioDevice, ControllableDevice {
    * §5.2.6.2 makes the device write-through). Until a driver says, assume the safe case.
    */
   #writeThrough = true;
-  /** The active queue's requests in flight (null for qcow2 or before activation). */
+  /** The requests in flight on the active queues (null for qcow2 or before activation). */
   #inFlight: InFlight | null = null;
 
-  constructor(readonly disk: DiskImage, id: string, label = "block") {
+  /** `queues`: request queues, 1 to BLOCK_MAX_QUEUES; more than one offers VIRTIO_BLK_F_MQ. */
+  constructor(readonly disk: DiskImage, id: string, label = "block", queues = 1) {
+    if (!Number.isInteger(queues) || queues < 1 || queues > BLOCK_MAX_QUEUES) {
+      throw new RangeError(`${label}: ${queues} request queues; expected 1 to ${BLOCK_MAX_QUEUES}`);
+    }
     this.debugLabel = label;
+    this.queueMaxSizes = new Array<number>(queues).fill(QUEUE_SIZE);
     const bit = (b: bigint): bigint => 1n << b;
     this.features = TSVM_RING_FEATURES | bit(VIRTIO_BLK_F.SIZE_MAX) | bit(VIRTIO_BLK_F.SEG_MAX) | bit(VIRTIO_BLK_F.BLK_SIZE) | bit(VIRTIO_BLK_F.FLUSH) |
+      (queues > 1 ? bit(VIRTIO_BLK_F.MQ) : 0n) |
       (disk.readOnly ? bit(VIRTIO_BLK_F.RO) : bit(VIRTIO_BLK_F.DISCARD) | bit(VIRTIO_BLK_F.WRITE_ZEROES));
     this.#id = new Uint8Array(VIRTIO_BLK_ID_BYTES);
     this.#id.set(new TextEncoder().encode(id).subarray(0, VIRTIO_BLK_ID_BYTES));
@@ -79,6 +86,7 @@ export class Block implements VirtioDevice, ControllableDevice {
     c.setUint32(CONFIG.size_max, SIZE_MAX, true);
     c.setUint32(CONFIG.seg_max, SEG_MAX, true);
     c.setUint32(CONFIG.blk_size, SECTOR_SIZE, true);
+    c.setUint16(CONFIG.num_queues, queues, true);
     c.setUint32(CONFIG.max_discard_sectors, MAX_DISCARD_SECTORS, true);
     c.setUint32(CONFIG.max_discard_seg, MAX_DISCARD_SEG, true);
     c.setUint32(CONFIG.discard_sector_alignment, 1, true);
@@ -105,26 +113,27 @@ export class Block implements VirtioDevice, ControllableDevice {
   writeConfig(): void {} // writeback (CONFIG_WCE) is not offered: the cache mode is fixed
 
   /**
-   * Serves the queue. On a raw image, reads, writes and flushes run in flight on an I/O pool and
-   * return to the used ring as they finish; qcow2 (whose requests map through cluster tables) and
-   * the rare request types are served at once.
+   * Serves the enabled queues, all on one loop. On a raw image, reads, writes and flushes from every
+   * queue run in flight on one I/O pool and return to their queue's used ring as they finish; qcow2
+   * (whose requests map through cluster tables) and the rare request types are served at once.
    */
   activate(ctx: ActivateContext): VirtioWorker {
-    const queue = ctx.queues[0];
-    const kick = ctx.kicks[0]!;
     this.#writeThrough = !hasFeature(ctx.features, VIRTIO_BLK_F.FLUSH);
+    const served = ctx.queues.flatMap((queue, i) => (queue === null ? [] : [{ queue, kick: ctx.kicks[i]! }]));
     const target = this.disk.asyncTarget;
-    const inFlight = queue && target ? new InFlight(this, queue, target, ctx) : null;
+    const inFlight = target && served.length > 0 ? new InFlight(this, target, ctx) : null;
     this.#inFlight = inFlight;
-    const serve = (): void => {
-      kick.read();
-      if (queue) drainQueue(queue, kick, ctx.interrupt, ctx.needsReset, (chain) => (inFlight ? inFlight.start(chain) : this.handle(chain)));
-    };
-    ctx.loop.watch(kick.fd, serve);
-    serve();
+    for (const { queue, kick } of served) {
+      const serve = (): void => {
+        kick.read();
+        drainQueue(queue, kick, ctx.interrupt, ctx.needsReset, (chain) => (inFlight ? inFlight.start(queue, chain) : this.handle(chain)));
+      };
+      ctx.loop.watch(kick.fd, serve);
+      serve();
+    }
     return {
       stop: () => {
-        ctx.loop.unwatch(kick.fd);
+        for (const { kick } of served) ctx.loop.unwatch(kick.fd);
         inFlight?.close(); // waits for what is in flight: afterwards no thread touches guest memory
         if (this.#inFlight === inFlight) this.#inFlight = null;
       },
@@ -254,43 +263,46 @@ export class Block implements VirtioDevice, ControllableDevice {
   }
 }
 
-/** A request on the I/O pool: what completes it. */
-type Pending = { readonly request: BlockRequest; readonly kind: "read" | "write" | "flush" };
+/** A request on the I/O pool: what completes it, and the queue it came from. */
+type Pending = { readonly request: BlockRequest; readonly queue: Queue; readonly kind: "read" | "write" | "flush" };
+/** A FLUSH waiting for the writes in flight before it. */
+type WaitingFlush = { readonly request: BlockRequest; readonly queue: Queue };
 
 /**
- * One queue's requests in flight on a pool of C threads (c/aio.c): a read or write is started when
- * it is popped and returned to the used ring when its thread finishes, in whatever order they do;
- * a request alone is served at once on the loop.
+ * A device's requests in flight, from all its queues, on one pool of C threads (c/aio.c): a read or
+ * write is started when it is popped and returned to its queue's used ring when its thread
+ * finishes, in whatever order they do; a request alone is served at once on the loop.
  * A FLUSH covers every write completed before it (virtio 1.2 §5.2.6.2), so it starts only once the
- * writes in flight before it are done. Tags are a counter, not descriptor heads: a hostile driver
- * may post the same head twice.
+ * writes in flight before it (on any queue) are done. Tags are a counter, not descriptor heads: a
+ * hostile driver may post the same head twice, or on two queues.
  */
 class InFlight {
   readonly #pool: AioPool;
   readonly #done = new EventFd();
   readonly #pending = new Map<number, Pending>();
-  readonly #flushesWaiting: BlockRequest[] = [];
+  readonly #flushesWaiting: WaitingFlush[] = [];
+  /** Queues given used entries since their last interrupt decision. */
+  readonly #used = new Set<Queue>();
   #nextTag = 0;
   #writes = 0;
   #closed = false;
 
   constructor(
     readonly block: Block,
-    readonly queue: Queue,
     readonly target: { readonly fd: number; readonly align: number },
     readonly ctx: ActivateContext,
   ) {
-    this.#pool = new AioPool(MAX_IO_THREADS, QUEUE_SIZE, this.#done.fd);
+    this.#pool = new AioPool(MAX_IO_THREADS, QUEUE_SIZE * block.queueMaxSizes.length, this.#done.fd);
     ctx.loop.watch(this.#done.fd, () => this.#completions());
   }
 
-  /** Starts `chain`'s request: null while it is in flight, else the used length of one served at once. */
-  start(chain: DescriptorChain): number | null {
+  /** Starts `chain`'s request from `queue`: null while it is in flight, else the used length of one served at once. */
+  start(queue: Queue, chain: DescriptorChain): number | null {
     const request = this.block.parse(chain);
     if (typeof request === "number") return request;
     // A request alone (nothing in flight, nothing more available: queue depth 1) is served here,
     // without the hop to a pool thread and back; only requests at depth gain from the pool.
-    if (this.#pending.size === 0 && !this.queue.hasAvailable()) return this.block.execute(request);
+    if (this.#pending.size === 0 && !queue.hasAvailable()) return this.block.execute(request);
     const { type, sector, reader, writer } = request;
     const disk = this.block.disk;
     switch (type) {
@@ -298,7 +310,7 @@ class InFlight {
         const length = chain.writableLength - 1;
         if (!this.block.inRange(sector, length)) return this.block.finish(writer, chain, VIRTIO_BLK_S.IOERR);
         const views = writer.take(length)!;
-        return this.#submit(request, "read", AIO_OP.READ, views, sector * SECTOR_SIZE);
+        return this.#submit(queue, request, "read", AIO_OP.READ, views, sector * SECTOR_SIZE);
       }
       case VIRTIO_BLK_T.OUT: {
         const length = reader.remaining;
@@ -306,14 +318,14 @@ class InFlight {
         if (!this.block.inRange(sector, length) || !disk.mayWrite(views, sector * SECTOR_SIZE)) {
           return this.block.finish(writer, chain, VIRTIO_BLK_S.IOERR);
         }
-        return this.#submit(request, "write", AIO_OP.WRITE | (this.block.writeThrough ? AIO_SYNC : 0), views, sector * SECTOR_SIZE);
+        return this.#submit(queue, request, "write", AIO_OP.WRITE | (this.block.writeThrough ? AIO_SYNC : 0), views, sector * SECTOR_SIZE);
       }
       case VIRTIO_BLK_T.FLUSH:
-        if (this.#writes === 0) return this.#submit(request, "flush", AIO_OP.FLUSH, [], 0);
-        // A driver that keeps posting FLUSHes cannot grow the waiting list past a queue's worth:
+        if (this.#writes === 0) return this.#submit(queue, request, "flush", AIO_OP.FLUSH, [], 0);
+        // A driver that keeps posting FLUSHes cannot grow the waiting list past its queues' worth:
         // past that, a FLUSH waits here for the writes before it.
-        if (this.#flushesWaiting.length >= QUEUE_SIZE) return this.#serveAlone(request);
-        this.#flushesWaiting.push(request);
+        if (this.#flushesWaiting.length >= QUEUE_SIZE * this.block.queueMaxSizes.length) return this.#serveAlone(request);
+        this.#flushesWaiting.push({ request, queue });
         return null;
       default:
         // get-id, discard, write-zeroes and unknown types: rare, served at once
@@ -321,7 +333,7 @@ class InFlight {
     }
   }
 
-  #submit(request: BlockRequest, kind: Pending["kind"], op: number, views: readonly Uint8Array[], offset: number): number | null {
+  #submit(queue: Queue, request: BlockRequest, kind: Pending["kind"], op: number, views: readonly Uint8Array[], offset: number): number | null {
     const { align } = this.target;
     const length = views.reduce((n, v) => n + v.byteLength, 0);
     // O_DIRECT on a device whose blocks are larger than the request's alignment: a partial block is
@@ -333,7 +345,7 @@ class InFlight {
       : this.#pool.submit(op, this.target.fd, views, offset, tag, align);
     if (r !== 0) return this.#serveAlone(request); // pool full (a driver past its queue size) or no thread: serve it here
     this.#nextTag = (tag + 1) >>> 0;
-    this.#pending.set(tag, { request, kind });
+    this.#pending.set(tag, { request, queue, kind });
     if (kind === "write") this.#writes++;
     return null;
   }
@@ -354,15 +366,20 @@ class InFlight {
       if (pending.kind === "write") this.#writes--;
       if (result !== 0) log.debug(`${this.block.debugLabel}: ${pending.kind} failed: errno ${-result}`);
       const { chain, writer } = pending.request;
-      this.queue.addUsed(chain.head, this.block.finish(writer, chain, result === 0 ? VIRTIO_BLK_S.OK : VIRTIO_BLK_S.IOERR));
+      pending.queue.addUsed(chain.head, this.block.finish(writer, chain, result === 0 ? VIRTIO_BLK_S.OK : VIRTIO_BLK_S.IOERR));
+      this.#used.add(pending.queue);
     }
     if (this.#writes === 0) {
-      for (const flush of this.#flushesWaiting.splice(0)) {
-        const used = this.#submit(flush, "flush", AIO_OP.FLUSH, [], 0);
-        if (used !== null) this.queue.addUsed(flush.chain.head, used);
+      for (const { request, queue } of this.#flushesWaiting.splice(0)) {
+        const used = this.#submit(queue, request, "flush", AIO_OP.FLUSH, [], 0);
+        if (used === null) continue;
+        queue.addUsed(request.chain.head, used);
+        this.#used.add(queue);
       }
     }
-    if (this.queue.shouldNotify()) this.ctx.interrupt.signalUsedQueue(this.queue.index);
+    // One interrupt decision per queue for the whole batch.
+    for (const queue of this.#used) if (queue.shouldNotify()) this.ctx.interrupt.signalUsedQueue(queue.index);
+    this.#used.clear();
   }
 
   /** Blocks until nothing is in flight, then returns what finished to the used ring. */
