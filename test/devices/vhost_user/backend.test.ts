@@ -12,7 +12,7 @@ import { TSVM_RING_FEATURES, type VirtioDevice } from "../../../src/devices/virt
 import { Block } from "../../../src/devices/virtio/block/block.ts";
 import { DiskFile } from "../../../src/disk/disk_file.ts";
 import { guestAddress as ga } from "../../../src/memory/mod.ts";
-import { writeFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { tempDir } from "../../support/tsvm.ts";
 import { openFds, RAM_SIZE, TestFrontend, TestLoop } from "../../support/vhost_user_driver.ts";
@@ -85,6 +85,31 @@ describe("VhostUserBackend with a well-behaved front-end", () => {
     frontend.postWritable(0, 8); // not served: the ring is stopped
     loop.pump();
     expect(frontend.used(0).idx).toBe(1);
+  });
+
+  test("GET_VRING_BASE on one queue of a multiqueue disk returns the writes in flight on the other before it answers", () => {
+    const dir = tempDir();
+    const path = join(dir, "d.img");
+    writeFileSync(path, new Uint8Array(1 << 20));
+    const { loop, frontend } = setup(new Block(DiskFile.open(path, false), "id", "block", 2));
+    frontend.start(2, VERSION_1 | (1n << 12n));
+    loop.pump();
+    // Two writes of 64 KiB (the same chain twice) on queue 1: the second finds the first in flight.
+    const header = 0x40000;
+    const data = 0x50000;
+    const status = 0x70000;
+    frontend.memory.write(ga(header), new Uint8Array([1, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0])); // OUT, sector 8
+    frontend.memory.write(ga(data), new Uint8Array(65536).fill(0x3c));
+    const chain = [{ addr: header, len: 16, write: false }, { addr: data, len: 65536, write: false }, { addr: status, len: 1, write: true }];
+    frontend.postChain(1, chain);
+    frontend.postChain(1, chain);
+    frontend.send(VHOST_USER.GET_VRING_BASE, encodeVringState({ index: 0, num: 0 }));
+    loop.pump();
+    expect(decodeVringState(frontend.reply().payload)).toEqual({ ok: true, value: { index: 0, num: 0 } });
+    // The worker restarted for queue 1 alone; its requests were finished, not dropped.
+    expect(frontend.used(1)).toEqual({ idx: 2, len: 1 });
+    expect(frontend.memory.readU8(ga(status))).toBe(0);
+    expect(readFileSync(path).subarray(4096, 4096 + 65536).every((b) => b === 0x3c)).toBe(true);
   });
 
   test("REPLY_ACK: a request flagged NEED_REPLY is acknowledged with 0", () => {

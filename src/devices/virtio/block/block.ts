@@ -389,9 +389,16 @@ class InFlight {
     this.#completions();
   }
 
-  /** Waits for what is in flight and stops the pool; nothing more reaches the used ring. */
+  /**
+   * Finishes what is in flight and stops the pool; nothing more reaches the used ring afterwards.
+   * What was in flight is returned first (FLUSHes that waited for it run too): a queue stopped
+   * while others go on (a vhost-user GET_VRING_BASE) must not leave requests on the others taken
+   * and never returned, and a stopped ring's base then counts only requests that are done.
+   */
   close(): void {
     if (this.#closed) return;
+    this.settle();
+    this.settle(); // the FLUSHes the first settle started
     this.#closed = true;
     this.ctx.loop.unwatch(this.#done.fd);
     this.#pool.close();
