@@ -20,6 +20,11 @@ const FALLOC_FL_KEEP_SIZE = 0x01;
 const FALLOC_FL_PUNCH_HOLE = 0x02;
 const FALLOC_FL_ZERO_RANGE = 0x10;
 
+/** A file as the I/O pool sees it: its fd and the O_DIRECT alignment it needs (1 when buffered). */
+export type PoolTarget = { readonly fd: number; readonly align: number };
+/** A run of a request's bytes at `hostOffset` in `target` (null: zeros, for reads). */
+export type DiskExtent = { readonly target: PoolTarget | null; readonly hostOffset: number; readonly length: number };
+
 /** A disk as the block device sees it: a virtual size and byte-addressed I/O that never throws. */
 export interface DiskImage {
   readonly readOnly: boolean;
@@ -30,11 +35,15 @@ export interface DiskImage {
   readonly fd: number;
   /** The image file, then its backing chain's (for handing to a device process, in order). */
   readonly chainFds: readonly number[];
+  /** The image's own file as the I/O pool sees it (a FLUSH syncs it). */
+  readonly poolTarget: PoolTarget;
   /**
-   * Where data requests may run in flight on an I/O pool (the file and its O_DIRECT alignment, 1
-   * when buffered), or null when the format must serve them one by one (qcow2 maps each request).
+   * Where the bytes [offset, offset + length) live now, for a request on the I/O pool: host extents
+   * in order (a null target reads as zeros), or null when the request must be served at once with
+   * nothing in flight beside it (it would allocate or copy a cluster, inflate a compressed one, or
+   * a table could not be read). A mapping holds until the next write served at once.
    */
-  readonly asyncTarget: { readonly fd: number; readonly align: number } | null;
+  extents(offset: number, length: number, write: boolean): readonly DiskExtent[] | null;
   /** Whether the guest may write `views` at `offset` (not read-only, no probed magic written). */
   mayWrite(views: readonly Uint8Array[], offset: number): boolean;
   readInto(views: readonly Uint8Array[], offset: number): boolean;
@@ -116,8 +125,13 @@ export class DiskFile extends OwnedFd implements DiskImage {
     return [this.fd];
   }
 
-  get asyncTarget(): { readonly fd: number; readonly align: number } {
+  get poolTarget(): PoolTarget {
     return { fd: this.fd, align: this.align };
+  }
+
+  /** A raw file maps one to one (reads past its end give zeros). */
+  extents(offset: number, length: number): readonly DiskExtent[] {
+    return [{ target: this.poolTarget, hostOffset: offset, length }];
   }
 
   mayWrite(views: readonly Uint8Array[], offset: number): boolean {

@@ -8,7 +8,7 @@
 import { writeFileSync } from "node:fs";
 import { inflateRawSync } from "node:zlib";
 import { dirname, resolve } from "node:path";
-import { DiskFile, type DiskImage, writeZeroBytes } from "./disk_file.ts";
+import { type DiskExtent, DiskFile, type DiskImage, type PoolTarget, writeZeroBytes } from "./disk_file.ts";
 
 export const QCOW2_MAGIC = 0x514649fb; // "QFI\xfb"
 const HEADER_V2_SIZE = 72;
@@ -27,6 +27,8 @@ const BACKING_PATH_MAX = 1023;
 /** bounds the cached L2 tables and refcount blocks (whole clusters, least recently used go first) */
 export const L2_CACHE_BYTES = 4 * 1024 * 1024;
 export const REFCOUNT_CACHE_BYTES = 1024 * 1024;
+/** A request scattered over more host extents than this is served at once, not on the I/O pool. */
+const MAX_POOL_EXTENTS = 64;
 /** QEMU's own limits on the tables (QCOW_MAX_L1_SIZE, QCOW_MAX_REFTABLE_SIZE): a hostile header cannot make us allocate more. */
 const MAX_L1_BYTES = 32 * 1024 * 1024;
 const MAX_REFCOUNT_TABLE_BYTES = 8 * 1024 * 1024;
@@ -62,8 +64,6 @@ export function isQcow2(first4: Uint8Array): boolean {
 /** A qcow2 image on top of a locked DiskFile. I/O returns false on failure and never throws. */
 export class Qcow2Image implements DiskImage {
   readonly format = "qcow2";
-  /** Each request is mapped through the cluster tables, one at a time. */
-  readonly asyncTarget = null;
   readonly readOnly: boolean;
   readonly #file: DiskFile;
   readonly #h: Header;
@@ -155,6 +155,56 @@ export class Qcow2Image implements DiskImage {
 
   get chainFds(): readonly number[] {
     return [this.#file.fd, ...(this.#backing?.chainFds ?? [])];
+  }
+
+  get poolTarget(): PoolTarget {
+    return this.#file.poolTarget;
+  }
+
+  /**
+   * Maps a request through the cluster tables for the I/O pool: allocated clusters go to their
+   * host offsets (contiguous ones merged), zero and unallocated clusters read as zeros or from the
+   * backing chain. A write must find every cluster allocated and ours alone (COPIED): anything
+   * else allocates or copies on write, and is served at once, so metadata never changes while
+   * requests are in flight; clusters are never reused, so a write in flight cannot land in a
+   * cluster given to another offset meanwhile.
+   */
+  extents(offset: number, length: number, write: boolean): readonly DiskExtent[] | null {
+    if (offset + length > this.#h.size) return null;
+    const out: DiskExtent[] = [];
+    const add = (e: DiskExtent): void => {
+      const last = out[out.length - 1];
+      const joins = last !== undefined && last.target?.fd === e.target?.fd && (e.target === null || last.hostOffset + last.length === e.hostOffset);
+      if (joins) out[out.length - 1] = { ...last, length: last.length + e.length };
+      else out.push(e);
+    };
+    const file = this.poolTarget;
+    for (let done = 0; done < length;) {
+      const at = offset + done;
+      const [, , inCluster] = this.#indices(at);
+      const n = Math.min(length - done, this.#clusterSize - inCluster);
+      const entry = this.#l2Entry(at);
+      if (entry === null || (entry & OFLAG_COMPRESSED) !== 0n) return null;
+      const host = Number(entry & L1E_OFFSET_MASK);
+      const zeroed = this.#h.version === 3 && (entry & OFLAG_ZERO) !== 0n;
+      if (write) {
+        if (host === 0 || (entry & OFLAG_COPIED) === 0n || zeroed) return null;
+        add({ target: file, hostOffset: host + inCluster, length: n });
+      } else if (host !== 0 && !zeroed) {
+        add({ target: file, hostOffset: host + inCluster, length: n });
+      } else if ((entry & OFLAG_ZERO) !== 0n || this.#backing === null || at >= this.#backing.size) {
+        add({ target: null, hostOffset: 0, length: n });
+      } else {
+        const fromBacking = Math.min(n, this.#backing.size - at);
+        const below = this.#backing.extents(at, fromBacking, false);
+        if (below === null) return null;
+        for (const e of below) add(e);
+        if (fromBacking < n) add({ target: null, hostOffset: 0, length: n - fromBacking });
+      }
+      if (out.length > MAX_POOL_EXTENTS) return null;
+      done += n;
+    }
+    return out;
   }
 
   readInto(views: readonly Uint8Array[], offset: number): boolean {

@@ -102,7 +102,7 @@ describe.skipIf(!READY)("Linux's virtio drivers against tsvm devices (QEMU TCG f
     using devices = new TsvmProcess(["devices", "--log-level", "info", "--vsock", `vhost=${vhost},cid=3,uds=${uds}`]);
     try {
       await devices.waitForOutput(/vsock0: serving vhost-user/, 30_000, "stderr");
-      const qemu = Bun.spawn(qemuCommand(["-chardev", `socket,id=vs,path=${vhost}`, "-device", "vhost-user-vsock-pci,chardev=vs"], "tsvm.vsock=1"),
+      const qemu = Bun.spawn(qemuCommand(["-chardev", `socket,id=vs,path=${vhost}`, "-device", "vhost-user-vsock-pci,chardev=vs"], "tsvm.vsock=1", 1),
         { stdout: "pipe", stderr: "pipe", stdin: "ignore" });
       const timer = setTimeout(() => qemu.kill("SIGKILL"), TIMEOUT - 10_000);
       let out = "";

@@ -5,7 +5,8 @@ import { join } from "node:path";
 import { Block, VIRTIO_BLK_F, VIRTIO_BLK_S, VIRTIO_BLK_T } from "../../../src/devices/virtio/block/block.ts";
 import { EventFd } from "../../../src/base/event_fd.ts";
 import { FakeLoop } from "../../support/virtio_pci_driver.ts";
-import { DiskFile } from "../../../src/disk/disk_file.ts";
+import { DiskFile, type DiskImage } from "../../../src/disk/disk_file.ts";
+import { openDiskImage } from "../../../src/disk/qcow2.ts";
 import { VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from "../../../src/devices/virtio/descriptor_chain.ts";
 import { tempDir } from "../../support/tsvm.ts";
 import { socket } from "../../../ffi/mod.ts";
@@ -165,7 +166,11 @@ describe("Block requests in flight (raw image, I/O pool)", () => {
     const path = join(tempDir(), "disk.img");
     writeFileSync(path, Uint8Array.from({ length: bytes }, (_, i) => (i * 7 + (i >> 9)) & 0xff));
     const file = DiskFile.open(path, false, direct);
-    const dev = new Block(file, "id");
+    return { path, file, ...activatedOn(file, size, features) };
+  }
+  /** Block over `image`, activated on a queue of `size`. */
+  function activatedOn(image: DiskImage, size: number, features: bigint) {
+    const dev = new Block(image, "id");
     const d = new VirtqueueDriver(size);
     const kick = new EventFd();
     const loop = new FakeLoop();
@@ -181,7 +186,7 @@ describe("Block requests in flight (raw image, I/O pool)", () => {
         }
       }
     };
-    return { path, file, dev, d, kick, loop, worker, pump, interrupts: () => interrupts };
+    return { dev, d, kick, loop, worker, pump, interrupts: () => interrupts };
   }
   /** Posts request `n` (descriptors 3n..3n+2, memory slot n) without kicking. */
   function post(d: VirtqueueDriver, n: number, type: number, sector: number, dataLen: number): { data: number; status: number } {
@@ -360,6 +365,61 @@ describe("Block requests in flight (raw image, I/O pool)", () => {
     expect(() => new Block(file, "id", "block", 17)).toThrow(/expected 1 to 16/);
     expect((new Block(file, "id").features >> VIRTIO_BLK_F.MQ) & 1n).toBe(0n); // one queue: no MQ
     file.close();
+  });
+
+  test.skipIf(Bun.which("qemu-img") === null)("qcow2 over a raw backing file: reads and in-place writes in flight, allocating writes served alone, all as qemu-img sees it", () => {
+    const dir = tempDir();
+    const K = 1024;
+    const base = join(dir, "base.raw");
+    const baseBytes = Uint8Array.from({ length: 512 * K }, (_, i) => (i * 5 + (i >> 12)) & 0xff);
+    writeFileSync(base, baseBytes);
+    const overlay = join(dir, "overlay.qcow2");
+    const sh = (...cmd: string[]): string => {
+      const r = Bun.spawnSync(cmd, { stdout: "pipe", stderr: "pipe" });
+      if (r.exitCode !== 0) throw new Error(`${cmd.join(" ")}: ${r.stderr.toString()}`);
+      return r.stdout.toString();
+    };
+    sh("qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=65536", "-b", "base.raw", "-F", "raw", overlay, "1M");
+    // Clusters 0-1 allocated (0x11), 2-3 from the backing file, 4 zero, 5-15 past the backing file's end.
+    sh("qemu-io", "-f", "qcow2", "-c", "write -P 0x11 0 128k", "-c", "write -z 256k 64k", overlay);
+    const expected = new Uint8Array(1024 * K);
+    expected.set(baseBytes);
+    expected.fill(0x11, 0, 128 * K);
+    expected.fill(0, 256 * K, 320 * K);
+    const image = openDiskImage(overlay, false, null);
+    // The mapping the pool gets: merged allocated clusters, the backing file's own extent, zeros.
+    expect(image.extents(0, 128 * K, false)).toEqual([{ target: image.poolTarget, hostOffset: expect.any(Number), length: 128 * K }]);
+    const backingFd = image.chainFds[1]!;
+    expect(image.extents(128 * K, 128 * K, false)).toEqual([{ target: { fd: backingFd, align: 1 }, hostOffset: 128 * K, length: 128 * K }]);
+    expect(image.extents(256 * K, 64 * K, false)).toEqual([{ target: null, hostOffset: 0, length: 64 * K }]);
+    expect(image.extents(4 * K, 8 * K, true)?.length).toBe(1); // allocated and ours: written in place
+    expect(image.extents(128 * K, 4 * K, true)).toBeNull(); // unallocated: allocation is served alone
+    const t = activatedOn(image, 64, FEATURES);
+    // Reads at depth across every kind of cluster (4 KiB each, most straddling two clusters)...
+    const reads = [0, 62, 126, 200, 254, 318, 510, 600].map((k, n) => ({ at: k * K, ...post(t.d, n, VIRTIO_BLK_T.IN, (k * K) / 512, 4 * K) }));
+    t.loop.handlers.get(t.kick.fd)!();
+    t.pump(reads.length);
+    expect(t.d.usedIdx()).toBe(reads.length);
+    for (const r of reads) {
+      expect(t.d.memory.readU8(ga(r.status))).toBe(VIRTIO_BLK_S.OK);
+      expect(Buffer.from(t.d.memory.slice(ga(r.data), 4 * K)!).equals(expected.subarray(r.at, r.at + 4 * K))).toBe(true);
+    }
+    // ...then writes at depth: in place (clusters 0-1) and allocating (backing, zero and empty clusters).
+    const writes = [8, 62, 140, 260, 700].map((k, n) => ({ at: k * K, fill: 0x40 + n, ...post(t.d, 8 + n, VIRTIO_BLK_T.OUT, (k * K) / 512, 4 * K) }));
+    for (const w of writes) {
+      t.d.memory.write(ga(w.data), new Uint8Array(4 * K).fill(w.fill));
+      expected.fill(w.fill, w.at, w.at + 4 * K);
+    }
+    t.loop.handlers.get(t.kick.fd)!();
+    t.pump(reads.length + writes.length);
+    expect(t.d.usedIdx()).toBe(reads.length + writes.length);
+    for (const w of writes) expect(t.d.memory.readU8(ga(w.status))).toBe(VIRTIO_BLK_S.OK);
+    t.worker.stop();
+    image.close();
+    expect(Bun.spawnSync(["qemu-img", "check", overlay]).exitCode).toBe(0);
+    const raw = join(dir, "out.raw");
+    sh("qemu-img", "convert", "-O", "raw", overlay, raw);
+    expect(Buffer.from(readFileSync(raw)).equals(Buffer.from(expected))).toBe(true);
   });
 
   test("the host's flush command waits for writes in flight", () => {

@@ -7,7 +7,7 @@ import { AIO_OP, AIO_SYNC, AioPool } from "../../../../ffi/aio.ts";
 import { EventFd } from "../../../base/event_fd.ts";
 import { log } from "../../../base/log.ts";
 import { type ActivateContext, hasFeature, TSVM_RING_FEATURES, VIRTIO_ID, type VirtioDevice, type VirtioWorker } from "../virtio_device.ts";
-import type { DiskImage } from "../../../disk/disk_file.ts";
+import type { DiskImage, PoolTarget } from "../../../disk/disk_file.ts";
 import { BLOCK_MAX_QUEUES } from "../../vhost_user/device_types.ts";
 
 export const SECTOR_SIZE = 512;
@@ -120,8 +120,7 @@ export class Block implements VirtioDevice, ControllableDevice {
   activate(ctx: ActivateContext): VirtioWorker {
     this.#writeThrough = !hasFeature(ctx.features, VIRTIO_BLK_F.FLUSH);
     const served = ctx.queues.flatMap((queue, i) => (queue === null ? [] : [{ queue, kick: ctx.kicks[i]! }]));
-    const target = this.disk.asyncTarget;
-    const inFlight = target && served.length > 0 ? new InFlight(this, target, ctx) : null;
+    const inFlight = served.length > 0 ? new InFlight(this, ctx) : null;
     this.#inFlight = inFlight;
     for (const { queue, kick } of served) {
       const serve = (): void => {
@@ -263,15 +262,28 @@ export class Block implements VirtioDevice, ControllableDevice {
   }
 }
 
-/** A request on the I/O pool: what completes it, and the queue it came from. */
-type Pending = { readonly request: BlockRequest; readonly queue: Queue; readonly kind: "read" | "write" | "flush" };
+/**
+ * A request on the I/O pool: what completes it, the queue it came from, and how many of its parts
+ * (one per host extent; a FLUSH is one) are still running.
+ */
+type Pending = {
+  readonly request: BlockRequest;
+  readonly queue: Queue;
+  readonly kind: "read" | "write" | "flush";
+  parts: number;
+  failed: boolean;
+};
 /** A FLUSH waiting for the writes in flight before it. */
 type WaitingFlush = { readonly request: BlockRequest; readonly queue: Queue };
+/** One pool request of a data request: some of its guest buffers, at a host offset of one file. */
+type Part = { readonly target: PoolTarget; readonly views: Uint8Array[]; readonly offset: number };
 
 /**
  * A device's requests in flight, from all its queues, on one pool of C threads (c/aio.c): a read or
- * write is started when it is popped and returned to its queue's used ring when its thread
- * finishes, in whatever order they do; a request alone is served at once on the loop.
+ * write is mapped to host extents (one for a raw image; the clusters of a qcow2 image), each
+ * extent is a pool request, and the request returns to its queue's used ring when its last extent
+ * finishes, in whatever order they do; a request alone is served at once on the loop, and so is
+ * one the image cannot map without changing metadata (a qcow2 allocation), with nothing in flight.
  * A FLUSH covers every write completed before it (virtio 1.2 §5.2.6.2), so it starts only once the
  * writes in flight before it (on any queue) are done. Tags are a counter, not descriptor heads: a
  * hostile driver may post the same head twice, or on two queues.
@@ -279,19 +291,18 @@ type WaitingFlush = { readonly request: BlockRequest; readonly queue: Queue };
 class InFlight {
   readonly #pool: AioPool;
   readonly #done = new EventFd();
+  /** By tag: each of a request's parts has its own tag, all naming the same Pending. */
   readonly #pending = new Map<number, Pending>();
   readonly #flushesWaiting: WaitingFlush[] = [];
   /** Queues given used entries since their last interrupt decision. */
   readonly #used = new Set<Queue>();
   #nextTag = 0;
+  /** Requests (not parts) in flight, and writes among them. */
+  #requests = 0;
   #writes = 0;
   #closed = false;
 
-  constructor(
-    readonly block: Block,
-    readonly target: { readonly fd: number; readonly align: number },
-    readonly ctx: ActivateContext,
-  ) {
+  constructor(readonly block: Block, readonly ctx: ActivateContext) {
     this.#pool = new AioPool(MAX_IO_THREADS, QUEUE_SIZE * block.queueMaxSizes.length, this.#done.fd);
     ctx.loop.watch(this.#done.fd, () => this.#completions());
   }
@@ -302,15 +313,14 @@ class InFlight {
     if (typeof request === "number") return request;
     // A request alone (nothing in flight, nothing more available: queue depth 1) is served here,
     // without the hop to a pool thread and back; only requests at depth gain from the pool.
-    if (this.#pending.size === 0 && !queue.hasAvailable()) return this.block.execute(request);
+    if (this.#requests === 0 && !queue.hasAvailable()) return this.block.execute(request);
     const { type, sector, reader, writer } = request;
     const disk = this.block.disk;
     switch (type) {
       case VIRTIO_BLK_T.IN: {
         const length = chain.writableLength - 1;
         if (!this.block.inRange(sector, length)) return this.block.finish(writer, chain, VIRTIO_BLK_S.IOERR);
-        const views = writer.take(length)!;
-        return this.#submit(queue, request, "read", AIO_OP.READ, views, sector * SECTOR_SIZE);
+        return this.#transfer(queue, request, "read", writer.take(length)!, sector * SECTOR_SIZE, length);
       }
       case VIRTIO_BLK_T.OUT: {
         const length = reader.remaining;
@@ -318,10 +328,10 @@ class InFlight {
         if (!this.block.inRange(sector, length) || !disk.mayWrite(views, sector * SECTOR_SIZE)) {
           return this.block.finish(writer, chain, VIRTIO_BLK_S.IOERR);
         }
-        return this.#submit(queue, request, "write", AIO_OP.WRITE | (this.block.writeThrough ? AIO_SYNC : 0), views, sector * SECTOR_SIZE);
+        return this.#transfer(queue, request, "write", views, sector * SECTOR_SIZE, length);
       }
       case VIRTIO_BLK_T.FLUSH:
-        if (this.#writes === 0) return this.#submit(queue, request, "flush", AIO_OP.FLUSH, [], 0);
+        if (this.#writes === 0) return this.#flush(queue, request);
         // A driver that keeps posting FLUSHes cannot grow the waiting list past its queues' worth:
         // past that, a FLUSH waits here for the writes before it.
         if (this.#flushesWaiting.length >= QUEUE_SIZE * this.block.queueMaxSizes.length) return this.#serveAlone(request);
@@ -333,51 +343,90 @@ class InFlight {
     }
   }
 
-  #submit(queue: Queue, request: BlockRequest, kind: Pending["kind"], op: number, views: readonly Uint8Array[], offset: number): number | null {
-    const { align } = this.target;
-    const length = views.reduce((n, v) => n + v.byteLength, 0);
+  /** Puts a read or write on the pool, one part per host extent; or serves it at once when it cannot be. */
+  #transfer(queue: Queue, request: BlockRequest, kind: "read" | "write", views: readonly Uint8Array[], offset: number, length: number): number | null {
+    const extents = this.block.disk.extents(offset, length, kind === "write");
+    if (extents === null) return this.#serveAlone(request);
+    const parts: Part[] = [];
+    const zeros: Uint8Array[] = [];
+    const cursor = new ViewCursor(views);
+    for (const extent of extents) {
+      const taken = cursor.take(extent.length);
+      if (extent.target === null) zeros.push(...taken);
+      else parts.push({ target: extent.target, views: taken, offset: extent.hostOffset });
+    }
     // O_DIRECT on a device whose blocks are larger than the request's alignment: a partial block is
     // read, modified and written back, which must not race with other requests on that block.
-    if (kind !== "flush" && align > 1 && (offset % align !== 0 || length % align !== 0)) return this.#serveAlone(request);
-    const tag = this.#nextTag;
-    const r = kind === "flush"
-      ? this.#pool.submitFlush(this.target.fd, tag)
-      : this.#pool.submit(op, this.target.fd, views, offset, tag, align);
-    if (r !== 0) return this.#serveAlone(request); // pool full (a driver past its queue size) or no thread: serve it here
-    this.#nextTag = (tag + 1) >>> 0;
-    this.#pending.set(tag, { request, queue, kind });
+    const misaligned = parts.some(({ target: { align }, views: vs, offset: at }) =>
+      align > 1 && (at % align !== 0 || vs.reduce((n, v) => n + v.byteLength, 0) % align !== 0)
+    );
+    // The pool holds a queue's worth of parts per queue: a request of more parts than there is room
+    // for now (a scattered qcow2 read at depth) is served here.
+    if (misaligned || this.#pending.size + parts.length > this.#pool.capacity) return this.#serveAlone(request);
+    for (const z of zeros) z.fill(0);
+    if (parts.length === 0) return this.block.finish(request.writer, request.chain, VIRTIO_BLK_S.OK);
+    const op = kind === "read" ? AIO_OP.READ : AIO_OP.WRITE | (this.block.writeThrough ? AIO_SYNC : 0);
+    const pending: Pending = { request, queue, kind, parts: 0, failed: false };
+    for (const part of parts) {
+      const tag = this.#nextTag;
+      if (this.#pool.submit(op, part.target.fd, part.views, part.offset, tag, part.target.align) !== 0) {
+        if (pending.parts === 0) return this.#serveAlone(request); // no thread could start: serve it here
+        pending.failed = true; // the parts already running finish it, with an error
+        break;
+      }
+      this.#nextTag = (tag + 1) >>> 0;
+      this.#pending.set(tag, pending);
+      pending.parts++;
+    }
+    this.#requests++;
     if (kind === "write") this.#writes++;
+    return null;
+  }
+
+  /** Puts a FLUSH (fdatasync of the image's file) on the pool, or serves it at once. */
+  #flush(queue: Queue, request: BlockRequest): number | null {
+    const tag = this.#nextTag;
+    if (this.#pool.submitFlush(this.block.disk.poolTarget.fd, tag) !== 0) return this.#serveAlone(request);
+    this.#nextTag = (tag + 1) >>> 0;
+    this.#pending.set(tag, { request, queue, kind: "flush", parts: 1, failed: false });
+    this.#requests++;
     return null;
   }
 
   /** Serves a request at once, on this thread, with nothing in flight beside it. */
   #serveAlone(request: BlockRequest): number {
     this.#pool.waitIdle();
-    return this.block.execute(request);
+    // From the chain's start again: mapping it for the pool may have taken its data buffers.
+    const fresh = this.block.parse(request.chain);
+    return typeof fresh === "number" ? fresh : this.block.execute(fresh);
   }
 
-  /** Returns finished requests to the used ring, starts FLUSHes that were waiting, interrupts once. */
+  /** Returns finished requests to the used ring, starts FLUSHes that were waiting, interrupts once per queue. */
   #completions(): void {
     this.#done.read();
     for (const { tag, result } of this.#pool.reap()) {
       const pending = this.#pending.get(tag);
       if (pending === undefined) continue;
       this.#pending.delete(tag);
+      if (result !== 0) {
+        log.debug(`${this.block.debugLabel}: ${pending.kind} failed: errno ${-result}`);
+        pending.failed = true;
+      }
+      if (--pending.parts > 0) continue;
+      this.#requests--;
       if (pending.kind === "write") this.#writes--;
-      if (result !== 0) log.debug(`${this.block.debugLabel}: ${pending.kind} failed: errno ${-result}`);
       const { chain, writer } = pending.request;
-      pending.queue.addUsed(chain.head, this.block.finish(writer, chain, result === 0 ? VIRTIO_BLK_S.OK : VIRTIO_BLK_S.IOERR));
+      pending.queue.addUsed(chain.head, this.block.finish(writer, chain, pending.failed ? VIRTIO_BLK_S.IOERR : VIRTIO_BLK_S.OK));
       this.#used.add(pending.queue);
     }
     if (this.#writes === 0) {
       for (const { request, queue } of this.#flushesWaiting.splice(0)) {
-        const used = this.#submit(queue, request, "flush", AIO_OP.FLUSH, [], 0);
+        const used = this.#flush(queue, request);
         if (used === null) continue;
         queue.addUsed(request.chain.head, used);
         this.#used.add(queue);
       }
     }
-    // One interrupt decision per queue for the whole batch.
     for (const queue of this.#used) if (queue.shouldNotify()) this.ctx.interrupt.signalUsedQueue(queue.index);
     this.#used.clear();
   }
@@ -405,5 +454,30 @@ class InFlight {
     this.#done.close();
     this.#pending.clear();
     this.#flushesWaiting.length = 0;
+  }
+}
+
+/** Walks a list of buffers, handing out the next `length` bytes as subarrays. */
+class ViewCursor {
+  #index = 0;
+  #offset = 0;
+
+  constructor(readonly views: readonly Uint8Array[]) {}
+
+  take(length: number): Uint8Array[] {
+    const out: Uint8Array[] = [];
+    let left = length;
+    while (left > 0 && this.#index < this.views.length) {
+      const view = this.views[this.#index]!;
+      const n = Math.min(left, view.byteLength - this.#offset);
+      out.push(n === view.byteLength ? view : view.subarray(this.#offset, this.#offset + n));
+      left -= n;
+      this.#offset += n;
+      if (this.#offset === view.byteLength) {
+        this.#index++;
+        this.#offset = 0;
+      }
+    }
+    return out;
   }
 }
