@@ -10,7 +10,9 @@
 //   6. vhost-user-blk 4 KiB QD1 reads: `tsvm devices` vs qemu-storage-daemon behind tsvm's front-end,
 //      and vhost-user vs tsvm's own jailed block device;
 //   7. vsock connection set-up and 1 MiB each way (the test guest's driver) vs a host Unix socket pair.
-// Usage: bun scripts/bench.ts [--rounds N] [--exits N] [--only 1,6,7]   (needs dist/tsvm; installs QEMU if missing)
+//   8. virtio-blk at queue depth 1 and 32 (4 KiB random, 64 KiB sequential; reads and writes; page
+//      cache and O_DIRECT): tsvm jailed and in-process vs QEMU's virtio-blk-pci, same guest and image.
+// Usage: bun scripts/bench.ts [--rounds N] [--exits N] [--only 1,6,7] [--blk-rounds N]   (needs dist/tsvm; installs QEMU if missing)
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
@@ -423,4 +425,58 @@ if (want(7)) {
   row(`| vsock connection set-up, host program to guest port (ms) | ${m(vsockRounds, "setupMs").toFixed(2)} | host Unix socket ${m(pairRounds, "setupMs").toFixed(2)} | ${(m(vsockRounds, "setupMs") / m(pairRounds, "setupMs")).toFixed(1)}× | report |`);
   row(`| vsock 1 MiB guest→host (MiB/s) | ${mibps(m(vsockRounds, "toHostMs"))} | host Unix socket ${mibps(m(pairRounds, "toHostMs"))} | ${(m(vsockRounds, "toHostMs") / m(pairRounds, "toHostMs")).toFixed(1)}× the time | ≤ 2× |`);
   row(`| vsock 1 MiB host→guest (MiB/s) | ${mibps(m(vsockRounds, "toGuestMs"))} | host Unix socket ${mibps(m(pairRounds, "toGuestMs"))} | ${(m(vsockRounds, "toGuestMs") / m(pairRounds, "toGuestMs")).toFixed(1)}× the time | ≤ 2× |`);
+}
+
+// 8. virtio-blk at queue depth: the test guest keeps 1 or 32 requests in flight (4 KiB random and
+//    64 KiB sequential, reads and writes, polled), through the host's page cache and with O_DIRECT,
+//    on tsvm jailed and --disable-sandbox against QEMU's virtio-blk-pci (aio=threads; cache=none
+//    for O_DIRECT), same guest, same image, same run.
+if (want(8) && qemu) {
+  step("8. virtio-blk at queue depth");
+  const image = join(dir, "depth.img");
+  sh(["dd", "if=/dev/urandom", `of=${image}`, "bs=1M", "count=256", "status=none"], 300_000);
+  const perRequest = (output: string): number => {
+    const m = /bench blkq .* failures 0 tsc-per-request (\d+)/.exec(output);
+    if (!m) throw new Error(`no benchmark line in:\n${output.slice(-2000)}`);
+    return Number(m[1]);
+  };
+  const qemuBlk = (direct: boolean, mode: string): string[] => [qemu!, "-enable-kvm", "-cpu", "qemu64,-cx16", "-M", "pc", "-m", "256",
+    "-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-serial", "stdio", "-kernel", GUEST, "-append", `tsvm.bench=blkq:${mode}`,
+    "-drive", `file=${image},if=none,id=d0,format=raw,aio=threads,cache=${direct ? "none" : "writeback"}`,
+    "-device", "virtio-blk-pci,drive=d0,disable-legacy=on,num-queues=1"];
+  const tsvmBlk = (direct: boolean, mode: string, sandbox: boolean): string[] => [TSVM, "run", ...(sandbox ? [] : ["--disable-sandbox"]),
+    "--serial", "type=stdout,num=1", "-p", `tsvm.bench=blkq:${mode}`, "--block", `path=${image}${direct ? ",o_direct=true" : ""}`];
+  const blkRounds = arg("--blk-rounds", Math.max(3, Math.floor(ROUNDS / 2)));
+  const kinds: [string, string, number][] = [
+    ["4 KiB random reads", "rr:4", 3000], ["4 KiB random writes", "rw:4", 3000],
+    ["64 KiB sequential reads", "sr:64", 600], ["64 KiB sequential writes", "sw:64", 600],
+  ];
+  for (const direct of [false, true]) {
+    const cache = direct ? "O_DIRECT" : "page cache";
+    const depthOne = new Map<string, number>();
+    for (const [name, op, count] of kinds) {
+      for (const depth of [1, 32]) {
+        const mode = `${op}:${depth}:${depth === 1 ? count : count * 4}`;
+        step(`blk ${name}, depth ${depth}, ${cache}`);
+        try {
+          const q: number[] = [];
+          const jailed: number[] = [];
+          const inProcess: number[] = [];
+          for (let i = 0; i < blkRounds; i++) {
+            q.push(perRequest(sh(qemuBlk(direct, mode), 600_000)));
+            jailed.push(perRequest(sh(tsvmBlk(direct, mode, true), 600_000)));
+            inProcess.push(perRequest(sh(tsvmBlk(direct, mode, false), 600_000)));
+          }
+          const rate = (xs: number[]): string => `${(median(q) / median(xs)).toFixed(2)}× (${(Math.min(...q) / Math.max(...xs)).toFixed(2)}–${(Math.max(...q) / Math.min(...xs)).toFixed(2)})`;
+          row(`| virtio-blk ${name}, depth ${depth}, ${cache} (TSC cycles per request, median of ${blkRounds}) | jailed ${median(jailed)}, in-process ${median(inProcess)} | QEMU ${median(q)} | QEMU's rate: jailed ${rate(jailed)}, in-process ${rate(inProcess)} | ≥ 1.0× |`);
+          if (depth === 1) depthOne.set(name, median(jailed));
+          else if (direct && depthOne.has(name)) {
+            row(`| virtio-blk ${name}, O_DIRECT, depth 32 vs depth 1 (tsvm jailed, requests per second) | ${(depthOne.get(name)! / median(jailed)).toFixed(2)}× | | | ≥ 4× |`);
+          }
+        } catch (e) {
+          row(`| virtio-blk ${name}, depth ${depth}, ${cache} | failed: ${(e instanceof Error ? e.message : String(e)).split("\n")[0]} | | | |`);
+        }
+      }
+    }
+  }
 }

@@ -47,6 +47,7 @@ void check_virtio(void);
 void serve(void);
 void writer(void);
 void bench_virtio(const char *kind, uint64_t n, uint32_t size);
+void bench_blk_depth(int write, int random, uint32_t size, uint32_t depth, uint64_t n);
 extern int hostile_mode;
 extern int hostile_bars_mode;
 extern int console_rx_mode;

@@ -604,6 +604,105 @@ void bench_virtio(const char *kind, uint64_t n, uint32_t size)
 	mmio_write8(d.common + STATUS, 0);
 }
 
+/* ---- block benchmark at queue depth: up to BQ_DEPTH requests in flight, polled ---- */
+#define BQ_SIZE 128		/* descriptors: three per request */
+#define BQ_DEPTH 32
+#define BQ_MAX_BYTES 65536
+struct bq {
+	struct desc desc[BQ_SIZE] __attribute__((aligned(16)));
+	struct { uint16_t flags, idx, ring[BQ_SIZE], used_event; } avail __attribute__((aligned(2)));
+	struct { uint16_t flags, idx; struct { uint32_t id, len; } ring[BQ_SIZE]; uint16_t avail_event; } used __attribute__((aligned(4)));
+};
+static struct bq bq __attribute__((aligned(4096)));
+static struct { uint32_t type, reserved; uint64_t sector; } bq_hdr[BQ_DEPTH];
+static volatile uint8_t bq_status[BQ_DEPTH];
+static uint8_t bq_buf[BQ_DEPTH][BQ_MAX_BYTES] __attribute__((aligned(4096)));
+
+/*
+ * blkq: `n` requests of `size` bytes (reads, or writes), sequential or random offsets, keeping
+ * `depth` in flight: all posted with one notify, then each completion found by polling the used
+ * ring is re-posted at once, with one notify per pass over the ring. Prints TSC cycles per request.
+ */
+void bench_blk_depth(int write, int random, uint32_t size, uint32_t depth, uint64_t n)
+{
+	const char *kind = "blkq";
+	struct vdev d;
+	if (depth < 1 || depth > BQ_DEPTH || size < 512 || size > BQ_MAX_BYTES || size % 512) { result(0, kind, "bad depth or size"); return; }
+	if (!open_device(&d, 0x1042, kind)) return;
+	/* VIRTIO_BLK_F_FLUSH, as Linux takes it: writes complete from the host's cache (write-back) */
+	if (negotiate(&d, 1ull << 9) < 0) { result(0, kind, "feature negotiation failed"); return; }
+	msix_setup(&d, 0);
+	mmio_write16(d.common + MSIX_CFG, 0);
+	memset(&bq, 0, sizeof(bq));
+	mmio_write16(d.common + QSEL, 0);
+	if (mmio_read16(d.common + QSIZEREG) < BQ_SIZE) { result(0, kind, "the queue is smaller than 128"); return; }
+	mmio_write16(d.common + QSIZEREG, BQ_SIZE);
+	mmio_write16(d.common + QMSIX, 0xffff); /* no interrupts: the driver polls */
+	mmio_write32(d.common + QDESC, (uint32_t)(uintptr_t)bq.desc);
+	mmio_write32(d.common + QDESC + 4, 0);
+	mmio_write32(d.common + QDRV, (uint32_t)(uintptr_t)&bq.avail);
+	mmio_write32(d.common + QDRV + 4, 0);
+	mmio_write32(d.common + QDEV, (uint32_t)(uintptr_t)&bq.used);
+	mmio_write32(d.common + QDEV + 4, 0);
+	uintptr_t notify = d.notify_base + mmio_read16(d.common + QNOFF) * d.notify_mult;
+	mmio_write16(d.common + QEN, 1);
+	driver_ok(&d);
+	bq.avail.flags = 1; /* VIRTQ_AVAIL_F_NO_INTERRUPT */
+	uint64_t capacity = (uint64_t)mmio_read32(d.device) | ((uint64_t)mmio_read32(d.device + 4) << 32);
+	uint64_t sectors = size / 512, slots = capacity / sectors, next = 0, rng = 0x9e3779b97f4a7c15ull;
+	uint64_t posted = 0, done = 0, failures = 0, spin = 0;
+	uint16_t avail = 0, used = 0;
+	for (uint32_t r = 0; r < depth; r++) {
+		bq.desc[3 * r] = (struct desc){ (uint64_t)(uintptr_t)&bq_hdr[r], 16, DESC_F_NEXT, (uint16_t)(3 * r + 1) };
+		bq.desc[3 * r + 1] = (struct desc){ (uint64_t)(uintptr_t)bq_buf[r], size, (uint16_t)(DESC_F_NEXT | (write ? 0 : DESC_F_WRITE)), (uint16_t)(3 * r + 2) };
+		bq.desc[3 * r + 2] = (struct desc){ (uint64_t)(uintptr_t)&bq_status[r], 1, DESC_F_WRITE, 0 };
+		if (write) memset(bq_buf[r], (int)(0x41 + r), size);
+	}
+	uint64_t t0 = rdtsc();
+	/* post(r): request slot r at the next offset */
+#define BQ_POST(r) do { \
+		uint64_t slot; \
+		if (random) { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; slot = rng % slots; } else slot = next++ % slots; \
+		bq_hdr[r] = (typeof(bq_hdr[0])){ write ? BLK_T_OUT : BLK_T_IN, 0, slot * sectors }; \
+		bq_status[r] = 0xff; \
+		bq.avail.ring[avail % BQ_SIZE] = (uint16_t)(3 * (r)); \
+		avail++; posted++; \
+	} while (0)
+	for (uint32_t r = 0; r < depth && posted < n; r++) BQ_POST(r);
+	barrier();
+	bq.avail.idx = avail;
+	barrier();
+	mmio_write16(notify, 0);
+	while (done < n) {
+		uint16_t now = *(volatile uint16_t *)&bq.used.idx;
+		if (now == used) {
+			if (++spin > 200000000) { failures += posted - done; break; }
+			__asm__ volatile("pause");
+			continue;
+		}
+		spin = 0;
+		int reposted = 0;
+		for (; used != now; used++) {
+			uint32_t r = bq.used.ring[used % BQ_SIZE].id / 3;
+			if (r >= depth || bq_status[r] != 0) failures++;
+			done++;
+			if (posted < n) { BQ_POST(r); reposted = 1; }
+		}
+		if (reposted) {
+			barrier();
+			bq.avail.idx = avail;
+			barrier();
+			mmio_write16(notify, 0);
+		}
+	}
+#undef BQ_POST
+	uint64_t t1 = rdtsc();
+	puts_("bench blkq "); puts_(write ? "write" : "read"); puts_(random ? " random" : " sequential");
+	puts_(" bytes "); putu(size); puts_(" depth "); putu(depth); puts_(" requests "); putu(done);
+	puts_(" failures "); putu(failures); puts_(" tsc-per-request "); putu((t1 - t0) / (done ? done : 1)); puts_("\n");
+	mmio_write8(d.common + STATUS, 0);
+}
+
 /* ---- writer mode: sector after sector, each completion announced, until the host stops the VM ---- */
 void writer(void)
 {
