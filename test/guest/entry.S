@@ -101,6 +101,42 @@ ap_trampoline:
 	jmp 5b
 ap_trampoline_end:
 
+/* run_in_ring3(fn, arg, stack_top): calls fn(arg) in ring 3 (interrupts off) on the given stack;
+ * returns once fn returns, through the #GP that the `hlt` after it raises (ring3_gp_handler). */
+	.code64
+	.globl run_in_ring3, ring3_gp_handler
+run_in_ring3:
+	push %rbx
+	push %rbp
+	push %r12
+	push %r13
+	push %r14
+	push %r15
+	mov %rsp, ring0_rsp(%rip)
+	pushq $0x1b		/* SS: user data, RPL 3 */
+	pushq %rdx		/* RSP */
+	pushq $0x2		/* RFLAGS: IF clear */
+	pushq $0x23		/* CS: 64-bit user code, RPL 3 */
+	lea ring3_trampoline(%rip), %rax
+	pushq %rax
+	iretq
+ring3_trampoline:
+	mov %rdi, %rax
+	mov %rsi, %rdi
+	call *%rax
+	hlt			/* privileged in ring 3: #GP brings us back */
+ring3_gp_handler:
+	mov ring0_rsp(%rip), %rsp
+	mov $0x10, %ax
+	mov %ax, %ss
+	pop %r15
+	pop %r14
+	pop %r13
+	pop %r12
+	pop %rbp
+	pop %rbx
+	ret
+
 /* Interrupt stubs for vectors 0x40-0x4f: count, end of interrupt at the LAPIC, return. */
 	.code64
 	.macro irq_stub n
@@ -132,6 +168,8 @@ pvh_gdt_desc:
 	.long pvh_gdt
 
 	.section .bss
+	.balign 8
+ring0_rsp:	.skip 8
 	.balign 4096
 pvh_pml4:	.skip 4096
 pvh_pdpt:	.skip 4096

@@ -15,8 +15,9 @@
  *   tsvm.hostile=bars     move one device's BAR over another's and drive it through its PCI_CFG window
  *   tsvm.bench=blk:N      N sequential 4 KiB virtio-blk reads, one in flight (blk64k:N: 64 KiB;
  *                         blkw:N: 4 KiB writes)
- *   tsvm.bench=blkq:OP:KIB:DEPTH:N  N virtio-blk requests of KIB KiB kept DEPTH (1-32) in flight, polled;
- *                         OP: rr/sr random/sequential reads, rw/sw random/sequential writes
+ *   tsvm.bench=blkq:OP:KIB:DEPTH:N[:RING]  N virtio-blk requests of KIB KiB kept DEPTH (1-32) in
+ *                         flight, polled from ring 3 (RING 0: from ring 0); OP: rr/sr random/sequential
+ *                         reads, rw/sw random/sequential writes
  *   tsvm.bench=rng:N      N one-byte virtio-rng requests: the notify -> device -> interrupt round trip
  *   tsvm.bench=spin:N     N iterations of a ring-0 loop with no exits (probes for emulated ring 0)
  */
@@ -298,15 +299,16 @@ void guest_main(const uint8_t *zero_page, const uint8_t *pvh_start_info)
 
 	const char *b = option("tsvm.bench");
 	if (b && b[0] == 'b' && b[3] == 'q') {
-		/* blkq:OP:KIB:DEPTH:N, OP one of rr (random reads), sr (sequential reads), rw, sw */
-		const char *f[5] = { b, 0, 0, 0, 0 };
-		for (int i = 1; i < 5; i++) {
+		/* blkq:OP:KIB:DEPTH:N[:RING], OP one of rr (random reads), sr (sequential reads), rw, sw;
+		 * RING 3 (the default) or 0: where the polling loop runs */
+		const char *f[6] = { b, 0, 0, 0, 0, 0 };
+		for (int i = 1; i < 6; i++) {
 			const char *c = f[i - 1];
 			while (*c && *c != ':') c++;
 			f[i] = *c ? c + 1 : c;
 		}
 		interrupts_init();
-		bench_blk_depth(f[1][1] == 'w', f[1][0] == 'r', (uint32_t)parse_u64(f[2]) * 1024, (uint32_t)parse_u64(f[3]), parse_u64(f[4]));
+		bench_blk_depth(f[1][1] == 'w', f[1][0] == 'r', (uint32_t)parse_u64(f[2]) * 1024, (uint32_t)parse_u64(f[3]), parse_u64(f[4]), f[5][0] != '0');
 		reset();
 	}
 	if (b && (b[0] == 'b' || b[0] == 'r')) {

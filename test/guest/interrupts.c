@@ -6,6 +6,62 @@ static struct gate idt[256] __attribute__((aligned(16)));
 volatile uint32_t irq_counts[16];
 extern const uint64_t irq_stubs[16];
 
+/* ---- ring 3, for benchmark loops that must not run in an emulated ring 0 ---- */
+extern void ring3_gp_handler(void);
+static uint64_t gdt[7] __attribute__((aligned(16)));
+static struct {
+	uint32_t reserved0;
+	uint64_t rsp0, rsp1, rsp2, reserved1, ist[7], reserved2;
+	uint16_t reserved3, iomap_base;
+} __attribute__((packed)) tss;
+static uint64_t user_pml4[512] __attribute__((aligned(4096)));
+static uint64_t user_pdpt[512] __attribute__((aligned(4096)));
+static uint64_t user_pd[4][512] __attribute__((aligned(4096)));
+static uint8_t ring0_stack[8192] __attribute__((aligned(16)));
+
+/*
+ * Makes ring 3 usable: page tables mapping the first 4 GiB one to one with user access (RAM, the
+ * PCI BARs below 4 GiB, the LAPIC), a GDT with 64-bit user code and data, a TSS whose rsp0 stack
+ * takes faults from ring 3 (no I/O bitmap: port I/O from ring 3 faults), and the #GP gate that
+ * returns from run_in_ring3. Afterwards CS is 0x08, and the interrupt gates are remade with it.
+ */
+void ring3_init(void)
+{
+	for (unsigned i = 0; i < 4; i++) {
+		user_pdpt[i] = (uint64_t)(uintptr_t)user_pd[i] | 0x7; /* present, writable, user */
+		for (unsigned j = 0; j < 512; j++) user_pd[i][j] = ((uint64_t)(i * 512 + j) << 21) | 0x87; /* + 2 MiB page */
+	}
+	user_pml4[0] = (uint64_t)(uintptr_t)user_pdpt | 0x7;
+	__asm__ volatile("mov %0, %%cr3" ::"r"((uint64_t)(uintptr_t)user_pml4) : "memory");
+
+	uint64_t base = (uint64_t)(uintptr_t)&tss, limit = sizeof(tss) - 1;
+	tss.rsp0 = (uint64_t)(uintptr_t)(ring0_stack + sizeof(ring0_stack));
+	tss.iomap_base = sizeof(tss);
+	gdt[1] = 0x00af9b000000ffffull; /* 0x08: 64-bit code, DPL 0 */
+	gdt[2] = 0x00cf93000000ffffull; /* 0x10: data, DPL 0 */
+	gdt[3] = 0x00cff3000000ffffull; /* 0x18: data, DPL 3 */
+	gdt[4] = 0x00affb000000ffffull; /* 0x20: 64-bit code, DPL 3 */
+	gdt[5] = (limit & 0xffff) | ((base & 0xffffff) << 16) | (0x89ull << 40) | (((limit >> 16) & 0xf) << 48) | (((base >> 24) & 0xff) << 56);
+	gdt[6] = base >> 32; /* 0x28: the TSS (16 bytes) */
+	struct { uint16_t limit; uint64_t base; } __attribute__((packed)) desc = { sizeof(gdt) - 1, (uint64_t)(uintptr_t)gdt };
+	__asm__ volatile(
+		"lgdt %0\n\t"
+		"pushq $0x08\n\t"
+		"lea 1f(%%rip), %%rax\n\t"
+		"pushq %%rax\n\t"
+		"lretq\n"
+		"1:\tmov $0x10, %%ax\n\t"
+		"mov %%ax, %%ds\n\t"
+		"mov %%ax, %%es\n\t"
+		"mov %%ax, %%ss\n\t"
+		"mov $0x28, %%ax\n\t"
+		"ltr %%ax"
+		:: "m"(desc) : "rax", "memory");
+	uint64_t h = (uint64_t)(uintptr_t)ring3_gp_handler;
+	idt[13] = (struct gate){ (uint16_t)h, 0x08, 0, 0x8e, (uint16_t)(h >> 16), (uint32_t)(h >> 32), 0 };
+	interrupts_init(); /* its gates name the code segment: now 0x08 */
+}
+
 void interrupts_init(void)
 {
 	uint16_t cs;
