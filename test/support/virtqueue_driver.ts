@@ -61,6 +61,11 @@ export class VirtqueueDriver {
     this.memory.writeU16(ga(this.#avail + 4 + 2 * this.size), value);
   }
 
+  /** used.flags (VIRTQ_USED_F_NO_NOTIFY: the device asks not to be notified). */
+  usedFlags(): number {
+    return this.memory.readU16(ga(this.#used));
+  }
+
   usedIdx(): number {
     return this.memory.readU16(ga(this.#used + 2));
   }

@@ -13,6 +13,9 @@ export const CHAINS_PER_WAKEUP = 256;
  * with length 0, re-arms notifications, and interrupts the driver if it asked for it. After
  * CHAINS_PER_WAKEUP chains it stops and signals `kick` itself, so its loop comes back to the queue
  * after serving everything else. A fatal ring error calls `needsReset` and stops.
+ * While the queue is being drained the driver is told not to notify; `busy`, when it says so at the
+ * end, keeps it that way: the device has requests in flight and promises to drain the queue again
+ * when they finish (which re-arms notifications once it is idle).
  */
 export function drainQueue(
   queue: Queue,
@@ -20,8 +23,10 @@ export function drainQueue(
   interrupt: VirtioInterrupt,
   needsReset: (reason: string) => void,
   handle: (chain: DescriptorChain) => number | null,
+  busy: () => boolean = () => false,
 ): void {
   let served = 0;
+  queue.disableNotification();
   outer: for (;;) {
     for (let r = queue.pop(); r !== null; r = queue.pop()) {
       if (r.kind === "fatal") {
@@ -38,9 +43,11 @@ export function drainQueue(
         break outer;
       }
     }
+    if (busy()) break; // notifications stay off: the device comes back when what is in flight is done
     queue.enableNotification();
     // A buffer added between the last pop and enableNotification would get no kick: look again.
     if (!queue.hasAvailable()) break;
+    queue.disableNotification();
   }
   if (queue.shouldNotify()) interrupt.signalUsedQueue(queue.index);
 }

@@ -44,6 +44,7 @@ type Rings = {
   readonly avail: DataView;
   readonly used: DataView;
   readonly availIdx: Uint16Array;
+  readonly usedFlags: Uint16Array;
   readonly usedIdx: Uint16Array;
   readonly usedEvent: Uint16Array;
   readonly availEvent: Uint16Array;
@@ -109,7 +110,7 @@ export class Queue {
     const u16 = (v: DataView, offset: number): Uint16Array => new Uint16Array(v.buffer, v.byteOffset + offset, 1);
     this.#rings = {
       desc: d, avail: a, used: u,
-      availIdx: u16(a, 2), usedIdx: u16(u, 2), usedEvent: u16(a, 4 + 2 * size), availEvent: u16(u, 4 + 8 * size),
+      availIdx: u16(a, 2), usedFlags: u16(u, 0), usedIdx: u16(u, 2), usedEvent: u16(a, 4 + 2 * size), availEvent: u16(u, 4 + 8 * size),
     };
     this.#memory = memory;
     this.#eventIdx = features.eventIdx;
@@ -162,10 +163,25 @@ export class Queue {
     this.#nextAvail = (this.#nextAvail - count) & 0xffff;
   }
 
-  /** Tells the driver, when it asked for it (event idx), to notify after the next buffer it adds. */
+  /**
+   * Tells the driver it need not notify: the device will look at the ring anyway (virtio 1.2
+   * §2.7.10). With event idx, avail_event is simply left behind; without, VIRTQ_USED_F_NO_NOTIFY.
+   */
+  disableNotification(): void {
+    const r = this.#rings;
+    if (r && !this.#eventIdx) Atomics.store(r.usedFlags, 0, VIRTQ_USED_F_NO_NOTIFY);
+  }
+
+  /**
+   * Tells the driver to notify after the next buffer it adds (event idx: avail_event; otherwise
+   * clearing VIRTQ_USED_F_NO_NOTIFY). The caller then looks at the ring once more: a buffer added
+   * before the driver saw this got no notification.
+   */
   enableNotification(): void {
     const r = this.#rings;
-    if (r && this.#eventIdx) Atomics.store(r.availEvent, 0, this.#nextAvail);
+    if (r === null) return;
+    if (this.#eventIdx) Atomics.store(r.availEvent, 0, this.#nextAvail);
+    else Atomics.store(r.usedFlags, 0, 0);
   }
 
   /** Returns chain `head` to the driver with `length` bytes written. */

@@ -156,6 +156,22 @@ describe("Queue used ring and notifications", () => {
     expect(d.availEvent()).toBe(1);
   });
 
+  test("notification suppression: VIRTQ_USED_F_NO_NOTIFY without event idx; with it, avail_event left behind", () => {
+    const plain = new VirtqueueDriver(8);
+    plain.queue.disableNotification();
+    expect(plain.usedFlags()).toBe(1);
+    plain.queue.enableNotification();
+    expect(plain.usedFlags()).toBe(0);
+    const withIdx = new VirtqueueDriver(8, { eventIdx: true, indirect: true });
+    withIdx.writeDesc(0, { addr: BUFFERS, len: 4, flags: 0, next: 0 });
+    withIdx.publish(0);
+    withIdx.queue.pop();
+    withIdx.queue.disableNotification();
+    expect([withIdx.usedFlags(), withIdx.availEvent()]).toEqual([0, 0]); // a driver at idx 1 does not kick for idx 2
+    withIdx.queue.enableNotification();
+    expect(withIdx.availEvent()).toBe(1);
+  });
+
   test("reset returns the queue to its initial configuration", () => {
     const d = new VirtqueueDriver();
     d.queue.reset();

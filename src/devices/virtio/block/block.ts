@@ -120,15 +120,21 @@ export class Block implements VirtioDevice, ControllableDevice {
   activate(ctx: ActivateContext): VirtioWorker {
     this.#writeThrough = !hasFeature(ctx.features, VIRTIO_BLK_F.FLUSH);
     const served = ctx.queues.flatMap((queue, i) => (queue === null ? [] : [{ queue, kick: ctx.kicks[i]! }]));
-    const inFlight = served.length > 0 ? new InFlight(this, ctx) : null;
+    // While a queue has requests in flight its driver need not notify: each batch of completions
+    // drains the queue again (notification suppression while busy, as QEMU and vhost do).
+    const drains = new Map<Queue, () => void>();
+    const inFlight = served.length > 0 ? new InFlight(this, ctx, (queue) => drains.get(queue)?.()) : null;
     this.#inFlight = inFlight;
     for (const { queue, kick } of served) {
-      const serve = (): void => {
+      const drain = (): void =>
+        drainQueue(queue, kick, ctx.interrupt, ctx.needsReset, (chain) => (inFlight ? inFlight.start(queue, chain) : this.handle(chain)),
+          () => inFlight?.busy(queue) ?? false);
+      drains.set(queue, drain);
+      ctx.loop.watch(kick.fd, () => {
         kick.read();
-        drainQueue(queue, kick, ctx.interrupt, ctx.needsReset, (chain) => (inFlight ? inFlight.start(queue, chain) : this.handle(chain)));
-      };
-      ctx.loop.watch(kick.fd, serve);
-      serve();
+        drain();
+      });
+      drain();
     }
     return {
       stop: () => {
@@ -296,15 +302,30 @@ class InFlight {
   readonly #flushesWaiting: WaitingFlush[] = [];
   /** Queues given used entries since their last interrupt decision. */
   readonly #used = new Set<Queue>();
+  /** Requests in flight per queue. */
+  readonly #perQueue = new Map<Queue, number>();
   #nextTag = 0;
   /** Requests (not parts) in flight, and writes among them. */
   #requests = 0;
   #writes = 0;
+  /** Set once the device stops: finishing what is in flight takes nothing new from the rings. */
+  #stopping = false;
   #closed = false;
 
-  constructor(readonly block: Block, readonly ctx: ActivateContext) {
+  /** `drain(queue)` serves what the driver made available meanwhile, once a batch of `queue`'s requests finished. */
+  constructor(readonly block: Block, readonly ctx: ActivateContext, readonly drain: (queue: Queue) => void) {
     this.#pool = new AioPool(MAX_IO_THREADS, QUEUE_SIZE * block.queueMaxSizes.length, this.#done.fd);
     ctx.loop.watch(this.#done.fd, () => this.#completions());
+  }
+
+  /** Whether `queue` has requests in flight (and will be drained again when they finish). */
+  busy(queue: Queue): boolean {
+    return (this.#perQueue.get(queue) ?? 0) > 0;
+  }
+
+  #began(queue: Queue): void {
+    this.#requests++;
+    this.#perQueue.set(queue, (this.#perQueue.get(queue) ?? 0) + 1);
   }
 
   /** Starts `chain`'s request from `queue`: null while it is in flight, else the used length of one served at once. */
@@ -378,7 +399,7 @@ class InFlight {
       this.#pending.set(tag, pending);
       pending.parts++;
     }
-    this.#requests++;
+    this.#began(queue);
     if (kind === "write") this.#writes++;
     return null;
   }
@@ -389,7 +410,7 @@ class InFlight {
     if (this.#pool.submitFlush(this.block.disk.poolTarget.fd, tag) !== 0) return this.#serveAlone(request);
     this.#nextTag = (tag + 1) >>> 0;
     this.#pending.set(tag, { request, queue, kind: "flush", parts: 1, failed: false });
-    this.#requests++;
+    this.#began(queue);
     return null;
   }
 
@@ -414,6 +435,7 @@ class InFlight {
       }
       if (--pending.parts > 0) continue;
       this.#requests--;
+      this.#perQueue.set(pending.queue, this.#perQueue.get(pending.queue)! - 1);
       if (pending.kind === "write") this.#writes--;
       const { chain, writer } = pending.request;
       pending.queue.addUsed(chain.head, this.block.finish(writer, chain, pending.failed ? VIRTIO_BLK_S.IOERR : VIRTIO_BLK_S.OK));
@@ -428,7 +450,10 @@ class InFlight {
       }
     }
     for (const queue of this.#used) if (queue.shouldNotify()) this.ctx.interrupt.signalUsedQueue(queue.index);
+    const finished = [...this.#used];
     this.#used.clear();
+    // Their drivers were told not to notify while these were in flight: look at their rings now.
+    if (!this.#stopping) for (const queue of finished) this.drain(queue);
   }
 
   /** Blocks until nothing is in flight, then returns what finished to the used ring. */
@@ -446,6 +471,7 @@ class InFlight {
    */
   close(): void {
     if (this.#closed) return;
+    this.#stopping = true;
     this.settle();
     this.settle(); // the FLUSHes the first settle started
     this.#closed = true;
