@@ -12,7 +12,9 @@
 //   7. vsock connection set-up and 1 MiB each way (the test guest's driver) vs a host Unix socket pair.
 //   8. virtio-blk at queue depth 1 and 32 (4 KiB random, 64 KiB sequential; reads and writes; page
 //      cache and O_DIRECT): tsvm jailed and in-process vs QEMU's virtio-blk-pci, same guest and image.
-// Usage: bun scripts/bench.ts [--rounds N] [--exits N] [--only 1,6,7] [--blk-rounds N] [--blk-direct-only]   (needs dist/tsvm; installs QEMU if missing)
+//   9. single accesses: a virtio common-config read (ring 0 and ring 3), a COM1 byte (LSR + THR), a PCI
+//      configuration read, a virtio notify: tsvm jailed and in-process vs QEMU, same guest code.
+// Usage: bun scripts/bench.ts [--rounds N] [--exits N] [--only 1,6,7] [--blk-rounds N] [--blk-direct-only] [--acc-rounds N]   (needs dist/tsvm; installs QEMU if missing)
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
@@ -545,4 +547,44 @@ if (want(8) && qemu) {
     row(`| I/O pool alone (no VM), O_DIRECT 4 KiB random ${name}: 32 in flight vs one at a time (µs per request, median of ${blkRounds}) | ${(median(deeps) * 1000).toFixed(1)} | one at a time ${(median(ones) * 1000).toFixed(1)} | ${(median(ones) / median(deeps)).toFixed(2)}× the rate | ≥ 4× |`);
   }
   rmSync(image, { force: true });
+}
+
+// 9. Single accesses (issue 13): a 16-bit virtio common-config read from ring 0 and from ring 3, a
+//    COM1 byte as Linux's 8250 driver writes it (LSR read, THR write), a PCI configuration read
+//    through 0xCF8/0xCFC, and a virtio notify through its ioeventfd; tsvm jailed and
+//    --disable-sandbox against QEMU (-M pc, virtio-rng-pci), same guest code, same run.
+if (want(9) && qemu) {
+  step("9. single accesses");
+  const perAccess = (output: string): number => {
+    const m = /bench acc \S+ ring \d accesses \d+ sink \d tsc-per-access (\d+)/.exec(output);
+    if (!m) throw new Error(`no benchmark line in:\n${output.slice(-2000)}`);
+    return Number(m[1]);
+  };
+  const accessRounds = arg("--acc-rounds", Math.max(3, Math.floor(ROUNDS / 2)));
+  const kinds: [string, string][] = [
+    ["16-bit virtio common-config read, ring-0 driver", "cfg:3000"],
+    ["16-bit virtio common-config read, ring-3 driver", "cfg:3000:3"],
+    ["one COM1 byte as Linux's 8250 driver writes it (LSR read + THR write)", "uart:2000"],
+    ["PCI configuration read through 0xCF8/0xCFC", "pcicfg:3000"],
+    ["virtio notify through its ioeventfd", "notify:3000"],
+  ];
+  for (const [name, mode] of kinds) {
+    step(`access: ${name}`);
+    try {
+      const q: number[] = [];
+      const jailed: number[] = [];
+      const inProcess: number[] = [];
+      for (let i = 0; i < accessRounds; i++) {
+        q.push(perAccess(sh([qemu, "-enable-kvm", "-cpu", "qemu64,-cx16", "-M", "pc", "-m", "256", "-nodefaults", "-no-user-config",
+          "-nographic", "-no-reboot", "-serial", "stdio", "-kernel", GUEST, "-append", `tsvm.bench=acc:${mode}`, "-device", "virtio-rng-pci,disable-legacy=on"])));
+        jailed.push(perAccess(sh([TSVM, "run", "--serial", "type=stdout,num=1", "-p", `tsvm.bench=acc:${mode}`])));
+        inProcess.push(perAccess(sh([TSVM, "run", "--disable-sandbox", "--serial", "type=stdout,num=1", "-p", `tsvm.bench=acc:${mode}`])));
+      }
+      const rate = (xs: number[]): string => `${(median(q) / median(xs)).toFixed(2)}× (${(Math.min(...q) / Math.max(...xs)).toFixed(2)}–${(Math.max(...q) / Math.min(...xs)).toFixed(2)})`;
+      row(`| ${name} (TSC cycles per access, median of ${accessRounds}) | jailed ${median(jailed)}, in-process ${median(inProcess)} | QEMU ${median(q)} | QEMU's time over tsvm's: jailed ${rate(jailed)}, in-process ${rate(inProcess)} | ≥ 1.0× |`);
+    } catch (e) {
+      const lines = (e instanceof Error ? e.message : String(e)).split("\n").map((l) => l.trim()).filter(Boolean);
+      row(`| ${name} | failed: ${lines.at(-1)} | | | |`);
+    }
+  }
 }

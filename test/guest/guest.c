@@ -18,6 +18,9 @@
  *   tsvm.bench=blkq:OP:KIB:DEPTH:N[:RING]  N virtio-blk requests of KIB KiB kept DEPTH (1-32) in
  *                         flight, polled from ring 3 (RING 0: from ring 0); OP: rr/sr random/sequential
  *                         reads, rw/sw random/sequential writes
+ *   tsvm.bench=acc:KIND:N[:3]  N single accesses of KIND (cfg: a virtio common-config read, from ring 3
+ *                         with :3; uart: LSR read + THR write on COM1; pcicfg: 0xCF8/0xCFC read;
+ *                         notify: a virtio notify through its ioeventfd); prints cycles per access
  *   tsvm.bench=rng:N      N one-byte virtio-rng requests: the notify -> device -> interrupt round trip
  *   tsvm.bench=spin:N     N iterations of a ring-0 loop with no exits (probes for emulated ring 0)
  */
@@ -309,6 +312,19 @@ void guest_main(const uint8_t *zero_page, const uint8_t *pvh_start_info)
 		}
 		interrupts_init();
 		bench_blk_depth(f[1][1] == 'w', f[1][0] == 'r', (uint32_t)parse_u64(f[2]) * 1024, (uint32_t)parse_u64(f[3]), parse_u64(f[4]), f[5][0] != '0');
+		reset();
+	}
+	if (b && b[0] == 'a' && b[1] == 'c' && b[2] == 'c') {
+		/* acc:KIND:N[:RING], KIND one of cfg, uart, pcicfg, notify; RING 3 only for cfg */
+		const char *k = b + 4, *c = k;
+		char kind[8] = { 0 };
+		for (int i = 0; *c && *c != ':' && i < 7; i++) kind[i] = *c++;
+		while (*c && *c != ':') c++;
+		uint64_t n = *c ? parse_u64(c + 1) : 1000;
+		if (*c) c++;
+		while (*c && *c != ':') c++;
+		interrupts_init();
+		bench_access(kind, n, *c && c[1] == '3');
 		reset();
 	}
 	if (b && (b[0] == 'b' || b[0] == 'r')) {

@@ -741,6 +741,64 @@ void bench_blk_depth(int write, int random, uint32_t size, uint32_t depth, uint6
 	mmio_write8(d.common + STATUS, 0);
 }
 
+/* ---- single-access benchmarks: what one exit of each kind costs, the same code under any VMM ---- */
+struct access_run { uintptr_t address; uint64_t n; uint64_t sink; };
+
+/* 16-bit reads of a virtio-pci common-configuration register (num_queues): served by the VMM */
+static void common_reads(void *arg)
+{
+	struct access_run *a = arg;
+	for (uint64_t i = 0; i < a->n; i++) a->sink += mmio_read16(a->address);
+}
+
+/*
+ * acc: `n` accesses of one kind, timed with the TSC; prints cycles per access. `kind`:
+ *   cfg     16-bit read of the virtio-rng's common-config num_queues (ring 3 with `ring3`)
+ *   uart    one byte of COM1 output as Linux's 8250 driver writes it: LSR read, then THR write
+ *   pcicfg  a PCI configuration read through 0xCF8/0xCFC (an address write and a data read)
+ *   notify  a 16-bit virtio notify of an enabled rng queue (a KVM ioeventfd: no userspace at all)
+ */
+void bench_access(const char *kind, uint64_t n, int ring3)
+{
+	struct vdev d;
+	struct access_run a = { 0, n, 0 };
+	uint64_t t0 = 0, t1 = 0;
+	if (kind[0] == 'u') {
+		t0 = rdtsc();
+		for (uint64_t i = 0; i < n; i++) {
+			while (!(inb(0x3f8 + 5) & 0x20)) ; /* LSR: THR empty */
+			outb(0x3f8, (uint8_t)('a' + i % 26));
+		}
+		t1 = rdtsc();
+		outb(0x3f8, '\n');
+	} else if (kind[0] == 'p') {
+		t0 = rdtsc();
+		for (uint64_t i = 0; i < n; i++) a.sink += pci_read32(0, 0);
+		t1 = rdtsc();
+	} else {
+		if (!open_device(&d, 0x1044, kind)) return;
+		if (negotiate(&d, 0) < 0) { result(0, kind, "feature negotiation failed"); return; }
+		if (kind[0] == 'c') {
+			a.address = d.common + NUMQ;
+			if (ring3) ring3_init();
+			t0 = rdtsc();
+			if (ring3) run_in_ring3(common_reads, &a, user_stack + sizeof(user_stack));
+			else common_reads(&a);
+			t1 = rdtsc();
+		} else {
+			msix_setup(&d, 0);
+			if (!queue_setup(&d, &rngq, 0, 0xffff)) { result(0, kind, "queue setup failed"); return; }
+			driver_ok(&d);
+			t0 = rdtsc();
+			for (uint64_t i = 0; i < n; i++) mmio_write16(rngq.notify, 0);
+			t1 = rdtsc();
+		}
+		mmio_write8(d.common + STATUS, 0);
+	}
+	puts_("bench acc "); puts_(kind); puts_(ring3 ? " ring 3" : " ring 0"); puts_(" accesses "); putu(n);
+	puts_(" sink "); putu(a.sink & 1); puts_(" tsc-per-access "); putu((t1 - t0) / (n ? n : 1)); puts_("\n");
+}
+
 /* ---- writer mode: sector after sector, each completion announced, until the host stops the VM ---- */
 void writer(void)
 {
