@@ -21,7 +21,7 @@ export type DescriptorChain = {
 };
 
 /** A position in a list of buffers, handing out the next bytes as views (no copies). */
-class BufferCursor {
+export class BufferCursor {
   #index = 0;
   #offset = 0;
   #taken = 0;

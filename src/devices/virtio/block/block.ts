@@ -1,5 +1,5 @@
 // block.ts - virtio-blk (virtio 1.2 §5.2) over a raw image: read, write, flush, get-id, discard, write-zeroes.
-import { ChainReader, ChainWriter, type DescriptorChain } from "../descriptor_chain.ts";
+import { BufferCursor, ChainReader, ChainWriter, type DescriptorChain } from "../descriptor_chain.ts";
 import { type ControllableDevice, type DeviceCommand, type DeviceReply, unsupported } from "../device_control.ts";
 import { drainQueue } from "../drain.ts";
 import type { Queue } from "../queue.ts";
@@ -370,9 +370,9 @@ class InFlight {
     if (extents === null) return this.#serveAlone(request);
     const parts: Part[] = [];
     const zeros: Uint8Array[] = [];
-    const cursor = new ViewCursor(views);
+    const cursor = new BufferCursor(views, length);
     for (const extent of extents) {
-      const taken = cursor.take(extent.length);
+      const taken = cursor.take(extent.length) ?? []; // the extents add up to `length`
       if (extent.target === null) zeros.push(...taken);
       else parts.push({ target: extent.target, views: taken, offset: extent.hostOffset });
     }
@@ -480,30 +480,5 @@ class InFlight {
     this.#done.close();
     this.#pending.clear();
     this.#flushesWaiting.length = 0;
-  }
-}
-
-/** Walks a list of buffers, handing out the next `length` bytes as subarrays. */
-class ViewCursor {
-  #index = 0;
-  #offset = 0;
-
-  constructor(readonly views: readonly Uint8Array[]) {}
-
-  take(length: number): Uint8Array[] {
-    const out: Uint8Array[] = [];
-    let left = length;
-    while (left > 0 && this.#index < this.views.length) {
-      const view = this.views[this.#index]!;
-      const n = Math.min(left, view.byteLength - this.#offset);
-      out.push(n === view.byteLength ? view : view.subarray(this.#offset, this.#offset + n));
-      left -= n;
-      this.#offset += n;
-      if (this.#offset === view.byteLength) {
-        this.#index++;
-        this.#offset = 0;
-      }
-    }
-    return out;
   }
 }
