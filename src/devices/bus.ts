@@ -2,9 +2,12 @@
 //
 // One device per range; a device may hold several ranges. Lookup uses only the access's base
 // address, so a 4-byte access at the last byte of a range still goes to that range's device.
-// Access is exclusive per device because every device of a Bus lives on one JS thread: vCPU
-// Workers forward to it and wait (see src/vcpu/bus_mailbox.ts).
+// The control loop's Bus owns the devices; each vCPU Worker serves from its own Bus built from the
+// layout the control loop publishes (src/vcpu/worker_bus.ts): a device with a `workerView` is served
+// on the vCPU thread over shared state, any other one through the vCPU's mailbox, one access at a
+// time on the control loop (src/vcpu/bus_mailbox.ts).
 import { hex } from "../memory/mod.ts";
+import type { WorkerView } from "../vcpu/worker_bus.ts";
 
 /** Where an access landed: `offset` is relative to the range start, or the full address when the range was inserted with `fullAddress`. */
 export type BusAccess = { offset: number; address: number; vcpuId: number };
@@ -14,6 +17,8 @@ export interface BusDevice {
   readonly debugLabel: string;
   read(access: BusAccess, data: Uint8Array): void;
   write(access: BusAccess, data: Uint8Array): void;
+  /** How a vCPU Worker may serve this device itself; absent or null: through the mailbox. */
+  readonly workerView?: WorkerView | null;
 }
 
 /** A range of the bus and its device. */
@@ -34,6 +39,8 @@ export class Bus {
   readonly #ranges: BusRange[] = [];
   /** Reused for every access so the dispatch path allocates nothing. */
   readonly #access: BusAccess = { offset: 0, address: 0, vcpuId: 0 };
+  /** Called after every insert and remove (the vCPUs' copies of the layout follow it). */
+  onChange: (() => void) | null = null;
 
   /** Adds `device` at [base, base + length); throws on an empty, overflowing or overlapping range. */
   insert(device: BusDevice, base: number, length: number, fullAddress = false): void {
@@ -49,6 +56,7 @@ export class Bus {
     }
     const at = this.#ranges.findIndex((r) => r.base > base);
     this.#ranges.splice(at < 0 ? this.#ranges.length : at, 0, { base, length, fullAddress, device });
+    this.onChange?.();
   }
 
   /** Removes the range starting at `base`; returns whether there was one. */
@@ -56,7 +64,14 @@ export class Bus {
     const at = this.#ranges.findIndex((r) => r.base === base);
     if (at < 0) return false;
     this.#ranges.splice(at, 1);
+    this.onChange?.();
     return true;
+  }
+
+  /** Removes every range. */
+  clear(): void {
+    this.#ranges.length = 0;
+    this.onChange?.();
   }
 
   /** Returns the range holding `address`, or null. */

@@ -6,6 +6,15 @@
 //   2 IIR (read) / FCR (write)                 6 MSR
 //   3 LCR                                      7 SCR (scratch)
 // Transmission is instant: a THR write goes straight to the output, so THR is always empty.
+//
+// The whole state lives in a SharedArrayBuffer behind a lock, so every vCPU Worker serves the UART
+// itself (output written from the vCPU thread, the interrupt line driven from there) and the control
+// loop only feeds host input: a byte of console output costs no thread hop (see src/vcpu/worker_bus.ts).
+//
+// State (Int32 words): lock, the registers, flags, the IRQ level, the receive FIFO and the host-input
+// ring (head, count); then the FIFO's 16 bytes and the ring's bytes.
+import { RateLimitedLog } from "../base/log.ts";
+import type { WorkerView } from "../vcpu/worker_bus.ts";
 import type { BusAccess, BusDevice } from "./bus.ts";
 import type { IrqLine } from "./interrupt.ts";
 
@@ -56,8 +65,32 @@ const MSR_DEFAULT = MSR_DCD | MSR_DSR | MSR_CTS;
 const FIFO_SIZE = 16;
 /** 115200 bps divisor, what firmware leaves behind. */
 const DEFAULT_DIVISOR = 1;
-/** bounds host input waiting for the guest, so a flood from stdin cannot grow memory without limit */
-const MAX_PENDING_INPUT = 64 * 1024;
+/** Host input waiting for the guest; the stdin pump keeps the rest and offers it again. */
+const INPUT_CAPACITY = 4096;
+/** How long a thread waits for the UART's lock before giving up on one access (a vCPU that stopped holding it). */
+const LOCK_TIMEOUT_MS = 1000;
+
+const S_LOCK = 0;
+const S_IER = 1;
+const S_LCR = 2;
+const S_MCR = 3;
+const S_LSR = 4;
+const S_MSR = 5;
+const S_SCR = 6;
+const S_DLL = 7;
+const S_DLM = 8;
+const S_FIFO_ENABLED = 9;
+const S_THRE_PENDING = 10;
+const S_IRQ_LEVEL = 11;
+const S_RX_HEAD = 12;
+const S_RX_COUNT = 13;
+const S_IN_HEAD = 14;
+const S_IN_COUNT = 15;
+const STATE_WORDS = 16;
+const RX_OFFSET = STATE_WORDS * 4;
+const INPUT_OFFSET = RX_OFFSET + FIFO_SIZE;
+/** Bytes of shared state one UART needs. */
+export const SERIAL_STATE_SIZE = INPUT_OFFSET + INPUT_CAPACITY;
 
 /** The standard PC serial ports: base port and ISA IRQ of COM1-COM4. */
 export const SERIAL_PORTS = [
@@ -71,122 +104,184 @@ export const SERIAL_PORT_SIZE = 8;
 /** Where a UART's output goes. */
 export interface SerialOutput {
   write(bytes: Uint8Array): void;
+  /** The fd behind it, when a vCPU Worker may write to it directly. */
+  readonly fd?: number;
 }
 
-/** A 16550A UART with an optional output and host input queued by `queueInput`. */
+/**
+ * A 16550A UART with an optional output and host input queued by `queueInput`. Several instances
+ * over one `state` buffer (one per thread) are one UART; `irq` is driven only when the shared level
+ * changes, so it must not filter by itself (give each thread a plain setter).
+ */
 export class Serial implements BusDevice {
   readonly debugLabel: string;
-  #ier = 0;
-  #lcr = 0x03; // 8N1
-  #mcr = MCR_OUT2;
-  #lsr = LSR_THRE | LSR_TEMT;
-  #msr = MSR_DEFAULT;
-  #scr = 0;
-  #dll = DEFAULT_DIVISOR;
-  #dlm = 0;
-  #fifoEnabled = false;
-  #threPending = false;
-  readonly #rxFifo: number[] = [];
-  readonly #pendingInput: number[] = [];
+  readonly state: SharedArrayBuffer;
+  readonly #s: Int32Array;
+  readonly #rx: Uint8Array;
+  readonly #input: Uint8Array;
   readonly #byte = new Uint8Array(1);
+  readonly #lockErrors = new RateLimitedLog("warn");
+  #gsi = -1;
 
-  constructor(label: string, readonly irq: IrqLine, readonly output: SerialOutput | null) {
+  constructor(label: string, readonly irq: IrqLine, readonly output: SerialOutput | null, state?: SharedArrayBuffer) {
     this.debugLabel = label;
+    this.state = state ?? new SharedArrayBuffer(SERIAL_STATE_SIZE);
+    this.#s = new Int32Array(this.state, 0, STATE_WORDS);
+    this.#rx = new Uint8Array(this.state, RX_OFFSET, FIFO_SIZE);
+    this.#input = new Uint8Array(this.state, INPUT_OFFSET, INPUT_CAPACITY);
+    if (state === undefined) {
+      const s = this.#s;
+      s[S_LCR] = 0x03; // 8N1
+      s[S_MCR] = MCR_OUT2;
+      s[S_LSR] = LSR_THRE | LSR_TEMT;
+      s[S_MSR] = MSR_DEFAULT;
+      s[S_DLL] = DEFAULT_DIVISOR;
+    }
+  }
+
+  /** Lets vCPU Workers serve this UART, raising GSI `gsi` themselves. */
+  shareWithVcpus(gsi: number): void {
+    this.#gsi = gsi;
+  }
+
+  get workerView(): WorkerView | null {
+    if (this.#gsi < 0) return null;
+    return { kind: "serial", state: this.state, label: this.debugLabel, outputFd: this.output?.fd ?? null, gsi: this.#gsi };
   }
 
   /** Queues host bytes for the guest to read; returns how many were accepted. */
   queueInput(bytes: Uint8Array): number {
-    const room = MAX_PENDING_INPUT - this.#pendingInput.length;
-    const accepted = Math.min(room, bytes.byteLength);
-    for (let i = 0; i < accepted; i++) this.#pendingInput.push(bytes[i]!);
-    this.#fillFifo();
-    this.#updateIrq();
-    return accepted;
+    if (!this.#lock()) return 0;
+    try {
+      const s = this.#s;
+      const accepted = Math.min(INPUT_CAPACITY - s[S_IN_COUNT]!, bytes.byteLength);
+      for (let i = 0; i < accepted; i++) this.#input[(s[S_IN_HEAD]! + s[S_IN_COUNT]! + i) % INPUT_CAPACITY] = bytes[i]!;
+      s[S_IN_COUNT] = s[S_IN_COUNT]! + accepted;
+      this.#fillFifo();
+      this.#updateIrq();
+      return accepted;
+    } finally {
+      this.#unlock();
+    }
   }
 
   read(access: BusAccess, data: Uint8Array): void {
     data.fill(0);
-    data[0] = this.#readRegister(access.offset);
+    if (!this.#lock()) {
+      data[0] = 0xff;
+      return;
+    }
+    try {
+      data[0] = this.#readRegister(access.offset);
+    } finally {
+      this.#unlock();
+    }
   }
 
   write(access: BusAccess, data: Uint8Array): void {
-    this.#writeRegister(access.offset, data[0]!);
+    if (!this.#lock()) return;
+    try {
+      this.#writeRegister(access.offset, data[0]!);
+    } finally {
+      this.#unlock();
+    }
+  }
+
+  /** Takes the lock (a futex-style mutex: 0 free, 1 held, 2 held with waiters); false after LOCK_TIMEOUT_MS. */
+  #lock(): boolean {
+    const s = this.#s;
+    if (Atomics.compareExchange(s, S_LOCK, 0, 1) === 0) return true;
+    const deadline = performance.now() + LOCK_TIMEOUT_MS;
+    while (Atomics.exchange(s, S_LOCK, 2) !== 0) {
+      if (performance.now() > deadline) {
+        this.#lockErrors.log(`${this.debugLabel}: its lock was held for over ${LOCK_TIMEOUT_MS} ms; one access dropped`);
+        return false;
+      }
+      Atomics.wait(s, S_LOCK, 2, 50);
+    }
+    return true;
+  }
+
+  #unlock(): void {
+    if (Atomics.exchange(this.#s, S_LOCK, 0) === 2) Atomics.notify(this.#s, S_LOCK, 1);
   }
 
   #readRegister(offset: number): number {
+    const s = this.#s;
     switch (offset) {
       case DATA: {
-        if (this.#lcr & LCR_DLAB) return this.#dll;
-        const value = this.#rxFifo.shift() ?? 0;
+        if (s[S_LCR]! & LCR_DLAB) return s[S_DLL]!;
+        const value = this.#rxShift();
         this.#fillFifo();
-        if (this.#rxFifo.length === 0) this.#lsr &= ~LSR_DR;
+        if (s[S_RX_COUNT] === 0) s[S_LSR] = s[S_LSR]! & ~LSR_DR;
         this.#updateIrq();
         return value;
       }
       case IER:
-        return this.#lcr & LCR_DLAB ? this.#dlm : this.#ier;
+        return s[S_LCR]! & LCR_DLAB ? s[S_DLM]! : s[S_IER]!;
       case IIR_FCR: {
         const id = this.#interruptId();
         // Reading IIR while it reports THRE acknowledges that interrupt (16550 datasheet).
-        if (id === IIR_THRI) this.#threPending = false;
+        if (id === IIR_THRI) s[S_THRE_PENDING] = 0;
         this.#updateIrq();
-        return id | (this.#fifoEnabled ? IIR_FIFO_ENABLED : 0);
+        return id | (s[S_FIFO_ENABLED] ? IIR_FIFO_ENABLED : 0);
       }
       case LCR:
-        return this.#lcr;
+        return s[S_LCR]!;
       case MCR:
-        return this.#mcr;
+        return s[S_MCR]!;
       case LSR: {
-        const value = this.#lsr;
-        this.#lsr &= ~LSR_OE; // overrun is cleared by reading LSR
+        const value = s[S_LSR]!;
+        s[S_LSR] = value & ~LSR_OE; // overrun is cleared by reading LSR
         this.#updateIrq();
         return value;
       }
       case MSR: {
         const value = this.#modemStatus();
-        this.#msr &= ~(MSR_DCTS | MSR_DDSR | MSR_TERI | MSR_DDCD);
+        s[S_MSR] = s[S_MSR]! & ~(MSR_DCTS | MSR_DDSR | MSR_TERI | MSR_DDCD);
         this.#updateIrq();
         return value;
       }
       case SCR:
-        return this.#scr;
+        return s[S_SCR]!;
       default:
         return 0xff;
     }
   }
 
   #writeRegister(offset: number, value: number): void {
+    const s = this.#s;
     switch (offset) {
       case DATA:
-        if (this.#lcr & LCR_DLAB) {
-          this.#dll = value;
+        if (s[S_LCR]! & LCR_DLAB) {
+          s[S_DLL] = value;
           return;
         }
         this.#transmit(value);
         return;
       case IER:
-        if (this.#lcr & LCR_DLAB) {
-          this.#dlm = value;
+        if (s[S_LCR]! & LCR_DLAB) {
+          s[S_DLM] = value;
           return;
         }
         // Enabling THRI with an empty THR raises the interrupt at once, as the 16550 does.
-        if (!(this.#ier & IER_THRI) && value & IER_THRI) this.#threPending = true;
-        this.#ier = value & IER_MASK;
+        if (!(s[S_IER]! & IER_THRI) && value & IER_THRI) s[S_THRE_PENDING] = 1;
+        s[S_IER] = value & IER_MASK;
         break;
       case IIR_FCR:
-        this.#fifoEnabled = (value & FCR_ENABLE_FIFO) !== 0;
-        if (value & FCR_CLEAR_RCVR || !this.#fifoEnabled) {
-          this.#rxFifo.length = 0;
-          this.#lsr &= ~LSR_DR;
+        s[S_FIFO_ENABLED] = value & FCR_ENABLE_FIFO ? 1 : 0;
+        if (value & FCR_CLEAR_RCVR || !s[S_FIFO_ENABLED]) {
+          s[S_RX_COUNT] = 0;
+          s[S_LSR] = s[S_LSR]! & ~LSR_DR;
           this.#fillFifo();
         }
         break;
       case LCR:
-        this.#lcr = value;
+        s[S_LCR] = value;
         return;
       case MCR: {
         const before = this.#modemStatus();
-        this.#mcr = value & MCR_MASK;
+        s[S_MCR] = value & MCR_MASK;
         const after = this.#modemStatus();
         this.#noteModemChange(before, after);
         break;
@@ -195,7 +290,7 @@ export class Serial implements BusDevice {
       case MSR:
         return; // read-only (factory test registers on some parts)
       case SCR:
-        this.#scr = value;
+        s[S_SCR] = value;
         return;
       default:
         return;
@@ -204,43 +299,66 @@ export class Serial implements BusDevice {
   }
 
   #transmit(value: number): void {
-    if (this.#mcr & MCR_LOOP) {
+    if (this.#s[S_MCR]! & MCR_LOOP) {
       // Loopback: the byte comes back to our own receiver.
       this.#receive(value);
     } else if (this.output) {
       this.#byte[0] = value;
       this.output.write(this.#byte);
     }
-    this.#threPending = true;
+    this.#s[S_THRE_PENDING] = 1;
     this.#updateIrq();
   }
 
+  #depth(): number {
+    return this.#s[S_FIFO_ENABLED] ? FIFO_SIZE : 1;
+  }
+
+  #rxPush(value: number): void {
+    const s = this.#s;
+    this.#rx[(s[S_RX_HEAD]! + s[S_RX_COUNT]!) % FIFO_SIZE] = value;
+    s[S_RX_COUNT] = s[S_RX_COUNT]! + 1;
+  }
+
+  #rxShift(): number {
+    const s = this.#s;
+    if (s[S_RX_COUNT] === 0) return 0;
+    const value = this.#rx[s[S_RX_HEAD]!]!;
+    s[S_RX_HEAD] = (s[S_RX_HEAD]! + 1) % FIFO_SIZE;
+    s[S_RX_COUNT] = s[S_RX_COUNT]! - 1;
+    return value;
+  }
+
   #receive(value: number): void {
-    const depth = this.#fifoEnabled ? FIFO_SIZE : 1;
-    if (this.#rxFifo.length >= depth) {
-      this.#lsr |= LSR_OE;
+    const s = this.#s;
+    if (s[S_RX_COUNT]! >= this.#depth()) {
+      s[S_LSR] = s[S_LSR]! | LSR_OE;
       return;
     }
-    this.#rxFifo.push(value);
-    this.#lsr |= LSR_DR;
+    this.#rxPush(value);
+    s[S_LSR] = s[S_LSR]! | LSR_DR;
   }
 
   #fillFifo(): void {
-    if (this.#mcr & MCR_LOOP) return; // host input waits while the UART talks to itself
-    const depth = this.#fifoEnabled ? FIFO_SIZE : 1;
-    while (this.#rxFifo.length < depth && this.#pendingInput.length > 0) {
-      this.#rxFifo.push(this.#pendingInput.shift()!);
+    const s = this.#s;
+    if (s[S_MCR]! & MCR_LOOP) return; // host input waits while the UART talks to itself
+    const depth = this.#depth();
+    while (s[S_RX_COUNT]! < depth && s[S_IN_COUNT]! > 0) {
+      this.#rxPush(this.#input[s[S_IN_HEAD]!]!);
+      s[S_IN_HEAD] = (s[S_IN_HEAD]! + 1) % INPUT_CAPACITY;
+      s[S_IN_COUNT] = s[S_IN_COUNT]! - 1;
     }
-    if (this.#rxFifo.length > 0) this.#lsr |= LSR_DR;
+    if (s[S_RX_COUNT]! > 0) s[S_LSR] = s[S_LSR]! | LSR_DR;
   }
 
   /** MSR with loopback wiring: CTS=RTS, DSR=DTR, RI=OUT1, DCD=OUT2. */
   #modemStatus(): number {
-    if (!(this.#mcr & MCR_LOOP)) return this.#msr;
-    const m = this.#mcr;
+    const s = this.#s;
+    const m = s[S_MCR]!;
+    if (!(m & MCR_LOOP)) return s[S_MSR]!;
     const lines = (m & MCR_RTS ? MSR_CTS : 0) | (m & MCR_DTR ? MSR_DSR : 0) |
       (m & MCR_OUT1 ? MSR_RI : 0) | (m & MCR_OUT2 ? MSR_DCD : 0);
-    return lines | (this.#msr & 0x0f);
+    return lines | (s[S_MSR]! & 0x0f);
   }
 
   #noteModemChange(before: number, after: number): void {
@@ -250,18 +368,24 @@ export class Serial implements BusDevice {
     if (changed & MSR_DSR) delta |= MSR_DDSR;
     if (changed & MSR_DCD) delta |= MSR_DDCD;
     if (before & MSR_RI && !(after & MSR_RI)) delta |= MSR_TERI;
-    this.#msr = (this.#msr & 0xf0) | ((this.#msr | delta) & 0x0f);
+    const msr = this.#s[S_MSR]!;
+    this.#s[S_MSR] = (msr & 0xf0) | ((msr | delta) & 0x0f);
   }
 
   #interruptId(): number {
-    if (this.#ier & IER_RLSI && this.#lsr & LSR_OE) return IIR_RLSI;
-    if (this.#ier & IER_RDI && this.#lsr & LSR_DR) return IIR_RDI;
-    if (this.#ier & IER_THRI && this.#threPending) return IIR_THRI;
-    if (this.#ier & IER_MSI && this.#msr & 0x0f) return IIR_MSI;
+    const s = this.#s;
+    const ier = s[S_IER]!;
+    if (ier & IER_RLSI && s[S_LSR]! & LSR_OE) return IIR_RLSI;
+    if (ier & IER_RDI && s[S_LSR]! & LSR_DR) return IIR_RDI;
+    if (ier & IER_THRI && s[S_THRE_PENDING]) return IIR_THRI;
+    if (ier & IER_MSI && s[S_MSR]! & 0x0f) return IIR_MSI;
     return IIR_NO_INT;
   }
 
   #updateIrq(): void {
-    this.irq.setLevel(this.#interruptId() !== IIR_NO_INT);
+    const level = this.#interruptId() !== IIR_NO_INT ? 1 : 0;
+    if (this.#s[S_IRQ_LEVEL] === level) return;
+    this.#s[S_IRQ_LEVEL] = level;
+    this.irq.setLevel(level === 1);
   }
 }

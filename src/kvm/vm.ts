@@ -34,11 +34,25 @@ export function defaultGsiRoutes(): GsiRoute[] {
 /** First GSI free for MSI routes, after the IOAPIC's 24 pins. */
 export const FIRST_MSI_GSI = 24;
 
+/** Drives interrupt lines of the VM whose fd it is given (KVM_IRQ_LINE); one per thread. */
+export class IrqLineSetter {
+  readonly #irqLevel = new Uint8Array(KVM_IRQ_LEVEL.size);
+  readonly #irqLevelView = new DataView(this.#irqLevel.buffer);
+
+  constructor(readonly vmFd: number) {}
+
+  /** Drives interrupt line `irq` (a GSI) to `level`. */
+  set(irq: number, level: boolean): void {
+    this.#irqLevelView.setUint32(KVM_IRQ_LEVEL.irq, irq, true);
+    this.#irqLevelView.setUint32(KVM_IRQ_LEVEL.level, level ? 1 : 0, true);
+    checked(sys.ioctlPtr(this.vmFd, KVM_IOCTL.KVM_IRQ_LINE, this.#irqLevel), `set IRQ ${irq}`);
+  }
+}
+
 /** A KVM virtual machine (the VM fd). */
 export class Vm extends OwnedFd {
   readonly kvm: Kvm;
-  readonly #irqLevel = new Uint8Array(KVM_IRQ_LEVEL.size);
-  readonly #irqLevelView = new DataView(this.#irqLevel.buffer);
+  #irqLines: IrqLineSetter | null = null;
 
   constructor(kvm: Kvm) {
     super(kvm.createVmFd());
@@ -78,9 +92,8 @@ export class Vm extends OwnedFd {
 
   /** Drives interrupt line `irq` (a GSI) to `level`; safe from any thread. */
   setIrqLine(irq: number, level: boolean): void {
-    this.#irqLevelView.setUint32(KVM_IRQ_LEVEL.irq, irq, true);
-    this.#irqLevelView.setUint32(KVM_IRQ_LEVEL.level, level ? 1 : 0, true);
-    checked(sys.ioctlPtr(this.fd, KVM_IOCTL.KVM_IRQ_LINE, this.#irqLevel), `set IRQ ${irq}`);
+    this.#irqLines ??= new IrqLineSetter(this.fd);
+    this.#irqLines.set(irq, level);
   }
 
   /** Replaces the whole GSI routing table. */

@@ -23,6 +23,8 @@ export type RunLoopContext = {
   readonly io: Bus;
   readonly mmio: Bus;
   readonly exitRequested: () => boolean;
+  /** Brings `io` and `mmio` up to the layout the control loop published (a cheap check when unchanged). */
+  readonly refreshBuses?: () => void;
   /** Parks the vCPU while a pause is requested (tsvm suspend); absent: never pause. */
   readonly pauseRequested?: () => boolean;
   readonly park?: () => void;
@@ -34,6 +36,7 @@ export type RunLoopContext = {
  */
 export function runVcpu(ctx: RunLoopContext): VcpuStop {
   const { vcpuId, vcpuFd, run, kvmRun, io, mmio } = ctx;
+  const refresh = ctx.refreshBuses ?? ((): void => {});
   const view = new DataView(kvmRun.buffer, kvmRun.byteOffset, kvmRun.byteLength);
   const mmioData = Array.from({ length: MMIO_DATA_SIZE + 1 }, (_, n) => kvmRun.subarray(KVM_RUN.mmio_data, KVM_RUN.mmio_data + n));
   const ioViews = new Map<number, Uint8Array>();
@@ -58,6 +61,7 @@ export function runVcpu(ctx: RunLoopContext): VcpuStop {
       if (size === 0 || offset + size * count > kvmRun.byteLength) {
         return { kind: "error", message: `vCPU ${vcpuId}: KVM reported a malformed port access (size ${size}, count ${count})` };
       }
+      refresh();
       for (let i = 0; i < count; i++) {
         const data = ioView(offset + i * size, size);
         if (out) io.write(port, data, vcpuId);
@@ -70,6 +74,7 @@ export function runVcpu(ctx: RunLoopContext): VcpuStop {
       const address = view.getUint32(KVM_RUN.mmio_phys_addr, true) + view.getUint32(KVM_RUN.mmio_phys_addr + 4, true) * 0x1_0000_0000;
       const length = Math.min(MMIO_DATA_SIZE, view.getUint32(KVM_RUN.mmio_len, true));
       const data = mmioData[length]!;
+      refresh();
       if (kvmRun[KVM_RUN.mmio_is_write]) mmio.write(address, data, vcpuId);
       else if (!mmio.read(address, data, vcpuId)) data.fill(0xff);
       continue;

@@ -4,15 +4,14 @@ import { EventFd } from "../base/event_fd.ts";
 import { Bus } from "../devices/bus.ts";
 import { Sink } from "../devices/sink.ts";
 import { Vcpu } from "../kvm/vcpu.ts";
-import { type AddressSpace, BusMailbox, RemoteBusDevice } from "./bus_mailbox.ts";
+import { BusMailbox, RemoteBusDevice } from "./bus_mailbox.ts";
 import { runVcpu, type VcpuStop } from "./run_loop.ts";
 import { formatRegisters } from "./vcpu_dump.ts";
 import { VCPU_OUTCOME, VcpuShared } from "./vcpu_shared.ts";
+import { WorkerBuses, type WorkerView } from "./worker_bus.ts";
+import { workerDeviceFactory } from "./worker_devices.ts";
 
 declare const self: Worker;
-
-/** A Bus range as the control loop describes it to a Worker: forwarded to it, or a local sink. */
-export type WorkerRange = { readonly base: number; readonly length: number; readonly label: string; readonly kind: "remote" | "sink" };
 
 /** The one message a vCPU Worker receives. */
 export type VcpuWorkerInit = {
@@ -23,21 +22,15 @@ export type VcpuWorkerInit = {
   readonly kickSignal: number;
   readonly busRequestFd: number;
   readonly exitFd: number;
-  readonly ranges: Readonly<Record<AddressSpace, readonly WorkerRange[]>>;
+  readonly vmFd: number;
+  /** The bus layout table and the views it refers to (worker_bus.ts). */
+  readonly layout: SharedArrayBuffer;
+  readonly views: readonly WorkerView[];
 };
 
 const PROT_READ = 1;
 const PROT_WRITE = 2;
 const MAP_SHARED = 1;
-
-function buildBus(space: AddressSpace, ranges: readonly WorkerRange[], mailbox: BusMailbox, wake: EventFd): Bus {
-  const bus = new Bus();
-  for (const r of ranges) {
-    const device = r.kind === "sink" ? new Sink(r.label) : new RemoteBusDevice(r.label, space, mailbox, wake);
-    bus.insert(device, r.base, r.length, true);
-  }
-  return bus;
-}
 
 function start(init: VcpuWorkerInit): void {
   const shared = new VcpuShared(init.shared);
@@ -46,8 +39,8 @@ function start(init: VcpuWorkerInit): void {
   try {
     const wake = new EventFd(init.busRequestFd);
     const mailbox = new BusMailbox(shared, init.vcpuId);
-    const io = buildBus("io", init.ranges.io, mailbox, wake);
-    const mmio = buildBus("mmio", init.ranges.mmio, mailbox, wake);
+    const remote = { io: new RemoteBusDevice("remote port", "io", mailbox, wake), mmio: new RemoteBusDevice("remote MMIO", "mmio", mailbox, wake) };
+    const buses = new WorkerBuses({ io: new Bus(), mmio: new Bus() }, init.layout, init.views, remote, new Sink("sink"), workerDeviceFactory(init.vmFd));
     const runAddress = sys.mmap(init.mmapSize, PROT_READ | PROT_WRITE, MAP_SHARED, init.vcpuFd, 0);
     const kvmRun = new Uint8Array(sys.viewOf(runAddress, init.mmapSize));
     vcpuFfi.bindVcpuThread(runAddress);
@@ -56,7 +49,8 @@ function start(init: VcpuWorkerInit): void {
     stop = shared.exitRequested
       ? { kind: "kicked" }
       : runVcpu({
-        vcpuId: init.vcpuId, vcpuFd: init.vcpuFd, run: vcpuFfi.vcpuRun, kvmRun, io, mmio,
+        vcpuId: init.vcpuId, vcpuFd: init.vcpuFd, run: vcpuFfi.vcpuRun, kvmRun, io: buses.io, mmio: buses.mmio,
+        refreshBuses: () => buses.refresh(),
         exitRequested: () => shared.exitRequested,
         pauseRequested: () => shared.pauseRequested,
         park: () => shared.park(init.vcpuId),

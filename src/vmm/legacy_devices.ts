@@ -1,5 +1,7 @@
 // legacy_devices.ts - the PC devices on the port-I/O bus: four 16550A UARTs, the i8042, the CMOS RTC,
-// the PCI configuration ports; the debug port is served inside the vCPU Workers.
+// the PCI configuration ports and the debug port. The vCPU Workers serve the UARTs, the PCI
+// configuration reads and the debug port themselves (worker_bus.ts); the i8042 and CMOS through
+// the mailbox (rare accesses, and the i8042's reset ends the VM on the control loop).
 import { FdOutput } from "../base/fd_output.ts";
 import type { BuiltVm } from "../arch/x86_64/build_vm.ts";
 import { lowMemoryEnd } from "../arch/x86_64/layout.ts";
@@ -9,18 +11,14 @@ import { openOutput } from "../devices/device_resources.ts";
 import type { Bus } from "../devices/bus.ts";
 import { Cmos, CMOS_INDEX_PORT } from "../devices/cmos.ts";
 import { I8042, I8042_COMMAND_PORT, I8042_DATA_PORT } from "../devices/i8042.ts";
-import { GsiLine } from "../devices/interrupt.ts";
 import { PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_SIZE, PciConfigIo, type PciRoot } from "../devices/pci/mod.ts";
 import { Serial, SERIAL_PORT_SIZE, SERIAL_PORTS } from "../devices/serial.ts";
-import { DEBUG_PORT } from "../devices/sink.ts";
-import type { WorkerRange } from "../vcpu/vcpu_worker.ts";
+import { DEBUG_PORT, Sink } from "../devices/sink.ts";
 
 /** The legacy devices of one VM. */
 export type LegacyDevices = {
   /** The UART that reads stdin, if one does. */
   readonly stdinSerial: Serial | null;
-  /** Ranges served inside the vCPU Workers (the stateless debug port). */
-  readonly workerRanges: readonly WorkerRange[];
   close(): void;
 };
 
@@ -28,12 +26,13 @@ export type LegacyDevices = {
 export function attachLegacyDevices(io: Bus, built: BuiltVm, serials: readonly SerialConfig[], memorySize: number, pciRoot: PciRoot, onReset: () => void): LegacyDevices {
   const outputs: FdOutput[] = [];
   let stdinSerial: Serial | null = null;
-  const raise = (gsi: number, level: boolean): void => built.vm.setIrqLine(gsi, level);
   SERIAL_PORTS.forEach((port, index) => {
     const cfg = serials.find((s) => s.hardware === "serial" && s.num === index + 1);
     const output = cfg ? openOutput(outputSpec(cfg)) : null;
     if (output) outputs.push(output);
-    const serial = new Serial(`serial COM${index + 1}`, new GsiLine(port.irq, raise), output);
+    // The UART drives its line only when the level it shares with the vCPUs changes.
+    const serial = new Serial(`serial COM${index + 1}`, { setLevel: (level) => built.vm.setIrqLine(port.irq, level) }, output);
+    serial.shareWithVcpus(port.irq);
     io.insert(serial, port.base, SERIAL_PORT_SIZE);
     if (cfg?.stdin) stdinSerial = serial;
   });
@@ -41,10 +40,10 @@ export function attachLegacyDevices(io: Bus, built: BuiltVm, serials: readonly S
   io.insert(i8042, I8042_DATA_PORT, 1, true);
   io.insert(i8042, I8042_COMMAND_PORT, 1, true);
   io.insert(new Cmos({ belowHole: lowMemoryEnd(memorySize), aboveFourGib: memorySize - lowMemoryEnd(memorySize) }), CMOS_INDEX_PORT, 2, true);
-  io.insert(new PciConfigIo(pciRoot), PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_SIZE);
+  io.insert(new PciConfigIo(pciRoot, undefined, pciRoot.configImages), PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_SIZE);
+  io.insert(new Sink("debug port"), DEBUG_PORT, 1);
   return {
     stdinSerial,
-    workerRanges: [{ base: DEBUG_PORT, length: 1, label: "debug port", kind: "sink" }],
     close: () => {
       for (const o of outputs) o.close();
     },

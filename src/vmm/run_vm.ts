@@ -228,7 +228,7 @@ async function runBuilt(config: Config, built: BuiltVm, workers: readonly Worker
     cleanup.push(() => vcpus.close());
     const requests = new ControlRequests({ built, loop, vcpus, devices, memorySize: config.memorySize });
     if (control) serveControl(loop, control, requests);
-    vcpus.start({ io: legacy.workerRanges, mmio: [] });
+    vcpus.start();
     log.debug(`vCPU Workers started at ${performance.now().toFixed(1)} ms`);
 
     const ending: Ending = await loop.run();

@@ -7,7 +7,8 @@ import type { BuiltVm } from "../arch/x86_64/build_vm.ts";
 import type { Bus } from "../devices/bus.ts";
 import { type AddressSpace, BusMailbox } from "../vcpu/bus_mailbox.ts";
 import { VCPU_OUTCOME, VCPU_STATE, VcpuShared } from "../vcpu/vcpu_shared.ts";
-import type { VcpuWorkerInit, WorkerRange } from "../vcpu/vcpu_worker.ts";
+import type { VcpuWorkerInit } from "../vcpu/vcpu_worker.ts";
+import { WorkerBusLayout } from "../vcpu/worker_bus.ts";
 import type { ControlLoop, Ending } from "./control_loop.ts";
 
 /** Real-time signal offset used to kick vCPU threads out of KVM_RUN. */
@@ -65,17 +66,21 @@ export class Vcpus {
     });
   }
 
-  /** Hands each Worker its vCPU; `localRanges` are served inside the Workers (stateless devices). */
-  start(localRanges: Record<AddressSpace, readonly WorkerRange[]>): void {
+  /**
+   * Hands each Worker its vCPU and the bus layout, which follows every later change of the buses
+   * (BARs the guest moves); the devices offering a worker view then are the ones Workers serve.
+   */
+  start(): void {
     const kickSignal = vcpuFfi.sigrtmin() + KICK_SIGNAL_OFFSET;
     vcpuFfi.installKickHandler(kickSignal);
     this.#kickSignal = kickSignal;
     const mmapSize = this.#built.vm.kvm.vcpuMmapSize();
-    const describe = (space: AddressSpace): WorkerRange[] => [
-      ...localRanges[space],
-      ...this.#buses[space].ranges.map((r): WorkerRange => ({ base: r.base, length: r.length, label: r.device.debugLabel, kind: "remote" })),
-    ];
-    const ranges = { io: describe("io"), mmio: describe("mmio") };
+    const layout = new WorkerBusLayout();
+    layout.publish(this.#buses);
+    const views = layout.freezeViews();
+    const republish = (): void => layout.publish(this.#buses);
+    this.#buses.io.onChange = republish;
+    this.#buses.mmio.onChange = republish;
     for (const vcpu of this.#built.vcpus) {
       const worker = this.#workers[vcpu.id]!;
       worker.addEventListener("error", (e) => this.#onWorkerFailure(vcpu.id, e.message));
@@ -84,7 +89,7 @@ export class Vcpus {
       });
       const init: VcpuWorkerInit = {
         vcpuId: vcpu.id, vcpuFd: vcpu.fd, mmapSize, shared: this.#shared.buffer, kickSignal,
-        busRequestFd: this.#busRequest.fd, exitFd: this.#vcpuExit.fd, ranges,
+        busRequestFd: this.#busRequest.fd, exitFd: this.#vcpuExit.fd, vmFd: this.#built.vm.fd, layout: layout.table, views,
       };
       worker.postMessage(init);
     }

@@ -2,6 +2,8 @@ import { describe, expect, test } from "bun:test";
 import type { BusAccess } from "../../src/devices/bus.ts";
 import { RecordingIrqLine } from "../../src/devices/interrupt.ts";
 import { Serial, type SerialOutput } from "../../src/devices/serial.ts";
+import { sys } from "../../ffi/mod.ts";
+import type { SerialJob } from "../support/serial_worker.ts";
 
 const THR = 0, IER = 1, IIR = 2, FCR = 2, LCR = 3, MCR = 4, LSR = 5, MSR = 6, SCR = 7;
 
@@ -108,5 +110,77 @@ describe("Serial", () => {
 
   test("the default modem status is a connected line", () => {
     expect(uart().read(MSR)).toBe(0xb0);
+  });
+
+  test("instances over one state are one UART: what one thread writes, another reads; the line moves once", () => {
+    const a = uart();
+    const irqB = new RecordingIrqLine();
+    const b = new Serial("other", irqB, null, a.serial.state);
+    const at = (offset: number) => ({ offset, address: 0x3f8 + offset, vcpuId: 1 });
+    a.write(IER, 0x01); // receive interrupt
+    expect(b.queueInput(Uint8Array.of(0x41, 0x42))).toBe(2);
+    expect([a.irq.level, irqB.level, irqB.changes]).toEqual([false, true, 1]); // raised by whoever changed it
+    const d = new Uint8Array(1);
+    b.read(at(IER), d);
+    expect(d[0]).toBe(0x01);
+    expect(a.read(THR)).toBe(0x41); // the next byte moves up: still pending, the line stays up
+    expect(a.irq.changes).toBe(0);
+    b.read(at(THR), d);
+    expect(d[0]).toBe(0x42);
+    expect([irqB.level, irqB.changes, a.irq.changes]).toEqual([false, 2, 0]); // lowered by b, which drained it
+    b.write(at(SCR), Uint8Array.of(0x5a));
+    expect(a.read(SCR)).toBe(0x5a);
+  });
+
+  test("host input beyond what the UART holds is refused, to be offered again", () => {
+    const u = uart();
+    expect(u.serial.queueInput(new Uint8Array(5000))).toBe(4096);
+    expect(u.serial.queueInput(Uint8Array.of(1, 2))).toBe(1); // one byte moved on into the receiver
+    expect(u.serial.queueInput(Uint8Array.of(1))).toBe(0);
+    u.read(THR);
+    expect(u.serial.queueInput(Uint8Array.of(1, 2))).toBe(1);
+  });
+
+  test("a lock never released (a vCPU stopped inside the UART) costs one access, not a hung thread", () => {
+    const u = uart();
+    Atomics.store(new Int32Array(u.serial.state, 0, 1), 0, 1);
+    const started = performance.now();
+    expect(u.read(LSR)).toBe(0xff);
+    expect(u.serial.queueInput(Uint8Array.of(1))).toBe(0);
+    expect(performance.now() - started).toBeLessThan(10_000);
+  });
+
+  test("two vCPU threads writing at once: every byte reaches the output once", async () => {
+    const u = uart();
+    const [readFd, writeFd] = sys.pipe();
+    sys.addFileFlags(readFd, 0o4000); // O_NONBLOCK: a lost byte fails the test instead of hanging it
+    const count = 2000;
+    const workers = ["x", "y"].map((c) => {
+      const w = new Worker(new URL("../support/serial_worker.ts", import.meta.url).href);
+      const done = new Promise<void>((resolve) => {
+        w.onmessage = () => resolve();
+      });
+      w.postMessage({ state: u.serial.state, fd: writeFd, byte: c.charCodeAt(0), count } satisfies SerialJob);
+      return { w, done };
+    });
+    const got: number[] = [];
+    const buffer = new Uint8Array(4096);
+    let finished = false;
+    void Promise.all(workers.map((w) => w.done)).then(() => {
+      finished = true;
+    });
+    while (got.length < 2 * count) {
+      const writersDone = finished; // read after they finished: whatever is missing was lost
+      const n = sys.readRaw(readFd, buffer);
+      if (n > 0) got.push(...buffer.subarray(0, n));
+      else if (writersDone) break;
+      else await new Promise((r) => setTimeout(r, 1));
+    }
+    for (const { w } of workers) w.terminate();
+    sys.close(readFd);
+    sys.close(writeFd);
+    expect(got.filter((b) => b === 0x78).length).toBe(count);
+    expect(got.filter((b) => b === 0x79).length).toBe(count);
+    expect(got.length).toBe(2 * count);
   });
 });

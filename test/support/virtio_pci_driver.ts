@@ -70,9 +70,17 @@ export class VirtioPciDriver<L extends DeviceEventLoop = FakeLoop> {
     this.pci.writeBar(0, offset, data);
   }
 
+  /**
+   * Reads a BAR 0 register. Where the register image lets vCPU Workers read it (shared_registers.ts),
+   * the image must say the same as the transport: every test driving a device through here checks it.
+   */
   read(offset: number, size: 1 | 2 | 4): number {
     const data = new Uint8Array(size);
     this.pci.readBar(0, offset, data);
+    const image = new Uint8Array(size);
+    if (this.pci.registers.read(offset, image) && image.some((b, i) => b !== data[i])) {
+      throw new Error(`the register image says [${image.join(", ")}] at BAR 0 offset 0x${offset.toString(16)}, the transport [${data.join(", ")}]`);
+    }
     let v = 0;
     for (let i = 0; i < size; i++) v |= data[i]! << (i * 8);
     return v >>> 0;

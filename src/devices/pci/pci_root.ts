@@ -1,13 +1,16 @@
 // pci_root.ts - bus 0: the host bridge and the devices, their BARs mapped on the MMIO bus while enabled.
 import { log } from "../../base/log.ts";
+import type { WorkerView } from "../../vcpu/worker_bus.ts";
 import type { Bus, BusAccess, BusDevice } from "../bus.ts";
+import type { SharedRegisters } from "../shared_registers.ts";
 import type { AddressAllocator } from "./address_allocator.ts";
-import { PCI, PCI_COMMAND_IO, PCI_COMMAND_MEMORY } from "./pci_configuration.ts";
+import { createConfigImages, PCI_SLOTS } from "./pci_config_io.ts";
+import { PCI, PCI_COMMAND_IO, PCI_COMMAND_MEMORY, PCI_CONFIG_SPACE_SIZE } from "./pci_configuration.ts";
 import type { PciDevice } from "./pci_device.ts";
 import { PciHostBridge } from "./pci_host_bridge.ts";
 
 /** Devices per bus (PCI 3.0: 5-bit device number). */
-const MAX_DEVICES = 32;
+const MAX_DEVICES = PCI_SLOTS;
 
 /** Forwards a BAR's bus range to its device, with the offset inside the BAR. */
 class BarWindow implements BusDevice {
@@ -21,6 +24,9 @@ class BarWindow implements BusDevice {
   write(access: BusAccess, data: Uint8Array): void {
     this.device.writeBar(this.index, access.offset, data);
   }
+  get workerView(): WorkerView | null {
+    return this.device.barView?.(this.index) ?? null;
+  }
 }
 
 type Mapping = { space: "mmio" | "io"; base: number; window: BarWindow };
@@ -32,9 +38,13 @@ export type BarWindows = { readonly mmio32: AddressAllocator; readonly mmio64: A
 export class PciRoot {
   readonly #devices: (PciDevice | null)[] = new Array<PciDevice | null>(MAX_DEVICES).fill(null);
   readonly #mappings = new Map<string, Mapping>();
+  /** Every slot's configuration space as vCPU Workers read it (pci_config_io.ts). */
+  readonly configImages: SharedRegisters = createConfigImages();
+  readonly #dword = new Uint8Array(4);
 
   constructor(readonly buses: { readonly mmio: Bus; readonly io: Bus }, readonly windows: BarWindows) {
     this.#devices[0] = new PciHostBridge();
+    this.configChanged(0);
   }
 
   /** The slot the next `add` will use; throws when the bus is full. */
@@ -55,7 +65,33 @@ export class PciRoot {
     // Firmware would leave decoding on for devices it assigned resources to.
     device.config.write(PCI.COMMAND, 2, device.config.command | PCI_COMMAND_MEMORY | PCI_COMMAND_IO);
     this.#remap(slot);
+    this.configChanged(slot);
     return slot;
+  }
+
+  /** Renders slot `slot`'s configuration image again (after anything that changed its registers). */
+  configChanged(slot: number): void {
+    const device = this.#devices[slot];
+    const base = slot * PCI_CONFIG_SPACE_SIZE;
+    const images = this.configImages;
+    if (!device) {
+      images.fill(base, PCI_CONFIG_SPACE_SIZE, 0xff);
+      images.setLocal(base, PCI_CONFIG_SPACE_SIZE, true);
+      return;
+    }
+    const live = device.liveConfigDwords ?? [];
+    const dword = this.#dword;
+    for (let i = 0; i < PCI_CONFIG_SPACE_SIZE / 4; i++) {
+      const at = base + i * 4;
+      if (live.includes(i)) {
+        images.setLocal(at, 4, false);
+        continue;
+      }
+      const value = device.readConfig(i * 4, 4);
+      for (let b = 0; b < 4; b++) dword[b] = (value >>> (b * 8)) & 0xff;
+      images.set(at, dword);
+      images.setLocal(at, 4, true);
+    }
   }
 
   /** The device at `slot`, or null. */
@@ -75,6 +111,7 @@ export class PciRoot {
     const device = bus === 0 && fn === 0 ? this.#devices[slot] : null;
     if (!device) return;
     device.writeConfig(offset, length, value);
+    this.configChanged(slot);
     const touchesBars = offset < PCI.BAR0 + 24 && offset + length > PCI.BAR0;
     const touchesCommand = offset < PCI.COMMAND + 2 && offset + length > PCI.COMMAND;
     if (touchesBars || touchesCommand) this.#remap(slot);

@@ -4,11 +4,17 @@
 //   0x0000 common configuration      0x3000 notifications (4 bytes per queue; ioeventfds)
 //   0x1000 ISR status                 0x4000 MSI-X table
 //   0x2000 device configuration      0x5000 MSI-X pending bits
+//
+// The common configuration is also kept as an image in shared memory (`registers`), rendered after
+// every change, so vCPU Workers serve its reads without a hop; device_feature stays with the device
+// (a jailed device's features come from its process), and everything else goes to the transport.
 import { EventFd } from "../../base/event_fd.ts";
 import { RateLimitedLog } from "../../base/log.ts";
 import type { Result } from "../../base/result.ts";
 import type { GuestMemory } from "../../memory/mod.ts";
+import type { WorkerView } from "../../vcpu/worker_bus.ts";
 import type { IrqLine } from "../interrupt.ts";
+import { SharedRegisters } from "../shared_registers.ts";
 import { PCI, PCI_COMMAND_MEMORY, PciConfiguration } from "../pci/pci_configuration.ts";
 import { PCI_INTERRUPT_PIN_INTA, type PciDevice } from "../pci/pci_device.ts";
 import { PciInterrupt } from "./interrupt.ts";
@@ -79,6 +85,10 @@ export class VirtioPciDevice implements PciDevice {
   /** Where the notify ioeventfds are registered now (the VMM's own record, not the guest's BAR). */
   #ioeventfdBase: number | null = null;
   readonly #guestErrors = new RateLimitedLog("warn");
+  /** BAR 0 as vCPU Workers read it: the common configuration's image. */
+  readonly registers = new SharedRegisters(BAR_SIZE);
+  readonly #commonImage = new Uint8Array(COMMON_SIZE);
+  readonly liveConfigDwords: readonly number[];
 
   constructor(device: VirtioDevice, resources: VirtioPciResources) {
     this.#device = device;
@@ -119,7 +129,23 @@ export class VirtioPciDevice implements PciDevice {
     device.onConfigChanged?.(() => {
       if (this.#status & VIRTIO_STATUS.DRIVER_OK) this.notifyConfigChanged();
       else this.#configGeneration = (this.#configGeneration + 1) & 0xff;
+      this.#publish();
     });
+    // The PCI configuration access window reaches into BAR 0: always read by the transport.
+    this.liveConfigDwords = [(this.#pciCfgCapOffset + 16) / 4];
+    this.registers.setLocal(COMMON_OFFSET, COMMON_SIZE, true);
+    this.registers.setLocal(COMMON.device_feature, 4, false);
+    this.#publish();
+  }
+
+  barView(index: number): WorkerView | null {
+    return index === 0 ? { kind: "registers", buffer: this.registers.buffer } : null;
+  }
+
+  /** Renders the common configuration's image; called after everything that changes it. */
+  #publish(): void {
+    this.#readCommon(COMMON_OFFSET, this.#commonImage);
+    this.registers.set(COMMON_OFFSET, this.#commonImage);
   }
 
   get status(): number {
@@ -174,12 +200,14 @@ export class VirtioPciDevice implements PciDevice {
       const queue = (offset - NOTIFY_OFFSET) / NOTIFY_OFF_MULTIPLIER;
       if (Number.isInteger(queue)) this.kicks[queue]?.signal();
     } else if (offset >= MSIX_TABLE_OFFSET && offset < MSIX_TABLE_OFFSET + REGION_SIZE) this.#msix.writeTable(offset - MSIX_TABLE_OFFSET, data);
+    this.#publish();
   }
 
   /** Increments config_generation and raises a configuration-change interrupt (disk resize, say). */
   notifyConfigChanged(): void {
     this.#configGeneration = (this.#configGeneration + 1) & 0xff;
     this.interrupt.signalConfigChanged();
+    this.#publish();
   }
 
   /** Stops the worker and releases eventfds and irqfds. */
@@ -380,6 +408,7 @@ export class VirtioPciDevice implements PciDevice {
     this.#deviceFeatureSelect = 0;
     this.#driverFeatureSelect = 0;
     this.#queueSelect = 0;
+    this.#publish();
   }
 
   #deviceConfig(offset: number, data: Uint8Array, write: boolean): void {

@@ -1,6 +1,11 @@
 import { describe, expect, test } from "bun:test";
 import { Bus } from "../../../src/devices/bus.ts";
+import { sys } from "../../../ffi/mod.ts";
 import { AddressAllocator, PciConfigIo, PciConfiguration, type PciDevice, PciRoot } from "../../../src/devices/pci/mod.ts";
+import { WorkerPciConfigTarget } from "../../../src/devices/pci/pci_config_io.ts";
+import { Rng } from "../../../src/devices/virtio/rng.ts";
+import { GuestMemory } from "../../../src/memory/mod.ts";
+import { VirtioPciDriver } from "../../support/virtio_pci_driver.ts";
 
 class TestDevice implements PciDevice {
   readonly debugLabel = "test";
@@ -88,5 +93,66 @@ describe("PciRoot and PciConfigIo", () => {
     const d = new Uint8Array(4);
     cfg.read(access(4), d);
     expect([...d]).toEqual([0xff, 0xff, 0xff, 0xff]);
+  });
+
+  test("a vCPU Worker's view answers every configuration read as the control loop does, asking it only for live registers", () => {
+    const { root, cfg, access, write32 } = setup();
+    const rng = new VirtioPciDriver(new Rng(sys.getrandom), GuestMemory.fromBuffers([{ base: 0, bytes: new Uint8Array(1 << 16) }]));
+    const rngSlot = root.add(rng.pci);
+    const control = new PciConfigIo(root, cfg.latch, root.configImages);
+    const forwarded: number[] = [];
+    const remote = {
+      debugLabel: "mailbox",
+      read: (a: { offset: number; address: number; vcpuId: number }, d: Uint8Array) => {
+        forwarded.push(a.address);
+        control.read(a, d);
+      },
+      write: (a: { offset: number; address: number; vcpuId: number }, d: Uint8Array) => control.write(a, d),
+    };
+    const vcpu = new PciConfigIo(new WorkerPciConfigTarget(root.configImages.buffer, remote), cfg.latch);
+    const latch = (s: number, reg: number, fn = 0, bus = 0): void =>
+      vcpu.write(access(0), new Uint8Array(Uint32Array.of(0x8000_0000 | (bus << 16) | (s << 11) | (fn << 8) | reg).buffer));
+    const compareAll = (): void => {
+      for (const [s, fn, bus] of [[0, 0, 0], [1, 0, 0], [rngSlot, 0, 0], [5, 0, 0], [1, 1, 0], [1, 0, 1]] as const) {
+        for (let reg = 0; reg < 256; reg += 4) {
+          latch(s, reg, fn, bus);
+          for (const [lane, size] of [[0, 4], [0, 2], [2, 2], [1, 1], [3, 1], [3, 2]] as const) {
+            const mine = new Uint8Array(size);
+            const theirs = new Uint8Array(size);
+            vcpu.read(access(4 + lane), mine);
+            cfg.read(access(4 + lane), theirs);
+            expect(`${s}.${fn}@${bus} ${reg}+${lane}: ${[...mine]}`).toBe(`${s}.${fn}@${bus} ${reg}+${lane}: ${[...theirs]}`);
+          }
+        }
+      }
+    };
+    compareAll();
+    // Writes go through (the latch is shared): BAR sizing, decoding off, MSI-X on, the access window set up.
+    write32(1, 0x10, 0xffffffff);
+    latch(rngSlot, 0x04);
+    vcpu.write(access(4), Uint8Array.of(0, 0));
+    let cap = rng.pci.readConfig(0x34, 1);
+    let msix = 0;
+    let window = 0;
+    for (; cap !== 0; cap = rng.pci.readConfig(cap + 1, 1)) {
+      if (rng.pci.readConfig(cap, 1) === 0x11) msix = cap;
+      if (rng.pci.readConfig(cap, 1) === 9 && rng.pci.readConfig(cap + 3, 1) === 5) window = cap;
+    }
+    latch(rngSlot, msix);
+    vcpu.write(access(6), Uint8Array.of(0, 0x80));
+    latch(rngSlot, window + 8);
+    vcpu.write(access(4), Uint8Array.of(0x12, 0, 0, 0)); // num_queues
+    latch(rngSlot, window + 12);
+    vcpu.write(access(4), Uint8Array.of(2, 0, 0, 0));
+    forwarded.length = 0;
+    compareAll();
+    // Only the access window's data dword reached the control loop, once for each of the 6 widths.
+    expect(new Set(forwarded)).toEqual(new Set([0xcfc, 0xcfe, 0xcfd, 0xcff]));
+    expect(forwarded.length).toBe(6);
+    latch(rngSlot, window + 16);
+    const numQueues = new Uint8Array(2);
+    vcpu.read(access(4), numQueues);
+    expect(numQueues[0]).toBe(1);
+    expect(root.configRead(0, 1, 0, 0x10, 4)).toBe(0xfffff000);
   });
 });

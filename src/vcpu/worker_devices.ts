@@ -1,0 +1,57 @@
+// worker_devices.ts - the devices a vCPU Worker serves itself, each over state shared with the
+// control loop (see worker_bus.ts for the layout and why a view exists).
+import { FdOutput } from "../base/fd_output.ts";
+import { RateLimitedLog } from "../base/log.ts";
+import { describeError } from "../base/result.ts";
+import type { BusAccess, BusDevice } from "../devices/bus.ts";
+import { PciConfigIo, WorkerPciConfigTarget } from "../devices/pci/pci_config_io.ts";
+import { Serial } from "../devices/serial.ts";
+import { SharedRegisters } from "../devices/shared_registers.ts";
+import { IrqLineSetter } from "../kvm/vm.ts";
+import type { AddressSpace } from "./bus_mailbox.ts";
+import type { WorkerDeviceFactory, WorkerView } from "./worker_bus.ts";
+
+/** Serves reads from a register image where it allows; the rest of the device through the mailbox. */
+export class RegistersBusDevice implements BusDevice {
+  readonly debugLabel = "register image";
+  readonly #registers: SharedRegisters;
+  constructor(buffer: SharedArrayBuffer, readonly remote: BusDevice) {
+    this.#registers = new SharedRegisters(buffer);
+  }
+  read(access: BusAccess, data: Uint8Array): void {
+    if (!this.#registers.read(access.offset, data)) this.remote.read(access, data);
+  }
+  write(access: BusAccess, data: Uint8Array): void {
+    this.remote.write(access, data);
+  }
+}
+
+/** The factory a vCPU Worker builds its devices with; `vmFd` is the VM's, for the UARTs' interrupt lines. */
+export function workerDeviceFactory(vmFd: number): WorkerDeviceFactory {
+  const lines = new IrqLineSetter(vmFd);
+  const irqErrors = new RateLimitedLog("error");
+  return (view: WorkerView, _space: AddressSpace, remote: BusDevice): BusDevice => {
+    switch (view.kind) {
+      case "sink":
+        return remote; // never asked for: sinks have no view index
+      case "registers":
+        return new RegistersBusDevice(view.buffer, remote);
+      case "serial": {
+        const gsi = view.gsi;
+        const irq = {
+          setLevel: (level: boolean): void => {
+            try {
+              lines.set(gsi, level);
+            } catch (e) {
+              irqErrors.log(`${view.label}: ${describeError(e)}`);
+            }
+          },
+        };
+        const output = view.outputFd === null ? null : new FdOutput(view.outputFd, false);
+        return new Serial(view.label, irq, output, view.state);
+      }
+      case "pci_config":
+        return new PciConfigIo(new WorkerPciConfigTarget(view.images, remote), view.latch);
+    }
+  };
+}
