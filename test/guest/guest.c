@@ -273,6 +273,7 @@ static void bench(const char *spec)
 	int mmio = spec[0] == 'm', spin = spec[0] == 's';
 	while (*spec && *spec != ':') spec++;
 	uint64_t n = *spec ? parse_u64(spec + 1) : 100000;
+	settle_devices();
 	uint64_t t0 = rdtsc();
 	if (spin)
 		for (uint64_t i = 0; i < n; i++) __asm__ volatile("" ::: "memory");

@@ -50,6 +50,7 @@ void bench_virtio(const char *kind, uint64_t n, uint32_t size);
 void bench_blk_depth(int write, int random, uint32_t size, uint32_t depth, uint64_t n, int ring3);
 void ring3_init(void);
 void bench_access(const char *kind, uint64_t n, int ring3);
+void settle_devices(void);
 void run_in_ring3(void (*fn)(void *), void *arg, void *stack_top);
 extern int hostile_mode;
 extern int hostile_bars_mode;

@@ -49,6 +49,20 @@ describe("runVcpu", () => {
     expect(stop).toEqual({ kind: "error", message: "vCPU 0 stopped: KVM_EXIT_SHUTDOWN (triple fault)" });
   });
 
+  test("every port exit first brings the buses up to the published layout", () => {
+    const port = new Port();
+    const io = new Bus();
+    let refreshes = 0;
+    const refreshBuses = (): void => {
+      // The control loop mapped the port while the vCPU was in the guest: the exit must see it.
+      if (refreshes++ === 0) io.insert(port, 0x3f8, 8);
+    };
+    const f = fakeVcpu([ioExit(0x3f8, true, 0x41), ioExit(0x3f8, true, 0x42), reason(KVM_EXIT.KVM_EXIT_SHUTDOWN)]);
+    runVcpu({ vcpuId: 0, vcpuFd: -1, run: f.run, kvmRun: f.kvmRun, io, mmio: new Bus(), exitRequested: () => false, refreshBuses });
+    expect(port.writes).toEqual([0x41, 0x42]);
+    expect(refreshes).toBe(2);
+  });
+
   test("reads of unclaimed ports and MMIO return all ones", () => {
     const f = fakeVcpu([
       ioExit(0x1234, false, 0),
