@@ -142,9 +142,12 @@ export class VirtioPciDevice implements PciDevice {
     return index === 0 ? { kind: "registers", buffer: this.registers.buffer } : null;
   }
 
-  /** Renders the common configuration's image; called after everything that changes it. */
+  /**
+   * Renders the common configuration's image; called after everything that changes it. It never
+   * asks the device (device_feature is left out): a jailed device may still be starting.
+   */
   #publish(): void {
-    this.#readCommon(COMMON_OFFSET, this.#commonImage);
+    this.#readCommon(COMMON_OFFSET, this.#commonImage, false);
     this.registers.set(COMMON_OFFSET, this.#commonImage);
   }
 
@@ -223,12 +226,14 @@ export class VirtioPciDevice implements PciDevice {
     return this.queues[this.#queueSelect] ?? null;
   }
 
-  #readCommon(offset: number, data: Uint8Array): void {
+  #readCommon(offset: number, data: Uint8Array, withDeviceFeatures = true): void {
     const regs = new DataView(new ArrayBuffer(COMMON_SIZE));
     const q = this.#selectedQueue();
     const featureWord = (features: bigint, select: number): number => (select > 1 ? 0 : Number((features >> BigInt(select * 32)) & 0xffffffffn));
     regs.setUint32(COMMON.device_feature_select, this.#deviceFeatureSelect, true);
-    regs.setUint32(COMMON.device_feature, featureWord(this.#device.features, this.#deviceFeatureSelect), true);
+    // Only a read that covers device_feature asks the device (a jailed one may make it wait).
+    const wantsFeatures = withDeviceFeatures && offset < COMMON.device_feature + 4 && offset + data.byteLength > COMMON.device_feature;
+    if (wantsFeatures) regs.setUint32(COMMON.device_feature, featureWord(this.#device.features, this.#deviceFeatureSelect), true);
     regs.setUint32(COMMON.driver_feature_select, this.#driverFeatureSelect, true);
     regs.setUint32(COMMON.driver_feature, featureWord(this.#driverFeatures, this.#driverFeatureSelect), true);
     regs.setUint16(COMMON.config_msix_vector, this.interrupt.configVector, true);

@@ -41,6 +41,29 @@ describe("VirtioPciDevice configuration space", () => {
   });
 });
 
+describe("VirtioPciDevice register image", () => {
+  test("rendering the image never asks the device: only a read of device_feature does", () => {
+    const rng = new Rng(sys.getrandom);
+    let asked = 0;
+    // A jailed device's features wait for its process: rendering must not make the VMM wait.
+    const counting = new Proxy(rng, {
+      get(target, key, receiver) {
+        if (key === "features") asked++;
+        const value = Reflect.get(target, key, receiver);
+        return typeof value === "function" ? value.bind(target) : value;
+      },
+    });
+    const d = new VirtioPciDriver(counting, memory());
+    d.write(COMMON.QSEL, 0, 2);
+    d.write(COMMON.DFSEL, 1, 4);
+    d.write(COMMON.STATUS, 1, 1);
+    expect(d.read(COMMON.NUMQ, 2)).toBe(1);
+    expect(asked).toBe(0);
+    expect(d.read(COMMON.DF, 4)).toBe(1);
+    expect(asked).toBe(1);
+  });
+});
+
 describe("VirtioPciDevice feature negotiation and status", () => {
   test("offers VERSION_1, indirect descriptors and event idx", () => {
     const d = new VirtioPciDriver(new Rng(sys.getrandom), memory());
