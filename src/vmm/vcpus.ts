@@ -29,9 +29,14 @@ const WORKER_URL = Bun.isStandaloneExecutable
   ? new URL("./vcpu/vcpu_worker.ts", import.meta.url).href
   : new URL("../vcpu/vcpu_worker.ts", import.meta.url).href;
 
-/** Starts the Workers early: they take a while to load their code, and get their vCPU once it is built. */
+/**
+ * Starts the Workers early: they take a while to load their code, and get their vCPU once it is built.
+ * A Worker sees the environment as the process started unless given this one; the environment names
+ * the memfd that holds libtsvm.so (ffi/lib.ts), and without it each Worker made a copy of its own.
+ */
 export function startWorkers(count: number): Worker[] {
-  return Array.from({ length: count }, () => new Worker(WORKER_URL));
+  const env = Object.fromEntries(Object.entries(process.env).filter((e): e is [string, string] => e[1] !== undefined));
+  return Array.from({ length: count }, () => new Worker(WORKER_URL, { env }));
 }
 
 /** The vCPUs of one VM and the control loop's side of their mailboxes. */

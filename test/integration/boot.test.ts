@@ -1,6 +1,6 @@
 // Boots the test guest under real KVM through the tsvm command line.
 import { describe, expect, test } from "bun:test";
-import { readFileSync, writeFileSync } from "node:fs";
+import { readdirSync, readFileSync, readlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { craftBzImage, craftElf } from "../support/images.ts";
 import { GUEST_ELF, HAS_KVM, runTsvm, tempDir, TsvmProcess, TIME_SCALE } from "../support/tsvm.ts";
@@ -81,9 +81,13 @@ describe.skipIf(!HAS_KVM)("booting the test guest", () => {
     expect(r.code).toBe(1);
   }, TIMEOUT);
 
-  test("SIGTERM stops a running VM promptly and cleanly", async () => {
-    using vm = new TsvmProcess(["run", "-c", "2", "-p", "tsvm.mode=spin"]);
+  test("SIGTERM stops a running VM promptly and cleanly; its vCPU Workers share one copy of the library", async () => {
+    using vm = new TsvmProcess(["run", "-c", "3", "-p", "tsvm.mode=spin"]);
     await vm.waitForOutput(/\d+ passed, 0 failed/, 30_000);
+    // The built executable copies libtsvm.so into one memfd; a Worker that missed its name made its own.
+    const libraryCopies = readdirSync(`/proc/${vm.child.pid}/fd`)
+      .filter((fd) => readlinkSync(`/proc/${vm.child.pid}/fd/${fd}`).startsWith("/memfd:libtsvm.so")).length;
+    expect(libraryCopies).toBe(process.env.TSVM_BIN ? 1 : 0);
     vm.child.kill("SIGTERM");
     expect(await vm.exit(5_000)).toBe(143);
     expect(vm.stderr).toContain("received SIGTERM");
