@@ -11,10 +11,11 @@ import { runCleanup } from "./base/cleanup.ts";
 import { EventFd } from "./base/event_fd.ts";
 import { log, setLogLevel } from "./base/log.ts";
 import { describeError } from "./base/result.ts";
+import { OutputRelay } from "./base/stream_output.ts";
 import { listenUnix } from "./base/unix_listener.ts";
 import { ConfigError } from "./config.ts";
 import { createDevice, loadDeviceKinds } from "./devices/create_device.ts";
-import { closeResources, type DeviceResources, openResources, resourceFds } from "./devices/device_resources.ts";
+import { closeResources, consoleToStdout, type DeviceResources, openResources, resourceFds } from "./devices/device_resources.ts";
 import { jailIdBase, JailedProcess } from "./devices/sandbox/jailed_process.ts";
 import { VhostUserBackend } from "./devices/vhost_user/backend.ts";
 import type { DevicesConfig } from "./devices_config.ts";
@@ -53,13 +54,25 @@ export async function serveDevices(config: DevicesConfig): Promise<number> {
       // A vsock device's host side (its Unix sockets) stays in this process, as in `tsvm run`.
       const broker = resources.value.kind === "vsock" ? resources.value.broker : null;
       if (filter !== null) {
+        // A console writing to stdout gets a pipe that this process copies out, as under `tsvm run`:
+        // the jailed device never holds the terminal.
+        const piped = consoleToStdout(resources.value);
+        const given = piped?.given ?? resources.value;
         const started = JailedProcess.spawn({
-          setup: { spec: d.spec, logLevel: config.logLevel, filter, listen: true, resourceFds: resourceFds(resources.value).length },
-          vhostUserFd: listening.value, resourceFds: resourceFds(resources.value), idBase: jailIdBase(process.pid, opened.length - 1), loop,
+          setup: { spec: d.spec, logLevel: config.logLevel, filter, listen: true, resourceFds: resourceFds(given).length },
+          vhostUserFd: listening.value, resourceFds: resourceFds(given), idBase: jailIdBase(process.pid, opened.length - 1), loop,
           onFailure: (message) => loop.end({ code: 1, message: `stopping: ${message}` }),
           ...(broker ? { hostConnect: (port: number) => broker.connect(port) } : {}),
         });
+        if (piped) {
+          closeResources(piped.given);
+          if (!started.ok) sys.close(piped.read);
+        }
         if (!started.ok) throw new Error(started.error);
+        if (piped && resources.value.kind === "console") {
+          const relay = new OutputRelay(loop, piped.read, resources.value.output!);
+          cleanup.push(() => relay.close());
+        }
         const child = started.value;
         broker?.start(loop, (host, port) => child.sendHostConnection(host, port));
         cleanup.push(() => child.close());

@@ -1,14 +1,21 @@
 // fd_output.ts - where a port's bytes go: stdout, a file, or any fd; errors never reach the guest.
-import { sys } from "../../ffi/mod.ts";
+import { socket, sys } from "../../ffi/mod.ts";
 import { ERRNO } from "./errno.ts";
 
 const O_WRONLY = 0o1;
 const O_CREAT = 0o100;
 const O_TRUNC = 0o1000;
+/** How long one wait for a full non-blocking output lasts before `abandon` is asked again. */
+const WAIT_SLICE_MS = 100;
 
-/** Writes every byte to `fd`, retrying short writes; output errors are dropped (the guest keeps running). */
+/**
+ * Writes every byte to `fd`, retrying short writes; output errors are dropped (the guest keeps running).
+ * A reader that stops reading holds the writer up (the guest sees a busy port), as QEMU and crosvm do;
+ * `abandon` is asked whenever a write is interrupted or would block, and drops the rest when true
+ * (a vCPU thread passes "the VM is stopping", so a stuck reader cannot hold tsvm's exit).
+ */
 export class FdOutput {
-  constructor(readonly fd: number, readonly owned: boolean) {}
+  constructor(readonly fd: number, readonly owned: boolean, readonly abandon: () => boolean = () => false) {}
 
   /** Opens (creating or truncating) `path` for a port's output. */
   static file(path: string): FdOutput {
@@ -19,9 +26,14 @@ export class FdOutput {
     let done = 0;
     while (done < bytes.byteLength) {
       const n = sys.writeRaw(this.fd, done === 0 ? bytes : bytes.subarray(done));
-      if (n === -ERRNO.EINTR || n === -ERRNO.EAGAIN) continue;
-      if (n <= 0) return;
-      done += n;
+      if (n > 0) {
+        done += n;
+        continue;
+      }
+      if (n !== -ERRNO.EINTR && n !== -ERRNO.EAGAIN) return;
+      if (this.abandon()) return;
+      // A non-blocking fd (a terminal or pipe shared with another program) waits here instead of spinning.
+      if (n === -ERRNO.EAGAIN) socket.poll(this.fd, socket.POLLOUT, WAIT_SLICE_MS);
     }
   }
 

@@ -4,7 +4,7 @@
 // Each kind's code loads on demand (`loadDeviceKinds`): the executable is built with code
 // splitting, so a jailed device process parses and keeps only its own device's modules (about a
 // megabyte of private memory less per process than loading every device).
-import { FdOutput } from "../base/fd_output.ts";
+import { StreamOutput } from "../base/stream_output.ts";
 import { describeError, err, ok, type Result } from "../base/result.ts";
 import type { DeviceResources } from "./device_resources.ts";
 import type { DeviceKind, DeviceSpec } from "./device_spec.ts";
@@ -66,7 +66,7 @@ const LOADERS: { readonly [K in DeviceKind]: () => Promise<DeviceKindCode> } = {
   console: async () => {
     const { Console } = await import("./virtio/console.ts");
     return {
-      fromFds: (_spec, fds) => ({ kind: "console", output: fds[0] === undefined ? null : new FdOutput(fds[0], true) }),
+      fromFds: (_spec, fds) => ({ kind: "console", output: fds[0] === undefined ? null : new StreamOutput(fds[0], true) }),
       create: (_spec, resources) => {
         if (resources.kind !== "console") throw new Error("not a console");
         return new Console(resources.output);

@@ -1,6 +1,8 @@
 // device_resources.ts - the host objects a device spec names: opened by a process allowed to open
 // them (the VMM, `tsvm devices`), passed as fds to a jailed device process, rebuilt there from fds.
+import { sys } from "../../ffi/mod.ts";
 import { FdOutput } from "../base/fd_output.ts";
+import { StreamOutput } from "../base/stream_output.ts";
 import { describeError, err, ok, type Result } from "../base/result.ts";
 import { Tap } from "../base/tap.ts";
 import type { DeviceSpec, OutputSpec, TapSpec } from "./device_spec.ts";
@@ -8,10 +10,12 @@ import type { DiskImage } from "../disk/disk_file.ts";
 import { openDiskImage } from "../disk/qcow2.ts";
 import { VsockBroker } from "./vsock_broker.ts";
 
+const O_NONBLOCK = 0o4000;
+
 /** What a device works on, by kind. */
 export type DeviceResources =
   | { readonly kind: "block"; readonly image: DiskImage }
-  | { readonly kind: "console"; readonly output: FdOutput | null }
+  | { readonly kind: "console"; readonly output: StreamOutput | null }
   | { readonly kind: "net"; readonly tap: Tap }
   | { readonly kind: "rng" }
   | { readonly kind: "balloon" }
@@ -25,7 +29,7 @@ export function openResources(spec: DeviceSpec): Result<DeviceResources> {
       case "block":
         return ok({ kind: "block", image: openDiskImage(spec.path, spec.readOnly, spec.format, 0, spec.direct) });
       case "console":
-        return ok({ kind: "console", output: openOutput(spec.output) });
+        return ok({ kind: "console", output: openStreamOutput(spec.output) });
       case "net":
         return ok({ kind: "net", tap: openTap(spec.tap) });
       case "rng":
@@ -41,11 +45,33 @@ export function openResources(spec: DeviceSpec): Result<DeviceResources> {
   }
 }
 
-/** Opens a console's output (null for a sink). */
+/**
+ * For a console whose output is tsvm's stdout: the resources a jailed device gets instead (the write
+ * end of a pipe, non-blocking, so the device holds the guest's buffers while the pipe is full) and
+ * the read end, for an OutputRelay to stdout. Null for anything else.
+ */
+export function consoleToStdout(resources: DeviceResources): { readonly given: DeviceResources; readonly read: number } | null {
+  if (resources.kind !== "console" || !resources.output?.stdout) return null;
+  const [read, write] = sys.pipe();
+  sys.addFileFlags(read, O_NONBLOCK);
+  sys.addFileFlags(write, O_NONBLOCK);
+  return { given: { kind: "console", output: new StreamOutput(write, true) }, read };
+}
+
+/** Opens a UART's output (null for a sink): written from a vCPU thread, which may wait for it. */
 export function openOutput(output: OutputSpec): FdOutput | null {
   switch (output.type) {
     case "stdout": return new FdOutput(1, false);
     case "file": return FdOutput.file(output.path);
+    case "sink": return null;
+  }
+}
+
+/** Opens a virtio console's output (null for a sink): written from a loop, which must never wait for it. */
+export function openStreamOutput(output: OutputSpec): StreamOutput | null {
+  switch (output.type) {
+    case "stdout": return StreamOutput.openStdout();
+    case "file": return StreamOutput.file(output.path);
     case "sink": return null;
   }
 }

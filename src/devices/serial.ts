@@ -5,7 +5,9 @@
 //   1 IER / DLM (DLAB)                         5 LSR
 //   2 IIR (read) / FCR (write)                 6 MSR
 //   3 LCR                                      7 SCR (scratch)
-// Transmission is instant: a THR write goes straight to the output, so THR is always empty.
+// Transmission takes as long as writing the byte to the output: the thread whose THR write it was
+// writes it after releasing the lock, THR reads as busy (LSR) meanwhile, and the THR-empty interrupt
+// follows. So a stalled output reader holds up one vCPU, never the UART or the control loop.
 //
 // The whole state lives in a SharedArrayBuffer behind a lock, so every vCPU Worker serves the UART
 // itself (output written from the vCPU thread, the interrupt line driven from there) and the control
@@ -120,6 +122,8 @@ export class Serial implements BusDevice {
   readonly #rx: Uint8Array;
   readonly #input: Uint8Array;
   readonly #byte = new Uint8Array(1);
+  /** The byte a THR write is sending (this instance's thread writes it once unlocked), or -1. */
+  #sending = -1;
   readonly #lockErrors = new RateLimitedLog("warn");
   #gsi = -1;
 
@@ -182,6 +186,28 @@ export class Serial implements BusDevice {
     if (!this.#lock()) return;
     try {
       this.#writeRegister(access.offset, data[0]!);
+    } finally {
+      this.#unlock();
+    }
+    if (this.#sending >= 0) this.#finishTransmit();
+  }
+
+  /**
+   * Writes the byte a THR write left in `#sending`, outside the lock: output that blocks (a reader
+   * that stopped reading) holds up this vCPU alone, as a busy transmitter would, while other threads
+   * keep using the UART (they see LSR's THR-empty bits clear until the byte is out). The THR-empty
+   * interrupt follows the write, so a driver that sends on that interrupt keeps its bytes in order.
+   */
+  #finishTransmit(): void {
+    this.#byte[0] = this.#sending;
+    this.#sending = -1;
+    this.output!.write(this.#byte);
+    if (!this.#lock()) return;
+    try {
+      const s = this.#s;
+      s[S_LSR] = s[S_LSR]! | LSR_THRE | LSR_TEMT;
+      s[S_THRE_PENDING] = 1;
+      this.#updateIrq();
     } finally {
       this.#unlock();
     }
@@ -265,7 +291,7 @@ export class Serial implements BusDevice {
           return;
         }
         // Enabling THRI with an empty THR raises the interrupt at once, as the 16550 does.
-        if (!(s[S_IER]! & IER_THRI) && value & IER_THRI) s[S_THRE_PENDING] = 1;
+        if (!(s[S_IER]! & IER_THRI) && value & IER_THRI && s[S_LSR]! & LSR_THRE) s[S_THRE_PENDING] = 1;
         s[S_IER] = value & IER_MASK;
         break;
       case IIR_FCR:
@@ -299,14 +325,18 @@ export class Serial implements BusDevice {
   }
 
   #transmit(value: number): void {
-    if (this.#s[S_MCR]! & MCR_LOOP) {
-      // Loopback: the byte comes back to our own receiver.
-      this.#receive(value);
-    } else if (this.output) {
-      this.#byte[0] = value;
-      this.output.write(this.#byte);
+    const s = this.#s;
+    if (!(s[S_MCR]! & MCR_LOOP) && this.output) {
+      // The transmitter is busy until write() has sent the byte, after the lock (#finishTransmit).
+      this.#sending = value;
+      s[S_LSR] = s[S_LSR]! & ~(LSR_THRE | LSR_TEMT);
+      s[S_THRE_PENDING] = 0;
+      this.#updateIrq();
+      return;
     }
-    this.#s[S_THRE_PENDING] = 1;
+    // Loopback: the byte comes back to our own receiver; with no output it is gone at once.
+    if (s[S_MCR]! & MCR_LOOP) this.#receive(value);
+    s[S_THRE_PENDING] = 1;
     this.#updateIrq();
   }
 

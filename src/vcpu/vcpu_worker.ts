@@ -40,7 +40,7 @@ function start(init: VcpuWorkerInit): void {
     const wake = new EventFd(init.busRequestFd);
     const mailbox = new BusMailbox(shared, init.vcpuId);
     const remote = { io: new RemoteBusDevice("remote port", "io", mailbox, wake), mmio: new RemoteBusDevice("remote MMIO", "mmio", mailbox, wake) };
-    const buses = new WorkerBuses({ io: new Bus(), mmio: new Bus() }, init.layout, init.views, remote, new Sink("sink"), workerDeviceFactory(init.vmFd));
+    const buses = new WorkerBuses({ io: new Bus(), mmio: new Bus() }, init.layout, init.views, remote, new Sink("sink"), workerDeviceFactory(init.vmFd, () => shared.exitRequested));
     const runAddress = sys.mmap(init.mmapSize, PROT_READ | PROT_WRITE, MAP_SHARED, init.vcpuFd, 0);
     const kvmRun = new Uint8Array(sys.viewOf(runAddress, init.mmapSize));
     vcpuFfi.bindVcpuThread(runAddress);

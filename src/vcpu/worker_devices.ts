@@ -26,8 +26,11 @@ export class RegistersBusDevice implements BusDevice {
   }
 }
 
-/** The factory a vCPU Worker builds its devices with; `vmFd` is the VM's, for the UARTs' interrupt lines. */
-export function workerDeviceFactory(vmFd: number): WorkerDeviceFactory {
+/**
+ * The factory a vCPU Worker builds its devices with; `vmFd` is the VM's, for the UARTs' interrupt
+ * lines; `stopping` says the VM is going down (a UART's output then stops waiting for its reader).
+ */
+export function workerDeviceFactory(vmFd: number, stopping: () => boolean): WorkerDeviceFactory {
   const lines = new IrqLineSetter(vmFd);
   const irqErrors = new RateLimitedLog("error");
   return (view: WorkerView, _space: AddressSpace, remote: BusDevice): BusDevice => {
@@ -47,7 +50,7 @@ export function workerDeviceFactory(vmFd: number): WorkerDeviceFactory {
             }
           },
         };
-        const output = view.outputFd === null ? null : new FdOutput(view.outputFd, false);
+        const output = view.outputFd === null ? null : new FdOutput(view.outputFd, false, stopping);
         return new Serial(view.label, irq, output, view.state);
       }
       case "pci_config":

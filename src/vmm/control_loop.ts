@@ -23,9 +23,9 @@ export class ControlLoop implements DeviceEventLoop {
   readonly #ticks: (() => void)[] = [];
   #ending: Ending | null = null;
 
-  /** Runs `handler` whenever `fd` is readable. */
-  watch(fd: number, handler: () => void): void {
-    this.#wait.add(fd, handler);
+  /** Runs `handler` whenever `fd` is readable (or whatever `events` says: EPOLLOUT for room to write). */
+  watch(fd: number, handler: () => void, events?: number): void {
+    this.#wait.add(fd, handler, events);
   }
 
   unwatch(fd: number): void {
@@ -87,22 +87,22 @@ export class ControlLoop implements DeviceEventLoop {
  * then needs a reset) instead of reaching the control loop.
  */
 export class DeviceLoop implements DeviceEventLoop {
-  readonly #handlers = new Map<number, () => void>();
+  readonly #handlers = new Map<number, { readonly handler: () => void; readonly events: number | undefined }>();
   #paused = false;
   onError: (message: string) => void = (message) => log.error(message);
 
   constructor(readonly loop: ControlLoop, readonly label: string) {}
 
-  watch(fd: number, onReadable: () => void): void {
+  watch(fd: number, handler: () => void, events?: number): void {
     const guarded = (): void => {
       try {
-        onReadable();
+        handler();
       } catch (e) {
         this.onError(`internal error in ${this.label}: ${describeError(e)}`);
       }
     };
-    this.#handlers.set(fd, guarded);
-    if (!this.#paused) this.loop.watch(fd, guarded);
+    this.#handlers.set(fd, { handler: guarded, events });
+    if (!this.#paused) this.loop.watch(fd, guarded, events);
   }
 
   unwatch(fd: number): void {
@@ -120,7 +120,7 @@ export class DeviceLoop implements DeviceEventLoop {
   resume(): void {
     if (!this.#paused) return;
     this.#paused = false;
-    for (const [fd, handler] of this.#handlers) this.loop.watch(fd, handler);
-    for (const handler of [...this.#handlers.values()]) handler();
+    for (const [fd, { handler, events }] of this.#handlers) this.loop.watch(fd, handler, events);
+    for (const { handler } of [...this.#handlers.values()]) handler();
   }
 }

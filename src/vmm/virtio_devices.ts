@@ -2,7 +2,7 @@
 // (--disable-sandbox), in a jailed device process (the default), or behind another program's
 // vhost-user back-end (--vhost-user). The transport is the same VirtioPciDevice in every case, and
 // device-specific commands (balloon, disk, console input) go through one `command` per home.
-import { FdOutput } from "../base/fd_output.ts";
+import { OutputRelay } from "../base/stream_output.ts";
 import { log } from "../base/log.ts";
 import { SysError } from "../base/errno.ts";
 import { describeError, err, ok, type Result } from "../base/result.ts";
@@ -10,7 +10,7 @@ import { sys, socket } from "../../ffi/mod.ts";
 import { pciSlotPin } from "../arch/x86_64/mptable.ts";
 import type { BuiltVm } from "../arch/x86_64/build_vm.ts";
 import { createDevice, type DeviceHost } from "../devices/create_device.ts";
-import { closeResources, type DeviceResources } from "../devices/device_resources.ts";
+import { closeResources, consoleToStdout, type DeviceResources } from "../devices/device_resources.ts";
 import type { DeviceSpec } from "../devices/device_spec.ts";
 import { GsiLine } from "../devices/interrupt.ts";
 import type { IrqRouter } from "./irq_router.ts";
@@ -125,15 +125,10 @@ export type SandboxSettings = { readonly filter: Uint8Array; readonly logLevel: 
 
 /** Starts a device in its own jailed process (without waiting for it) and puts it on the bus. */
 export function attachSandboxed(ctx: DeviceContext, spec: DeviceSpec, resources: DeviceResources, settings: SandboxSettings): Result<VirtioHandle> {
-  // A console writing to the terminal gets a pipe instead: the VMM copies it out, so the device
-  // never holds the terminal (which it could read, too).
-  let relay: { read: number; out: FdOutput } | null = null;
-  let given = resources;
-  if (resources.kind === "console" && resources.output?.fd === 1) {
-    const [read, write] = sys.pipe();
-    relay = { read, out: resources.output };
-    given = { kind: "console", output: new FdOutput(write, true) };
-  }
+  // A console writing to stdout gets a pipe instead: the VMM copies it out, so the device never
+  // holds the terminal (which it could read, too).
+  const piped = consoleToStdout(resources);
+  const given = piped?.given ?? resources;
   const broker = resources.kind === "vsock" ? resources.broker : null;
   const started = SandboxedDevice.spawn(spec, given, {
     filter: settings.filter, logLevel: settings.logLevel, idBase: jailIdBase(process.pid, settings.index), loop: ctx.loop,
@@ -143,21 +138,13 @@ export function attachSandboxed(ctx: DeviceContext, spec: DeviceSpec, resources:
   // The process holds its own copies of the resources now; the VMM keeps what it needs to flush.
   if (given !== resources) closeResources(given);
   if (!started.ok) {
-    if (relay) sys.close(relay.read);
+    if (piped) sys.close(piped.read);
     return err(started.error);
   }
   const device = started.value;
   const pci = attach(ctx, device, ctx.loop);
   broker?.start(ctx.loop, (host, port) => device.process.sendHostConnection(host, port));
-  if (relay) {
-    const { read, out } = relay;
-    const buffer = new Uint8Array(4096);
-    ctx.loop.watch(read, () => {
-      const n = sys.readRaw(read, buffer);
-      if (n > 0) out.write(buffer.subarray(0, n));
-      else if (n === 0) ctx.loop.unwatch(read);
-    });
-  }
+  const relay = piped && resources.kind === "console" ? new OutputRelay(ctx.loop, piped.read, resources.output!) : null;
   return ok({
     label: spec.label, kind: spec.kind, pci, process: device.process, readsStdin: spec.kind === "console" && spec.stdin,
     command: (command, onReply) => device.command(command, onReply),
@@ -165,10 +152,7 @@ export function attachSandboxed(ctx: DeviceContext, spec: DeviceSpec, resources:
     close: () => {
       pci.close();
       device.close();
-      if (relay) {
-        ctx.loop.unwatch(relay.read);
-        sys.close(relay.read);
-      }
+      relay?.close();
       closeResources(resources);
     },
   });

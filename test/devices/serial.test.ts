@@ -37,6 +37,33 @@ describe("Serial", () => {
     expect(u.read(LSR) & 0x60).toBe(0x60);
   });
 
+  test("while a byte is being written out, other threads use the UART and see THR busy; THRE follows the write", () => {
+    const irq = new RecordingIrqLine();
+    const other = new Serial("other thread", new RecordingIrqLine(), null, undefined);
+    const seen: { lsr: number; input: number; line: boolean }[] = [];
+    // An output that stands for a reader that stopped reading: while it "blocks", look from another thread.
+    const stalled: SerialOutput = {
+      write: () => {
+        const d = new Uint8Array(1);
+        other.read({ offset: LSR, address: 0x3fd, vcpuId: 1 }, d);
+        seen.push({ lsr: d[0]!, input: other.queueInput(Uint8Array.of(0x61)), line: irq.level });
+      },
+    };
+    const serial = new Serial("test", irq, stalled, other.state);
+    const at = (offset: number): BusAccess => ({ offset, address: 0x3f8 + offset, vcpuId: 0 });
+    serial.write(at(IER), Uint8Array.of(0x02));
+    serial.read(at(IIR), new Uint8Array(1)); // acknowledge the THRE interrupt that enabling raised
+    const started = performance.now();
+    serial.write(at(THR), Uint8Array.of(0x41));
+    expect(performance.now() - started).toBeLessThan(500); // no lock waited on (the timeout is 1 s)
+    // During the write: not all ones (a lock timeout), THR and TEMT busy, input accepted, no THRE interrupt.
+    expect(seen).toEqual([{ lsr: 0x00, input: 1, line: false }]);
+    const lsr = new Uint8Array(1);
+    serial.read(at(LSR), lsr);
+    expect(lsr[0]! & 0x60).toBe(0x60);
+    expect(irq.level).toBe(true); // THRE, now that the byte is out
+  });
+
   test("the scratch register keeps what was written", () => {
     const u = uart();
     u.write(SCR, 0xa5);

@@ -6,6 +6,8 @@
  *   tsvm.mode=writer      after the checks, write sector after sector of the first disk ("W<n>"),
  *                         printing "wrote <n>" after each completion
  *   tsvm.mode=spin        after the checks, halt forever instead of resetting (control tests)
+ *   tsvm.mode=chatty      after the checks, print numbered lines on COM1 forever (output that
+ *                         nobody reads)
  *   tsvm.fault=triple     take an exception with no IDT (a triple fault) to test error reports
  *   tsvm.bench=pio:N      N writes to port 0x80, then print TSC cycles per exit and reset
  *   tsvm.bench=mmio:N     N writes to the unclaimed MMIO address 0xfebff000, likewise
@@ -369,5 +371,7 @@ void guest_main(const uint8_t *zero_page, const uint8_t *pvh_start_info)
 		writer();
 	if (option_is("tsvm.mode", "spin"))
 		for (;;) __asm__ volatile("cli; hlt");
+	if (option_is("tsvm.mode", "chatty"))
+		for (uint64_t n = 0;; n++) { puts_("chatter "); putu(n); puts_("\n"); }
 	reset();
 }

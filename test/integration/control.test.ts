@@ -3,7 +3,8 @@ import { describe, expect, test } from "bun:test";
 import { existsSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { childPids } from "../support/process_memory.ts";
-import { HAS_KVM, runTsvm, tempDir, TsvmProcess, TIME_SCALE } from "../support/tsvm.ts";
+import { sys } from "../../ffi/mod.ts";
+import { HAS_KVM, runTsvm, tempDir, tsvmCommand, TsvmProcess, TIME_SCALE } from "../support/tsvm.ts";
 
 const TIMEOUT = 60_000 * TIME_SCALE;
 const BOOTED = /serving/;
@@ -89,6 +90,41 @@ describe.skipIf(!HAS_KVM)("the control socket", () => {
     const missing = written.filter((n) => new TextDecoder().decode(bytes.subarray(n * 512, n * 512 + 1 + String(n).length)) !== `W${n}`);
     expect(written.length).toBeGreaterThan(40);
     expect(missing).toEqual([]);
+  }, TIMEOUT);
+
+  test("console output nobody reads holds up the printing vCPU only: balloon_stats and stop still work, promptly", async () => {
+    const socket = join(tempDir(), "vm.sock");
+    // tsvm's stdout is a pipe of one page that this test never reads.
+    const [readFd, writeFd] = sys.pipe();
+    const F_SETPIPE_SZ = 1031;
+    const FIONREAD = 0x541b;
+    sys.fcntlIntRaw(writeFd, F_SETPIPE_SZ, 4096);
+    const child = Bun.spawn([...tsvmCommand(), "run", "-c", "2", "-p", "tsvm.mode=chatty", "-s", socket], { stdin: "ignore", stdout: writeFd, stderr: "pipe" });
+    sys.close(writeFd);
+    try {
+      const queued = new Int32Array(1);
+      const deadline = performance.now() + 60_000 * TIME_SCALE;
+      for (;;) { // until the pipe is full and the guest's vCPU is stuck in its write
+        sys.ioctlPtr(readFd, FIONREAD, queued);
+        if (queued[0]! >= 4096) break;
+        if (performance.now() > deadline || child.exitCode !== null) throw new Error(`the guest filled ${queued[0]} bytes of the pipe`);
+        await Bun.sleep(50);
+      }
+      await Bun.sleep(200 * TIME_SCALE);
+      const stats = await runTsvm(["balloon_stats", socket]);
+      expect([stats.code, stats.stderr]).toEqual([0, ""]);
+      const started = performance.now();
+      expect((await runTsvm(["stop", socket])).code).toBe(0);
+      expect(await child.exited).toBe(0);
+      // Before: the stuck vCPU held the UART and ignored the kick, and stop waited out its deadline.
+      expect(performance.now() - started).toBeLessThan(5_000 * TIME_SCALE);
+      expect(await new Response(child.stderr as ReadableStream<Uint8Array>).text()).toBe("");
+      const head = new Uint8Array(4096);
+      expect(new TextDecoder().decode(head.subarray(0, sys.readRaw(readFd, head)))).toContain("passed, 0 failed");
+    } finally {
+      child.kill("SIGKILL");
+      sys.close(readFd);
+    }
   }, TIMEOUT);
 
   test("two VMs on two sockets are controlled independently", async () => {

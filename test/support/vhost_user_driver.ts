@@ -22,8 +22,8 @@ export const QSIZE = 8;
 /** A real WaitContext the back-end runs on; `pump` runs whatever is ready, without blocking. */
 export class TestLoop implements DeviceEventLoop {
   readonly wait = new WaitContext<() => void>();
-  watch(fd: number, onReadable: () => void): void {
-    this.wait.add(fd, onReadable);
+  watch(fd: number, handler: () => void, events?: number): void {
+    this.wait.add(fd, handler, events);
   }
   unwatch(fd: number): void {
     this.wait.delete(fd);

@@ -1,4 +1,5 @@
 // virtio_pci_driver.ts - drives a VirtioPciDevice through its BAR, as a guest driver would, for tests.
+import { EPOLLOUT } from "../../src/base/wait_context.ts";
 import { err, ok, type Result } from "../../src/base/result.ts";
 import { RecordingIrqLine } from "../../src/devices/interrupt.ts";
 import type { MsiRouter } from "../../src/devices/virtio/msix.ts";
@@ -26,12 +27,16 @@ export class FakeRouter implements MsiRouter {
  * refuses to watch an fd twice. */
 export class FakeLoop implements DeviceEventLoop {
   readonly handlers = new Map<number, () => void>();
-  watch(fd: number, onReadable: () => void): void {
+  /** The fds watched for room to write (EPOLLOUT) rather than input. */
+  readonly writable = new Set<number>();
+  watch(fd: number, handler: () => void, events?: number): void {
     if (this.handlers.has(fd)) throw new Error(`fd ${fd} is watched already`);
-    this.handlers.set(fd, onReadable);
+    this.handlers.set(fd, handler);
+    if (events !== undefined && (events & EPOLLOUT) !== 0) this.writable.add(fd);
   }
   unwatch(fd: number): void {
     this.handlers.delete(fd);
+    this.writable.delete(fd);
   }
 }
 

@@ -51,7 +51,7 @@ export async function runDeviceProcess(): Promise<number> {
   };
 
   const wait = new WaitContext<() => void>();
-  const loop: DeviceEventLoop = { watch: (fd, onReadable) => wait.add(fd, onReadable), unwatch: (fd) => wait.delete(fd) };
+  const loop: DeviceEventLoop = { watch: (fd, handler, events) => wait.add(fd, handler, events), unwatch: (fd) => wait.delete(fd) };
   // A vsock device asks the VMM for host connections; the answers come back on the tube.
   const pendingConnects = new Map<number, (socket: Result<StreamSocket>) => void>();
   let nextConnectId = 1;

@@ -1,8 +1,14 @@
 // console.ts - virtio-console (virtio 1.2 §5.3), one port: output to stdout or a file, input from the host.
+//
+// Output is written only as fast as its reader takes it: while the output is full, the guest's
+// transmit buffers stay with the device (not returned to the used ring), so the guest's driver
+// waits, and the device's loop watches the output for room instead of blocking on it.
 import { ChainReader, ChainWriter } from "./descriptor_chain.ts";
 import { type ControllableDevice, type DeviceCommand, type DeviceReply, unsupported } from "./device_control.ts";
 import { drainQueue } from "./drain.ts";
-import type { SerialOutput } from "../serial.ts";
+import { EPOLLOUT } from "../../base/wait_context.ts";
+import type { StreamOutput } from "../../base/stream_output.ts";
+import type { DescriptorChain } from "./descriptor_chain.ts";
 import { type ActivateContext, TSVM_RING_FEATURES, VIRTIO_ID, type VirtioDevice, type VirtioWorker } from "./virtio_device.ts";
 
 const QUEUE_SIZE = 64;
@@ -27,7 +33,7 @@ export class Console implements VirtioDevice, ControllableDevice {
   #pendingBytes = 0;
   #deliver: (() => void) | null = null;
 
-  constructor(readonly output: SerialOutput | null) {}
+  constructor(readonly output: Pick<StreamOutput, "fd" | "write"> | null) {}
 
   readConfig(offset: number, data: Uint8Array): void {
     const config = new DataView(new ArrayBuffer(CONFIG_SIZE));
@@ -36,7 +42,7 @@ export class Console implements VirtioDevice, ControllableDevice {
   }
 
   writeConfig(offset: number, data: Uint8Array): void {
-    if (offset === EMERG_WR) this.output?.write(data.subarray(0, 1));
+    if (offset === EMERG_WR) this.output?.write(data.subarray(0, 1)); // best effort: dropped while the output is full
   }
 
   /** Queues host bytes for the guest; returns how many were accepted. */
@@ -90,14 +96,54 @@ export class Console implements VirtioDevice, ControllableDevice {
       }
       if (delivered && rx.shouldNotify()) ctx.interrupt.signalUsedQueue(RECEIVEQ);
     };
+    // Transmit buffers the output has not taken all of yet, oldest first, with what is left of each.
+    const held: { readonly head: number; readonly views: Uint8Array[] }[] = [];
+    const output = this.output;
+    /** Writes what the held buffers still have, returning each one that is done; true when none is left. */
+    const flushHeld = (): boolean => {
+      while (held.length > 0) {
+        const { head, views } = held[0]!;
+        while (views.length > 0) {
+          const n = output!.write(views[0]!);
+          if (n === "broken") {
+            views.length = 0; // the reader is gone: what is left is dropped, as an unplugged line would
+          } else if (n < views[0]!.byteLength) {
+            views[0] = views[0]!.subarray(n);
+            return false;
+          } else {
+            views.shift();
+          }
+        }
+        held.shift();
+        tx!.addUsed(head, 0); // the device writes nothing into transmit buffers
+      }
+      return true;
+    };
+    const onRoom = (): void => {
+      if (!flushHeld()) {
+        if (tx!.shouldNotify()) ctx.interrupt.signalUsedQueue(TRANSMITQ);
+        return;
+      }
+      ctx.loop.unwatch(output!.fd);
+      drainTransmit(); // re-arms notifications and interrupts the driver for what was returned
+    };
+    const transmitChain = (chain: DescriptorChain): number | null => {
+      const reader = new ChainReader(chain);
+      const views = reader.take(reader.remaining) ?? [];
+      if (output === null) return 0;
+      const waiting = held.length > 0;
+      held.push({ head: chain.head, views: [...views] });
+      if (waiting) return null;
+      if (flushHeld()) return null; // returned by flushHeld
+      ctx.loop.watch(output.fd, onRoom, EPOLLOUT);
+      return null;
+    };
+    const drainTransmit = (): void => {
+      if (tx && held.length === 0) drainQueue(tx, txKick, ctx.interrupt, ctx.needsReset, transmitChain, () => held.length > 0);
+    };
     const transmit = (): void => {
       txKick.read();
-      if (!tx) return;
-      drainQueue(tx, txKick, ctx.interrupt, ctx.needsReset, (chain) => {
-        const reader = new ChainReader(chain);
-        for (const view of reader.take(reader.remaining) ?? []) this.output?.write(view);
-        return 0; // the device writes nothing into transmit buffers
-      });
+      drainTransmit(); // while buffers are held, notifications are off and onRoom drains the queue
     };
     const receive = (): void => {
       rxKick.read();
@@ -106,12 +152,14 @@ export class Console implements VirtioDevice, ControllableDevice {
     ctx.loop.watch(rxKick.fd, receive);
     ctx.loop.watch(txKick.fd, transmit);
     this.#deliver = deliver;
-    transmit();
+    drainTransmit();
     deliver();
     return {
       stop: () => {
         ctx.loop.unwatch(rxKick.fd);
         ctx.loop.unwatch(txKick.fd);
+        if (held.length > 0) ctx.loop.unwatch(output!.fd);
+        held.length = 0;
         this.#deliver = null;
       },
     };

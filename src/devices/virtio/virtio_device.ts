@@ -40,7 +40,8 @@ export const VIRTIO_STATUS = {
 
 /** Runs a device's work when its file descriptors become readable (whichever loop hosts it). */
 export interface DeviceEventLoop {
-  watch(fd: number, onReadable: () => void): void;
+  /** Runs `handler` when `fd` has input, or with `events` EPOLLOUT, room to write (level-triggered). */
+  watch(fd: number, handler: () => void, events?: number): void;
   unwatch(fd: number): void;
 }
 

@@ -11,7 +11,7 @@ const TX = { desc: 0x5000, avail: 0x6000, used: 0x7000 };
 function setup(features = 0n) {
   const written: string[] = [];
   const memory = GuestMemory.fromBuffers([{ base: 0, bytes: new Uint8Array(1 << 20) }]);
-  const console = new Console({ write: (b) => written.push(new TextDecoder().decode(b)) });
+  const console = new Console({ fd: -1, write: (b) => (written.push(new TextDecoder().decode(b)), b.byteLength) });
   const d = new VirtioPciDriver(console, memory);
   expect(d.negotiate(VERSION_1 | features)).toBe(true);
   d.setupQueue(0, 8, RX.desc, RX.avail, RX.used);
@@ -61,6 +61,58 @@ describe("virtio-console", () => {
     const { d, written } = setup(EMERG_WRITE);
     d.write(0x2000 + 8, 0x21, 4);
     expect(written).toEqual(["!"]);
+  });
+
+  test("an output that is full holds the guest's buffers until it has room, then takes them in order", () => {
+    const OUTPUT_FD = 99;
+    let room = 4;
+    let broken = false;
+    const written: number[] = [];
+    const memory = GuestMemory.fromBuffers([{ base: 0, bytes: new Uint8Array(1 << 20) }]);
+    const console = new Console({
+      fd: OUTPUT_FD,
+      write: (b) => {
+        if (broken) return "broken";
+        const n = Math.min(room, b.byteLength);
+        written.push(...b.subarray(0, n));
+        room -= n;
+        return n;
+      },
+    });
+    const d = new VirtioPciDriver(console, memory);
+    expect(d.negotiate(VERSION_1)).toBe(true);
+    d.setupQueue(0, 8, RX.desc, RX.avail, RX.used);
+    d.setupQueue(1, 8, TX.desc, TX.avail, TX.used);
+    d.driverOk();
+    const post = (index: number, address: number, text: string): void => {
+      memory.write(ga(address), new TextEncoder().encode(text));
+      memory.writeU64(ga(TX.desc + index * 16), BigInt(address));
+      memory.writeU32(ga(TX.desc + index * 16 + 8), text.length);
+      memory.writeU16(ga(TX.desc + index * 16 + 12), 0);
+      memory.writeU16(ga(TX.avail + 4 + index * 2), index);
+      memory.writeU16(ga(TX.avail + 2), index + 1);
+    };
+    const used = (): number => memory.readU16(ga(TX.used + 2));
+    const text = (): string => new TextDecoder().decode(Uint8Array.from(written));
+    post(0, 0x40000, "hello ");
+    post(1, 0x41000, "world");
+    d.kick(1);
+    // 4 bytes went; both buffers stay with the device, which waits for room instead of blocking.
+    expect([text(), used(), d.loop.writable.has(OUTPUT_FD)]).toEqual(["hell", 0, true]);
+    post(2, 0x42000, "!");
+    d.kick(1); // more from the guest while full: held behind the others
+    expect([text(), used()]).toEqual(["hell", 0]);
+    room = 3;
+    d.loop.handlers.get(OUTPUT_FD)!(); // the output has room for 3
+    expect([text(), used(), d.loop.writable.has(OUTPUT_FD)]).toEqual(["hello w", 1, true]);
+    room = 100;
+    d.loop.handlers.get(OUTPUT_FD)!();
+    expect([text(), used(), d.loop.writable.has(OUTPUT_FD)]).toEqual(["hello world!", 3, false]);
+    // A reader that is gone: the buffers come back at once and their bytes are dropped.
+    broken = true;
+    post(3, 0x43000, "lost");
+    d.kick(1);
+    expect([text(), used(), d.loop.writable.has(OUTPUT_FD)]).toEqual(["hello world!", 4, false]);
   });
 
   test("a device without commands other than input refuses them by name", () => {
