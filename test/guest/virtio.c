@@ -1063,6 +1063,8 @@ static int64_t vs_recv(struct vsock_hdr *h, uint8_t *data, unsigned seconds)
 }
 
 static uint8_t vs_data[VSOCK_RX_SIZE];
+/* what the transfer receives (vs_data holds what it is sending) */
+static uint8_t vs_rx_data[VSOCK_RX_SIZE];
 
 /* Like vs_recv, for the current connection only: a packet of another (the echo connection's
  * SHUTDOWN or RST arriving late, say) is set aside; a SHUTDOWN is answered with the RST that ends
@@ -1115,6 +1117,9 @@ static int vsock_transfer(void)
 	if (!vs_send(VSOCK_OP_REQUEST, 0, 0, 0)) return 0;
 	if (vs_recv_conn(&h, 0, 30) < 0 || h.op != VSOCK_OP_RESPONSE) { puts_("     virtio-vsock: the host refused port 5000\n"); return 0; }
 	uint32_t sent = 0, waits = 0;
+	/* The host may start its answer before the last chunk's loop below is done: data that comes while
+	 * sending counts as received (dropping it would leave the host's credit short for good). */
+	uint32_t received = 0, sum = 0, reported = 0;
 	while (sent < VSOCK_TRANSFER) {
 		uint32_t credit = vs_conn.peer_buf - (vs_conn.tx_cnt - vs_conn.peer_fwd);
 		if (credit == 0 || credit > vs_conn.peer_buf) {
@@ -1129,17 +1134,23 @@ static int vsock_transfer(void)
 		for (uint32_t i = 0; i < n; i++) vs_data[i] = vsock_pattern(sent + i);
 		if (!vs_send(VSOCK_OP_RW, 0, vs_data, n)) return 0;
 		sent += n;
-		while (vs_rx_ready(0)) if (vs_recv(&h, 0, 1) < 0) return 0; /* credit updates that came meanwhile */
+		while (vs_rx_ready(0)) { /* credit updates (and perhaps the host's first data) that came meanwhile */
+			int64_t got = vs_recv_conn(&h, vs_rx_data, 1);
+			if (got < 0 || h.op == VSOCK_OP_RST) return 0;
+			if (h.op != VSOCK_OP_RW) continue;
+			for (int64_t i = 0; i < got; i++) sum = sum * 31 + vs_rx_data[i];
+			received += (uint32_t)got;
+			vs_conn.fwd_cnt += (uint32_t)got;
+		}
 	}
 	puts_("     virtio-vsock sent "); putu(sent); puts_(" bytes, waited for credit "); putu(waits); puts_(" times\n");
 	/* the host answers with 1 MiB of its own; the guest consumes it and gives credit back as it goes */
-	uint32_t received = 0, sum = 0, reported = 0;
 	while (received < VSOCK_TRANSFER) {
-		int64_t n = vs_recv_conn(&h, vs_data, 30);
+		int64_t n = vs_recv_conn(&h, vs_rx_data, 30);
 		if (n < 0 || h.op == VSOCK_OP_RST) { puts_("     virtio-vsock: the host's data stopped\n"); return 0; }
 		if (h.op == VSOCK_OP_CREDIT_REQUEST) { vs_send(VSOCK_OP_CREDIT_UPDATE, 0, 0, 0); continue; }
 		if (h.op != VSOCK_OP_RW) continue;
-		for (int64_t i = 0; i < n; i++) sum = sum * 31 + vs_data[i];
+		for (int64_t i = 0; i < n; i++) sum = sum * 31 + vs_rx_data[i];
 		received += (uint32_t)n;
 		vs_conn.fwd_cnt += (uint32_t)n;
 		if (vs_conn.fwd_cnt - reported >= VSOCK_GUEST_BUF / 2) {
