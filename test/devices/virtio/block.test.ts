@@ -191,9 +191,9 @@ describe("Block requests in flight (raw image, I/O pool)", () => {
     };
     return { dev, d, kick, loop, worker, pump, interrupts: () => interrupts };
   }
-  /** Posts request `n` (descriptors 3n..3n+2, memory slot n) without kicking. */
-  function post(d: VirtqueueDriver, n: number, type: number, sector: number, dataLen: number): { data: number; status: number } {
-    const hdr = BUFFERS + n * SLOT;
+  /** Posts request `n` (descriptors 3n..3n+2, memory slot n of `slot` bytes) without kicking. */
+  function post(d: VirtqueueDriver, n: number, type: number, sector: number, dataLen: number, slot = SLOT): { data: number; status: number } {
+    const hdr = BUFFERS + n * slot;
     const data = hdr + 0x200;
     const status = hdr + 0x200 + dataLen;
     d.memory.writeU32(ga(hdr), type);
@@ -233,6 +233,28 @@ describe("Block requests in flight (raw image, I/O pool)", () => {
       expect(Buffer.from(t.d.memory.slice(ga(data), 4096)!).equals(disk.subarray(n * 4096, (n + 1) * 4096))).toBe(true);
     });
     expect(t.interrupts()).toBeGreaterThan(0);
+    t.worker.stop();
+    t.file.close();
+  });
+
+  test("requests that continue one another go to the pool merged, up to 512 KiB; others stay apart", () => {
+    const KIB64 = 65536;
+    const t = activated(64, FEATURES, 4 << 20);
+    // 10 sequential 64 KiB reads, posted out of order, and 2 reads with gaps between them.
+    const order = [3, 0, 1, 2, 7, 4, 5, 6, 9, 8];
+    const slot = KIB64 + 0x1000;
+    const posted = order.map((k, n) => ({ k, ...post(t.d, n, VIRTIO_BLK_T.IN, k * (KIB64 / 512), KIB64, slot) }));
+    const gaps = [0, 1].map((k, i) => ({ k: 20 + 2 * k, ...post(t.d, 10 + i, VIRTIO_BLK_T.IN, (20 + 2 * k) * (KIB64 / 512), KIB64, slot) }));
+    t.loop.handlers.get(t.kick.fd)!();
+    t.pump(12);
+    expect(t.d.usedIdx()).toBe(12);
+    // 8 + 2 sequential reads make two pool requests (512 KiB at most each); the 2 apart, two.
+    expect(t.dev.poolRequests).toEqual({ submitted: 4, parts: 12 });
+    const disk = readFileSync(t.path);
+    for (const { k, data, status } of [...posted, ...gaps]) {
+      expect(t.d.memory.readU8(ga(status))).toBe(VIRTIO_BLK_S.OK);
+      expect(Buffer.from(t.d.memory.slice(ga(data), KIB64)!).equals(disk.subarray(k * KIB64, (k + 1) * KIB64))).toBe(true);
+    }
     t.worker.stop();
     t.file.close();
   });

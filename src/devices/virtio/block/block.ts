@@ -3,7 +3,8 @@ import { BufferCursor, ChainReader, ChainWriter, type DescriptorChain } from "..
 import { type ControllableDevice, type DeviceCommand, type DeviceReply, unsupported } from "../device_control.ts";
 import { drainQueue } from "../drain.ts";
 import type { Queue } from "../queue.ts";
-import { AIO_OP, AIO_SYNC, AioPool } from "../../../../ffi/aio.ts";
+import { AIO_MAX_SEGMENTS, AIO_OP, AIO_SYNC, AioPool, diskTransfer } from "../../../../ffi/aio.ts";
+import { sys } from "../../../../ffi/mod.ts";
 import { EventFd } from "../../../base/event_fd.ts";
 import { log } from "../../../base/log.ts";
 import { type ActivateContext, hasFeature, TSVM_RING_FEATURES, VIRTIO_ID, type VirtioDevice, type VirtioWorker } from "../virtio_device.ts";
@@ -15,6 +16,8 @@ const SECTOR_SHIFT = 9;
 const QUEUE_SIZE = 256;
 /** At most this many I/O threads per device, whatever its queue count (started as requests need them). */
 const MAX_IO_THREADS = 16;
+/** The largest pool request that merging parts of sequential requests makes (8 requests of 64 KiB). */
+const MERGE_MAX_BYTES = 512 * 1024;
 /** Feature bits (§5.2.3). */
 export const VIRTIO_BLK_F = {
   SIZE_MAX: 1n, SEG_MAX: 2n, RO: 5n, BLK_SIZE: 6n, FLUSH: 9n, MQ: 12n, DISCARD: 13n, WRITE_ZEROES: 14n,
@@ -126,9 +129,11 @@ export class Block implements VirtioDevice, ControllableDevice {
     const inFlight = served.length > 0 ? new InFlight(this, ctx, (queue) => drains.get(queue)?.()) : null;
     this.#inFlight = inFlight;
     for (const { queue, kick } of served) {
-      const drain = (): void =>
+      const drain = (): void => {
         drainQueue(queue, kick, ctx.interrupt, ctx.needsReset, (chain) => (inFlight ? inFlight.start(queue, chain) : this.handle(chain)),
           () => inFlight?.busy(queue) ?? false);
+        inFlight?.submitStaged(); // what this batch took goes to the pool together, merged where it can be
+      };
       drains.set(queue, drain);
       ctx.loop.watch(kick.fd, () => {
         kick.read();
@@ -148,6 +153,11 @@ export class Block implements VirtioDevice, ControllableDevice {
   /** Waits until no request is in flight (before a flush from the host, or a stop). */
   settle(): void {
     this.#inFlight?.settle();
+  }
+
+  /** Pool requests made since activation, and the request parts they carried (merging makes fewer). */
+  get poolRequests(): { readonly submitted: number; readonly parts: number } {
+    return { submitted: this.#inFlight?.submissions ?? 0, parts: this.#inFlight?.partsSubmitted ?? 0 };
   }
 
   onConfigChanged(listener: (() => void) | null): void {
@@ -283,6 +293,8 @@ type Pending = {
 type WaitingFlush = { readonly request: BlockRequest; readonly queue: Queue };
 /** One pool request of a data request: some of its guest buffers, at a host offset of one file. */
 type Part = { readonly target: PoolTarget; readonly views: Uint8Array[]; readonly offset: number };
+/** A part taken from the rings in this batch, not yet on the pool (see `#submitStaged`). */
+type Staged = { readonly op: number; readonly part: Part; readonly bytes: number; readonly tag: number };
 
 /**
  * A device's requests in flight, from all its queues, on one pool of C threads (c/aio.c): a read or
@@ -290,6 +302,9 @@ type Part = { readonly target: PoolTarget; readonly views: Uint8Array[]; readonl
  * extent is a pool request, and the request returns to its queue's used ring when its last extent
  * finishes, in whatever order they do; a request alone is served at once on the loop, and so is
  * one the image cannot map without changing metadata (a qcow2 allocation), with nothing in flight.
+ * The parts taken from the rings in one batch go to the pool together at its end, and parts that
+ * continue one another in the same file (a sequential stream at depth) go as one request of up to
+ * MERGE_MAX_BYTES: one thread wake-up and one preadv/pwritev instead of several, as QEMU merges.
  * A FLUSH covers every write completed before it (virtio 1.2 §5.2.6.2), so it starts only once the
  * writes in flight before it (on any queue) are done. Tags are a counter, not descriptor heads: a
  * hostile driver may post the same head twice, or on two queues.
@@ -297,9 +312,18 @@ type Part = { readonly target: PoolTarget; readonly views: Uint8Array[]; readonl
 class InFlight {
   readonly #pool: AioPool;
   readonly #done = new EventFd();
+  /** Parts served on the loop because the pool could not take them, reported with the pool's. */
+  readonly #localCompletions: { tag: number; result: number }[] = [];
   /** By tag: each of a request's parts has its own tag, all naming the same Pending. */
   readonly #pending = new Map<number, Pending>();
   readonly #flushesWaiting: WaitingFlush[] = [];
+  /** Parts of this batch, in the order they were taken, until `#submitStaged`. */
+  readonly #staged: Staged[] = [];
+  /** A merged pool request's tag -> the tags of the parts it carries (the first one is its own). */
+  readonly #merged = new Map<number, number[]>();
+  /** Pool requests submitted, and parts they carried (how much merging saved; for tests). */
+  submissions = 0;
+  partsSubmitted = 0;
   /** Queues given used entries since their last interrupt decision. */
   readonly #used = new Set<Queue>();
   /** Requests in flight per queue. */
@@ -387,21 +411,75 @@ class InFlight {
     for (const z of zeros) z.fill(0);
     if (parts.length === 0) return this.block.finish(request.writer, request.chain, VIRTIO_BLK_S.OK);
     const op = kind === "read" ? AIO_OP.READ : AIO_OP.WRITE | (this.block.writeThrough ? AIO_SYNC : 0);
-    const pending: Pending = { request, queue, kind, parts: 0, failed: false };
+    const pending: Pending = { request, queue, kind, parts: parts.length, failed: false };
     for (const part of parts) {
       const tag = this.#nextTag;
-      if (this.#pool.submit(op, part.target.fd, part.views, part.offset, tag, part.target.align) !== 0) {
-        if (pending.parts === 0) return this.#serveAlone(request); // no thread could start: serve it here
-        pending.failed = true; // the parts already running finish it, with an error
-        break;
-      }
       this.#nextTag = (tag + 1) >>> 0;
       this.#pending.set(tag, pending);
-      pending.parts++;
+      this.#staged.push({ op, part, bytes: part.views.reduce((n, v) => n + v.byteLength, 0), tag });
     }
     this.#began(queue);
     if (kind === "write") this.#writes++;
     return null;
+  }
+
+  /**
+   * Puts the batch's parts on the pool (called once a drain has taken what its rings held, and
+   * before anything waits for the pool), merging runs of parts that continue one another: same file,
+   * same operation, each starting where the one before ends, within MERGE_MAX_BYTES and the pool's
+   * segment limit. A part whose pool request cannot start (no thread) is served here, on the loop.
+   */
+  submitStaged(): void {
+    if (this.#staged.length === 0) return;
+    const staged = this.#staged.splice(0);
+    // Stable order by file, operation and offset; runs are then neighbours.
+    const order = staged.map((_, i) => i).sort((a, b) => {
+      const x = staged[a]!;
+      const y = staged[b]!;
+      return x.part.target.fd - y.part.target.fd || x.op - y.op || x.part.offset - y.part.offset || a - b;
+    });
+    let run: Staged[] = [];
+    let segments = 0;
+    let bytes = 0;
+    const submitRun = (): void => {
+      if (run.length > 0) this.#submit(run);
+      run = [];
+      segments = 0;
+      bytes = 0;
+    };
+    for (const i of order) {
+      const next = staged[i]!;
+      const last = run.at(-1);
+      const continues = last !== undefined && last.part.target.fd === next.part.target.fd && last.op === next.op &&
+        last.part.target.align === next.part.target.align && last.part.offset + last.bytes === next.part.offset &&
+        bytes + next.bytes <= MERGE_MAX_BYTES && segments + next.part.views.length <= AIO_MAX_SEGMENTS;
+      if (!continues) submitRun();
+      run.push(next);
+      segments += next.part.views.length;
+      bytes += next.bytes;
+    }
+    submitRun();
+  }
+
+  /** Submits `run` (parts that continue one another) as one pool request, or serves it here. */
+  #submit(run: readonly Staged[]): void {
+    const first = run[0]!;
+    const views = run.length === 1 ? first.part.views : run.flatMap((s) => s.part.views);
+    const result = this.#pool.submit(first.op, first.part.target.fd, views, first.part.offset, first.tag, first.part.target.align);
+    if (result === 0) {
+      if (run.length > 1) this.#merged.set(first.tag, run.map((s) => s.tag));
+      this.submissions++;
+      this.partsSubmitted += run.length;
+      return;
+    }
+    // No pool thread could take it: move the data here and complete the parts as the pool would.
+    for (const s of run) {
+      const write = (s.op & 0xff) === AIO_OP.WRITE;
+      let r = diskTransfer(s.part.target.fd, s.part.views, s.part.offset, s.part.target.align, write);
+      if (r === 0 && write && (s.op & AIO_SYNC) !== 0) r = sys.fdatasync(s.part.target.fd);
+      this.#localCompletions.push({ tag: s.tag, result: r });
+    }
+    this.#done.signal();
   }
 
   /** Puts a FLUSH (fdatasync of the image's file) on the pool, or serves it at once. */
@@ -416,6 +494,7 @@ class InFlight {
 
   /** Serves a request at once, on this thread, with nothing in flight beside it. */
   #serveAlone(request: BlockRequest): number {
+    this.submitStaged();
     this.#pool.waitIdle();
     // From the chain's start again: mapping it for the pool may have taken its data buffers.
     const fresh = this.block.parse(request.chain);
@@ -425,22 +504,35 @@ class InFlight {
   /** Returns finished requests to the used ring, starts FLUSHes that were waiting, interrupts once per queue. */
   #completions(): void {
     this.#done.read();
-    for (const { tag, result } of this.#pool.reap()) {
-      const pending = this.#pending.get(tag);
-      if (pending === undefined) continue;
-      this.#pending.delete(tag);
-      if (result !== 0) {
-        log.debug(`${this.block.debugLabel}: ${pending.kind} failed: errno ${-result}`);
-        pending.failed = true;
-      }
-      if (--pending.parts > 0) continue;
-      this.#requests--;
-      this.#perQueue.set(pending.queue, this.#perQueue.get(pending.queue)! - 1);
-      if (pending.kind === "write") this.#writes--;
-      const { chain, writer } = pending.request;
-      pending.queue.addUsed(chain.head, this.block.finish(writer, chain, pending.failed ? VIRTIO_BLK_S.IOERR : VIRTIO_BLK_S.OK));
-      this.#used.add(pending.queue);
+    const reaped = [...this.#pool.reap(), ...this.#localCompletions.splice(0)];
+    for (const { tag: poolTag, result } of reaped) {
+      const tags = this.#merged.get(poolTag) ?? [poolTag];
+      this.#merged.delete(poolTag);
+      for (const tag of tags) this.#partDone(tag, result);
     }
+    this.#afterCompletions();
+  }
+
+  /** One part finished with `result` (0 or -errno): its request completes with its last part. */
+  #partDone(tag: number, result: number): void {
+    const pending = this.#pending.get(tag);
+    if (pending === undefined) return;
+    this.#pending.delete(tag);
+    if (result !== 0) {
+      log.debug(`${this.block.debugLabel}: ${pending.kind} failed: errno ${-result}`);
+      pending.failed = true;
+    }
+    if (--pending.parts > 0) return;
+    this.#requests--;
+    this.#perQueue.set(pending.queue, this.#perQueue.get(pending.queue)! - 1);
+    if (pending.kind === "write") this.#writes--;
+    const { chain, writer } = pending.request;
+    pending.queue.addUsed(chain.head, this.block.finish(writer, chain, pending.failed ? VIRTIO_BLK_S.IOERR : VIRTIO_BLK_S.OK));
+    this.#used.add(pending.queue);
+  }
+
+  /** Starts FLUSHes that waited, interrupts once per queue, and drains the queues that got used entries. */
+  #afterCompletions(): void {
     if (this.#writes === 0) {
       for (const { request, queue } of this.#flushesWaiting.splice(0)) {
         const used = this.#flush(queue, request);
@@ -459,6 +551,7 @@ class InFlight {
   /** Blocks until nothing is in flight, then returns what finished to the used ring. */
   settle(): void {
     if (this.#closed) return;
+    this.submitStaged();
     this.#pool.waitIdle();
     this.#completions();
   }
@@ -479,6 +572,7 @@ class InFlight {
     this.#pool.close();
     this.#done.close();
     this.#pending.clear();
+    this.#merged.clear();
     this.#flushesWaiting.length = 0;
   }
 }
