@@ -12,7 +12,8 @@ const WAIT_SLICE_MS = 100;
  * Writes every byte to `fd`, retrying short writes; output errors are dropped (the guest keeps running).
  * A reader that stops reading holds the writer up (the guest sees a busy port), as QEMU and crosvm do;
  * `abandon` is asked whenever a write is interrupted or would block, and drops the rest when true
- * (a vCPU thread passes "the VM is stopping", so a stuck reader cannot hold tsvm's exit).
+ * (a vCPU thread parks there for a suspend and says "drop" once the VM is stopping, so a stuck
+ * reader holds neither tsvm suspend nor tsvm's exit).
  */
 export class FdOutput {
   constructor(readonly fd: number, readonly owned: boolean, readonly abandon: () => boolean = () => false) {}

@@ -40,7 +40,12 @@ function start(init: VcpuWorkerInit): void {
     const wake = new EventFd(init.busRequestFd);
     const mailbox = new BusMailbox(shared, init.vcpuId);
     const remote = { io: new RemoteBusDevice("remote port", "io", mailbox, wake), mmio: new RemoteBusDevice("remote MMIO", "mmio", mailbox, wake) };
-    const buses = new WorkerBuses({ io: new Bus(), mmio: new Bus() }, init.layout, init.views, remote, new Sink("sink"), workerDeviceFactory(init.vmFd, () => shared.exitRequested));
+    const buses = new WorkerBuses({ io: new Bus(), mmio: new Bus() }, init.layout, init.views, remote, new Sink("sink"), workerDeviceFactory(init.vmFd, () => {
+      // Output that waits for its reader: a suspend parks this vCPU right here (it runs no guest code
+      // meanwhile), and a stop drops the byte.
+      if (shared.pauseRequested && !shared.exitRequested) shared.park(init.vcpuId);
+      return shared.exitRequested;
+    }));
     const runAddress = sys.mmap(init.mmapSize, PROT_READ | PROT_WRITE, MAP_SHARED, init.vcpuFd, 0);
     const kvmRun = new Uint8Array(sys.viewOf(runAddress, init.mmapSize));
     vcpuFfi.bindVcpuThread(runAddress);

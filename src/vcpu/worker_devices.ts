@@ -28,9 +28,10 @@ export class RegistersBusDevice implements BusDevice {
 
 /**
  * The factory a vCPU Worker builds its devices with; `vmFd` is the VM's, for the UARTs' interrupt
- * lines; `stopping` says the VM is going down (a UART's output then stops waiting for its reader).
+ * lines; `outputWaits` is asked whenever a UART's output waits for its reader, and says whether to
+ * drop the byte (the VM is going down).
  */
-export function workerDeviceFactory(vmFd: number, stopping: () => boolean): WorkerDeviceFactory {
+export function workerDeviceFactory(vmFd: number, outputWaits: () => boolean): WorkerDeviceFactory {
   const lines = new IrqLineSetter(vmFd);
   const irqErrors = new RateLimitedLog("error");
   return (view: WorkerView, _space: AddressSpace, remote: BusDevice): BusDevice => {
@@ -50,7 +51,7 @@ export function workerDeviceFactory(vmFd: number, stopping: () => boolean): Work
             }
           },
         };
-        const output = view.outputFd === null ? null : new FdOutput(view.outputFd, false, stopping);
+        const output = view.outputFd === null ? null : new FdOutput(view.outputFd, false, outputWaits);
         return new Serial(view.label, irq, output, view.state);
       }
       case "pci_config":

@@ -92,7 +92,7 @@ describe.skipIf(!HAS_KVM)("the control socket", () => {
     expect(missing).toEqual([]);
   }, TIMEOUT);
 
-  test("console output nobody reads holds up the printing vCPU only: balloon_stats and stop still work, promptly", async () => {
+  test("console output nobody reads holds up the printing vCPU only: balloon_stats, suspend, resume and stop still work, promptly", async () => {
     const socket = join(tempDir(), "vm.sock");
     // tsvm's stdout is a pipe of one page that this test never reads.
     const [readFd, writeFd] = sys.pipe();
@@ -113,6 +113,11 @@ describe.skipIf(!HAS_KVM)("the control socket", () => {
       await Bun.sleep(200 * TIME_SCALE);
       const stats = await runTsvm(["balloon_stats", socket]);
       expect([stats.code, stats.stderr]).toEqual([0, ""]);
+      // The vCPU waiting for the reader parks where it waits: suspend and resume work too.
+      for (const command of ["suspend", "resume"]) {
+        const r = await runTsvm([command, socket]);
+        expect([command, r.code, r.stderr]).toEqual([command, 0, ""]);
+      }
       const started = performance.now();
       expect((await runTsvm(["stop", socket])).code).toBe(0);
       expect(await child.exited).toBe(0);
