@@ -1069,20 +1069,30 @@ static uint8_t vs_rx_data[VSOCK_RX_SIZE];
 /* Like vs_recv, for the current connection only: a packet of another (the echo connection's
  * SHUTDOWN or RST arriving late, say) is set aside; a SHUTDOWN is answered with the RST that ends
  * that connection. Gives up after 64 foreign packets. */
+static int vs_is_conn(const struct vsock_hdr *h)
+{
+	return h->src_cid == VSOCK_HOST_CID && h->dst_port == vs_conn.local_port && h->src_port == vs_conn.peer_port;
+}
+
+/* A packet of another connection: a SHUTDOWN gets the RST that ends it; anything else is dropped. */
+static void vs_answer_foreign(const struct vsock_hdr *h)
+{
+	if (h->op != VSOCK_OP_SHUTDOWN) return;
+	uint32_t local = vs_conn.local_port, peer = vs_conn.peer_port;
+	vs_conn.local_port = h->dst_port;
+	vs_conn.peer_port = h->src_port;
+	vs_send(VSOCK_OP_RST, 0, 0, 0);
+	vs_conn.local_port = local;
+	vs_conn.peer_port = peer;
+}
+
 static int64_t vs_recv_conn(struct vsock_hdr *h, uint8_t *data, unsigned seconds)
 {
 	for (int foreign = 0; foreign < 64; foreign++) {
 		int64_t n = vs_recv(h, data, seconds);
 		if (n < 0) return n;
-		if (h->src_cid == VSOCK_HOST_CID && h->dst_port == vs_conn.local_port && h->src_port == vs_conn.peer_port) return n;
-		if (h->op == VSOCK_OP_SHUTDOWN) {
-			uint32_t local = vs_conn.local_port, peer = vs_conn.peer_port;
-			vs_conn.local_port = h->dst_port;
-			vs_conn.peer_port = h->src_port;
-			vs_send(VSOCK_OP_RST, 0, 0, 0);
-			vs_conn.local_port = local;
-			vs_conn.peer_port = peer;
-		}
+		if (vs_is_conn(h)) return n;
+		vs_answer_foreign(h);
 	}
 	return -1;
 }
@@ -1135,8 +1145,10 @@ static int vsock_transfer(void)
 		if (!vs_send(VSOCK_OP_RW, 0, vs_data, n)) return 0;
 		sent += n;
 		while (vs_rx_ready(0)) { /* credit updates (and perhaps the host's first data) that came meanwhile */
-			int64_t got = vs_recv_conn(&h, vs_rx_data, 1);
-			if (got < 0 || h.op == VSOCK_OP_RST) return 0;
+			int64_t got = vs_recv(&h, vs_rx_data, 1);
+			if (got < 0) return 0;
+			if (!vs_is_conn(&h)) { vs_answer_foreign(&h); continue; } /* the echo connection ending, say */
+			if (h.op == VSOCK_OP_RST) return 0;
 			if (h.op != VSOCK_OP_RW) continue;
 			for (int64_t i = 0; i < got; i++) sum = sum * 31 + vs_rx_data[i];
 			received += (uint32_t)got;
