@@ -1,7 +1,7 @@
 #!/usr/bin/env bun
 // main.ts - the tsvm command line: parse arguments into a Config, then run the subcommand.
 import yargs from "yargs";
-import { log } from "./base/log.ts";
+import { drainLog, log } from "./base/log.ts";
 import { ConfigError, parseByteSize, parseRunConfig, type RawRunOptions } from "./config.ts";
 import { mergeRunOptions, readConfigFile } from "./config_file.ts";
 import { ControlError, sendRequest } from "./vm_control/client.ts";
@@ -241,4 +241,9 @@ function repeated(value: unknown): string[] | undefined {
 }
 
 
-if (import.meta.main) void main(Bun.argv.slice(2)).then((code) => process.exit(code));
+if (import.meta.main) {
+  void main(Bun.argv.slice(2)).then((code) => {
+    drainLog();
+    process.exit(code);
+  });
+}

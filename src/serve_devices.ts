@@ -9,7 +9,7 @@ import { unlinkSync } from "node:fs";
 import { event as eventFfi, socket, sys } from "../ffi/mod.ts";
 import { runCleanup } from "./base/cleanup.ts";
 import { EventFd } from "./base/event_fd.ts";
-import { log, setLogLevel } from "./base/log.ts";
+import { flushLog, log, setLogLevel, useNonBlockingStderr } from "./base/log.ts";
 import { describeError } from "./base/result.ts";
 import { OutputRelay } from "./base/stream_output.ts";
 import { listenUnix } from "./base/unix_listener.ts";
@@ -29,9 +29,11 @@ const SIGTERM = 15;
 /** Serves every device in `config` until SIGTERM or SIGINT (exit 0) or a device process fails (exit 1). */
 export async function serveDevices(config: DevicesConfig): Promise<number> {
   setLogLevel(config.logLevel);
+  useNonBlockingStderr();
   const cleanup: (() => void)[] = [];
   const loop = new ControlLoop();
   cleanup.push(() => loop.close());
+  loop.everyTick(flushLog);
   try {
     const opened: { resources: DeviceResources; listenFd: number; socket: string }[] = [];
     if (!config.sandbox) await loadDeviceKinds(config.devices.map((d) => d.spec.kind));

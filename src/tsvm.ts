@@ -11,6 +11,9 @@ if (Bun.argv[2] === "device") {
   process.exit(await runDeviceProcess());
 } else {
   const { main } = await import("./main.ts");
-  process.exit(await main(Bun.argv.slice(2)));
+  const { drainLog } = await import("./base/log.ts");
+  const code = await main(Bun.argv.slice(2));
+  drainLog();
+  process.exit(code);
 }
 export {};

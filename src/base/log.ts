@@ -1,5 +1,14 @@
 // log.ts - tsvm's diagnostics on stderr, filtered by --log-level.
+//
+// A VMM's stderr may be a pipe whose reader stops reading (a supervisor that hangs, `2>&1 | less`
+// left unpaged). Its lines must not stop the loop that logs them, since a guest can make the VMM log
+// (rate-limited warnings, a device process's lines): once `useNonBlockingStderr` is called, lines go
+// to stderr reopened non-blocking; what it does not take now is held (up to PENDING_LIMIT bytes) and
+// written when it has room (`flushLog`, every turn of the control loop), and lines beyond that are
+// counted and dropped, the count printed once stderr takes lines again.
 import { writeSync } from "node:fs";
+import { socket } from "../../ffi/mod.ts";
+import { StreamOutput } from "./stream_output.ts";
 
 export const LOG_LEVELS = ["error", "warn", "info", "debug"] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];
@@ -11,8 +20,88 @@ export function setLogLevel(level: LogLevel): void {
   threshold = LOG_LEVELS.indexOf(level);
 }
 
+/** What stderr may hold back from us before lines are dropped. */
+const PENDING_LIMIT = 64 * 1024;
+const encoder = new TextEncoder();
+
+/** Non-blocking stderr, once useNonBlockingStderr was called; null: fd 2 as it is (blocking). */
+let stderr: StreamOutput | null = null;
+/** Bytes stderr did not take yet, oldest first (the first one possibly partly written). */
+const pending: Uint8Array[] = [];
+let pendingBytes = 0;
+let dropped = 0;
+
+/**
+ * From now on, writes this thread's log lines without blocking (see the top of this file). For the
+ * VMM's threads, not for device processes: their stderr is a pipe the VMM always reads, and a jailed
+ * process could not reopen it.
+ */
+export function useNonBlockingStderr(): void {
+  stderr ??= StreamOutput.reopen(2);
+}
+
+/** Writes a whole line (or text of several) to stderr, or holds it as described at the top. */
+export function writeLog(text: string): void {
+  if (stderr === null) {
+    writeSync(2, text);
+    return;
+  }
+  const bytes = encoder.encode(text);
+  if (!flushLog()) {
+    if (pendingBytes + bytes.byteLength > PENDING_LIMIT) dropped++;
+    else hold(bytes);
+    return;
+  }
+  const n = stderr.write(bytes);
+  if (typeof n === "number" && n < bytes.byteLength) hold(bytes.subarray(n));
+}
+
+function hold(bytes: Uint8Array): void {
+  pending.push(bytes);
+  pendingBytes += bytes.byteLength;
+}
+
+/** Writes what stderr takes of the lines held; true when none are left (written, or stderr broke). */
+export function flushLog(): boolean {
+  if (stderr === null) return true;
+  while (pending.length > 0) {
+    const n = stderr.write(pending[0]!);
+    if (n === "broken") {
+      pending.length = 0;
+      pendingBytes = 0;
+      dropped = 0;
+      return true;
+    }
+    if (n === 0) return false;
+    pendingBytes -= n;
+    if (n < pending[0]!.byteLength) pending[0] = pending[0]!.subarray(n);
+    else pending.shift();
+  }
+  if (dropped > 0) {
+    const note = `[tsvm warn] ${dropped} log line${dropped === 1 ? "" : "s"} dropped: stderr was not being read\n`;
+    dropped = 0;
+    writeLog(note);
+  }
+  return pending.length === 0;
+}
+
+/** Lines held for stderr: their count in bytes, and lines dropped since stderr last took some. */
+export function heldLog(): { bytes: number; dropped: number } {
+  return { bytes: pendingBytes, dropped };
+}
+
+/** Before exiting: waits up to `timeoutMs` for stderr to take the lines held (a stuck reader loses them). */
+export function drainLog(timeoutMs = 1000): void {
+  const deadline = performance.now() + timeoutMs;
+  for (;;) {
+    const left = deadline - performance.now();
+    if (flushLog() || left <= 0) return;
+    socket.poll(stderr!.fd, socket.POLLOUT, Math.ceil(left));
+  }
+}
+
 function emit(level: LogLevel, message: string): void {
-  if (LOG_LEVELS.indexOf(level) <= threshold) writeSync(2, `[tsvm ${level}] ${message}\n`);
+  if (LOG_LEVELS.indexOf(level) <= threshold) writeLog(`[tsvm ${level}] ${message}\n`);
 }
 
 export const log = {

@@ -42,16 +42,21 @@ export class StreamOutput {
    * long), and so is anything that cannot be reopened (a socket): writes to it may block.
    */
   static openStdout(): StreamOutput {
-    const stat = sys.fstat(1);
+    return StreamOutput.reopen(1, true);
+  }
+
+  /** `fd` (tsvm's stdout or stderr) reopened as openStdout says. */
+  static reopen(fd: number, stdout = false): StreamOutput {
+    const stat = sys.fstat(fd);
     const type = typeof stat === "number" ? 0 : stat.mode & S_IFMT;
     if (type === S_IFIFO || type === S_IFCHR) {
       try {
-        return new StreamOutput(sys.open("/proc/self/fd/1", O_WRONLY | O_NONBLOCK | O_NOCTTY), true, true);
+        return new StreamOutput(sys.open(`/proc/self/fd/${fd}`, O_WRONLY | O_NONBLOCK | O_NOCTTY), true, stdout);
       } catch {
-        // no /proc, or a FIFO whose reader is gone: fall back to fd 1 as it is
+        // no /proc, or a FIFO whose reader is gone: fall back to the fd as it is
       }
     }
-    return new StreamOutput(1, false, true);
+    return new StreamOutput(fd, false, stdout);
   }
 
   /** Opens (creating or truncating) `path`. */

@@ -5,7 +5,7 @@ import { readFileSync } from "node:fs";
 import { event as eventFfi } from "../../ffi/mod.ts";
 import { runCleanup } from "../base/cleanup.ts";
 import { EventFd } from "../base/event_fd.ts";
-import { log, setLogLevel } from "../base/log.ts";
+import { flushLog, log, setLogLevel, useNonBlockingStderr } from "../base/log.ts";
 import { describeError } from "../base/result.ts";
 import { buildVm, type BuiltVm } from "../arch/x86_64/build_vm.ts";
 import { KernelLoaderError } from "../arch/x86_64/kernel_image.ts";
@@ -54,6 +54,7 @@ type OpenedVm = {
 /** Runs the VM described by `config`; resolves to the process exit code. */
 export async function runVm(config: Config): Promise<number> {
   setLogLevel(config.logLevel);
+  useNonBlockingStderr();
   const workers = startWorkers(config.cpus);
   try {
     return await openAndRun(config, workers);
@@ -156,6 +157,7 @@ async function runBuilt(config: Config, built: BuiltVm, workers: readonly Worker
   const cleanup: (() => void)[] = [];
   const loop = new ControlLoop();
   cleanup.push(() => loop.close());
+  loop.everyTick(flushLog);
   try {
     const buses: Record<AddressSpace, Bus> = { io: new Bus(), mmio: new Bus() };
     const pciRoot = createPciRoot(buses, built);

@@ -8,6 +8,8 @@
  *   tsvm.mode=spin        after the checks, halt forever instead of resetting (control tests)
  *   tsvm.mode=chatty      after the checks, print numbered lines on COM1 forever (output that
  *                         nobody reads)
+ *   tsvm.mode=noisy       after the checks, read unclaimed I/O ports 0x4000-0xbfff one after another,
+ *                         forever (each is a line in tsvm's debug log, the first time)
  *   tsvm.fault=triple     take an exception with no IDT (a triple fault) to test error reports
  *   tsvm.bench=pio:N      N writes to port 0x80, then print TSC cycles per exit and reset
  *   tsvm.bench=mmio:N     N writes to the unclaimed MMIO address 0xfebff000, likewise
@@ -373,5 +375,7 @@ void guest_main(const uint8_t *zero_page, const uint8_t *pvh_start_info)
 		for (;;) __asm__ volatile("cli; hlt");
 	if (option_is("tsvm.mode", "chatty"))
 		for (uint64_t n = 0;; n++) { puts_("chatter "); putu(n); puts_("\n"); }
+	if (option_is("tsvm.mode", "noisy"))
+		for (uint16_t port = 0;; port = (port + 1) & 0x7fff) (void)inb(0x4000 + port);
 	reset();
 }

@@ -132,6 +132,41 @@ describe.skipIf(!HAS_KVM)("the control socket", () => {
     }
   }, TIMEOUT);
 
+  test("log lines nobody reads hold up nothing: a guest that makes tsvm log, stderr a full pipe, and the VM still answers and stops", async () => {
+    const socket = join(tempDir(), "vm.sock");
+    // tsvm's stderr is a pipe of one page that this test reads only at the end; each unclaimed port
+    // the guest reads is a debug line (~45 bytes), so it is full after about 90 ports.
+    const [readFd, writeFd] = sys.pipe();
+    const F_SETPIPE_SZ = 1031;
+    const FIONREAD = 0x541b;
+    sys.fcntlIntRaw(writeFd, F_SETPIPE_SZ, 4096);
+    const child = Bun.spawn([...tsvmCommand(), "run", "--log-level", "debug", "-p", "tsvm.mode=noisy", "-s", socket], { stdin: "ignore", stdout: "pipe", stderr: writeFd });
+    sys.close(writeFd);
+    try {
+      const queued = new Int32Array(1);
+      const deadline = performance.now() + 60_000 * TIME_SCALE;
+      for (;;) {
+        sys.ioctlPtr(readFd, FIONREAD, queued);
+        if (queued[0]! >= 4096) break;
+        if (performance.now() > deadline || child.exitCode !== null) throw new Error(`tsvm logged ${queued[0]} bytes`);
+        await Bun.sleep(50);
+      }
+      await Bun.sleep(200 * TIME_SCALE);
+      // Before: the control loop blocked writing a log line, so none of these were answered.
+      for (const command of ["balloon_stats", "suspend", "resume"]) {
+        const r = await runTsvm([command, socket]);
+        expect([command, r.code, r.stderr]).toEqual([command, 0, ""]);
+      }
+      expect((await runTsvm(["stop", socket])).code).toBe(0);
+      expect(await child.exited).toBe(0);
+      const head = new Uint8Array(4096);
+      expect(new TextDecoder().decode(head.subarray(0, sys.readRaw(readFd, head)))).toContain("[tsvm debug] unhandled port access at 0x4");
+    } finally {
+      child.kill("SIGKILL");
+      sys.close(readFd);
+    }
+  }, TIMEOUT);
+
   test("two VMs on two sockets are controlled independently", async () => {
     const dir = tempDir();
     using a = serveVm(join(dir, "a.sock"));

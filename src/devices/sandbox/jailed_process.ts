@@ -8,7 +8,7 @@
 // pipe the VMM reads, prefixed with its name, escaped and rate-limited; it never holds a terminal.
 import { jail, socket, sys } from "../../../ffi/mod.ts";
 import { ERRNO } from "../../base/errno.ts";
-import { log, sanitize } from "../../base/log.ts";
+import { log, sanitize, writeLog } from "../../base/log.ts";
 import { describeError, err, ok, type Result } from "../../base/result.ts";
 import type { StreamSocket } from "../../base/stream_socket.ts";
 import { Tube } from "../../base/tube.ts";
@@ -313,7 +313,7 @@ export class JailedProcess {
       return;
     }
     // Device lines already carry "[tsvm level]"; keep them whole but escaped, prefixed with the device.
-    process.stderr.write(`[${this.label}] ${sanitize(line)}\n`);
+    writeLog(`[${this.label}] ${sanitize(line)}\n`);
   }
 
   #fail(what: string): void {
