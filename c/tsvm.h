@@ -47,6 +47,7 @@ int tsvm_sigrtmin(void);
 int tsvm_eventfd(unsigned initval, int flags);
 int tsvm_eventfd_write(int fd, uint64_t value);
 int tsvm_eventfd_read(int fd, uint64_t *value_out);
+int tsvm_eventfd_check(int fd);
 int tsvm_epoll_create(void);
 int tsvm_epoll_ctl(int epfd, int op, int fd, uint32_t events, uint64_t token);
 int tsvm_epoll_wait(int epfd, void *events, int max_events, int timeout_ms);

@@ -17,6 +17,11 @@ export function eventfdRead(fd: number, out: BigUint64Array): number {
   return native.tsvm_eventfd_read(fd, out);
 }
 
+/** Whether `fd` is an eventfd (1 or 0; -errno when it is no usable fd). Adds 0 to its counter. */
+export function eventfdCheck(fd: number): number {
+  return native.tsvm_eventfd_check(fd);
+}
+
 /** Creates an epoll instance (close-on-exec). */
 export function epollCreate(): number {
   return checked(native.tsvm_epoll_create(), "create epoll");

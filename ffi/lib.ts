@@ -43,6 +43,7 @@ const symbols = {
   tsvm_eventfd: { args: [u32, i32], returns: i32 },
   tsvm_eventfd_write: { args: [i32, u64], returns: i32 },
   tsvm_eventfd_read: { args: [i32, pointer], returns: i32 },
+  tsvm_eventfd_check: { args: [i32], returns: i32 },
   tsvm_epoll_create: { args: [], returns: i32 },
   tsvm_epoll_ctl: { args: [i32, i32, i32, u32, u64], returns: i32 },
   tsvm_epoll_wait: { args: [i32, pointer, i32, i32], returns: i32 },

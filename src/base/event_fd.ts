@@ -1,10 +1,12 @@
 // event_fd.ts - an eventfd: a counter that wakes epoll when written.
-import { event, sys } from "../../ffi/mod.ts";
+import { event, socket, sys } from "../../ffi/mod.ts";
 import { ERRNO } from "./errno.ts";
 import { OwnedFd } from "./owned_fd.ts";
 
 const EFD_NONBLOCK = 0o4000;
 const O_NONBLOCK = 0o4000;
+const F_GETFL = 3;
+const F_SETFL = 4;
 
 /**
  * An eventfd owned by this object. Reads and writes never throw or block: an eventfd can come from a
@@ -18,14 +20,30 @@ export class EventFd extends OwnedFd {
     super(fd ?? event.eventfd(0, EFD_NONBLOCK));
   }
 
-  /** Wraps an fd a peer sent, making it non-blocking so neither a read nor a write can hang. */
-  static fromPeer(fd: number): EventFd {
-    sys.addFileFlags(fd, O_NONBLOCK);
-    return new EventFd(fd);
+  /** Whether a peer shares this eventfd (it may clear O_NONBLOCK on the open file they share). */
+  #peer = false;
+
+  /**
+   * Takes an fd a peer sent if it is an eventfd (null otherwise: the fd stays the caller's), made
+   * non-blocking. A peer shares the open file and can clear O_NONBLOCK again, so reads use RWF_NOWAIT
+   * (c/event.c) and a write first checks that the counter has room: then only a peer that fills the
+   * counter between that check and the write, with O_NONBLOCK cleared, can hold the write up.
+   */
+  static fromPeer(fd: number): EventFd | null {
+    const stat = sys.fstat(fd);
+    if (typeof stat === "number" || (stat.mode & sys.S_IFMT) !== 0 || event.eventfdCheck(fd) !== 1) return null;
+    if (sys.fcntlIntRaw(fd, F_SETFL, sys.fcntlIntRaw(fd, F_GETFL, 0) | O_NONBLOCK) < 0) return null;
+    const e = new EventFd(fd);
+    e.#peer = true;
+    return e;
   }
 
-  /** Adds `value` (default 1) to the counter; returns false when the write failed. */
+  /** Adds `value` (default 1) to the counter; returns false when the write failed (or would block). */
   signal(value = 1): boolean {
+    if (this.#peer) {
+      const ready = socket.poll(this.fd, socket.POLLOUT, 0);
+      if (ready <= 0 || (ready & socket.POLLOUT) === 0) return false;
+    }
     for (;;) {
       const r = event.eventfdWrite(this.fd, value);
       if (r !== -ERRNO.EINTR) return r >= 0;

@@ -47,10 +47,15 @@ export function compilePolicy(policy: Policy, defaultAction: DefaultAction = "ki
   const label = (name: string): void => {
     p.push({ label: name });
   };
+  // The kill for a foreign architecture or an x32 call sits right after these checks: conditional
+  // jumps reach 255 instructions at most, and a policy's blocks are longer than that in all.
   op(BPF_LD_W_ABS, DATA_ARCH);
   op(BPF_JEQ_K, AUDIT_ARCH_X86_64, null, "kill");
   op(BPF_LD_W_ABS, DATA_NR);
-  op(BPF_JGE_K, X32_SYSCALL_BIT, "kill", null);
+  op(BPF_JGE_K, X32_SYSCALL_BIT, "kill", "calls");
+  label("kill");
+  op(BPF_RET_K, SECCOMP_RET.KILL_PROCESS);
+  label("calls");
   let n = 0;
   for (const [nr, rule] of [...policy.entries()].sort((a, b) => a[0] - b[0])) {
     const next = `next${n++}`;
@@ -60,8 +65,6 @@ export function compilePolicy(policy: Policy, defaultAction: DefaultAction = "ki
     label(next);
   }
   op(BPF_RET_K, fallback);
-  label("kill");
-  op(BPF_RET_K, SECCOMP_RET.KILL_PROCESS);
   return assemble(p);
 }
 

@@ -31,6 +31,10 @@ export function backendProtocolFeatures(configSize: number): bigint {
 }
 /** How long a reply or a back-end request may wait for room in the socket. */
 const SEND_TIMEOUT_MS = 2000;
+/** Messages handled per wake-up: a front-end that writes faster than we handle cannot starve the loop. */
+const MESSAGES_PER_WAKEUP = 64;
+const F_GETFL = 3;
+const O_PATH = 0o10000000;
 /** struct vhost_vring_addr flags: VHOST_VRING_F_LOG (dirty logging, which tsvm does not offer). */
 const VHOST_VRING_F_LOG = 1;
 
@@ -121,7 +125,8 @@ export class VhostUserBackend {
   }
 
   #onReadable(): void {
-    for (;;) {
+    // The socket is watched level-triggered: what is left after this batch comes back next turn.
+    for (let i = 0; i < MESSAGES_PER_WAKEUP; i++) {
       const connection = this.#connection;
       if (connection === null) return;
       const r = connection.readMessage();
@@ -131,7 +136,13 @@ export class VhostUserBackend {
       }
       if (r.value === null) return;
       const kept = new Set<number>();
-      const handled = this.#handle(r.value, kept);
+      let handled: Result<null>;
+      try {
+        handled = this.#handle(r.value, kept);
+      } catch (e) {
+        // A bug of ours, met on a front-end's input: drop that front-end, as for a malformed message.
+        handled = err(`internal error: ${e instanceof Error ? e.message : String(e)}`);
+      }
       closeFds(r.value.fds.filter((fd) => !kept.has(fd)));
       if (!handled.ok) {
         this.#events.log("warn", `vhost-user front-end dropped: ${requestName(r.value.request)}: ${handled.error}`);
@@ -277,12 +288,18 @@ export class VhostUserBackend {
     for (const fd of m.fds) kept.add(fd);
     const mapped = MemoryTable.map(table.value, m.fds); // owns the fds from here, closing them on failure
     if (!mapped.ok) return err(mapped.error);
-    // A new table replaces the old one; running rings are restarted on it.
+    // A new table replaces the old one; running rings are restarted on it, each where it was (not from
+    // the base it was started with, which would serve its descriptors again). No queue keeps a view
+    // of the old mappings once they are gone.
     const running = this.#worker !== null;
     this.#stopWorker();
+    for (const ring of this.#rings) {
+      if (ring.mapped) ring.base = ring.queue.nextAvail;
+      ring.mapped = false;
+      ring.queue.reset();
+    }
     this.#memory?.close();
     this.#memory = mapped.value;
-    for (const ring of this.#rings) ring.mapped = false;
     if (running) return this.#restart();
     return ok(null);
   }
@@ -345,10 +362,10 @@ export class VhostUserBackend {
     }
     if (m.fds.length !== 1) return err(`expected one fd, got ${m.fds.length}`);
     const fd = m.fds[0]!;
-    const stat = sys.fstat(fd);
-    if (typeof stat === "number" || (stat.mode & sys.S_IFMT) !== 0) return err("the fd is not an eventfd");
+    const eventFd = EventFd.fromPeer(fd);
+    if (eventFd === null) return err("the fd is not an eventfd");
     kept.add(fd);
-    this.#replaceFile(ring.value, m.request, EventFd.fromPeer(fd));
+    this.#replaceFile(ring.value, m.request, eventFd);
     if (m.request === VHOST_USER.SET_VRING_KICK) {
       ring.value.started = true;
       return this.#restart();
@@ -374,11 +391,15 @@ export class VhostUserBackend {
   #setBackendChannel(m: VhostUserMessage, kept: Set<number>): Result<null> {
     if (!this.#hasProtocolFeature(VHOST_USER_PROTOCOL_F.BACKEND_REQ)) return err("BACKEND_REQ was not negotiated");
     if (m.fds.length !== 1) return err(`expected one fd, got ${m.fds.length}`);
-    const stat = sys.fstat(m.fds[0]!);
-    if (typeof stat === "number" || (stat.mode & sys.S_IFMT) !== sys.S_IFSOCK) return err("the back-end channel fd is not a socket");
-    kept.add(m.fds[0]!);
+    const fd = m.fds[0]!;
+    const stat = sys.fstat(fd);
+    // An O_PATH descriptor passes fstat but takes no flags (nor I/O): refuse it here.
+    if (typeof stat === "number" || (stat.mode & sys.S_IFMT) !== sys.S_IFSOCK || sys.fcntlIntRaw(fd, F_GETFL, 0) & O_PATH) {
+      return err("the back-end channel fd is not a socket");
+    }
+    kept.add(fd);
     this.#backendChannel?.close();
-    this.#backendChannel = new VhostUserConnection(m.fds[0]!);
+    this.#backendChannel = new VhostUserConnection(fd);
     return ok(null);
   }
 
@@ -482,6 +503,19 @@ export class VhostUserBackend {
       }
       queues.push(r.queue);
     }
+    // A device whose activation throws half-way must leave no handler behind on the loop (one would
+    // run later on rings that are no longer mapped): what it watched is unwatched.
+    const watched = new Set<number>();
+    const loop: DeviceEventLoop = {
+      watch: (fd, handler, events) => {
+        this.#loop.watch(fd, handler, events);
+        watched.add(fd);
+      },
+      unwatch: (fd) => {
+        watched.delete(fd);
+        this.#loop.unwatch(fd);
+      },
+    };
     try {
       this.#worker = this.#device.activate({
         memory: memory.memory,
@@ -489,10 +523,11 @@ export class VhostUserBackend {
         kicks: this.#rings.map((r) => r.kick ?? r.idle),
         interrupt: this.#interrupt,
         features: this.#ackedFeatures & ~(1n << VHOST_USER_F_PROTOCOL_FEATURES),
-        loop: this.#loop,
+        loop,
         needsReset: (reason) => this.#needsReset(reason),
       });
     } catch (e) {
+      for (const fd of watched) this.#loop.unwatch(fd);
       this.#needsReset(`activation failed: ${e instanceof Error ? e.message : String(e)}`);
     }
     return ok(null);

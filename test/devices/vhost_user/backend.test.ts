@@ -1,5 +1,5 @@
 import { afterEach, describe, expect, test } from "bun:test";
-import { sys } from "../../../ffi/mod.ts";
+import { event, sys } from "../../../ffi/mod.ts";
 import { ByteWriter } from "../../../src/base/codec.ts";
 import { EventFd } from "../../../src/base/event_fd.ts";
 import { VhostUserBackend } from "../../../src/devices/vhost_user/backend.ts";
@@ -158,6 +158,7 @@ function sendWithFresh(s: Setup, request: number, payload: Uint8Array, make: () 
   sys.close(fd);
 }
 
+const O_PATH = 0o10000000;
 const pipeFd = (): number => {
   const [r, w] = sys.pipe();
   sys.close(w);
@@ -175,6 +176,13 @@ describe("VhostUserBackend with a hostile front-end", () => {
     ["a ring index past the device's queues", (s) => s.frontend.send(VHOST_USER.SET_VRING_NUM, encodeVringState({ index: 5, num: 8 })), /no vring 5/],
     ["a ring size that is not a power of two", (s) => s.frontend.send(VHOST_USER.SET_VRING_NUM, encodeVringState({ index: 0, num: 6 })), /not a power of two/],
     ["a kick fd that is not an eventfd", (s) => sendWithFresh(s, VHOST_USER.SET_VRING_KICK, encodeU64(0), pipeFd), /not an eventfd/],
+    // fstat cannot tell anonymous inodes apart: an epoll fd (or a timerfd, a landlock ruleset...) looks like an eventfd there.
+    ["a kick fd of another anonymous-inode kind (epoll)", (s) => sendWithFresh(s, VHOST_USER.SET_VRING_KICK, encodeU64(0), () => event.epollCreate()), /not an eventfd/],
+    ["a call fd that is an O_PATH view of an eventfd", (s) => {
+      const e = new EventFd();
+      sendWithFresh(s, VHOST_USER.SET_VRING_CALL, encodeU64(0), () => sys.open(`/proc/self/fd/${e.fd}`, O_PATH));
+      e.close();
+    }, /not an eventfd/],
     ["a memory table whose fd count does not match", (s) => {
       const t = s.frontend.memoryTable();
       s.frontend.send(VHOST_USER.SET_MEM_TABLE, t.payload, []);
@@ -220,6 +228,53 @@ describe("VhostUserBackend with a hostile front-end", () => {
     s.frontend.sendRaw(new ByteWriter().u32(0).done());
     s.loop.pump();
     expect(decodeU64(s.frontend.reply().payload).ok).toBe(true);
+  });
+
+  test("a device whose activation fails half-way leaves no handler on the loop", () => {
+    let ran = 0;
+    const device: VirtioDevice = Object.assign(new Rng(entropy), {
+      activate(ctx: { loop: { watch(fd: number, h: () => void): void }; kicks: readonly EventFd[] }) {
+        ctx.loop.watch(ctx.kicks[0]!.fd, () => ran++);
+        throw new Error("out of fds");
+      },
+    });
+    const s = setup(device);
+    s.frontend.start(1, VERSION_1);
+    s.loop.pump();
+    expect(s.logs.some((l) => l.includes("activation failed: out of fds"))).toBe(true);
+    s.frontend.kicks[0]!.signal();
+    s.loop.pump();
+    expect(ran).toBe(0);
+  });
+
+  test("a new memory table while rings run: they go on from where they were, serving no descriptor twice", () => {
+    const { loop, frontend } = setup();
+    frontend.start(1, VERSION_1);
+    frontend.postWritable(0, 8);
+    frontend.postWritable(0, 8);
+    loop.pump();
+    expect(frontend.used(0).idx).toBe(2);
+    const table = frontend.memoryTable();
+    frontend.send(VHOST_USER.SET_MEM_TABLE, table.payload, table.fds);
+    loop.pump();
+    frontend.kicks[0]!.signal();
+    loop.pump();
+    expect(frontend.used(0).idx).toBe(2); // before: both were served again from the ring's starting base
+    frontend.postWritable(0, 8);
+    loop.pump();
+    expect(frontend.used(0).idx).toBe(3);
+  });
+
+  test("a flood of messages is handled a batch per turn of the loop, so the loop's other fds are served", () => {
+    const s = setup();
+    for (let i = 0; i < 200; i++) s.frontend.send(VHOST_USER.SET_OWNER);
+    let turns = 0;
+    for (let events = s.loop.wait.wait(0); events.length > 0 && turns < 10; events = s.loop.wait.wait(0)) {
+      turns++;
+      for (const { token } of events) token();
+    }
+    expect(turns).toBe(Math.ceil(200 / 64));
+    expect(s.backend.connected).toBe(true);
   });
 
   test("after a dropped front-end the next one is served", () => {

@@ -8,6 +8,9 @@
 // than that, and a guest that sends beyond its credit loses the connection.
 import type { StreamSocket } from "../../../base/stream_socket.ts";
 
+/** Guest bytes waiting for the host socket are packed into buffers of at least this size. */
+const KEEP_CHUNK = 4096;
+
 /** The bytes a connection holds for a slow host reader: the `buf_alloc` we offer the guest. */
 export const CONNECTION_BUFFER = 256 * 1024;
 /** Once this much forwarded data is unreported, tell the guest (a CREDIT_UPDATE) so it never stalls. */
@@ -41,6 +44,9 @@ export class Connection {
   /** Guest bytes the host socket has not taken yet. */
   readonly pending: Uint8Array[] = [];
   pendingBytes = 0;
+  /** The buffer the last kept bytes were copied into, and how much of it is filled. */
+  #tail: Uint8Array | null = null;
+  #tailUsed = 0;
   /** The host socket may have data to read (edge-triggered: true until a read says "again"). */
   hostReadable = false;
   /** The host has shut its writing side (we read its end of stream and told the guest). */
@@ -122,11 +128,31 @@ export class Connection {
     this.host = null;
     this.pending.length = 0;
     this.pendingBytes = 0;
+    this.#tail = null;
   }
 
+  /**
+   * Copies `bytes` to the end of what is waiting. Small packets are packed into KEEP_CHUNK-byte
+   * buffers (a guest sending one byte per packet to a host that does not read must not cost a buffer
+   * per packet), so what is kept stays within about twice the connection's credit.
+   */
   #keep(bytes: Uint8Array): void {
-    this.pending.push(bytes.slice());
-    this.pendingBytes += bytes.byteLength;
+    const n = bytes.byteLength;
+    this.pendingBytes += n;
+    const last = this.pending.at(-1);
+    const tail = this.#tail;
+    if (last !== undefined && tail !== null && last.buffer === tail.buffer && last.byteOffset + last.byteLength === this.#tailUsed &&
+      this.#tailUsed + n <= tail.byteLength) {
+      tail.set(bytes, this.#tailUsed);
+      this.#tailUsed += n;
+      this.pending[this.pending.length - 1] = tail.subarray(last.byteOffset, this.#tailUsed);
+      return;
+    }
+    const chunk = new Uint8Array(Math.max(KEEP_CHUNK, n));
+    chunk.set(bytes);
+    this.#tail = chunk;
+    this.#tailUsed = n;
+    this.pending.push(chunk.subarray(0, n));
   }
 }
 

@@ -34,8 +34,11 @@ export const MAX_CONNECTIONS = 128;
 export const GUEST_ANSWER_TIMEOUT_MS = 2000;
 /** The most payload one packet to the guest carries (Linux's VIRTIO_VSOCK_MAX_PKT_BUF_SIZE). */
 const MAX_PAYLOAD = 64 * 1024;
-/** Resets for unknown connections waiting for rx buffers; beyond this they are dropped. */
-export const MAX_STRAY_RESETS = 256;
+/**
+ * Resets waiting for rx buffers (answers to packets of unknown connections, ends of connections that
+ * failed); beyond this they are dropped, so a guest that posts no rx buffers cannot grow the backlog.
+ */
+export const MAX_QUEUED_RESETS = 256;
 /** The first host port tsvm gives a host-initiated connection (Firecracker's choice too). */
 const FIRST_HOST_PORT = 1 << 30;
 /** Packets to the guest per wake-up before the loop serves its other fds. */
@@ -59,8 +62,8 @@ type Outgoing = {
   readonly hostPort: number;
   /** The connection whose credit the packet carries (null: none, as for a reset). */
   readonly connection: Connection | null;
-  /** A reset for a packet that belonged to no connection (these are bounded). */
-  readonly stray: boolean;
+  /** A reset (these are bounded: MAX_QUEUED_RESETS). */
+  readonly reset: boolean;
 };
 
 export class Vsock implements VirtioDevice, ControllableDevice {
@@ -125,7 +128,7 @@ class VsockWorker {
   readonly #timer = new Timer();
   /** Control packets for the guest, oldest first. */
   readonly #outgoing: Outgoing[] = [];
-  #strayResets = 0;
+  #queuedResets = 0;
   /** Connections whose host socket has data the guest can take (in turn). */
   readonly #sending = new Set<Connection>();
   /** Connections that owe the guest a credit update. */
@@ -140,13 +143,18 @@ class VsockWorker {
     this.#ctx = ctx;
     this.#rx = ctx.queues[RX] ?? null;
     this.#tx = ctx.queues[TX] ?? null;
-    ctx.loop.watch(ctx.kicks[RX]!.fd, () => {
-      ctx.kicks[RX]!.read();
-      this.#fillRx();
-    });
-    ctx.loop.watch(ctx.kicks[TX]!.fd, () => this.#onTx());
-    ctx.loop.watch(this.#hostSockets.fd, () => this.#onHostSockets());
-    ctx.loop.watch(this.#timer.fd, () => this.#onTimer());
+    try {
+      ctx.loop.watch(ctx.kicks[RX]!.fd, () => {
+        ctx.kicks[RX]!.read();
+        this.#fillRx();
+      });
+      ctx.loop.watch(ctx.kicks[TX]!.fd, () => this.#onTx());
+      ctx.loop.watch(this.#hostSockets.fd, () => this.#onHostSockets());
+      ctx.loop.watch(this.#timer.fd, () => this.#onTimer());
+    } catch (e) {
+      this.stop(); // unwatches what was watched and closes the epoll set and the timer
+      throw e;
+    }
     this.#onTx(); // packets queued before DRIVER_OK
   }
 
@@ -364,22 +372,26 @@ class VsockWorker {
   // ---- to the guest ----
 
   #send(c: Connection, op: number, flags = 0): void {
-    this.#outgoing.push({ op, flags, guestPort: c.guestPort, hostPort: c.hostPort, connection: c, stray: false });
+    this.#outgoing.push({ op, flags, guestPort: c.guestPort, hostPort: c.hostPort, connection: c, reset: false });
   }
 
-  /** Answers a packet that belongs to no connection with a reset, while the backlog has room. */
+  /** Answers a packet that belongs to no connection with a reset. */
   #strayReset(h: PacketHeader): void {
-    this.#device.counters.resets++;
-    if (this.#strayResets >= MAX_STRAY_RESETS) return;
-    this.#strayResets++;
-    this.#outgoing.push({ op: VSOCK_OP.RST, flags: 0, guestPort: h.srcPort, hostPort: h.dstPort, connection: null, stray: true });
+    this.#queueReset(h.srcPort, h.dstPort);
   }
 
   /** Ends `c` with a reset the guest will hear. */
   #reset(c: Connection): void {
-    this.#device.counters.resets++;
-    this.#outgoing.push({ op: VSOCK_OP.RST, flags: 0, guestPort: c.guestPort, hostPort: c.hostPort, connection: null, stray: false });
+    this.#queueReset(c.guestPort, c.hostPort);
     this.#drop(c);
+  }
+
+  /** Queues a reset while the backlog of resets has room (MAX_QUEUED_RESETS). */
+  #queueReset(guestPort: number, hostPort: number): void {
+    this.#device.counters.resets++;
+    if (this.#queuedResets >= MAX_QUEUED_RESETS) return;
+    this.#queuedResets++;
+    this.#outgoing.push({ op: VSOCK_OP.RST, flags: 0, guestPort, hostPort, connection: null, reset: true });
   }
 
   /** Forgets `c` and closes its host socket. */
@@ -440,7 +452,7 @@ class VsockWorker {
     const header = new Uint8Array(HEADER_SIZE);
     const out = this.#outgoing.shift();
     if (out !== undefined) {
-      if (out.stray) this.#strayResets--;
+      if (out.reset) this.#queuedResets--;
       this.#header(header, out.guestPort, out.hostPort, out.op, out.flags, 0, out.connection);
       writer.write(header);
       rx.addUsed(chain.head, HEADER_SIZE);
