@@ -15,6 +15,11 @@ export type LogLevel = (typeof LOG_LEVELS)[number];
 
 let threshold: number = LOG_LEVELS.indexOf("warn");
 
+/** The most verbose level that is printed. */
+export function logLevel(): LogLevel {
+  return LOG_LEVELS[threshold]!;
+}
+
 /** Sets the most verbose level that is printed. */
 export function setLogLevel(level: LogLevel): void {
   threshold = LOG_LEVELS.indexOf(level);

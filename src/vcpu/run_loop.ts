@@ -2,6 +2,7 @@
 import { KVM_RUN } from "../kvm/kvm_structs.ts";
 import { exitReasonName, KVM_EXIT, KVM_EXIT_IO_OUT, KVM_INTERNAL_ERROR, KVM_SYSTEM_EVENT } from "../kvm/kvm_sys.ts";
 import type { Bus } from "../devices/bus.ts";
+import type { AddressSpace } from "./bus_mailbox.ts";
 
 const EINTR = 4;
 const EAGAIN = 11;
@@ -28,6 +29,8 @@ export type RunLoopContext = {
   /** Parks the vCPU while a pause is requested (tsvm suspend); absent: never pause. */
   readonly pauseRequested?: () => boolean;
   readonly park?: () => void;
+  /** An access no device claims (a read then sees all ones, a write is dropped). */
+  readonly unhandled?: (space: AddressSpace, address: number) => void;
 };
 
 /**
@@ -64,8 +67,10 @@ export function runVcpu(ctx: RunLoopContext): VcpuStop {
       refresh();
       for (let i = 0; i < count; i++) {
         const data = ioView(offset + i * size, size);
-        if (out) io.write(port, data, vcpuId);
-        else if (!io.read(port, data, vcpuId)) data.fill(0xff);
+        if (out ? !io.write(port, data, vcpuId) : !io.read(port, data, vcpuId)) {
+          if (!out) data.fill(0xff);
+          ctx.unhandled?.("io", port);
+        }
       }
       continue;
     }
@@ -75,8 +80,11 @@ export function runVcpu(ctx: RunLoopContext): VcpuStop {
       const length = Math.min(MMIO_DATA_SIZE, view.getUint32(KVM_RUN.mmio_len, true));
       const data = mmioData[length]!;
       refresh();
-      if (kvmRun[KVM_RUN.mmio_is_write]) mmio.write(address, data, vcpuId);
-      else if (!mmio.read(address, data, vcpuId)) data.fill(0xff);
+      const write = kvmRun[KVM_RUN.mmio_is_write] !== 0;
+      if (write ? !mmio.write(address, data, vcpuId) : !mmio.read(address, data, vcpuId)) {
+        if (!write) data.fill(0xff);
+        ctx.unhandled?.("mmio", address);
+      }
       continue;
     }
     if (reason === -EINTR || reason === KVM_EXIT.KVM_EXIT_INTR) {

@@ -1,6 +1,7 @@
 // vcpu_worker.ts - the Worker entry point of one vCPU thread: set up, run the loop, report how it stopped.
 import { sys, vcpu as vcpuFfi } from "../../ffi/mod.ts";
 import { EventFd } from "../base/event_fd.ts";
+import { drainLog, type LogLevel, logOnce, setLogLevel, useNonBlockingStderr } from "../base/log.ts";
 import { Bus } from "../devices/bus.ts";
 import { Sink } from "../devices/sink.ts";
 import { Vcpu } from "../kvm/vcpu.ts";
@@ -26,6 +27,8 @@ export type VcpuWorkerInit = {
   /** The bus layout table and the views it refers to (worker_bus.ts). */
   readonly layout: SharedArrayBuffer;
   readonly views: readonly WorkerView[];
+  /** The VMM's --log-level (a Worker starts with the default). */
+  readonly logLevel: LogLevel;
 };
 
 const PROT_READ = 1;
@@ -33,6 +36,8 @@ const PROT_WRITE = 2;
 const MAP_SHARED = 1;
 
 function start(init: VcpuWorkerInit): void {
+  setLogLevel(init.logLevel);
+  useNonBlockingStderr(); // a vCPU never waits for a stderr reader (base/log.ts)
   const shared = new VcpuShared(init.shared);
   const exitEvent = new EventFd(init.exitFd);
   let stop: VcpuStop;
@@ -46,6 +51,7 @@ function start(init: VcpuWorkerInit): void {
       if (shared.pauseRequested && !shared.exitRequested) shared.park(init.vcpuId);
       return shared.exitRequested;
     }));
+    const unhandled = new Set<string>();
     const runAddress = sys.mmap(init.mmapSize, PROT_READ | PROT_WRITE, MAP_SHARED, init.vcpuFd, 0);
     const kvmRun = new Uint8Array(sys.viewOf(runAddress, init.mmapSize));
     vcpuFfi.bindVcpuThread(runAddress);
@@ -56,6 +62,7 @@ function start(init: VcpuWorkerInit): void {
       : runVcpu({
         vcpuId: init.vcpuId, vcpuFd: init.vcpuFd, run: vcpuFfi.vcpuRun, kvmRun, io: buses.io, mmio: buses.mmio,
         refreshBuses: () => buses.refresh(),
+        unhandled: (space, address) => logOnce(unhandled, `${space}:${address}`, "debug", `unhandled ${space === "io" ? "port" : "MMIO"} access at 0x${address.toString(16)}`),
         exitRequested: () => shared.exitRequested,
         pauseRequested: () => shared.pauseRequested,
         park: () => shared.park(init.vcpuId),
@@ -79,6 +86,7 @@ function start(init: VcpuWorkerInit): void {
 
 self.onmessage = (event: MessageEvent<VcpuWorkerInit>) => {
   start(event.data);
+  drainLog(100);
   self.onmessage = null;
   process.exit(0);
 };

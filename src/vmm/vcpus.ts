@@ -2,7 +2,7 @@
 // park them (tsvm suspend), and stop them.
 import { sys, vcpu as vcpuFfi } from "../../ffi/mod.ts";
 import { EventFd } from "../base/event_fd.ts";
-import { logOnce } from "../base/log.ts";
+import { logLevel, logOnce } from "../base/log.ts";
 import type { BuiltVm } from "../arch/x86_64/build_vm.ts";
 import type { Bus } from "../devices/bus.ts";
 import { type AddressSpace, BusMailbox } from "../vcpu/bus_mailbox.ts";
@@ -94,7 +94,7 @@ export class Vcpus {
       });
       const init: VcpuWorkerInit = {
         vcpuId: vcpu.id, vcpuFd: vcpu.fd, mmapSize, shared: this.#shared.buffer, kickSignal,
-        busRequestFd: this.#busRequest.fd, exitFd: this.#vcpuExit.fd, vmFd: this.#built.vm.fd, layout: layout.table, views,
+        busRequestFd: this.#busRequest.fd, exitFd: this.#vcpuExit.fd, vmFd: this.#built.vm.fd, layout: layout.table, views, logLevel: logLevel(),
       };
       worker.postMessage(init);
     }
