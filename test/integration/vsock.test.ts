@@ -14,8 +14,28 @@ const hostData = Uint8Array.from({ length: MIB }, (_, i) => (i * 13 + (i >> 9)) 
 /** The guest's checksum: sum = sum * 31 + byte, mod 2^32. */
 const checksum = (bytes: Uint8Array): number => bytes.reduce((sum, b) => (Math.imul(sum, 31) + b) >>> 0, 0);
 
-/** Listens on `path` for the guest's connection: reads its 1 MiB slowly, checks it, answers with hostData. */
-function slowHostListener(path: string): { received: Promise<string>; close: () => void } {
+/**
+ * Resolves once the guest has stopped sending on its connection: the bytes the device took from it
+ * (vsock_stats) stay the same for half a second. With the host reader stalled, that is the guest
+ * waiting for credit (1 MiB does not fit in the device's 256 KiB and the socket's buffer).
+ */
+async function guestHeldBack(control: string): Promise<void> {
+  let last = -1;
+  for (let i = 0; i < 120 * TIME_SCALE; i++) {
+    const stats = await runTsvm(["vsock_stats", control]);
+    const now = (JSON.parse(stats.stdout) as { bytes_from_guest: number }).bytes_from_guest;
+    if (now === last) return;
+    last = now;
+    await Bun.sleep(500);
+  }
+}
+
+/**
+ * Listens on `path` for the guest's connection: stalls after the first chunk until the guest is held
+ * back by credit (however fast or slow the guest is), then reads slowly; checks the 1 MiB and
+ * answers with hostData.
+ */
+function slowHostListener(path: string, control: string): { received: Promise<string>; close: () => void } {
   let report: (result: string) => void = () => {};
   const received = new Promise<string>((resolve) => (report = resolve));
   const server = createServer((socket: Socket) => {
@@ -27,7 +47,8 @@ function slowHostListener(path: string): { received: Promise<string>; close: () 
       // A reader that stalls once: the host socket and the device's buffer fill, and the guest must
       // wait for credit; then a slow one.
       socket.pause();
-      setTimeout(() => socket.resume(), count === chunk.byteLength ? 1000 * TIME_SCALE : 2);
+      if (count === chunk.byteLength) void guestHeldBack(control).then(() => socket.resume());
+      else setTimeout(() => socket.resume(), 2);
       if (count >= MIB) {
         report(bad < 0 ? `ok ${count}` : `bad byte at ${bad}`);
         socket.write(hostData);
@@ -61,7 +82,7 @@ describe.skipIf(!HAS_KVM)("virtio-vsock under the test guest", () => {
       const dir = tempDir();
       const uds = join(dir, "v.sock");
       const control = join(dir, "vm.sock");
-      const listener = slowHostListener(`${uds}_5000`);
+      const listener = slowHostListener(`${uds}_5000`, control);
       try {
         using vm = new TsvmProcess([
           "run", ...(home.includes("disable") ? ["--disable-sandbox"] : []), "-s", control, "-p", "tsvm.vsock=1 tsvm.mode=serve",
