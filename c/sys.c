@@ -23,11 +23,20 @@ int64_t tsvm_write(int fd, const void *buf, uint64_t len) { RET64(write(fd, buf,
 int64_t tsvm_pread(int fd, void *buf, uint64_t len, int64_t off) { RET64(pread(fd, buf, len, off)); }
 int64_t tsvm_pwrite(int fd, const void *buf, uint64_t len, int64_t off) { RET64(pwrite(fd, buf, len, off)); }
 
+/* The size of a file, or of a block device (whose st_size is 0: its end is where lseek finds it;
+ * the file position does not matter, all disk I/O is positioned). */
 int tsvm_fstat_size(int fd, int64_t *size_out)
 {
 	struct stat st;
 	if (fstat(fd, &st) < 0)
 		return -errno;
+	if (S_ISBLK(st.st_mode)) {
+		off_t end = lseek(fd, 0, SEEK_END);
+		if (end < 0)
+			return -errno;
+		*size_out = end;
+		return 0;
+	}
 	*size_out = st.st_size;
 	return 0;
 }

@@ -3,6 +3,7 @@ import * as v from "valibot";
 import { LOG_LEVELS, type LogLevel } from "./base/log.ts";
 import { MIN_MEMORY_SIZE } from "./arch/x86_64/layout.ts";
 import type { DeviceSpec, OutputSpec } from "./devices/device_spec.ts";
+import { BACKING_FILES } from "./disk/qcow2.ts";
 import { BLOCK_MAX_QUEUES, DEVICE_TYPE_NAMES, DEVICE_TYPES, type DeviceTypeName } from "./devices/vhost_user/device_types.ts";
 
 /** Raised for user input that cannot become a Config; the CLI prints it and exits 2. */
@@ -95,7 +96,7 @@ export function parseSerial(text: string): SerialConfig {
   return result.output;
 }
 
-const BLOCK_KEYS = ["path", "ro", "id", "root", "format", "o_direct", "num-queues"] as const;
+const BLOCK_KEYS = ["path", "ro", "id", "root", "format", "o_direct", "num-queues", "backing_files"] as const;
 export const DISK_FORMATS = ["raw", "qcow2"] as const;
 /** virtio-blk serial numbers are at most 20 bytes (VIRTIO_BLK_ID_BYTES). */
 const BLOCK_ID_MAX = 20;
@@ -108,6 +109,8 @@ const BlockSchema = v.strictObject({
   format: v.optional(v.picklist(DISK_FORMATS, `expected one of ${DISK_FORMATS.join(", ")}`)),
   /** O_DIRECT: the host's page cache is bypassed (crosvm's key; QEMU's cache=none). */
   o_direct: v.optional(BooleanText, "false"),
+  /** Which backing files a qcow2 image may name: inside its own directory (dir), any, or none (disk/qcow2.ts). */
+  backing_files: v.optional(v.picklist(BACKING_FILES, `expected one of ${BACKING_FILES.join(", ")}`), "dir"),
   /** Request queues (QEMU's and crosvm's key); without it, one per vCPU up to BLOCK_MAX_QUEUES. */
   "num-queues": v.optional(v.pipe(
     v.string(),
@@ -120,7 +123,7 @@ const BlockSchema = v.strictObject({
 export type BlockConfig = v.InferOutput<typeof BlockSchema>;
 
 /**
- * Parses `--block path=P[,ro=true][,id=ID][,root=true][,format=raw|qcow2][,o_direct=true][,num-queues=N]`
+ * Parses `--block path=P[,ro=true][,id=ID][,root=true][,format=raw|qcow2][,o_direct=true][,num-queues=N][,backing_files=dir|any|off]`
  * (a bare first value is the path).
  */
 export function parseBlock(text: string, flag = "--block"): BlockConfig {
@@ -454,7 +457,7 @@ export function outputSpec(s: SerialConfig): OutputSpec {
 export function virtioDeviceSpecs(config: Config, mac: () => string): DeviceSpec[] {
   const specs: DeviceSpec[] = config.blocks.map((b, i) => ({
     kind: "block", label: `block${i}`, path: b.path, readOnly: b.ro, id: b.id, format: b.format ?? null, direct: b.o_direct,
-    queues: b["num-queues"] ?? defaultBlockQueues(config.cpus),
+    backingFiles: b.backing_files, queues: b["num-queues"] ?? defaultBlockQueues(config.cpus),
   }));
   const consolePort = config.serials.find((s) => s.hardware === "virtio-console");
   if (consolePort) specs.push({ kind: "console", label: "console", output: outputSpec(consolePort), stdin: consolePort.stdin });

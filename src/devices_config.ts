@@ -54,7 +54,7 @@ export function parseDevicesConfig(raw: RawDevicesOptions): DevicesConfig {
     if (b.root) throw new ConfigError(`--block ${text}: root= means nothing to a vhost-user back-end`);
     // A back-end offers as many queues as it may be asked for; each front-end uses what it needs.
     const queues = b["num-queues"] ?? BLOCK_MAX_QUEUES;
-    devices.push({ socket, spec: { kind: "block", label: label("block"), path: b.path, readOnly: b.ro, id: b.id, format: b.format ?? null, direct: b.o_direct, queues } });
+    devices.push({ socket, spec: { kind: "block", label: label("block"), path: b.path, readOnly: b.ro, id: b.id, format: b.format ?? null, direct: b.o_direct, backingFiles: b.backing_files, queues } });
   }
   for (const text of raw.net ?? []) {
     const { socket, rest } = splitVhost("--net", text);

@@ -64,7 +64,12 @@ describe("parseRunConfig", () => {
 
 describe("disk flags", () => {
   test("--block reads crosvm's syntax, with a bare path first", () => {
-    expect(parseRunConfig({ block: ["disk.img,ro=true,id=vol1"] }).blocks).toEqual([{ path: "disk.img", ro: true, id: "vol1", root: false, o_direct: false }]);
+    expect(parseRunConfig({ block: ["disk.img,ro=true,id=vol1"] }).blocks).toEqual([{ path: "disk.img", ro: true, id: "vol1", root: false, o_direct: false, backing_files: "dir" }]);
+  });
+
+  test("--block backing_files= says which backing files a qcow2 image may name: dir (the default), any or off", () => {
+    expect(parseRunConfig({ block: ["disk.qcow2,backing_files=any"] }).blocks[0]!.backing_files).toBe("any");
+    expect(() => parseRunConfig({ block: ["disk.qcow2,backing_files=yes"] })).toThrow(/backing_files.*expected one of dir, any, off/);
   });
 
   test("--block o_direct=true asks for O_DIRECT, and only true or false is taken", () => {

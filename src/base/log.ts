@@ -45,8 +45,20 @@ export function useNonBlockingStderr(): void {
   stderr ??= StreamOutput.reopen(2);
 }
 
+/** Where lines go instead of stderr while a test captures them (null: stderr). */
+let capture: ((text: string) => void) | null = null;
+
+/** Sends log lines to `sink` instead of stderr (null: back to stderr); for tests that read them. */
+export function captureLog(sink: ((text: string) => void) | null): void {
+  capture = sink;
+}
+
 /** Writes a whole line (or text of several) to stderr, or holds it as described at the top. */
 export function writeLog(text: string): void {
+  if (capture !== null) {
+    capture(text);
+    return;
+  }
   if (stderr === null) {
     writeSync(2, text);
     return;

@@ -27,7 +27,7 @@ export function openResources(spec: DeviceSpec): Result<DeviceResources> {
   try {
     switch (spec.kind) {
       case "block":
-        return ok({ kind: "block", image: openDiskImage(spec.path, spec.readOnly, spec.format, 0, spec.direct) });
+        return ok({ kind: "block", image: openDiskImage(spec.path, spec.readOnly, spec.format, { direct: spec.direct, backingFiles: spec.backingFiles }) });
       case "console":
         return ok({ kind: "console", output: openStreamOutput(spec.output) });
       case "net":

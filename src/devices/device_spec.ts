@@ -4,6 +4,7 @@
 // all produce or carry a DeviceSpec: plain data, JSON-safe. The host resources a spec names (a disk
 // image, a tap, an output file) are opened separately (device_resources.ts) by a process allowed to
 // open them; the device itself is built from both by create_device.ts.
+import type { BackingFiles } from "../disk/qcow2.ts";
 
 /** Where a console's output goes. */
 export type OutputSpec = { readonly type: "stdout" } | { readonly type: "file"; readonly path: string } | { readonly type: "sink" };
@@ -22,6 +23,8 @@ export type DeviceSpec =
     readonly format: "raw" | "qcow2" | null;
     /** O_DIRECT (o_direct=true): reads and writes bypass the host's page cache. */
     readonly direct: boolean;
+    /** Which backing files a qcow2 image may name (backing_files=dir|any|off). */
+    readonly backingFiles: BackingFiles;
     /** Request queues (num-queues=N, 1..BLOCK_MAX_QUEUES); more than one offers VIRTIO_BLK_F_MQ. */
     readonly queues: number;
   }

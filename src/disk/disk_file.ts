@@ -1,13 +1,14 @@
 // disk_file.ts - the DiskImage interface, and raw images: opened once, locked against other VMs, read
 // and written with preadv/pwritev (through the page cache, or O_DIRECT with o_direct=true).
 import { aio, sys } from "../../ffi/mod.ts";
-import { SysError } from "../base/errno.ts";
+import { errnoName, SysError } from "../base/errno.ts";
 import { OwnedFd } from "../base/owned_fd.ts";
 
 const O_RDONLY = 0;
 const O_RDWR = 2;
 const O_NONBLOCK = 0o4000;
 const O_DIRECT = 0o40000;
+const O_PATH = 0o10000000;
 const F_GETFL = 3;
 const EINVAL = 22;
 /** The bytes a probed magic occupies at the start of an image. */
@@ -44,8 +45,13 @@ export interface DiskImage {
    * a table could not be read). A mapping holds until the next write served at once.
    */
   extents(offset: number, length: number, write: boolean): readonly DiskExtent[] | null;
-  /** Whether the guest may write `views` at `offset` (not read-only, no probed magic written). */
-  mayWrite(views: readonly Uint8Array[], offset: number): boolean;
+  /**
+   * What to write for a guest's `views` at `offset`: null when the write is refused (a read-only
+   * image, a probed raw image's magic), else the views to write, which may hold private copies of
+   * bytes the image checked (the guest can change its buffers after the check, so what is checked
+   * must be what is written).
+   */
+  writable(views: readonly Uint8Array[], offset: number): readonly Uint8Array[] | null;
   readInto(views: readonly Uint8Array[], offset: number): boolean;
   writeFrom(views: readonly Uint8Array[], offset: number): boolean;
   flush(): boolean;
@@ -91,25 +97,31 @@ export class DiskFile extends OwnedFd implements DiskImage {
 
   /**
    * Opens `path` (read-only or read-write; with `direct`, O_DIRECT: the host's page cache is
-   * bypassed) and takes a shared or exclusive lock on it. It must be a regular file or a block
-   * device: opened non-blocking, so a FIFO cannot hang the open, and refused.
+   * bypassed) and takes a shared or exclusive lock on it. It must be a regular file or (unless
+   * `regularOnly`: a backing file named inside an image) a block device. Its kind is checked on an
+   * O_PATH descriptor before anything opens it for I/O, so naming a device such as a watchdog or a
+   * tape, whose open has effects, opens nothing; the file is then reopened through that descriptor
+   * (the same file, whatever happens to the path meanwhile), non-blocking.
    */
-  static open(path: string, readOnly: boolean, direct = false): DiskFile {
+  static open(path: string, readOnly: boolean, direct = false, regularOnly = false): DiskFile {
+    const pathFd = sys.open(path, O_PATH);
+    const stat = sys.fstat(pathFd);
+    const kind = typeof stat === "number" ? -1 : stat.mode & sys.S_IFMT;
+    if (kind !== sys.S_IFREG && (regularOnly || kind !== sys.S_IFBLK)) {
+      sys.close(pathFd);
+      throw new Error(`failed to open disk image ${path}: not a regular file${regularOnly ? "" : " or block device"}`);
+    }
     let fd: number;
     try {
-      fd = sys.open(path, (readOnly ? O_RDONLY : O_RDWR) | O_NONBLOCK | (direct ? O_DIRECT : 0));
+      fd = sys.open(`/proc/self/fd/${pathFd}`, (readOnly ? O_RDONLY : O_RDWR) | O_NONBLOCK | (direct ? O_DIRECT : 0));
     } catch (e) {
       // open(2) says EINVAL for O_DIRECT on a file system without direct I/O (tmpfs before Linux 6.6).
       if (direct && e instanceof SysError && e.errno === EINVAL) {
         throw new Error(`failed to open disk image ${path} with o_direct=true: its file system does not support O_DIRECT`);
       }
-      throw e;
-    }
-    const stat = sys.fstat(fd);
-    const kind = typeof stat === "number" ? -1 : stat.mode & sys.S_IFMT;
-    if (kind !== sys.S_IFREG && kind !== sys.S_IFBLK) {
-      sys.close(fd);
-      throw new Error(`failed to open disk image ${path}: not a regular file or block device`);
+      throw e instanceof SysError ? new Error(`failed to open disk image ${path}: ${errnoName(e.errno)}`) : e;
+    } finally {
+      sys.close(pathFd);
     }
     const lock = sys.flock(fd, (readOnly ? LOCK_SH : LOCK_EX) | LOCK_NB);
     if (lock < 0) {
@@ -134,8 +146,21 @@ export class DiskFile extends OwnedFd implements DiskImage {
     return [{ target: this.poolTarget, hostOffset: offset, length }];
   }
 
-  mayWrite(views: readonly Uint8Array[], offset: number): boolean {
-    return !this.readOnly && !(this.guardProbedMagic && offset < MAGIC_SIZE && this.#wouldWriteMagic(views, offset));
+  writable(views: readonly Uint8Array[], offset: number): readonly Uint8Array[] | null {
+    if (this.readOnly) return null;
+    if (!this.guardProbedMagic || offset >= MAGIC_SIZE) return views;
+    // The bytes that land below MAGIC_SIZE are copied, checked, and written from the copy.
+    const copied = new Uint8Array(MAGIC_SIZE - offset);
+    const rest: Uint8Array[] = [];
+    let filled = 0;
+    for (const view of views) {
+      const n = Math.min(view.byteLength, copied.byteLength - filled);
+      copied.set(view.subarray(0, n), filled);
+      filled += n;
+      if (n < view.byteLength) rest.push(view.subarray(n));
+    }
+    const head = copied.subarray(0, filled);
+    return this.#wouldWriteMagic(head, offset) ? null : [head, ...rest];
   }
 
   /** Size in bytes, as of opening (or the last refresh). */
@@ -174,7 +199,8 @@ export class DiskFile extends OwnedFd implements DiskImage {
 
   /** Writes each view in turn from `offset`. */
   writeFrom(views: readonly Uint8Array[], offset: number): boolean {
-    return this.mayWrite(views, offset) && this.#transfer(views, offset, true);
+    const checked = this.writable(views, offset);
+    return checked !== null && this.#transfer(checked, offset, true);
   }
 
   /**
@@ -196,16 +222,11 @@ export class DiskFile extends OwnedFd implements DiskImage {
     return sys.fdatasync(this.fd) === 0;
   }
 
-  /** Whether writing `views` at `offset` would leave a probed format's magic in the first bytes. */
-  #wouldWriteMagic(views: readonly Uint8Array[], offset: number): boolean {
+  /** Whether writing `bytes` (all below MAGIC_SIZE) at `offset` would leave a probed format's magic in the first bytes. */
+  #wouldWriteMagic(bytes: Uint8Array, offset: number): boolean {
     const head = new Uint8Array(MAGIC_SIZE);
     this.readInto([head], 0);
-    let at = offset;
-    for (const view of views) {
-      for (let i = 0; i < view.byteLength && at + i < MAGIC_SIZE; i++) head[at + i] = view[i]!;
-      at += view.byteLength;
-      if (at >= MAGIC_SIZE) break;
-    }
+    head.set(bytes, offset);
     return PROBED_MAGICS.some((magic) => magic.every((b, i) => head[i] === b));
   }
 

@@ -5,9 +5,9 @@
 // file, (2) its refcount, (3) the L2 entry that points at it. A new L2 table or refcount block is
 // written and counted before the entry that points at it. Killing tsvm between steps leaves at worst
 // a leaked cluster (refcount 1, unreferenced), which `qemu-img check` reports as a leak, not corruption.
-import { writeFileSync } from "node:fs";
+import { realpathSync, writeFileSync } from "node:fs";
 import { inflateRawSync } from "node:zlib";
-import { dirname, resolve } from "node:path";
+import { dirname, resolve, sep } from "node:path";
 import { type DiskExtent, DiskFile, type DiskImage, type PoolTarget, writeZeroBytes } from "./disk_file.ts";
 
 export const QCOW2_MAGIC = 0x514649fb; // "QFI\xfb"
@@ -24,6 +24,9 @@ const MAX_CLUSTER_BITS = 21;
 /** bounds the backing chain so a loop of backing files cannot recurse forever */
 export const MAX_BACKING_DEPTH = 8;
 const BACKING_PATH_MAX = 1023;
+/** Header extension types (docs/interop/qcow2.txt): the end of the list, and the backing file's format. */
+const EXT_END = 0;
+const EXT_BACKING_FORMAT = 0xe2792aca;
 /** bounds the cached L2 tables and refcount blocks (whole clusters, least recently used go first) */
 export const L2_CACHE_BYTES = 4 * 1024 * 1024;
 export const REFCOUNT_CACHE_BYTES = 1024 * 1024;
@@ -54,7 +57,23 @@ const u64 = (v: DataView, at: number): number => {
  * Opens the backing file an image names (read-only); throws Qcow2Error. The VMM resolves the name
  * against the image's directory; a jailed device process takes the next fd the VMM opened for it.
  */
-export type BackingOpener = (name: string) => DiskImage;
+export type BackingOpener = (name: string, format: "raw" | "qcow2" | null) => DiskImage;
+
+/**
+ * Which backing files a qcow2 image may name (`--block ...,backing_files=`): "dir" (the default)
+ * only files inside the top image's own directory, after symbolic links are resolved; "any" any
+ * file; "off" none (an image that names one is refused). An image is data, often downloaded: left
+ * to it, its backing name could point at any file the VMM can read (/etc/shadow, a key), whose
+ * bytes the guest would then read as its disk.
+ */
+export const BACKING_FILES = ["dir", "any", "off"] as const;
+export type BackingFiles = (typeof BACKING_FILES)[number];
+
+export type OpenOptions = {
+  /** O_DIRECT for the image and its backing chain. */
+  readonly direct?: boolean;
+  readonly backingFiles?: BackingFiles;
+};
 
 /** Returns whether the first bytes of a file are the qcow2 magic. */
 export function isQcow2(first4: Uint8Array): boolean {
@@ -90,6 +109,16 @@ export class Qcow2Image implements DiskImage {
     this.#l1 = this.#readTable(h.l1Offset, h.l1Size);
     this.#refcountTable = this.#readTable(h.refcountTableOffset, (h.refcountTableClusters * this.#clusterSize) / 8);
     this.#endOfFile = Math.ceil(file.size / this.#clusterSize) * this.#clusterSize;
+  }
+
+  /**
+   * Whether the cluster at `offset` lies inside the file. New clusters are allocated at the end of
+   * the file, so in a writable image a table or data cluster said to lie beyond it is corruption
+   * (a truncated or hostile image): it is never written in place (a later allocation would land on
+   * it), and a table there is an I/O error.
+   */
+  #inFile(offset: number): boolean {
+    return this.readOnly || offset + this.#clusterSize <= this.#endOfFile;
   }
 
   /**
@@ -131,8 +160,10 @@ export class Qcow2Image implements DiskImage {
     if (snapshots !== 0 && !file.readOnly) throw new Qcow2Error(`the image has ${snapshots} internal snapshots; tsvm opens such images read-only only`);
     const needL1 = Math.ceil(h.size / (cluster * l2Entries));
     if (h.l1Size < needL1) throw new Qcow2Error(`the L1 table (${h.l1Size} entries) is too small for ${h.size} bytes`);
-    for (const [name, offset] of [["L1 table", h.l1Offset], ["refcount table", h.refcountTableOffset]] as const) {
+    for (const [name, offset, bytes] of [["L1 table", h.l1Offset, h.l1Size * 8], ["refcount table", h.refcountTableOffset, h.refcountTableClusters * cluster]] as const) {
       if (offset % cluster !== 0 || offset === 0) throw new Qcow2Error(`the ${name} offset ${offset} is not cluster aligned`);
+      // Written to, a table past the end of the file would be overwritten by the next cluster allocated.
+      if (!file.readOnly && offset + bytes > file.size) throw new Qcow2Error(`the ${name} lies beyond the end of the file (a truncated or corrupt image)`);
     }
     let backing: DiskImage | null = null;
     if (h.backingOffset !== 0) {
@@ -140,7 +171,7 @@ export class Qcow2Image implements DiskImage {
       const name = new Uint8Array(h.backingSize);
       if (!file.preadExact(name, h.backingOffset)) throw new Qcow2Error("cannot read the backing file name");
       if (openBacking === null) throw new Qcow2Error("the image has a backing file, which cannot be opened here");
-      backing = openBacking(new TextDecoder().decode(name));
+      backing = openBacking(new TextDecoder().decode(name), backingFormat(file, h, cluster));
     }
     return new Qcow2Image(file, h, backing);
   }
@@ -188,7 +219,7 @@ export class Qcow2Image implements DiskImage {
       const host = Number(entry & L1E_OFFSET_MASK);
       const zeroed = this.#h.version === 3 && (entry & OFLAG_ZERO) !== 0n;
       if (write) {
-        if (host === 0 || (entry & OFLAG_COPIED) === 0n || zeroed) return null;
+        if (host === 0 || (entry & OFLAG_COPIED) === 0n || zeroed || !this.#inFile(host)) return null;
         add({ target: file, hostOffset: host + inCluster, length: n });
       } else if (host !== 0 && !zeroed) {
         add({ target: file, hostOffset: host + inCluster, length: n });
@@ -216,8 +247,8 @@ export class Qcow2Image implements DiskImage {
     return true;
   }
 
-  mayWrite(): boolean {
-    return !this.readOnly;
+  writable(views: readonly Uint8Array[]): readonly Uint8Array[] | null {
+    return this.readOnly ? null : views;
   }
 
   writeFrom(views: readonly Uint8Array[], offset: number): boolean {
@@ -274,7 +305,7 @@ export class Qcow2Image implements DiskImage {
   }
 
   #l2Table(l2Offset: number): DataView | null {
-    if (l2Offset % this.#clusterSize !== 0) return null; // a corrupt image: L2 tables are cluster aligned
+    if (l2Offset % this.#clusterSize !== 0 || !this.#inFile(l2Offset)) return null; // a corrupt image
     let t = this.#l2Cache.get(l2Offset);
     if (!t) {
       const bytes = new Uint8Array(this.#clusterSize);
@@ -366,7 +397,8 @@ export class Qcow2Image implements DiskImage {
     if (entry === null) return false;
     const [l1i, l2i, inCluster] = this.#indices(offset);
     const host = Number(entry & L1E_OFFSET_MASK);
-    const writable = host !== 0 && (entry & OFLAG_COPIED) !== 0n && !(entry & OFLAG_COMPRESSED) && !(this.#h.version === 3 && entry & OFLAG_ZERO);
+    const writable = host !== 0 && (entry & OFLAG_COPIED) !== 0n && !(entry & OFLAG_COMPRESSED) && !(this.#h.version === 3 && entry & OFLAG_ZERO) &&
+      this.#inFile(host);
     if (writable) return this.#file.pwriteExact(src, host + inCluster);
     // Copy-on-write into a new cluster: the old contents (zeros, backing, shared or compressed data)
     // around the write are kept.
@@ -396,7 +428,7 @@ export class Qcow2Image implements DiskImage {
   #ensureL2(l1i: number): number | null {
     const l1e = this.#l1[l1i]!;
     const existing = Number(l1e & L1E_OFFSET_MASK);
-    if (existing !== 0 && l1e & OFLAG_COPIED) return existing;
+    if (existing !== 0 && l1e & OFLAG_COPIED) return this.#inFile(existing) ? existing : null;
     const table = new Uint8Array(this.#clusterSize);
     if (existing !== 0) {
       // A shared L2 table (after a snapshot): copy it before changing it.
@@ -429,6 +461,7 @@ export class Qcow2Image implements DiskImage {
     const tableIndex = Math.floor(clusterIndex / perBlock);
     if (tableIndex >= this.#refcountTable.length) return false; // the refcount table would have to grow
     let blockOffset = Number(this.#refcountTable[tableIndex]! & L1E_OFFSET_MASK);
+    if (blockOffset !== 0 && !this.#inFile(blockOffset)) return false;
     if (blockOffset === 0) {
       // A new refcount block: written zeroed, counted (in itself if it covers itself), then linked.
       blockOffset = this.#allocate();
@@ -480,21 +513,71 @@ export class Qcow2Image implements DiskImage {
 }
 
 /**
- * Opens a disk image of `format` (null: recognised by its magic), locked for this VM; `direct`
- * opens it and its backing chain with O_DIRECT. A qcow2 image's
- * backing file is resolved against the image's own directory and opened read-only, to a depth of
- * MAX_BACKING_DEPTH.
+ * The backing file's format from the header extension that names it (qemu-img create -F), or null
+ * when there is none (the backing file's magic then decides, as QEMU does).
  */
-export function openDiskImage(path: string, readOnly: boolean, format: "raw" | "qcow2" | null, depth = 0, direct = false): DiskImage {
-  const file = DiskFile.open(path, readOnly, direct);
+function backingFormat(file: DiskFile, h: Header, cluster: number): "raw" | "qcow2" | null {
+  const end = Math.min(cluster, h.backingOffset > h.headerLength ? h.backingOffset : cluster);
+  if (h.headerLength >= end) return null;
+  const area = new Uint8Array(end - h.headerLength);
+  if (!file.preadExact(area, h.headerLength)) throw new Qcow2Error("cannot read the header extensions");
+  const v = new DataView(area.buffer);
+  for (let at = 0; at + 8 <= area.byteLength;) {
+    const type = v.getUint32(at, false);
+    const length = v.getUint32(at + 4, false);
+    if (type === EXT_END) return null;
+    if (at + 8 + length > area.byteLength) throw new Qcow2Error("a header extension runs past the header cluster");
+    if (type === EXT_BACKING_FORMAT) {
+      const name = new TextDecoder().decode(area.subarray(at + 8, at + 8 + length));
+      if (name === "raw" || name === "qcow2") return name;
+      throw new Qcow2Error(`the backing file's format is ${JSON.stringify(name.slice(0, 32))}; tsvm reads raw and qcow2`);
+    }
+    at += 8 + Math.ceil(length / 8) * 8;
+  }
+  return null;
+}
+
+/**
+ * Opens a disk image of `format` (null: recognised by its magic), locked for this VM; `direct`
+ * opens it and its backing chain with O_DIRECT. A qcow2 image's backing file is resolved against
+ * the image's own directory, must be a regular file allowed by `backingFiles` (BackingFiles), is
+ * read as the format the image records for it (else by its magic), and is opened read-only, to a
+ * depth of MAX_BACKING_DEPTH.
+ */
+export function openDiskImage(path: string, readOnly: boolean, format: "raw" | "qcow2" | null, options: OpenOptions = {}): DiskImage {
+  return openChain(path, readOnly, format, options, 0, dirname(realPath(path)));
+}
+
+function openChain(path: string, readOnly: boolean, format: "raw" | "qcow2" | null, options: OpenOptions, depth: number, root: string): DiskImage {
+  const file = DiskFile.open(path, readOnly, options.direct ?? false, depth > 0);
   try {
-    return imageOf(file, format, (name) => {
+    return imageOf(file, format, (name, backingFormat) => {
       if (depth + 1 > MAX_BACKING_DEPTH) throw new Qcow2Error(`the backing chain is deeper than ${MAX_BACKING_DEPTH}`);
-      return openDiskImage(resolve(dirname(path), name), true, null, depth + 1, direct);
+      const policy = options.backingFiles ?? "dir";
+      const quoted = JSON.stringify(name.slice(0, 200));
+      if (policy === "off") throw new Qcow2Error(`it names a backing file (${quoted}) and backing_files=off`);
+      let target = resolve(dirname(path), name);
+      if (policy === "dir") {
+        target = realPath(target);
+        if (!target.startsWith(root === sep ? sep : `${root}${sep}`)) {
+          throw new Qcow2Error(`its backing file ${quoted} is ${target}, outside the image's directory ${root}; ` +
+            "tsvm follows backing files there only, unless --block ...,backing_files=any allows any file");
+        }
+      }
+      return openChain(target, true, backingFormat, options, depth + 1, root);
     });
   } catch (e) {
     file.close();
     throw e instanceof Qcow2Error ? new Qcow2Error(`${path}: ${e.message}`) : e;
+  }
+}
+
+/** `path` with every symbolic link resolved (as it is, when it does not exist: opening it says so). */
+function realPath(path: string): string {
+  try {
+    return realpathSync(path);
+  } catch {
+    return path;
   }
 }
 

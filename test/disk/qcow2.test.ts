@@ -1,6 +1,7 @@
 // qcow2 against QEMU's own tools: images either side writes, the other reads and checks.
 import { describe, expect, test } from "bun:test";
-import { readFileSync, writeFileSync } from "node:fs";
+import { readFileSync, symlinkSync, truncateSync, writeFileSync } from "node:fs";
+import { sys } from "../../ffi/mod.ts";
 import { join } from "node:path";
 import { DiskFile } from "../../src/disk/disk_file.ts";
 import { createQcow2, openDiskImage } from "../../src/disk/qcow2.ts";
@@ -205,6 +206,13 @@ describe.skipIf(!HAS_QEMU_IMG)("hostile images", () => {
     expect(probed.writeFrom([header], 0)).toBe(false);
     expect(probed.writeFrom([Uint8Array.of(0x46, 0x49, 0xfb)], 1)).toBe(true); // not yet a magic: byte 0 is 0
     expect(probed.writeFrom([Uint8Array.of(0x51)], 0)).toBe(false); // would complete "QFI\xfb"
+    // What is checked is what is written: the guest's buffer changed after the check (by another
+    // vCPU, while the request waits for the I/O pool) does not reach the first bytes.
+    const buffer = new Uint8Array(512);
+    const views = probed.writable([buffer.subarray(0, 2), buffer.subarray(2)], 0)!;
+    buffer.set([0x51, 0x46, 0x49, 0xfb]);
+    expect(views.reduce((n, v) => n + v.byteLength, 0)).toBe(512);
+    expect([...views[0]!.subarray(0, 2), ...views[1]!.subarray(0, 2)]).toEqual([0, 0, 0, 0]);
     probed.close();
     // With format=raw the user said what it is: nothing is probed, so nothing is guarded.
     const declared = openDiskImage(path, false, "raw");
@@ -214,5 +222,118 @@ describe.skipIf(!HAS_QEMU_IMG)("hostile images", () => {
     const again = openDiskImage(path, true, "raw");
     expect(again.format).toBe("raw");
     again.close();
+  });
+
+  test("backing files come from the image's own directory only, unless backing_files=any; none with backing_files=off", () => {
+    const dir = tempDir();
+    const elsewhere = tempDir();
+    writeFileSync(join(dir, "base.raw"), pattern(MIB, 1));
+    writeFileSync(join(elsewhere, "secret"), pattern(MIB, 2)); // a host file the image's author would like to read
+    const beside = join(dir, "beside.qcow2");
+    const outside = join(dir, "outside.qcow2");
+    const linked = join(dir, "linked.qcow2");
+    symlinkSync(join(elsewhere, "secret"), join(dir, "link.raw"));
+    expect(sh("qemu-img", "create", "-q", "-f", "qcow2", "-b", join(dir, "base.raw"), "-F", "raw", beside).code).toBe(0); // absolute, but beside
+    expect(sh("qemu-img", "create", "-q", "-f", "qcow2", "-b", join(elsewhere, "secret"), "-F", "raw", outside).code).toBe(0);
+    expect(sh("qemu-img", "create", "-q", "-f", "qcow2", "-b", "link.raw", "-F", "raw", linked).code).toBe(0);
+    openDiskImage(beside, true, null).close();
+    expect(() => openDiskImage(outside, true, null)).toThrow(/outside the image's directory .*backing_files=any/);
+    expect(() => openDiskImage(linked, true, null)).toThrow(/link\.raw.* is .*secret, outside the image's directory/);
+    const any = openDiskImage(outside, true, null, { backingFiles: "any" });
+    const buf = new Uint8Array(4);
+    expect(any.readInto([buf], 0)).toBe(true);
+    expect([...buf]).toEqual([...pattern(MIB, 2).subarray(0, 4)]);
+    any.close();
+    expect(() => openDiskImage(beside, true, null, { backingFiles: "off" })).toThrow(/names a backing file .* and backing_files=off/);
+  });
+
+  test("a backing file must be a regular file: a device an image names is never opened", () => {
+    const overlay = join(tempDir(), "dev.qcow2");
+    expect(sh("qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b", "/dev/zero", "-F", "raw", overlay, "1M").code).toBe(0);
+    expect(() => openDiskImage(overlay, true, null, { backingFiles: "any" })).toThrow(/\/dev\/zero: not a regular file$/);
+  });
+
+  test("a backing file is read as the format its image records for it, not probed", () => {
+    const dir = tempDir();
+    // A raw disk whose guest wrote a qcow2 header into it (it was used with format=raw).
+    const base = new Uint8Array(MIB);
+    base.set([0x51, 0x46, 0x49, 0xfb, 0, 0, 0, 3]);
+    writeFileSync(join(dir, "base.raw"), base);
+    const overlay = join(dir, "overlay.qcow2");
+    expect(sh("qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b", "base.raw", "-F", "raw", overlay, "1M").code).toBe(0);
+    const disk = openDiskImage(overlay, true, null);
+    const buf = new Uint8Array(8);
+    expect(disk.readInto([buf], 0)).toBe(true);
+    expect([...buf]).toEqual([0x51, 0x46, 0x49, 0xfb, 0, 0, 0, 3]);
+    disk.close();
+  });
+
+  test("a writable image whose tables lie past the end of its file is refused (read-only it opens)", () => {
+    const path = join(tempDir(), "cut.qcow2");
+    createQcow2(path, 16 * MIB);
+    truncateSync(path, 2 * 65536); // header and refcount table; the L1 table (cluster 3) is gone
+    expect(() => openDiskImage(path, false, null)).toThrow(/the L1 table lies beyond the end of the file/);
+    openDiskImage(path, true, null).close();
+  });
+
+  test("a data cluster said to lie past the end of the file is never written in place (the next allocation would land on it)", () => {
+    const path = join(tempDir(), "far.qcow2");
+    createQcow2(path, 16 * MIB);
+    const disk = openDiskImage(path, false, null);
+    expect(disk.writeFrom([pattern(4096, 1)], 0)).toBe(true);
+    disk.close();
+    // Point guest cluster 0 one cluster past the end of the file, as a truncated or hostile image would.
+    const bytes = readFileSync(path);
+    const view = new DataView(bytes.buffer, bytes.byteOffset);
+    const l2 = Number(view.getBigUint64(3 * 65536, false) & 0x00ff_ffff_ffff_fe00n);
+    const far = bytes.byteLength + 65536;
+    view.setBigUint64(l2, BigInt(far) | (1n << 63n), false); // QCOW_OFLAG_COPIED
+    writeFileSync(path, bytes);
+    const again = openDiskImage(path, false, null);
+    // Before: the first write went in place at `far`, and the second allocation (at the old end of
+    // the file plus one cluster, which is `far`) overwrote it.
+    const writes: [number, Uint8Array][] = [[0, pattern(4096, 2)], [4 * MIB, pattern(4096, 3)], [8 * MIB, pattern(4096, 4)]];
+    for (const [at, data] of writes) expect(again.writeFrom([data], at)).toBe(true);
+    for (const [at, data] of writes) {
+      const buf = new Uint8Array(4096);
+      expect(again.readInto([buf], at)).toBe(true);
+      expect([...buf]).toEqual([...data]);
+    }
+    again.close();
+  });
+});
+
+const CAN_LOOP = process.getuid?.() === 0 && Bun.which("losetup") !== null;
+
+describe.skipIf(!CAN_LOOP)("disk images on host block devices", () => {
+  test("a block device's size is the device's (its st_size is 0), raw and as a qcow2 that allocates", () => {
+    const file = join(tempDir(), "loop.img");
+    writeFileSync(file, new Uint8Array(8 * MIB));
+    const attached = sh("losetup", "-f", "--show", file);
+    if (attached.code !== 0) return console.warn(`tsvm tests: losetup failed (${attached.out.trim()}); block-device test skipped`);
+    const device = attached.out.trim();
+    try {
+      const raw = openDiskImage(device, true, "raw");
+      expect(raw.size).toBe(8 * MIB);
+      raw.close();
+      // A qcow2 image on the device: the first allocation goes after the device's end, so it fails
+      // instead of landing on the header (the size was 0 before, and the header was overwritten).
+      const image = join(tempDir(), "small.qcow2");
+      createQcow2(image, 4 * MIB);
+      const head = readFileSync(image);
+      const fd = sys.open(device, 2);
+      expect(sys.writeRaw(fd, head)).toBe(head.byteLength);
+      sys.close(fd);
+      const onDevice = openDiskImage(device, false, "qcow2");
+      onDevice.writeFrom([pattern(4096, 3)], 0);
+      onDevice.close();
+      const check = new Uint8Array(head.byteLength);
+      const rfd = sys.open(device, 0);
+      sys.readRaw(rfd, check);
+      sys.close(rfd);
+      expect(check.subarray(0, 4 * 65536)).toEqual(Uint8Array.from(head.subarray(0, 4 * 65536)));
+    } finally {
+      sh("losetup", "-d", device);
+    }
   });
 });

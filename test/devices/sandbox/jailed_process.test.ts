@@ -2,6 +2,7 @@
 // of misbehaviour ends in SIGKILL, a reaped child and one line naming it, within its deadline.
 import { afterEach, describe, expect, test } from "bun:test";
 import { socket, sys } from "../../../ffi/mod.ts";
+import { captureLog } from "../../../src/base/log.ts";
 import { JailedProcess, jailIdBase } from "../../../src/devices/sandbox/jailed_process.ts";
 import { TestLoop } from "../../support/vhost_user_driver.ts";
 
@@ -85,8 +86,7 @@ describe.skipIf(!IS_ROOT)("JailedProcess against a hostile device process", () =
   test("its log lines are escaped: a device cannot write terminal escape sequences", () => {
     const fake = startFake(`${READY} process.stderr.write("evil \\x1b[2J\\x07 line\\n"); ${STAY}`);
     const lines: string[] = [];
-    const write = process.stderr.write.bind(process.stderr);
-    process.stderr.write = ((chunk: string) => (lines.push(String(chunk)), true)) as typeof process.stderr.write;
+    captureLog((text) => lines.push(text));
     try {
       const start = performance.now();
       while (!lines.some((l) => l.includes("evil")) && performance.now() - start < 5000) {
@@ -94,7 +94,7 @@ describe.skipIf(!IS_ROOT)("JailedProcess against a hostile device process", () =
         fake.loop.pump();
       }
     } finally {
-      process.stderr.write = write;
+      captureLog(null);
     }
     expect(lines).toContain("[rng] evil \\x1b[2J\\x07 line\n");
   });

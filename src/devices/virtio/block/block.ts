@@ -369,10 +369,8 @@ class InFlight {
       }
       case VIRTIO_BLK_T.OUT: {
         const length = reader.remaining;
-        const views = reader.take(length)!;
-        if (!this.block.inRange(sector, length) || !disk.mayWrite(views, sector * SECTOR_SIZE)) {
-          return this.block.finish(writer, chain, VIRTIO_BLK_S.IOERR);
-        }
+        const views = this.block.inRange(sector, length) ? disk.writable(reader.take(length)!, sector * SECTOR_SIZE) : null;
+        if (views === null) return this.block.finish(writer, chain, VIRTIO_BLK_S.IOERR);
         return this.#transfer(queue, request, "write", views, sector * SECTOR_SIZE, length);
       }
       case VIRTIO_BLK_T.FLUSH:
