@@ -42,12 +42,15 @@ export class Tube extends OwnedFd {
       const n = socket.recvWithFds(this.fd, this.#buffer, this.#fds, this.#fdCount);
       const fds = Array.from(this.#fds.subarray(0, this.#fdCount[0]!));
       this.#fdCount[0] = 0;
-      if (n <= 0) for (const fd of fds) sys.close(fd);
-      if (n === -ERRNO.EINTR) continue;
-      if (n === -ERRNO.EAGAIN) return { kind: "timeout" };
-      if (n < 0) throw new SysError("receive a message", -n);
-      // recvmsg returns 0 both for an empty datagram and for a peer that hung up: ask which.
-      if (n === 0 && (socket.poll(this.fd, POLLRDHUP, 0) & (socket.POLLHUP | POLLRDHUP)) !== 0) return { kind: "closed" };
+      if (n < 0) {
+        for (const fd of fds) sys.close(fd);
+        if (n === -ERRNO.EINTR) continue;
+        if (n === -ERRNO.EAGAIN) return { kind: "timeout" };
+        throw new SysError("receive a message", -n);
+      }
+      // recvmsg returns 0 both for an empty datagram (which may carry fds: they are the caller's, as
+      // with any message) and for a peer that hung up: ask which.
+      if (n === 0 && fds.length === 0 && (socket.poll(this.fd, POLLRDHUP, 0) & (socket.POLLHUP | POLLRDHUP)) !== 0) return { kind: "closed" };
       return { kind: "message", bytes: this.#buffer.slice(0, n), fds };
     }
   }

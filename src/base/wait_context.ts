@@ -47,6 +47,11 @@ export class WaitContext<T> extends OwnedFd {
     }
   }
 
+  /** How many fds are watched. */
+  get size(): number {
+    return this.#fdsBySlot.size;
+  }
+
   /** Stops watching `fd`. */
   delete(fd: number): void {
     for (const [slot, f] of this.#fdsBySlot) {

@@ -1,6 +1,6 @@
 // client.ts - the subcommands' side of the control socket: one request, one response, with a deadline.
 import { lstatSync } from "node:fs";
-import { socket } from "../../ffi/mod.ts";
+import { socket, sys } from "../../ffi/mod.ts";
 import { errnoName } from "../base/errno.ts";
 import { Tube } from "../base/tube.ts";
 import { decodeResponse, encodeRequest, type VmRequest, type VmResponse } from "./messages.ts";
@@ -37,6 +37,7 @@ export function sendRequest(path: string, request: VmRequest, timeoutMs = RESPON
   const reply = tube.receive(timeoutMs);
   if (reply.kind === "timeout") throw new ControlError(`the VM at ${path} did not answer within ${timeoutMs / 1000} s`);
   if (reply.kind === "closed") throw new ControlError(`${path} closed the connection without answering (not a tsvm VM?)`);
+  for (const fd of reply.fds) sys.close(fd); // a VM has no business sending fds
   const decoded = decodeResponse(reply.bytes);
   if (!decoded.ok) throw new ControlError(`${path} is not speaking tsvm's control protocol: ${decoded.error}`);
   return decoded.value;

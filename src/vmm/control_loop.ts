@@ -32,6 +32,11 @@ export class ControlLoop implements DeviceEventLoop {
     this.#wait.delete(fd);
   }
 
+  /** How many fds the loop watches (a client or device that leaves must not leave its watch behind). */
+  get watchedFds(): number {
+    return this.#wait.size;
+  }
+
   /** Runs `task` once every time round the loop (deadline checks, polling a file). */
   everyTick(task: () => void): void {
     this.#ticks.push(task);

@@ -20,7 +20,7 @@ import { DEVICE_TYPES } from "../devices/vhost_user/device_types.ts";
 import { randomMac } from "../devices/virtio/net/net.ts";
 import { Kvm } from "../kvm/kvm.ts";
 import { compileDeviceFilter } from "../sandbox/policies.ts";
-import { ControlServer, ControlSocketError } from "../vm_control/server.ts";
+import { ControlServer, ControlSocketError, serveControl } from "../vm_control/server.ts";
 import { builtinGuest } from "../builtin_guest.ts";
 import type { AddressSpace } from "../vcpu/bus_mailbox.ts";
 import { ControlLoop, type Ending } from "./control_loop.ts";
@@ -229,7 +229,7 @@ async function runBuilt(config: Config, built: BuiltVm, workers: readonly Worker
     const vcpus = new Vcpus(built, workers, loop, buses);
     cleanup.push(() => vcpus.close());
     const requests = new ControlRequests({ built, loop, vcpus, devices, memorySize: config.memorySize });
-    if (control) serveControl(loop, control, requests);
+    if (control) serveControl(loop, control, (request, respond) => requests.handle(request, respond));
     vcpus.start();
     log.debug(`vCPU Workers started at ${performance.now().toFixed(1)} ms`);
 
@@ -276,18 +276,3 @@ function watchSignals(loop: ControlLoop, cleanup: (() => void)[]): void {
   }
 }
 
-/** Serves the control socket on the loop: one request at a time per client. */
-function serveControl(loop: ControlLoop, control: ControlServer, requests: ControlRequests): void {
-  loop.watch(control.fd, () => {
-    const client = control.accept();
-    if (client === null) return;
-    // While a request waits for a device the client is not watched: its next request waits its turn.
-    const serveClient = (): void => {
-      const state = control.serve(client, (request, respond) => requests.handle(request, respond), () => loop.watch(client, serveClient));
-      if (state === "answered") return;
-      loop.unwatch(client);
-      if (state === "closed") control.drop(client);
-    };
-    loop.watch(client, serveClient);
-  });
-}
