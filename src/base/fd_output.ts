@@ -5,6 +5,8 @@ import { ERRNO } from "./errno.ts";
 const O_WRONLY = 0o1;
 const O_CREAT = 0o100;
 const O_TRUNC = 0o1000;
+const O_NOCTTY = 0o400;
+const O_NONBLOCK = 0o4000;
 /** How long one wait for a full non-blocking output lasts before `abandon` is asked again. */
 const WAIT_SLICE_MS = 100;
 
@@ -18,9 +20,12 @@ const WAIT_SLICE_MS = 100;
 export class FdOutput {
   constructor(readonly fd: number, readonly owned: boolean, readonly abandon: () => boolean = () => false) {}
 
-  /** Opens (creating or truncating) `path` for a port's output. */
+  /**
+   * Opens (creating or truncating) `path` for a port's output, non-blocking: a FIFO nobody reads
+   * fails at once (ENXIO) instead of hanging the start, and a full one makes the port busy.
+   */
   static file(path: string): FdOutput {
-    return new FdOutput(sys.open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o644), true);
+    return new FdOutput(sys.open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NONBLOCK | O_NOCTTY, 0o644), true);
   }
 
   write(bytes: Uint8Array): void {

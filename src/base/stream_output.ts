@@ -59,9 +59,9 @@ export class StreamOutput {
     return new StreamOutput(fd, false, stdout);
   }
 
-  /** Opens (creating or truncating) `path`. */
+  /** Opens (creating or truncating) `path`, non-blocking (a FIFO nobody reads fails at once instead of hanging). */
   static file(path: string): StreamOutput {
-    return new StreamOutput(sys.open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o644), true);
+    return new StreamOutput(sys.open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NONBLOCK | O_NOCTTY, 0o644), true);
   }
 
   /** Writes what the fd takes now. */

@@ -1,7 +1,7 @@
 // run_vm.ts - runs a VM from a Config: opens what the user named, builds the VM, puts the devices on
 // their buses (each virtio device in its home), starts the vCPUs and serves the control loop until the
 // guest exits, a vCPU or device fails, or tsvm is told to stop.
-import { readFileSync } from "node:fs";
+import { closeSync, constants, fstatSync, openSync, readFileSync } from "node:fs";
 import { event as eventFfi } from "../../ffi/mod.ts";
 import { runCleanup } from "../base/cleanup.ts";
 import { EventFd } from "../base/event_fd.ts";
@@ -140,14 +140,29 @@ function listenControl(path: string): ControlServer {
   }
 }
 
-/** Reads a file the user named; a failure is a usage error that names the file. */
+/** The largest kernel or initrd read (a larger one could not fit in the guest's memory anyway). */
+const MAX_BOOT_FILE = 2 ** 31;
+
+/**
+ * Reads a file the user named; a failure is a usage error that names the file. It must be a regular
+ * file of at most MAX_BOOT_FILE bytes: a FIFO would hang the start, a device (/dev/zero) never ends.
+ */
 function readUserFile(what: string, path: string): Uint8Array {
+  let fd: number | null = null;
   try {
-    const bytes = readFileSync(path);
+    // Opened non-blocking (a FIFO's open would wait for a writer), then checked on that fd.
+    fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
+    const stat = fstatSync(fd);
+    if (!stat.isFile()) throw new ConfigError(`failed to read ${what} ${path}: not a regular file`);
+    if (stat.size > MAX_BOOT_FILE) throw new ConfigError(`failed to read ${what} ${path}: ${stat.size} bytes is more than ${MAX_BOOT_FILE}`);
+    const bytes = readFileSync(fd);
     return new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   } catch (e) {
+    if (e instanceof ConfigError) throw e;
     const reason = (e as NodeJS.ErrnoException).code ?? describeError(e);
     throw new ConfigError(`failed to read ${what} ${path}: ${reason}`, { cause: e });
+  } finally {
+    if (fd !== null) closeSync(fd);
   }
 }
 

@@ -121,7 +121,9 @@ describe("bad input is refused with one line and exit 2", () => {
     ["a misspelt flag, with a suggestion", () => ["run", "--cpu", "2"], /Unknown argument: cpu; did you mean --cpus\?/],
     ["a config file with an unknown key", () => ["run", "--config", file("bad.json", new TextEncoder().encode('{"memory": "1G"}'))], /memory: unknown key/],
     ["a FIFO as a disk image", () => ["run", "--block", `path=${fifo}`], /failed to open disk image .*fifo: not a regular file or block device/],
-    ["a qcow2 whose backing file is a FIFO", () => ["run", "--block", `path=${overlayOnFifo()}`], /fifo: not a regular file or block device/],
+    ["a qcow2 whose backing file is a FIFO", () => ["run", "--block", `path=${overlayOnFifo()}`], /fifo: not a regular file\n$/],
+    ["a FIFO as the kernel", () => ["run", fifo], /failed to read kernel .*fifo: not a regular file\n$/],
+    ["a device as the initrd", () => ["run", "--initrd", "/dev/zero"], /failed to read initrd \/dev\/zero: not a regular file\n$/],
     ["a raw image read as qcow2", () => ["run", "--block", `path=${file("raw.img", new Uint8Array(1 << 20))},format=qcow2`], /raw\.img: not a qcow2 image/],
     ["an unknown disk format", () => ["run", "--block", "path=x.img,format=vmdk"], /format: expected one of raw, qcow2/],
   ];
