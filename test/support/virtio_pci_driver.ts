@@ -7,7 +7,7 @@ import type { DeviceEventLoop, VirtioDevice } from "../../src/devices/virtio/vir
 import { VirtioPciDevice } from "../../src/devices/virtio/virtio_pci_device.ts";
 import type { GuestMemory } from "../../src/memory/mod.ts";
 
-export const COMMON = { DFSEL: 0x00, DF: 0x04, GFSEL: 0x08, GF: 0x0c, MSIX_CFG: 0x10, NUMQ: 0x12, STATUS: 0x14, QSEL: 0x16, QSIZE: 0x18, QMSIX: 0x1a, QEN: 0x1c, QDESC: 0x20, QDRV: 0x28, QDEV: 0x30 } as const;
+export const COMMON = { DFSEL: 0x00, DF: 0x04, GFSEL: 0x08, GF: 0x0c, MSIX_CFG: 0x10, NUMQ: 0x12, STATUS: 0x14, CFG_GENERATION: 0x15, QSEL: 0x16, QSIZE: 0x18, QMSIX: 0x1a, QEN: 0x1c, QDESC: 0x20, QDRV: 0x28, QDEV: 0x30 } as const;
 
 /** Records routes and counts signals instead of talking to KVM. */
 export class FakeRouter implements MsiRouter {

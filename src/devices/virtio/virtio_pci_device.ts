@@ -209,8 +209,10 @@ export class VirtioPciDevice implements PciDevice {
   /** Increments config_generation and raises a configuration-change interrupt (disk resize, say). */
   notifyConfigChanged(): void {
     this.#configGeneration = (this.#configGeneration + 1) & 0xff;
-    this.interrupt.signalConfigChanged();
+    // The image vCPUs read must show the change before the interrupt that announces it: a driver
+    // that reads device_status or config_generation in its handler would otherwise see the old value.
     this.#publish();
+    this.interrupt.signalConfigChanged();
   }
 
   /** Stops the worker and releases eventfds and irqfds. */

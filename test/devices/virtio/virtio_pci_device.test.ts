@@ -93,6 +93,26 @@ describe("VirtioPciDevice feature negotiation and status", () => {
     expect(d.read(COMMON.STATUS, 1) & 0x40).toBe(0x40);
   });
 
+  test("a configuration interrupt comes after the register image shows what it announces", () => {
+    // vCPUs read device_status and config_generation from the image: a driver's interrupt handler
+    // that reads them must see the change (before: the interrupt went first, and the test guest's
+    // hostile check now and then read a status without DEVICE_NEEDS_RESET).
+    const d = new VirtioPciDriver(new Rng(sys.getrandom), memory());
+    d.negotiate(VERSION_1);
+    const seen: number[][] = [];
+    const setLevel = d.intx.setLevel.bind(d.intx);
+    d.intx.setLevel = (level: boolean): void => {
+      const status = new Uint8Array(1);
+      const generation = new Uint8Array(1);
+      if (level && d.pci.registers.read(COMMON.STATUS, status) && d.pci.registers.read(COMMON.CFG_GENERATION, generation)) seen.push([status[0]!, generation[0]!]);
+      setLevel(level);
+    };
+    d.pci.needsReset("test");
+    expect(seen.length).toBe(1);
+    expect(seen[0]![0]! & 0x40).toBe(0x40);
+    expect(seen[0]![1]).toBe(d.read(COMMON.CFG_GENERATION, 1));
+  });
+
   test("writing 0 resets status, features and queues", () => {
     const d = new VirtioPciDriver(new Rng(sys.getrandom), memory());
     d.negotiate(VERSION_1);
