@@ -4,7 +4,7 @@ import { socket, sys } from "../../ffi/mod.ts";
 import { listenUnix } from "../base/unix_listener.ts";
 import { log } from "../base/log.ts";
 import { OwnedFd } from "../base/owned_fd.ts";
-import { Tube } from "../base/tube.ts";
+import { MAX_MESSAGE_SIZE, Tube } from "../base/tube.ts";
 import { decodeRequest, encodeResponse, type VmRequest, type VmResponse } from "./messages.ts";
 
 const EMFILE = 24;
@@ -87,7 +87,7 @@ export class ControlServer extends OwnedFd {
       answered = true;
       if (!this.#clients.has(fd)) return;
       try {
-        tube.send(encodeResponse(response));
+        tube.send(encodeFitting(response));
       } catch {
         // A client that went away, or does not read its answers: it is dropped. Answered now, the
         // caller unwatches it first ("closed"); answered later, it is not being watched.
@@ -126,6 +126,20 @@ export class ControlServer extends OwnedFd {
       // already gone
     }
   }
+}
+
+/**
+ * `response` encoded, made to fit one control message: a long error (stop's per-disk reasons, say)
+ * is cut short with "...", and any other answer too long to send becomes an error saying so.
+ */
+export function encodeFitting(response: VmResponse): Uint8Array {
+  const bytes = encodeResponse(response);
+  if (bytes.byteLength <= MAX_MESSAGE_SIZE) return bytes;
+  if (response.kind === "error") {
+    const room = response.message.length - (bytes.byteLength - MAX_MESSAGE_SIZE) * 4 - 3; // UTF-8: up to 4 bytes a code unit
+    return encodeFitting({ kind: "error", message: `${response.message.slice(0, Math.max(0, room))}...` });
+  }
+  return encodeResponse({ kind: "error", message: `the ${response.kind} answer is ${bytes.byteLength} bytes, more than a control message holds (${MAX_MESSAGE_SIZE})` });
 }
 
 /** The device and inode of the file at `path` (not following a last symbolic link), or null. */

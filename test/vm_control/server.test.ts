@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { socket, sys } from "../../ffi/mod.ts";
 import { Tube } from "../../src/base/tube.ts";
 import { decodeResponse, encodeRequest } from "../../src/vm_control/messages.ts";
-import { ControlServer, MAX_CONTROL_CLIENTS, serveControl } from "../../src/vm_control/server.ts";
+import { ControlServer, encodeFitting, MAX_CONTROL_CLIENTS, serveControl } from "../../src/vm_control/server.ts";
 import { ControlLoop } from "../../src/vmm/control_loop.ts";
 import { tempDir } from "../support/tsvm.ts";
 
@@ -89,4 +89,13 @@ test("closing removes the socket file only while it is still the one it made", (
   const second = ControlServer.listen(join(tempDir(), "b.sock"));
   second.close();
   expect(existsSync(second.path)).toBe(false);
+});
+
+test("an answer too long for one message still goes: an error cut short, anything else an error saying so", () => {
+  const long = encodeFitting({ kind: "error", message: "x".repeat(10_000) });
+  expect(long.byteLength).toBeLessThanOrEqual(4096);
+  const decoded = decodeResponse(long);
+  expect(decoded.ok && decoded.value.kind === "error" && decoded.value.message.endsWith("...")).toBe(true);
+  const stats = decodeResponse(encodeFitting({ kind: "balloon_stats", json: "{}".padEnd(5000) }));
+  expect(stats.ok && stats.value.kind === "error" && stats.value.message).toMatch(/balloon_stats answer is \d+ bytes, more than a control message holds/);
 });
