@@ -1119,6 +1119,26 @@ static int vsock_echo(void)
 	}
 }
 
+/* What the host sent on the transfer connection so far: bytes, their checksum, and the fwd_cnt last reported. */
+struct vs_inbound { uint32_t received, sum, reported; };
+
+/* Takes one packet of the transfer connection the host sent (`n` payload bytes in vs_rx_data): data is
+ * counted, with credit given back every half buffer, and a CREDIT_REQUEST is answered, wherever it
+ * comes (while sending too: the host may start its answer before the last chunk is out, and a request
+ * left unanswered then stalls both sides). Returns 0 when the connection broke. */
+static int vs_take(const struct vsock_hdr *h, int64_t n, struct vs_inbound *in)
+{
+	if (h->op == VSOCK_OP_RST) return 0;
+	if (h->op == VSOCK_OP_CREDIT_REQUEST) return vs_send(VSOCK_OP_CREDIT_UPDATE, 0, 0, 0);
+	if (h->op != VSOCK_OP_RW) return 1;
+	for (int64_t i = 0; i < n; i++) in->sum = in->sum * 31 + vs_rx_data[i];
+	in->received += (uint32_t)n;
+	vs_conn.fwd_cnt += (uint32_t)n;
+	if (vs_conn.fwd_cnt - in->reported < VSOCK_GUEST_BUF / 2) return 1;
+	in->reported = vs_conn.fwd_cnt;
+	return vs_send(VSOCK_OP_CREDIT_UPDATE, 0, 0, 0);
+}
+
 /* Guest -> host: connects to VSOCK_HOST_PORT, sends 1 MiB within the host's credit, then reads 1 MiB back. */
 static int vsock_transfer(void)
 {
@@ -1127,9 +1147,9 @@ static int vsock_transfer(void)
 	if (!vs_send(VSOCK_OP_REQUEST, 0, 0, 0)) return 0;
 	if (vs_recv_conn(&h, 0, 30) < 0 || h.op != VSOCK_OP_RESPONSE) { puts_("     virtio-vsock: the host refused port 5000\n"); return 0; }
 	uint32_t sent = 0, waits = 0;
-	/* The host may start its answer before the last chunk's loop below is done: data that comes while
-	 * sending counts as received (dropping it would leave the host's credit short for good). */
-	uint32_t received = 0, sum = 0, reported = 0;
+	/* The host may start its answer before the last chunk's loop below is done: what comes while
+	 * sending is taken as it comes (vs_take). */
+	struct vs_inbound in = { 0, 0, 0 };
 	while (sent < VSOCK_TRANSFER) {
 		uint32_t credit = vs_conn.peer_buf - (vs_conn.tx_cnt - vs_conn.peer_fwd);
 		if (credit == 0 || credit > vs_conn.peer_buf) {
@@ -1148,29 +1168,16 @@ static int vsock_transfer(void)
 			int64_t got = vs_recv(&h, vs_rx_data, 1);
 			if (got < 0) return 0;
 			if (!vs_is_conn(&h)) { vs_answer_foreign(&h); continue; } /* the echo connection ending, say */
-			if (h.op == VSOCK_OP_RST) return 0;
-			if (h.op != VSOCK_OP_RW) continue;
-			for (int64_t i = 0; i < got; i++) sum = sum * 31 + vs_rx_data[i];
-			received += (uint32_t)got;
-			vs_conn.fwd_cnt += (uint32_t)got;
+			if (!vs_take(&h, got, &in)) return 0;
 		}
 	}
 	puts_("     virtio-vsock sent "); putu(sent); puts_(" bytes, waited for credit "); putu(waits); puts_(" times\n");
 	/* the host answers with 1 MiB of its own; the guest consumes it and gives credit back as it goes */
-	while (received < VSOCK_TRANSFER) {
+	while (in.received < VSOCK_TRANSFER) {
 		int64_t n = vs_recv_conn(&h, vs_rx_data, 30);
-		if (n < 0 || h.op == VSOCK_OP_RST) { puts_("     virtio-vsock: the host's data stopped\n"); return 0; }
-		if (h.op == VSOCK_OP_CREDIT_REQUEST) { vs_send(VSOCK_OP_CREDIT_UPDATE, 0, 0, 0); continue; }
-		if (h.op != VSOCK_OP_RW) continue;
-		for (int64_t i = 0; i < n; i++) sum = sum * 31 + vs_rx_data[i];
-		received += (uint32_t)n;
-		vs_conn.fwd_cnt += (uint32_t)n;
-		if (vs_conn.fwd_cnt - reported >= VSOCK_GUEST_BUF / 2) {
-			reported = vs_conn.fwd_cnt;
-			if (!vs_send(VSOCK_OP_CREDIT_UPDATE, 0, 0, 0)) return 0;
-		}
+		if (n < 0 || !vs_take(&h, n, &in)) { puts_("     virtio-vsock: the host's data stopped\n"); return 0; }
 	}
-	puts_("     virtio-vsock received "); putu(received); puts_(" bytes checksum "); putx(sum); puts_("\n");
+	puts_("     virtio-vsock received "); putu(in.received); puts_(" bytes checksum "); putx(in.sum); puts_("\n");
 	vs_send(VSOCK_OP_SHUTDOWN, 3, 0, 0);
 	while (vs_recv_conn(&h, 0, 10) >= 0) if (h.op == VSOCK_OP_RST) return 1;
 	return 0;
