@@ -74,8 +74,9 @@ static int64_t total_length(const struct iovec *iov, int iovcnt)
 	return total;
 }
 
-/* preadv/pwritev until everything moved; a read past the end of the file fills zeros. */
-static int plain_transfer(int fd, struct iovec *iov, int iovcnt, int64_t offset, int write)
+/* preadv2/pwritev2 with `flags` until everything moved (a read past the end of the file fills
+ * zeros); `*moved` counts the bytes done, so a caller passing RWF_NOWAIT knows where it stopped. */
+static int flagged_transfer(int fd, struct iovec *iov, int iovcnt, int64_t offset, int write, int flags, int64_t *moved)
 {
 	for (;;) {
 		while (iovcnt > 0 && iov->iov_len == 0) { /* empty segments move nothing */
@@ -83,7 +84,7 @@ static int plain_transfer(int fd, struct iovec *iov, int iovcnt, int64_t offset,
 			iovcnt--;
 		}
 		if (iovcnt == 0) return 0;
-		ssize_t n = write ? pwritev(fd, iov, iovcnt, offset) : preadv(fd, iov, iovcnt, offset);
+		ssize_t n = write ? pwritev2(fd, iov, iovcnt, offset, flags) : preadv2(fd, iov, iovcnt, offset, flags);
 		if (n < 0) {
 			if (errno == EINTR) continue;
 			return -errno;
@@ -91,8 +92,10 @@ static int plain_transfer(int fd, struct iovec *iov, int iovcnt, int64_t offset,
 		if (n == 0) {
 			if (write) return -EIO;
 			for (int i = 0; i < iovcnt; i++) memset(iov[i].iov_base, 0, iov[i].iov_len);
+			*moved += total_length(iov, iovcnt);
 			return 0;
 		}
+		*moved += n;
 		offset += n;
 		while (iovcnt > 0 && (size_t)n >= iov->iov_len) {
 			n -= (ssize_t)iov->iov_len;
@@ -104,6 +107,13 @@ static int plain_transfer(int fd, struct iovec *iov, int iovcnt, int64_t offset,
 			iov->iov_len -= (size_t)n;
 		}
 	}
+}
+
+/* preadv/pwritev until everything moved; a read past the end of the file fills zeros. */
+static int plain_transfer(int fd, struct iovec *iov, int iovcnt, int64_t offset, int write)
+{
+	int64_t moved = 0;
+	return flagged_transfer(fd, iov, iovcnt, offset, write, 0, &moved);
 }
 
 static int aligned(const struct iovec *iov, int iovcnt, int64_t offset, uint32_t align)
@@ -345,6 +355,24 @@ int tsvm_dio_probe_align(int fd)
 }
 
 /* The synchronous form, for one caller's own thread: 0 or -errno (reads past the end give zeros). */
+/* Moves what can be moved now without blocking (RWF_NOWAIT: the pages are cached, no writeback is
+ * in the way), on the calling thread, for a file read through the page cache. Returns the bytes
+ * moved (a read past the end of the file counts its zeros), or -errno when none were (-EAGAIN: the
+ * rest would block; -EOPNOTSUPP: the file system cannot say). The caller moves the rest elsewhere. */
+int tsvm_disk_try(int fd, const void *iov, int iovcnt, int64_t offset, int write)
+{
+	if (iovcnt < 0 || iovcnt > AIO_MAX_IOV || offset < 0) return -EINVAL;
+	struct iovec local[INLINE_IOV];
+	struct iovec *copy = iovcnt > INLINE_IOV ? malloc((size_t)iovcnt * sizeof *copy) : local;
+	if (!copy) return -ENOMEM;
+	memcpy(copy, iov, (size_t)iovcnt * sizeof *copy);
+	int64_t moved = 0;
+	int r = flagged_transfer(fd, copy, iovcnt, offset, write, RWF_NOWAIT, &moved);
+	if (copy != local) free(copy);
+	if (moved > INT32_MAX) return -EINVAL; /* no request is that large (pool requests are at most 512 KiB) */
+	return moved > 0 || r == 0 ? (int)moved : r;
+}
+
 int tsvm_disk_transfer(int fd, const void *iov, int iovcnt, int64_t offset, uint32_t align, int write)
 {
 	if (iovcnt < 0 || iovcnt > AIO_MAX_IOV || offset < 0 || (align > 1 && (align & (align - 1)))) return -EINVAL;

@@ -86,6 +86,7 @@ int tsvm_aio_reap(struct tsvm_aio *aio, void *out, int max);
 int tsvm_aio_wait_idle(struct tsvm_aio *aio);
 void tsvm_aio_destroy(struct tsvm_aio *aio);
 int tsvm_dio_probe_align(int fd);
+int tsvm_disk_try(int fd, const void *iov, int iovcnt, int64_t offset, int write);
 int tsvm_disk_transfer(int fd, const void *iov, int iovcnt, int64_t offset, uint32_t align, int write);
 
 #endif

@@ -76,6 +76,16 @@ export function diskTransfer(fd: number, views: readonly Uint8Array[], offset: n
   return native.tsvm_disk_transfer(fd, iovecs, fillIovecs(views), offset, align, write ? 1 : 0);
 }
 
+/**
+ * Moves what of `views` can be moved now without blocking (RWF_NOWAIT, a file read through the page
+ * cache): the bytes moved, or -errno when none were (-EAGAIN: the rest would block; -EOPNOTSUPP:
+ * the file system cannot tell).
+ */
+export function diskTry(fd: number, views: readonly Uint8Array[], offset: number, write: boolean): number {
+  if (views.length > MAX_IOV) return -22;
+  return native.tsvm_disk_try(fd, iovecs, fillIovecs(views), offset, write ? 1 : 0);
+}
+
 /** The alignment an O_DIRECT `fd` needs (512..4096 bytes, found by trying reads at offset 0). */
 export function directAlignment(fd: number): number {
   const align = native.tsvm_dio_probe_align(fd);

@@ -77,6 +77,7 @@ const symbols = {
   tsvm_aio_destroy: { args: [pointer], returns: FFIType.void },
   tsvm_dio_probe_align: { args: [i32], returns: i32 },
   tsvm_disk_transfer: { args: [i32, pointer, i32, i64, u32, i32], returns: i32 },
+  tsvm_disk_try: { args: [i32, pointer, i32, i64, i32], returns: i32 },
 } as const;
 
 /** Names the memfd holding the library, so Workers of the same process open it instead of copying again. */

@@ -16,7 +16,7 @@
 //      configuration read, a virtio notify: tsvm jailed and in-process vs QEMU, same guest code.
 //  10. vhost-user-blk back-ends alone (no VM): 4 KiB QD1 random reads from a minimal C front-end,
 //      `tsvm devices` jailed and in-process vs qemu-storage-daemon.
-// Usage: bun scripts/bench.ts [--rounds N] [--exits N] [--only 1,6,7] [--blk-rounds N] [--blk-direct-only] [--acc-rounds N] [--vu-requests N]   (needs dist/tsvm; installs QEMU if missing)
+// Usage: bun scripts/bench.ts [--rounds N] [--exits N] [--only 1,6,7] [--blk-rounds N] [--blk-direct-only | --blk-cache-only] [--acc-rounds N] [--vu-requests N]   (needs dist/tsvm; installs QEMU if missing)
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
@@ -457,7 +457,7 @@ if (want(8) && qemu) {
     ["4 KiB random reads", "rr:4", 3000], ["4 KiB random writes", "rw:4", 3000],
     ["64 KiB sequential reads", "sr:64", 600], ["64 KiB sequential writes", "sw:64", 600],
   ];
-  for (const direct of Bun.argv.includes("--blk-direct-only") ? [true] : [false, true]) {
+  for (const direct of Bun.argv.includes("--blk-direct-only") ? [true] : Bun.argv.includes("--blk-cache-only") ? [false] : [false, true]) {
     const cache = direct ? "O_DIRECT" : "page cache";
     const depthOne = new Map<string, number>();
     for (const [name, op, count] of kinds) {

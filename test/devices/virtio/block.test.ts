@@ -10,6 +10,7 @@ import { openDiskImage } from "../../../src/disk/qcow2.ts";
 import { VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from "../../../src/devices/virtio/descriptor_chain.ts";
 import { tempDir } from "../../support/tsvm.ts";
 import { socket } from "../../../ffi/mod.ts";
+import { diskTry } from "../../../ffi/aio.ts";
 import { BUFFERS, VirtqueueDriver } from "../../support/virtqueue_driver.ts";
 
 const HAS_QEMU_IMG = Bun.which("qemu-img") !== null && Bun.which("qemu-io") !== null;
@@ -165,15 +166,16 @@ describe("Block durability (virtio 1.2 §5.2.6.2)", () => {
 describe("Block requests in flight (raw image, I/O pool)", () => {
   const SLOT = 0x2000; // bytes of guest memory per request: header, data, status
   /** An activated block device on a queue of `size`, its driver, loop and interrupt count. */
-  function activated(size: number, features: bigint, bytes = DISK_SIZE, direct = false) {
+  function activated(size: number, features: bigint, bytes = DISK_SIZE, direct = false, cachedOnLoop = false) {
     const path = join(tempDir(), "disk.img");
     writeFileSync(path, Uint8Array.from({ length: bytes }, (_, i) => (i * 7 + (i >> 9)) & 0xff));
     const file = DiskFile.open(path, false, direct);
-    return { path, file, ...activatedOn(file, size, features) };
+    return { path, file, ...activatedOn(file, size, features, cachedOnLoop) };
   }
-  /** Block over `image`, activated on a queue of `size`. */
-  function activatedOn(image: DiskImage, size: number, features: bigint) {
+  /** Block over `image`, activated on a queue of `size`; requests at depth go to the pool unless `cachedOnLoop`. */
+  function activatedOn(image: DiskImage, size: number, features: bigint, cachedOnLoop = false) {
     const dev = new Block(image, "id");
+    dev.serveCachedOnLoop = cachedOnLoop;
     const d = new VirtqueueDriver(size);
     const kick = new EventFd();
     const loop = new FakeLoop();
@@ -255,6 +257,26 @@ describe("Block requests in flight (raw image, I/O pool)", () => {
       expect(t.d.memory.readU8(ga(status))).toBe(VIRTIO_BLK_S.OK);
       expect(Buffer.from(t.d.memory.slice(ga(data), KIB64)!).equals(disk.subarray(k * KIB64, (k + 1) * KIB64))).toBe(true);
     }
+    t.worker.stop();
+    t.file.close();
+  });
+
+  test("requests at depth that the page cache can serve at once are served on the loop, without a pool thread", () => {
+    const t = activated(32, FEATURES, DISK_SIZE, false, true);
+    const cached = diskTry(t.file.fd, [new Uint8Array(4096)], 0, false) === 4096; // RWF_NOWAIT where the file system has it
+    const reads = [5, 1, 7, 3].map((k, n) => ({ k, ...post(t.d, n, VIRTIO_BLK_T.IN, k * 8, 4096) }));
+    const { data: written } = post(t.d, 4, VIRTIO_BLK_T.OUT, 100 * 8, 4096);
+    t.d.memory.write(ga(written), new Uint8Array(4096).fill(0x5e));
+    t.loop.handlers.get(t.kick.fd)!();
+    t.pump(5);
+    expect(t.d.usedIdx()).toBe(5);
+    const disk = readFileSync(t.path);
+    for (const { k, data, status } of reads) {
+      expect(t.d.memory.readU8(ga(status))).toBe(VIRTIO_BLK_S.OK);
+      expect(Buffer.from(t.d.memory.slice(ga(data), 4096)!).equals(disk.subarray(k * 4096, (k + 1) * 4096))).toBe(true);
+    }
+    expect(disk.subarray(100 * 4096, 101 * 4096).every((b) => b === 0x5e)).toBe(true);
+    if (cached) expect(t.dev.poolRequests.parts).toBeLessThanOrEqual(1); // the reads at least; the write if the file system can
     t.worker.stop();
     t.file.close();
   });
