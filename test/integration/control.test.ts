@@ -14,6 +14,27 @@ function serveVm(socket: string, disk?: string): TsvmProcess {
   return new TsvmProcess(["run", "-p", "tsvm.mode=serve", "-s", socket, ...(disk ? ["--block", `path=${disk}`] : [])]);
 }
 
+/** A pipe of one page: [read end, write end]. */
+function onePagePipe(): [number, number] {
+  const F_SETPIPE_SZ = 1031;
+  const [readFd, writeFd] = sys.pipe();
+  sys.fcntlIntRaw(writeFd, F_SETPIPE_SZ, 4096);
+  return [readFd, writeFd];
+}
+
+/** Waits until at least `bytes` wait unread in the pipe at `readFd`; throws naming `what` when they do not come. */
+async function pipeFilled(readFd: number, bytes: number, child: { exitCode: number | null }, what: string): Promise<void> {
+  const FIONREAD = 0x541b;
+  const queued = new Int32Array(1);
+  const deadline = performance.now() + 60_000 * TIME_SCALE;
+  for (;;) {
+    sys.ioctlPtr(readFd, FIONREAD, queued);
+    if (queued[0]! >= bytes) return;
+    if (performance.now() > deadline || child.exitCode !== null) throw new Error(`${what}: ${queued[0]} bytes`);
+    await Bun.sleep(50);
+  }
+}
+
 const ticks = (out: string): number => out.split("\n").filter((l) => l.startsWith("tick")).length;
 
 describe.skipIf(!HAS_KVM)("the control socket", () => {
@@ -95,21 +116,12 @@ describe.skipIf(!HAS_KVM)("the control socket", () => {
   test("console output nobody reads holds up the printing vCPU only: balloon_stats, suspend, resume and stop still work, promptly", async () => {
     const socket = join(tempDir(), "vm.sock");
     // tsvm's stdout is a pipe of one page that this test never reads.
-    const [readFd, writeFd] = sys.pipe();
-    const F_SETPIPE_SZ = 1031;
-    const FIONREAD = 0x541b;
-    sys.fcntlIntRaw(writeFd, F_SETPIPE_SZ, 4096);
+    const [readFd, writeFd] = onePagePipe();
     const child = Bun.spawn([...tsvmCommand(), "run", "-c", "2", "-p", "tsvm.mode=chatty", "-s", socket], { stdin: "ignore", stdout: writeFd, stderr: "pipe" });
     sys.close(writeFd);
     try {
-      const queued = new Int32Array(1);
-      const deadline = performance.now() + 60_000 * TIME_SCALE;
-      for (;;) { // until the pipe is full and the guest's vCPU is stuck in its write
-        sys.ioctlPtr(readFd, FIONREAD, queued);
-        if (queued[0]! >= 4096) break;
-        if (performance.now() > deadline || child.exitCode !== null) throw new Error(`the guest filled ${queued[0]} bytes of the pipe`);
-        await Bun.sleep(50);
-      }
+      // Until the pipe is full and the guest's vCPU is stuck in its write.
+      await pipeFilled(readFd, 4096, child, "the guest filled only part of the pipe");
       await Bun.sleep(200 * TIME_SCALE);
       const stats = await runTsvm(["balloon_stats", socket]);
       expect([stats.code, stats.stderr]).toEqual([0, ""]);
@@ -136,21 +148,12 @@ describe.skipIf(!HAS_KVM)("the control socket", () => {
     const socket = join(tempDir(), "vm.sock");
     // tsvm's stderr is a pipe of one page that this test reads only at the end; each unclaimed port
     // the guest reads is a debug line (~45 bytes, written by its vCPU), so it is full after about 90 ports.
-    const [readFd, writeFd] = sys.pipe();
-    const F_SETPIPE_SZ = 1031;
-    const FIONREAD = 0x541b;
-    sys.fcntlIntRaw(writeFd, F_SETPIPE_SZ, 4096);
+    const [readFd, writeFd] = onePagePipe();
     const child = Bun.spawn([...tsvmCommand(), "run", "--log-level", "debug", "-p", "tsvm.mode=noisy", "-s", socket], { stdin: "ignore", stdout: "pipe", stderr: writeFd });
     sys.close(writeFd);
     try {
-      const queued = new Int32Array(1);
-      const deadline = performance.now() + 60_000 * TIME_SCALE;
-      for (;;) { // until the pipe is full (a line that does not fit whole is not written: a little room stays)
-        sys.ioctlPtr(readFd, FIONREAD, queued);
-        if (queued[0]! >= 4096 - 100) break;
-        if (performance.now() > deadline || child.exitCode !== null) throw new Error(`tsvm logged ${queued[0]} bytes`);
-        await Bun.sleep(50);
-      }
+      // Until the pipe is full (a line that does not fit whole is not written: a little room stays).
+      await pipeFilled(readFd, 4096 - 100, child, "tsvm logged too little");
       await Bun.sleep(200 * TIME_SCALE);
       // Before: the control loop blocked writing a log line, so none of these were answered.
       for (const command of ["balloon_stats", "suspend", "resume"]) {
