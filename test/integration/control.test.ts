@@ -35,6 +35,12 @@ async function pipeFilled(readFd: number, bytes: number, child: { exitCode: numb
   }
 }
 
+/** The first page waiting in the pipe at `readFd`, as text. */
+function pipeHead(readFd: number): string {
+  const head = new Uint8Array(4096);
+  return new TextDecoder().decode(head.subarray(0, Math.max(0, sys.readRaw(readFd, head))));
+}
+
 const ticks = (out: string): number => out.split("\n").filter((l) => l.startsWith("tick")).length;
 
 describe.skipIf(!HAS_KVM)("the control socket", () => {
@@ -136,8 +142,7 @@ describe.skipIf(!HAS_KVM)("the control socket", () => {
       // Before: the stuck vCPU held the UART and ignored the kick, and stop waited out its deadline.
       expect(performance.now() - started).toBeLessThan(5_000 * TIME_SCALE);
       expect(await new Response(child.stderr as ReadableStream<Uint8Array>).text()).toBe("");
-      const head = new Uint8Array(4096);
-      expect(new TextDecoder().decode(head.subarray(0, sys.readRaw(readFd, head)))).toContain("passed, 0 failed");
+      expect(pipeHead(readFd)).toContain("passed, 0 failed");
     } finally {
       child.kill("SIGKILL");
       sys.close(readFd);
@@ -162,8 +167,7 @@ describe.skipIf(!HAS_KVM)("the control socket", () => {
       }
       expect((await runTsvm(["stop", socket])).code).toBe(0);
       expect(await child.exited).toBe(0);
-      const head = new Uint8Array(4096);
-      expect(new TextDecoder().decode(head.subarray(0, sys.readRaw(readFd, head)))).toContain("[tsvm debug] unhandled port access at 0x4");
+      expect(pipeHead(readFd)).toContain("[tsvm debug] unhandled port access at 0x4");
     } finally {
       child.kill("SIGKILL");
       sys.close(readFd);
