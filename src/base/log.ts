@@ -128,11 +128,19 @@ export const log = {
   debug: (message: string): void => emit("debug", message),
 };
 
-/** Logs `message` at most once per `key` (an unhandled port, say). */
+/** The keys one `logOnce` set remembers; past them nothing more is logged (a guest chooses the keys). */
+export const LOG_ONCE_KEYS = 1024;
+
+/**
+ * Logs `message` at most once per `key` (an unhandled port, say), for the first LOG_ONCE_KEYS keys;
+ * then once more to say that is all. Nothing is remembered when the level is not printed, so a guest
+ * touching a new address every time costs no memory.
+ */
 export function logOnce(seen: Set<string>, key: string, level: LogLevel, message: string): void {
-  if (seen.has(key)) return;
+  if (LOG_LEVELS.indexOf(level) > threshold || seen.size > LOG_ONCE_KEYS || seen.has(key)) return;
   seen.add(key);
-  emit(level, message);
+  if (seen.size <= LOG_ONCE_KEYS) emit(level, message);
+  else emit(level, `${message} (and no more of these: ${LOG_ONCE_KEYS} were logged)`);
 }
 
 /** Lets through the first few messages of a kind, then one in every `every`, so a guest cannot flood the log. */

@@ -1,7 +1,7 @@
 import { expect, test } from "bun:test";
 import { join } from "node:path";
 import { sys } from "../../ffi/mod.ts";
-import { sanitize } from "../../src/base/log.ts";
+import { captureLog, LOG_ONCE_KEYS, logOnce, sanitize, setLogLevel } from "../../src/base/log.ts";
 
 const F_SETPIPE_SZ = 1031;
 const F_GETFL = 3;
@@ -42,4 +42,24 @@ test("log lines never block on a stderr nobody reads: held up to a limit, the re
 
 test("sanitize escapes what could drive a terminal", () => {
   expect(sanitize("a\x1b[2Jb\u202e\n")).toBe("a\\x1b[2Jb\\u{202e}\\x0a");
+});
+
+test(`logOnce remembers at most ${LOG_ONCE_KEYS + 1} keys, and none when its level is not printed`, () => {
+  const lines: string[] = [];
+  captureLog((text) => lines.push(text));
+  try {
+    const seen = new Set<string>();
+    setLogLevel("warn");
+    for (let i = 0; i < 5000; i++) logOnce(seen, `mmio:${i}`, "debug", `unhandled ${i}`);
+    expect([seen.size, lines.length]).toEqual([0, 0]);
+    setLogLevel("debug");
+    for (let i = 0; i < 5000; i++) logOnce(seen, `mmio:${i}`, "debug", `unhandled ${i}`);
+    logOnce(seen, "mmio:0", "debug", "unhandled 0");
+    expect(seen.size).toBe(LOG_ONCE_KEYS + 1);
+    expect(lines.length).toBe(LOG_ONCE_KEYS + 1);
+    expect(lines.at(-1)).toContain("and no more of these");
+  } finally {
+    setLogLevel("warn");
+    captureLog(null);
+  }
 });

@@ -45,6 +45,12 @@ export class Balloon implements VirtioDevice, ControllableDevice {
   readonly debugLabel = "balloon";
   readonly deviceType = VIRTIO_ID.BALLOON;
   readonly queueMaxSizes = [QUEUE_SIZE, QUEUE_SIZE, QUEUE_SIZE];
+  /**
+   * A buffer of page numbers holds at most 1024 of them (Linux sends 256; Windows' driver 512): each
+   * is a system call, and one chain of indirect descriptors naming the same page of numbers again
+   * and again could otherwise ask for millions. A longer chain is returned unused.
+   */
+  readonly maxChainBytes = 1024 * 4;
   readonly features = TSVM_RING_FEATURES | (1n << VIRTIO_BALLOON_F.STATS_VQ) | (1n << VIRTIO_BALLOON_F.DEFLATE_ON_OOM);
   readonly configSize = CONFIG_SIZE;
   #targetPages = 0;
@@ -130,7 +136,12 @@ export class Balloon implements VirtioDevice, ControllableDevice {
         const reader = new ChainReader(chain);
         const entry = new Uint8Array(4);
         const v = new DataView(entry.buffer);
-        while (reader.read(entry)) onPage(v.getUint32(0, true) * PAGE_SIZE);
+        let last = -1;
+        while (reader.read(entry)) {
+          const pfn = v.getUint32(0, true);
+          if (pfn !== last) onPage(pfn * PAGE_SIZE); // a page named twice in a row is released once
+          last = pfn;
+        }
         return 0;
       });
     };

@@ -5,7 +5,7 @@
 // waits, and the device's loop watches the output for room instead of blocking on it.
 import { ChainReader, ChainWriter } from "./descriptor_chain.ts";
 import { type ControllableDevice, type DeviceCommand, type DeviceReply, unsupported } from "./device_control.ts";
-import { drainQueue } from "./drain.ts";
+import { CHAINS_PER_WAKEUP, drainQueue } from "./drain.ts";
 import { EPOLLOUT } from "../../base/wait_context.ts";
 import type { StreamOutput } from "../../base/stream_output.ts";
 import type { DescriptorChain } from "./descriptor_chain.ts";
@@ -69,8 +69,11 @@ export class Console implements VirtioDevice, ControllableDevice {
     const deliver = (): void => {
       if (!rx || this.#pendingBytes === 0) return;
       let delivered = false;
+      // At most a ring's worth of buffers per call: a driver that keeps posting buffers with no room
+      // in them (from another vCPU) would otherwise keep this loop going; the rest comes next kick.
+      let budget = CHAINS_PER_WAKEUP;
       for (;;) {
-        while (this.#pendingBytes > 0 && rx.hasAvailable()) {
+        while (this.#pendingBytes > 0 && rx.hasAvailable() && budget-- > 0) {
           const r = rx.pop();
           if (r === null) break;
           if (r.kind === "fatal") return ctx.needsReset(r.reason);
@@ -91,6 +94,10 @@ export class Console implements VirtioDevice, ControllableDevice {
           delivered = true;
         }
         rx.enableNotification();
+        if (budget <= 0) {
+          rxKick.signal(); // more to do after the loop's other fds
+          break;
+        }
         // A buffer added before notifications were re-armed brings no kick: look again.
         if (this.#pendingBytes === 0 || !rx.hasAvailable()) break;
       }

@@ -45,6 +45,17 @@ describe("Balloon", () => {
     expect([released, balloon.inflatedPages, memory.readU16(ga(0x1c02))]).toEqual([[0x20000], 1, 1]);
   });
 
+  test("a buffer of more than 1024 page numbers is returned unused; a page named again at once is released once", () => {
+    const { memory, balloon, d, released, post } = setup();
+    for (let i = 0; i < 1025; i++) memory.writeU32(ga(0x10000 + 4 * i), 0x20);
+    post(0x1000, 0x10000, 4 * 1025); // before: 1025 system calls for one page; a hostile chain, millions
+    d.kick(0);
+    expect([released.length, memory.readU16(ga(0x1c02))]).toEqual([0, 1]);
+    post(0x1000, 0x10000, 4 * 1024);
+    d.kick(0);
+    expect([released, balloon.inflatedPages, memory.readU16(ga(0x1c02))]).toEqual([[0x20000], 1, 2]);
+  });
+
   test("setTarget updates num_pages and raises a configuration interrupt", () => {
     const { balloon, d } = setup();
     d.write(COMMON.MSIX_CFG, 0xffff, 2); // no MSI-X: INTx and the ISR
