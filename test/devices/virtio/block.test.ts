@@ -281,6 +281,55 @@ describe("Block requests in flight (raw image, I/O pool)", () => {
     t.file.close();
   });
 
+  test("a ring the driver breaks while requests are in flight stops the device: no other ring is served after", () => {
+    const path = join(tempDir(), "mq.img");
+    writeFileSync(path, new Uint8Array(1 << 20));
+    const file = DiskFile.open(path, false);
+    const block = new Block(file, "id", "block", 2);
+    block.serveCachedOnLoop = false;
+    const a = new VirtqueueDriver(16);
+    const b = new VirtqueueDriver(16, { eventIdx: false, indirect: true }, { memory: a.memory, rings: 0x8000, index: 1 });
+    let slot = 0;
+    const postRead = (q: VirtqueueDriver, sector: number): void => {
+      const base = 0x20000 + slot * 0x2000;
+      const d = slot * 3;
+      slot++;
+      a.memory.writeU32(ga(base), VIRTIO_BLK_T.IN);
+      a.memory.writeU64(ga(base + 8), BigInt(sector));
+      q.writeDesc(d, { addr: base, len: 16, flags: VIRTQ_DESC_F_NEXT, next: d + 1 });
+      q.writeDesc(d + 1, { addr: base + 0x1000, len: 512, flags: VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_WRITE, next: d + 2 });
+      q.writeDesc(d + 2, { addr: base + 0x800, len: 1, flags: VIRTQ_DESC_F_WRITE, next: 0 });
+      q.publish(d);
+    };
+    const loop = new FakeLoop();
+    const kicks = [new EventFd(), new EventFd()];
+    const interrupt = { signalUsedQueue: () => {}, signalConfigChanged: () => {}, queueNotifier: (q: number) => kicks[q]!, onNotifiersChanged: () => {} };
+    let atReset: number | null = null;
+    postRead(a, 1);
+    postRead(a, 2);
+    const worker = block.activate({
+      memory: a.memory, queues: [a.queue, b.queue], kicks, interrupt, features: 0n, loop,
+      needsReset: () => {
+        atReset = b.usedIdx();
+        worker.stop();
+      },
+    });
+    postRead(b, 3);
+    postRead(b, 4);
+    loop.handlers.get(kicks[1]!.fd)!();
+    const done = [...loop.handlers.keys()].find((fd) => fd !== kicks[0]!.fd && fd !== kicks[1]!.fd)!;
+    a.setAvailIdx(a.queue.nextAvail + 100); // queue 0's driver breaks its ring
+    postRead(b, 5); // and queue 1 has more
+    postRead(b, 6);
+    // Completions drain the queues they came from; queue 0's drain meets the broken ring. Before: queue
+    // 1 was drained after the stop anyway (its new requests served), and then the handler threw.
+    const deadline = Date.now() + 5000;
+    while (atReset === null && Date.now() < deadline) if (socket.waitReadable(done, 100) > 0) loop.handlers.get(done)!();
+    expect(atReset).not.toBeNull();
+    expect(b.usedIdx()).toBe(atReset!);
+    file.close();
+  });
+
   test("writes in flight land in the file, and a FLUSH after them completes after them", () => {
     const t = activated(32, FEATURES);
     for (let n = 0; n < 6; n++) {

@@ -468,7 +468,7 @@ class InFlight {
    * segment limit. A part whose pool request cannot start (no thread) is served here, on the loop.
    */
   submitStaged(): void {
-    if (this.#staged.length === 0) return;
+    if (this.#staged.length === 0 || this.#closed) return;
     const staged = this.#staged.splice(0);
     // Stable order by file, operation and offset; runs are then neighbours.
     const order = staged.map((_, i) => i).sort((a, b) => {
@@ -582,8 +582,12 @@ class InFlight {
     for (const queue of this.#used) if (queue.shouldNotify()) this.ctx.interrupt.signalUsedQueue(queue.index);
     const finished = [...this.#used];
     this.#used.clear();
-    // Their drivers were told not to notify while these were in flight: look at their rings now.
-    if (!this.#stopping) for (const queue of finished) this.drain(queue);
+    // Their drivers were told not to notify while these were in flight: look at their rings now. A
+    // drain can stop the device (a ring the driver broke needs a reset): then no other ring is served.
+    for (const queue of finished) {
+      if (this.#stopping || this.#closed) return;
+      this.drain(queue);
+    }
   }
 
   /** Blocks until nothing is in flight, then returns what finished to the used ring. */
