@@ -517,7 +517,7 @@ export class VhostUserBackend {
       },
     };
     try {
-      this.#worker = this.#device.activate({
+      const worker = this.#device.activate({
         memory: memory.memory,
         queues,
         kicks: this.#rings.map((r) => r.kick ?? r.idle),
@@ -526,6 +526,9 @@ export class VhostUserBackend {
         loop,
         needsReset: (reason) => this.#needsReset(reason),
       });
+      // A device that broke while activating asked for a reset before there was a worker to stop.
+      if (this.#broken) worker.stop();
+      else this.#worker = worker;
     } catch (e) {
       for (const fd of watched) this.#loop.unwatch(fd);
       this.#needsReset(`activation failed: ${e instanceof Error ? e.message : String(e)}`);

@@ -348,10 +348,14 @@ export class VirtioPciDevice implements PciDevice {
     this.interrupt.watchFallbacks(this.#res.loop);
     if (!this.#syncIoeventfds()) return;
     try {
-      this.#worker = this.#device.activate({
+      const worker = this.#device.activate({
         memory: this.#res.memory, queues: active, kicks: this.kicks, interrupt: this.interrupt, features,
         loop: this.#res.loop, needsReset: (reason) => this.#needsReset(reason),
       });
+      // A device that met a broken ring while activating (its first drain) asked for a reset before
+      // there was a worker to stop: stop it now.
+      if (this.#status & VIRTIO_STATUS.DEVICE_NEEDS_RESET) worker.stop();
+      else this.#worker = worker;
     } catch (e) {
       this.#needsReset(`activation failed: ${e instanceof Error ? e.message : String(e)}`);
     }

@@ -15,7 +15,7 @@ import { guestAddress as ga } from "../../../src/memory/mod.ts";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { tempDir } from "../../support/tsvm.ts";
-import { openFds, RAM_SIZE, TestFrontend, TestLoop } from "../../support/vhost_user_driver.ts";
+import { openFds, QUEUE_BASE, RAM_SIZE, TestFrontend, TestLoop } from "../../support/vhost_user_driver.ts";
 
 const VERSION_1 = 1n << 32n;
 /** A deterministic entropy source: fills buffers with 0x5a. */
@@ -245,6 +245,18 @@ describe("VhostUserBackend with a hostile front-end", () => {
     s.frontend.kicks[0]!.signal();
     s.loop.pump();
     expect(ran).toBe(0);
+  });
+
+  test("a ring already broken when it starts: the device asks for a reset while activating, and stops", () => {
+    const { loop, frontend, logs } = setup();
+    frontend.memory.writeU16(ga(QUEUE_BASE + 0x200 + 2), 200); // avail index past the ring's size, before the kick fd
+    frontend.start(1, VERSION_1);
+    loop.pump();
+    expect(logs.some((l) => l.includes("needs a reset"))).toBe(true);
+    frontend.memory.writeU16(ga(QUEUE_BASE + 0x200 + 2), 0);
+    frontend.postWritable(0, 8); // before: the worker activation returned kept serving the ring
+    loop.pump();
+    expect(frontend.used(0).idx).toBe(0);
   });
 
   test("a new memory table while rings run: they go on from where they were, serving no descriptor twice", () => {

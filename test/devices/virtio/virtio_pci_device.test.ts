@@ -4,6 +4,7 @@ import { join } from "node:path";
 import { Block } from "../../../src/devices/virtio/block/block.ts";
 import { DiskFile } from "../../../src/disk/disk_file.ts";
 import { Rng } from "../../../src/devices/virtio/rng.ts";
+import { Console } from "../../../src/devices/virtio/console.ts";
 import { sys } from "../../../ffi/mod.ts";
 import { GuestMemory, guestAddress as ga } from "../../../src/memory/mod.ts";
 import { tempDir } from "../../support/tsvm.ts";
@@ -91,6 +92,25 @@ describe("VirtioPciDevice feature negotiation and status", () => {
     d.setupQueue(0, 8, RAM + 0x1000, 0x2000, 0x3000);
     d.driverOk();
     expect(d.read(COMMON.STATUS, 1) & 0x40).toBe(0x40);
+  });
+
+  test("a ring broken before DRIVER_OK: the device asks for a reset while activating, and stops", () => {
+    const memory = GuestMemory.fromBuffers([{ base: 0, bytes: new Uint8Array(1 << 20) }]);
+    const console = new Console({ fd: 1, write: (b) => b.byteLength });
+    const d = new VirtioPciDriver(console, memory);
+    d.negotiate(VERSION_1);
+    d.setupQueue(0, 64, 0x1000, 0x2000, 0x3000);
+    d.setupQueue(1, 64, 0x4000, 0x5000, 0x6000);
+    memory.writeU16(ga(0x5002), 200); // the transmit ring's avail index past its size, before DRIVER_OK
+    memory.writeU64(ga(0x1000), 0x10000n); // and one good receive buffer
+    memory.writeU32(ga(0x1008), 64);
+    memory.writeU16(ga(0x100c), 2);
+    memory.writeU16(ga(0x2002), 1);
+    d.driverOk();
+    expect(d.read(COMMON.STATUS, 1) & 0x40).toBe(0x40);
+    // Before: the worker activation returned was kept running; host input still reached the ring.
+    console.queueInput(new TextEncoder().encode("hi"));
+    expect([d.pci.kicks.some((k) => d.loop.handlers.has(k.fd)), memory.readU16(ga(0x3002))]).toEqual([false, 0]);
   });
 
   test("a configuration interrupt comes after the register image shows what it announces", () => {
