@@ -235,11 +235,16 @@ export class DiskFile extends OwnedFd implements DiskImage {
     return !this.readOnly && sys.fallocate(this.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) === 0;
   }
 
-  /** Zeroes a range, deallocating it when `unmap` allows; falls back to writing zeros. */
+  /**
+   * Zeroes a range, deallocating it when `unmap` allows. Where the file system has no ZERO_RANGE
+   * (tmpfs), a hole reads as zeros too; zeros are written only where neither works, since a request
+   * may cover gigabytes.
+   */
   writeZeroes(offset: number, length: number, unmap: boolean): boolean {
     if (this.readOnly) return false;
     if (unmap && this.discard(offset, length)) return true;
     if (sys.fallocate(this.fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, offset, length) === 0) return true;
+    if (this.discard(offset, length)) return true;
     return writeZeroBytes(this, offset, length, 1 << 20);
   }
 }

@@ -6,7 +6,7 @@ import { Block, VIRTIO_BLK_F, VIRTIO_BLK_S, VIRTIO_BLK_T } from "../../../src/de
 import { EventFd } from "../../../src/base/event_fd.ts";
 import { FakeLoop } from "../../support/virtio_pci_driver.ts";
 import { DiskFile, type DiskImage } from "../../../src/disk/disk_file.ts";
-import { openDiskImage } from "../../../src/disk/qcow2.ts";
+import { createQcow2, openDiskImage } from "../../../src/disk/qcow2.ts";
 import { VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from "../../../src/devices/virtio/descriptor_chain.ts";
 import { tempDir } from "../../support/tsvm.ts";
 import { socket } from "../../../ffi/mod.ts";
@@ -101,6 +101,29 @@ describe("Block", () => {
     d.memory.writeU32(ga(DATA + 12), 0);
     expect(request(dev, d, VIRTIO_BLK_T.WRITE_ZEROES, 0, 16, false).status).toBe(VIRTIO_BLK_S.OK);
     expect(readFileSync(path).subarray(0, 7).every((b) => b === 0)).toBe(true);
+  });
+
+  test("write-zeroes on a qcow2 image (zeros written on the loop) is limited to one segment of 16 MiB, advertised and enforced", () => {
+    const path = join(tempDir(), "wz.qcow2");
+    createQcow2(path, 64 << 20);
+    const image = openDiskImage(path, false, "qcow2");
+    const dev = new Block(image, "id");
+    const cfg = new DataView(new ArrayBuffer(60));
+    dev.readConfig(0, new Uint8Array(cfg.buffer));
+    expect([cfg.getUint32(48, true), cfg.getUint32(52, true)]).toEqual([32768, 1]);
+    const d = new VirtqueueDriver();
+    const segment = (at: number, sector: number, sectors: number): void => {
+      d.memory.writeU64(ga(DATA + at), BigInt(sector));
+      d.memory.writeU32(ga(DATA + at + 8), sectors);
+      d.memory.writeU32(ga(DATA + at + 12), 0);
+    };
+    segment(0, 0, 32768 + 8);
+    expect(request(dev, d, VIRTIO_BLK_T.WRITE_ZEROES, 0, 16, false).status).toBe(VIRTIO_BLK_S.IOERR);
+    segment(0, 0, 8);
+    segment(16, 64, 8);
+    expect(request(dev, d, VIRTIO_BLK_T.WRITE_ZEROES, 0, 32, false).status).toBe(VIRTIO_BLK_S.IOERR);
+    expect(request(dev, d, VIRTIO_BLK_T.WRITE_ZEROES, 0, 16, false).status).toBe(VIRTIO_BLK_S.OK);
+    image.close();
   });
 
   test("the configuration reports the capacity in sectors", () => {

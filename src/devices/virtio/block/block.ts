@@ -37,6 +37,12 @@ const SIZE_MAX = 1 << 20; // largest single segment
 const SEG_MAX = QUEUE_SIZE - 2; // data segments beside the header and status descriptors
 const MAX_DISCARD_SECTORS = (1 << 30) >> SECTOR_SHIFT;
 const MAX_DISCARD_SEG = 32;
+/**
+ * Write-zeroes on a qcow2 image writes zeros cluster by cluster on the device's loop (no fallocate
+ * there), so a request may ask for at most 16 MiB in one segment: 32 segments of 1 GiB would keep
+ * the loop for minutes and the device would miss its command deadlines.
+ */
+const QCOW2_MAX_WRITE_ZEROES_SECTORS = (16 << 20) >> SECTOR_SHIFT;
 /** struct virtio_blk_config fields we fill (§5.2.4). */
 const CONFIG = {
   capacity: 0, size_max: 8, seg_max: 12, blk_size: 20, num_queues: 34, max_discard_sectors: 36, max_discard_seg: 40,
@@ -62,6 +68,8 @@ export class Block implements VirtioDevice, ControllableDevice {
   readonly configSize = CONFIG_SIZE;
   readonly #config = new DataView(new ArrayBuffer(CONFIG_SIZE));
   readonly #id: Uint8Array;
+  /** The most a write-zeroes request may cover (advertised in the configuration and enforced). */
+  readonly #writeZeroesLimits: { readonly sectors: number; readonly segments: number };
   /** Told when a resize changed the capacity. */
   #configListener: (() => void) | null = null;
   /**
@@ -94,8 +102,10 @@ export class Block implements VirtioDevice, ControllableDevice {
     c.setUint32(CONFIG.max_discard_sectors, MAX_DISCARD_SECTORS, true);
     c.setUint32(CONFIG.max_discard_seg, MAX_DISCARD_SEG, true);
     c.setUint32(CONFIG.discard_sector_alignment, 1, true);
-    c.setUint32(CONFIG.max_write_zeroes_sectors, MAX_DISCARD_SECTORS, true);
-    c.setUint32(CONFIG.max_write_zeroes_seg, MAX_DISCARD_SEG, true);
+    const qcow2 = disk.format === "qcow2";
+    this.#writeZeroesLimits = qcow2 ? { sectors: QCOW2_MAX_WRITE_ZEROES_SECTORS, segments: 1 } : { sectors: MAX_DISCARD_SECTORS, segments: MAX_DISCARD_SEG };
+    c.setUint32(CONFIG.max_write_zeroes_sectors, this.#writeZeroesLimits.sectors, true);
+    c.setUint32(CONFIG.max_write_zeroes_seg, this.#writeZeroesLimits.segments, true);
     c.setUint8(CONFIG.write_zeroes_may_unmap, 1);
     this.refreshCapacity();
   }
@@ -259,7 +269,8 @@ export class Block implements VirtioDevice, ControllableDevice {
 
   #ranges(reader: ChainReader, type: number): boolean {
     const count = reader.remaining / SEGMENT_SIZE;
-    if (!Number.isInteger(count) || count === 0 || count > MAX_DISCARD_SEG) return false;
+    const limits = type === VIRTIO_BLK_T.DISCARD ? { sectors: MAX_DISCARD_SECTORS, segments: MAX_DISCARD_SEG } : this.#writeZeroesLimits;
+    if (!Number.isInteger(count) || count === 0 || count > limits.segments) return false;
     const segment = new Uint8Array(SEGMENT_SIZE);
     const v = new DataView(segment.buffer);
     for (let i = 0; i < count; i++) {
@@ -267,7 +278,7 @@ export class Block implements VirtioDevice, ControllableDevice {
       const sector = Number(v.getBigUint64(0, true));
       const sectors = v.getUint32(8, true);
       const flags = v.getUint32(12, true);
-      if (sectors > MAX_DISCARD_SECTORS || !this.inRange(sector, sectors * SECTOR_SIZE)) return false;
+      if (sectors > limits.sectors || !this.inRange(sector, sectors * SECTOR_SIZE)) return false;
       if (type === VIRTIO_BLK_T.DISCARD && flags !== 0) return false; // §5.2.6.2: unmap flag only for write-zeroes
       const ok = type === VIRTIO_BLK_T.DISCARD
         ? this.disk.discard(sector * SECTOR_SIZE, sectors * SECTOR_SIZE)
