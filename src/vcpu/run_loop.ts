@@ -30,7 +30,7 @@ export type RunLoopContext = {
   readonly pauseRequested?: () => boolean;
   readonly park?: () => void;
   /** An access no device claims (a read then sees all ones, a write is dropped). */
-  readonly unhandled?: (space: AddressSpace, address: number) => void;
+  readonly unhandled?: ((space: AddressSpace, address: number) => void) | undefined;
 };
 
 /**
