@@ -28,10 +28,14 @@ export class EventFd extends OwnedFd {
    * non-blocking. A peer shares the open file and can clear O_NONBLOCK again, so reads use RWF_NOWAIT
    * (c/event.c) and a write first checks that the counter has room: then only a peer that fills the
    * counter between that check and the write, with O_NONBLOCK cleared, can hold the write up.
+   * `readable`: the fd will be read and watched (a kick), so it must truly be an eventfd, which is
+   * checked by adding 0 to it; that wakes its pollers, and KVM injects an interrupt through an irqfd
+   * on any wake-up, so an fd only written to (a call fd, often an irqfd) is not checked that way:
+   * another kind of fd there only fails its writes.
    */
-  static fromPeer(fd: number): EventFd | null {
+  static fromPeer(fd: number, readable = true): EventFd | null {
     const stat = sys.fstat(fd);
-    if (typeof stat === "number" || (stat.mode & sys.S_IFMT) !== 0 || event.eventfdCheck(fd) !== 1) return null;
+    if (typeof stat === "number" || (stat.mode & sys.S_IFMT) !== 0 || (readable && event.eventfdCheck(fd) !== 1)) return null;
     if (sys.fcntlIntRaw(fd, F_SETFL, sys.fcntlIntRaw(fd, F_GETFL, 0) | O_NONBLOCK) < 0) return null;
     const e = new EventFd(fd);
     e.#peer = true;

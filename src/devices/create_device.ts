@@ -50,10 +50,11 @@ const LOADERS: { readonly [K in DeviceKind]: () => Promise<DeviceKindCode> } = {
         const [fd, ...backing] = fds;
         if (fd === undefined || spec.kind !== "block") throw new Error("no disk image fd");
         // The backing chain's files follow the image's, in the order the VMM opened them.
-        const openBacking = (): ReturnType<typeof imageOf> => {
+        // Each is read in the format its image records for it, exactly as the VMM read it (disk/qcow2.ts).
+        const openBacking = (_name: string, format: "raw" | "qcow2" | null): ReturnType<typeof imageOf> => {
           const next = backing.shift();
           if (next === undefined) throw new Error("the image names a backing file the VMM did not open");
-          return imageOf(DiskFile.fromFd(next, true), null, openBacking);
+          return imageOf(DiskFile.fromFd(next, true), format, openBacking);
         };
         return { kind: "block", image: imageOf(DiskFile.fromFd(fd, spec.readOnly), spec.format, openBacking) };
       },

@@ -545,7 +545,8 @@ function backingFormat(file: DiskFile, h: Header, cluster: number): "raw" | "qco
  * depth of MAX_BACKING_DEPTH.
  */
 export function openDiskImage(path: string, readOnly: boolean, format: "raw" | "qcow2" | null, options: OpenOptions = {}): DiskImage {
-  return openChain(path, readOnly, format, options, 0, dirname(realPath(path)));
+  // The directory of the name the user gave (as QEMU resolves backing names), its links resolved.
+  return openChain(path, readOnly, format, options, 0, realPath(dirname(path)));
 }
 
 function openChain(path: string, readOnly: boolean, format: "raw" | "qcow2" | null, options: OpenOptions, depth: number, root: string): DiskImage {

@@ -22,6 +22,14 @@ test("a peer's eventfd: reads and writes never block, even after the peer clears
   e.close();
 });
 
+test("an fd only written to (a call fd) is not probed: another anonymous inode there is taken, and its writes fail without blocking", () => {
+  const epoll = event.epollCreate();
+  const e = EventFd.fromPeer(epoll, false)!;
+  expect(e).not.toBeNull();
+  expect(e.signal()).toBe(false);
+  e.close();
+});
+
 test("fromPeer takes eventfds only; anything else stays the caller's", () => {
   const [r, w] = sys.pipe();
   const epoll = event.epollCreate();

@@ -362,7 +362,7 @@ export class VhostUserBackend {
     }
     if (m.fds.length !== 1) return err(`expected one fd, got ${m.fds.length}`);
     const fd = m.fds[0]!;
-    const eventFd = EventFd.fromPeer(fd);
+    const eventFd = EventFd.fromPeer(fd, m.request === VHOST_USER.SET_VRING_KICK);
     if (eventFd === null) return err("the fd is not an eventfd");
     kept.add(fd);
     this.#replaceFile(ring.value, m.request, eventFd);

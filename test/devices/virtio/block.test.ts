@@ -333,8 +333,8 @@ describe("Block requests in flight (raw image, I/O pool)", () => {
     const worker = block.activate({
       memory: a.memory, queues: [a.queue, b.queue], kicks, interrupt, features: 0n, loop,
       needsReset: () => {
+        worker.stop(); // returns what was in flight
         atReset = b.usedIdx();
-        worker.stop();
       },
     });
     postRead(b, 3);

@@ -307,6 +307,12 @@ type Pending = {
   readonly kind: "read" | "write" | "flush";
   parts: number;
   failed: boolean;
+  /**
+   * The buffers the pool reads or writes, kept referenced until the last part is reaped: some are
+   * private copies on the JavaScript heap (DiskImage.writable), which the pool's threads see only
+   * as pointers, so nothing else would keep them from being collected meanwhile.
+   */
+  readonly buffers: readonly Uint8Array[] | null;
 };
 /** A FLUSH waiting for the writes in flight before it. */
 type WaitingFlush = { readonly request: BlockRequest; readonly queue: Queue };
@@ -431,7 +437,7 @@ class InFlight {
     if (this.block.serveCachedOnLoop && (kind === "read" || !this.block.writeThrough)) this.#moveWhatIsCached(parts, kind === "write");
     if (parts.length === 0) return this.block.finish(request.writer, request.chain, VIRTIO_BLK_S.OK);
     const op = kind === "read" ? AIO_OP.READ : AIO_OP.WRITE | (this.block.writeThrough ? AIO_SYNC : 0);
-    const pending: Pending = { request, queue, kind, parts: parts.length, failed: false };
+    const pending: Pending = { request, queue, kind, parts: parts.length, failed: false, buffers: views };
     for (const part of parts) {
       const tag = this.#nextTag;
       this.#nextTag = (tag + 1) >>> 0;
@@ -536,7 +542,7 @@ class InFlight {
     const tag = this.#nextTag;
     if (this.#pool.submitFlush(this.block.disk.poolTarget.fd, tag) !== 0) return this.#serveAlone(request);
     this.#nextTag = (tag + 1) >>> 0;
-    this.#pending.set(tag, { request, queue, kind: "flush", parts: 1, failed: false });
+    this.#pending.set(tag, { request, queue, kind: "flush", parts: 1, failed: false, buffers: null });
     this.#began(queue);
     return null;
   }
