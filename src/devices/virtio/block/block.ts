@@ -19,6 +19,9 @@ const QUEUE_SIZE = 256;
 const MAX_IO_THREADS = 16;
 /** The largest pool request that merging parts of sequential requests makes (8 requests of 64 KiB). */
 const MERGE_MAX_BYTES = 512 * 1024;
+/** A buffered write on the loop that takes longer sends writes to the pool for POOL_WRITES_MS. */
+const SLOW_WRITE_MS = 5;
+const POOL_WRITES_MS = 1000;
 /** Feature bits (§5.2.3). */
 export const VIRTIO_BLK_F = {
   SIZE_MAX: 1n, SEG_MAX: 2n, RO: 5n, BLK_SIZE: 6n, FLUSH: 9n, MQ: 12n, DISCARD: 13n, WRITE_ZEROES: 14n,
@@ -346,6 +349,8 @@ class InFlight {
   readonly #staged: Staged[] = [];
   /** A merged pool request's tag -> the tags of the parts it carries (the first one is its own). */
   readonly #merged = new Map<number, number[]>();
+  /** Until when buffered writes go to the pool after one was slow on the loop (#writeOnLoop). */
+  #poolWritesUntil = 0;
   /** Files (fd × 2, + 1 for writes) whose file system cannot serve RWF_NOWAIT for that operation (asked once). */
   readonly #noWait = new Set<number>();
   /** Pool requests submitted, and parts they carried (how much merging saved; for tests). */
@@ -462,7 +467,11 @@ class InFlight {
       const part = parts[i]!;
       const { fd, align } = part.target;
       const key = fd * 2 + (write ? 1 : 0);
-      if (align !== 1 || this.#noWait.has(key)) continue;
+      if (align !== 1) continue;
+      if (this.#noWait.has(key)) {
+        if (write && this.#writeOnLoop(part)) parts.splice(i--, 1);
+        continue;
+      }
       const bytes = part.views.reduce((n, v) => n + v.byteLength, 0);
       const moved = diskTry(fd, part.views, part.offset, write);
       if (moved === -ERRNO.EOPNOTSUPP) this.#noWait.add(key);
@@ -476,6 +485,22 @@ class InFlight {
       rest.take(moved);
       parts[i] = { target: part.target, views: rest.take(bytes - moved)!, offset: part.offset + moved };
     }
+  }
+
+  /**
+   * A buffered write to a file system that cannot say whether it would block (ext4 answers
+   * EOPNOTSUPP to RWF_NOWAIT writes): done here on the loop, as a write into the page cache usually
+   * is quick, unless a recent one was not. A write the kernel throttles (too much dirty data) can take
+   * hundreds of milliseconds; once one takes longer than SLOW_WRITE_MS, writes go to the pool for
+   * POOL_WRITES_MS, so the loop stalls for at most one slow write, well inside the device's command
+   * deadlines. Returns whether the part was written (a failed one is left to the pool, which reports it).
+   */
+  #writeOnLoop(part: Part): boolean {
+    const now = performance.now();
+    if (now < this.#poolWritesUntil) return false;
+    const done = diskTransfer(part.target.fd, part.views, part.offset, 1, true) === 0;
+    if (performance.now() - now > SLOW_WRITE_MS) this.#poolWritesUntil = performance.now() + POOL_WRITES_MS;
+    return done;
   }
 
   /**
