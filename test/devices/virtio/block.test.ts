@@ -304,6 +304,31 @@ describe("Block requests in flight (raw image, I/O pool)", () => {
     t.file.close();
   });
 
+  test("a slow buffered write on the loop sends the writes after it to the pool", () => {
+    const t = activated(32, FEATURES, DISK_SIZE, false, true);
+    if (diskTry(t.file.fd, [new Uint8Array(512)], 0, true) !== -95) { // EOPNOTSUPP: ext4's answer; tmpfs tries writes itself
+      t.worker.stop();
+      t.file.close();
+      return console.warn("tsvm tests: this file system tries buffered writes without blocking; the slow-write test is skipped");
+    }
+    t.dev.slowWriteMs = -1; // every write counts as slow
+    const statuses: number[] = [];
+    for (let n = 0; n < 4; n++) {
+      const { data, status } = post(t.d, n, VIRTIO_BLK_T.OUT, n * 16, 4096); // 8 KiB apart: no merging
+      t.d.memory.write(ga(data), new Uint8Array(4096).fill(0x30 + n));
+      statuses.push(status);
+    }
+    t.loop.handlers.get(t.kick.fd)!();
+    t.pump(4);
+    expect(t.d.usedIdx()).toBe(4);
+    expect(t.dev.poolRequests.parts).toBe(3); // the first on the loop, the rest on the pool
+    const disk = readFileSync(t.path);
+    for (let n = 0; n < 4; n++) expect(disk.subarray(n * 8192, n * 8192 + 4096).every((b) => b === 0x30 + n)).toBe(true);
+    expect(statuses.map((at) => t.d.memory.readU8(ga(at)))).toEqual([0, 0, 0, 0]);
+    t.worker.stop();
+    t.file.close();
+  });
+
   test("a ring the driver breaks while requests are in flight stops the device: no other ring is served after", () => {
     const path = join(tempDir(), "mq.img");
     writeFileSync(path, new Uint8Array(1 << 20));

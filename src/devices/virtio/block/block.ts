@@ -175,6 +175,8 @@ export class Block implements VirtioDevice, ControllableDevice {
    * on small cached files turn it off.
    */
   serveCachedOnLoop = true;
+  /** A buffered write on the loop slower than this sends writes to the pool for a while (InFlight.#writeOnLoop). */
+  slowWriteMs = SLOW_WRITE_MS;
 
   /** Pool requests made since activation, and the request parts they carried (merging makes fewer). */
   get poolRequests(): { readonly submitted: number; readonly parts: number } {
@@ -499,7 +501,7 @@ class InFlight {
     const now = performance.now();
     if (now < this.#poolWritesUntil) return false;
     const done = diskTransfer(part.target.fd, part.views, part.offset, 1, true) === 0;
-    if (performance.now() - now > SLOW_WRITE_MS) this.#poolWritesUntil = performance.now() + POOL_WRITES_MS;
+    if (performance.now() - now > this.block.slowWriteMs) this.#poolWritesUntil = performance.now() + POOL_WRITES_MS;
     return done;
   }
 
