@@ -51,6 +51,7 @@ int tsvm_eventfd_check(int fd);
 int tsvm_epoll_create(void);
 int tsvm_epoll_ctl(int epfd, int op, int fd, uint32_t events, uint64_t token);
 int tsvm_epoll_wait(int epfd, void *events, int max_events, int timeout_ms);
+int tsvm_epoll_wait_polled(int epfd, void *events, int max_events, int timeout_ms, int64_t *state);
 int tsvm_signal_notify(int signum, int eventfd);
 int tsvm_signal_default(int signum);
 int tsvm_timerfd_create(void);

@@ -37,6 +37,14 @@ export function epollWait(epfd: number, events: Uint8Array, maxEvents: number, t
   return native.tsvm_epoll_wait(epfd, events, maxEvents, timeoutMs);
 }
 
+/**
+ * epollWait that first polls for up to `state[0]` ns and adapts that window (ceiling `state[1]`,
+ * 0: never poll) to how soon events come; see tsvm_epoll_wait_polled in c/event.c.
+ */
+export function epollWaitPolled(epfd: number, events: Uint8Array, maxEvents: number, timeoutMs: number, state: BigInt64Array): number {
+  return native.tsvm_epoll_wait_polled(epfd, events, maxEvents, timeoutMs, state);
+}
+
 /** Makes delivery of `signum` to the process add 1 to eventfd `fd`. */
 export function notifySignal(signum: number, fd: number): void {
   checked(native.tsvm_signal_notify(signum, fd), `route signal ${signum} to an eventfd`);

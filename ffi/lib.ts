@@ -47,6 +47,7 @@ const symbols = {
   tsvm_epoll_create: { args: [], returns: i32 },
   tsvm_epoll_ctl: { args: [i32, i32, i32, u32, u64], returns: i32 },
   tsvm_epoll_wait: { args: [i32, pointer, i32, i32], returns: i32 },
+  tsvm_epoll_wait_polled: { args: [i32, pointer, i32, i32, pointer], returns: i32 },
   tsvm_timerfd_create: { args: [], returns: i32 },
   tsvm_timerfd_set: { args: [i32, u64], returns: i32 },
   tsvm_signal_notify: { args: [i32, i32], returns: i32 },

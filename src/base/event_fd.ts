@@ -14,6 +14,8 @@ const F_SETFL = 4;
  */
 export class EventFd extends OwnedFd {
   readonly #value = new BigUint64Array(1);
+  /** The same 8 bytes as two halves: reading them makes no BigInt (a kick is read on every notify). */
+  readonly #halves = new Uint32Array(this.#value.buffer);
 
   /** Creates a non-blocking eventfd, or wraps `fd` (one made elsewhere in this process, say by the control loop). */
   constructor(fd?: number) {
@@ -59,7 +61,7 @@ export class EventFd extends OwnedFd {
     for (;;) {
       const r = event.eventfdRead(this.fd, this.#value);
       if (r === -ERRNO.EINTR) continue;
-      return r < 0 ? 0 : Number(this.#value[0]);
+      return r < 0 ? 0 : this.#halves[0]! + this.#halves[1]! * 2 ** 32;
     }
   }
 }

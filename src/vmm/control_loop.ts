@@ -6,7 +6,7 @@
 // turned into that device needing a reset (see DeviceLoop); the loop itself only ends through `end`.
 import { log } from "../base/log.ts";
 import { describeError } from "../base/result.ts";
-import { WaitContext } from "../base/wait_context.ts";
+import { LOOP_POLL_NS, WaitContext } from "../base/wait_context.ts";
 import type { DeviceEventLoop } from "../devices/virtio/virtio_device.ts";
 
 /** The loop returns to Bun's event loop this often so Worker events and timers are delivered. */
@@ -19,8 +19,11 @@ const yieldToEventLoop = (): Promise<void> => new Promise((resolve) => setImmedi
 
 /** The VMM's WaitContext and what runs on it. */
 export class ControlLoop implements DeviceEventLoop {
-  readonly #wait = new WaitContext<() => void>();
+  readonly #wait = new WaitContext<() => void>({ pollNs: LOOP_POLL_NS });
   readonly #ticks: (() => void)[] = [];
+  /** Tokens of the events each nested turn is running (a handler may turn the loop: park does). */
+  readonly #running: (() => void)[][] = [];
+  #depth = 0;
   #ending: Ending | null = null;
 
   /** Runs `handler` whenever `fd` is readable (or whatever `events` says: EPOLLOUT for room to write). */
@@ -54,17 +57,25 @@ export class ControlLoop implements DeviceEventLoop {
 
   /** Waits up to `timeoutMs` and runs what became ready (used while suspending and stopping too). */
   turn(timeoutMs: number): number {
-    const events = this.#wait.wait(timeoutMs);
-    for (const { token } of events) {
-      try {
-        token();
-      } catch (e) {
-        log.error(`internal error in the control loop: ${describeError(e)}`);
+    // The wait context reuses its event array: copy the tokens out, since a handler may turn again.
+    const tokens = (this.#running[this.#depth] ??= []);
+    tokens.length = 0;
+    for (const { token } of this.#wait.wait(timeoutMs)) tokens.push(token);
+    this.#depth++;
+    try {
+      for (const token of tokens) {
+        try {
+          token();
+        } catch (e) {
+          log.error(`internal error in the control loop: ${describeError(e)}`);
+        }
+        if (this.#ending) break;
       }
-      if (this.#ending) break;
+      for (const task of this.#ticks) task();
+    } finally {
+      this.#depth--;
     }
-    for (const task of this.#ticks) task();
-    return events.length;
+    return tokens.length;
   }
 
   /** Serves until something ends the VM; yields to Bun's event loop now and then. */

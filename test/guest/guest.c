@@ -21,10 +21,11 @@
  *                         blkw:N: 4 KiB writes)
  *   tsvm.bench=blkq:OP:KIB:DEPTH:N[:RING]  N virtio-blk requests of KIB KiB kept DEPTH (1-32) in
  *                         flight, polled from ring 3 (RING 0: from ring 0); OP: rr/sr random/sequential
- *                         reads, rw/sw random/sequential writes
+ *                         reads, rw/sw random/sequential writes; run twice, the second timed
  *   tsvm.bench=acc:KIND:N[:3]  N single accesses of KIND (cfg: a virtio common-config read, from ring 3
  *                         with :3; uart: LSR read + THR write on COM1; pcicfg: 0xCF8/0xCFC read;
- *                         notify: a virtio notify through its ioeventfd); prints cycles per access
+ *                         notify: a virtio notify through its ioeventfd); each loop runs twice, the
+ *                         second timed; prints cycles per access
  *   tsvm.bench=rng:N      N one-byte virtio-rng requests: the notify -> device -> interrupt round trip
  *   tsvm.bench=spin:N     N iterations of a ring-0 loop with no exits (probes for emulated ring 0)
  */

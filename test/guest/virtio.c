@@ -686,7 +686,7 @@ static uint8_t user_stack[16384] __attribute__((aligned(16)));
  * `depth` in flight: all posted with one notify, then each completion found by polling the used
  * ring is re-posted at once, with one notify per pass over the ring. The loop runs in ring 3 with
  * `ring3` (these machines emulate guest ring 0, which would hide the device behind the emulator).
- * Prints TSC cycles per request.
+ * It runs twice and prints TSC cycles per request of the second run.
  */
 void bench_blk_depth(int write, int random, uint32_t size, uint32_t depth, uint64_t n, int ring3)
 {
@@ -730,10 +730,19 @@ void bench_blk_depth(int write, int random, uint32_t size, uint32_t depth, uint6
 		if (write) memset(bq_buf[r], (int)(0x41 + r), size);
 	}
 	if (ring3) ring3_init();
-	uint64_t t0 = rdtsc();
-	if (ring3) run_in_ring3(blkq_loop, &b, user_stack + sizeof(user_stack));
-	else blkq_loop(&b);
-	uint64_t t1 = rdtsc();
+	/* Twice, the second timed: the first warms what a VMM sets up lazily (JIT tiers, page faults, a
+	 * device thread's placement), as a guest that keeps doing I/O finds it. */
+	uint64_t t0 = 0, t1 = 0, failures = 0;
+	for (int pass = 0; pass < 2; pass++) {
+		b.posted = b.done = 0;
+		t0 = rdtsc();
+		if (ring3) run_in_ring3(blkq_loop, &b, user_stack + sizeof(user_stack));
+		else blkq_loop(&b);
+		t1 = rdtsc();
+		failures += b.failures;
+		b.failures = 0;
+	}
+	b.failures = failures;
 	puts_("bench blkq "); puts_(write ? "write" : "read"); puts_(random ? " random" : " sequential");
 	puts_(" bytes "); putu(size); puts_(" depth "); putu(depth); puts_(ring3 ? " ring 3" : " ring 0");
 	puts_(" requests "); putu(b.done); puts_(" failures "); putu(b.failures);
@@ -782,35 +791,45 @@ void bench_access(const char *kind, uint64_t n, int ring3)
 	struct access_run a = { 0, n, 0 };
 	uint64_t t0 = 0, t1 = 0;
 	settle_devices();
+	/* Every loop runs twice and only the second is timed: the first warms what a VMM sets up lazily
+	 * (JIT tiers, page faults, a device thread's placement), as a long-running guest would find it. */
 	if (kind[0] == 'u') {
-		t0 = rdtsc();
-		for (uint64_t i = 0; i < n; i++) {
-			while (!(inb(0x3f8 + 5) & 0x20)) ; /* LSR: THR empty */
-			outb(0x3f8, (uint8_t)('a' + i % 26));
+		for (int pass = 0; pass < 2; pass++) {
+			t0 = rdtsc();
+			for (uint64_t i = 0; i < n; i++) {
+				while (!(inb(0x3f8 + 5) & 0x20)) ; /* LSR: THR empty */
+				outb(0x3f8, (uint8_t)('a' + i % 26));
+			}
+			t1 = rdtsc();
+			outb(0x3f8, '\n');
 		}
-		t1 = rdtsc();
-		outb(0x3f8, '\n');
 	} else if (kind[0] == 'p') {
-		t0 = rdtsc();
-		for (uint64_t i = 0; i < n; i++) a.sink += pci_read32(0, 0);
-		t1 = rdtsc();
+		for (int pass = 0; pass < 2; pass++) {
+			t0 = rdtsc();
+			for (uint64_t i = 0; i < n; i++) a.sink += pci_read32(0, 0);
+			t1 = rdtsc();
+		}
 	} else {
 		if (!open_device(&d, 0x1044, kind)) return;
 		if (negotiate(&d, 0) < 0) { result(0, kind, "feature negotiation failed"); return; }
 		if (kind[0] == 'c') {
 			a.address = d.common + NUMQ;
 			if (ring3) ring3_init();
-			t0 = rdtsc();
-			if (ring3) run_in_ring3(common_reads, &a, user_stack + sizeof(user_stack));
-			else common_reads(&a);
-			t1 = rdtsc();
+			for (int pass = 0; pass < 2; pass++) {
+				t0 = rdtsc();
+				if (ring3) run_in_ring3(common_reads, &a, user_stack + sizeof(user_stack));
+				else common_reads(&a);
+				t1 = rdtsc();
+			}
 		} else {
 			msix_setup(&d, 0);
 			if (!queue_setup(&d, &rngq, 0, 0xffff)) { result(0, kind, "queue setup failed"); return; }
 			driver_ok(&d);
-			t0 = rdtsc();
-			for (uint64_t i = 0; i < n; i++) mmio_write16(rngq.notify, 0);
-			t1 = rdtsc();
+			for (int pass = 0; pass < 2; pass++) {
+				t0 = rdtsc();
+				for (uint64_t i = 0; i < n; i++) mmio_write16(rngq.notify, 0);
+				t1 = rdtsc();
+			}
 		}
 		mmio_write8(d.common + STATUS, 0);
 	}

@@ -12,7 +12,7 @@ import { setLogLevel, log, type LogLevel } from "../../base/log.ts";
 import { describeError, err, ok, type Result } from "../../base/result.ts";
 import { StreamSocket } from "../../base/stream_socket.ts";
 import { Tube } from "../../base/tube.ts";
-import { WaitContext } from "../../base/wait_context.ts";
+import { LOOP_POLL_NS, WaitContext } from "../../base/wait_context.ts";
 import { createDevice, type CreatedDevice, loadDeviceKinds, resourcesFromFds } from "../create_device.ts";
 import { VhostUserBackend } from "../vhost_user/backend.ts";
 import type { DeviceEventLoop } from "../virtio/virtio_device.ts";
@@ -50,7 +50,7 @@ export async function runDeviceProcess(): Promise<number> {
     return 4;
   };
 
-  const wait = new WaitContext<() => void>();
+  const wait = new WaitContext<() => void>({ pollNs: LOOP_POLL_NS });
   const loop: DeviceEventLoop = { watch: (fd, handler, events) => wait.add(fd, handler, events), unwatch: (fd) => wait.delete(fd) };
   // A vsock device asks the VMM for host connections; the answers come back on the tube.
   const pendingConnects = new Map<number, (socket: Result<StreamSocket>) => void>();

@@ -12,6 +12,7 @@ import { log, sanitize, writeLog } from "../../base/log.ts";
 import { describeError, err, ok, type Result } from "../../base/result.ts";
 import type { StreamSocket } from "../../base/stream_socket.ts";
 import { Tube } from "../../base/tube.ts";
+import { LOOP_POLL_NS } from "../../base/wait_context.ts";
 import type { DeviceEventLoop } from "../virtio/virtio_device.ts";
 import type { DeviceCommand, DeviceReply } from "../virtio/device_control.ts";
 import { decodeTubeMessage, type DeviceSetup, encodeCommand, encodeHostConnected, encodeHostConnection, encodeSetup } from "./messages.ts";
@@ -24,9 +25,12 @@ import { decodeTubeMessage, type DeviceSetup, encodeCommand, encodeHostConnected
  * A device process's whole environment. No transpiler cache (it has no files to keep one in), and no
  * FTL, JSC's top JIT tier: a device's time goes to system calls, not to its few small loops, and
  * FTL's compiler and code kept about 1.5 MiB more in a block device process after a few thousand
- * requests, for no request rate we could measure (test/devices/sandbox/device_memory.test.ts).
+ * requests, for no request rate we could measure (test/devices/sandbox/device_memory.test.ts). One
+ * GC marker: a device's heap is a few MiB, and parallel marking woke JSC's helper threads at every
+ * collection (thousands a second while a driver notifies fast), which the scheduler put on whatever
+ * CPU was free, often the one a vCPU was about to run on. And the VMM's loop-polling setting.
  */
-const DEVICE_ENV = ["BUN_RUNTIME_TRANSPILER_CACHE_PATH=0", "BUN_JSC_useFTLJIT=0"];
+const DEVICE_ENV = ["BUN_RUNTIME_TRANSPILER_CACHE_PATH=0", "BUN_JSC_useFTLJIT=0", "BUN_JSC_numberOfGCMarkers=1", `TSVM_LOOP_POLL_NS=${LOOP_POLL_NS}`];
 
 export const START_TIMEOUT_MS = Number(process.env.TSVM_DEVICE_START_TIMEOUT_MS ?? "") || 8000;
 /**

@@ -4,6 +4,9 @@ import type { DescriptorChain } from "./descriptor_chain.ts";
 import type { VirtioInterrupt } from "./interrupt.ts";
 import type { Queue } from "./queue.ts";
 
+/** The default `busy` of drainQueue: a device that completes every chain as it handles it. */
+const neverBusy = (): boolean => false;
+
 /** bounds the chains one wake-up serves, so one busy queue cannot starve the rest of its loop */
 export const CHAINS_PER_WAKEUP = 256;
 
@@ -23,7 +26,7 @@ export function drainQueue(
   interrupt: VirtioInterrupt,
   needsReset: (reason: string) => void,
   handle: (chain: DescriptorChain) => number | null,
-  busy: () => boolean = () => false,
+  busy: () => boolean = neverBusy,
 ): void {
   let served = 0;
   queue.disableNotification();

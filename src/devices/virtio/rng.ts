@@ -1,5 +1,5 @@
 // rng.ts - virtio-rng (virtio 1.2 §5.4): fills the driver's buffers from the host kernel's getrandom.
-import { ChainWriter } from "./descriptor_chain.ts";
+import { ChainWriter, type DescriptorChain } from "./descriptor_chain.ts";
 import { drainQueue } from "./drain.ts";
 import { type ActivateContext, TSVM_RING_FEATURES, VIRTIO_ID, type VirtioDevice, type VirtioWorker } from "./virtio_device.ts";
 
@@ -28,20 +28,21 @@ export class Rng implements VirtioDevice {
   activate(ctx: ActivateContext): VirtioWorker {
     const queue = ctx.queues[0];
     const kick = ctx.kicks[0]!;
+    const serve = (chain: DescriptorChain): number => {
+      const writer = new ChainWriter(chain);
+      for (const view of writer.take(Math.min(writer.remaining, MAX_BYTES_PER_REQUEST)) ?? []) {
+        for (let done = 0; done < view.byteLength;) {
+          const n = this.entropy(view.subarray(done));
+          if (n <= 0) return 0; // the host failed: report nothing written
+          done += n;
+        }
+      }
+      return writer.written;
+    };
+    // Made once: a notify that finds nothing new allocates nothing.
     const fill = (): void => {
       kick.read();
-      if (!queue) return;
-      drainQueue(queue, kick, ctx.interrupt, ctx.needsReset, (chain) => {
-        const writer = new ChainWriter(chain);
-        for (const view of writer.take(Math.min(writer.remaining, MAX_BYTES_PER_REQUEST)) ?? []) {
-          for (let done = 0; done < view.byteLength;) {
-            const n = this.entropy(view.subarray(done));
-            if (n <= 0) return 0; // the host failed: report nothing written
-            done += n;
-          }
-        }
-        return writer.written;
-      });
+      if (queue) drainQueue(queue, kick, ctx.interrupt, ctx.needsReset, serve);
     };
     ctx.loop.watch(kick.fd, fill);
     fill(); // buffers made available before DRIVER_OK

@@ -143,9 +143,10 @@ export class Block implements VirtioDevice, ControllableDevice {
     const inFlight = served.length > 0 ? new InFlight(this, ctx, (queue) => drains.get(queue)?.()) : null;
     this.#inFlight = inFlight;
     for (const { queue, kick } of served) {
+      const start = (chain: DescriptorChain): number | null => (inFlight ? inFlight.start(queue, chain) : this.handle(chain));
+      const busy = (): boolean => inFlight?.busy(queue) ?? false;
       const drain = (): void => {
-        drainQueue(queue, kick, ctx.interrupt, ctx.needsReset, (chain) => (inFlight ? inFlight.start(queue, chain) : this.handle(chain)),
-          () => inFlight?.busy(queue) ?? false);
+        drainQueue(queue, kick, ctx.interrupt, ctx.needsReset, start, busy);
         inFlight?.submitStaged(); // what this batch took goes to the pool together, merged where it can be
       };
       drains.set(queue, drain);

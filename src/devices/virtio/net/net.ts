@@ -1,6 +1,6 @@
 // net.ts - virtio-net (virtio 1.2 §5.1) on a TAP device: one RX and one TX queue, mergeable RX buffers,
 // checksum and TSO offloads passed through to the tap.
-import { ChainReader, ChainWriter } from "../descriptor_chain.ts";
+import { ChainReader, ChainWriter, type DescriptorChain } from "../descriptor_chain.ts";
 import { drainQueue } from "../drain.ts";
 import { type FrameDevice, TUN_F } from "../../../base/tap.ts";
 import { type ActivateContext, hasFeature, TSVM_RING_FEATURES, VIRTIO_ID, type VirtioDevice, type VirtioWorker } from "../virtio_device.ts";
@@ -147,17 +147,18 @@ export class Net implements VirtioDevice {
       if (rx && delivered && rx.shouldNotify()) ctx.interrupt.signalUsedQueue(RXQ);
     };
 
+    const sendFrame = (chain: DescriptorChain): number => {
+      const reader = new ChainReader(chain);
+      const length = Math.min(reader.remaining, MAX_FRAME);
+      if (length < VNET_HDR_SIZE) return 0;
+      reader.read(txFrame.subarray(0, length));
+      this.tap.write(txFrame.subarray(0, length)); // a frame the kernel refuses is dropped, as on a wire
+      return 0;
+    };
     const transmit = (): void => {
       txKick.read();
       if (!tx) return;
-      drainQueue(tx, txKick, ctx.interrupt, ctx.needsReset, (chain) => {
-        const reader = new ChainReader(chain);
-        const length = Math.min(reader.remaining, MAX_FRAME);
-        if (length < VNET_HDR_SIZE) return 0;
-        reader.read(txFrame.subarray(0, length));
-        this.tap.write(txFrame.subarray(0, length)); // a frame the kernel refuses is dropped, as on a wire
-        return 0;
-      });
+      drainQueue(tx, txKick, ctx.interrupt, ctx.needsReset, sendFrame);
     };
 
     ctx.loop.watch(rxKick.fd, () => {

@@ -201,12 +201,15 @@ class VsockWorker {
     const kick = this.#ctx.kicks[TX]!;
     kick.read();
     if (this.#tx === null) return;
-    drainQueue(this.#tx, kick, this.#ctx.interrupt, this.#ctx.needsReset, (chain) => {
-      this.#onPacket(chain);
-      return 0; // the device writes nothing into transmit buffers
-    });
+    drainQueue(this.#tx, kick, this.#ctx.interrupt, this.#ctx.needsReset, this.#takePacket);
     this.#fillRx();
   }
+
+  /** drainQueue's handler for the tx queue, made once. */
+  readonly #takePacket = (chain: DescriptorChain): number => {
+    this.#onPacket(chain);
+    return 0; // the device writes nothing into transmit buffers
+  };
 
   #onPacket(chain: DescriptorChain): void {
     const reader = new ChainReader(chain);
