@@ -21,7 +21,8 @@
  *                         blkw:N: 4 KiB writes)
  *   tsvm.bench=blkq:OP:KIB:DEPTH:N[:RING]  N virtio-blk requests of KIB KiB kept DEPTH (1-32) in
  *                         flight, polled from ring 3 (RING 0: from ring 0); OP: rr/sr random/sequential
- *                         reads, rw/sw random/sequential writes; run twice, the second timed
+ *                         reads, rw/sw random/sequential writes; starts after under a second, runs
+ *                         twice, times the second
  *   tsvm.bench=acc:KIND:N[:3]  N single accesses of KIND (cfg: a virtio common-config read, from ring 3
  *                         with :3; uart: LSR read + THR write on COM1; pcicfg: 0xCF8/0xCFC read;
  *                         notify: a virtio notify through its ioeventfd); each loop runs twice, the
