@@ -25,8 +25,8 @@
  *                         twice, times the second
  *   tsvm.bench=acc:KIND:N[:3]  N single accesses of KIND (cfg: a virtio common-config read, from ring 3
  *                         with :3; uart: LSR read + THR write on COM1; pcicfg: 0xCF8/0xCFC read;
- *                         notify: a virtio notify through its ioeventfd); each loop runs twice, the
- *                         second timed; prints cycles per access
+ *                         notify: a virtio notify through its ioeventfd); starts after under a second,
+ *                         runs each loop twice, times the second; prints cycles per access
  *   tsvm.bench=rng:N      N one-byte virtio-rng requests: the notify -> device -> interrupt round trip
  *   tsvm.bench=spin:N     N iterations of a ring-0 loop with no exits (probes for emulated ring 0)
  */

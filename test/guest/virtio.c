@@ -618,6 +618,14 @@ static struct { uint32_t type, reserved; uint64_t sector; } bq_hdr[BQ_DEPTH];
 static volatile uint8_t bq_status[BQ_DEPTH];
 static uint8_t bq_buf[BQ_DEPTH][BQ_MAX_BYTES] __attribute__((aligned(4096)));
 
+/* Spins 2^31 TSC cycles (under a second on current hosts) before a benchmark is timed, so that what
+ * runs at a VMM's start-up besides the guest (device processes finishing theirs, JIT, GC) is over:
+ * the benchmarks time a steady state, and start-up has a benchmark of its own. */
+static void settle_vmm(void)
+{
+	for (uint64_t start = rdtsc(); rdtsc() - start < (1ull << 31);) __asm__ volatile("pause");
+}
+
 /* What the polling loop of blkq works on; it runs in ring 3 when asked, so it touches only memory
  * and the notify register. */
 struct blkq_run {
@@ -735,11 +743,10 @@ void bench_blk_depth(int write, int random, uint32_t size, uint32_t depth, uint6
 		if (write) memset(bq_buf[r], (int)(0x41 + r), size);
 	}
 	if (ring3) ring3_init();
-	/* Timed once the VMM has settled: first 2^31 TSC cycles (under a second on current hosts) for
-	 * what runs at its start-up besides the guest (device processes finishing theirs, JIT, GC), then
-	 * the whole loop twice, the second timed: the first warms what a VMM sets up lazily (JIT tiers,
-	 * page faults, a device thread's placement), as a guest that keeps doing I/O finds it. */
-	for (uint64_t start = rdtsc(); rdtsc() - start < (1ull << 31);) __asm__ volatile("pause");
+	/* Timed once the VMM has settled (settle_vmm), then the whole loop twice, the second timed: the
+	 * first warms what a VMM sets up lazily (JIT tiers, page faults, a device thread's placement),
+	 * as a guest that keeps doing I/O finds it. */
+	settle_vmm();
 	uint64_t t0 = 0, t1 = 0, failures = 0;
 	for (int pass = 0; pass < 2; pass++) {
 		b.posted = b.done = b.skipped = 0;
@@ -800,8 +807,10 @@ void bench_access(const char *kind, uint64_t n, int ring3)
 	struct access_run a = { 0, n, 0 };
 	uint64_t t0 = 0, t1 = 0;
 	settle_devices();
-	/* Every loop runs twice and only the second is timed: the first warms what a VMM sets up lazily
-	 * (JIT tiers, page faults, a device thread's placement), as a long-running guest would find it. */
+	/* Timed once the VMM has settled, as blkq is (see there): 2^31 TSC cycles first, then every loop
+	 * twice, only the second timed: the first warms what a VMM sets up lazily (JIT tiers, page
+	 * faults, a device thread's placement), as a long-running guest would find it. */
+	settle_vmm();
 	if (kind[0] == 'u') {
 		for (int pass = 0; pass < 2; pass++) {
 			t0 = rdtsc();
