@@ -90,6 +90,17 @@ export const KVM_IOEVENTFD_FLAG_DATAMATCH = 1;
 export const KVM_IOEVENTFD_FLAG_PIO = 2;
 export const KVM_IOEVENTFD_FLAG_DEASSIGN = 4;
 
+/** struct kvm_coalesced_mmio_zone { __u64 addr; __u32 size; union { __u32 pad; __u32 pio; }; } */
+export const KVM_COALESCED_MMIO_ZONE = { size: 16, addr: 0, zone_size: 8, pio: 12 } as const;
+/**
+ * The ring of coalesced writes, one page at KVM_CAP_COALESCED_MMIO's page offset in every vCPU's
+ * mapping: struct kvm_coalesced_mmio_ring { __u32 first, last; struct kvm_coalesced_mmio
+ * coalesced_mmio[]; }, each entry { __u64 phys_addr; __u32 len; union { __u32 pad; __u32 pio; };
+ * __u8 data[8]; }. KVM appends at `last`; userspace consumes from `first`.
+ */
+export const KVM_COALESCED_MMIO_RING = { first: 0, last: 4, entries: 8 } as const;
+export const KVM_COALESCED_MMIO = { size: 24, phys_addr: 0, len: 8, pio: 12, data: 16 } as const;
+
 /** struct kvm_lapic_state { char regs[1024]; } with the LVT registers tsvm programs. */
 export const KVM_LAPIC_STATE = { size: 1024 } as const;
 export const APIC_LVT_LINT0 = 0x350;
@@ -273,5 +284,8 @@ export const LAYOUTS = {
   kvm_lapic_state: KVM_LAPIC_STATE,
   kvm_irqfd: KVM_IRQFD,
   kvm_ioeventfd: KVM_IOEVENTFD,
+  kvm_coalesced_mmio_zone: KVM_COALESCED_MMIO_ZONE,
+  kvm_coalesced_mmio: KVM_COALESCED_MMIO,
+  kvm_coalesced_mmio_ring: KVM_COALESCED_MMIO_RING,
   kvm_clock_data: KVM_CLOCK_DATA,
 } as const;

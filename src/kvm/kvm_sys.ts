@@ -33,6 +33,7 @@ export const KVM_IOCTL = {
   KVM_IRQFD: iow(0x76, 32),
   KVM_CREATE_PIT2: iow(0x77, 64),
   KVM_IOEVENTFD: iow(0x79, 64),
+  KVM_REGISTER_COALESCED_MMIO: iow(0x67, 16),
   KVM_SET_CLOCK: iow(0x7b, 48),
   KVM_GET_CLOCK: ior(0x7c, 48),
   KVM_RUN: io(0x80),
@@ -67,6 +68,8 @@ export const KVM_CAP = {
   KVM_CAP_SET_IDENTITY_MAP_ADDR: 37,
   KVM_CAP_IMMEDIATE_EXIT: 136,
   KVM_CAP_MAX_VCPUS: 66,
+  KVM_CAP_COALESCED_MMIO: 15,
+  KVM_CAP_COALESCED_PIO: 162,
 } as const;
 
 /** kvm_run.exit_reason values. */

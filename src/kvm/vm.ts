@@ -5,11 +5,11 @@ import { OwnedFd } from "../base/owned_fd.ts";
 import type { GuestMemory } from "../memory/mod.ts";
 import type { Kvm } from "./kvm.ts";
 import {
-  encodeMemoryRegion, KVM_CLOCK_DATA, KVM_IOEVENTFD, KVM_IOEVENTFD_FLAG_DEASSIGN, KVM_IOEVENTFD_FLAG_PIO, KVM_IRQ_LEVEL, KVM_IRQ_ROUTING,
+  encodeMemoryRegion, KVM_CLOCK_DATA, KVM_COALESCED_MMIO_ZONE, KVM_IOEVENTFD, KVM_IOEVENTFD_FLAG_DEASSIGN, KVM_IOEVENTFD_FLAG_PIO, KVM_IRQ_LEVEL, KVM_IRQ_ROUTING,
   KVM_IRQ_ROUTING_ENTRY, KVM_IRQFD, KVM_IRQFD_FLAG_DEASSIGN, KVM_PIT_CONFIG,
 } from "./kvm_structs.ts";
 import {
-  KVM_IOCTL, KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
+  KVM_CAP, KVM_IOCTL, KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
   KVM_PIT_SPEAKER_DUMMY,
 } from "./kvm_sys.ts";
 
@@ -137,6 +137,23 @@ export class Vm extends OwnedFd {
     v.setInt32(KVM_IOEVENTFD.fd, fd, true);
     v.setUint32(KVM_IOEVENTFD.flags, (space === "io" ? KVM_IOEVENTFD_FLAG_PIO : 0) | (assign ? 0 : KVM_IOEVENTFD_FLAG_DEASSIGN), true);
     checked(sys.ioctlPtr(this.fd, KVM_IOCTL.KVM_IOEVENTFD, bytes), `${assign ? "register" : "unregister"} ioeventfd at 0x${address.toString(16)}`);
+  }
+
+  /**
+   * Makes guest port writes inside [port, port + size) go to KVM's coalesced ring instead of exiting
+   * (KVM_CAP_COALESCED_PIO); whoever reads what those ports hold drains the ring first
+   * (vcpu/coalesced_ring.ts). Returns the ring's page offset in each vCPU's mapping, or null when
+   * this KVM cannot (the writes then exit as usual).
+   */
+  coalescePortWrites(port: number, size: number): number | null {
+    const page = Math.max(0, sys.ioctlVal(this.fd, KVM_IOCTL.KVM_CHECK_EXTENSION, KVM_CAP.KVM_CAP_COALESCED_MMIO));
+    if (page === 0 || sys.ioctlVal(this.fd, KVM_IOCTL.KVM_CHECK_EXTENSION, KVM_CAP.KVM_CAP_COALESCED_PIO) <= 0) return null;
+    const bytes = new Uint8Array(KVM_COALESCED_MMIO_ZONE.size);
+    const v = new DataView(bytes.buffer);
+    v.setBigUint64(KVM_COALESCED_MMIO_ZONE.addr, BigInt(port), true);
+    v.setUint32(KVM_COALESCED_MMIO_ZONE.zone_size, size, true);
+    v.setUint32(KVM_COALESCED_MMIO_ZONE.pio, 1, true);
+    return sys.ioctlPtr(this.fd, KVM_IOCTL.KVM_REGISTER_COALESCED_MMIO, bytes) < 0 ? null : page;
   }
 
   /** Returns the kvmclock value (ns), to hold the guest's clock still across a suspend. */

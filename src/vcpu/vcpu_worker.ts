@@ -45,15 +45,15 @@ function start(init: VcpuWorkerInit): void {
     const wake = new EventFd(init.busRequestFd);
     const mailbox = new BusMailbox(shared, init.vcpuId);
     const remote = { io: new RemoteBusDevice("remote port", "io", mailbox, wake), mmio: new RemoteBusDevice("remote MMIO", "mmio", mailbox, wake) };
-    const buses = new WorkerBuses({ io: new Bus(), mmio: new Bus() }, init.layout, init.views, remote, new Sink("sink"), workerDeviceFactory(init.vmFd, () => {
+    const runAddress = sys.mmap(init.mmapSize, PROT_READ | PROT_WRITE, MAP_SHARED, init.vcpuFd, 0);
+    const kvmRun = new Uint8Array(sys.viewOf(runAddress, init.mmapSize));
+    const buses = new WorkerBuses({ io: new Bus(), mmio: new Bus() }, init.layout, init.views, remote, new Sink("sink"), workerDeviceFactory(init.vmFd, kvmRun, () => {
       // Output that waits for its reader: a suspend parks this vCPU right here (it runs no guest code
       // meanwhile), and a stop drops the byte.
       if (shared.pauseRequested && !shared.exitRequested) shared.park(init.vcpuId);
       return shared.exitRequested;
     }));
     const unhandled = new Set<string>();
-    const runAddress = sys.mmap(init.mmapSize, PROT_READ | PROT_WRITE, MAP_SHARED, init.vcpuFd, 0);
-    const kvmRun = new Uint8Array(sys.viewOf(runAddress, init.mmapSize));
     vcpuFfi.bindVcpuThread(runAddress);
     // Publish the tid before the first exit-flag check: a kick is then either seen or delivered.
     shared.markRunning(init.vcpuId, sys.gettid());

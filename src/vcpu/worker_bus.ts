@@ -14,6 +14,7 @@
 // the views are fixed when the vCPUs start, so a device added later is served through the mailbox.
 import type { Bus, BusDevice } from "../devices/bus.ts";
 import type { AddressSpace } from "./bus_mailbox.ts";
+import type { CoalescedRingSpec } from "../kvm/coalesced_ring.ts";
 
 /** How a vCPU Worker serves a device itself; every buffer is shared with the device's own thread. */
 export type WorkerView =
@@ -24,7 +25,7 @@ export type WorkerView =
   /** A 16550A whose whole state is shared (serial.ts); output written by the vCPU itself. */
   | { readonly kind: "serial"; readonly state: SharedArrayBuffer; readonly label: string; readonly outputFd: number | null; readonly gsi: number }
   /** PCI configuration mechanism #1: the shared address latch and the configuration-space images. */
-  | { readonly kind: "pci_config"; readonly latch: SharedArrayBuffer; readonly images: SharedArrayBuffer };
+  | { readonly kind: "pci_config"; readonly latch: SharedArrayBuffer; readonly images: SharedArrayBuffer; readonly coalesced: CoalescedRingSpec | null };
 
 const W_SEQUENCE = 0;
 const W_COUNT = 1;

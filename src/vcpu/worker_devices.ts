@@ -7,6 +7,7 @@ import type { BusAccess, BusDevice } from "../devices/bus.ts";
 import { PciConfigIo, WorkerPciConfigTarget } from "../devices/pci/pci_config_io.ts";
 import { Serial } from "../devices/serial.ts";
 import { SharedRegisters } from "../devices/shared_registers.ts";
+import { CoalescedRing } from "../kvm/coalesced_ring.ts";
 import { IrqLineSetter } from "../kvm/vm.ts";
 import type { AddressSpace } from "./bus_mailbox.ts";
 import type { WorkerDeviceFactory, WorkerView } from "./worker_bus.ts";
@@ -28,10 +29,10 @@ export class RegistersBusDevice implements BusDevice {
 
 /**
  * The factory a vCPU Worker builds its devices with; `vmFd` is the VM's, for the UARTs' interrupt
- * lines; `outputWaits` is asked whenever a UART's output waits for its reader, and says whether to
+ * lines; `mapping` the vCPU's kvm_run mapping with the pages after it (KVM's coalesced ring); `outputWaits` is asked whenever a UART's output waits for its reader, and says whether to
  * drop the byte (the VM is going down).
  */
-export function workerDeviceFactory(vmFd: number, outputWaits: () => boolean): WorkerDeviceFactory {
+export function workerDeviceFactory(vmFd: number, mapping: Uint8Array, outputWaits: () => boolean): WorkerDeviceFactory {
   const lines = new IrqLineSetter(vmFd);
   const irqErrors = new RateLimitedLog("error");
   return (view: WorkerView, _space: AddressSpace, remote: BusDevice): BusDevice => {
@@ -55,7 +56,7 @@ export function workerDeviceFactory(vmFd: number, outputWaits: () => boolean): W
         return new Serial(view.label, irq, output, view.state);
       }
       case "pci_config":
-        return new PciConfigIo(new WorkerPciConfigTarget(view.images, remote), view.latch);
+        return new PciConfigIo(new WorkerPciConfigTarget(view.images, remote), view.latch, null, view.coalesced ? new CoalescedRing(mapping, view.coalesced) : null);
     }
   };
 }

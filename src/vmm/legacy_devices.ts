@@ -3,6 +3,7 @@
 // configuration reads and the debug port themselves (worker_bus.ts); the i8042 and CMOS through
 // the mailbox (rare accesses, and the i8042's reset ends the VM on the control loop).
 import { FdOutput } from "../base/fd_output.ts";
+import { log } from "../base/log.ts";
 import type { BuiltVm } from "../arch/x86_64/build_vm.ts";
 import { lowMemoryEnd } from "../arch/x86_64/layout.ts";
 import type { SerialConfig } from "../config.ts";
@@ -40,7 +41,12 @@ export function attachLegacyDevices(io: Bus, built: BuiltVm, serials: readonly S
   io.insert(i8042, I8042_DATA_PORT, 1, true);
   io.insert(i8042, I8042_COMMAND_PORT, 1, true);
   io.insert(new Cmos({ belowHole: lowMemoryEnd(memorySize), aboveFourGib: memorySize - lowMemoryEnd(memorySize) }), CMOS_INDEX_PORT, 2, true);
-  io.insert(new PciConfigIo(pciRoot, undefined, pciRoot.configImages), PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_SIZE);
+  const pciConfig = new PciConfigIo(pciRoot, undefined, pciRoot.configImages);
+  // Address writes that do not exit: the Workers apply them before any access to these ports.
+  const ringPage = built.vm.coalescePortWrites(PCI_CONFIG_IO_BASE, 4);
+  if (ringPage !== null) pciConfig.coalesced = { page: ringPage, lock: new SharedArrayBuffer(4) };
+  log.debug(ringPage !== null ? `PCI configuration address writes are coalesced by KVM (ring at page ${ringPage} of each vCPU mapping)` : "KVM cannot coalesce port writes: PCI configuration address writes exit");
+  io.insert(pciConfig, PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_SIZE);
   io.insert(new Sink("debug port"), DEBUG_PORT, 1);
   return {
     stdinSerial,

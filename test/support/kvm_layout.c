@@ -69,6 +69,13 @@ int main(void)
 	SIZE(kvm_ioeventfd);
 	OFF(kvm_ioeventfd, "datamatch", datamatch); OFF(kvm_ioeventfd, "addr", addr); OFF(kvm_ioeventfd, "len", len);
 	OFF(kvm_ioeventfd, "fd", fd); OFF(kvm_ioeventfd, "flags", flags);
+	SIZE(kvm_coalesced_mmio_zone);
+	OFF(kvm_coalesced_mmio_zone, "addr", addr); OFF(kvm_coalesced_mmio_zone, "zone_size", size); OFF(kvm_coalesced_mmio_zone, "pio", pio);
+	SIZE(kvm_coalesced_mmio);
+	OFF(kvm_coalesced_mmio, "phys_addr", phys_addr); OFF(kvm_coalesced_mmio, "len", len); OFF(kvm_coalesced_mmio, "pio", pio);
+	OFF(kvm_coalesced_mmio, "data", data);
+	OFF(kvm_coalesced_mmio_ring, "first", first); OFF(kvm_coalesced_mmio_ring, "last", last);
+	OFF(kvm_coalesced_mmio_ring, "entries", coalesced_mmio);
 
 	OFF(kvm_run, "request_interrupt_window", request_interrupt_window);
 	OFF(kvm_run, "immediate_exit", immediate_exit);
@@ -93,12 +100,13 @@ int main(void)
 	NUM(KVM_GET_VCPU_MMAP_SIZE); NUM(KVM_GET_SUPPORTED_CPUID); NUM(KVM_CREATE_VCPU);
 	NUM(KVM_SET_USER_MEMORY_REGION); NUM(KVM_SET_TSS_ADDR); NUM(KVM_SET_IDENTITY_MAP_ADDR);
 	NUM(KVM_CREATE_IRQCHIP); NUM(KVM_IRQ_LINE); NUM(KVM_SET_GSI_ROUTING); NUM(KVM_IRQFD); NUM(KVM_CREATE_PIT2);
-	NUM(KVM_IOEVENTFD); NUM(KVM_SET_CLOCK); NUM(KVM_GET_CLOCK); NUM(KVM_RUN); NUM(KVM_GET_REGS); NUM(KVM_SET_REGS); NUM(KVM_GET_SREGS); NUM(KVM_SET_SREGS);
+	NUM(KVM_IOEVENTFD); NUM(KVM_REGISTER_COALESCED_MMIO); NUM(KVM_SET_CLOCK); NUM(KVM_GET_CLOCK); NUM(KVM_RUN); NUM(KVM_GET_REGS); NUM(KVM_SET_REGS); NUM(KVM_GET_SREGS); NUM(KVM_SET_SREGS);
 	NUM(KVM_GET_MSRS); NUM(KVM_SET_MSRS); NUM(KVM_GET_FPU); NUM(KVM_SET_FPU); NUM(KVM_GET_LAPIC); NUM(KVM_SET_LAPIC);
 	NUM(KVM_SET_CPUID2); NUM(KVM_GET_MP_STATE); NUM(KVM_SET_MP_STATE);
 	NUM(KVM_CAP_IRQCHIP); NUM(KVM_CAP_HLT); NUM(KVM_CAP_USER_MEMORY); NUM(KVM_CAP_SET_TSS_ADDR);
 	NUM(KVM_CAP_EXT_CPUID); NUM(KVM_CAP_NR_VCPUS); NUM(KVM_CAP_NR_MEMSLOTS); NUM(KVM_CAP_PIT2);
 	NUM(KVM_CAP_SET_IDENTITY_MAP_ADDR); NUM(KVM_CAP_IMMEDIATE_EXIT); NUM(KVM_CAP_MAX_VCPUS);
+	NUM(KVM_CAP_COALESCED_MMIO); NUM(KVM_CAP_COALESCED_PIO);
 	NUM(KVM_EXIT_IO); NUM(KVM_EXIT_MMIO); NUM(KVM_EXIT_SHUTDOWN); NUM(KVM_EXIT_FAIL_ENTRY);
 	NUM(KVM_EXIT_INTERNAL_ERROR); NUM(KVM_EXIT_SYSTEM_EVENT); NUM(KVM_EXIT_HLT); NUM(KVM_EXIT_INTR);
 	return 0;
