@@ -1029,9 +1029,10 @@ static void check_fs(void)
 #define VSOCK_OP_CREDIT_UPDATE 6
 #define VSOCK_OP_CREDIT_REQUEST 7
 #define VSOCK_HOST_CID 2
-#define VSOCK_RX_SIZE 4096
-/* what the guest can hold for a connection: small, so the host must wait for credit updates */
-#define VSOCK_GUEST_BUF 16384
+#define VSOCK_RX_SIZE 65536
+/* what the guest can hold for a connection: a quarter of what the host sends, so the host must wait
+ * for credit updates (each receive buffer takes a whole packet of up to 64 KiB, as the device sends) */
+#define VSOCK_GUEST_BUF (256 * 1024)
 #define VSOCK_ECHO_PORT 1234
 #define VSOCK_HOST_PORT 5000
 #define VSOCK_DEAD_PORT 5001
@@ -1046,7 +1047,9 @@ struct vsock_hdr {
 
 static struct vq vs_rx, vs_tx, vs_ev;
 static uint8_t vs_rxbuf[QSIZE][VSOCK_RX_SIZE] __attribute__((aligned(16)));
-static struct { struct vsock_hdr h; uint8_t data[VSOCK_RX_SIZE - sizeof(struct vsock_hdr)]; } __attribute__((packed)) vs_txbuf;
+/* a packet the driver sends: up to 64 KiB of data, as Linux's driver sends at most */
+#define VSOCK_TX_DATA (64 * 1024)
+static struct { struct vsock_hdr h; uint8_t data[VSOCK_TX_DATA]; } __attribute__((packed)) vs_txbuf;
 static uint8_t vs_evbuf[QSIZE][8];
 static uint64_t vs_cid;
 /* one connection at a time: the host's credit, and what the guest has received and consumed */
@@ -1135,7 +1138,7 @@ static int64_t vs_recv(struct vsock_hdr *h, uint8_t *data, unsigned seconds)
 	return n;
 }
 
-static uint8_t vs_data[VSOCK_RX_SIZE];
+static uint8_t vs_data[VSOCK_TX_DATA];
 /* what the transfer receives (vs_data holds what it is sending) */
 static uint8_t vs_rx_data[VSOCK_RX_SIZE];
 
@@ -1254,13 +1257,13 @@ static void vs_transfer_data(void *arg)
 static int vsock_transfer(void)
 {
 	struct vsock_hdr h;
+	vs_calibrate_tsc(); /* before connecting: the host times the transfer from its accept */
+	ring3_init();
 	vs_conn = (typeof(vs_conn)){ 40000, VSOCK_HOST_PORT, 0, 0, 0, 0 };
 	if (!vs_send(VSOCK_OP_REQUEST, 0, 0, 0)) return 0;
 	if (vs_recv_conn(&h, 0, 30) < 0 || h.op != VSOCK_OP_RESPONSE) { puts_("     virtio-vsock: the host refused port 5000\n"); return 0; }
 	struct vs_transfer t;
 	memset(&t, 0, sizeof(t));
-	vs_calibrate_tsc();
-	ring3_init();
 	vs_in_ring3 = 1;
 	run_in_ring3(vs_transfer_data, &t, user_stack + sizeof(user_stack));
 	vs_in_ring3 = 0;
