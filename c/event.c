@@ -78,8 +78,10 @@ static int64_t monotonic_ns(void)
  * another CPU costs an inter-processor interrupt to whoever made the event (a vCPU writing a
  * notify) and tens of microseconds before the thread runs, more than serving a request takes; a
  * loop that polls briefly after each event finds the next one of a burst without either. The
- * window doubles (from 4 us) while events keep coming within the ceiling, and drops to 0 after a
- * wait longer than the ceiling, so an idle or sparsely used loop does not spin.
+ * window doubles (from 4 us) while events come after it ends but within the ceiling, stays while
+ * polling finds them, halves after a wait past the ceiling, and drops to 0 after a wait past twice
+ * the ceiling or a timeout, so an idle or sparsely used loop does not spin. Between tries it
+ * yields, so it never spins in the way of a thread that shares its CPU.
  */
 int tsvm_epoll_wait_polled(int epfd, void *events, int max_events, int timeout_ms, int64_t *state)
 {
@@ -91,8 +93,7 @@ int tsvm_epoll_wait_polled(int epfd, void *events, int max_events, int timeout_m
 			int n = epoll_wait(epfd, (struct epoll_event *)events, max_events, 0);
 			if (n != 0) return n < 0 ? -errno : n; /* found while polling: keep the window */
 			if (monotonic_ns() - start >= window) break;
-			/* Never spin in the way of a thread that shares this CPU (a vCPU making the next event). */
-			sched_yield();
+			sched_yield(); /* a vCPU sharing this CPU may be about to make the next event */
 		}
 	}
 	int n = epoll_wait(epfd, (struct epoll_event *)events, max_events, timeout_ms);

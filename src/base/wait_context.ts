@@ -61,11 +61,14 @@ export class WaitContext<T> extends OwnedFd {
   readonly #ready: EventRecord<T>[] = [];
   /** [the polling window now, its ceiling] in ns, kept by the C side between waits. */
   readonly #poll: BigInt64Array;
+  readonly #polls: boolean;
   #nextSlot = 1;
 
   constructor(options: WaitOptions = {}) {
     super(event.epollCreate());
-    this.#poll = new BigInt64Array([0n, BigInt(Math.max(0, Math.floor(options.pollNs ?? 0)))]);
+    const ceiling = Math.max(0, Math.floor(options.pollNs ?? 0));
+    this.#poll = new BigInt64Array([0n, BigInt(ceiling)]);
+    this.#polls = ceiling > 0;
   }
 
   /** Watches `fd` for `events` (input unless told otherwise: EPOLLOUT, EPOLLET...); its events report `token`. */
@@ -108,7 +111,7 @@ export class WaitContext<T> extends OwnedFd {
    * The array and its records are valid until the next call.
    */
   wait(timeoutMs: number): readonly TriggeredEvent<T>[] {
-    const n = this.#poll[1]! > 0n
+    const n = this.#polls
       ? event.epollWaitPolled(this.fd, this.#buffer, MAX_EVENTS, timeoutMs, this.#poll)
       : event.epollWait(this.fd, this.#buffer, MAX_EVENTS, timeoutMs);
     const ready = this.#ready;
@@ -118,7 +121,7 @@ export class WaitContext<T> extends OwnedFd {
     for (let i = 0; i < n; i++) {
       const at = i * EPOLL_EVENT_SIZE;
       const events = this.#view.getUint32(at, true);
-      const slot = this.#view.getUint32(at + 4, true); // slots count up from 1 and stay far below 2^32
+      const slot = this.#view.getUint32(at + 4, true) + this.#view.getUint32(at + 8, true) * 2 ** 32; // no BigInt
       const token = this.#tokens.get(slot);
       if (token === undefined) continue; // deleted while the event was in flight
       const record = this.#records[ready.length] ??= { token, readable: false, writable: false, hungUp: false };
