@@ -29,7 +29,8 @@ export class RegistersBusDevice implements BusDevice {
 
 /**
  * The factory a vCPU Worker builds its devices with; `vmFd` is the VM's, for the UARTs' interrupt
- * lines; `mapping` the vCPU's kvm_run mapping with the pages after it (KVM's coalesced ring); `outputWaits` is asked whenever a UART's output waits for its reader, and says whether to
+ * lines; `mapping` the vCPU's kvm_run mapping with the pages after it (KVM's coalesced ring);
+ * `outputWaits` is asked whenever a UART's output waits for its reader, and says whether to
  * drop the byte (the VM is going down).
  */
 export function workerDeviceFactory(vmFd: number, mapping: Uint8Array, outputWaits: () => boolean): WorkerDeviceFactory {
