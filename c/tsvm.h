@@ -36,9 +36,14 @@ int tsvm_fallocate(int fd, int mode, int64_t offset, int64_t len);
 int tsvm_flock(int fd, int operation);
 int tsvm_socket(int domain, int type, int protocol);
 
-/* vcpu.c: the vCPU run call and the kick signal */
+/* vcpu.c: vCPU threads, the exit server's side of their slots, and the kick signal */
 int tsvm_vcpu_bind(uint64_t kvm_run_addr);
 int tsvm_vcpu_run(int vcpu_fd);
+int tsvm_vcpu_thread_start(int vcpu_fd, uint64_t kvm_run_addr, void *slot, void *bell, int signum);
+int tsvm_vcpu_answer(void *slot, int answer);
+int tsvm_vcpu_wait_exit(void *bell, void *slots, int stride, int count, int from, int timeout_ms, int64_t *state);
+int tsvm_bell_ring(void *bell);
+int tsvm_bell_wait(void *bell, int32_t sequence, int timeout_ms);
 int tsvm_kick_install(int signum);
 int tsvm_kick(int tgid, int tid, int signum);
 int tsvm_sigrtmin(void);

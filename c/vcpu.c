@@ -1,14 +1,54 @@
-/* vcpu.c - KVM_RUN for a vCPU thread and the signal that kicks it out. */
+/* vcpu.c - KVM_RUN on a Worker's own thread, the vCPU threads that hand each exit to an exit
+ * server instead, and the kick signal.
+ *
+ * A vCPU thread is a plain pthread: no JavaScript realm of its own (a Bun Worker costs megabytes
+ * each). It owns one vCPU and loops: KVM_RUN, post the exit reason in its slot, wait until the
+ * server says GO (run again) or STOP. One server thread (a Worker) serves the exits of those vCPUs
+ * from their kvm_run pages. Both sides poll briefly before they sleep on a futex: a server's answer
+ * takes microseconds, and waking a sleeping thread costs tens of them on a VM host.
+ *
+ * Slot (four int32 words, in memory shared with JavaScript, which reads them with Atomics):
+ *   state: STARTING, IN_GUEST, EXIT (reason posted), GO, STOP, DONE    reason: exit reason or -errno
+ *   tid: the thread's id, for the kick                                 sleeping: 1 while it futex-waits
+ * Bell (two int32 words): sequence, sleeping (1 while the server futex-waits on the sequence). A post
+ * bumps the sequence and wakes the server only when it sleeps; a ring (resume, stop) always does.
+ * Every store the other side waits on is sequentially consistent, so of "I sleep" and "you have
+ * work" at least one side sees the other's store (no lost wake-up).
+ */
 #define _GNU_SOURCE
 #include "tsvm.h"
 
 #include <errno.h>
+#include <linux/futex.h>
 #include <linux/kvm.h>
+#include <pthread.h>
+#include <sched.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
+
+enum { SLOT_STARTING = 0, SLOT_IN_GUEST = 1, SLOT_EXIT = 2, SLOT_GO = 3, SLOT_STOP = 4, SLOT_DONE = 5 };
+
+struct vcpu_slot {
+	int32_t state;
+	int32_t reason;
+	int32_t tid;
+	int32_t sleeping;
+};
+
+struct exit_bell {
+	int32_t sequence;
+	int32_t sleeping;
+};
+
+/* How long a vCPU thread polls for the server's answer before it sleeps (ns). */
+#define GO_POLL_NS 50000
+/* A vCPU thread's stack: it calls KVM_RUN and futex, nothing deep. */
+#define VCPU_STACK_SIZE (64 * 1024)
 
 /* The kvm_run page of the vCPU that this thread runs; the kick handler sets its immediate_exit
  * so a kick that lands just before KVM_RUN is not lost (KVM returns -EINTR at once). */
@@ -19,6 +59,24 @@ static void kick_handler(int signum)
 	(void)signum;
 	if (bound_run)
 		bound_run->immediate_exit = 1;
+}
+
+static int64_t monotonic_ns(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+static long futex_wait(int32_t *word, int32_t expected, int timeout_ms)
+{
+	struct timespec t = { .tv_sec = timeout_ms / 1000, .tv_nsec = (long)(timeout_ms % 1000) * 1000000L };
+	return syscall(SYS_futex, word, FUTEX_WAIT, expected, timeout_ms < 0 ? NULL : &t, NULL, 0);
+}
+
+static void futex_wake(int32_t *word)
+{
+	syscall(SYS_futex, word, FUTEX_WAKE, 1, NULL, NULL, 0);
 }
 
 int tsvm_vcpu_bind(uint64_t kvm_run_addr)
@@ -37,6 +95,188 @@ int tsvm_vcpu_run(int vcpu_fd)
 		return -err;
 	}
 	return (int)bound_run->exit_reason;
+}
+
+struct vcpu_thread {
+	int vcpu_fd;
+	int signum;
+	struct kvm_run *run;
+	struct vcpu_slot *slot;
+	struct exit_bell *bell;
+};
+
+static void post_exit(struct vcpu_slot *slot, struct exit_bell *bell, int reason)
+{
+	__atomic_store_n(&slot->reason, reason, __ATOMIC_RELAXED);
+	__atomic_store_n(&slot->state, SLOT_EXIT, __ATOMIC_SEQ_CST);
+	if (__atomic_load_n(&bell->sleeping, __ATOMIC_SEQ_CST)) {
+		__atomic_fetch_add(&bell->sequence, 1, __ATOMIC_SEQ_CST);
+		futex_wake(&bell->sequence);
+	}
+}
+
+/* Waits until the server answers the posted exit; returns SLOT_GO or SLOT_STOP. */
+static int await_answer(struct vcpu_slot *slot)
+{
+	int64_t start = 0;
+	for (unsigned i = 0;; i++) {
+		int state = __atomic_load_n(&slot->state, __ATOMIC_ACQUIRE);
+		if (state != SLOT_EXIT)
+			return state;
+		if ((i & 63) == 63) {
+			int64_t now = monotonic_ns();
+			if (start == 0)
+				start = now;
+			else if (now - start > GO_POLL_NS)
+				break;
+		}
+		__builtin_ia32_pause();
+	}
+	__atomic_store_n(&slot->sleeping, 1, __ATOMIC_SEQ_CST);
+	int state;
+	while ((state = __atomic_load_n(&slot->state, __ATOMIC_SEQ_CST)) == SLOT_EXIT)
+		futex_wait(&slot->state, SLOT_EXIT, -1); /* EINTR (a kick), EAGAIN: look again */
+	__atomic_store_n(&slot->sleeping, 0, __ATOMIC_RELAXED);
+	return state;
+}
+
+static void *vcpu_thread_main(void *arg)
+{
+	struct vcpu_thread t = *(struct vcpu_thread *)arg;
+	free(arg);
+	sigset_t kick;
+	sigemptyset(&kick);
+	sigaddset(&kick, t.signum);
+	pthread_sigmask(SIG_UNBLOCK, &kick, NULL);
+	bound_run = t.run;
+	__atomic_store_n(&t.slot->tid, (int32_t)syscall(SYS_gettid), __ATOMIC_SEQ_CST);
+	/* The first post is a pseudo-exit: the server learns the thread can be kicked, and decides
+	 * whether it runs at all (the VM may already be stopping). */
+	int reason = -EINTR;
+	for (;;) {
+		post_exit(t.slot, t.bell, reason);
+		if (await_answer(t.slot) != SLOT_GO)
+			break;
+		reason = tsvm_vcpu_run(t.vcpu_fd);
+	}
+	bound_run = NULL;
+	__atomic_store_n(&t.slot->state, SLOT_DONE, __ATOMIC_SEQ_CST);
+	return NULL;
+}
+
+/* Starts the thread that runs `vcpu_fd` (its kvm_run page mapped at `kvm_run_addr`), posting into
+ * `slot` and ringing `bell`. The thread is detached: it ends after the server answers STOP. */
+int tsvm_vcpu_thread_start(int vcpu_fd, uint64_t kvm_run_addr, void *slot, void *bell, int signum)
+{
+	struct vcpu_thread *t = malloc(sizeof(*t));
+	if (!t)
+		return -ENOMEM;
+	*t = (struct vcpu_thread){ .vcpu_fd = vcpu_fd, .signum = signum, .run = (struct kvm_run *)(uintptr_t)kvm_run_addr,
+		.slot = slot, .bell = bell };
+	memset(slot, 0, sizeof(struct vcpu_slot));
+	pthread_attr_t attr;
+	pthread_attr_init(&attr);
+	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+	pthread_attr_setstacksize(&attr, VCPU_STACK_SIZE);
+	pthread_t thread;
+	int err = pthread_create(&thread, &attr, vcpu_thread_main, t);
+	pthread_attr_destroy(&attr);
+	if (err) {
+		free(t);
+		return -err;
+	}
+	return 0;
+}
+
+/* Server side: answers a posted exit with SLOT_GO or SLOT_STOP, waking the thread if it sleeps. */
+int tsvm_vcpu_answer(void *slot_ptr, int answer)
+{
+	struct vcpu_slot *slot = slot_ptr;
+	if (answer != SLOT_GO && answer != SLOT_STOP)
+		return -EINVAL;
+	__atomic_store_n(&slot->state, answer, __ATOMIC_SEQ_CST);
+	if (__atomic_load_n(&slot->sleeping, __ATOMIC_SEQ_CST))
+		futex_wake(&slot->state);
+	return 0;
+}
+
+/* Rings the bell: every thread waiting on it (the exit server, a parked vCPU) looks at its flags again. */
+int tsvm_bell_ring(void *bell_ptr)
+{
+	struct exit_bell *bell = bell_ptr;
+	__atomic_fetch_add(&bell->sequence, 1, __ATOMIC_SEQ_CST);
+	syscall(SYS_futex, &bell->sequence, FUTEX_WAKE, INT32_MAX, NULL, NULL, 0);
+	return 0;
+}
+
+static int find_posted(char *slots, int stride, int count, int from)
+{
+	for (int k = 0; k < count; k++) {
+		int i = (from + k) % count;
+		struct vcpu_slot *slot = (struct vcpu_slot *)(slots + (size_t)i * stride);
+		if (__atomic_load_n(&slot->state, __ATOMIC_ACQUIRE) == SLOT_EXIT)
+			return i;
+	}
+	return -1;
+}
+
+/*
+ * Server side: returns the index of a vCPU whose exit is posted (starting the search after `from`,
+ * so that no vCPU starves another), or -EAGAIN when the bell rang with nothing posted, or
+ * -ETIMEDOUT. It polls first, with the adaptive window of tsvm_epoll_wait_polled (state[0] the
+ * window, state[1] its ceiling), yielding between tries so that a vCPU thread sharing this CPU runs.
+ */
+int tsvm_vcpu_wait_exit(void *bell_ptr, void *slots, int stride, int count, int from, int timeout_ms, int64_t *state)
+{
+	struct exit_bell *bell = bell_ptr;
+	int32_t sequence = __atomic_load_n(&bell->sequence, __ATOMIC_SEQ_CST);
+	int found = find_posted(slots, stride, count, from);
+	if (found >= 0)
+		return found;
+	int64_t window = state[0], ceiling = state[1];
+	int64_t start = monotonic_ns();
+	if (window > 0) {
+		for (;;) {
+			for (int i = 0; i < 32; i++) {
+				if ((found = find_posted(slots, stride, count, from)) >= 0)
+					return found; /* found while polling: keep the window */
+				if (__atomic_load_n(&bell->sequence, __ATOMIC_ACQUIRE) != sequence)
+					return -EAGAIN;
+				__builtin_ia32_pause();
+			}
+			if (monotonic_ns() - start >= window)
+				break;
+			sched_yield();
+		}
+	}
+	__atomic_store_n(&bell->sleeping, 1, __ATOMIC_SEQ_CST);
+	found = find_posted(slots, stride, count, from);
+	if (found < 0 && __atomic_load_n(&bell->sequence, __ATOMIC_SEQ_CST) == sequence)
+		futex_wait(&bell->sequence, sequence, timeout_ms);
+	__atomic_store_n(&bell->sleeping, 0, __ATOMIC_RELAXED);
+	if (found < 0)
+		found = find_posted(slots, stride, count, from);
+	int64_t waited = monotonic_ns() - start;
+	if (found < 0 || waited > 2 * ceiling)
+		state[0] = 0;
+	else if (waited > ceiling)
+		state[0] = window / 2;
+	else if (window < ceiling)
+		state[0] = window == 0 ? 4000 : (window * 2 < ceiling ? window * 2 : ceiling);
+	if (found >= 0)
+		return found;
+	return __atomic_load_n(&bell->sequence, __ATOMIC_SEQ_CST) != sequence ? -EAGAIN : -ETIMEDOUT;
+}
+
+/* Waits (at most timeout_ms) until the bell rings after it read `sequence`. A vCPU thread's post
+ * does not ring it for such a waiter (only for a sleeping tsvm_vcpu_wait_exit): keep timeouts short
+ * where posts matter. */
+int tsvm_bell_wait(void *bell_ptr, int32_t sequence, int timeout_ms)
+{
+	struct exit_bell *bell = bell_ptr;
+	if (__atomic_load_n(&bell->sequence, __ATOMIC_SEQ_CST) == sequence)
+		futex_wait(&bell->sequence, sequence, timeout_ms);
+	return 0;
 }
 
 /* Installs the kick handler without SA_RESTART, so KVM_RUN returns -EINTR. */

@@ -36,6 +36,11 @@ const symbols = {
   // vcpu.c
   tsvm_vcpu_bind: { args: [u64], returns: i32 },
   tsvm_vcpu_run: { args: [i32], returns: i32 },
+  tsvm_vcpu_thread_start: { args: [i32, u64, pointer, pointer, i32], returns: i32 },
+  tsvm_vcpu_answer: { args: [pointer, i32], returns: i32 },
+  tsvm_vcpu_wait_exit: { args: [pointer, pointer, i32, i32, i32, i32, pointer], returns: i32 },
+  tsvm_bell_ring: { args: [pointer], returns: i32 },
+  tsvm_bell_wait: { args: [pointer, i32, i32], returns: i32 },
   tsvm_kick_install: { args: [i32], returns: i32 },
   tsvm_kick: { args: [i32, i32, i32], returns: i32 },
   tsvm_sigrtmin: { args: [], returns: i32 },

@@ -1,13 +1,14 @@
-// bus_mailbox.ts - a vCPU Worker's synchronous call into the Bus owned by the control loop.
+// bus_mailbox.ts - the exit server's synchronous call into the Bus owned by the control loop, one
+// mailbox per vCPU (the access is the vCPU's, and the control loop serves it as that vCPU's).
 //
-//   Worker (RemoteBusDevice)                      control loop (serveMailboxes)
+//   exit server (RemoteBusDevice)                 control loop (serveMailboxes)
 //   write flags, address, length, data
 //   state := REQUEST; eventfd += 1  ───────────▶  epoll wakes on the eventfd
 //   Atomics.wait(state == REQUEST)                 for each mailbox in REQUEST: run the Bus access,
 //                                   ◀───────────   write data, state := DONE, Atomics.notify
 //   read data, state := IDLE
-// A mailbox holds one request at a time (its vCPU is blocked until the answer). CANCELLED tells a
-// waiting vCPU that the VM is going down; it then stops at its next kick check.
+// A mailbox holds one request at a time (the exit server is blocked until the answer). CANCELLED tells
+// a waiting exit server that the VM is going down; the vCPU then stops at its next kick.
 import type { EventFd } from "../base/event_fd.ts";
 import { RateLimitedLog } from "../base/log.ts";
 import { describeError } from "../base/result.ts";
@@ -42,7 +43,7 @@ export class BusMailbox {
     this.#data = new Uint8Array(shared.buffer, offset + DATA_OFFSET, MAX_ACCESS);
   }
 
-  /** Worker side: performs one access through the control loop; returns false if it was cancelled. */
+  /** Exit-server side: performs one access through the control loop; returns false if it was cancelled. */
   call(space: AddressSpace, write: boolean, address: number, data: Uint8Array, wake: EventFd): boolean {
     const w = this.#words;
     w[M_FLAGS] = (write ? FLAG_WRITE : 0) | (space === "mmio" ? FLAG_MMIO : 0);
@@ -93,20 +94,21 @@ export class BusMailbox {
   }
 }
 
-/** A BusDevice in a vCPU Worker that stands for a device owned by the control loop. */
+/** A BusDevice in the exit server that stands for a device owned by the control loop. */
 export class RemoteBusDevice implements BusDevice {
   constructor(
     readonly debugLabel: string,
     readonly space: AddressSpace,
-    readonly mailbox: BusMailbox,
+    /** Indexed by vCPU id: an access goes through the mailbox of the vCPU that made it. */
+    readonly mailboxes: readonly BusMailbox[],
     readonly wake: EventFd,
   ) {}
 
   read(access: BusAccess, data: Uint8Array): void {
-    if (!this.mailbox.call(this.space, false, access.address, data, this.wake)) data.fill(0xff);
+    if (!this.mailboxes[access.vcpuId]!.call(this.space, false, access.address, data, this.wake)) data.fill(0xff);
   }
 
   write(access: BusAccess, data: Uint8Array): void {
-    this.mailbox.call(this.space, true, access.address, data, this.wake);
+    this.mailboxes[access.vcpuId]!.call(this.space, true, access.address, data, this.wake);
   }
 }

@@ -1,4 +1,5 @@
-// run_loop.ts - a vCPU's loop: KVM_RUN, then dispatch the exit to the Bus, until the vCPU must stop.
+// run_loop.ts - what happens at one vCPU exit: dispatch a port or MMIO access to the Bus, or say why
+// the vCPU must stop. The exit server (vcpu_worker.ts) calls it for every exit its vCPU threads post.
 import { KVM_RUN } from "../kvm/kvm_structs.ts";
 import { exitReasonName, KVM_EXIT, KVM_EXIT_IO_OUT, KVM_INTERNAL_ERROR, KVM_SYSTEM_EVENT } from "../kvm/kvm_sys.ts";
 import type { Bus } from "../devices/bus.ts";
@@ -9,36 +10,33 @@ const EAGAIN = 11;
 /** kvm_run.mmio.data holds at most 8 bytes. */
 const MMIO_DATA_SIZE = 8;
 
-/** Why the loop returned. */
+/** Why a vCPU stops. */
 export type VcpuStop =
   | { readonly kind: "error"; readonly message: string }
   | { readonly kind: "guest_exit"; readonly message: string }
   | { readonly kind: "kicked" };
 
-/** What the loop needs: the run call, the kvm_run page, the buses and the exit flag. */
-export type RunLoopContext = {
+/** What serving one exit came to: run on, look at the flags (a kick), or stop. */
+export type ExitOutcome = "served" | "interrupted" | VcpuStop;
+
+/** What serving a vCPU's exits needs: its kvm_run page and the buses. */
+export type ExitContext = {
   readonly vcpuId: number;
-  readonly vcpuFd: number;
-  readonly run: (vcpuFd: number) => number;
   readonly kvmRun: Uint8Array;
   readonly io: Bus;
   readonly mmio: Bus;
-  readonly exitRequested: () => boolean;
   /** Brings `io` and `mmio` up to the layout the control loop published (a cheap check when unchanged). */
   readonly refreshBuses?: () => void;
-  /** Parks the vCPU while a pause is requested (tsvm suspend); absent: never pause. */
-  readonly pauseRequested?: () => boolean;
-  readonly park?: () => void;
   /** An access no device claims (a read then sees all ones, a write is dropped). */
   readonly unhandled?: ((space: AddressSpace, address: number) => void) | undefined;
 };
 
 /**
- * Runs the vCPU until it stops. The exit flag is checked only after KVM_RUN returns -EINTR (a kick),
- * so the common exits (port and MMIO accesses) cost one run call and one Bus dispatch.
+ * Returns the function that serves one exit of the vCPU: `reason` is what KVM_RUN returned (an exit
+ * reason, or -errno). Port and MMIO accesses cost one Bus dispatch and allocate nothing.
  */
-export function runVcpu(ctx: RunLoopContext): VcpuStop {
-  const { vcpuId, vcpuFd, run, kvmRun, io, mmio } = ctx;
+export function exitHandler(ctx: ExitContext): (reason: number) => ExitOutcome {
+  const { vcpuId, kvmRun, io, mmio } = ctx;
   const refresh = ctx.refreshBuses ?? ((): void => {});
   const view = new DataView(kvmRun.buffer, kvmRun.byteOffset, kvmRun.byteLength);
   const mmioData = Array.from({ length: MMIO_DATA_SIZE + 1 }, (_, n) => kvmRun.subarray(KVM_RUN.mmio_data, KVM_RUN.mmio_data + n));
@@ -53,8 +51,7 @@ export function runVcpu(ctx: RunLoopContext): VcpuStop {
     return v;
   };
 
-  for (;;) {
-    const reason = run(vcpuFd);
+  return (reason: number): ExitOutcome => {
     if (reason === KVM_EXIT.KVM_EXIT_IO) {
       const out = kvmRun[KVM_RUN.io_direction] === KVM_EXIT_IO_OUT;
       const size = kvmRun[KVM_RUN.io_size]!;
@@ -72,7 +69,7 @@ export function runVcpu(ctx: RunLoopContext): VcpuStop {
           ctx.unhandled?.("io", port);
         }
       }
-      continue;
+      return "served";
     }
     if (reason === KVM_EXIT.KVM_EXIT_MMIO) {
       // Two 32-bit reads instead of getBigUint64: no BigInt allocated on the hot path.
@@ -85,20 +82,13 @@ export function runVcpu(ctx: RunLoopContext): VcpuStop {
         if (!write) data.fill(0xff);
         ctx.unhandled?.("mmio", address);
       }
-      continue;
+      return "served";
     }
-    if (reason === -EINTR || reason === KVM_EXIT.KVM_EXIT_INTR) {
-      if (ctx.exitRequested()) return { kind: "kicked" };
-      if (ctx.pauseRequested?.()) {
-        ctx.park!();
-        if (ctx.exitRequested()) return { kind: "kicked" };
-      }
-      continue;
-    }
-    if (reason === -EAGAIN) continue;
+    if (reason === -EINTR || reason === KVM_EXIT.KVM_EXIT_INTR) return "interrupted";
+    if (reason === -EAGAIN) return "served";
     if (reason < 0) return { kind: "error", message: `vCPU ${vcpuId}: KVM_RUN failed: errno ${-reason}` };
     return describeStop(vcpuId, reason, view);
-  }
+  };
 }
 
 /** Turns an exit the loop does not service into a stop. */

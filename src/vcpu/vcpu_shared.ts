@@ -1,12 +1,16 @@
-// vcpu_shared.ts - memory shared between the control loop and the vCPU Workers (one SharedArrayBuffer).
+// vcpu_shared.ts - memory shared between the control loop, the exit server and the vCPU threads
+// (one SharedArrayBuffer).
 //
 // Layout (little-endian Int32 words, then per-vCPU blocks):
-//   header   [0] exit requested (0/1)   [1] pause requested (0/1)
+//   header   [0] exit requested (0/1)   [1] pause requested (0/1)   [2..3] the exit server's bell
 //   per vCPU (VCPU_BLOCK bytes each, after HEADER_SIZE):
-//     state: STARTING | RUNNING | STOPPED     tid: the Worker's thread id for tgkill
-//     outcome: how it stopped                 report length, then the report text (UTF-8)
-//     mailbox: state, flags, address lo/hi, length, 8 data bytes (see bus_mailbox.ts)
-// Every word is read and written with Atomics, so each side sees the other's stores in order.
+//     state: STARTING | RUNNING | PARKED | STOPPED    tid: the vCPU thread's id for tgkill
+//     outcome: how it stopped                         report length, then the report text (UTF-8)
+//     slot (byte 16): the vCPU thread's posted exit (c/vcpu.c)
+//     mailbox (byte 32): state, flags, address lo/hi, length, 8 data bytes (see bus_mailbox.ts)
+// Every word is read and written with Atomics (or C atomics), so each side sees the other's stores
+// in order.
+import { type Pointer, ptr } from "bun:ffi";
 
 const HEADER_SIZE = 16;
 const VCPU_BLOCK = 8192;
@@ -17,6 +21,15 @@ const W_STATE = 0;
 const W_TID = 1;
 const W_OUTCOME = 2;
 const W_REPORT_LENGTH = 3;
+/** The vCPU thread's slot starts at byte 16 of the block, the bell at byte 8 of the header. */
+const SLOT_OFFSET = 16;
+const BELL_OFFSET = 8;
+const W_BELL_SEQUENCE = 2;
+/** Slot words (c/vcpu.c). */
+const S_STATE = 0;
+const S_REASON = 1;
+const S_TID = 2;
+export const SLOT_STATE = { STARTING: 0, IN_GUEST: 1, EXIT: 2, GO: 3, STOP: 4, DONE: 5 } as const;
 /** The mailbox starts at byte 32 of the block. */
 export const MAILBOX_OFFSET = 32;
 
@@ -53,47 +66,73 @@ export class VcpuShared {
     return Atomics.load(this.#words, 0) !== 0;
   }
 
+  /** Asks every vCPU to stop; the caller rings the bell and kicks the running ones. */
   requestExit(): void {
     Atomics.store(this.#words, 0, 1);
-    Atomics.notify(this.#words, 1); // parked vCPUs wake up to stop
   }
 
   get pauseRequested(): boolean {
     return Atomics.load(this.#words, 1) !== 0;
   }
 
-  /** Asks vCPUs to park at their next kick; `resume` lets them go. */
+  /** Asks vCPUs to park at their next kick; `resume` lets them go (the caller rings the bell). */
   requestPause(): void {
     Atomics.store(this.#words, 1, 1);
   }
 
   resume(): void {
     Atomics.store(this.#words, 1, 0);
-    Atomics.notify(this.#words, 1);
-  }
-
-  /** Worker side: parks vCPU `id` until resumed or told to exit. */
-  park(id: number): void {
-    Atomics.store(this.#words, this.#word(id, W_STATE), VCPU_STATE.PARKED);
-    while (Atomics.load(this.#words, 1) !== 0 && Atomics.load(this.#words, 0) === 0) Atomics.wait(this.#words, 1, 1, 1000);
-    Atomics.store(this.#words, this.#word(id, W_STATE), VCPU_STATE.RUNNING);
   }
 
   state(id: number): number {
     return Atomics.load(this.#words, this.#word(id, W_STATE));
   }
 
+  /** Exit-server side: vCPU `id` is PARKED (held outside KVM_RUN) or RUNNING again. */
+  setState(id: number, state: (typeof VCPU_STATE)["RUNNING" | "PARKED"]): void {
+    Atomics.store(this.#words, this.#word(id, W_STATE), state);
+  }
+
+  /** The address of the exit server's bell (two words), for c/vcpu.c. */
+  bellAddress(): Pointer {
+    return ptr(new Int32Array(this.buffer, BELL_OFFSET, 2));
+  }
+
+  bellSequence(): number {
+    return Atomics.load(this.#words, W_BELL_SEQUENCE);
+  }
+
+  /** The address of vCPU `id`'s slot, for c/vcpu.c; slots are `VCPU_BLOCK` bytes apart. */
+  slotAddress(id: number): Pointer {
+    return ptr(new Int32Array(this.buffer, this.blockOffset(id) + SLOT_OFFSET, 4));
+  }
+
+  static readonly slotStride = VCPU_BLOCK;
+
+  slotState(id: number): number {
+    return Atomics.load(this.#words, this.#word(id, SLOT_OFFSET / 4 + S_STATE));
+  }
+
+  /** The exit reason (or -errno) the vCPU thread posted. */
+  slotReason(id: number): number {
+    return Atomics.load(this.#words, this.#word(id, SLOT_OFFSET / 4 + S_REASON));
+  }
+
+  slotTid(id: number): number {
+    return Atomics.load(this.#words, this.#word(id, SLOT_OFFSET / 4 + S_TID));
+  }
+
   tid(id: number): number {
     return Atomics.load(this.#words, this.#word(id, W_TID));
   }
 
-  /** Called by the Worker once it can be kicked. */
+  /** Called by the exit server once vCPU `id`'s thread can be kicked. */
   markRunning(id: number, tid: number): void {
     Atomics.store(this.#words, this.#word(id, W_TID), tid);
     Atomics.store(this.#words, this.#word(id, W_STATE), VCPU_STATE.RUNNING);
   }
 
-  /** Called by the Worker as its last act: how it stopped and, for errors, the report. */
+  /** Called by the exit server once vCPU `id`'s thread ends: how it stopped and, for errors, the report. */
   markStopped(id: number, outcome: VcpuOutcome, report: string): void {
     const encoded = new TextEncoder().encode(report).subarray(0, REPORT_CAPACITY);
     this.#bytes.set(encoded, this.blockOffset(id) + REPORT_OFFSET);

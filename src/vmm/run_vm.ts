@@ -27,7 +27,7 @@ import { ControlLoop, type Ending } from "./control_loop.ts";
 import { ControlRequests } from "./control_requests.ts";
 import { attachLegacyDevices } from "./legacy_devices.ts";
 import { type InputSink, StdinPump } from "./stdin.ts";
-import { EXIT_CODE, startWorkers, Vcpus } from "./vcpus.ts";
+import { EXIT_CODE, startVcpuWorkers, Vcpus } from "./vcpus.ts";
 import { findVirtiofsd, startVirtiofsd } from "./virtiofsd.ts";
 import { loadDeviceKinds } from "../devices/create_device.ts";
 import { attachInProcess, attachInVmm, attachSandboxed, attachVhostUser, type DeviceContext, type VirtioHandle } from "./virtio_devices.ts";
@@ -55,7 +55,7 @@ type OpenedVm = {
 export async function runVm(config: Config): Promise<number> {
   setLogLevel(config.logLevel);
   useNonBlockingStderr();
-  const workers = startWorkers(config.cpus);
+  const workers = startVcpuWorkers(config.cpus);
   try {
     return await openAndRun(config, workers);
   } finally {

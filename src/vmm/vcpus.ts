@@ -1,5 +1,6 @@
-// vcpus.ts - the VM's vCPU Workers seen from the control loop: start them, serve their bus requests,
-// park them (tsvm suspend), and stop them.
+// vcpus.ts - the VM's vCPUs seen from the control loop: start the Workers that run them, serve their
+// bus requests, park the vCPUs (tsvm suspend), and stop them.
+import type { Pointer } from "bun:ffi";
 import { sys, vcpu as vcpuFfi } from "../../ffi/mod.ts";
 import { EventFd } from "../base/event_fd.ts";
 import { logLevel, logOnce } from "../base/log.ts";
@@ -22,7 +23,7 @@ const PARK_DEADLINE_MS = 2000;
 export const EXIT_CODE = { GUEST_EXIT: 0, VM_ERROR: 1, USAGE: 2 } as const;
 
 /**
- * Where the vCPU Worker's code is: an extra entry point of the executable, which lays the bundle out
+ * Where the vCPU Workers' code is: an extra entry point of the executable, which lays the bundle out
  * from src/ (so from here, in the bundle, it is ./vcpu/...), or the source file beside this folder.
  */
 const WORKER_URL = Bun.isStandaloneExecutable
@@ -30,13 +31,15 @@ const WORKER_URL = Bun.isStandaloneExecutable
   : new URL("../vcpu/vcpu_worker.ts", import.meta.url).href;
 
 /**
- * Starts the Workers early: they take a while to load their code, and get their vCPU once it is built.
- * A Worker sees the environment as the process started unless given this one; the environment names
- * the memfd that holds libtsvm.so (ffi/lib.ts), and without it each Worker made a copy of its own.
+ * Starts the vCPU Workers early: they take a while to load their code, and get their vCPUs once they
+ * are built. vCPU 0 gets a Worker of its own; with more vCPUs, one more Worker serves all the others,
+ * which run KVM_RUN on threads of the C library (vcpu_worker.ts says why). A Worker sees the
+ * environment as the process started unless given this one; the environment names the memfd that
+ * holds libtsvm.so (ffi/lib.ts), and without it each Worker made a copy of its own.
  */
-export function startWorkers(count: number): Worker[] {
+export function startVcpuWorkers(cpus: number): Worker[] {
   const env = Object.fromEntries(Object.entries(process.env).filter((e): e is [string, string] => e[1] !== undefined));
-  return Array.from({ length: count }, () => new Worker(WORKER_URL, { env }));
+  return Array.from({ length: cpus > 1 ? 2 : 1 }, () => new Worker(WORKER_URL, { env }));
 }
 
 /** The vCPUs of one VM and the control loop's side of their mailboxes. */
@@ -53,12 +56,15 @@ export class Vcpus {
   #kickSignal = 0;
   #workerFailure: string | null = null;
 
+  readonly #bell: Pointer;
+
   constructor(built: BuiltVm, workers: readonly Worker[], loop: ControlLoop, buses: Record<AddressSpace, Bus>) {
     this.#built = built;
     this.#workers = workers;
     this.#loop = loop;
     this.#buses = buses;
     this.#shared = new VcpuShared(built.vcpus.length);
+    this.#bell = this.#shared.bellAddress();
     this.#mailboxes = built.vcpus.map((v) => new BusMailbox(this.#shared, v.id));
     loop.watch(this.#busRequest.fd, () => {
       this.#busRequest.read();
@@ -72,7 +78,7 @@ export class Vcpus {
   }
 
   /**
-   * Hands each Worker its vCPU and the bus layout, which follows every later change of the buses
+   * Hands the Workers their vCPUs and the bus layout, which follows every later change of the buses
    * (BARs the guest moves); the devices offering a worker view then are the ones Workers serve.
    */
   start(): void {
@@ -86,18 +92,21 @@ export class Vcpus {
     const republish = (): void => layout.publish(this.#buses);
     this.#buses.io.onChange = republish;
     this.#buses.mmio.onChange = republish;
-    for (const vcpu of this.#built.vcpus) {
-      const worker = this.#workers[vcpu.id]!;
-      worker.addEventListener("error", (e) => this.#onWorkerFailure(vcpu.id, e.message));
+    const ids = this.#built.vcpus.map((v) => v.id);
+    this.#workers.forEach((worker, n) => {
+      const role = n === 0 ? "own" : "server";
+      const mine = n === 0 ? ids.slice(0, 1) : ids.slice(1);
+      const label = n === 0 ? "vCPU 0's Worker" : "the exit server of vCPUs 1 and up";
+      worker.addEventListener("error", (e) => this.#onWorkerFailure(label, e.message));
       worker.addEventListener("close", () => {
-        if (this.#shared.state(vcpu.id) !== VCPU_STATE.STOPPED) this.#onWorkerFailure(vcpu.id, "Worker exited before its vCPU stopped");
+        if (mine.some((id) => this.#shared.state(id) !== VCPU_STATE.STOPPED)) this.#onWorkerFailure(label, "it exited before its vCPUs stopped");
       });
       const init: VcpuWorkerInit = {
-        vcpuId: vcpu.id, vcpuFd: vcpu.fd, mmapSize, shared: this.#shared.buffer, kickSignal,
+        role, ids: mine, vcpuFds: this.#built.vcpus.map((v) => v.fd), mmapSize, shared: this.#shared.buffer, kickSignal,
         busRequestFd: this.#busRequest.fd, exitFd: this.#vcpuExit.fd, vmFd: this.#built.vm.fd, layout: layout.table, views, logLevel: logLevel(),
       };
       worker.postMessage(init);
-    }
+    });
   }
 
   /** Answers every pending bus request; keeps going while requests arrive (a wake-up may cover several). */
@@ -135,7 +144,7 @@ export class Vcpus {
     });
     while (!settled()) {
       if (performance.now() > deadline) {
-        this.#shared.resume();
+        this.unpark();
         return false;
       }
       this.#kickRunning();
@@ -149,11 +158,13 @@ export class Vcpus {
   /** Lets parked vCPUs run again. */
   unpark(): void {
     this.#shared.resume();
+    vcpuFfi.ringBell(this.#bell);
   }
 
   /** Stops every vCPU (kicks them out of KVM_RUN, releases waiting mailboxes). */
   async stop(): Promise<void> {
     this.#shared.requestExit();
+    vcpuFfi.ringBell(this.#bell);
     const deadline = performance.now() + VCPU_STOP_DEADLINE_MS;
     const allStopped = (): boolean => this.#built.vcpus.every((v) => this.#shared.state(v.id) === VCPU_STATE.STOPPED);
     while (!allStopped() && performance.now() < deadline) {
@@ -184,8 +195,8 @@ export class Vcpus {
     }
   }
 
-  #onWorkerFailure(id: number, message: string): void {
-    this.#workerFailure ??= `vCPU ${id} Worker failed: ${message}`;
+  #onWorkerFailure(label: string, message: string): void {
+    this.#workerFailure ??= `${label} failed: ${message}`;
     this.#vcpuExit.signal();
   }
 }

@@ -86,7 +86,9 @@ pvh_start64:
 	jmp 4b
 
 /* AP trampoline, copied to a page below 1 MiB and started by SIPI in real mode (CS = page >> 4, IP = 0):
- * reads its APIC id with CPUID and sets ap_flags[id] at AP_FLAGS_ADDRESS, then halts. */
+ * reads its APIC id with CPUID, reads the host bridge's vendor and device id through the PCI
+ * configuration ports (exits the VMM serves for this vCPU), sets ap_flags[id] at AP_FLAGS_ADDRESS to
+ * 1 if it read 8086:1237 and to 2 otherwise, then halts. */
 	.code16
 	.globl ap_trampoline, ap_trampoline_end
 ap_trampoline:
@@ -96,7 +98,16 @@ ap_trampoline:
 	mov $1, %eax
 	cpuid
 	shr $24, %ebx
-	movb $1, 0x5000(%bx)	/* AP_FLAGS_ADDRESS in guest.c */
+	mov $0x80000000, %eax	/* bus 0, device 0, function 0, register 0 */
+	mov $0xcf8, %dx
+	outl %eax, %dx
+	mov $0xcfc, %dx
+	inl %dx, %eax
+	mov $1, %cl
+	cmp $0x12378086, %eax
+	je 6f
+	mov $2, %cl
+6:	movb %cl, 0x5000(%bx)	/* AP_FLAGS_ADDRESS in guest.c */
 5:	hlt
 	jmp 5b
 ap_trampoline_end:

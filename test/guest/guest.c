@@ -256,7 +256,7 @@ static void check_smp(void)
 	memcpy((void *)AP_TRAMPOLINE_ADDRESS, ap_trampoline, (size_t)(ap_trampoline_end - ap_trampoline));
 	for (unsigned i = 0; i < MAX_CPUS; i++) flags[i] = 0;
 	mmio_write32(LAPIC_BASE + LAPIC_SVR, 0x1ff);	/* software-enable the local APIC */
-	unsigned online = 1;
+	unsigned online = 1, read_ok = 0;
 	for (unsigned i = 0; i < mp_cpus; i++) {
 		uint8_t id = apic_ids[i];
 		if (id == 0) continue;
@@ -269,9 +269,10 @@ static void check_smp(void)
 		for (uint64_t spin = 0; spin < 50000000 && !flags[id]; spin++)
 			__asm__ volatile("pause");
 		if (flags[id]) online++;
+		if (flags[id] == 1) read_ok++;
 	}
-	puts_("     smp online "); putu(online); puts_(" of "); putu(mp_cpus); puts_("\n");
-	result(online == mp_cpus, "smp", "every CPU in the MP table answered INIT/SIPI");
+	puts_("     smp online "); putu(online); puts_(" of "); putu(mp_cpus); puts_(", host bridge id read by "); putu(read_ok); puts_("\n");
+	result(online == mp_cpus && read_ok + 1 == online, "smp", "every CPU in the MP table answered INIT/SIPI and read the host bridge's id through port I/O");
 }
 
 static void bench(const char *spec)

@@ -2,7 +2,7 @@ import { describe, expect, test } from "bun:test";
 import { Bus, type BusAccess, type BusDevice } from "../../src/devices/bus.ts";
 import { KVM_RUN } from "../../src/kvm/kvm_structs.ts";
 import { KVM_EXIT } from "../../src/kvm/kvm_sys.ts";
-import { runVcpu } from "../../src/vcpu/run_loop.ts";
+import { type ExitContext, exitHandler, type VcpuStop } from "../../src/vcpu/run_loop.ts";
 
 const EINTR = 4;
 const DATA_OFFSET = 0x1000;
@@ -38,13 +38,27 @@ const ioExit = (port: number, out: boolean, value: number, count = 1) => (v: Dat
 };
 const reason = (r: number) => (): number => r;
 
-describe("runVcpu", () => {
+/** Serves the fake vCPU's exits as the exit server does, until one stops it (a kick stops it once exit is requested). */
+function drive(f: { run: () => number }, ctx: ExitContext, exitRequested: () => boolean): VcpuStop {
+  const serve = exitHandler(ctx);
+  for (;;) {
+    const outcome = serve(f.run());
+    if (outcome === "served") continue;
+    if (outcome === "interrupted") {
+      if (exitRequested()) return { kind: "kicked" };
+      continue;
+    }
+    return outcome;
+  }
+}
+
+describe("exitHandler", () => {
   test("port writes reach the Bus device, string I/O one element at a time", () => {
     const port = new Port();
     const io = new Bus();
     io.insert(port, 0x3f8, 8);
     const f = fakeVcpu([ioExit(0x3f8, true, 0x41), ioExit(0x3f8, true, 0x61, 3), reason(KVM_EXIT.KVM_EXIT_SHUTDOWN)]);
-    const stop = runVcpu({ vcpuId: 0, vcpuFd: -1, run: f.run, kvmRun: f.kvmRun, io, mmio: new Bus(), exitRequested: () => false });
+    const stop = drive(f, { vcpuId: 0, kvmRun: f.kvmRun, io, mmio: new Bus() }, () => false);
     expect(port.writes).toEqual([0x41, 0x61, 0x62, 0x63]);
     expect(stop).toEqual({ kind: "error", message: "vCPU 0 stopped: KVM_EXIT_SHUTDOWN (triple fault)" });
   });
@@ -58,7 +72,7 @@ describe("runVcpu", () => {
       if (refreshes++ === 0) io.insert(port, 0x3f8, 8);
     };
     const f = fakeVcpu([ioExit(0x3f8, true, 0x41), ioExit(0x3f8, true, 0x42), reason(KVM_EXIT.KVM_EXIT_SHUTDOWN)]);
-    runVcpu({ vcpuId: 0, vcpuFd: -1, run: f.run, kvmRun: f.kvmRun, io, mmio: new Bus(), exitRequested: () => false, refreshBuses });
+    drive(f, { vcpuId: 0, kvmRun: f.kvmRun, io, mmio: new Bus(), refreshBuses }, () => false);
     expect(port.writes).toEqual([0x41, 0x42]);
     expect(refreshes).toBe(2);
   });
@@ -74,20 +88,20 @@ describe("runVcpu", () => {
       },
       reason(-EINTR),
     ]);
-    runVcpu({ vcpuId: 1, vcpuFd: -1, run: f.run, kvmRun: f.kvmRun, io: new Bus(), mmio: new Bus(), exitRequested: () => true });
+    drive(f, { vcpuId: 1, kvmRun: f.kvmRun, io: new Bus(), mmio: new Bus() }, () => true);
     expect([f.view.getUint8(DATA_OFFSET), f.view.getUint32(KVM_RUN.mmio_data, true)]).toEqual([0xff, 0xffff_ffff]);
   });
 
   test("a kick stops the loop only when exit was requested", () => {
     let requested = false;
     const f = fakeVcpu([reason(-EINTR), () => { requested = true; return -EINTR; }]);
-    const stop = runVcpu({ vcpuId: 0, vcpuFd: -1, run: f.run, kvmRun: f.kvmRun, io: new Bus(), mmio: new Bus(), exitRequested: () => requested });
+    const stop = drive(f, { vcpuId: 0, kvmRun: f.kvmRun, io: new Bus(), mmio: new Bus() }, () => requested);
     expect(stop).toEqual({ kind: "kicked" });
   });
 
   test("a power-off system event is a guest exit", () => {
     const f = fakeVcpu([(v) => { v.setUint32(KVM_RUN.system_event_type, 1, true); return KVM_EXIT.KVM_EXIT_SYSTEM_EVENT; }]);
-    const stop = runVcpu({ vcpuId: 2, vcpuFd: -1, run: f.run, kvmRun: f.kvmRun, io: new Bus(), mmio: new Bus(), exitRequested: () => false });
+    const stop = drive(f, { vcpuId: 2, kvmRun: f.kvmRun, io: new Bus(), mmio: new Bus() }, () => false);
     expect(stop).toEqual({ kind: "guest_exit", message: "vCPU 2: guest powered off" });
   });
 
@@ -98,13 +112,13 @@ describe("runVcpu", () => {
       v.setBigUint64(KVM_RUN.internal_data, 0xabcn, true);
       return KVM_EXIT.KVM_EXIT_INTERNAL_ERROR;
     }]);
-    const stop = runVcpu({ vcpuId: 0, vcpuFd: -1, run: f.run, kvmRun: f.kvmRun, io: new Bus(), mmio: new Bus(), exitRequested: () => false });
+    const stop = drive(f, { vcpuId: 0, kvmRun: f.kvmRun, io: new Bus(), mmio: new Bus() }, () => false);
     expect(stop).toEqual({ kind: "error", message: "vCPU 0 stopped: KVM_EXIT_INTERNAL_ERROR suberror 1 (emulation failure) data [0xabc]" });
   });
 
   test("a malformed port exit from KVM is an error, not an out-of-bounds access", () => {
     const f = fakeVcpu([ioExit(0x80, true, 0, 0x10000)]);
-    const stop = runVcpu({ vcpuId: 0, vcpuFd: -1, run: f.run, kvmRun: f.kvmRun, io: new Bus(), mmio: new Bus(), exitRequested: () => false });
+    const stop = drive(f, { vcpuId: 0, kvmRun: f.kvmRun, io: new Bus(), mmio: new Bus() }, () => false);
     expect(stop.kind).toBe("error");
   });
 });
