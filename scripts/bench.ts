@@ -183,7 +183,9 @@ if (want(4)) {
 //    for 1, 4 and 16 vCPUs and for 1, 4 and 8 disks; then blk reads in a jailed device process vs
 //    in-process.
 type TreeMemory = { readonly vmm: number; readonly devices: readonly number[]; readonly total: number };
-/** Starts `cmd`, waits for `ready` on its stdout (or 3 s), and measures its process tree (KiB). */
+/** At most this many samples, a second apart, wait for the tree to hold still. */
+const MEMORY_SETTLE_SAMPLES = 8;
+/** Starts `cmd`, waits for `ready` on its stdout (or 3 s), and measures its process tree (KiB) once it settles. */
 async function memoryOf(cmd: string[], ready: RegExp | null): Promise<TreeMemory> {
   const child = Bun.spawn(cmd, { stdout: "pipe", stderr: "ignore", stdin: "ignore" });
   try {
@@ -197,10 +199,21 @@ async function memoryOf(cmd: string[], ready: RegExp | null): Promise<TreeMemory
       text += new TextDecoder().decode(value);
     }
     if (ready === null) await Bun.sleep(3000 * TIME_SCALE); // QEMU: give the guest time to boot
-    await Bun.sleep(500);
-    const vmm = privateDirtyKib(child.pid);
-    const devices = childPids(child.pid).map((pid) => privateDirtyKib(pid));
-    return { vmm, devices, total: vmm + devices.reduce((a, b) => a + b, 0) };
+    // A Bun process gives memory back for a few seconds after start-up (its heap shrinks once the
+    // start-up garbage is collected): measure once the tree holds still, as it then stays.
+    const sample = (): TreeMemory => {
+      const vmm = privateDirtyKib(child.pid);
+      const devices = childPids(child.pid).map((pid) => privateDirtyKib(pid));
+      return { vmm, devices, total: vmm + devices.reduce((a, b) => a + b, 0) };
+    };
+    let last = sample();
+    for (let i = 0; i < MEMORY_SETTLE_SAMPLES; i++) {
+      await Bun.sleep(1000);
+      const now = sample();
+      if (Math.abs(now.total - last.total) <= 64) return now;
+      last = now;
+    }
+    return last;
   } finally {
     child.kill("SIGKILL");
     await child.exited;
