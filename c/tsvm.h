@@ -39,7 +39,7 @@ int tsvm_socket(int domain, int type, int protocol);
 /* vcpu.c: vCPU threads, the exit server's side of their slots, and the kick signal */
 int tsvm_vcpu_bind(uint64_t kvm_run_addr);
 int tsvm_vcpu_run(int vcpu_fd);
-int tsvm_vcpu_thread_start(int vcpu_fd, uint64_t kvm_run_addr, void *slot, void *bell, int signum);
+int tsvm_vcpu_thread_start(int id, int vcpu_fd, uint64_t kvm_run_addr, void *slot, void *bell, int signum);
 int tsvm_vcpu_answer(void *slot, int answer);
 int tsvm_vcpu_wait_exit(void *bell, void *slots, int stride, int count, int from, int timeout_ms, int64_t *state);
 int tsvm_bell_ring(void *bell);

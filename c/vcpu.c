@@ -24,6 +24,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -164,9 +165,10 @@ static void *vcpu_thread_main(void *arg)
 	return NULL;
 }
 
-/* Starts the thread that runs `vcpu_fd` (its kvm_run page mapped at `kvm_run_addr`), posting into
- * `slot` and ringing `bell`. The thread is detached: it ends after the server answers STOP. */
-int tsvm_vcpu_thread_start(int vcpu_fd, uint64_t kvm_run_addr, void *slot, void *bell, int signum)
+/* Starts the thread that runs vCPU `id` (`vcpu_fd`, its kvm_run page mapped at `kvm_run_addr`),
+ * posting into `slot` and ringing `bell`; it is named "vcpu <id>" (ps, top, /proc). The thread is
+ * detached: it ends after the server answers STOP. */
+int tsvm_vcpu_thread_start(int id, int vcpu_fd, uint64_t kvm_run_addr, void *slot, void *bell, int signum)
 {
 	struct vcpu_thread *t = malloc(sizeof(*t));
 	if (!t)
@@ -185,6 +187,9 @@ int tsvm_vcpu_thread_start(int vcpu_fd, uint64_t kvm_run_addr, void *slot, void 
 		free(t);
 		return -err;
 	}
+	char name[16];
+	snprintf(name, sizeof(name), "vcpu %d", id);
+	pthread_setname_np(thread, name);
 	return 0;
 }
 

@@ -36,7 +36,7 @@ const symbols = {
   // vcpu.c
   tsvm_vcpu_bind: { args: [u64], returns: i32 },
   tsvm_vcpu_run: { args: [i32], returns: i32 },
-  tsvm_vcpu_thread_start: { args: [i32, u64, pointer, pointer, i32], returns: i32 },
+  tsvm_vcpu_thread_start: { args: [i32, i32, u64, pointer, pointer, i32], returns: i32 },
   tsvm_vcpu_answer: { args: [pointer, i32], returns: i32 },
   tsvm_vcpu_wait_exit: { args: [pointer, pointer, i32, i32, i32, i32, pointer], returns: i32 },
   tsvm_bell_ring: { args: [pointer], returns: i32 },

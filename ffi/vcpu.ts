@@ -15,11 +15,12 @@ export const vcpuRun: (vcpuFd: number) => number = native.tsvm_vcpu_run;
 export const SLOT_ANSWER = { GO: 3, STOP: 4 } as const;
 
 /**
- * Starts the C thread that runs vCPU `vcpuFd` (its kvm_run page at `kvmRunAddress`): it posts each
- * exit into the slot at address `slot` and rings the bell at `bell` (addresses in shared memory).
+ * Starts the C thread (named "vcpu <id>") that runs vCPU `id` from `vcpuFd`, its kvm_run page at
+ * `kvmRunAddress`: it posts each exit into the slot at address `slot` and rings the bell at `bell`
+ * when the exit server sleeps (addresses in shared memory).
  */
-export function startVcpuThread(vcpuFd: number, kvmRunAddress: number, slot: Pointer, bell: Pointer, kickSignal: number): void {
-  checked(native.tsvm_vcpu_thread_start(vcpuFd, kvmRunAddress, slot, bell, kickSignal), `start the thread of vCPU fd ${vcpuFd}`);
+export function startVcpuThread(id: number, vcpuFd: number, kvmRunAddress: number, slot: Pointer, bell: Pointer, kickSignal: number): void {
+  checked(native.tsvm_vcpu_thread_start(id, vcpuFd, kvmRunAddress, slot, bell, kickSignal), `start the thread of vCPU ${id}`);
 }
 
 /** Answers the exit posted in `slot`: run again (GO) or end the thread (STOP). */

@@ -134,7 +134,7 @@ class VcpuRunner {
     const init = this.#init;
     const first = init.ids[0]!;
     const count = init.ids.length;
-    for (const id of init.ids) vcpuFfi.startVcpuThread(init.vcpuFds[id]!, this.#runs[id]!, this.#slots[id]!, this.#bell, init.kickSignal);
+    for (const id of init.ids) vcpuFfi.startVcpuThread(id, init.vcpuFds[id]!, this.#runs[id]!, this.#slots[id]!, this.#bell, init.kickSignal);
     const shared = this.#shared;
     let from = 0;
     while (this.#stopped < count) {

@@ -1,0 +1,78 @@
+// vCPUs after the first run on C threads served by one exit-server Worker: the threads exist, named,
+// a VM with many vCPUs costs the VMM little more memory than one with a single vCPU, and the threads
+// stop when the VM does.
+import { afterEach, describe, expect, test } from "bun:test";
+import { readdirSync, readFileSync } from "node:fs";
+import { privateDirtyKib, writeBack } from "../support/process_memory.ts";
+import { HAS_KVM, TIME_SCALE, TsvmProcess } from "../support/tsvm.ts";
+
+const TIMEOUT = 60_000 * TIME_SCALE;
+/**
+ * What seven more vCPUs may add to the VMM's private memory. A Worker per vCPU cost 2.4-2.8 MiB
+ * each (~18 MiB for seven); one exit-server Worker and seven C threads measured 3.5-4.5 MiB.
+ */
+const SEVEN_MORE_CEILING_KIB = 8 * 1024;
+const IS_ROOT = process.getuid?.() === 0;
+/** The ceiling is the built executable's: run from the sources, each Worker transpiles its own code. */
+const BUILT = process.env.TSVM_BIN !== undefined && process.env.TSVM_BIN !== "";
+
+const running: TsvmProcess[] = [];
+afterEach(() => {
+  while (running.length > 0) running.pop()![Symbol.dispose]();
+});
+
+/** Starts the test guest serving (it idles after its checks) with `cpus` vCPUs. */
+async function serve(cpus: number): Promise<TsvmProcess> {
+  const vm = new TsvmProcess(["run", "-m", "256", "-c", String(cpus), "-p", "tsvm.mode=serve", ...(IS_ROOT ? [] : ["--disable-sandbox"])]);
+  running.push(vm);
+  await vm.waitForOutput(/serving/, 30_000);
+  return vm;
+}
+
+/** The names of the process's threads. */
+function threadNames(pid: number): string[] {
+  return readdirSync(`/proc/${pid}/task`).map((tid) => {
+    try {
+      return readFileSync(`/proc/${pid}/task/${tid}/comm`, "utf8").trim();
+    } catch {
+      return ""; // ended meanwhile
+    }
+  });
+}
+
+/** The VMM's private dirty memory once it holds still (a Bun process gives start-up memory back for a few seconds). */
+async function settledKib(pid: number): Promise<number> {
+  let last = privateDirtyKib(pid);
+  for (let i = 0; i < 10; i++) {
+    await Bun.sleep(1000);
+    const now = privateDirtyKib(pid);
+    if (Math.abs(now - last) <= 64) return now;
+    last = now;
+  }
+  return last;
+}
+
+describe.skipIf(!HAS_KVM)("vCPU threads", () => {
+  test("vCPUs 1 and up are C threads named after them, and they end with the VM", async () => {
+    const vm = await serve(4);
+    const pid = vm.child.pid;
+    const names = threadNames(pid);
+    expect(names.filter((n) => /^vcpu \d+$/.test(n)).sort()).toEqual(["vcpu 1", "vcpu 2", "vcpu 3"]);
+    vm.child.kill("SIGTERM");
+    expect(await vm.exit(10_000)).toBe(143);
+    expect(vm.stderr).not.toContain("did not stop in time");
+  }, TIMEOUT);
+
+  test("seven more vCPUs cost the VMM a few MiB, not a Worker each", async () => {
+    if (BUILT) writeBack(process.env.TSVM_BIN!); // else its code counts as the VMM's own memory
+    const one = await serve(1);
+    const oneKib = await settledKib(one.child.pid);
+    one[Symbol.dispose]();
+    const eight = await serve(8);
+    const eightKib = await settledKib(eight.child.pid);
+    const grew = eightKib - oneKib;
+    console.log(`tsvm tests: VMM private dirty, 1 vCPU ${(oneKib / 1024).toFixed(1)} MiB, 8 vCPUs ${(eightKib / 1024).toFixed(1)} MiB`);
+    if (BUILT) expect(grew).toBeLessThan(SEVEN_MORE_CEILING_KIB);
+    expect(threadNames(eight.child.pid).filter((n) => /^vcpu \d+$/.test(n))).toHaveLength(7);
+  }, TIMEOUT);
+});
