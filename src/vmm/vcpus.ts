@@ -31,6 +31,12 @@ const WORKER_URL = Bun.isStandaloneExecutable
   : new URL("../vcpu/vcpu_worker.ts", import.meta.url).href;
 
 /**
+ * TSVM_VCPU_THREADS=all puts vCPU 0 on a C thread too, so one Worker serves every vCPU: it measures
+ * the hand-off on the exit round trip (`npm run bench`, section 1) and saves one Worker (~2.5 MiB).
+ */
+const EVERY_VCPU_SERVED = process.env.TSVM_VCPU_THREADS === "all";
+
+/**
  * Starts the vCPU Workers early: they take a while to load their code, and get their vCPUs once they
  * are built. vCPU 0 gets a Worker of its own; with more vCPUs, one more Worker serves all the others,
  * which run KVM_RUN on threads of the C library (vcpu_worker.ts says why). A Worker sees the
@@ -39,7 +45,7 @@ const WORKER_URL = Bun.isStandaloneExecutable
  */
 export function startVcpuWorkers(cpus: number): Worker[] {
   const env = Object.fromEntries(Object.entries(process.env).filter((e): e is [string, string] => e[1] !== undefined));
-  return Array.from({ length: cpus > 1 ? 2 : 1 }, () => new Worker(WORKER_URL, { env }));
+  return Array.from({ length: cpus > 1 && !EVERY_VCPU_SERVED ? 2 : 1 }, () => new Worker(WORKER_URL, { env }));
 }
 
 /** The vCPUs of one VM and the control loop's side of their mailboxes. */
@@ -94,9 +100,9 @@ export class Vcpus {
     this.#buses.mmio.onChange = republish;
     const ids = this.#built.vcpus.map((v) => v.id);
     this.#workers.forEach((worker, n) => {
-      const role = n === 0 ? "own" : "server";
-      const mine = n === 0 ? ids.slice(0, 1) : ids.slice(1);
-      const label = n === 0 ? "vCPU 0's Worker" : "the exit server of vCPUs 1 and up";
+      const role = n === 0 && !EVERY_VCPU_SERVED ? "own" : "server";
+      const mine = EVERY_VCPU_SERVED ? ids : n === 0 ? ids.slice(0, 1) : ids.slice(1);
+      const label = role === "own" ? "vCPU 0's Worker" : `the exit server of vCPUs ${mine[0]} and up`;
       worker.addEventListener("error", (e) => this.#onWorkerFailure(label, e.message));
       worker.addEventListener("close", () => {
         if (mine.some((id) => this.#shared.state(id) !== VCPU_STATE.STOPPED)) this.#onWorkerFailure(label, "it exited before its vCPUs stopped");
