@@ -4,7 +4,8 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import { readdirSync, readFileSync } from "node:fs";
 import { privateDirtyKib, writeBack } from "../support/process_memory.ts";
-import { HAS_KVM, TIME_SCALE, TsvmProcess } from "../support/tsvm.ts";
+import { join } from "node:path";
+import { HAS_KVM, runTsvm, tempDir, TIME_SCALE, TsvmProcess } from "../support/tsvm.ts";
 
 const TIMEOUT = 60_000 * TIME_SCALE;
 /**
@@ -21,9 +22,10 @@ afterEach(() => {
   while (running.length > 0) running.pop()![Symbol.dispose]();
 });
 
-/** Starts the test guest serving (it idles after its checks) with `cpus` vCPUs. */
-async function serve(cpus: number): Promise<TsvmProcess> {
-  const vm = new TsvmProcess(["run", "-m", "256", "-c", String(cpus), "-p", "tsvm.mode=serve", ...(IS_ROOT ? [] : ["--disable-sandbox"])]);
+/** Starts the test guest serving (it idles after its checks) with `cpus` vCPUs; `env` goes before tsvm (`env NAME=VALUE`). */
+async function serve(cpus: number, extra: readonly string[] = [], env: readonly string[] = []): Promise<TsvmProcess> {
+  const prefix = env.length > 0 ? ["env", ...env] : [];
+  const vm = new TsvmProcess(["run", "-m", "256", "-c", String(cpus), "-p", "tsvm.mode=serve", ...(IS_ROOT ? [] : ["--disable-sandbox"]), ...extra], prefix);
   running.push(vm);
   await vm.waitForOutput(/serving/, 30_000);
   return vm;
@@ -74,5 +76,29 @@ describe.skipIf(!HAS_KVM)("vCPU threads", () => {
     console.log(`tsvm tests: VMM private dirty, 1 vCPU ${(oneKib / 1024).toFixed(1)} MiB, 8 vCPUs ${(eightKib / 1024).toFixed(1)} MiB`);
     if (BUILT) expect(grew).toBeLessThan(SEVEN_MORE_CEILING_KIB);
     expect(threadNames(eight.child.pid).filter((n) => /^vcpu \d+$/.test(n))).toHaveLength(7);
+  }, TIMEOUT);
+
+  // TSVM_VCPU_THREADS=all puts vCPU 0 on a C thread too: what the exit server does for vCPUs 1 and up
+  // can then be driven by the guest's boot vCPU, the one whose faults and output the test guest controls.
+  test("a vCPU the exit server serves that triple-faults is reported with its exit reason and registers, exit 1", async () => {
+    const r = await runTsvm(["run", "-c", "2", "-p", "tsvm.fault=triple"], { env: { TSVM_VCPU_THREADS: "all" } });
+    expect(r.stderr).toMatch(/vCPU 0 stopped: KVM_EXIT_(SHUTDOWN \(triple fault\)|INTERNAL_ERROR)/);
+    expect(r.stderr).toMatch(/RIP=[0-9a-f]{16}/);
+    expect(r.stderr).toContain("EFER=");
+    expect(r.code).toBe(1);
+  }, TIMEOUT);
+
+  test("with every vCPU on the exit server the guest passes its checks, and suspend, resume and stop work", async () => {
+    const socket = join(tempDir(), "vm.sock");
+    const vm = await serve(2, ["-s", socket], ["TSVM_VCPU_THREADS=all"]);
+    expect(vm.stdout).toMatch(/tsvm-guest: \d+ passed, 0 failed/);
+    expect(vm.stdout).toContain("host bridge id read by 1");
+    expect(threadNames(vm.child.pid).filter((n) => /^vcpu \d+$/.test(n)).sort()).toEqual(["vcpu 0", "vcpu 1"]);
+    for (const command of ["suspend", "resume", "suspend", "resume"]) expect((await runTsvm([command, socket])).code).toBe(0);
+    const ticks = (): number => (vm.stdout.match(/tick/g) ?? []).length;
+    const before = ticks();
+    await vm.waitForOutput(() => ticks() > before, 10_000); // the guest runs again after resume
+    expect((await runTsvm(["stop", socket])).code).toBe(0);
+    expect(await vm.exit(10_000)).toBe(0);
   }, TIMEOUT);
 });

@@ -35,10 +35,11 @@ export const guestBuilt = existsSync(GUEST_ELF);
 
 export type RunResult = { code: number | null; signal: string | null; stdout: string; stderr: string; timedOut: boolean };
 
-/** Runs tsvm with `args` and resolves when it exits or is killed at `timeoutMs`. */
-export async function runTsvm(args: readonly string[], opts: { timeoutMs?: number; cwd?: string; stdin?: string } = {}): Promise<RunResult> {
+/** Runs tsvm with `args` (and `env` added to the environment) and resolves when it exits or is killed at `timeoutMs`. */
+export async function runTsvm(args: readonly string[], opts: { timeoutMs?: number; cwd?: string; stdin?: string; env?: Record<string, string> } = {}): Promise<RunResult> {
   const child = Bun.spawn([...tsvmCommand(), ...args], {
     cwd: opts.cwd ?? ROOT, stdin: opts.stdin === undefined ? "ignore" : "pipe", stdout: "pipe", stderr: "pipe",
+    env: { ...process.env, ...opts.env },
   });
   if (opts.stdin !== undefined) {
     // A pipe, as from a terminal or another program: tsvm waits for it in epoll.
