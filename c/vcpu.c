@@ -8,7 +8,7 @@
  * takes microseconds, and waking a sleeping thread costs tens of them on a VM host.
  *
  * Slot (four int32 words, in memory shared with JavaScript, which reads them with Atomics):
- *   state: STARTING, IN_GUEST, EXIT (reason posted), GO, STOP, DONE    reason: exit reason or -errno
+ *   state: STARTING, EXIT (reason posted), GO (running), STOP, DONE    reason: exit reason or -errno
  *   tid: the thread's id, for the kick                                 sleeping: 1 while it futex-waits
  * Bell (two int32 words): sequence, sleeping (1 while the server futex-waits on the sequence). A post
  * bumps the sequence and wakes the server only when it sleeps; a ring (resume, stop) always does.
@@ -32,7 +32,7 @@
 #include <time.h>
 #include <unistd.h>
 
-enum { SLOT_STARTING = 0, SLOT_IN_GUEST = 1, SLOT_EXIT = 2, SLOT_GO = 3, SLOT_STOP = 4, SLOT_DONE = 5 };
+enum { SLOT_STARTING = 0, SLOT_EXIT = 2, SLOT_GO = 3, SLOT_STOP = 4, SLOT_DONE = 5 };
 
 struct vcpu_slot {
 	int32_t state;
@@ -73,12 +73,13 @@ static int64_t monotonic_ns(void)
 static long futex_wait(int32_t *word, int32_t expected, int timeout_ms)
 {
 	struct timespec t = { .tv_sec = timeout_ms / 1000, .tv_nsec = (long)(timeout_ms % 1000) * 1000000L };
-	return syscall(SYS_futex, word, FUTEX_WAIT, expected, timeout_ms < 0 ? NULL : &t, NULL, 0);
+	return syscall(SYS_futex, word, FUTEX_WAIT_PRIVATE, expected, timeout_ms < 0 ? NULL : &t, NULL, 0);
 }
 
-static void futex_wake(int32_t *word)
+/* Wakes up to `count` threads of this process waiting on `word` (every waiter is one of ours). */
+static void futex_wake(int32_t *word, int count)
 {
-	syscall(SYS_futex, word, FUTEX_WAKE, 1, NULL, NULL, 0);
+	syscall(SYS_futex, word, FUTEX_WAKE_PRIVATE, count, NULL, NULL, 0);
 }
 
 int tsvm_vcpu_bind(uint64_t kvm_run_addr)
@@ -113,7 +114,7 @@ static void post_exit(struct vcpu_slot *slot, struct exit_bell *bell, int reason
 	__atomic_store_n(&slot->state, SLOT_EXIT, __ATOMIC_SEQ_CST);
 	if (__atomic_load_n(&bell->sleeping, __ATOMIC_SEQ_CST)) {
 		__atomic_fetch_add(&bell->sequence, 1, __ATOMIC_SEQ_CST);
-		futex_wake(&bell->sequence);
+		futex_wake(&bell->sequence, 1);
 	}
 }
 
@@ -202,7 +203,7 @@ int tsvm_vcpu_answer(void *slot_ptr, int answer)
 		return -EINVAL;
 	__atomic_store_n(&slot->state, answer, __ATOMIC_SEQ_CST);
 	if (__atomic_load_n(&slot->sleeping, __ATOMIC_SEQ_CST))
-		futex_wake(&slot->state);
+		futex_wake(&slot->state, 1);
 	return 0;
 }
 
@@ -211,7 +212,7 @@ int tsvm_bell_ring(void *bell_ptr)
 {
 	struct exit_bell *bell = bell_ptr;
 	__atomic_fetch_add(&bell->sequence, 1, __ATOMIC_SEQ_CST);
-	syscall(SYS_futex, &bell->sequence, FUTEX_WAKE, INT32_MAX, NULL, NULL, 0);
+	futex_wake(&bell->sequence, INT32_MAX);
 	return 0;
 }
 

@@ -29,7 +29,7 @@ const W_BELL_SEQUENCE = 2;
 const S_STATE = 0;
 const S_REASON = 1;
 const S_TID = 2;
-export const SLOT_STATE = { STARTING: 0, IN_GUEST: 1, EXIT: 2, GO: 3, STOP: 4, DONE: 5 } as const;
+export const SLOT_STATE = { STARTING: 0, EXIT: 2, GO: 3, STOP: 4, DONE: 5 } as const;
 /** The mailbox starts at byte 32 of the block. */
 export const MAILBOX_OFFSET = 32;
 
