@@ -1,6 +1,8 @@
 // lib.ts - loads libtsvm.so once (from a memfd inside the single executable) and declares every symbol.
 import { dlopen, FFIType, ptr } from "bun:ffi";
 import embeddedLibrary from "../build/libtsvm.so" with { type: "file" };
+// LIBRARY_ENV names the memfd holding the library, so Workers of the same process open it instead of copying again.
+import { LIBRARY_ENV } from "../src/base/in_process_jsc.ts";
 
 const { i32, i64, u32, u64, ptr: pointer, cstring } = FFIType;
 
@@ -86,8 +88,6 @@ const symbols = {
   tsvm_disk_try: { args: [i32, pointer, i32, i64, i32], returns: i32 },
 } as const;
 
-/** Names the memfd holding the library, so Workers of the same process open it instead of copying again. */
-const LIBRARY_ENV = "TSVM_LIBRARY_FD_PATH";
 
 /**
  * Copies the embedded library into a memfd so dlopen needs no writable temp directory. The memfd is

@@ -6,6 +6,11 @@
 // separate chunks: a device process parses none of the CLI's modules (yargs, valibot, the VM
 // builder), which saves it about 3 MiB of private memory, and loads only its own device's code
 // (devices/create_device.ts).
+if ((Bun.argv[2] === "run" || Bun.argv[2] === "devices") && Bun.argv.includes("--disable-sandbox")) {
+  // Devices in this process: it runs under their JSC settings, set at start (base/in_process_jsc.ts).
+  const { restartWithDeviceJsc } = await import("./base/in_process_jsc.ts");
+  restartWithDeviceJsc();
+}
 if (Bun.argv[2] === "device") {
   const { runDeviceProcess } = await import("./devices/sandbox/device_process.ts");
   process.exit(await runDeviceProcess());

@@ -28,6 +28,7 @@ import { ControlRequests } from "./control_requests.ts";
 import { attachLegacyDevices } from "./legacy_devices.ts";
 import { type InputSink, StdinPump } from "./stdin.ts";
 import { EXIT_CODE, startVcpuWorkers, Vcpus } from "./vcpus.ts";
+import { restartWithDeviceJsc } from "../base/in_process_jsc.ts";
 import { findVirtiofsd, startVirtiofsd } from "./virtiofsd.ts";
 import { loadDeviceKinds } from "../devices/create_device.ts";
 import { attachInProcess, attachInVmm, attachSandboxed, attachVhostUser, type DeviceContext, type VirtioHandle } from "./virtio_devices.ts";
@@ -53,6 +54,7 @@ type OpenedVm = {
 
 /** Runs the VM described by `config`; resolves to the process exit code. */
 export async function runVm(config: Config): Promise<number> {
+  if (!config.sandbox) restartWithDeviceJsc(); // returns only when the settings are in place
   setLogLevel(config.logLevel);
   useNonBlockingStderr();
   const workers = startVcpuWorkers(config.cpus);

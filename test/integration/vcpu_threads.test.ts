@@ -1,8 +1,8 @@
 // vCPUs after the first run on C threads served by one exit-server Worker: the threads exist, named,
 // a VM with many vCPUs costs the VMM little more memory than one with a single vCPU, and the threads
-// stop when the VM does.
+// stop when the VM does. And the VMM that runs devices itself runs under their JSC settings.
 import { afterEach, describe, expect, test } from "bun:test";
-import { readdirSync, readFileSync } from "node:fs";
+import { readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { privateDirtyKib, writeBack } from "../support/process_memory.ts";
 import { join } from "node:path";
 import { HAS_KVM, runTsvm, tempDir, TIME_SCALE, TsvmProcess } from "../support/tsvm.ts";
@@ -100,5 +100,31 @@ describe.skipIf(!HAS_KVM)("vCPU threads", () => {
     await vm.waitForOutput(() => ticks() > before, 10_000); // the guest runs again after resume
     expect((await runTsvm(["stop", socket])).code).toBe(0);
     expect(await vm.exit(10_000)).toBe(0);
+  }, TIMEOUT);
+});
+
+// With --disable-sandbox the devices run in the VMM, which then runs under a device process's JSC
+// settings: JSC reads them only at start, so tsvm runs itself again with them (base/in_process_jsc.ts).
+describe.skipIf(!HAS_KVM)("devices in the VMM", () => {
+  const environ = (pid: number): string[] => readFileSync(`/proc/${pid}/environ`, "utf8").split("\0");
+
+  test("--disable-sandbox runs the VMM under the device processes' JSC settings, as the same process", async () => {
+    const vm = new TsvmProcess(["run", "-m", "256", "-p", "tsvm.mode=serve", "--disable-sandbox"]);
+    running.push(vm);
+    await vm.waitForOutput(/serving/, 30_000);
+    expect(environ(vm.child.pid)).toEqual(expect.arrayContaining(["BUN_JSC_useFTLJIT=0", "BUN_JSC_numberOfGCMarkers=1"]));
+    expect(vm.stdout).toMatch(/tsvm-guest: \d+ passed, 0 failed/);
+  }, TIMEOUT);
+
+  test("so does disable-sandbox in a configuration file; a setting already in the environment stays", async () => {
+    const path = join(tempDir(), "vm.json");
+    writeFileSync(path, JSON.stringify({ "disable-sandbox": true }));
+    const vm = new TsvmProcess(["run", "--config", path, "-m", "256", "-p", "tsvm.mode=serve"], ["env", "BUN_JSC_numberOfGCMarkers=2"]);
+    running.push(vm);
+    await vm.waitForOutput(/serving/, 30_000);
+    const env = environ(vm.child.pid);
+    expect(env).toContain("BUN_JSC_useFTLJIT=0");
+    expect(env).toContain("BUN_JSC_numberOfGCMarkers=2");
+    expect(env).not.toContain("BUN_JSC_numberOfGCMarkers=1");
   }, TIMEOUT);
 });

@@ -8,6 +8,7 @@
 // pipe the VMM reads, prefixed with its name, escaped and rate-limited; it never holds a terminal.
 import { jail, socket, sys } from "../../../ffi/mod.ts";
 import { ERRNO } from "../../base/errno.ts";
+import { DEVICE_JSC } from "../../base/in_process_jsc.ts";
 import { log, sanitize, writeLog } from "../../base/log.ts";
 import { describeError, err, ok, type Result } from "../../base/result.ts";
 import type { StreamSocket } from "../../base/stream_socket.ts";
@@ -30,7 +31,7 @@ import { decodeTubeMessage, type DeviceSetup, encodeCommand, encodeHostConnected
  * collection (thousands a second while a driver notifies fast), which the scheduler put on whatever
  * CPU was free, often the one a vCPU was about to run on. And the VMM's loop-polling setting.
  */
-const DEVICE_ENV = ["BUN_RUNTIME_TRANSPILER_CACHE_PATH=0", "BUN_JSC_useFTLJIT=0", "BUN_JSC_numberOfGCMarkers=1", `TSVM_LOOP_POLL_NS=${LOOP_POLL_NS}`];
+const DEVICE_ENV = ["BUN_RUNTIME_TRANSPILER_CACHE_PATH=0", ...Object.entries(DEVICE_JSC).map(([k, v]) => `${k}=${v}`), `TSVM_LOOP_POLL_NS=${LOOP_POLL_NS}`];
 
 export const START_TIMEOUT_MS = Number(process.env.TSVM_DEVICE_START_TIMEOUT_MS ?? "") || 8000;
 /**
