@@ -88,7 +88,7 @@ export class VcpuShared {
     return Atomics.load(this.#words, this.#word(id, W_STATE));
   }
 
-  /** Exit-server side: vCPU `id` is PARKED (held outside KVM_RUN) or RUNNING again. */
+  /** Worker side: vCPU `id` is PARKED (held outside KVM_RUN) or RUNNING again. */
   setState(id: number, state: (typeof VCPU_STATE)["RUNNING" | "PARKED"]): void {
     Atomics.store(this.#words, this.#word(id, W_STATE), state);
   }
@@ -126,13 +126,13 @@ export class VcpuShared {
     return Atomics.load(this.#words, this.#word(id, W_TID));
   }
 
-  /** Called by the exit server once vCPU `id`'s thread can be kicked. */
+  /** Called by the Worker of vCPU `id` once its thread (the Worker's, or a C thread) can be kicked. */
   markRunning(id: number, tid: number): void {
     Atomics.store(this.#words, this.#word(id, W_TID), tid);
     Atomics.store(this.#words, this.#word(id, W_STATE), VCPU_STATE.RUNNING);
   }
 
-  /** Called by the exit server once vCPU `id`'s thread ends: how it stopped and, for errors, the report. */
+  /** Called by the Worker of vCPU `id` as it stops: how it stopped and, for errors, the report. */
   markStopped(id: number, outcome: VcpuOutcome, report: string): void {
     const encoded = new TextEncoder().encode(report).subarray(0, REPORT_CAPACITY);
     this.#bytes.set(encoded, this.blockOffset(id) + REPORT_OFFSET);

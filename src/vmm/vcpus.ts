@@ -59,10 +59,10 @@ export class Vcpus {
   readonly #busRequest = new EventFd();
   readonly #vcpuExit = new EventFd();
   readonly #unhandled = new Set<string>();
+  /** The exit server's bell: rung so that it sees a resume or a stop at once. */
+  readonly #bell: Pointer;
   #kickSignal = 0;
   #workerFailure: string | null = null;
-
-  readonly #bell: Pointer;
 
   constructor(built: BuiltVm, workers: readonly Worker[], loop: ControlLoop, buses: Record<AddressSpace, Bus>) {
     this.#built = built;
