@@ -20,7 +20,7 @@
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import { childPids, privateDirtyKib, writeBack } from "../test/support/process_memory.ts";
+import { childPids, privateDirtyKib, settledMemory, writeBack } from "../test/support/process_memory.ts";
 
 const ROOT = resolve(import.meta.dir, "..");
 const GUEST = join(ROOT, "build/guest/tsvm-guest.elf");
@@ -192,9 +192,7 @@ if (want(4)) {
 //    for 1, 4 and 16 vCPUs and for 1, 4 and 8 disks; then blk reads in a jailed device process vs
 //    in-process.
 type TreeMemory = { readonly vmm: number; readonly devices: readonly number[]; readonly total: number };
-/** At most this many samples, a second apart, wait for the tree to hold still. */
-const MEMORY_SETTLE_SAMPLES = 8;
-/** Starts `cmd`, waits for `ready` on its stdout (or 3 s), and measures its process tree (KiB) once it settles. */
+/** Starts `cmd`, waits for `ready` on its stdout (or 3 s), and measures its process tree (KiB) once it has settled. */
 async function memoryOf(cmd: string[], ready: RegExp | null): Promise<TreeMemory> {
   const child = Bun.spawn(cmd, { stdout: "pipe", stderr: "ignore", stdin: "ignore" });
   try {
@@ -208,21 +206,14 @@ async function memoryOf(cmd: string[], ready: RegExp | null): Promise<TreeMemory
       text += new TextDecoder().decode(value);
     }
     if (ready === null) await Bun.sleep(3000 * TIME_SCALE); // QEMU: give the guest time to boot
-    // A Bun process gives memory back for a few seconds after start-up (its heap shrinks once the
-    // start-up garbage is collected): measure once the tree holds still, as it then stays.
+    // A Bun process gives memory back some seconds after start-up (settledMemory): the least the tree
+    // held over 8 s is what it keeps.
     const sample = (): TreeMemory => {
       const vmm = privateDirtyKib(child.pid);
       const devices = childPids(child.pid).map((pid) => privateDirtyKib(pid));
       return { vmm, devices, total: vmm + devices.reduce((a, b) => a + b, 0) };
     };
-    let last = sample();
-    for (let i = 0; i < MEMORY_SETTLE_SAMPLES; i++) {
-      await Bun.sleep(1000);
-      const now = sample();
-      if (Math.abs(now.total - last.total) <= 64) return now;
-      last = now;
-    }
-    return last;
+    return await settledMemory(sample, (m) => m.total);
   } finally {
     child.kill("SIGKILL");
     await child.exited;

@@ -3,7 +3,7 @@
 // stop when the VM does. And the VMM that runs devices itself runs under their JSC settings.
 import { afterEach, describe, expect, test } from "bun:test";
 import { readdirSync, readFileSync, writeFileSync } from "node:fs";
-import { privateDirtyKib, writeBack } from "../support/process_memory.ts";
+import { privateDirtyKib, settledMemory, writeBack } from "../support/process_memory.ts";
 import { join } from "node:path";
 import { HAS_KVM, runTsvm, tempDir, TIME_SCALE, TsvmProcess } from "../support/tsvm.ts";
 
@@ -42,18 +42,6 @@ function threadNames(pid: number): string[] {
   });
 }
 
-/** The VMM's private dirty memory once it holds still (a Bun process gives start-up memory back for a few seconds). */
-async function settledKib(pid: number): Promise<number> {
-  let last = privateDirtyKib(pid);
-  for (let i = 0; i < 10; i++) {
-    await Bun.sleep(1000);
-    const now = privateDirtyKib(pid);
-    if (Math.abs(now - last) <= 64) return now;
-    last = now;
-  }
-  return last;
-}
-
 describe.skipIf(!HAS_KVM)("vCPU threads", () => {
   test("vCPUs 1 and up are C threads named after them, and they end with the VM", async () => {
     const vm = await serve(4);
@@ -68,10 +56,10 @@ describe.skipIf(!HAS_KVM)("vCPU threads", () => {
   test("seven more vCPUs cost the VMM a few MiB, not a Worker each", async () => {
     if (BUILT) writeBack(process.env.TSVM_BIN!); // else its code counts as the VMM's own memory
     const one = await serve(1);
-    const oneKib = await settledKib(one.child.pid);
+    const oneKib = await settledMemory(() => privateDirtyKib(one.child.pid), (k) => k);
     one[Symbol.dispose]();
     const eight = await serve(8);
-    const eightKib = await settledKib(eight.child.pid);
+    const eightKib = await settledMemory(() => privateDirtyKib(eight.child.pid), (k) => k);
     const grew = eightKib - oneKib;
     console.log(`tsvm tests: VMM private dirty, 1 vCPU ${(oneKib / 1024).toFixed(1)} MiB, 8 vCPUs ${(eightKib / 1024).toFixed(1)} MiB`);
     if (BUILT) expect(grew).toBeLessThan(SEVEN_MORE_CEILING_KIB);

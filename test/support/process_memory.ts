@@ -46,3 +46,19 @@ export function writeBack(path: string): void {
     closeSync(fd);
   }
 }
+
+/**
+ * The smallest of the samples taken every `everyMs` for `windowMs`, by `size`: a Bun process gives
+ * memory back some time after start-up (its heap shrinks once start-up garbage is collected, after
+ * one to several seconds and sometimes after a plateau), and does not grow back while idle, so the
+ * least it held over a few seconds is what it keeps.
+ */
+export async function settledMemory<T>(sample: () => T, size: (s: T) => number, windowMs = 8000, everyMs = 500): Promise<T> {
+  let least = sample();
+  for (let waited = 0; waited < windowMs; waited += everyMs) {
+    await Bun.sleep(everyMs);
+    const now = sample();
+    if (size(now) < size(least)) least = now;
+  }
+  return least;
+}
