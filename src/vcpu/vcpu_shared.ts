@@ -29,7 +29,8 @@ const W_BELL_SEQUENCE = 2;
 const S_STATE = 0;
 const S_REASON = 1;
 const S_TID = 2;
-export const SLOT_STATE = { STARTING: 0, EXIT: 2, GO: 3, STOP: 4, DONE: 5 } as const;
+/** The slot's state while an exit is posted and unanswered (c/vcpu.c: SLOT_EXIT). */
+const SLOT_EXIT = 2;
 /** The mailbox starts at byte 32 of the block. */
 export const MAILBOX_OFFSET = 32;
 
@@ -109,8 +110,9 @@ export class VcpuShared {
 
   static readonly slotStride = VCPU_BLOCK;
 
-  slotState(id: number): number {
-    return Atomics.load(this.#words, this.#word(id, SLOT_OFFSET / 4 + S_STATE));
+  /** Whether vCPU `id`'s thread has posted an exit that is not answered yet. */
+  exitPosted(id: number): boolean {
+    return Atomics.load(this.#words, this.#word(id, SLOT_OFFSET / 4 + S_STATE)) === SLOT_EXIT;
   }
 
   /** The exit reason (or -errno) the vCPU thread posted. */

@@ -10,7 +10,6 @@
 import type { Pointer } from "bun:ffi";
 import { noFTL } from "bun:jsc";
 import { sys, vcpu as vcpuFfi } from "../../ffi/mod.ts";
-import { SLOT_ANSWER } from "../../ffi/vcpu.ts";
 import { EventFd } from "../base/event_fd.ts";
 import { drainLog, type LogLevel, logOnce, setLogLevel, useNonBlockingStderr } from "../base/log.ts";
 import { LOOP_POLL_NS } from "../base/wait_context.ts";
@@ -20,7 +19,7 @@ import { Vcpu } from "../kvm/vcpu.ts";
 import { BusMailbox, RemoteBusDevice } from "./bus_mailbox.ts";
 import { exitHandler, type ExitOutcome, type VcpuStop } from "./run_loop.ts";
 import { formatRegisters } from "./vcpu_dump.ts";
-import { SLOT_STATE, VCPU_OUTCOME, VCPU_STATE, VcpuShared } from "./vcpu_shared.ts";
+import { VCPU_OUTCOME, VCPU_STATE, VcpuShared } from "./vcpu_shared.ts";
 import { WorkerBuses, type WorkerView } from "./worker_bus.ts";
 import { workerDeviceFactory } from "./worker_devices.ts";
 
@@ -156,7 +155,7 @@ class VcpuRunner {
       } catch (e) {
         outcome = { kind: "error", message: `vCPU ${id}: ${e instanceof Error ? e.message : String(e)}` };
       }
-      if (outcome === "served") vcpuFfi.answerExit(this.#slots[id]!, SLOT_ANSWER.GO);
+      if (outcome === "served") vcpuFfi.answerExit(this.#slots[id]!, vcpuFfi.SLOT_ANSWER.GO);
       else if (outcome === "interrupted") this.#interrupted(id);
       else this.#stop(id, outcome);
     }
@@ -184,7 +183,7 @@ class VcpuRunner {
       this.#phase[id] = Phase.HELD;
       shared.setState(id, VCPU_STATE.PARKED);
     } else {
-      vcpuFfi.answerExit(this.#slots[id]!, SLOT_ANSWER.GO);
+      vcpuFfi.answerExit(this.#slots[id]!, vcpuFfi.SLOT_ANSWER.GO);
     }
   }
 
@@ -200,7 +199,7 @@ class VcpuRunner {
       } else {
         this.#phase[id] = Phase.RUNNING;
         shared.setState(id, VCPU_STATE.RUNNING);
-        vcpuFfi.answerExit(this.#slots[id]!, SLOT_ANSWER.GO);
+        vcpuFfi.answerExit(this.#slots[id]!, vcpuFfi.SLOT_ANSWER.GO);
       }
     }
   }
@@ -217,7 +216,7 @@ class VcpuRunner {
       if (!shared.pauseRequested || shared.exitRequested) break;
       for (const id of this.#init.ids) {
         if (shared.state(id) !== VCPU_STATE.RUNNING) continue;
-        if (id === this.#current || (this.#init.role === "server" && shared.slotState(id) === SLOT_STATE.EXIT)) {
+        if (id === this.#current || (this.#init.role === "server" && shared.exitPosted(id))) {
           shared.setState(id, VCPU_STATE.PARKED);
           parked.push(id);
         }
@@ -238,7 +237,7 @@ class VcpuRunner {
         report += `\n(registers unavailable: ${e instanceof Error ? e.message : String(e)})`;
       }
     }
-    if (this.#init.role === "server" && this.#shared.slotState(id) === SLOT_STATE.EXIT) vcpuFfi.answerExit(this.#slots[id]!, SLOT_ANSWER.STOP);
+    if (this.#init.role === "server" && this.#shared.exitPosted(id)) vcpuFfi.answerExit(this.#slots[id]!, vcpuFfi.SLOT_ANSWER.STOP);
     this.#phase[id] = Phase.STOPPED;
     this.#stopped++;
     const outcome = stop.kind === "kicked" ? VCPU_OUTCOME.KICKED : stop.kind === "guest_exit" ? VCPU_OUTCOME.GUEST_EXIT : VCPU_OUTCOME.ERROR;

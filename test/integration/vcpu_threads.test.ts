@@ -16,6 +16,7 @@ const SEVEN_MORE_CEILING_KIB = 8 * 1024;
 const IS_ROOT = process.getuid?.() === 0;
 /** The ceiling is the built executable's: run from the sources, each Worker transpiles its own code. */
 const BUILT = process.env.TSVM_BIN !== undefined && process.env.TSVM_BIN !== "";
+if (HAS_KVM && !BUILT) console.warn("tsvm tests: TSVM_BIN is not set (npm test sets it); the VMM's memory per vCPU is held to no ceiling");
 
 const running: TsvmProcess[] = [];
 afterEach(() => {
