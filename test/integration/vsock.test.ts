@@ -11,8 +11,23 @@ const MIB = 1024 * 1024;
 /** The guest's 1 MiB (test/guest/virtio.c vsock_pattern) and the host's answer. */
 const guestByte = (i: number): number => (i * 7 + (i >> 11)) & 0xff;
 const hostData = Uint8Array.from({ length: MIB }, (_, i) => (i * 13 + (i >> 9)) & 0xff);
-/** The guest's checksum: sum = sum * 31 + byte, mod 2^32. */
-const checksum = (bytes: Uint8Array): number => bytes.reduce((sum, b) => (Math.imul(sum, 31) + b) >>> 0, 0);
+/**
+ * The guest's checksum (test/guest/virtio.c vs_checksum): over the bytes as little-endian 32-bit
+ * words, the last one padded with zeros, a = the sum of the words and b = the sum of a's running
+ * values, both mod 2^32; printed as b:a in one 64-bit hex number.
+ */
+function checksum(bytes: Uint8Array): string {
+  const padded = new Uint8Array(Math.ceil(bytes.byteLength / 4) * 4);
+  padded.set(bytes);
+  const words = new DataView(padded.buffer);
+  let a = 0;
+  let b = 0;
+  for (let i = 0; i < padded.byteLength; i += 4) {
+    a = (a + words.getUint32(i, true)) >>> 0;
+    b = (b + a) >>> 0;
+  }
+  return ((BigInt(b) << 32n) | BigInt(a)).toString(16);
+}
 
 /**
  * Resolves once the guest has stopped sending on its connection: the bytes the device took from it
@@ -101,7 +116,7 @@ describe.skipIf(!HAS_KVM)("virtio-vsock under the test guest", () => {
         expect(await within(listener.received, 60_000, "1 MiB from the guest at the host listener", vm)).toBe(`ok ${MIB}`);
         // The whole line, not a prefix of its checksum still being written.
         await vm.waitForOutput(/virtio-vsock received 1048576 bytes checksum 0x[0-9a-f]+\r?\n/, 60_000);
-        expect(vm.stdout).toContain(`virtio-vsock received 1048576 bytes checksum 0x${checksum(hostData).toString(16)}`);
+        expect(vm.stdout).toContain(`virtio-vsock received 1048576 bytes checksum 0x${checksum(hostData)}`);
         expect(vm.stdout).toMatch(/virtio-vsock sent 1048576 bytes, waited for credit [1-9]\d* times/);
         // The guest then shuts the connection down and waits for the host's reset before its verdict.
         await vm.waitForOutput(/(ok|FAIL) +virtio-vsock:/, 60_000);
