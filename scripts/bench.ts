@@ -528,68 +528,73 @@ if (want(8) && qemu) {
       }
     }
   }
-  // The I/O pool alone, without a VM (so also where there is no KVM): the same O_DIRECT random 4 KiB
-  // requests from the bench process, one at a time through the synchronous transfer vs 32 in flight.
+  // The I/O pool alone, without a VM (so also where there is no KVM): the same O_DIRECT requests
+  // from the bench process (4 KiB random, 64 KiB sequential), one at a time through the synchronous
+  // transfer vs 32 in flight: what this host's disk gives at depth, the ceiling of the depth ratios.
   const { AioPool, AIO_OP, diskTransfer } = await import("../ffi/aio.ts");
   const { EventFd } = await import("../src/base/event_fd.ts");
   const { DiskFile } = await import("../src/disk/disk_file.ts");
   const { socket } = await import("../ffi/mod.ts");
-  for (const write of [false, true]) {
-    let file: ReturnType<typeof DiskFile.open>;
-    try {
-      file = DiskFile.open(image, false, true);
-    } catch (e) {
-      row(`| I/O pool alone, O_DIRECT | skipped: ${e instanceof Error ? e.message : e} | | | |`);
-      break;
-    }
-    const buffers = new Uint8Array(new SharedArrayBuffer(32 * 4096));
-    const requests = 4000;
-    const slots = file.size / 4096;
-    let seed = 0x12345;
-    const nextOffset = (): number => {
-      seed = (Math.imul(seed, 1103515245) + 12345) >>> 0;
-      return (seed % slots) * 4096;
-    };
-    const one = (): number => {
-      const start = performance.now();
-      for (let i = 0; i < requests; i++) diskTransfer(file.fd, [buffers.subarray(0, 4096)], nextOffset(), file.align, write);
-      return (performance.now() - start) / requests;
-    };
-    const deep = (): number => {
-      const done = new EventFd();
-      const pool = new AioPool(16, 64, done.fd);
-      const op = write ? AIO_OP.WRITE : AIO_OP.READ;
-      const submit = (tag: number): void => {
-        const r = tag % 32;
-        if (pool.submit(op, file.fd, [buffers.subarray(r * 4096, (r + 1) * 4096)], nextOffset(), tag, file.align) !== 0) throw new Error("pool refused a request");
-      };
-      const start = performance.now();
-      let tag = 0;
-      let completed = 0;
-      for (; tag < 32; tag++) submit(tag);
-      while (completed < requests) {
-        socket.waitReadable(done.fd, 1000);
-        done.read();
-        for (const c of pool.reap()) {
-          if (c.result !== 0) throw new Error(`errno ${-c.result}`);
-          completed++;
-          if (tag < requests) submit(tag++);
-        }
+  poolAlone: for (const [size, sequential] of [[4096, false], [65536, true]] as const) {
+    for (const write of [false, true]) {
+      let file: ReturnType<typeof DiskFile.open>;
+      try {
+        file = DiskFile.open(image, false, true);
+      } catch (e) {
+        row(`| I/O pool alone, O_DIRECT | skipped: ${e instanceof Error ? e.message : e} | | | |`);
+        break poolAlone;
       }
-      const perRequest = (performance.now() - start) / requests;
-      pool.close();
-      done.close();
-      return perRequest;
-    };
-    const ones: number[] = [];
-    const deeps: number[] = [];
-    for (let i = 0; i < blkRounds; i++) {
-      ones.push(one());
-      deeps.push(deep());
+      const buffers = new Uint8Array(new SharedArrayBuffer(32 * size));
+      const requests = sequential ? 1000 : 4000;
+      const slots = file.size / size;
+      let seed = 0x12345;
+      let next = 0;
+      const nextOffset = (): number => {
+        if (sequential) return (next++ % slots) * size;
+        seed = (Math.imul(seed, 1103515245) + 12345) >>> 0;
+        return (seed % slots) * size;
+      };
+      const one = (): number => {
+        const start = performance.now();
+        for (let i = 0; i < requests; i++) diskTransfer(file.fd, [buffers.subarray(0, size)], nextOffset(), file.align, write);
+        return (performance.now() - start) / requests;
+      };
+      const deep = (): number => {
+        const done = new EventFd();
+        const pool = new AioPool(16, 64, done.fd);
+        const op = write ? AIO_OP.WRITE : AIO_OP.READ;
+        const submit = (tag: number): void => {
+          const r = tag % 32;
+          if (pool.submit(op, file.fd, [buffers.subarray(r * size, (r + 1) * size)], nextOffset(), tag, file.align) !== 0) throw new Error("pool refused a request");
+        };
+        const start = performance.now();
+        let tag = 0;
+        let completed = 0;
+        for (; tag < 32; tag++) submit(tag);
+        while (completed < requests) {
+          socket.waitReadable(done.fd, 1000);
+          done.read();
+          for (const c of pool.reap()) {
+            if (c.result !== 0) throw new Error(`errno ${-c.result}`);
+            completed++;
+            if (tag < requests) submit(tag++);
+          }
+        }
+        const perRequest = (performance.now() - start) / requests;
+        pool.close();
+        done.close();
+        return perRequest;
+      };
+      const ones: number[] = [];
+      const deeps: number[] = [];
+      for (let i = 0; i < blkRounds; i++) {
+        ones.push(one());
+        deeps.push(deep());
+      }
+      file.close();
+      const name = `${size / 1024} KiB ${sequential ? "sequential" : "random"} ${write ? "writes" : "reads"}`;
+      row(`| I/O pool alone (no VM), O_DIRECT ${name}: 32 in flight vs one at a time (µs per request, median of ${blkRounds}) | ${(median(deeps) * 1000).toFixed(1)} | one at a time ${(median(ones) * 1000).toFixed(1)} | ${(median(ones) / median(deeps)).toFixed(2)}× the rate | ${sequential ? "report (the disk's ceiling)" : "≥ 4×"} |`);
     }
-    file.close();
-    const name = write ? "writes" : "reads";
-    row(`| I/O pool alone (no VM), O_DIRECT 4 KiB random ${name}: 32 in flight vs one at a time (µs per request, median of ${blkRounds}) | ${(median(deeps) * 1000).toFixed(1)} | one at a time ${(median(ones) * 1000).toFixed(1)} | ${(median(ones) / median(deeps)).toFixed(2)}× the rate | ≥ 4× |`);
   }
   rmSync(image, { force: true });
 }
