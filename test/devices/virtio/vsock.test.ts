@@ -261,7 +261,7 @@ describe("virtio-vsock against a hostile driver", () => {
     expect(resets).toBe(MAX_QUEUED_RESETS);
   });
 
-  test("one-byte packets to a host that does not read are packed, not kept a buffer each; they arrive in order", () => {
+  test("one-byte packets to a host that does not read are kept in the connection's one ring, not a buffer each; they arrive in order", () => {
     const [ours, theirs] = socket.socketPair(socket.SOCK_STREAM);
     sys.addFileFlags(ours, 0o4000);
     const c = new Connection(8, 5000, "established");
@@ -270,7 +270,7 @@ describe("virtio-vsock against a hostile driver", () => {
     while (c.writeToHost([Uint8Array.of(i & 0xff)]) === "done") i++;
     for (let j = 0; j < 20_000; j++) c.writeToHost([Uint8Array.of(++i & 0xff)]);
     expect(c.pendingBytes).toBeGreaterThanOrEqual(20_000);
-    expect(c.pending.length).toBeLessThanOrEqual(Math.ceil(c.pendingBytes / 4096) + 1);
+    expect(c.keptCapacity).toBe(CONNECTION_BUFFER);
     const got: number[] = [];
     const buf = new Uint8Array(65536);
     while (got.length <= i) {
@@ -280,6 +280,47 @@ describe("virtio-vsock against a hostile driver", () => {
       got.push(...buf.subarray(0, n));
     }
     expect(got.every((b, k) => b === (k & 0xff))).toBe(true);
+    c.close();
+    sys.close(theirs);
+  });
+
+  test("guest data kept for a slow host wraps around the connection's ring and arrives whole and in order", () => {
+    const [ours, theirs] = socket.socketPair(socket.SOCK_STREAM);
+    sys.addFileFlags(ours, 0o4000);
+    sys.addFileFlags(theirs, 0o4000);
+    const c = new Connection(8, 5000, "established");
+    c.host = StreamSocket.adopt(ours);
+    const sent: number[] = [];
+    const got: number[] = [];
+    const buf = new Uint8Array(65536);
+    let next = 0;
+    const packet = (n: number): Uint8Array => Uint8Array.from({ length: n }, () => (next = (next * 31 + 7) & 0xff));
+    // Fill the socket and most of the ring, then take a little at a time and send more, so the
+    // ring's head and tail go round it several times with packets split at its end.
+    for (let round = 0; round < 40; round++) {
+      while (c.pendingBytes + 60_000 <= CONNECTION_BUFFER) {
+        const p = packet(60_000 - (round % 7) * 1000);
+        sent.push(...p);
+        expect(c.writeToHost([p])).not.toBe("broken");
+      }
+      const n = sys.readRaw(theirs, buf, 50_000 + round * 97);
+      if (n > 0) got.push(...buf.subarray(0, n));
+      expect(c.flushToHost()).not.toBe("broken");
+    }
+    expect(c.keptCapacity).toBe(CONNECTION_BUFFER);
+    while (got.length < sent.length) {
+      expect(c.flushToHost()).not.toBe("broken");
+      const n = sys.readRaw(theirs, buf);
+      if (n > 0) got.push(...buf.subarray(0, n));
+    }
+    expect(got.length).toBe(sent.length);
+    expect(got.every((b, k) => b === sent[k])).toBe(true);
+    expect(c.fwdCnt).toBe(sent.length >>> 0);
+    // Keeping beyond the credit offered is the device's bug, not the guest's: it refuses loudly.
+    while (c.writeToHost([new Uint8Array(65536)]) === "done");
+    expect(() => {
+      for (let i = 0; i < 8; i++) c.writeToHost([new Uint8Array(65536)]);
+    }).toThrow(RangeError);
     c.close();
     sys.close(theirs);
   });

@@ -4,12 +4,10 @@
 // (`buf_alloc`) and how much of what we sent it has consumed (`fwd_cnt`); we never send it more than
 // that allows, and we read from the host socket only as much as we can send, so a guest that reads
 // slowly slows the host writer down through its socket instead of making us buffer. The other way,
-// we offer CONNECTION_BUFFER bytes; what the host socket does not take at once waits here, never more
-// than that, and a guest that sends beyond its credit loses the connection.
+// we offer CONNECTION_BUFFER bytes; what the host socket does not take at once waits here, in one
+// ring of that size made the first time a host reader falls behind (nothing is allocated per packet),
+// and a guest that sends beyond its credit loses the connection.
 import type { StreamSocket } from "../../../base/stream_socket.ts";
-
-/** Guest bytes waiting for the host socket are packed into buffers of at least this size. */
-const KEEP_CHUNK = 4096;
 
 /** The bytes a connection holds for a slow host reader: the `buf_alloc` we offer the guest. */
 export const CONNECTION_BUFFER = 256 * 1024;
@@ -41,12 +39,10 @@ export class Connection {
   fwdCnt = 0;
   /** The fwd_cnt the guest last heard from us. */
   reportedFwdCnt = 0;
-  /** Guest bytes the host socket has not taken yet. */
-  readonly pending: Uint8Array[] = [];
+  /** Guest bytes the host socket has not taken yet: `pendingBytes` of `#ring` from `#head` on (wrapping). */
   pendingBytes = 0;
-  /** The buffer the last kept bytes were copied into, and how much of it is filled. */
-  #tail: Uint8Array | null = null;
-  #tailUsed = 0;
+  #ring: Uint8Array | null = null;
+  #head = 0;
   /** The host socket may have data to read (edge-triggered: true until a read says "again"). */
   hostReadable = false;
   /** The host has shut its writing side (we read its end of stream and told the guest). */
@@ -66,6 +62,11 @@ export class Connection {
 
   get key(): string {
     return connectionKey(this.guestPort, this.hostPort);
+  }
+
+  /** The bytes set aside for guest data the host has not taken: 0, or CONNECTION_BUFFER once a host reader fell behind. */
+  get keptCapacity(): number {
+    return this.#ring?.byteLength ?? 0;
   }
 
   /** The bytes the guest can take now. */
@@ -102,18 +103,18 @@ export class Connection {
   flushToHost(): HostWrite {
     const host = this.host;
     if (host === null) return "broken";
-    while (this.pending.length > 0) {
-      const chunk = this.pending[0]!;
-      const n = host.send(chunk);
+    const ring = this.#ring;
+    while (this.pendingBytes > 0 && ring !== null) {
+      // The waiting bytes up to the ring's end, then (next turn) the part that wrapped to its start.
+      const run = Math.min(this.pendingBytes, ring.byteLength - this.#head);
+      const n = host.send(ring.subarray(this.#head, this.#head + run));
       if (n === "broken") return "broken";
       this.fwdCnt = (this.fwdCnt + n) >>> 0;
       this.pendingBytes -= n;
-      if (n < chunk.byteLength) {
-        this.pending[0] = chunk.subarray(n);
-        return "blocked";
-      }
-      this.pending.shift();
+      this.#head = (this.#head + n) % ring.byteLength;
+      if (n < run) return "blocked";
     }
+    if (this.pendingBytes === 0) this.#head = 0;
     return "done";
   }
 
@@ -126,33 +127,25 @@ export class Connection {
   close(): void {
     this.host?.close();
     this.host = null;
-    this.pending.length = 0;
     this.pendingBytes = 0;
-    this.#tail = null;
+    this.#ring = null;
+    this.#head = 0;
   }
 
   /**
-   * Copies `bytes` to the end of what is waiting. Small packets are packed into KEEP_CHUNK-byte
-   * buffers (a guest sending one byte per packet to a host that does not read must not cost a buffer
-   * per packet), so what is kept stays within about twice the connection's credit.
+   * Copies `bytes` to the end of what is waiting, in the connection's ring (made on first use). The
+   * device resets a guest that sends beyond the credit it was offered before anything is kept, so
+   * what waits never exceeds CONNECTION_BUFFER; a caller that breaks that rule gets a RangeError.
    */
   #keep(bytes: Uint8Array): void {
     const n = bytes.byteLength;
+    if (this.pendingBytes + n > CONNECTION_BUFFER) throw new RangeError(`vsock: ${this.pendingBytes + n} bytes waiting for the host, beyond the credit offered`);
+    const ring = this.#ring ??= new Uint8Array(CONNECTION_BUFFER);
+    const tail = (this.#head + this.pendingBytes) % ring.byteLength;
+    const first = Math.min(n, ring.byteLength - tail);
+    ring.set(first === n ? bytes : bytes.subarray(0, first), tail);
+    if (first < n) ring.set(bytes.subarray(first), 0);
     this.pendingBytes += n;
-    const last = this.pending.at(-1);
-    const tail = this.#tail;
-    if (last !== undefined && tail !== null && last.buffer === tail.buffer && last.byteOffset + last.byteLength === this.#tailUsed &&
-      this.#tailUsed + n <= tail.byteLength) {
-      tail.set(bytes, this.#tailUsed);
-      this.#tailUsed += n;
-      this.pending[this.pending.length - 1] = tail.subarray(last.byteOffset, this.#tailUsed);
-      return;
-    }
-    const chunk = new Uint8Array(Math.max(KEEP_CHUNK, n));
-    chunk.set(bytes);
-    this.#tail = chunk;
-    this.#tailUsed = n;
-    this.pending.push(chunk.subarray(0, n));
   }
 }
 
