@@ -94,8 +94,9 @@ describe.skipIf(!HAS_KVM)("vCPU threads", () => {
 
 // With --disable-sandbox the devices run in the VMM, which then runs under a device process's JSC
 // settings: JSC reads them only at start, so tsvm runs itself again with them (base/in_process_jsc.ts).
+const environ = (pid: number): string[] => readFileSync(`/proc/${pid}/environ`, "utf8").split("\0");
+
 describe.skipIf(!HAS_KVM)("devices in the VMM", () => {
-  const environ = (pid: number): string[] => readFileSync(`/proc/${pid}/environ`, "utf8").split("\0");
 
   test("--disable-sandbox runs the VMM under the device processes' JSC settings, as the same process", async () => {
     const vm = new TsvmProcess(["run", "-m", "256", "-p", "tsvm.mode=serve", "--disable-sandbox"]);
@@ -115,5 +116,28 @@ describe.skipIf(!HAS_KVM)("devices in the VMM", () => {
     expect(env).toContain("BUN_JSC_useFTLJIT=0");
     expect(env).toContain("BUN_JSC_numberOfGCMarkers=2");
     expect(env).not.toContain("BUN_JSC_numberOfGCMarkers=1");
+  }, TIMEOUT);
+});
+
+// A device process's JSC settings depend on its kind (base/in_process_jsc.ts BURST_DEVICE_JSC).
+describe.skipIf(!HAS_KVM)("device processes", () => {
+  test("jailed devices run under their kind's JSC settings: no DFG for rng, balloon and vsock, DFG for block", async () => {
+    const dir = tempDir();
+    const image = join(dir, "disk.img");
+    writeFileSync(image, new Uint8Array(1 << 20));
+    const vm = new TsvmProcess(["run", "-m", "256", "-p", "tsvm.mode=serve", "--block", `path=${image}`, "--vsock", `cid=3,uds=${join(dir, "v.sock")}`]);
+    running.push(vm);
+    await vm.waitForOutput(/serving/, 30_000);
+    const devices = readdirSync("/proc").filter((p) => /^\d+$/.test(p)).filter((p) => {
+      try {
+        return readFileSync(`/proc/${p}/stat`, "utf8").split(") ")[1]!.split(" ")[1] === String(vm.child.pid);
+      } catch {
+        return false;
+      }
+    });
+    expect(devices.length).toBe(4); // block, rng, balloon, vsock
+    const withoutDfg = devices.filter((pid) => environ(Number(pid)).includes("BUN_JSC_useDFGJIT=0"));
+    for (const pid of devices) expect(environ(Number(pid))).toEqual(expect.arrayContaining(["BUN_JSC_useFTLJIT=0", "BUN_JSC_numberOfGCMarkers=1"]));
+    expect(withoutDfg.length).toBe(3);
   }, TIMEOUT);
 });

@@ -8,7 +8,7 @@
 // pipe the VMM reads, prefixed with its name, escaped and rate-limited; it never holds a terminal.
 import { jail, socket, sys } from "../../../ffi/mod.ts";
 import { ERRNO } from "../../base/errno.ts";
-import { DEVICE_JSC } from "../../base/in_process_jsc.ts";
+import { BURST_DEVICE_JSC, BURST_DEVICE_KINDS, DEVICE_JSC } from "../../base/in_process_jsc.ts";
 import { log, sanitize, writeLog } from "../../base/log.ts";
 import { describeError, err, ok, type Result } from "../../base/result.ts";
 import type { StreamSocket } from "../../base/stream_socket.ts";
@@ -32,6 +32,10 @@ import { decodeTubeMessage, type DeviceSetup, encodeCommand, encodeHostConnected
  * CPU was free, often the one a vCPU was about to run on. And the VMM's loop-polling setting.
  */
 const DEVICE_ENV = ["BUN_RUNTIME_TRANSPILER_CACHE_PATH=0", ...Object.entries(DEVICE_JSC).map(([k, v]) => `${k}=${v}`), `TSVM_LOOP_POLL_NS=${LOOP_POLL_NS}`];
+/** The environment of a device of `kind`: DEVICE_ENV, and no DFG for devices whose work comes in bursts (BURST_DEVICE_JSC). */
+export function deviceEnv(kind: string): readonly string[] {
+  return BURST_DEVICE_KINDS.has(kind) ? [...DEVICE_ENV, ...Object.entries(BURST_DEVICE_JSC).map(([k, v]) => `${k}=${v}`)] : DEVICE_ENV;
+}
 
 export const START_TIMEOUT_MS = Number(process.env.TSVM_DEVICE_START_TIMEOUT_MS ?? "") || 8000;
 /**
@@ -122,7 +126,7 @@ export class JailedProcess {
     const [logRead, logWrite] = sys.pipe();
     const command = options.command ?? (Bun.isStandaloneExecutable ? [process.execPath, "device"] : [process.execPath, Bun.main, "device"]);
     const fds = [options.vhostUserFd, theirs, ...options.resourceFds];
-    const pid = jail.spawnJailed(command[0]!, command, DEVICE_ENV, fds, logWrite, options.idBase);
+    const pid = jail.spawnJailed(command[0]!, command, deviceEnv(options.setup.spec.kind), fds, logWrite, options.idBase);
     sys.close(theirs);
     sys.close(logWrite);
     if (pid < 0) {
