@@ -10,14 +10,16 @@ export const DEVICE_JSC: Readonly<Record<string, string>> = { BUN_JSC_useFTLJIT:
 
 /**
  * What a process of its own adds for devices whose work comes in bursts, not streams (vsock, rng,
- * balloon, console): no DFG either, JSC's optimizing tier. Their paths run a few dozen times per
- * burst; DFG compiled them in the middle of one, on a CPU the device shares with the program it
- * serves. Measured with the test guest's 1 MiB vsock transfer, 8 runs each: host→guest 2.8-3.4 ms
- * without DFG, 3.4-4.4 with, the device's CPU time 2.8-5.1 against 3.6-6.2 ms, and 0.2 MiB less
- * memory after it; steady state, a packet costs the device ~0.8 µs more. Block and net keep DFG:
- * without it 4 KiB reads at depth 32 cost twice the cycles.
+ * balloon, console): no DFG, JSC's optimizing tier, and its baseline JIT only after 40 times the
+ * usual warm-up (JSC's default is 500). A burst runs each path a few dozen times, and compiling them
+ * in its middle, on the CPU the device shares with the program it serves, cost more than the
+ * interpreter does. The test guest's 1 MiB vsock transfer, 5 runs each, host→guest: 2.8-4.4 ms with
+ * both tiers, 2.8-3.4 without DFG, 2.0-2.5 without DFG and with the late baseline JIT; the device's
+ * CPU time over both directions 3.6-6.2, 2.8-5.1 and 1.3-2.1 ms. A long stream still gets the
+ * baseline JIT after about a thousand packets (then ~2.5 µs a packet, against ~1.7 with DFG). Block
+ * and net keep both tiers: without DFG, 4 KiB reads at depth 32 cost twice the cycles.
  */
-export const BURST_DEVICE_JSC: Readonly<Record<string, string>> = { BUN_JSC_useDFGJIT: "0" };
+export const BURST_DEVICE_JSC: Readonly<Record<string, string>> = { BUN_JSC_useDFGJIT: "0", BUN_JSC_thresholdForJITAfterWarmUp: "20000" };
 export const BURST_DEVICE_KINDS: ReadonlySet<string> = new Set(["vsock", "rng", "balloon", "console"]);
 
 /** Where ffi/lib.ts names the memfd that holds the library, for the Workers of the same process. */
