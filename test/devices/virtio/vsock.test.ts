@@ -325,6 +325,26 @@ describe("virtio-vsock against a hostile driver", () => {
     sys.close(theirs);
   });
 
+  test("a ring passed on to the next connection carries none of the last one's data", async () => {
+    const d = driver();
+    const first = await guestConnects(d, 40000, 5000);
+    // The host never reads: fill its socket and part of the ring with one byte value.
+    const stale = new Uint8Array(3000).fill(0xee);
+    for (let i = 0; i < 100 && (d.device.stats().bytesFromGuest < 300_000); i++) {
+      d.send({ op: VSOCK_OP.RW, srcPort: 40000, dstPort: 5000 }, stale);
+      d.pump();
+    }
+    d.send({ op: VSOCK_OP.RST, srcPort: 40000, dstPort: 5000 });
+    d.pump();
+    sys.close(first);
+    d.send({ op: VSOCK_OP.REQUEST, srcPort: 40001, dstPort: 5000 });
+    await d.receiveUntil((all) => all.some((p) => p.header.op === VSOCK_OP.RESPONSE && p.header.dstPort === 40001));
+    const second = d.host.accepted.get(5000)!.at(-1)!;
+    d.send({ op: VSOCK_OP.RW, srcPort: 40001, dstPort: 5000 }, bytesOf("fresh"));
+    d.pump();
+    expect(text(drain(second))).toBe("fresh");
+  });
+
   test("every ring and header field at random never throws and leaves no host socket open", () => {
     const fdsBefore = readdirSync("/proc/self/fd").length;
     const d = driver();

@@ -5,8 +5,8 @@
 // that allows, and we read from the host socket only as much as we can send, so a guest that reads
 // slowly slows the host writer down through its socket instead of making us buffer. The other way,
 // we offer CONNECTION_BUFFER bytes; what the host socket does not take at once waits here, in one
-// ring of that size made the first time a host reader falls behind (nothing is allocated per packet),
-// and a guest that sends beyond its credit loses the connection.
+// ring of that size that the device gives the connection with its host socket (nothing is allocated
+// per packet), and a guest that sends beyond its credit loses the connection.
 import type { StreamSocket } from "../../../base/stream_socket.ts";
 
 /** The bytes a connection holds for a slow host reader: the `buf_alloc` we offer the guest. */
@@ -65,6 +65,27 @@ export class Connection {
   }
 
   /** The bytes set aside for guest data the host has not taken: 0, or CONNECTION_BUFFER once a host reader fell behind. */
+  /**
+   * Gives the connection the ring that guest data waits in for a slow host reader (CONNECTION_BUFFER
+   * bytes); the device hands out rings it keeps (VsockWorker.#spareRings) when the connection gets
+   * its host socket. A ring made at the first slow write cost that write ~1.2 ms (a collection the
+   * allocation set off) in the middle of the stream, and one made with each connection as much on
+   * its set-up; the pages of one cost nothing until used.
+   */
+  useHostBuffer(ring: Uint8Array): void {
+    if (ring.byteLength !== CONNECTION_BUFFER) throw new RangeError(`vsock: a ring of ${ring.byteLength} bytes; expected ${CONNECTION_BUFFER}`);
+    if (this.#ring === null) this.#ring = ring;
+  }
+
+  /** Takes the ring back (for another connection): what waited in it is dropped. */
+  takeHostBuffer(): Uint8Array | null {
+    const ring = this.#ring;
+    this.#ring = null;
+    this.pendingBytes = 0;
+    this.#head = 0;
+    return ring;
+  }
+
   get keptCapacity(): number {
     return this.#ring?.byteLength ?? 0;
   }
@@ -133,7 +154,8 @@ export class Connection {
   }
 
   /**
-   * Copies `bytes` to the end of what is waiting, in the connection's ring (made on first use). The
+   * Copies `bytes` to the end of what is waiting, in the connection's ring (made here if it was given
+   * none). The
    * device resets a guest that sends beyond the credit it was offered before anything is kept, so
    * what waits never exceeds CONNECTION_BUFFER; a caller that breaks that rule gets a RangeError.
    */

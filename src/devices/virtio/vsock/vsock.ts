@@ -43,6 +43,11 @@ export const MAX_QUEUED_RESETS = 256;
 const FIRST_HOST_PORT = 1 << 30;
 /** Packets to the guest per wake-up before the loop serves its other fds. */
 const PACKETS_PER_WAKEUP = 256;
+/**
+ * Rings for guest data waiting on slow host readers that a device keeps for its next connections
+ * (one made when the driver starts it); more are made while more connections are open at once.
+ */
+const SPARE_RINGS = 4;
 /** A port number no connection may use (VMADDR_PORT_ANY). */
 const PORT_ANY = 0xffffffff;
 
@@ -133,6 +138,8 @@ class VsockWorker {
   readonly #sending = new Set<Connection>();
   /** Connections that owe the guest a credit update. */
   readonly #creditUpdates = new Set<Connection>();
+  /** Rings for the next connections' host-bound data (Connection.useHostBuffer), made off any connection's path. */
+  readonly #spareRings: Uint8Array[] = [new Uint8Array(CONNECTION_BUFFER)];
   #nextHostPort = FIRST_HOST_PORT;
   /** When the timer fires (0: disarmed). */
   #timerAt = 0;
@@ -188,6 +195,7 @@ class VsockWorker {
     loop.unwatch(this.#timer.fd);
     for (const c of this.#connections.values()) c.close();
     this.#connections.clear();
+    this.#spareRings.length = 0;
     this.#sending.clear();
     this.#creditUpdates.clear();
     this.#outgoing.length = 0;
@@ -320,6 +328,7 @@ class VsockWorker {
 
   #attachHost(c: Connection, socket: StreamSocket): void {
     c.host = socket;
+    c.useHostBuffer(this.#spareRings.pop() ?? new Uint8Array(CONNECTION_BUFFER));
     this.#hostSockets.add(socket.fd, c, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET);
   }
 
@@ -397,9 +406,11 @@ class VsockWorker {
     this.#outgoing.push({ op: VSOCK_OP.RST, flags: 0, guestPort, hostPort, connection: null, reset: true });
   }
 
-  /** Forgets `c` and closes its host socket. */
+  /** Forgets `c` and closes its host socket; its ring is kept for the next connection. */
   #drop(c: Connection): void {
     if (c.host !== null) this.#hostSockets.delete(c.host.fd);
+    const ring = c.takeHostBuffer();
+    if (ring !== null && this.#spareRings.length < SPARE_RINGS) this.#spareRings.push(ring);
     c.close();
     this.#connections.delete(c.key);
     this.#sending.delete(c);
