@@ -121,7 +121,7 @@ describe.skipIf(!HAS_KVM)("devices in the VMM", () => {
 
 // A device process's JSC settings depend on its kind (base/in_process_jsc.ts BURST_DEVICE_JSC).
 describe.skipIf(!HAS_KVM)("device processes", () => {
-  test("jailed devices run under their kind's JSC settings: no DFG for rng, balloon and vsock, DFG for block", async () => {
+  test("jailed devices run under their kind's JSC settings: a late baseline JIT for all, no DFG for rng, balloon and vsock", async () => {
     const dir = tempDir();
     const image = join(dir, "disk.img");
     writeFileSync(image, new Uint8Array(1 << 20));
@@ -137,7 +137,9 @@ describe.skipIf(!HAS_KVM)("device processes", () => {
     });
     expect(devices.length).toBe(4); // block, rng, balloon, vsock
     const withoutDfg = devices.filter((pid) => environ(Number(pid)).includes("BUN_JSC_useDFGJIT=0"));
-    for (const pid of devices) expect(environ(Number(pid))).toEqual(expect.arrayContaining(["BUN_JSC_useFTLJIT=0", "BUN_JSC_numberOfGCMarkers=1"]));
+    for (const pid of devices) {
+      expect(environ(Number(pid))).toEqual(expect.arrayContaining(["BUN_JSC_useFTLJIT=0", "BUN_JSC_numberOfGCMarkers=1", "BUN_JSC_thresholdForJITAfterWarmUp=20000"]));
+    }
     expect(withoutDfg.length).toBe(3);
   }, TIMEOUT);
 });

@@ -8,7 +8,7 @@
 // pipe the VMM reads, prefixed with its name, escaped and rate-limited; it never holds a terminal.
 import { jail, socket, sys } from "../../../ffi/mod.ts";
 import { ERRNO } from "../../base/errno.ts";
-import { BURST_DEVICE_JSC, BURST_DEVICE_KINDS, DEVICE_JSC } from "../../base/in_process_jsc.ts";
+import { BURST_DEVICE_JSC, BURST_DEVICE_KINDS, DEVICE_JSC, DEVICE_PROCESS_JSC } from "../../base/in_process_jsc.ts";
 import { log, sanitize, writeLog } from "../../base/log.ts";
 import { describeError, err, ok, type Result } from "../../base/result.ts";
 import type { StreamSocket } from "../../base/stream_socket.ts";
@@ -19,24 +19,28 @@ import type { DeviceCommand, DeviceReply } from "../virtio/device_control.ts";
 import { decodeTubeMessage, type DeviceSetup, encodeCommand, encodeHostConnected, encodeHostConnection, encodeSetup } from "./messages.ts";
 
 /**
- * How long a device process may take to start and lock itself down (about 40 ms on a normal host).
- * TSVM_DEVICE_START_TIMEOUT_MS raises it on hosts that run far slower (everything under emulation).
- */
-/**
  * A device process's whole environment. No transpiler cache (it has no files to keep one in), and no
  * FTL, JSC's top JIT tier: a device's time goes to system calls, not to its few small loops, and
  * FTL's compiler and code kept about 1.5 MiB more in a block device process after a few thousand
  * requests, for no request rate we could measure (test/devices/sandbox/device_memory.test.ts). One
  * GC marker: a device's heap is a few MiB, and parallel marking woke JSC's helper threads at every
  * collection (thousands a second while a driver notifies fast), which the scheduler put on whatever
- * CPU was free, often the one a vCPU was about to run on. And the VMM's loop-polling setting.
+ * CPU was free, often the one a vCPU was about to run on. The baseline JIT late (DEVICE_PROCESS_JSC
+ * says why). And the VMM's loop-polling setting.
  */
-const DEVICE_ENV = ["BUN_RUNTIME_TRANSPILER_CACHE_PATH=0", ...Object.entries(DEVICE_JSC).map(([k, v]) => `${k}=${v}`), `TSVM_LOOP_POLL_NS=${LOOP_POLL_NS}`];
-/** The environment of a device of `kind`: DEVICE_ENV, and no DFG for devices whose work comes in bursts (BURST_DEVICE_JSC). */
+const DEVICE_ENV = [
+  "BUN_RUNTIME_TRANSPILER_CACHE_PATH=0", ...Object.entries({ ...DEVICE_JSC, ...DEVICE_PROCESS_JSC }).map(([k, v]) => `${k}=${v}`),
+  `TSVM_LOOP_POLL_NS=${LOOP_POLL_NS}`,
+];
+/** The environment of a device of `kind`: DEVICE_ENV, and no DFG for devices whose work is only bursts (BURST_DEVICE_JSC). */
 export function deviceEnv(kind: string): readonly string[] {
   return BURST_DEVICE_KINDS.has(kind) ? [...DEVICE_ENV, ...Object.entries(BURST_DEVICE_JSC).map(([k, v]) => `${k}=${v}`)] : DEVICE_ENV;
 }
 
+/**
+ * How long a device process may take to start and lock itself down (about 40 ms on a normal host).
+ * TSVM_DEVICE_START_TIMEOUT_MS raises it on hosts that run far slower (everything under emulation).
+ */
 export const START_TIMEOUT_MS = Number(process.env.TSVM_DEVICE_START_TIMEOUT_MS ?? "") || 8000;
 /**
  * How long a device process may take to answer one command or vhost-user request; raised, like the
