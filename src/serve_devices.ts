@@ -17,7 +17,7 @@ import { ConfigError } from "./config.ts";
 import { createDevice, loadDeviceKinds } from "./devices/create_device.ts";
 import { closeResources, consoleToStdout, type DeviceResources, openResources, resourceFds } from "./devices/device_resources.ts";
 import { jailIdBase, JailedProcess } from "./devices/sandbox/jailed_process.ts";
-import { restartWithDeviceJsc } from "./base/in_process_jsc.ts";
+import { DEVICE_JSC, restartWithJsc, VMM_JSC } from "./base/in_process_jsc.ts";
 import { VhostUserBackend } from "./devices/vhost_user/backend.ts";
 import type { DevicesConfig } from "./devices_config.ts";
 import { compileDeviceFilter } from "./sandbox/policies.ts";
@@ -29,7 +29,8 @@ const SIGTERM = 15;
 
 /** Serves every device in `config` until SIGTERM or SIGINT (exit 0) or a device process fails (exit 1). */
 export async function serveDevices(config: DevicesConfig): Promise<number> {
-  if (!config.sandbox) restartWithDeviceJsc(); // returns only when the settings are in place
+  // Returns only when the settings are in place (src/tsvm.ts has usually put them there already).
+  restartWithJsc(config.sandbox ? VMM_JSC : { ...VMM_JSC, ...DEVICE_JSC });
   setLogLevel(config.logLevel);
   useNonBlockingStderr();
   const cleanup: (() => void)[] = [];

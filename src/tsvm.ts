@@ -6,10 +6,11 @@
 // separate chunks: a device process parses none of the CLI's modules (yargs, valibot, the VM
 // builder), which saves it about 3 MiB of private memory, and loads only its own device's code
 // (devices/create_device.ts).
-if ((Bun.argv[2] === "run" || Bun.argv[2] === "devices") && Bun.argv.includes("--disable-sandbox")) {
-  // Devices in this process: it runs under their JSC settings, set at start (base/in_process_jsc.ts).
-  const { restartWithDeviceJsc } = await import("./base/in_process_jsc.ts");
-  restartWithDeviceJsc();
+if (Bun.argv[2] === "run" || Bun.argv[2] === "devices") {
+  // A VMM runs under its JSC settings, and with --disable-sandbox under its devices' too; JSC reads
+  // them only at start, so this restarts once when they are missing (base/in_process_jsc.ts).
+  const { DEVICE_JSC, restartWithJsc, VMM_JSC } = await import("./base/in_process_jsc.ts");
+  restartWithJsc(Bun.argv.includes("--disable-sandbox") ? { ...VMM_JSC, ...DEVICE_JSC } : VMM_JSC);
 }
 if (Bun.argv[2] === "device") {
   const { runDeviceProcess } = await import("./devices/sandbox/device_process.ts");

@@ -28,7 +28,7 @@ import { ControlRequests } from "./control_requests.ts";
 import { attachLegacyDevices } from "./legacy_devices.ts";
 import { type InputSink, StdinPump } from "./stdin.ts";
 import { EXIT_CODE, startVcpuWorkers, Vcpus } from "./vcpus.ts";
-import { restartWithDeviceJsc } from "../base/in_process_jsc.ts";
+import { DEVICE_JSC, restartWithJsc, VMM_JSC } from "../base/in_process_jsc.ts";
 import { findVirtiofsd, startVirtiofsd } from "./virtiofsd.ts";
 import { loadDeviceKinds } from "../devices/create_device.ts";
 import { attachInProcess, attachInVmm, attachSandboxed, attachVhostUser, type DeviceContext, type VirtioHandle } from "./virtio_devices.ts";
@@ -54,7 +54,8 @@ type OpenedVm = {
 
 /** Runs the VM described by `config`; resolves to the process exit code. */
 export async function runVm(config: Config): Promise<number> {
-  if (!config.sandbox) restartWithDeviceJsc(); // returns only when the settings are in place
+  // Returns only when the settings are in place (src/tsvm.ts has usually put them there already).
+  restartWithJsc(config.sandbox ? VMM_JSC : { ...VMM_JSC, ...DEVICE_JSC });
   setLogLevel(config.logLevel);
   useNonBlockingStderr();
   const workers = startVcpuWorkers(config.cpus);
