@@ -46,7 +46,8 @@ export const LIBRARY_ENV = "TSVM_LIBRARY_FD_PATH";
 
 /**
  * Runs this program again, same pid, with `settings` added to its environment, unless each is there
- * already (a setting the user gave stays as given); returns only when nothing was missing. JSC reads
+ * already (a setting the user gave stays as given); returns only when nothing was missing or the
+ * restart failed (then it runs on as started). JSC reads
  * its settings only from the environment, when the runtime starts, so tsvm runs itself again, once,
  * before it has opened or changed anything: src/tsvm.ts does so first thing for `run` and `devices`
  * (VMM_JSC, and DEVICE_JSC too when the command line says --disable-sandbox; ~3 ms), and runVm and
@@ -66,5 +67,10 @@ export function restartWithJsc(settings: Readonly<Record<string, string>>): void
   for (const [k, v] of missing) env[k] = v;
   const args = Bun.isStandaloneExecutable ? [process.execPath, ...Bun.argv.slice(2)] : [process.execPath, Bun.main, ...Bun.argv.slice(2)];
   if (process.execve === undefined) return; // a runtime without it: run on as started
-  process.execve(process.execPath, args, env);
+  try {
+    process.execve(process.execPath, args, env);
+  } catch {
+    // The executable is gone or cannot run again (replaced while starting, a mount gone away): the
+    // settings save memory and time, nothing depends on them, so run on as started.
+  }
 }
