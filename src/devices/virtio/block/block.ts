@@ -29,6 +29,8 @@ export const VIRTIO_BLK_F = {
 /** Request types and status values (§5.2.6). */
 export const VIRTIO_BLK_T = { IN: 0, OUT: 1, FLUSH: 4, GET_ID: 8, DISCARD: 11, WRITE_ZEROES: 13 } as const;
 export const VIRTIO_BLK_S = { OK: 0, IOERR: 1, UNSUPP: 2 } as const;
+/** The status byte of each, made once (a request's status is copied out of it). */
+const STATUS_BYTES: readonly Uint8Array[] = [Uint8Array.of(VIRTIO_BLK_S.OK), Uint8Array.of(VIRTIO_BLK_S.IOERR), Uint8Array.of(VIRTIO_BLK_S.UNSUPP)];
 /** struct virtio_blk_req header: le32 type, le32 reserved, le64 sector. */
 const HEADER_SIZE = 16;
 /** struct virtio_blk_discard_write_zeroes: le64 sector, le32 num_sectors, le32 flags. */
@@ -215,16 +217,21 @@ export class Block implements VirtioDevice, ControllableDevice {
     return typeof request === "number" ? request : this.execute(request);
   }
 
+  /** Each request's header is read into this one buffer and taken apart at once (parse is synchronous). */
+  readonly #header = new Uint8Array(HEADER_SIZE);
+  readonly #headerView = new DataView(this.#header.buffer);
+
   /** Reads a request's header; a number is the used length of a request already finished (malformed). */
   parse(chain: DescriptorChain): BlockRequest | number {
     const reader = new ChainReader(chain);
-    const header = new Uint8Array(HEADER_SIZE);
     // The status byte is the last writable byte; without one the request cannot even fail.
     if (chain.writableLength < 1) return 0;
     const writer = new ChainWriter(chain);
-    if (!reader.read(header)) return this.finish(writer, chain, VIRTIO_BLK_S.IOERR);
-    const h = new DataView(header.buffer);
-    return { chain, reader, writer, type: h.getUint32(0, true), sector: Number(h.getBigUint64(8, true)) };
+    if (!reader.read(this.#header)) return this.finish(writer, chain, VIRTIO_BLK_S.IOERR);
+    const h = this.#headerView;
+    // le64 sector as two halves: no BigInt per request (a sector past 2^53 is out of range anyway).
+    const sector = h.getUint32(8, true) + h.getUint32(12, true) * 2 ** 32;
+    return { chain, reader, writer, type: h.getUint32(0, true), sector };
   }
 
   /** Serves a parsed request at once; returns the used length. */
@@ -298,7 +305,7 @@ export class Block implements VirtioDevice, ControllableDevice {
   finish(writer: ChainWriter, chain: DescriptorChain, status: number): number {
     const skip = chain.writableLength - 1 - writer.written;
     if (skip > 0) writer.take(skip);
-    writer.write(Uint8Array.of(status));
+    writer.write(STATUS_BYTES[status] ?? Uint8Array.of(status));
     return status === VIRTIO_BLK_S.OK ? writer.written : 1;
   }
 }
