@@ -47,16 +47,15 @@ export const LIBRARY_ENV = "TSVM_LIBRARY_FD_PATH";
 /**
  * Runs this program again, same pid, with `settings` added to its environment, unless each is there
  * already (a setting the user gave stays as given); returns only when nothing was missing or the
- * restart failed (then it runs on as started). JSC reads
- * its settings only from the environment, when the runtime starts, so tsvm runs itself again, once,
- * before it has opened or changed anything: src/tsvm.ts does so first thing for `run` and `devices`
- * (VMM_JSC, and DEVICE_JSC too when the command line says --disable-sandbox; ~3 ms), and runVm and
- * serveDevices do when a configuration file disables the sandbox or the sources run without that
- * entry point (the command line is then parsed again). With --disable-sandbox the devices run in
- * this process and should run as in a process of their own (jailed_process.ts says why: no FTL,
- * one GC marker); measured, 4 KiB random reads at depth 1 in-process: 83-85k TSC cycles a request
- * with FTL, 58-60k without, as the VMM's FTL compiles landed on CPUs the vCPU and the device loop
- * keep busy.
+ * restart failed (then it runs on as started). JSC reads its settings only from the environment,
+ * when the runtime starts, so tsvm runs itself again, once, before it has opened or changed
+ * anything: src/tsvm.ts does so first thing for `run` and `devices` (VMM_JSC, and DEVICE_JSC too
+ * when the command line says --disable-sandbox; ~3 ms), and runVm and serveDevices do when a
+ * configuration file disables the sandbox or the sources run without that entry point (the command
+ * line is then parsed again). With --disable-sandbox the devices run in this process and should run
+ * as in a process of their own (jailed_process.ts says why: no FTL, one GC marker); measured, 4 KiB
+ * random reads at depth 1 in-process: 83-85k TSC cycles a request with FTL, 58-60k without, as the
+ * VMM's FTL compiles landed on CPUs the vCPU and the device loop keep busy.
  */
 export function restartWithJsc(settings: Readonly<Record<string, string>>): void {
   const missing = Object.entries(settings).filter(([k]) => process.env[k] === undefined);

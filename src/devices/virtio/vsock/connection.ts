@@ -64,7 +64,6 @@ export class Connection {
     return connectionKey(this.guestPort, this.hostPort);
   }
 
-  /** The bytes set aside for guest data the host has not taken: 0, or CONNECTION_BUFFER once a host reader fell behind. */
   /**
    * Gives the connection the ring that guest data waits in for a slow host reader (CONNECTION_BUFFER
    * bytes); the device hands out rings it keeps (VsockWorker.#spareRings) when the connection gets
@@ -86,6 +85,7 @@ export class Connection {
     return ring;
   }
 
+  /** The bytes set aside for guest data the host has not taken: CONNECTION_BUFFER once the connection has a ring, else 0. */
   get keptCapacity(): number {
     return this.#ring?.byteLength ?? 0;
   }
@@ -155,9 +155,9 @@ export class Connection {
 
   /**
    * Copies `bytes` to the end of what is waiting, in the connection's ring (made here if it was given
-   * none). The
-   * device resets a guest that sends beyond the credit it was offered before anything is kept, so
-   * what waits never exceeds CONNECTION_BUFFER; a caller that breaks that rule gets a RangeError.
+   * none). The device resets a guest that sends beyond the credit it was offered before anything is
+   * kept, so what waits never exceeds CONNECTION_BUFFER; a caller that breaks that rule gets a
+   * RangeError.
    */
   #keep(bytes: Uint8Array): void {
     const n = bytes.byteLength;
