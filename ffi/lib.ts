@@ -88,7 +88,6 @@ const symbols = {
   tsvm_disk_try: { args: [i32, pointer, i32, i64, i32], returns: i32 },
 } as const;
 
-
 /**
  * Copies the embedded library into a memfd so dlopen needs no writable temp directory. The memfd is
  * then sealed against writes and reopened read-only, so nothing in this process (a compromised

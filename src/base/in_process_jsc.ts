@@ -1,6 +1,7 @@
 // in_process_jsc.ts - the JSC settings of the VMM and of device code, and the restart that puts
 // them in place (JSC reads them only from the environment, at start).
-// It imports nothing: src/tsvm.ts calls it before it loads anything else.
+// It imports nothing at run time (types only): src/tsvm.ts calls it before it loads anything else.
+import type { DeviceKind } from "../devices/device_spec.ts";
 
 /**
  * The JSC settings of a device process (jailed_process.ts says why): no FTL, JSC's top JIT tier,
@@ -28,7 +29,7 @@ export const DEVICE_PROCESS_JSC: Readonly<Record<string, string>> = { BUN_JSC_th
  * without it 4 KiB reads at depth 32 cost twice the cycles.
  */
 export const BURST_DEVICE_JSC: Readonly<Record<string, string>> = { BUN_JSC_useDFGJIT: "0" };
-export const BURST_DEVICE_KINDS: ReadonlySet<string> = new Set(["vsock", "rng", "balloon", "console"]);
+export const BURST_DEVICE_KINDS: ReadonlySet<DeviceKind> = new Set<DeviceKind>(["vsock", "rng", "balloon", "console"]);
 
 /**
  * The VMM's own (`tsvm run`, `tsvm devices`): JSC's baseline JIT only after 40 times its usual

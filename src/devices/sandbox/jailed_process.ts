@@ -9,6 +9,7 @@
 import { jail, socket, sys } from "../../../ffi/mod.ts";
 import { ERRNO } from "../../base/errno.ts";
 import { BURST_DEVICE_JSC, BURST_DEVICE_KINDS, DEVICE_JSC, DEVICE_PROCESS_JSC } from "../../base/in_process_jsc.ts";
+import type { DeviceKind } from "../device_spec.ts";
 import { log, sanitize, writeLog } from "../../base/log.ts";
 import { describeError, err, ok, type Result } from "../../base/result.ts";
 import type { StreamSocket } from "../../base/stream_socket.ts";
@@ -33,7 +34,7 @@ const DEVICE_ENV = [
   `TSVM_LOOP_POLL_NS=${LOOP_POLL_NS}`,
 ];
 /** The environment of a device of `kind`: DEVICE_ENV, and no DFG for devices whose work is only bursts (BURST_DEVICE_JSC). */
-export function deviceEnv(kind: string): readonly string[] {
+export function deviceEnv(kind: DeviceKind): readonly string[] {
   return BURST_DEVICE_KINDS.has(kind) ? [...DEVICE_ENV, ...Object.entries(BURST_DEVICE_JSC).map(([k, v]) => `${k}=${v}`)] : DEVICE_ENV;
 }
 
