@@ -2,6 +2,8 @@
 import { ptr } from "bun:ffi";
 import { native } from "./lib.ts";
 
+export { libraryFd } from "./lib.ts";
+
 /** Builds a NULL-terminated char* array; the returned buffers must stay alive until the call returns. */
 function cStringArray(strings: readonly string[]): { array: BigUint64Array; keep: Buffer[] } {
   const keep = strings.map((s) => Buffer.from(`${s}\0`));

@@ -46,6 +46,11 @@ export const VMM_JSC: Readonly<Record<string, string>> = { BUN_JSC_thresholdForJ
 
 /** Where ffi/lib.ts names the memfd that holds the library, for the Workers of the same process. */
 export const LIBRARY_ENV = "TSVM_LIBRARY_FD_PATH";
+/**
+ * The fd number at which a jailed device process finds the VMM's sealed, read-only memfd of the
+ * library (set only by the VMM that spawned it; ffi/lib.ts opens it and closes the fd).
+ */
+export const DEVICE_LIBRARY_FD_ENV = "TSVM_LIBRARY_FD";
 
 /**
  * Runs this program again, same pid, with `settings` added to its environment, unless each is there

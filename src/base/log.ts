@@ -6,8 +6,8 @@
 // to stderr reopened non-blocking; what it does not take now is held (up to PENDING_LIMIT bytes) and
 // written when it has room (`flushLog`, every turn of the control loop), and lines beyond that are
 // counted and dropped, the count printed once stderr takes lines again.
-import { writeSync } from "node:fs";
-import { socket } from "../../ffi/mod.ts";
+import { socket, sys } from "../../ffi/mod.ts";
+import { ERRNO } from "./errno.ts";
 import { StreamOutput } from "./stream_output.ts";
 
 export const LOG_LEVELS = ["error", "warn", "info", "debug"] as const;
@@ -59,11 +59,11 @@ export function writeLog(text: string): void {
     capture(text);
     return;
   }
+  const bytes = encoder.encode(text);
   if (stderr === null) {
-    writeSync(2, text);
+    writeBlocking(bytes);
     return;
   }
-  const bytes = encoder.encode(text);
   if (!flushLog()) {
     if (pendingBytes + bytes.byteLength > PENDING_LIMIT) dropped++;
     else hold(bytes);
@@ -71,6 +71,20 @@ export function writeLog(text: string): void {
   }
   const n = stderr.write(bytes);
   if (typeof n === "number" && n < bytes.byteLength) hold(bytes.subarray(n));
+}
+
+/**
+ * Writes all of `bytes` to fd 2 as it is, through the C library rather than node:fs, which a device
+ * process would load for this alone (~0.4 MiB kept). An error (stderr closed, or made non-blocking
+ * and full by whoever holds it) drops the rest of the line: logging never throws.
+ */
+function writeBlocking(bytes: Uint8Array): void {
+  for (let done = 0; done < bytes.byteLength;) {
+    const n = sys.writeRaw(2, bytes.subarray(done));
+    if (n === -ERRNO.EINTR) continue;
+    if (n <= 0) return;
+    done += n;
+  }
 }
 
 function hold(bytes: Uint8Array): void {

@@ -1,6 +1,6 @@
 // Device processes under real KVM: each virtio device runs jailed; a dying device stops the VM.
 import { describe, expect, test } from "bun:test";
-import { readdirSync, readFileSync, readlinkSync, writeFileSync } from "node:fs";
+import { readdirSync, readFileSync, readlinkSync, statSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { childPids } from "../support/process_memory.ts";
 import { HAS_KVM, runTsvm, tempDir, TsvmProcess, TIME_SCALE } from "../support/tsvm.ts";
@@ -19,6 +19,13 @@ describe.skipIf(!HAS_KVM || process.getuid?.() !== 0)("sandboxed device processe
     await vm.waitForOutput(/serving/, 30_000);
     const devices = childPids(vm.child.pid);
     expect(devices.length).toBe(3); // block, rng, balloon
+    const vmmLibraryFd = readdirSync(`/proc/${vm.child.pid}/fd`).find((fd) => readlinkSync(`/proc/${vm.child.pid}/fd/${fd}`).startsWith("/memfd:libtsvm.so"));
+    const vmmLibrary = vmmLibraryFd === undefined ? null : statSync(`/proc/${vm.child.pid}/fd/${vmmLibraryFd}`);
+    if (process.env.TSVM_BIN) {
+      expect(vmmLibraryFd).toBeDefined();
+      const flags = Number.parseInt(/^flags:\s*(\d+)$/m.exec(readFileSync(`/proc/${vm.child.pid}/fdinfo/${vmmLibraryFd}`, "utf8"))![1]!, 8);
+      expect(flags & 3).toBe(0); // O_RDONLY
+    }
     for (const pid of devices) {
       for (const ns of ["user", "pid", "mnt", "net", "ipc", "uts"]) {
         expect([ns, readlinkSync(`/proc/${pid}/ns/${ns}`) === readlinkSync(`/proc/${vm.child.pid}/ns/${ns}`)]).toEqual([ns, false]);
@@ -33,12 +40,17 @@ describe.skipIf(!HAS_KVM || process.getuid?.() !== 0)("sandboxed device processe
       expect(unexpected).toEqual([]);
       // A device's fd 2 is a pipe tsvm reads and prefixes, never the user's terminal.
       expect(readlinkSync(`/proc/${pid}/fd/2`)).toMatch(/^pipe:/);
-      // The library the device runs is open read-only (and sealed), so it cannot rewrite its own code.
-      const libraryFds = readdirSync(`/proc/${pid}/fd`).filter((fd) => readlinkSync(`/proc/${pid}/fd/${fd}`).startsWith("/memfd:libtsvm.so"));
-      if (process.env.TSVM_BIN) expect(libraryFds.length).toBeGreaterThan(0);
-      for (const fd of libraryFds) {
-        const flags = Number.parseInt(/^flags:\s*(\d+)$/m.exec(readFileSync(`/proc/${pid}/fdinfo/${fd}`, "utf8"))![1]!, 8);
-        expect(flags & 3).toBe(0); // O_RDONLY
+      // The library the device runs is the VMM's sealed memfd, open there read-only: the device maps
+      // it and keeps no fd to it, so it cannot rewrite its own code.
+      if (process.env.TSVM_BIN) {
+        const mapped = readFileSync(`/proc/${pid}/maps`, "utf8").split("\n").filter((l) => l.includes("/memfd:libtsvm.so"));
+        expect(mapped.length).toBeGreaterThan(0);
+        for (const line of mapped) {
+          const [, perms, , , inode] = line.split(/\s+/);
+          expect(perms!.endsWith("p")).toBe(true); // private: writing a page of it never reaches the memfd
+          expect(inode).toBe(String(vmmLibrary!.ino));
+        }
+        expect(targets.filter((t) => t.startsWith("/memfd:libtsvm.so"))).toEqual([]);
       }
     }
   }, TIMEOUT);

@@ -8,7 +8,7 @@
 // pipe the VMM reads, prefixed with its name, escaped and rate-limited; it never holds a terminal.
 import { jail, socket, sys } from "../../../ffi/mod.ts";
 import { ERRNO } from "../../base/errno.ts";
-import { BURST_DEVICE_JSC, BURST_DEVICE_KINDS, DEVICE_JSC, DEVICE_PROCESS_JSC } from "../../base/in_process_jsc.ts";
+import { BURST_DEVICE_JSC, BURST_DEVICE_KINDS, DEVICE_JSC, DEVICE_LIBRARY_FD_ENV, DEVICE_PROCESS_JSC } from "../../base/in_process_jsc.ts";
 import type { DeviceKind } from "../device_spec.ts";
 import { log, sanitize, writeLog } from "../../base/log.ts";
 import { describeError, err, ok, type Result } from "../../base/result.ts";
@@ -131,7 +131,14 @@ export class JailedProcess {
     const [logRead, logWrite] = sys.pipe();
     const command = options.command ?? (Bun.isStandaloneExecutable ? [process.execPath, "device"] : [process.execPath, Bun.main, "device"]);
     const fds = [options.vhostUserFd, theirs, ...options.resourceFds];
-    const pid = jail.spawnJailed(command[0]!, command, deviceEnv(options.setup.spec.kind), fds, logWrite, options.idBase);
+    let env = deviceEnv(options.setup.spec.kind);
+    // The device maps the library from this process's sealed memfd, placed after its resources.
+    const library = jail.libraryFd();
+    if (library !== null) {
+      fds.push(library);
+      env = [...env, `${DEVICE_LIBRARY_FD_ENV}=${3 + fds.length - 1}`];
+    }
+    const pid = jail.spawnJailed(command[0]!, command, env, fds, logWrite, options.idBase);
     sys.close(theirs);
     sys.close(logWrite);
     if (pid < 0) {
