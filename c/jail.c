@@ -184,3 +184,14 @@ int tsvm_waitpid(int pid, int *status_out, int nohang)
 	int r = waitpid(pid, status_out, nohang ? WNOHANG : 0);
 	return r < 0 ? -errno : r;
 }
+
+/*
+ * Replaces this program with `path`, keeping every fd that is not close-on-exec (Bun's own
+ * process.execve marks every fd from 3 close-on-exec first, which would drop the fds a user hands
+ * tsvm, such as --net tap-fd=N). Returns -errno; on success it does not return.
+ */
+int tsvm_execve(const char *path, char *const argv[], char *const envp[])
+{
+	execve(path, argv, envp);
+	return -errno;
+}

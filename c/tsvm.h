@@ -83,6 +83,7 @@ int tsvm_spawn_jailed(const char *path, char *const argv[], char *const envp[], 
 int tsvm_pipe(int *fds_out);
 int tsvm_lockdown(const void *bpf, uint64_t len, uint64_t max_fds);
 int tsvm_waitpid(int pid, int *status_out, int nohang);
+int tsvm_execve(const char *path, char *const argv[], char *const envp[]);
 
 /* aio.c: disk requests in flight on a pool of threads, completions told through an eventfd */
 struct tsvm_aio;

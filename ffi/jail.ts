@@ -29,6 +29,19 @@ export function spawnJailed(path: string, argv: readonly string[], env: readonly
   return pid;
 }
 
+/**
+ * Replaces this program with `path` run with `argv` and `env`, keeping the fds that are not
+ * close-on-exec; returns -errno when it could not (on success it does not return).
+ */
+export function execve(path: string, argv: readonly string[], env: readonly string[]): number {
+  const a = cStringArray(argv);
+  const e = cStringArray(env);
+  const r = native.tsvm_execve(Buffer.from(`${path}\0`), a.array, e.array);
+  void a.keep;
+  void e.keep;
+  return r;
+}
+
 /** Jails the calling process: empty read-only root, no capabilities, uid 1, no_new_privs, the seccomp `filter`. Returns 0 or -errno. */
 export function lockdown(filter: Uint8Array, maxFds: number): number {
   return native.tsvm_lockdown(filter, filter.byteLength, maxFds);

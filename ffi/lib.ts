@@ -77,6 +77,7 @@ const symbols = {
   // jail.c
   tsvm_spawn_jailed: { args: [cstring, pointer, pointer, pointer, i32, i32, u32], returns: i32 },
   tsvm_lockdown: { args: [pointer, u64, u64], returns: i32 },
+  tsvm_execve: { args: [cstring, pointer, pointer], returns: i32 },
   tsvm_waitpid: { args: [i32, pointer, i32], returns: i32 },
   // aio.c
   tsvm_aio_create: { args: [i32, i32, i32], returns: pointer },

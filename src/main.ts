@@ -2,19 +2,30 @@
 // main.ts - the tsvm command line: parse arguments into a Config, then run the subcommand.
 import yargs from "yargs";
 import { drainLog, log } from "./base/log.ts";
-import { ConfigError, parseByteSize, parseRunConfig, type RawRunOptions } from "./config.ts";
+import { type Config, ConfigError, parseByteSize, parseRunConfig, type RawRunOptions, virtioDeviceSpecs } from "./config.ts";
 import { mergeRunOptions, readConfigFile } from "./config_file.ts";
 import { ControlError, sendRequest } from "./vm_control/client.ts";
 import { createQcow2 } from "./disk/qcow2.ts";
-import { runDeviceProcess } from "./devices/sandbox/device_process.ts";
 import type { VmRequest } from "./vm_control/messages.ts";
-import { EXIT_CODE, runVm } from "./vmm/run_vm.ts";
+import { EXIT_CODE } from "./vmm/exit_code.ts";
 import { parseDevicesConfig } from "./devices_config.ts";
-import { serveDevices } from "./serve_devices.ts";
+import { DEVICE_JSC, VMM_JSC } from "./base/in_process_jsc.ts";
+import { compileFilters } from "./vmm/device_filters.ts";
+import { handOff } from "./vmm/hand_off.ts";
 import { VERSION } from "./version.ts";
 
+/** How main runs. */
+export type MainOptions = {
+  /**
+   * `tsvm run` hands the checked configuration to this program run again, which loads only the VMM
+   * (vmm/hand_off.ts). For src/tsvm.ts, whose program knows to take it; src/main.ts run by itself
+   * runs the VM in its own process.
+   */
+  readonly handOff?: boolean;
+};
+
 /** Runs the CLI with `argv` (without the program name); resolves to the exit code. */
-export async function main(argv: readonly string[]): Promise<number> {
+export async function main(argv: readonly string[], options: MainOptions = {}): Promise<number> {
   let code: number | null = null;
   const parser = yargs([...argv])
     .scriptName("tsvm")
@@ -69,7 +80,7 @@ export async function main(argv: readonly string[]): Promise<number> {
         const configPath = single("--config", args.config);
         const config = parseRunConfig(configPath === undefined ? raw : mergeRunOptions(readConfigFile(configPath), raw));
         log.debug(`configuration parsed at ${performance.now().toFixed(1)} ms`);
-        code = await runVm(config);
+        code = await startVm(config, options.handOff === true);
       },
     )
     .command(
@@ -93,6 +104,7 @@ export async function main(argv: readonly string[]): Promise<number> {
           seccompPolicyDir: single("--seccomp-policy-dir", args["seccomp-policy-dir"]), seccompLogFailures: args["seccomp-log-failures"],
           logLevel: single("--log-level", args["log-level"]),
         });
+        const { serveDevices } = await import("./serve_devices.ts");
         code = await serveDevices(config);
       },
     )
@@ -133,6 +145,7 @@ export async function main(argv: readonly string[]): Promise<number> {
       })
     .command("device", false, () => {}, async () => {
       // A jailed device process (started by `tsvm run`, never by hand): fds 3.. are set up for it.
+      const { runDeviceProcess } = await import("./devices/sandbox/device_process.ts");
       code = await runDeviceProcess();
     })
     .command("version", "Print tsvm's version", () => {}, () => {
@@ -160,6 +173,24 @@ export async function main(argv: readonly string[]): Promise<number> {
     return EXIT_CODE.VM_ERROR;
   }
   return code ?? 0;
+}
+
+/**
+ * Runs the VM of `config`: with `handOff`, the devices' seccomp filters are compiled here and this
+ * program runs itself again to run the VM without the CLI's code (vmm/hand_off.ts); the VM runs here
+ * when that exec cannot happen, or without `handOff`.
+ */
+async function startVm(config: Config, handOffAllowed: boolean): Promise<number> {
+  let filters: ReadonlyMap<string, Uint8Array> | null = null;
+  if (handOffAllowed) {
+    // Only the kinds matter here: the program that runs the VM makes the specs again (and the MACs).
+    const kinds = config.sandbox ? virtioDeviceSpecs(config, () => "").map((s) => s.kind) : [];
+    filters = compileFilters(kinds, config.seccompPolicyDir, config.seccompLogFailures);
+    log.debug(`seccomp filters compiled at ${performance.now().toFixed(1)} ms; handing off`);
+    handOff({ config, filters }, config.sandbox ? VMM_JSC : { ...VMM_JSC, ...DEVICE_JSC });
+  }
+  const { runVm } = await import("./vmm/run_vm.ts");
+  return runVm(config, filters);
 }
 
 /** Every long option and alias of `run`, for "did you mean" suggestions. */

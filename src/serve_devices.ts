@@ -17,7 +17,8 @@ import { ConfigError } from "./config.ts";
 import { createDevice, loadDeviceKinds } from "./devices/create_device.ts";
 import { closeResources, consoleToStdout, type DeviceResources, openResources, resourceFds } from "./devices/device_resources.ts";
 import { jailIdBase, JailedProcess } from "./devices/sandbox/jailed_process.ts";
-import { DEVICE_JSC, restartWithJsc, VMM_JSC } from "./base/in_process_jsc.ts";
+import { DEVICE_JSC, VMM_JSC } from "./base/in_process_jsc.ts";
+import { restartWithJsc } from "./base/exec_self.ts";
 import { VhostUserBackend } from "./devices/vhost_user/backend.ts";
 import type { DevicesConfig } from "./devices_config.ts";
 import { compileDeviceFilter } from "./sandbox/policies.ts";
@@ -30,7 +31,8 @@ const SIGTERM = 15;
 /** Serves every device in `config` until SIGTERM or SIGINT (exit 0) or a device process fails (exit 1). */
 export async function serveDevices(config: DevicesConfig): Promise<number> {
   // Returns only when the settings are in place (src/tsvm.ts has usually put them there already).
-  restartWithJsc(config.sandbox ? VMM_JSC : { ...VMM_JSC, ...DEVICE_JSC });
+  const tapFds = config.devices.flatMap(({ spec }) => (spec.kind === "net" && spec.tap.kind === "tap-fd" ? [spec.tap.fd] : []));
+  restartWithJsc(config.sandbox ? VMM_JSC : { ...VMM_JSC, ...DEVICE_JSC }, tapFds);
   setLogLevel(config.logLevel);
   useNonBlockingStderr();
   const cleanup: (() => void)[] = [];

@@ -1,6 +1,7 @@
-// in_process_jsc.ts - the JSC settings of the VMM and of device code, and the restart that puts
-// them in place (JSC reads them only from the environment, at start).
-// It imports nothing at run time (types only): src/tsvm.ts calls it before it loads anything else.
+// in_process_jsc.ts - the JSC settings of the VMM and of device code (exec_self.ts puts them in
+// place: JSC reads them only from the environment, at start), and the names of the environment
+// variables tsvm passes to itself. It imports nothing at run time (types only): ffi/lib.ts and
+// src/tsvm.ts read it before anything else is loaded.
 import type { DeviceKind } from "../devices/device_spec.ts";
 
 /**
@@ -51,33 +52,5 @@ export const LIBRARY_ENV = "TSVM_LIBRARY_FD_PATH";
  * library (set only by the VMM that spawned it; ffi/lib.ts opens it and closes the fd).
  */
 export const DEVICE_LIBRARY_FD_ENV = "TSVM_LIBRARY_FD";
-
-/**
- * Runs this program again, same pid, with `settings` added to its environment, unless each is there
- * already (a setting the user gave stays as given); returns only when nothing was missing or the
- * restart failed (then it runs on as started). JSC reads its settings only from the environment,
- * when the runtime starts, so tsvm runs itself again, once, before it has opened or changed
- * anything: src/tsvm.ts does so first thing for `run` and `devices` (VMM_JSC, and DEVICE_JSC too
- * when the command line says --disable-sandbox; ~3 ms), and runVm and serveDevices do when a
- * configuration file disables the sandbox or the sources run without that entry point (the command
- * line is then parsed again). With --disable-sandbox the devices run in this process and should run
- * as in a process of their own (jailed_process.ts says why: no FTL, one GC marker); measured, 4 KiB
- * random reads at depth 1 in-process: 83-85k TSC cycles a request with FTL, 58-60k without, as the
- * VMM's FTL compiles landed on CPUs the vCPU and the device loop keep busy.
- */
-export function restartWithJsc(settings: Readonly<Record<string, string>>): void {
-  const missing = Object.entries(settings).filter(([k]) => process.env[k] === undefined);
-  if (missing.length === 0) return;
-  const env: Record<string, string> = {};
-  // The library's memfd does not survive the exec: the new process makes its own.
-  for (const [k, v] of Object.entries(process.env)) if (v !== undefined && k !== LIBRARY_ENV) env[k] = v;
-  for (const [k, v] of missing) env[k] = v;
-  const args = Bun.isStandaloneExecutable ? [process.execPath, ...Bun.argv.slice(2)] : [process.execPath, Bun.main, ...Bun.argv.slice(2)];
-  if (process.execve === undefined) return; // a runtime without it: run on as started
-  try {
-    process.execve(process.execPath, args, env);
-  } catch {
-    // The executable is gone or cannot run again (replaced while starting, a mount gone away): the
-    // settings save memory and time, nothing depends on them, so run on as started.
-  }
-}
+/** Names the fd of the run state `tsvm run` hands to the program that runs the VM (vmm/hand_off.ts). */
+export const RUN_STATE_ENV = "TSVM_RUN_STATE_FD";

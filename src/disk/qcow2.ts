@@ -6,7 +6,6 @@
 // written and counted before the entry that points at it. Killing tsvm between steps leaves at worst
 // a leaked cluster (refcount 1, unreferenced), which `qemu-img check` reports as a leak, not corruption.
 import { realpathSync, writeFileSync } from "node:fs";
-import { inflateRawSync } from "node:zlib";
 import { dirname, resolve, sep } from "node:path";
 import { type DiskExtent, DiskFile, type DiskImage, type PoolTarget, writeZeroBytes } from "./disk_file.ts";
 
@@ -81,6 +80,9 @@ export function isQcow2(first4: Uint8Array): boolean {
 }
 
 /** A qcow2 image on top of a locked DiskFile. I/O returns false on failure and never throws. */
+/** node:zlib's raw inflate, once a qcow2 image was opened in this process. */
+let inflateRaw: typeof import("node:zlib").inflateRawSync | null = null;
+
 export class Qcow2Image implements DiskImage {
   readonly format = "qcow2";
   readonly readOnly: boolean;
@@ -97,6 +99,9 @@ export class Qcow2Image implements DiskImage {
   #endOfFile: number;
 
   private constructor(file: DiskFile, h: Header, backing: DiskImage | null) {
+    // zlib is loaded here, for qcow2 images only, and before any jail: node:zlib keeps ~2.2 MiB in
+    // a process that merely imports it (the VMM, a block device on a raw image).
+    inflateRaw ??= (require("node:zlib") as typeof import("node:zlib")).inflateRawSync;
     this.#file = file;
     this.#h = h;
     this.readOnly = file.readOnly;
@@ -368,7 +373,7 @@ export class Qcow2Image implements DiskImage {
     if (!this.#file.preadExact(compressed, host)) return false;
     try {
       // At most one cluster comes out: a compressed cluster that inflates to more is corrupt (or a bomb).
-      const cluster = inflateRawSync(compressed, { finishFlush: 2 /* Z_SYNC_FLUSH: the tail may be padding */, maxOutputLength: this.#clusterSize });
+      const cluster = inflateRaw!(compressed, { finishFlush: 2 /* Z_SYNC_FLUSH: the tail may be padding */, maxOutputLength: this.#clusterSize });
       if (cluster.byteLength < inCluster + dst.byteLength) return false;
       dst.set(cluster.subarray(inCluster, inCluster + dst.byteLength));
       return true;

@@ -19,7 +19,6 @@ import { AddressAllocator, PciRoot } from "../devices/pci/mod.ts";
 import { DEVICE_TYPES } from "../devices/vhost_user/device_types.ts";
 import { randomMac } from "../devices/virtio/net/net.ts";
 import { Kvm } from "../kvm/kvm.ts";
-import { compileDeviceFilter } from "../sandbox/policies.ts";
 import { ControlServer, ControlSocketError, serveControl } from "../vm_control/server.ts";
 import { builtinGuest } from "../builtin_guest.ts";
 import type { AddressSpace } from "../vcpu/bus_mailbox.ts";
@@ -28,7 +27,9 @@ import { ControlRequests } from "./control_requests.ts";
 import { attachLegacyDevices } from "./legacy_devices.ts";
 import { type InputSink, StdinPump } from "./stdin.ts";
 import { EXIT_CODE, startVcpuWorkers, Vcpus } from "./vcpus.ts";
-import { DEVICE_JSC, restartWithJsc, VMM_JSC } from "../base/in_process_jsc.ts";
+import { DEVICE_JSC, RUN_STATE_ENV, VMM_JSC } from "../base/in_process_jsc.ts";
+import { restartWithJsc } from "../base/exec_self.ts";
+import { takeHandOff } from "./hand_off.ts";
 import { findVirtiofsd, startVirtiofsd } from "./virtiofsd.ts";
 import { loadDeviceKinds } from "../devices/create_device.ts";
 import { attachInProcess, attachInVmm, attachSandboxed, attachVhostUser, type DeviceContext, type VirtioHandle } from "./virtio_devices.ts";
@@ -52,26 +53,51 @@ type OpenedVm = {
   readonly vhostVsock: VhostVsock | null;
 };
 
-/** Runs the VM described by `config`; resolves to the process exit code. */
-export async function runVm(config: Config): Promise<number> {
+/**
+ * Runs the VM that the program before this exec handed over (hand_off.ts); resolves to the exit
+ * code (a state it cannot read is a usage error).
+ */
+export async function runHandedOff(): Promise<number> {
+  const state = takeHandOff();
+  if (typeof state === "string") {
+    log.error(`${RUN_STATE_ENV}: ${state} (it is set by tsvm run for itself, not by hand)`);
+    return EXIT_CODE.USAGE;
+  }
+  try {
+    return await runVm(state.config, state.filters);
+  } catch (e) {
+    // As the CLI reports what runVm throws (main.ts).
+    log.error(describeError(e));
+    return e instanceof ConfigError ? EXIT_CODE.USAGE : EXIT_CODE.VM_ERROR;
+  }
+}
+
+/**
+ * Runs the VM described by `config`; resolves to the process exit code. `filters` are the jailed
+ * devices' compiled seccomp filters when the caller compiled them already.
+ */
+export async function runVm(config: Config, filters: ReadonlyMap<string, Uint8Array> | null = null): Promise<number> {
   // Returns only when the settings are in place (src/tsvm.ts has usually put them there already).
-  restartWithJsc(config.sandbox ? VMM_JSC : { ...VMM_JSC, ...DEVICE_JSC });
+  const tapFds = config.nets.flatMap((n) => (n.kind === "tap-fd" ? [n.fd] : []));
+  restartWithJsc(config.sandbox ? VMM_JSC : { ...VMM_JSC, ...DEVICE_JSC }, tapFds);
   setLogLevel(config.logLevel);
   useNonBlockingStderr();
   const workers = startVcpuWorkers(config.cpus);
   try {
-    return await openAndRun(config, workers);
+    return await openAndRun(config, filters, workers);
   } finally {
     for (const w of workers) w.terminate();
   }
 }
 
 /** Opens everything the user named (each failure a usage error naming it), then builds and runs. */
-async function openAndRun(config: Config, workers: readonly Worker[]): Promise<number> {
+async function openAndRun(config: Config, compiled: ReadonlyMap<string, Uint8Array> | null, workers: readonly Worker[]): Promise<number> {
   const kernel = config.kernel === null ? builtinGuest() : readUserFile("kernel", config.kernel);
   const initrd = config.initrd === null ? null : readUserFile("initrd", config.initrd);
   const specs = virtioDeviceSpecs(config, () => Array.from(randomMac(), (b) => b.toString(16).padStart(2, "0")).join(":"));
-  const filters = config.sandbox ? compileFilters(config, specs) : new Map<string, Uint8Array>();
+  const filters = !config.sandbox
+    ? new Map<string, Uint8Array>()
+    : compiled ?? (await import("./device_filters.ts")).compileFilters(specs.map((s) => s.kind), config.seccompPolicyDir, config.seccompLogFailures);
   const opened: OpenedDevice[] = [];
   let control: ControlServer | null = null;
   let vhostVsock: VhostVsock | null = null;
@@ -109,20 +135,6 @@ async function openAndRun(config: Config, workers: readonly Worker[]): Promise<n
     vhostVsock?.close();
     for (const o of opened) closeResources(o.resources);
   }
-}
-
-/** Compiles each device kind's seccomp filter once (the device processes only install them). */
-function compileFilters(config: Config, specs: readonly DeviceSpec[]): Map<string, Uint8Array> {
-  const filters = new Map<string, Uint8Array>();
-  for (const kind of new Set(specs.map((s) => s.kind))) {
-    try {
-      filters.set(kind, compileDeviceFilter(kind, config.seccompPolicyDir, config.seccompLogFailures ? "log" : "kill"));
-    } catch (e) {
-      const where = config.seccompPolicyDir === null ? "the embedded policy" : `--seccomp-policy-dir ${config.seccompPolicyDir}`;
-      throw new ConfigError(`failed to load the seccomp policy of the ${kind} device from ${where}: ${describeError(e)}`);
-    }
-  }
-  return filters;
 }
 
 function describeOpenFailure(spec: DeviceSpec, error: string): string {

@@ -19,8 +19,9 @@ const VCPU_STOP_DEADLINE_MS = 1000;
 /** How long vCPUs get to park for tsvm suspend. */
 const PARK_DEADLINE_MS = 2000;
 
-/** Exit codes of `tsvm run`. */
-export const EXIT_CODE = { GUEST_EXIT: 0, VM_ERROR: 1, USAGE: 2 } as const;
+import { EXIT_CODE } from "./exit_code.ts";
+
+export { EXIT_CODE };
 
 /**
  * Where the vCPU Workers' code is: an extra entry point of the executable, which lays the bundle out

@@ -1,0 +1,112 @@
+// hand_off.ts - `tsvm run` parses in one program and runs the VM in another, under the same pid.
+//
+// The process that reads the command line loads yargs, valibot, the configuration file reader and
+// the seccomp policy compiler, runs each once, and would keep what they loaded and compiled for the
+// VM's whole life (measured in the compiled executable: importing and running yargs' parser kept
+// ~6 MiB, compiling the filters ~1.5 MiB). So once the configuration is checked and the filters are
+// compiled, tsvm runs itself again with `execve` (same pid, same arguments, its JSC settings added;
+// it restarted once for those settings anyway), and passes both in a sealed memfd named by
+// RUN_STATE_ENV. The new program sees that variable first thing (src/tsvm.ts) and loads only the
+// VMM. A failed exec, or a runtime without `process.execve`, runs the VM in the first program.
+//
+// The state is tsvm's own: it is made by the first program and read by the second, and a value a
+// user put in the environment by hand is refused with an error (it would skip the checks, though no
+// further than running tsvm with any command line can go).
+import { sys } from "../../ffi/mod.ts";
+import { execSelf } from "../base/exec_self.ts";
+import { RUN_STATE_ENV } from "../base/in_process_jsc.ts";
+import type { Config } from "../config.ts";
+import { VERSION } from "../version.ts";
+
+const MFD_ALLOW_SEALING = 2;
+const F_ADD_SEALS = 1033;
+const F_GET_SEALS = 1034;
+const SEALS = 1 | 2 | 4 | 8; // F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE
+/** A run state larger than this was not made by tsvm (a few KiB, and each filter at most 32 KiB). */
+const MAX_STATE_BYTES = 4 << 20;
+
+/** What the first program hands to the second. */
+export type RunState = {
+  readonly config: Config;
+  /** Each device kind's compiled seccomp filter (empty with the sandbox off). */
+  readonly filters: ReadonlyMap<string, Uint8Array>;
+};
+
+type Encoded = { readonly version: string; readonly config: Config; readonly filters: [string, Uint8Array][] };
+
+const BYTES_KEY = "$bytes";
+
+/** JSON with byte arrays as base64 (a vhost-user device's local configuration, the filters). */
+export function encodeRunState(state: RunState): Uint8Array {
+  const encoded: Encoded = { version: VERSION, config: state.config, filters: [...state.filters] };
+  const text = JSON.stringify(encoded, (_key, value: unknown) =>
+    value instanceof Uint8Array ? { [BYTES_KEY]: Buffer.from(value.buffer, value.byteOffset, value.byteLength).toString("base64") } : value);
+  return new TextEncoder().encode(text);
+}
+
+/** The inverse of encodeRunState; the error says why `bytes` is not a state this tsvm made. */
+export function decodeRunState(bytes: Uint8Array): RunState | string {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(bytes), (_key, value: unknown) => {
+      if (typeof value === "object" && value !== null && !Array.isArray(value)) {
+        const b = (value as Record<string, unknown>)[BYTES_KEY];
+        if (typeof b === "string" && Object.keys(value).length === 1) return new Uint8Array(Buffer.from(b, "base64"));
+      }
+      return value;
+    });
+  } catch {
+    return "not JSON";
+  }
+  if (typeof parsed !== "object" || parsed === null) return "not an object";
+  const e = parsed as Partial<Encoded>;
+  if (e.version !== VERSION) return `made by another tsvm version (${JSON.stringify(e.version)}, this is ${VERSION})`;
+  if (typeof e.config !== "object" || e.config === null) return "no configuration";
+  if (!Array.isArray(e.filters) || !e.filters.every((f) => Array.isArray(f) && typeof f[0] === "string" && f[1] instanceof Uint8Array)) {
+    return "malformed filters";
+  }
+  return { config: e.config, filters: new Map(e.filters) };
+}
+
+/**
+ * Runs this program again with `state` and `settings` (JSC's, added to the environment); returns
+ * only when that cannot be done (then the caller runs the VM itself).
+ */
+export function handOff(state: RunState, settings: Readonly<Record<string, string>>): void {
+  const keepFds = state.config.nets.flatMap((n) => (n.kind === "tap-fd" ? [n.fd] : []));
+  const bytes = encodeRunState(state);
+  const memfd = sys.memfdCreate("tsvm_run_state", MFD_ALLOW_SEALING); // without MFD_CLOEXEC: it crosses the exec
+  try {
+    for (let done = 0; done < bytes.byteLength;) {
+      const n = sys.writeRaw(memfd, bytes.subarray(done));
+      if (n <= 0) return;
+      done += n;
+    }
+    if (sys.fcntlIntRaw(memfd, F_ADD_SEALS, SEALS) < 0) return;
+    execSelf(settings, { [RUN_STATE_ENV]: String(memfd) }, keepFds);
+  } finally {
+    sys.close(memfd); // reached only when the exec did not happen
+  }
+}
+
+/**
+ * In the program handOff started: reads and closes the state's memfd and removes RUN_STATE_ENV from
+ * the environment (nothing this VM starts inherits it). The error names what is wrong.
+ */
+export function takeHandOff(): RunState | string {
+  const value = process.env[RUN_STATE_ENV] ?? "";
+  delete process.env[RUN_STATE_ENV];
+  if (!/^[0-9]{1,6}$/.test(value)) return `${RUN_STATE_ENV}=${JSON.stringify(value)} is not an fd number`;
+  const fd = Number(value);
+  try {
+    // Sealed as handOff seals it: an fd that is not, or that grows while read, was not made by tsvm.
+    if (sys.fcntlIntRaw(fd, F_GET_SEALS, 0) !== SEALS) return `fd ${fd} is not a sealed run state`;
+    const size = sys.fileSize(fd);
+    if (size <= 0 || size > MAX_STATE_BYTES) return `fd ${fd} holds ${size} bytes`;
+    const bytes = new Uint8Array(size);
+    if (sys.preadRaw(fd, bytes, 0) !== size) return `fd ${fd} could not be read whole`;
+    return decodeRunState(bytes);
+  } finally {
+    sys.close(fd);
+  }
+}
