@@ -73,11 +73,14 @@ export function buildVm(openKvm: () => Kvm, spec: VmSpec): BuiltVm {
     if (spec.cpus > maxVcpus) throw new Error(`failed to create ${spec.cpus} vCPUs: KVM supports at most ${maxVcpus}`);
     const vm = new Vm(kvm);
     cleanup.push(() => vm.close());
+    // Memory first: once the VM has an in-kernel irqchip, each memory slot added waits out a grace
+    // period in the kernel (measured in C: 256 MiB took 4.5-7 ms added after KVM_CREATE_IRQCHIP,
+    // 0.2 ms before it).
+    vm.registerMemory(memory);
     vm.setTssAddress(TSS_ADDRESS);
     vm.setIdentityMapAddress(IDENTITY_MAP_ADDRESS);
     vm.createIrqChip();
     vm.createPit();
-    vm.registerMemory(memory);
 
     const supported = kvm.supportedCpuid();
     const vcpus: Vcpu[] = [];
