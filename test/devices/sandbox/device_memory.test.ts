@@ -11,10 +11,10 @@ import { childPids, privateDirtyKib, writeBack } from "../../support/process_mem
 import { tempDir, TIME_SCALE, TsvmProcess } from "../../support/tsvm.ts";
 import { BUFFER_BASE, TestFrontend } from "../../support/vhost_user_driver.ts";
 
-/** Private dirty memory of one device process once it has served its first request (4.4-5.9 MiB measured). */
-const STARTED_CEILING_KIB = 6.5 * 1024;
-/** ... after the warm-up rounds: the JIT has compiled the hot paths by then (6.0-8.1 MiB measured). */
-const SERVING_CEILING_KIB = 9 * 1024;
+/** Private dirty memory of one device process once it has served its first request (block 4.0-4.3 MiB, rng 3.5-3.6 measured). */
+const STARTED_CEILING_KIB = 5.5 * 1024;
+/** ... after the warm-up rounds: the JIT has compiled the hot paths by then (block 6.1-7.0 MiB, rng 4.1-4.3 measured). */
+const SERVING_CEILING_KIB = 8.5 * 1024;
 /** What twice as many rounds again may add: a leak of 256 bytes per block request would exceed it. */
 const LEAK_KIB = 1024;
 const WARM_UP_ROUNDS = 1000;
