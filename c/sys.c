@@ -17,6 +17,20 @@
 #define RET64(expr) do { int64_t r_ = (int64_t)(expr); return r_ < 0 ? -errno : r_; } while (0)
 
 int tsvm_open(const char *path, int flags, int mode) { RET(open(path, flags | O_CLOEXEC, mode)); }
+
+/* lstat(2) of `path` (a symlink is not followed): out = {st_mode, st_dev, st_ino}; 0 or -errno. */
+int tsvm_lstat(const char *path, uint64_t *out)
+{
+	struct stat st;
+	if (lstat(path, &st) < 0)
+		return -errno;
+	out[0] = st.st_mode;
+	out[1] = st.st_dev;
+	out[2] = st.st_ino;
+	return 0;
+}
+
+int tsvm_unlink(const char *path) { RET(unlink(path)); }
 int tsvm_close(int fd) { RET(close(fd)); }
 int64_t tsvm_read(int fd, void *buf, uint64_t len) { RET64(read(fd, buf, len)); }
 int64_t tsvm_write(int fd, const void *buf, uint64_t len) { RET64(write(fd, buf, len)); }

@@ -11,6 +11,8 @@
 
 /* sys.c: plain file descriptors, ioctls and memory mappings */
 int tsvm_open(const char *path, int flags, int mode);
+int tsvm_lstat(const char *path, uint64_t *out);
+int tsvm_unlink(const char *path);
 int tsvm_close(int fd);
 int64_t tsvm_read(int fd, void *buf, uint64_t len);
 int64_t tsvm_write(int fd, const void *buf, uint64_t len);

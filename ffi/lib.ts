@@ -11,6 +11,8 @@ const { i32, i64, u32, u64, ptr: pointer, cstring } = FFIType;
 const symbols = {
   // sys.c
   tsvm_open: { args: [cstring, i32, i32], returns: i32 },
+  tsvm_lstat: { args: [cstring, pointer], returns: i32 },
+  tsvm_unlink: { args: [cstring], returns: i32 },
   tsvm_close: { args: [i32], returns: i32 },
   tsvm_read: { args: [i32, pointer, u64], returns: FFIType.i64_fast },
   tsvm_write: { args: [i32, pointer, u64], returns: FFIType.i64_fast },

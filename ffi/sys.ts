@@ -13,6 +13,23 @@ export function open(path: string, flags: number, mode = 0): number {
   return checked(native.tsvm_open(cString(path), flags, mode), `open ${path}`);
 }
 
+/** Opens `path` (always O_CLOEXEC); returns the fd or -errno. */
+export function openRaw(path: string, flags: number, mode = 0): number {
+  return native.tsvm_open(cString(path), flags, mode);
+}
+
+/** What lstat(2) says of `path` itself (a symlink not followed): its mode, and its identity as "dev:ino"; or -errno. */
+export function lstat(path: string): { mode: number; identity: string } | number {
+  const out = new BigUint64Array(3);
+  const r = native.tsvm_lstat(cString(path), out);
+  return r < 0 ? r : { mode: Number(out[0]), identity: `${out[1]}:${out[2]}` };
+}
+
+/** Removes the name `path`; returns 0 or -errno. */
+export function unlink(path: string): number {
+  return native.tsvm_unlink(cString(path));
+}
+
 /** Closes `fd`; errors are ignored because the fd is gone either way. */
 export function close(fd: number): void {
   native.tsvm_close(fd);

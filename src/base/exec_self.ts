@@ -32,8 +32,12 @@ const F_SETFD = 2;
  */
 export function execSelf(settings: Readonly<Record<string, string>>, extra: Readonly<Record<string, string>>, keepFds: readonly number[] = []): void {
   const env: Record<string, string> = {};
-  // The library's memfd does not survive the exec: the new process makes its own.
-  for (const [k, v] of Object.entries(process.env)) if (v !== undefined && k !== LIBRARY_ENV) env[k] = v;
+  for (const [k, v] of Object.entries(process.env)) if (v !== undefined) env[k] = v;
+  // The library's memfd stays open across the exec, and LIBRARY_ENV names it (same pid): the new
+  // program maps it instead of copying the library again, which would take node:fs.
+  const library = jail.libraryFd();
+  if (library === null) delete env[LIBRARY_ENV];
+  else keepFds = [...keepFds, library];
   for (const [k, v] of Object.entries(settings)) env[k] ??= v;
   Object.assign(env, extra);
   const args = Bun.isStandaloneExecutable ? [process.execPath, ...Bun.argv.slice(2)] : [process.execPath, Bun.main, ...Bun.argv.slice(2)];

@@ -1,6 +1,5 @@
 // unix_listener.ts - listening on an AF_UNIX socket path that may hold a stale socket from a
 // process that died, without ever taking over a path something else still owns.
-import { lstatSync, unlinkSync } from "node:fs";
 import { socket, sys } from "../../ffi/mod.ts";
 import { ERRNO, errnoName } from "./errno.ts";
 import { err, ok, type Result } from "./result.ts";
@@ -14,12 +13,8 @@ export const SOCK_SEQPACKET = socket.SOCK_SEQPACKET;
  * is replaced. Returns the listening fd, or why not.
  */
 export function listenUnix(path: string, type: number, what: string): Result<number> {
-  let isSocket: boolean | null;
-  try {
-    isSocket = lstatSync(path).isSocket();
-  } catch {
-    isSocket = null; // nothing there
-  }
+  const st = sys.lstat(path);
+  const isSocket = typeof st === "number" ? null /* nothing there */ : (st.mode & sys.S_IFMT) === sys.S_IFSOCK;
   if (isSocket === false) return err(`${path} exists and is not a socket; not replacing it`);
   if (isSocket) {
     const probe = socket.unixConnect(path, type);
@@ -28,7 +23,7 @@ export function listenUnix(path: string, type: number, what: string): Result<num
       return err(`something is already listening on ${what} ${path}`);
     }
     if (-probe !== ERRNO.ECONNREFUSED) return err(`failed to check ${what} ${path}: ${errnoName(-probe)}`);
-    unlinkSync(path);
+    sys.unlink(path);
   }
   const fd = socket.unixListen(path, type);
   return fd < 0 ? err(`failed to listen on ${what} ${path}: ${errnoName(-fd)}`) : ok(fd);

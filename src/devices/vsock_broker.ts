@@ -11,7 +11,7 @@
 //    without blocking and hands the socket back (or the reason it could not).
 // Programs that connect and never finish their line are dropped after HANDSHAKE_TIMEOUT_MS, and at
 // most MAX_HANDSHAKES wait at once.
-import { lstatSync, unlinkSync } from "node:fs";
+import { sys } from "../../ffi/mod.ts";
 import { err, ok, type Result } from "../base/result.ts";
 import { OwnedFd } from "../base/owned_fd.ts";
 import { acceptStream, connectStream, type StreamSocket } from "../base/stream_socket.ts";
@@ -34,7 +34,8 @@ type Handshake = { readonly socket: StreamSocket; readonly deadline: number; lin
 export class VsockBroker {
   readonly path: string;
   readonly #listening: OwnedFd;
-  readonly #identity: { dev: number; ino: number } | null;
+  /** The socket file this broker made, as "dev:ino" (null: gone before it could be looked at). */
+  readonly #identity: string | null;
   readonly #handshakes = new Map<number, Handshake>();
   readonly #handshakeTimeoutMs: number;
   readonly #timer = new Timer();
@@ -46,14 +47,8 @@ export class VsockBroker {
     this.path = path;
     this.#listening = listening;
     this.#handshakeTimeoutMs = handshakeTimeoutMs;
-    let identity: { dev: number; ino: number } | null = null;
-    try {
-      const st = lstatSync(path);
-      identity = { dev: st.dev, ino: st.ino };
-    } catch {
-      // gone already: nothing to remove at close
-    }
-    this.#identity = identity;
+    const st = sys.lstat(path);
+    this.#identity = typeof st === "number" ? null /* gone already: nothing to remove at close */ : st.identity;
   }
 
   /** Listens on `path` (a stale socket there is replaced; anything else is refused). */
@@ -97,12 +92,8 @@ export class VsockBroker {
     this.#listening.close();
     this.#timer.close();
     // Remove the socket only if it is still the one we made.
-    try {
-      const st = lstatSync(this.path);
-      if (this.#identity && st.dev === this.#identity.dev && st.ino === this.#identity.ino) unlinkSync(this.path);
-    } catch {
-      // already gone
-    }
+    const st = sys.lstat(this.path);
+    if (this.#identity !== null && typeof st !== "number" && st.identity === this.#identity) sys.unlink(this.path);
   }
 
   /** Takes one waiting connection (the listening socket blocks; the loop comes back while more wait). */

@@ -5,8 +5,6 @@
 // file, (2) its refcount, (3) the L2 entry that points at it. A new L2 table or refcount block is
 // written and counted before the entry that points at it. Killing tsvm between steps leaves at worst
 // a leaked cluster (refcount 1, unreferenced), which `qemu-img check` reports as a leak, not corruption.
-import { realpathSync, writeFileSync } from "node:fs";
-import { dirname, resolve, sep } from "node:path";
 import { type DiskExtent, DiskFile, type DiskImage, type PoolTarget, writeZeroBytes } from "./disk_file.ts";
 
 export const QCOW2_MAGIC = 0x514649fb; // "QFI\xfb"
@@ -80,6 +78,14 @@ export function isQcow2(first4: Uint8Array): boolean {
 }
 
 /** A qcow2 image on top of a locked DiskFile. I/O returns false on failure and never throws. */
+/**
+ * node:fs and node:path, loaded only when a backing file is followed or an image created: each
+ * built-in module a process touches stays in its memory (node:fs ~0.8 MiB), and a VMM that opens raw
+ * images needs neither.
+ */
+const nodeFs = (): typeof import("node:fs") => require("node:fs");
+const nodePath = (): typeof import("node:path") => require("node:path");
+
 /** node:zlib's raw inflate, once a qcow2 image was opened in this process. */
 let inflateRaw: typeof import("node:zlib").inflateRawSync | null = null;
 
@@ -550,11 +556,13 @@ function backingFormat(file: DiskFile, h: Header, cluster: number): "raw" | "qco
  * depth of MAX_BACKING_DEPTH.
  */
 export function openDiskImage(path: string, readOnly: boolean, format: "raw" | "qcow2" | null, options: OpenOptions = {}): DiskImage {
-  // The directory of the name the user gave (as QEMU resolves backing names), its links resolved.
-  return openChain(path, readOnly, format, options, 0, realPath(dirname(path)));
+  // The directory of the name the user gave (as QEMU resolves backing names), its links resolved;
+  // worked out when the first backing file is met.
+  let root: string | null = null;
+  return openChain(path, readOnly, format, options, 0, () => (root ??= realPath(nodePath().dirname(path))));
 }
 
-function openChain(path: string, readOnly: boolean, format: "raw" | "qcow2" | null, options: OpenOptions, depth: number, root: string): DiskImage {
+function openChain(path: string, readOnly: boolean, format: "raw" | "qcow2" | null, options: OpenOptions, depth: number, rootOf: () => string): DiskImage {
   const file = DiskFile.open(path, readOnly, options.direct ?? false, depth > 0);
   try {
     return imageOf(file, format, (name, backingFormat) => {
@@ -562,6 +570,8 @@ function openChain(path: string, readOnly: boolean, format: "raw" | "qcow2" | nu
       const policy = options.backingFiles ?? "dir";
       const quoted = JSON.stringify(name.slice(0, 200));
       if (policy === "off") throw new Qcow2Error(`it names a backing file (${quoted}) and backing_files=off`);
+      const { dirname, resolve, sep } = nodePath();
+      const root = rootOf();
       let target = resolve(dirname(path), name);
       if (policy === "dir") {
         target = realPath(target);
@@ -570,7 +580,7 @@ function openChain(path: string, readOnly: boolean, format: "raw" | "qcow2" | nu
             "tsvm follows backing files there only, unless --block ...,backing_files=any allows any file");
         }
       }
-      return openChain(target, true, backingFormat, options, depth + 1, root);
+      return openChain(target, true, backingFormat, options, depth + 1, rootOf);
     });
   } catch (e) {
     file.close();
@@ -581,7 +591,7 @@ function openChain(path: string, readOnly: boolean, format: "raw" | "qcow2" | nu
 /** `path` with every symbolic link resolved (as it is, when it does not exist: opening it says so). */
 function realPath(path: string): string {
   try {
-    return realpathSync(path);
+    return nodeFs().realpathSync(path);
   } catch {
     return path;
   }
@@ -619,7 +629,7 @@ export function createQcow2(path: string, size: number): void {
   v.setUint32(100, HEADER_V3_SIZE, false);
   v.setBigUint64(cluster, BigInt(2 * cluster), false); // refcount table[0] -> block at cluster 2
   for (let i = 0; i < clusters; i++) v.setUint16(2 * cluster + i * 2, 1, false);
-  writeFileSync(path, image, { flag: "wx" });
+  nodeFs().writeFileSync(path, image, { flag: "wx" });
 }
 
 /** A map that keeps at most `capacity` entries, dropping the least recently used. */

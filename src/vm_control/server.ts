@@ -1,5 +1,4 @@
 // server.ts - the VM's control socket: listens at --socket PATH (mode 0600) and answers requests.
-import { lstatSync, unlinkSync } from "node:fs";
 import { socket, sys } from "../../ffi/mod.ts";
 import { listenUnix } from "../base/unix_listener.ts";
 import { log } from "../base/log.ts";
@@ -120,11 +119,7 @@ export class ControlServer extends OwnedFd {
     super.close();
     // Another VM may have replaced a socket file someone removed: that one is not ours to remove.
     if (this.#identity === null || fileIdentity(this.path) !== this.#identity) return;
-    try {
-      unlinkSync(this.path);
-    } catch {
-      // already gone
-    }
+    sys.unlink(this.path); // an error: already gone
   }
 }
 
@@ -144,12 +139,8 @@ export function encodeFitting(response: VmResponse): Uint8Array {
 
 /** The device and inode of the file at `path` (not following a last symbolic link), or null. */
 function fileIdentity(path: string): string | null {
-  try {
-    const s = lstatSync(path, { bigint: true });
-    return `${s.dev}:${s.ino}`;
-  } catch {
-    return null;
-  }
+  const st = sys.lstat(path);
+  return typeof st === "number" ? null : st.identity;
 }
 
 /** How long the control socket is left unwatched when the VMM is out of fds (else it stays readable: a busy loop). */

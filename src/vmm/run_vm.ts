@@ -1,12 +1,12 @@
 // run_vm.ts - runs a VM from a Config: opens what the user named, builds the VM, puts the devices on
 // their buses (each virtio device in its home), starts the vCPUs and serves the control loop until the
 // guest exits, a vCPU or device fails, or tsvm is told to stop.
-import { closeSync, constants, fstatSync, openSync, readFileSync } from "node:fs";
-import { event as eventFfi } from "../../ffi/mod.ts";
+import { event as eventFfi, sys } from "../../ffi/mod.ts";
 import { runCleanup } from "../base/cleanup.ts";
 import { EventFd } from "../base/event_fd.ts";
 import { flushLog, log, setLogLevel, useNonBlockingStderr } from "../base/log.ts";
 import { describeError } from "../base/result.ts";
+import { ERRNO, errnoName } from "../base/errno.ts";
 import { buildVm, type BuiltVm } from "../arch/x86_64/build_vm.ts";
 import { KernelLoaderError } from "../arch/x86_64/kernel_image.ts";
 import { pciWindows } from "../arch/x86_64/layout.ts";
@@ -30,7 +30,6 @@ import { EXIT_CODE, startVcpuWorkers, Vcpus } from "./vcpus.ts";
 import { DEVICE_JSC, RUN_STATE_ENV, VMM_JSC } from "../base/in_process_jsc.ts";
 import { restartWithJsc } from "../base/exec_self.ts";
 import { takeHandOff } from "./hand_off.ts";
-import { findVirtiofsd, startVirtiofsd } from "./virtiofsd.ts";
 import { loadDeviceKinds } from "../devices/create_device.ts";
 import { attachInProcess, attachInVmm, attachSandboxed, attachVhostUser, type DeviceContext, type VirtioHandle } from "./virtio_devices.ts";
 import { VhostVsock } from "../devices/virtio/vsock/vhost_vsock.ts";
@@ -92,7 +91,7 @@ export async function runVm(config: Config, filters: ReadonlyMap<string, Uint8Ar
 
 /** Opens everything the user named (each failure a usage error naming it), then builds and runs. */
 async function openAndRun(config: Config, compiled: ReadonlyMap<string, Uint8Array> | null, workers: readonly Worker[]): Promise<number> {
-  const kernel = config.kernel === null ? builtinGuest() : readUserFile("kernel", config.kernel);
+  const kernel = config.kernel === null ? await builtinGuest() : readUserFile("kernel", config.kernel);
   const initrd = config.initrd === null ? null : readUserFile("initrd", config.initrd);
   const specs = virtioDeviceSpecs(config, () => Array.from(randomMac(), (b) => b.toString(16).padStart(2, "0")).join(":"));
   const filters = !config.sandbox
@@ -155,6 +154,9 @@ function listenControl(path: string): ControlServer {
   }
 }
 
+const O_RDONLY = 0;
+const O_NONBLOCK = 0o4000;
+
 /** The largest kernel or initrd read (a larger one could not fit in the guest's memory anyway). */
 const MAX_BOOT_FILE = 2 ** 31;
 
@@ -163,21 +165,26 @@ const MAX_BOOT_FILE = 2 ** 31;
  * file of at most MAX_BOOT_FILE bytes: a FIFO would hang the start, a device (/dev/zero) never ends.
  */
 function readUserFile(what: string, path: string): Uint8Array {
-  let fd: number | null = null;
+  const failed = (reason: string): ConfigError => new ConfigError(`failed to read ${what} ${path}: ${reason}`);
+  // Opened non-blocking (a FIFO's open would wait for a writer), then checked on that fd.
+  const fd = sys.openRaw(path, O_RDONLY | O_NONBLOCK);
+  if (fd < 0) throw failed(errnoName(-fd));
   try {
-    // Opened non-blocking (a FIFO's open would wait for a writer), then checked on that fd.
-    fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
-    const stat = fstatSync(fd);
-    if (!stat.isFile()) throw new ConfigError(`failed to read ${what} ${path}: not a regular file`);
-    if (stat.size > MAX_BOOT_FILE) throw new ConfigError(`failed to read ${what} ${path}: ${stat.size} bytes is more than ${MAX_BOOT_FILE}`);
-    const bytes = readFileSync(fd);
-    return new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  } catch (e) {
-    if (e instanceof ConfigError) throw e;
-    const reason = (e as NodeJS.ErrnoException).code ?? describeError(e);
-    throw new ConfigError(`failed to read ${what} ${path}: ${reason}`, { cause: e });
+    const stat = sys.fstat(fd);
+    if (typeof stat === "number") throw failed(errnoName(-stat));
+    if ((stat.mode & sys.S_IFMT) !== sys.S_IFREG) throw failed("not a regular file");
+    if (stat.size > MAX_BOOT_FILE) throw failed(`${stat.size} bytes is more than ${MAX_BOOT_FILE}`);
+    const bytes = new Uint8Array(stat.size);
+    for (let done = 0; done < bytes.byteLength;) {
+      const n = sys.preadRaw(fd, bytes.subarray(done), done);
+      if (n === -ERRNO.EINTR) continue;
+      if (n < 0) throw failed(errnoName(-n));
+      if (n === 0) throw failed(`it ended at ${done} of the ${stat.size} bytes it had when opened`);
+      done += n;
+    }
+    return bytes;
   } finally {
-    if (fd !== null) closeSync(fd);
+    sys.close(fd);
   }
 }
 
@@ -230,6 +237,8 @@ async function runBuilt(config: Config, built: BuiltVm, workers: readonly Worker
     }
     if (opened.vhostVsock) devices.push(attachInVmm(ctx, opened.vhostVsock, "vsock"));
     if (config.sharedDirs.length > 0) {
+      // Only for --shared-dir: it is the one part of the VMM that needs node:fs, node:os and node:path.
+      const { findVirtiofsd, startVirtiofsd } = await import("./virtiofsd.ts");
       const program = findVirtiofsd(config.virtiofsd);
       if (!program.ok) throw new ConfigError(program.error);
       for (const [i, shared] of config.sharedDirs.entries()) {
