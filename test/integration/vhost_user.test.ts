@@ -3,7 +3,7 @@
 import { describe, expect, test } from "bun:test";
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { HAS_NETNS, TapNamespace } from "../support/net_ns.ts";
+import { HAS_NETNS, TapNamespace, withTapFd } from "../support/net_ns.ts";
 import { HAS_KVM, runTsvm, tempDir, TIME_SCALE, TsvmProcess } from "../support/tsvm.ts";
 
 const TIMEOUT = 90_000 * TIME_SCALE;
@@ -50,6 +50,16 @@ describe.skipIf(!HAS_KVM || !IS_ROOT)("tsvm run as a vhost-user front-end", () =
     expect(peerText).toContain("from guest: hello from the tsvm guest");
     // The back-ends outlive their front-end.
     await devices.waitForOutput(/rng0: front-end gone/, 10_000, "stderr");
+    expect(devices.child.exitCode).toBeNull();
+  }, TIMEOUT);
+
+  test.skipIf(!HAS_NETNS)("tsvm devices keeps a tap fd it was handed (tap-fd=N) across its own restart", async () => {
+    const sock = join(tempDir(), "net.sock");
+    using ns = new TapNamespace(`tsvmvf${process.pid}`);
+    using devices = new TsvmProcess(["devices", "--log-level", "info", "--net", `vhost=${sock},tap-fd=9`], [...ns.exec, ...withTapFd(9)]);
+    await devices.waitForOutput(/serving vhost-user/, 30_000, "stderr");
+    await Bun.sleep(200);
+    expect(devices.stderr).not.toContain("error");
     expect(devices.child.exitCode).toBeNull();
   }, TIMEOUT);
 

@@ -2,7 +2,7 @@
 import { describe, expect, test } from "bun:test";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { HAS_NETNS, TapNamespace } from "../support/net_ns.ts";
+import { HAS_NETNS, TapNamespace, withTapFd } from "../support/net_ns.ts";
 import { HAS_KVM, runTsvm, tempDir, tsvmCommand, TsvmProcess, TIME_SCALE } from "../support/tsvm.ts";
 
 if (HAS_KVM && !HAS_NETNS) console.warn("tsvm tests: no root, ip or python3 here; the virtio-net test is skipped");
@@ -96,17 +96,9 @@ describe.skipIf(!HAS_KVM)("virtio devices under the test guest", () => {
   test.skipIf(!HAS_NETNS)("virtio-net on a tap fd the caller opened (tap-fd=N) keeps it across tsvm's own exec", async () => {
     using ns = new TapNamespace(`tsvmfd${process.pid}`);
     const peer = await ns.startPeer();
-    // Opens tap0 with the flags tsvm needs and runs tsvm with the fd (not close-on-exec) named on its
-    // command line, as a supervisor would. tsvm runs itself again once (JSC settings, the hand-off
-    // of the checked configuration); the fd must survive that exec.
-    const opener = [
-      "import fcntl, os, struct, sys",
-      "fd = os.open('/dev/net/tun', os.O_RDWR)",
-      "fcntl.ioctl(fd, 0x400454ca, struct.pack('16sH22x', b'tap0', 0x0002 | 0x1000 | 0x4000))",
-      "os.dup2(fd, 9)", // inheritable; fd 9, as Bun leaves fd 3 alone but marks later fds close-on-exec
-      "os.execvp(sys.argv[1], sys.argv[1:] + ['tap-fd=9,mac=52:54:00:12:34:56'])",
-    ].join("\n");
-    const vm = Bun.spawn([...ns.exec, "python3", "-c", opener, ...tsvmCommand(), "run", "-p", "tsvm.net_rx=1", "--net"], { stdout: "pipe", stderr: "pipe", stdin: "ignore" });
+    // tsvm runs itself again once (JSC settings, the hand-off of the checked configuration); the
+    // fd must survive that exec.
+    const vm = Bun.spawn([...ns.exec, ...withTapFd(9), ...tsvmCommand(), "run", "-p", "tsvm.net_rx=1", "--net", "tap-fd=9,mac=52:54:00:12:34:56"], { stdout: "pipe", stderr: "pipe", stdin: "ignore" });
     const timer = setTimeout(() => vm.kill("SIGKILL"), 60_000 * TIME_SCALE);
     const [out, err] = await Promise.all([new Response(vm.stdout).text(), new Response(vm.stderr).text()]);
     await vm.exited;

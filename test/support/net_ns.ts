@@ -12,6 +12,23 @@ export function sh(...cmd: string[]): string {
   return r.stdout.toString();
 }
 
+/**
+ * A command prefix that opens tap0 (in the namespace it runs in) with the flags tsvm needs, as
+ * fd `fd` without close-on-exec, and runs the rest of its command line, as a supervisor handing tsvm
+ * `tap-fd=N` would. Use an fd above 3: Bun leaves fd 3 alone at start but marks later inherited fds
+ * close-on-exec, which is what tsvm's own execs must undo.
+ */
+export function withTapFd(fd: number): string[] {
+  const opener = [
+    "import fcntl, os, struct, sys",
+    "t = os.open('/dev/net/tun', os.O_RDWR)",
+    "fcntl.ioctl(t, 0x400454ca, struct.pack('16sH22x', b'tap0', 0x0002 | 0x1000 | 0x4000))  # TUNSETIFF: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR",
+    `os.dup2(t, ${fd})`,
+    "os.execvp(sys.argv[1], sys.argv[1:])",
+  ].join("\n");
+  return ["python3", "-c", opener];
+}
+
 /** A namespace `name` holding tap0 (up, no IPv6 chatter); `close` deletes it. */
 export class TapNamespace {
   readonly exec: string[];
