@@ -9,6 +9,15 @@ const PROT_READ = 1;
 const PROT_WRITE = 2;
 const MAP_SHARED = 1;
 const MAP_NORESERVE = 0x4000;
+/**
+ * Guest memory is advised for transparent huge pages, in the VMM and in every device process that
+ * maps it. A memfd gets them only where the host allows shared memory huge pages on request
+ * (/sys/kernel/mm/transparent_hugepage/shmem_enabled = advise, or always); elsewhere the advice does
+ * nothing. With them a 2 MiB folio is pinned, copied into and mapped as one: O_DIRECT reads of 64 KiB
+ * at depth 32 took 55-60k TSC cycles a request against 75-87k without (QEMU, whose anonymous guest
+ * RAM gets huge pages under the usual `enabled = madvise`, 61-64k).
+ */
+const MADV_HUGEPAGE = 14;
 const MFD_CLOEXEC = 1;
 const MFD_ALLOW_SEALING = 2;
 const F_ADD_SEALS = 1033;
@@ -76,6 +85,7 @@ export class GuestMemory {
       sys.ftruncate(fd, total);
       sys.fcntlInt(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL, "seal guest memory");
       const address = sys.mmap(total, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0);
+      sys.madvise(address, total, MADV_HUGEPAGE); // a hint: nothing depends on it being taken
       let fdOffset = 0;
       const regions = specs.map((s) => {
         const region = mappedRegion(guestAddress(s.base), s.size, fd, fdOffset, address + fdOffset);
@@ -105,6 +115,7 @@ export class GuestMemory {
         const delta = m.fdOffset - mapOffset;
         const address = sys.mmap(delta + m.size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, m.fd, mapOffset);
         maps.push({ address, size: delta + m.size });
+        sys.madvise(address, delta + m.size, MADV_HUGEPAGE); // as create does
         for (let at = 0; at < m.size; at += MAX_REGION_SIZE) {
           const size = Math.min(MAX_REGION_SIZE, m.size - at);
           regions.push(mappedRegion(guestAddress(m.base + at), size, m.fd, m.fdOffset + at, address + delta + at));

@@ -1,4 +1,5 @@
 import { describe, expect, test } from "bun:test";
+import { readFileSync } from "node:fs";
 import { sys } from "../../ffi/mod.ts";
 import {
   checkedAdd, guestAddress, guestAddress as ga, guestAddressFromHalves, guestAddressFromU64, GuestMemory,
@@ -24,6 +25,20 @@ describe("GuestMemory", () => {
     const fd = mem.regions[0]!.fd;
     expect(sys.fcntlIntRaw(fd, F_GET_SEALS, 0)).toBe(F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW);
     expect(sys.ftruncateRaw(fd, 0)).toBe(-1); // EPERM
+  });
+
+  test("the creator's mapping and a device's are advised for huge pages", () => {
+    using mem = GuestMemory.create([{ base: 0, size: 4 << 20 }]);
+    const fd = sys.dup(mem.regions[0]!.fd);
+    using other = GuestMemory.fromMappings([{ base: ga(0), size: 4 << 20, fd, fdOffset: 0 }]);
+    // smaps lists VM_HUGEPAGE as "hg" among a mapping's VmFlags, whatever the host then gives it.
+    const flagsOf = (address: number): string[] => {
+      const smaps = readFileSync("/proc/self/smaps", "utf8").split("\n");
+      const at = smaps.findIndex((l) => l.startsWith(`${address.toString(16)}-`));
+      return smaps.slice(at).find((l) => l.startsWith("VmFlags:"))!.split(/\s+/).slice(1);
+    };
+    expect(flagsOf(mem.regions[0]!.hostAddress)).toContain("hg");
+    expect(flagsOf(other.regions[0]!.hostAddress)).toContain("hg");
   });
 
   test("an access that would cross out of a region is refused, not truncated", () => {
