@@ -372,7 +372,9 @@ export function parseRunConfig(raw: RawRunOptions): Config {
   if (!result.success) {
     const issue = result.issues[0]!;
     const key = String(issue.path?.[0]?.key ?? "");
-    throw new ConfigError(`${FLAG_NAMES[key] ?? key}: ${issue.message} (got ${JSON.stringify(issue.input)})`);
+    // What the user gave, not what a transform made of it (a size that does not parse is null there).
+    const given = Object.hasOwn(raw, key) ? (raw as Record<string, unknown>)[key] : issue.input;
+    throw new ConfigError(`${FLAG_NAMES[key] ?? key}: ${issue.message} (got ${JSON.stringify(given)})`);
   }
   const serials = (raw.serial ?? []).map(parseSerial);
   const nums = new Set<number>();

@@ -44,7 +44,8 @@ describe("parseRunConfig", () => {
   });
 
   test("--mem 0 is refused with the flag named", () => {
-    expect(() => parseRunConfig({ mem: "0" })).toThrow("--mem: must be at least 16 MiB (got 0)");
+    expect(() => parseRunConfig({ mem: "0" })).toThrow('--mem: must be at least 16 MiB (got "0")');
+    expect(() => parseRunConfig({ mem: "1x" })).toThrow('--mem: expected a size such as 512, 512M or 2G (got "1x")');
   });
 
   test("--mem with garbage is refused", () => {
