@@ -46,7 +46,9 @@ const EVERY_VCPU_SERVED = process.env.TSVM_VCPU_THREADS === "all";
  */
 export function startVcpuWorkers(cpus: number): Worker[] {
   const env = Object.fromEntries(Object.entries(process.env).filter((e): e is [string, string] => e[1] !== undefined));
-  return Array.from({ length: cpus > 1 && !EVERY_VCPU_SERVED ? 2 : 1 }, () => new Worker(WORKER_URL, { env }));
+  // smol: the Worker's heap is kept small (collected sooner). Its exit path allocates nothing, so
+  // that costs it nothing: section 1 measured 1.04×-1.05× the C loop either way, the VMM 0.2-0.35 MiB less.
+  return Array.from({ length: cpus > 1 && !EVERY_VCPU_SERVED ? 2 : 1 }, () => new Worker(WORKER_URL, { env, smol: true }));
 }
 
 /** The vCPUs of one VM and the control loop's side of their mailboxes. */
