@@ -120,8 +120,14 @@ function libraryPath(): string {
   const F_ADD_SEALS = 1033;
   const SEALS = 1 | 2 | 4 | 8; // F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE
   const O_RDONLY_CLOEXEC = 0o2000000;
-  const fd = libc.symbols.memfd_create(Buffer.from("libtsvm.so\0"), MFD_CLOEXEC | MFD_ALLOW_SEALING);
-  if (fd < 0) throw new Error("failed to create a memfd for libtsvm.so");
+  // MFD_EXEC: where vm.memfd_noexec is 1, a memfd is otherwise sealed against being mapped
+  // executable, and dlopen would fail. Kernels before 6.3 know no MFD_EXEC (EINVAL): ask again
+  // without it, which there gives an executable memfd anyway.
+  const MFD_EXEC = 0x10;
+  const name = Buffer.from("libtsvm.so\0");
+  let fd = libc.symbols.memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_EXEC);
+  if (fd < 0) fd = libc.symbols.memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  if (fd < 0) throw new Error("failed to create a memfd for libtsvm.so (with vm.memfd_noexec = 2 the host allows no executable memfd)");
   let done = 0;
   while (done < bytes.length) {
     const n = Number(libc.symbols.write(fd, ptr(bytes, done), bytes.length - done));

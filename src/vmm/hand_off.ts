@@ -100,7 +100,9 @@ export function takeHandOff(): RunState | string {
   const fd = Number(value);
   try {
     // Sealed as handOff seals it: an fd that is not, or that grows while read, was not made by tsvm.
-    if (sys.fcntlIntRaw(fd, F_GET_SEALS, 0) !== SEALS) return `fd ${fd} is not a sealed run state`;
+    // (The kernel may add F_SEAL_EXEC of its own: vm.memfd_noexec.)
+    const seals = sys.fcntlIntRaw(fd, F_GET_SEALS, 0);
+    if (seals < 0 || (seals & SEALS) !== SEALS) return `fd ${fd} is not a sealed run state`;
     const size = sys.fileSize(fd);
     if (size <= 0 || size > MAX_STATE_BYTES) return `fd ${fd} holds ${size} bytes`;
     const bytes = new Uint8Array(size);
