@@ -8,7 +8,7 @@ import { ControlError, sendRequest } from "./vm_control/client.ts";
 import { createQcow2 } from "./disk/qcow2.ts";
 import type { VmRequest } from "./vm_control/messages.ts";
 import { EXIT_CODE } from "./vmm/exit_code.ts";
-import { parseDevicesConfig } from "./devices_config.ts";
+import { type DevicesConfig, parseDevicesConfig } from "./devices_config.ts";
 import { DEVICE_JSC, VMM_JSC } from "./base/in_process_jsc.ts";
 import { compileFilters } from "./vmm/device_filters.ts";
 import { handOff } from "./vmm/hand_off.ts";
@@ -104,8 +104,7 @@ export async function main(argv: readonly string[], options: MainOptions = {}): 
           seccompPolicyDir: single("--seccomp-policy-dir", args["seccomp-policy-dir"]), seccompLogFailures: args["seccomp-log-failures"],
           logLevel: single("--log-level", args["log-level"]),
         });
-        const { serveDevices } = await import("./serve_devices.ts");
-        code = await serveDevices(config);
+        code = await startDevices(config, options.handOff === true);
       },
     )
     .command("stop <socket>", "Stop the VM behind a control socket (disks are flushed; run exits 0)", (y) => socketArg(y),
@@ -187,10 +186,21 @@ async function startVm(config: Config, handOffAllowed: boolean): Promise<number>
     const kinds = config.sandbox ? virtioDeviceSpecs(config, () => "").map((s) => s.kind) : [];
     filters = compileFilters(kinds, config.seccompPolicyDir, config.seccompLogFailures);
     log.debug(`seccomp filters compiled at ${performance.now().toFixed(1)} ms; handing off`);
-    handOff({ config, filters }, config.sandbox ? VMM_JSC : { ...VMM_JSC, ...DEVICE_JSC });
+    handOff({ command: "run", config, filters }, config.sandbox ? VMM_JSC : { ...VMM_JSC, ...DEVICE_JSC });
   }
   const { runVm } = await import("./vmm/run_vm.ts");
   return runVm(config, filters);
+}
+
+/** As startVm, for `tsvm devices`: the filters compiled here, then the hand-off to a program that only serves. */
+async function startDevices(config: DevicesConfig, handOffAllowed: boolean): Promise<number> {
+  let filters: ReadonlyMap<string, Uint8Array> | null = null;
+  if (handOffAllowed) {
+    filters = compileFilters(config.sandbox ? config.devices.map((d) => d.spec.kind) : [], config.seccompPolicyDir, config.seccompLogFailures);
+    handOff({ command: "devices", config, filters }, config.sandbox ? VMM_JSC : { ...VMM_JSC, ...DEVICE_JSC });
+  }
+  const { serveDevices } = await import("./serve_devices.ts");
+  return serveDevices(config, filters);
 }
 
 /** Every long option and alias of `run`, for "did you mean" suggestions. */

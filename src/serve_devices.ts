@@ -5,7 +5,6 @@
 // its fd 3: it accepts one front-end at a time, and when that front-end goes (or is dropped for
 // breaking the protocol) it waits for the next. This process only opens what the user named,
 // starts the devices, relays their log lines, and on SIGTERM/SIGINT ends them and removes the sockets.
-import { unlinkSync } from "node:fs";
 import { event as eventFfi, socket, sys } from "../ffi/mod.ts";
 import { runCleanup } from "./base/cleanup.ts";
 import { EventFd } from "./base/event_fd.ts";
@@ -17,19 +16,42 @@ import { ConfigError } from "./config.ts";
 import { createDevice, loadDeviceKinds } from "./devices/create_device.ts";
 import { closeResources, consoleToStdout, type DeviceResources, openResources, resourceFds } from "./devices/device_resources.ts";
 import { jailIdBase, JailedProcess } from "./devices/sandbox/jailed_process.ts";
-import { DEVICE_JSC, VMM_JSC } from "./base/in_process_jsc.ts";
+import { DEVICE_JSC, RUN_STATE_ENV, VMM_JSC } from "./base/in_process_jsc.ts";
 import { restartWithJsc } from "./base/exec_self.ts";
 import { VhostUserBackend } from "./devices/vhost_user/backend.ts";
 import type { DevicesConfig } from "./devices_config.ts";
-import { compileDeviceFilter } from "./sandbox/policies.ts";
 import { ControlLoop, DeviceLoop } from "./vmm/control_loop.ts";
 import { IN_PROCESS_HOST } from "./vmm/virtio_devices.ts";
+import { EXIT_CODE } from "./vmm/exit_code.ts";
+import { takeHandOff } from "./vmm/hand_off.ts";
 
 const SIGINT = 2;
 const SIGTERM = 15;
 
-/** Serves every device in `config` until SIGTERM or SIGINT (exit 0) or a device process fails (exit 1). */
-export async function serveDevices(config: DevicesConfig): Promise<number> {
+/**
+ * Serves the devices that the program before this exec handed over (vmm/hand_off.ts); resolves to
+ * the exit code (a state it cannot read is a usage error).
+ */
+export async function serveHandedOff(): Promise<number> {
+  const state = takeHandOff("devices");
+  if (typeof state === "string" || state.command !== "devices") { // (takeHandOff checked the command)
+    log.error(`${RUN_STATE_ENV}: ${typeof state === "string" ? state : "not for tsvm devices"} (it is set by tsvm for itself, not by hand)`);
+    return EXIT_CODE.USAGE;
+  }
+  try {
+    return await serveDevices(state.config, state.filters);
+  } catch (e) {
+    // As the CLI reports what serveDevices throws (main.ts).
+    log.error(describeError(e));
+    return e instanceof ConfigError ? EXIT_CODE.USAGE : EXIT_CODE.VM_ERROR;
+  }
+}
+
+/**
+ * Serves every device in `config` until SIGTERM or SIGINT (exit 0) or a device process fails (exit
+ * 1). `filters` are the jailed devices' compiled seccomp filters when the caller compiled them already.
+ */
+export async function serveDevices(config: DevicesConfig, compiled: ReadonlyMap<string, Uint8Array> | null = null): Promise<number> {
   // Returns only when the settings are in place (src/tsvm.ts has usually put them there already).
   const tapFds = config.devices.flatMap(({ spec }) => (spec.kind === "net" && spec.tap.kind === "tap-fd" ? [spec.tap.fd] : []));
   restartWithJsc(config.sandbox ? VMM_JSC : { ...VMM_JSC, ...DEVICE_JSC }, tapFds);
@@ -42,8 +64,11 @@ export async function serveDevices(config: DevicesConfig): Promise<number> {
   try {
     const opened: { resources: DeviceResources; listenFd: number; socket: string }[] = [];
     if (!config.sandbox) await loadDeviceKinds(config.devices.map((d) => d.spec.kind));
+    const filters = !config.sandbox
+      ? new Map<string, Uint8Array>()
+      : compiled ?? (await import("./vmm/device_filters.ts")).compileFilters(config.devices.map((d) => d.spec.kind), config.seccompPolicyDir, config.seccompLogFailures);
     for (const d of config.devices) {
-      const filter = config.sandbox ? compileFilter(config, d.spec.kind) : null;
+      const filter = config.sandbox ? filters.get(d.spec.kind)! : null;
       const resources = openResources(d.spec);
       if (!resources.ok) throw new ConfigError(`${d.spec.label}: ${resources.error}`);
       cleanup.push(() => closeResources(resources.value));
@@ -51,11 +76,7 @@ export async function serveDevices(config: DevicesConfig): Promise<number> {
       if (!listening.ok) throw new ConfigError(listening.error);
       cleanup.push(() => {
         sys.close(listening.value);
-        try {
-          unlinkSync(d.socket);
-        } catch {
-          // already gone
-        }
+        sys.unlink(d.socket); // an error: already gone
       });
       opened.push({ resources: resources.value, listenFd: listening.value, socket: d.socket });
       // A vsock device's host side (its Unix sockets) stays in this process, as in `tsvm run`.
@@ -104,14 +125,6 @@ export async function serveDevices(config: DevicesConfig): Promise<number> {
     return ending.code;
   } finally {
     runCleanup(cleanup);
-  }
-}
-
-function compileFilter(config: DevicesConfig, kind: string): Uint8Array {
-  try {
-    return compileDeviceFilter(kind, config.seccompPolicyDir, config.seccompLogFailures ? "log" : "kill");
-  } catch (e) {
-    throw new ConfigError(`failed to load the seccomp policy of the ${kind} device: ${describeError(e)}`);
   }
 }
 

@@ -7,23 +7,16 @@
 // are separate chunks: a device process parses none of the CLI's modules (yargs, valibot, the VM
 // builder), which saves it about 3 MiB of private memory, and loads only its own device's code
 // (devices/create_device.ts).
-const { DEVICE_JSC, RUN_STATE_ENV, VMM_JSC } = await import("./base/in_process_jsc.ts");
-if (Bun.argv[2] === "run" && process.env[RUN_STATE_ENV] !== undefined) {
-  // The program `tsvm run` handed the checked configuration to (vmm/hand_off.ts): only the VMM.
-  const { runHandedOff } = await import("./vmm/run_vm.ts");
+const { RUN_STATE_ENV } = await import("./base/in_process_jsc.ts");
+if ((Bun.argv[2] === "run" || Bun.argv[2] === "devices") && process.env[RUN_STATE_ENV] !== undefined) {
+  // The program `tsvm run` or `tsvm devices` handed the checked configuration to (vmm/hand_off.ts):
+  // only the VMM, or only what serves the devices.
+  const code = Bun.argv[2] === "run"
+    ? await (await import("./vmm/run_vm.ts")).runHandedOff()
+    : await (await import("./serve_devices.ts")).serveHandedOff();
   const { drainLog } = await import("./base/log.ts");
-  const code = await runHandedOff();
   drainLog();
   process.exit(code);
-}
-if (Bun.argv[2] === "devices") {
-  // `tsvm devices` runs under the VMM's JSC settings, and with --disable-sandbox under its devices'
-  // too; JSC reads them only at start, so this restarts once when they are missing
-  // (base/in_process_jsc.ts). `tsvm run` gets them when it hands off (vmm/hand_off.ts).
-  // The fds named by tap-fd=N stay open across it (the command line is checked after).
-  const tapFds = Bun.argv.flatMap((a) => [...a.matchAll(/(?:^|,)tap-fd=([0-9]{1,9})(?=,|$)/g)].map((m) => Number(m[1])));
-  const { restartWithJsc } = await import("./base/exec_self.ts");
-  restartWithJsc(Bun.argv.includes("--disable-sandbox") ? { ...VMM_JSC, ...DEVICE_JSC } : VMM_JSC, tapFds);
 }
 if (Bun.argv[2] === "device") {
   const { runDeviceProcess } = await import("./devices/sandbox/device_process.ts");

@@ -9,11 +9,10 @@ import { LIBRARY_ENV } from "./in_process_jsc.ts";
  * already (a setting the user gave stays as given); returns only when nothing was missing or the
  * restart failed (then it runs on as started). JSC reads its settings only from the environment,
  * when the runtime starts, so tsvm runs itself again, once, before it has opened or changed
- * anything: src/tsvm.ts does so first thing for `devices` (VMM_JSC, and DEVICE_JSC too when the
- * command line says --disable-sandbox; ~3 ms), `tsvm run` when it hands off (vmm/hand_off.ts), and
- * runVm and serveDevices when a configuration file disables the sandbox or the sources run without
- * that entry point (the command line is then parsed again). With --disable-sandbox the devices run in this process and should run
- * as in a process of their own (jailed_process.ts says why: no FTL, one GC marker); measured, 4 KiB
+ * anything: `tsvm run` and `tsvm devices` when they hand off (vmm/hand_off.ts: VMM_JSC, and
+ * DEVICE_JSC too with the sandbox off), and runVm and serveDevices when the sources run without
+ * that entry point (the command line is then parsed again). With --disable-sandbox the devices run
+ * in this process and should run as in a process of their own (jailed_process.ts says why: no FTL, one GC marker); measured, 4 KiB
  * random reads at depth 1 in-process: 83-85k TSC cycles a request with FTL, 58-60k without, as the
  * VMM's FTL compiles landed on CPUs the vCPU and the device loop keep busy.
  */

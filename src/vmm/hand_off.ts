@@ -1,4 +1,5 @@
-// hand_off.ts - `tsvm run` parses in one program and runs the VM in another, under the same pid.
+// hand_off.ts - `tsvm run` (and `tsvm devices`) parses in one program and runs the VM (serves the
+// devices) in another, under the same pid.
 //
 // The process that reads the command line loads yargs, valibot, the configuration file reader and
 // the seccomp policy compiler, runs each once, and would keep what they loaded and compiled for the
@@ -16,6 +17,7 @@ import { sys } from "../../ffi/mod.ts";
 import { execSelf } from "../base/exec_self.ts";
 import { RUN_STATE_ENV } from "../base/in_process_jsc.ts";
 import type { Config } from "../config.ts";
+import type { DevicesConfig } from "../devices_config.ts";
 import { VERSION } from "../version.ts";
 
 const MFD_ALLOW_SEALING = 2;
@@ -25,20 +27,22 @@ const SEALS = 1 | 2 | 4 | 8; // F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SE
 /** A run state larger than this was not made by tsvm (a few KiB, and each filter at most 32 KiB). */
 const MAX_STATE_BYTES = 4 << 20;
 
-/** What the first program hands to the second. */
-export type RunState = {
-  readonly config: Config;
+/** What the first program hands to the second: the command it runs, and what that command needs. */
+export type RunState = (
+  | { readonly command: "run"; readonly config: Config }
+  | { readonly command: "devices"; readonly config: DevicesConfig }
+) & {
   /** Each device kind's compiled seccomp filter (empty with the sandbox off). */
   readonly filters: ReadonlyMap<string, Uint8Array>;
 };
 
-type Encoded = { readonly version: string; readonly config: Config; readonly filters: [string, Uint8Array][] };
+type Encoded = { readonly version: string; readonly command: string; readonly config: unknown; readonly filters: [string, Uint8Array][] };
 
 const BYTES_KEY = "$bytes";
 
 /** JSON with byte arrays as base64 (a vhost-user device's local configuration, the filters). */
 export function encodeRunState(state: RunState): Uint8Array {
-  const encoded: Encoded = { version: VERSION, config: state.config, filters: [...state.filters] };
+  const encoded: Encoded = { version: VERSION, command: state.command, config: state.config, filters: [...state.filters] };
   const text = JSON.stringify(encoded, (_key, value: unknown) =>
     value instanceof Uint8Array ? { [BYTES_KEY]: Buffer.from(value.buffer, value.byteOffset, value.byteLength).toString("base64") } : value);
   return new TextEncoder().encode(text);
@@ -61,11 +65,13 @@ export function decodeRunState(bytes: Uint8Array): RunState | string {
   if (typeof parsed !== "object" || parsed === null) return "not an object";
   const e = parsed as Partial<Encoded>;
   if (e.version !== VERSION) return `made by another tsvm version (${JSON.stringify(e.version)}, this is ${VERSION})`;
+  if (e.command !== "run" && e.command !== "devices") return `no command tsvm hands off (${JSON.stringify(e.command)})`;
   if (typeof e.config !== "object" || e.config === null) return "no configuration";
   if (!Array.isArray(e.filters) || !e.filters.every((f) => Array.isArray(f) && typeof f[0] === "string" && f[1] instanceof Uint8Array)) {
     return "malformed filters";
   }
-  return { config: e.config, filters: new Map(e.filters) };
+  const filters = new Map(e.filters);
+  return e.command === "run" ? { command: "run", config: e.config as Config, filters } : { command: "devices", config: e.config as DevicesConfig, filters };
 }
 
 /**
@@ -73,7 +79,7 @@ export function decodeRunState(bytes: Uint8Array): RunState | string {
  * only when that cannot be done (then the caller runs the VM itself).
  */
 export function handOff(state: RunState, settings: Readonly<Record<string, string>>): void {
-  const keepFds = state.config.nets.flatMap((n) => (n.kind === "tap-fd" ? [n.fd] : []));
+  const keepFds = tapFds(state);
   const bytes = encodeRunState(state);
   const memfd = sys.memfdCreate("tsvm_run_state", MFD_ALLOW_SEALING); // without MFD_CLOEXEC: it crosses the exec
   try {
@@ -89,11 +95,18 @@ export function handOff(state: RunState, settings: Readonly<Record<string, strin
   }
 }
 
+/** The fds the user named with tap-fd=N: they must stay open across the exec. */
+function tapFds(state: RunState): number[] {
+  if (state.command === "run") return state.config.nets.flatMap((n) => (n.kind === "tap-fd" ? [n.fd] : []));
+  return state.config.devices.flatMap(({ spec }) => (spec.kind === "net" && spec.tap.kind === "tap-fd" ? [spec.tap.fd] : []));
+}
+
 /**
  * In the program handOff started: reads and closes the state's memfd and removes RUN_STATE_ENV from
- * the environment (nothing this VM starts inherits it). The error names what is wrong.
+ * the environment (nothing this VM starts inherits it); the state must be for `command`. The error
+ * names what is wrong.
  */
-export function takeHandOff(): RunState | string {
+export function takeHandOff(command: RunState["command"]): RunState | string {
   const value = process.env[RUN_STATE_ENV] ?? "";
   delete process.env[RUN_STATE_ENV];
   if (!/^[0-9]{1,6}$/.test(value)) return `${RUN_STATE_ENV}=${JSON.stringify(value)} is not an fd number`;
@@ -107,7 +120,9 @@ export function takeHandOff(): RunState | string {
     if (size <= 0 || size > MAX_STATE_BYTES) return `fd ${fd} holds ${size} bytes`;
     const bytes = new Uint8Array(size);
     if (sys.preadRaw(fd, bytes, 0) !== size) return `fd ${fd} could not be read whole`;
-    return decodeRunState(bytes);
+    const state = decodeRunState(bytes);
+    if (typeof state !== "string" && state.command !== command) return `a state for tsvm ${state.command}, not tsvm ${command}`;
+    return state;
   } finally {
     sys.close(fd);
   }

@@ -57,9 +57,9 @@ type OpenedVm = {
  * code (a state it cannot read is a usage error).
  */
 export async function runHandedOff(): Promise<number> {
-  const state = takeHandOff();
-  if (typeof state === "string") {
-    log.error(`${RUN_STATE_ENV}: ${state} (it is set by tsvm run for itself, not by hand)`);
+  const state = takeHandOff("run");
+  if (typeof state === "string" || state.command !== "run") { // (takeHandOff checked the command)
+    log.error(`${RUN_STATE_ENV}: ${typeof state === "string" ? state : "not a run"} (it is set by tsvm for itself, not by hand)`);
     return EXIT_CODE.USAGE;
   }
   try {
