@@ -9,21 +9,19 @@ import { event as eventFfi, socket, sys } from "../ffi/mod.ts";
 import { runCleanup } from "./base/cleanup.ts";
 import { EventFd } from "./base/event_fd.ts";
 import { flushLog, log, setLogLevel, useNonBlockingStderr } from "./base/log.ts";
-import { describeError } from "./base/result.ts";
 import { OutputRelay } from "./base/stream_output.ts";
 import { listenUnix } from "./base/unix_listener.ts";
 import { ConfigError } from "./config.ts";
 import { createDevice, loadDeviceKinds } from "./devices/create_device.ts";
 import { closeResources, consoleToStdout, type DeviceResources, openResources, resourceFds } from "./devices/device_resources.ts";
 import { jailIdBase, JailedProcess } from "./devices/sandbox/jailed_process.ts";
-import { DEVICE_JSC, RUN_STATE_ENV, VMM_JSC } from "./base/in_process_jsc.ts";
+import { DEVICE_JSC, VMM_JSC } from "./base/in_process_jsc.ts";
 import { restartWithJsc } from "./base/exec_self.ts";
 import { VhostUserBackend } from "./devices/vhost_user/backend.ts";
 import type { DevicesConfig } from "./devices_config.ts";
 import { ControlLoop, DeviceLoop } from "./vmm/control_loop.ts";
 import { IN_PROCESS_HOST } from "./vmm/virtio_devices.ts";
-import { EXIT_CODE } from "./vmm/exit_code.ts";
-import { takeHandOff } from "./vmm/hand_off.ts";
+import { serveHandOff } from "./vmm/hand_off.ts";
 
 const SIGINT = 2;
 const SIGTERM = 15;
@@ -33,18 +31,7 @@ const SIGTERM = 15;
  * the exit code (a state it cannot read is a usage error).
  */
 export async function serveHandedOff(): Promise<number> {
-  const state = takeHandOff("devices");
-  if (typeof state === "string" || state.command !== "devices") { // (takeHandOff checked the command)
-    log.error(`${RUN_STATE_ENV}: ${typeof state === "string" ? state : "not for tsvm devices"} (it is set by tsvm for itself, not by hand)`);
-    return EXIT_CODE.USAGE;
-  }
-  try {
-    return await serveDevices(state.config, state.filters);
-  } catch (e) {
-    // As the CLI reports what serveDevices throws (main.ts).
-    log.error(describeError(e));
-    return e instanceof ConfigError ? EXIT_CODE.USAGE : EXIT_CODE.VM_ERROR;
-  }
+  return await serveHandOff("devices", (state) => serveDevices(state.config, state.filters));
 }
 
 /**

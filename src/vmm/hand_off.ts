@@ -16,7 +16,10 @@
 import { sys } from "../../ffi/mod.ts";
 import { execSelf } from "../base/exec_self.ts";
 import { RUN_STATE_ENV } from "../base/in_process_jsc.ts";
-import type { Config } from "../config.ts";
+import { type Config, ConfigError } from "../config.ts";
+import { log } from "../base/log.ts";
+import { describeError } from "../base/result.ts";
+import { EXIT_CODE } from "./exit_code.ts";
 import type { DevicesConfig } from "../devices_config.ts";
 import { VERSION } from "../version.ts";
 
@@ -125,5 +128,24 @@ export function takeHandOff(command: RunState["command"]): RunState | string {
     return state;
   } finally {
     sys.close(fd);
+  }
+}
+
+/**
+ * In the program handOff started: takes the state for `command` and runs `serve` with it; resolves
+ * to the exit code. A state it cannot take, or a ConfigError from `serve`, is a usage error (2), any
+ * other error 1, each reported as the CLI reports them (main.ts).
+ */
+export async function serveHandOff<C extends RunState["command"]>(command: C, serve: (state: Extract<RunState, { command: C }>) => Promise<number>): Promise<number> {
+  const state = takeHandOff(command);
+  if (typeof state === "string") {
+    log.error(`${RUN_STATE_ENV}: ${state} (it is set by tsvm for itself, not by hand)`);
+    return EXIT_CODE.USAGE;
+  }
+  try {
+    return await serve(state as Extract<RunState, { command: C }>); // takeHandOff checked the command
+  } catch (e) {
+    log.error(describeError(e));
+    return e instanceof ConfigError ? EXIT_CODE.USAGE : EXIT_CODE.VM_ERROR;
   }
 }

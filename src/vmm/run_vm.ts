@@ -5,7 +5,6 @@ import { event as eventFfi, sys } from "../../ffi/mod.ts";
 import { runCleanup } from "../base/cleanup.ts";
 import { EventFd } from "../base/event_fd.ts";
 import { flushLog, log, setLogLevel, useNonBlockingStderr } from "../base/log.ts";
-import { describeError } from "../base/result.ts";
 import { ERRNO, errnoName } from "../base/errno.ts";
 import { buildVm, type BuiltVm } from "../arch/x86_64/build_vm.ts";
 import { KernelLoaderError } from "../arch/x86_64/kernel_image.ts";
@@ -27,9 +26,9 @@ import { ControlRequests } from "./control_requests.ts";
 import { attachLegacyDevices } from "./legacy_devices.ts";
 import { type InputSink, StdinPump } from "./stdin.ts";
 import { EXIT_CODE, startVcpuWorkers, Vcpus } from "./vcpus.ts";
-import { DEVICE_JSC, RUN_STATE_ENV, VMM_JSC } from "../base/in_process_jsc.ts";
+import { DEVICE_JSC, VMM_JSC } from "../base/in_process_jsc.ts";
 import { restartWithJsc } from "../base/exec_self.ts";
-import { takeHandOff } from "./hand_off.ts";
+import { serveHandOff } from "./hand_off.ts";
 import { loadDeviceKinds } from "../devices/create_device.ts";
 import { attachInProcess, attachInVmm, attachSandboxed, attachVhostUser, type DeviceContext, type VirtioHandle } from "./virtio_devices.ts";
 import { VhostVsock } from "../devices/virtio/vsock/vhost_vsock.ts";
@@ -57,18 +56,7 @@ type OpenedVm = {
  * code (a state it cannot read is a usage error).
  */
 export async function runHandedOff(): Promise<number> {
-  const state = takeHandOff("run");
-  if (typeof state === "string" || state.command !== "run") { // (takeHandOff checked the command)
-    log.error(`${RUN_STATE_ENV}: ${typeof state === "string" ? state : "not a run"} (it is set by tsvm for itself, not by hand)`);
-    return EXIT_CODE.USAGE;
-  }
-  try {
-    return await runVm(state.config, state.filters);
-  } catch (e) {
-    // As the CLI reports what runVm throws (main.ts).
-    log.error(describeError(e));
-    return e instanceof ConfigError ? EXIT_CODE.USAGE : EXIT_CODE.VM_ERROR;
-  }
+  return await serveHandOff("run", (state) => runVm(state.config, state.filters));
 }
 
 /**
