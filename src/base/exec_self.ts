@@ -22,12 +22,14 @@ export function restartWithJsc(settings: Readonly<Record<string, string>>, keepF
 }
 
 const F_SETFD = 2;
+const FD_CLOEXEC = 1;
 
 /**
  * Runs this program again, same pid and arguments, with `settings` added to the environment where
  * missing (a setting the user gave stays as given) and `extra` set, and `keepFds` open across the
- * exec (fds the user handed tsvm, such as --net tap-fd=N: Bun marks every inherited fd close-on-exec
- * when it starts); returns only when the exec failed (then the caller runs on as started).
+ * exec (fds the user handed tsvm, such as --net tap-fd=N: Bun marks inherited fds from 4 on
+ * close-on-exec when it starts); returns only when the exec failed (then the caller runs on as
+ * started).
  */
 export function execSelf(settings: Readonly<Record<string, string>>, extra: Readonly<Record<string, string>>, keepFds: readonly number[] = []): void {
   const env: Record<string, string> = {};
@@ -46,4 +48,7 @@ export function execSelf(settings: Readonly<Record<string, string>>, extra: Read
   // fails (the executable gone or replaced while starting, a mount gone away), nothing depended on
   // it: run on as started.
   jail.execve(process.execPath, args, Object.entries(env).map(([k, v]) => `${k}=${v}`));
+  // Still here: the library's fd goes back to close-on-exec, so that nothing this program starts
+  // later inherits it.
+  if (library !== null) sys.fcntlIntRaw(library, F_SETFD, FD_CLOEXEC);
 }

@@ -8,7 +8,7 @@
 // compiled, tsvm runs itself again with `execve` (same pid, same arguments, its JSC settings added;
 // it restarted once for those settings anyway), and passes both in a sealed memfd named by
 // RUN_STATE_ENV. The new program sees that variable first thing (src/tsvm.ts) and loads only the
-// VMM. A failed exec, or a runtime without `process.execve`, runs the VM in the first program.
+// VMM (or only what serves the devices). A failed exec runs them in the first program.
 //
 // The state is tsvm's own: it is made by the first program and read by the second, and a value a
 // user put in the environment by hand is refused with an error (it would skip the checks, though no
@@ -16,12 +16,12 @@
 import { sys } from "../../ffi/mod.ts";
 import { execSelf } from "../base/exec_self.ts";
 import { RUN_STATE_ENV } from "../base/in_process_jsc.ts";
-import { type Config, ConfigError } from "../config.ts";
 import { log } from "../base/log.ts";
 import { describeError } from "../base/result.ts";
-import { EXIT_CODE } from "./exit_code.ts";
+import { type Config, ConfigError } from "../config.ts";
 import type { DevicesConfig } from "../devices_config.ts";
 import { VERSION } from "../version.ts";
+import { EXIT_CODE } from "./exit_code.ts";
 
 const MFD_ALLOW_SEALING = 2;
 const F_ADD_SEALS = 1033;
