@@ -21,7 +21,7 @@ import { VhostUserBackend } from "./devices/vhost_user/backend.ts";
 import type { DevicesConfig } from "./devices_config.ts";
 import { ControlLoop, DeviceLoop } from "./vmm/control_loop.ts";
 import { IN_PROCESS_HOST } from "./vmm/virtio_devices.ts";
-import { serveHandOff } from "./vmm/hand_off.ts";
+import { serveHandOff, tapFds } from "./vmm/hand_off.ts";
 
 const SIGINT = 2;
 const SIGTERM = 15;
@@ -39,9 +39,8 @@ export async function serveHandedOff(): Promise<number> {
  * 1). `filters` are the jailed devices' compiled seccomp filters when the caller compiled them already.
  */
 export async function serveDevices(config: DevicesConfig, compiled: ReadonlyMap<string, Uint8Array> | null = null): Promise<number> {
-  // Returns only when the settings are in place (src/tsvm.ts has usually put them there already).
-  const tapFds = config.devices.flatMap(({ spec }) => (spec.kind === "net" && spec.tap.kind === "tap-fd" ? [spec.tap.fd] : []));
-  restartWithJsc(config.sandbox ? VMM_JSC : { ...VMM_JSC, ...DEVICE_JSC }, tapFds);
+  // Returns only when the settings are in place (the hand-off has usually put them there already).
+  restartWithJsc(config.sandbox ? VMM_JSC : { ...VMM_JSC, ...DEVICE_JSC }, tapFds({ command: "devices", config }));
   setLogLevel(config.logLevel);
   useNonBlockingStderr();
   const cleanup: (() => void)[] = [];

@@ -2,8 +2,8 @@
 // tsvm.ts - the executable's entry point: a device process loads only what it needs, the CLI the rest.
 //
 // A jailed device process (`tsvm device`, started by `tsvm run`) never parses arguments or builds a
-// VM, and the program that runs a VM (the second of `tsvm run`, vmm/hand_off.ts) never parses
-// arguments. The executable is built with code splitting (scripts/build.sh), so the imports below
+// VM, and the program that runs a VM or serves devices (the second of `tsvm run` or `tsvm devices`,
+// vmm/hand_off.ts) never parses arguments. The executable is built with code splitting (scripts/build.sh), so the imports below
 // are separate chunks: a device process parses none of the CLI's modules (yargs, valibot, the VM
 // builder), which saves it about 3 MiB of private memory, and loads only its own device's code
 // (devices/create_device.ts).

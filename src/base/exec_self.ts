@@ -12,9 +12,10 @@ import { LIBRARY_ENV } from "./in_process_jsc.ts";
  * anything: `tsvm run` and `tsvm devices` when they hand off (vmm/hand_off.ts: VMM_JSC, and
  * DEVICE_JSC too with the sandbox off), and runVm and serveDevices when the sources run without
  * that entry point (the command line is then parsed again). With --disable-sandbox the devices run
- * in this process and should run as in a process of their own (jailed_process.ts says why: no FTL, one GC marker); measured, 4 KiB
- * random reads at depth 1 in-process: 83-85k TSC cycles a request with FTL, 58-60k without, as the
- * VMM's FTL compiles landed on CPUs the vCPU and the device loop keep busy.
+ * in this process and should run as in a process of their own (jailed_process.ts says why: no FTL,
+ * one GC marker); measured, 4 KiB random reads at depth 1 in-process: 83-85k TSC cycles a request
+ * with FTL, 58-60k without, as the VMM's FTL compiles landed on CPUs the vCPU and the device loop
+ * keep busy.
  */
 export function restartWithJsc(settings: Readonly<Record<string, string>>, keepFds: readonly number[] = []): void {
   if (Object.keys(settings).every((k) => process.env[k] !== undefined)) return;

@@ -52,5 +52,5 @@ export const LIBRARY_ENV = "TSVM_LIBRARY_FD_PATH";
  * library (set only by the VMM that spawned it; ffi/lib.ts opens it and closes the fd).
  */
 export const DEVICE_LIBRARY_FD_ENV = "TSVM_LIBRARY_FD";
-/** Names the fd of the run state `tsvm run` hands to the program that runs the VM (vmm/hand_off.ts). */
+/** Names the fd of the state `tsvm run` or `tsvm devices` hands to the program it execs (vmm/hand_off.ts). */
 export const RUN_STATE_ENV = "TSVM_RUN_STATE_FD";

@@ -77,7 +77,6 @@ export function isQcow2(first4: Uint8Array): boolean {
   return first4.byteLength >= 4 && new DataView(first4.buffer, first4.byteOffset).getUint32(0, false) === QCOW2_MAGIC;
 }
 
-/** A qcow2 image on top of a locked DiskFile. I/O returns false on failure and never throws. */
 /**
  * node:fs and node:path, loaded only when a backing file is followed or an image created: each
  * built-in module a process touches stays in its memory (node:fs ~0.8 MiB), and a VMM that opens raw
@@ -89,6 +88,7 @@ const nodePath = (): typeof import("node:path") => require("node:path");
 /** node:zlib's raw inflate, once a qcow2 image was opened in this process. */
 let inflateRaw: typeof import("node:zlib").inflateRawSync | null = null;
 
+/** A qcow2 image on top of a locked DiskFile. I/O returns false on failure and never throws. */
 export class Qcow2Image implements DiskImage {
   readonly format = "qcow2";
   readonly readOnly: boolean;

@@ -1,6 +1,6 @@
-// device_filters.ts - the seccomp filters of a run's jailed devices, compiled once per device kind
-// (the device processes only install them). `tsvm run` compiles them before it hands off to the
-// program that runs the VM (hand_off.ts), so that program never loads the policy compiler.
+// device_filters.ts - the seccomp filters of jailed devices, compiled once per device kind (the
+// device processes only install them). `tsvm run` and `tsvm devices` compile them before they hand
+// off (hand_off.ts), so the program that runs the VM or serves the devices never loads the compiler.
 import { ConfigError } from "../config.ts";
 import { describeError } from "../base/result.ts";
 import { compileDeviceFilter } from "../sandbox/policies.ts";

@@ -30,11 +30,11 @@ const SEALS = 1 | 2 | 4 | 8; // F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SE
 /** A run state larger than this was not made by tsvm (a few KiB, and each filter at most 32 KiB). */
 const MAX_STATE_BYTES = 4 << 20;
 
+/** A command and its checked configuration. */
+export type CommandConfig = { readonly command: "run"; readonly config: Config } | { readonly command: "devices"; readonly config: DevicesConfig };
+
 /** What the first program hands to the second: the command it runs, and what that command needs. */
-export type RunState = (
-  | { readonly command: "run"; readonly config: Config }
-  | { readonly command: "devices"; readonly config: DevicesConfig }
-) & {
+export type RunState = CommandConfig & {
   /** Each device kind's compiled seccomp filter (empty with the sandbox off). */
   readonly filters: ReadonlyMap<string, Uint8Array>;
 };
@@ -98,10 +98,10 @@ export function handOff(state: RunState, settings: Readonly<Record<string, strin
   }
 }
 
-/** The fds the user named with tap-fd=N: they must stay open across the exec. */
-function tapFds(state: RunState): number[] {
-  if (state.command === "run") return state.config.nets.flatMap((n) => (n.kind === "tap-fd" ? [n.fd] : []));
-  return state.config.devices.flatMap(({ spec }) => (spec.kind === "net" && spec.tap.kind === "tap-fd" ? [spec.tap.fd] : []));
+/** The fds the user named with tap-fd=N: they must stay open across any exec of tsvm itself. */
+export function tapFds(of: CommandConfig): number[] {
+  if (of.command === "run") return of.config.nets.flatMap((n) => (n.kind === "tap-fd" ? [n.fd] : []));
+  return of.config.devices.flatMap(({ spec }) => (spec.kind === "net" && spec.tap.kind === "tap-fd" ? [spec.tap.fd] : []));
 }
 
 /**

@@ -28,7 +28,7 @@ import { type InputSink, StdinPump } from "./stdin.ts";
 import { EXIT_CODE, startVcpuWorkers, Vcpus } from "./vcpus.ts";
 import { DEVICE_JSC, VMM_JSC } from "../base/in_process_jsc.ts";
 import { restartWithJsc } from "../base/exec_self.ts";
-import { serveHandOff } from "./hand_off.ts";
+import { serveHandOff, tapFds } from "./hand_off.ts";
 import { loadDeviceKinds } from "../devices/create_device.ts";
 import { attachInProcess, attachInVmm, attachSandboxed, attachVhostUser, type DeviceContext, type VirtioHandle } from "./virtio_devices.ts";
 import { VhostVsock } from "../devices/virtio/vsock/vhost_vsock.ts";
@@ -64,9 +64,8 @@ export async function runHandedOff(): Promise<number> {
  * devices' compiled seccomp filters when the caller compiled them already.
  */
 export async function runVm(config: Config, filters: ReadonlyMap<string, Uint8Array> | null = null): Promise<number> {
-  // Returns only when the settings are in place (src/tsvm.ts has usually put them there already).
-  const tapFds = config.nets.flatMap((n) => (n.kind === "tap-fd" ? [n.fd] : []));
-  restartWithJsc(config.sandbox ? VMM_JSC : { ...VMM_JSC, ...DEVICE_JSC }, tapFds);
+  // Returns only when the settings are in place (the hand-off has usually put them there already).
+  restartWithJsc(config.sandbox ? VMM_JSC : { ...VMM_JSC, ...DEVICE_JSC }, tapFds({ command: "run", config }));
   setLogLevel(config.logLevel);
   useNonBlockingStderr();
   const workers = startVcpuWorkers(config.cpus);

@@ -57,8 +57,8 @@ describe.skipIf(!HAS_KVM || !IS_ROOT)("tsvm run as a vhost-user front-end", () =
     const sock = join(tempDir(), "net.sock");
     using ns = new TapNamespace(`tsvmvf${process.pid}`);
     using devices = new TsvmProcess(["devices", "--log-level", "info", "--net", `vhost=${sock},tap-fd=9`], [...ns.exec, ...withTapFd(9)]);
+    // tsvm devices says it serves only once it has opened the device's tap.
     await devices.waitForOutput(/serving vhost-user/, 30_000, "stderr");
-    await Bun.sleep(200);
     expect(devices.stderr).not.toContain("error");
     expect(devices.child.exitCode).toBeNull();
   }, TIMEOUT);
