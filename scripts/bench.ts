@@ -463,6 +463,8 @@ if (want(7)) {
     step(`vsock round ${i + 1}`);
     vsockRounds.push(await vsockRound());
     pairRounds.push(await pairRound());
+    const [v, p] = [vsockRounds.at(-1)!, pairRounds.at(-1)!];
+    step(`vsock round ${i + 1}: ms per MiB guest→host ${v.toHostMs.toFixed(2)} (pair ${p.toHostMs.toFixed(2)}), host→guest ${v.toGuestMs.toFixed(2)} (pair ${p.toGuestMs.toFixed(2)})`);
   }
   const m = (rs: VsockRound[], k: keyof VsockRound): number => median(rs.map((r) => r[k]));
   const mibps = (ms: number): string => (1000 / ms).toPrecision(3);
