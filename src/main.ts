@@ -1,6 +1,5 @@
 #!/usr/bin/env bun
 // main.ts - the tsvm command line: parse arguments into a Config, then run the subcommand.
-import yargs from "yargs";
 import { drainLog, log } from "./base/log.ts";
 import { type Config, ConfigError, parseByteSize, parseRunConfig, type RawRunOptions, virtioDeviceSpecs } from "./config.ts";
 import { mergeRunOptions, readConfigFile } from "./config_file.ts";
@@ -27,6 +26,7 @@ export type MainOptions = {
 /** Runs the CLI with `argv` (without the program name); resolves to the exit code. */
 export async function main(argv: readonly string[], options: MainOptions = {}): Promise<number> {
   let code: number | null = null;
+  const yargs = await loadYargs();
   const parser = yargs([...argv])
     .scriptName("tsvm")
     .usage("$0 <command> [options]")
@@ -209,6 +209,32 @@ const RUN_FLAGS = [
   "disk", "rwdisk", "root", "rwroot", "net", "host_ip", "netmask", "mac", "socket", "help", "disable-sandbox",
   "seccomp-policy-dir", "seccomp-log-failures", "vhost-user", "shared-dir", "virtiofsd", "vsock", "cid",
 ];
+
+/** What the working directory reads as while yargs loads (loadYargs): no path can hold a NUL byte. */
+const NO_FOLDER = "/\0";
+
+/**
+ * Loads yargs so that it reads none of the user's folders. Its platform module remembers where to
+ * look for the program's package.json (to guess a version for `--version`): the folder yargs is
+ * installed in, or, in a single executable where it is installed nowhere, the working directory.
+ * Every yargs instance then listed that folder and each one above it, up to /, and read the first
+ * package.json there: a FIFO of that name anywhere above the working directory hung tsvm, and a
+ * large folder cost start-up time. tsvm states its own version (and turns yargs' off), so while the
+ * module loads, the working directory reads as a path that cannot exist, and the search ends at
+ * once. The platform module keeps the function it found, so the stand-in answers truthfully once
+ * the module has loaded.
+ */
+async function loadYargs(): Promise<typeof import("yargs").default> {
+  const cwd = process.cwd;
+  let loading = true;
+  process.cwd = () => (loading ? NO_FOLDER : cwd.call(process));
+  try {
+    return (await import("yargs")).default;
+  } finally {
+    loading = false;
+    process.cwd = cwd;
+  }
+}
 
 /** Adds "did you mean --x?" to yargs' unknown-argument messages when a known flag is close. */
 function withSuggestion(message: string): string {

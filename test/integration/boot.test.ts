@@ -1,6 +1,6 @@
 // Boots the test guest under real KVM through the tsvm command line.
 import { describe, expect, test } from "bun:test";
-import { readdirSync, readFileSync, readlinkSync, writeFileSync } from "node:fs";
+import { mkdirSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { craftBzImage, craftElf } from "../support/images.ts";
 import { GUEST_ELF, HAS_KVM, runTsvm, tempDir, TsvmProcess, TIME_SCALE } from "../support/tsvm.ts";
@@ -146,4 +146,18 @@ describe("bad input is refused with one line and exit 2", () => {
       expect([r.code, r.stdout]).toEqual([2, ""]);
     }, TIMEOUT);
   }
+
+  // yargs looks for its program's package.json from the program's folder up to /, and in a single
+  // executable that folder is the working directory: every folder above it was listed, and a
+  // package.json found there read, even a FIFO, which hung tsvm before it said anything.
+  test("no file the user did not name is read: a FIFO named package.json above the working directory", async () => {
+    const cwd = join(dir, "inside");
+    mkdirSync(cwd);
+    Bun.spawnSync(["mkfifo", join(dir, "package.json")]);
+    const r = await runTsvm(["run", "--mem", "0"], { cwd, timeoutMs: 10_000 });
+    expect(r.timedOut).toBe(false);
+    expect([r.code, r.stdout]).toEqual([2, ""]);
+    expect(r.stderr).toMatch(/--mem: must be at least/);
+    expect((await runTsvm(["--help"], { cwd, timeoutMs: 10_000 })).code).toBe(0);
+  }, TIMEOUT);
 });
