@@ -1,7 +1,7 @@
 // config_file.ts - `tsvm run --config FILE`: the run options as JSON, validated before use.
-import { readFileSync } from "node:fs";
 import * as v from "valibot";
 import { ConfigError, type RawRunOptions } from "./config.ts";
+import { readUserFile } from "./base/user_file.ts";
 
 const SizeValue = v.union([v.string(), v.number()], "expected a size such as 512, \"512M\" or \"2G\"");
 const StringList = v.array(v.string("expected a string"), "expected a list of strings");
@@ -37,14 +37,21 @@ const ConfigFileSchema = v.strictObject({
   "seccomp-log-failures": v.optional(v.boolean("expected true or false")),
 });
 
-/** Reads and validates `path`; errors name the file, the JSON path and what is accepted. */
+/**
+ * The largest config file read: the options of a VM with a few hundred devices fit in a few KiB, and
+ * a file it has no place in (a device such as /dev/zero, a huge log named by mistake) is refused
+ * before it is read.
+ */
+export const MAX_CONFIG_FILE = 1 << 20;
+
+/**
+ * Reads and validates `path`, a regular file of at most MAX_CONFIG_FILE bytes (a FIFO would hang the
+ * start); errors name the file, the JSON path and what is accepted.
+ */
 export function readConfigFile(path: string): RawRunOptions {
-  let text: string;
-  try {
-    text = readFileSync(path, "utf8");
-  } catch (e) {
-    throw new ConfigError(`--config ${path}: cannot read it (${(e as NodeJS.ErrnoException).code ?? String(e)})`);
-  }
+  const read = readUserFile(path, MAX_CONFIG_FILE);
+  if (!read.ok) throw new ConfigError(`--config ${path}: cannot read it (${read.error})`);
+  const text = new TextDecoder().decode(read.value);
   let json: unknown;
   try {
     json = JSON.parse(text);

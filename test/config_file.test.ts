@@ -1,7 +1,7 @@
 import { describe, expect, test } from "bun:test";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { mergeRunOptions, readConfigFile } from "../src/config_file.ts";
+import { MAX_CONFIG_FILE, mergeRunOptions, readConfigFile } from "../src/config_file.ts";
 import { parseRunConfig } from "../src/config.ts";
 import { tempDir } from "./support/tsvm.ts";
 
@@ -36,6 +36,16 @@ describe("config files", () => {
   test("malformed JSON and missing files are reported as such", () => {
     expect(() => readConfigFile(file("{mem: 1"))).toThrow(/not valid JSON/);
     expect(() => readConfigFile("/nonexistent/vm.json")).toThrow(/cannot read it \(ENOENT\)/);
+  });
+
+  test("only a regular file of at most MAX_CONFIG_FILE bytes is read: a FIFO, a device or a huge file is refused at once", () => {
+    const fifo = join(tempDir(), "vm.json");
+    Bun.spawnSync(["mkfifo", fifo]);
+    expect(() => readConfigFile(fifo)).toThrow(/--config .*vm\.json: cannot read it \(not a regular file\)/);
+    expect(() => readConfigFile("/dev/zero")).toThrow(/cannot read it \(not a regular file\)/);
+    const big = file(`{"mem": "1G"}${" ".repeat(MAX_CONFIG_FILE)}`);
+    expect(() => readConfigFile(big)).toThrow(new RegExp(`cannot read it \\(${MAX_CONFIG_FILE + 13} bytes is more than ${MAX_CONFIG_FILE}\\)`));
+    expect(readConfigFile(file(`{"mem": "1G"}${" ".repeat(MAX_CONFIG_FILE - 13)}`)).mem).toBe("1G");
   });
 
   test("values are validated like flags", () => {

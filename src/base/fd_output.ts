@@ -1,6 +1,6 @@
 // fd_output.ts - where a port's bytes go: stdout, a file, or any fd; errors never reach the guest.
 import { socket, sys } from "../../ffi/mod.ts";
-import { ERRNO } from "./errno.ts";
+import { ERRNO, errnoName } from "./errno.ts";
 
 const O_WRONLY = 0o1;
 const O_CREAT = 0o100;
@@ -9,6 +9,22 @@ const O_NOCTTY = 0o400;
 const O_NONBLOCK = 0o4000;
 /** How long one wait for a full non-blocking output lasts before `abandon` is asked again. */
 const WAIT_SLICE_MS = 100;
+
+/** An output file could not be opened; the message names the file and says why in words. */
+export class OutputFileError extends Error {
+  override readonly name = "OutputFileError";
+}
+
+/**
+ * Opens (creating or truncating) the file a port or console writes to, non-blocking: a FIFO nobody
+ * reads fails at once (ENXIO) instead of hanging the start. Throws OutputFileError.
+ */
+export function openOutputFile(path: string): number {
+  const fd = sys.openRaw(path, O_WRONLY | O_CREAT | O_TRUNC | O_NONBLOCK | O_NOCTTY, 0o644);
+  if (fd >= 0) return fd;
+  const why = -fd === ERRNO.ENXIO ? "a FIFO that no program has open for reading (ENXIO)" : errnoName(-fd);
+  throw new OutputFileError(`failed to open ${path}: ${why}`);
+}
 
 /**
  * Writes every byte to `fd`, retrying short writes; output errors are dropped (the guest keeps running).
@@ -25,7 +41,7 @@ export class FdOutput {
    * fails at once (ENXIO) instead of hanging the start, and a full one makes the port busy.
    */
   static file(path: string): FdOutput {
-    return new FdOutput(sys.open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NONBLOCK | O_NOCTTY, 0o644), true);
+    return new FdOutput(openOutputFile(path), true);
   }
 
   write(bytes: Uint8Array): void {

@@ -7,12 +7,11 @@
 // pages through, slows the guest's console down and nothing else.
 import { sys } from "../../ffi/mod.ts";
 import { ERRNO } from "./errno.ts";
+import { openOutputFile } from "./fd_output.ts";
 import { EPOLLOUT } from "./wait_context.ts";
 
 const O_WRONLY = 0o1;
-const O_CREAT = 0o100;
 const O_NOCTTY = 0o400;
-const O_TRUNC = 0o1000;
 const O_NONBLOCK = 0o4000;
 const S_IFMT = 0o170000;
 const S_IFIFO = 0o010000;
@@ -61,7 +60,7 @@ export class StreamOutput {
 
   /** Opens (creating or truncating) `path`, non-blocking (a FIFO nobody reads fails at once instead of hanging). */
   static file(path: string): StreamOutput {
-    return new StreamOutput(sys.open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NONBLOCK | O_NOCTTY, 0o644), true);
+    return new StreamOutput(openOutputFile(path), true);
   }
 
   /** Writes what the fd takes now. */

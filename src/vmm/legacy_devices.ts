@@ -2,12 +2,12 @@
 // the PCI configuration ports and the debug port. The vCPU Workers serve the UARTs, the PCI
 // configuration reads and the debug port themselves (worker_bus.ts); the i8042 and CMOS through
 // the mailbox (rare accesses, and the i8042's reset ends the VM on the control loop).
-import { FdOutput } from "../base/fd_output.ts";
+import { FdOutput, OutputFileError } from "../base/fd_output.ts";
 import { log } from "../base/log.ts";
 import type { BuiltVm } from "../arch/x86_64/build_vm.ts";
 import { lowMemoryEnd } from "../arch/x86_64/layout.ts";
 import type { SerialConfig } from "../config.ts";
-import { outputSpec } from "../config.ts";
+import { ConfigError, outputSpec } from "../config.ts";
 import { openOutput } from "../devices/device_resources.ts";
 import type { Bus } from "../devices/bus.ts";
 import { Cmos, CMOS_INDEX_PORT } from "../devices/cmos.ts";
@@ -27,9 +27,19 @@ export type LegacyDevices = {
 export function attachLegacyDevices(io: Bus, built: BuiltVm, serials: readonly SerialConfig[], memorySize: number, pciRoot: PciRoot, onReset: () => void): LegacyDevices {
   const outputs: FdOutput[] = [];
   let stdinSerial: Serial | null = null;
+  /** A serial port's output; a file that cannot be opened is a usage error that names the port. */
+  const openPortOutput = (cfg: SerialConfig): FdOutput | null => {
+    try {
+      return openOutput(outputSpec(cfg));
+    } catch (e) {
+      if (!(e instanceof OutputFileError)) throw e;
+      for (const o of outputs) o.close();
+      throw new ConfigError(`--serial num=${cfg.num}: ${e.message}`, { cause: e });
+    }
+  };
   SERIAL_PORTS.forEach((port, index) => {
     const cfg = serials.find((s) => s.hardware === "serial" && s.num === index + 1);
-    const output = cfg ? openOutput(outputSpec(cfg)) : null;
+    const output = cfg ? openPortOutput(cfg) : null;
     if (output) outputs.push(output);
     // The UART drives its line only when the level it shares with the vCPUs changes.
     const serial = new Serial(`serial COM${index + 1}`, { setLevel: (level) => built.vm.setIrqLine(port.irq, level) }, output);

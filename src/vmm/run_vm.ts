@@ -1,11 +1,11 @@
 // run_vm.ts - runs a VM from a Config: opens what the user named, builds the VM, puts the devices on
 // their buses (each virtio device in its home), starts the vCPUs and serves the control loop until the
 // guest exits, a vCPU or device fails, or tsvm is told to stop.
-import { event as eventFfi, sys } from "../../ffi/mod.ts";
+import { event as eventFfi } from "../../ffi/mod.ts";
 import { runCleanup } from "../base/cleanup.ts";
 import { EventFd } from "../base/event_fd.ts";
 import { flushLog, log, setLogLevel, useNonBlockingStderr } from "../base/log.ts";
-import { ERRNO, errnoName } from "../base/errno.ts";
+import { readUserFile } from "../base/user_file.ts";
 import { buildVm, type BuiltVm } from "../arch/x86_64/build_vm.ts";
 import { KernelLoaderError } from "../arch/x86_64/kernel_image.ts";
 import { pciWindows } from "../arch/x86_64/layout.ts";
@@ -78,8 +78,8 @@ export async function runVm(config: Config, filters: ReadonlyMap<string, Uint8Ar
 
 /** Opens everything the user named (each failure a usage error naming it), then builds and runs. */
 async function openAndRun(config: Config, compiled: ReadonlyMap<string, Uint8Array> | null, workers: readonly Worker[]): Promise<number> {
-  const kernel = config.kernel === null ? await builtinGuest() : readUserFile("kernel", config.kernel);
-  const initrd = config.initrd === null ? null : readUserFile("initrd", config.initrd);
+  const kernel = config.kernel === null ? await builtinGuest() : readBootFile("kernel", config.kernel);
+  const initrd = config.initrd === null ? null : readBootFile("initrd", config.initrd);
   const specs = virtioDeviceSpecs(config, () => Array.from(randomMac(), (b) => b.toString(16).padStart(2, "0")).join(":"));
   const filters = !config.sandbox
     ? new Map<string, Uint8Array>()
@@ -141,38 +141,14 @@ function listenControl(path: string): ControlServer {
   }
 }
 
-const O_RDONLY = 0;
-const O_NONBLOCK = 0o4000;
-
 /** The largest kernel or initrd read (a larger one could not fit in the guest's memory anyway). */
 const MAX_BOOT_FILE = 2 ** 31;
 
-/**
- * Reads a file the user named; a failure is a usage error that names the file. It must be a regular
- * file of at most MAX_BOOT_FILE bytes: a FIFO would hang the start, a device (/dev/zero) never ends.
- */
-function readUserFile(what: string, path: string): Uint8Array {
-  const failed = (reason: string): ConfigError => new ConfigError(`failed to read ${what} ${path}: ${reason}`);
-  // Opened non-blocking (a FIFO's open would wait for a writer), then checked on that fd.
-  const fd = sys.openRaw(path, O_RDONLY | O_NONBLOCK);
-  if (fd < 0) throw failed(errnoName(-fd));
-  try {
-    const stat = sys.fstat(fd);
-    if (typeof stat === "number") throw failed(errnoName(-stat));
-    if ((stat.mode & sys.S_IFMT) !== sys.S_IFREG) throw failed("not a regular file");
-    if (stat.size > MAX_BOOT_FILE) throw failed(`${stat.size} bytes is more than ${MAX_BOOT_FILE}`);
-    const bytes = new Uint8Array(stat.size);
-    for (let done = 0; done < bytes.byteLength;) {
-      const n = sys.preadRaw(fd, bytes.subarray(done), done);
-      if (n === -ERRNO.EINTR) continue;
-      if (n < 0) throw failed(errnoName(-n));
-      if (n === 0) throw failed(`it ended at ${done} of the ${stat.size} bytes it had when opened`);
-      done += n;
-    }
-    return bytes;
-  } finally {
-    sys.close(fd);
-  }
+/** Reads a kernel or initrd the user named; a failure is a usage error that names the file (base/user_file.ts). */
+function readBootFile(what: string, path: string): Uint8Array {
+  const read = readUserFile(path, MAX_BOOT_FILE);
+  if (!read.ok) throw new ConfigError(`failed to read ${what} ${path}: ${read.error}`);
+  return read.value;
 }
 
 /** Puts the devices on the buses, starts the vCPUs and serves until the VM ends; returns the exit code. */

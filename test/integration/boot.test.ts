@@ -72,6 +72,14 @@ describe.skipIf(!HAS_KVM)("booting the test guest", () => {
     expect(r.code).toBe(0);
   }, TIMEOUT);
 
+  test("a FIFO nobody reads as a serial port's file is refused at once, naming the port: exit 2", async () => {
+    const fifo = join(tempDir(), "com2");
+    Bun.spawnSync(["mkfifo", fifo]);
+    const r = await runTsvm(["run", "--serial", `type=file,num=2,path=${fifo}`, "-p", "tsvm.mode=exit"], { timeoutMs: 20_000 });
+    expect(r.stderr).toMatch(/--serial num=2: failed to open .*com2: a FIFO that no program has open for reading \(ENXIO\)\n$/);
+    expect([r.code, r.timedOut]).toEqual([2, false]);
+  }, TIMEOUT);
+
   test("serial output goes to a file when asked, and nothing to stdout", async () => {
     const path = join(tempDir(), "com1.txt");
     const r = await runTsvm(["run", "--serial", `type=file,num=1,path=${path},console=true`]);
@@ -130,6 +138,8 @@ describe("bad input is refused with one line and exit 2", () => {
     ["a command line that is too long", () => ["run", "-p", "x".repeat(4000)], /command line is 4014 bytes; the kernel accepts at most 2047/],
     ["an unknown flag", () => ["run", "--bogus"], /Unknown argument: bogus/],
     ["a misspelt flag, with a suggestion", () => ["run", "--cpu", "2"], /Unknown argument: cpu; did you mean --cpus\?/],
+    ["a FIFO nobody reads as the virtio-console output", () => ["run", "--serial", `type=file,hardware=virtio-console,num=1,path=${fifo}`], /failed to open the virtio-console output: failed to open .*fifo: a FIFO that no program has open for reading \(ENXIO\)\n$/],
+    ["a FIFO as the config file", () => ["run", "--config", fifo], /--config .*fifo: cannot read it \(not a regular file\)/],
     ["a config file with an unknown key", () => ["run", "--config", file("bad.json", new TextEncoder().encode('{"memory": "1G"}'))], /memory: unknown key/],
     ["a FIFO as a disk image", () => ["run", "--block", `path=${fifo}`], /failed to open disk image .*fifo: not a regular file or block device/],
     ["a qcow2 whose backing file is a FIFO", () => ["run", "--block", `path=${overlayOnFifo()}`], /fifo: not a regular file\n$/],

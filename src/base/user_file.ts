@@ -1,0 +1,34 @@
+// user_file.ts - reads a whole file the user named (a kernel, an initrd, a --config file) without
+// trusting what it is: it must be a regular file, and no larger than its caller allows. A FIFO
+// would hang the start (its open waits for a writer, its read for data), and a device such as
+// /dev/zero never ends. Through the C library, so the VMM reading a kernel loads no Node file module.
+import { sys } from "../../ffi/mod.ts";
+import { ERRNO, errnoName } from "./errno.ts";
+import { err, ok, type Result } from "./result.ts";
+
+const O_RDONLY = 0;
+const O_NONBLOCK = 0o4000;
+
+/** The bytes of the regular file at `path`, or why they cannot be had (an errno name, or what the file is). */
+export function readUserFile(path: string, maxBytes: number): Result<Uint8Array> {
+  // Opened non-blocking (a FIFO's open would wait for a writer), then checked on that fd.
+  const fd = sys.openRaw(path, O_RDONLY | O_NONBLOCK);
+  if (fd < 0) return err(errnoName(-fd));
+  try {
+    const stat = sys.fstat(fd);
+    if (typeof stat === "number") return err(errnoName(-stat));
+    if ((stat.mode & sys.S_IFMT) !== sys.S_IFREG) return err("not a regular file");
+    if (stat.size > maxBytes) return err(`${stat.size} bytes is more than ${maxBytes}`);
+    const bytes = new Uint8Array(stat.size);
+    for (let done = 0; done < bytes.byteLength;) {
+      const n = sys.preadRaw(fd, bytes.subarray(done), done);
+      if (n === -ERRNO.EINTR) continue;
+      if (n < 0) return err(errnoName(-n));
+      if (n === 0) return err(`it ended at ${done} of the ${stat.size} bytes it had when opened`);
+      done += n;
+    }
+    return ok(bytes);
+  } finally {
+    sys.close(fd);
+  }
+}
