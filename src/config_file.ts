@@ -50,7 +50,7 @@ export const MAX_CONFIG_FILE = 1 << 20;
  */
 export function readConfigFile(path: string): RawRunOptions {
   const read = readUserFile(path, MAX_CONFIG_FILE);
-  if (!read.ok) throw new ConfigError(`--config ${path}: cannot read it (${read.error})`);
+  if (!read.ok) throw new ConfigError(`--config ${path}: cannot read it (${read.error.reason})`);
   const text = new TextDecoder().decode(read.value);
   let json: unknown;
   try {

@@ -9,22 +9,28 @@ import { err, ok, type Result } from "./result.ts";
 const O_RDONLY = 0;
 const O_NONBLOCK = 0o4000;
 
-/** The bytes of the regular file at `path`, or why they cannot be had (an errno name, or what the file is). */
-export function readUserFile(path: string, maxBytes: number): Result<Uint8Array> {
+/** Why a file could not be read: in words (an errno's name, or what the file is), and the errno if a call failed. */
+export type UserFileError = { readonly reason: string; readonly errno: number | null };
+
+const failed = (errno: number): Result<never, UserFileError> => err({ reason: errnoName(errno), errno });
+const refused = (reason: string): Result<never, UserFileError> => err({ reason, errno: null });
+
+/** The bytes of the regular file at `path` (at most `maxBytes`), or why they cannot be had. */
+export function readUserFile(path: string, maxBytes: number): Result<Uint8Array, UserFileError> {
   // Opened non-blocking (a FIFO's open would wait for a writer), then checked on that fd.
   const fd = sys.openRaw(path, O_RDONLY | O_NONBLOCK);
-  if (fd < 0) return err(errnoName(-fd));
+  if (fd < 0) return failed(-fd);
   try {
     const stat = sys.fstat(fd);
-    if (typeof stat === "number") return err(errnoName(-stat));
-    if ((stat.mode & sys.S_IFMT) !== sys.S_IFREG) return err("not a regular file");
-    if (stat.size > maxBytes) return err(`${stat.size} bytes is more than ${maxBytes}`);
+    if (typeof stat === "number") return failed(-stat);
+    if ((stat.mode & sys.S_IFMT) !== sys.S_IFREG) return refused("not a regular file");
+    if (stat.size > maxBytes) return refused(`${stat.size} bytes is more than ${maxBytes}`);
     const bytes = new Uint8Array(stat.size);
     for (let done = 0; done < bytes.byteLength;) {
       const n = sys.preadRaw(fd, bytes.subarray(done), done);
       if (n === -ERRNO.EINTR) continue;
-      if (n < 0) return err(errnoName(-n));
-      if (n === 0) return err(`it ended at ${done} of the ${stat.size} bytes it had when opened`);
+      if (n < 0) return failed(-n);
+      if (n === 0) return refused(`it ended at ${done} of the ${stat.size} bytes it had when opened`);
       done += n;
     }
     return ok(bytes);

@@ -1,5 +1,4 @@
 // policies.ts - the seccomp policies embedded in the executable, and --seccomp-policy-dir overrides.
-import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import balloon from "../../seccomp/x86_64/balloon_device.policy" with { type: "text" };
 import block from "../../seccomp/x86_64/block_device.policy" with { type: "text" };
@@ -9,7 +8,9 @@ import net from "../../seccomp/x86_64/net_device.policy" with { type: "text" };
 import rng from "../../seccomp/x86_64/rng_device.policy" with { type: "text" };
 import vsock from "../../seccomp/x86_64/vsock_device.policy" with { type: "text" };
 import { compilePolicy, type DefaultAction } from "./bpf.ts";
-import { parsePolicy, type PolicySource } from "./policy.ts";
+import { parsePolicy, PolicyError, type PolicySource } from "./policy.ts";
+import { ERRNO } from "../base/errno.ts";
+import { readUserFile } from "../base/user_file.ts";
 
 /** The policy files shipped in seccomp/x86_64/, by file name. */
 export const EMBEDDED_POLICIES: Readonly<Record<string, string>> = {
@@ -22,15 +23,22 @@ export const EMBEDDED_POLICIES: Readonly<Record<string, string>> = {
   "vsock_device.policy": vsock,
 };
 
-/** Reads policies from `dir` when given (--seccomp-policy-dir), else from the embedded set. */
+/** The largest policy file read from --seccomp-policy-dir (ours are a few KiB). */
+export const MAX_POLICY_FILE = 1 << 20;
+
+/**
+ * Reads policies from `dir` when given (--seccomp-policy-dir), else from the embedded set. A file
+ * that is not there is "no such policy file"; one that is there but cannot be read, is not a regular
+ * file (a FIFO would hang the start) or is larger than MAX_POLICY_FILE is a PolicyError naming it.
+ */
 export function policySource(dir: string | null): PolicySource {
   if (dir === null) return (name) => EMBEDDED_POLICIES[name] ?? null;
   return (name) => {
-    try {
-      return readFileSync(join(dir, name), "utf8");
-    } catch {
-      return null;
-    }
+    const path = join(dir, name);
+    const read = readUserFile(path, MAX_POLICY_FILE);
+    if (read.ok) return new TextDecoder().decode(read.value);
+    if (read.error.errno === ERRNO.ENOENT) return null;
+    throw new PolicyError(`${path}: cannot read it (${read.error.reason})`);
   };
 }
 

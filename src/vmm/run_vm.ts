@@ -147,7 +147,7 @@ const MAX_BOOT_FILE = 2 ** 31;
 /** Reads a kernel or initrd the user named; a failure is a usage error that names the file (base/user_file.ts). */
 function readBootFile(what: string, path: string): Uint8Array {
   const read = readUserFile(path, MAX_BOOT_FILE);
-  if (!read.ok) throw new ConfigError(`failed to read ${what} ${path}: ${read.error}`);
+  if (!read.ok) throw new ConfigError(`failed to read ${what} ${path}: ${read.error.reason}`);
   return read.value;
 }
 

@@ -1,8 +1,9 @@
 import { describe, expect, test } from "bun:test";
-import { readdirSync, readFileSync } from "node:fs";
+import { readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { parsePolicy } from "../../src/sandbox/policy.ts";
-import { compileDeviceFilter, EMBEDDED_POLICIES, policySource } from "../../src/sandbox/policies.ts";
+import { parsePolicy, PolicyError } from "../../src/sandbox/policy.ts";
+import { compileDeviceFilter, EMBEDDED_POLICIES, MAX_POLICY_FILE, policySource } from "../../src/sandbox/policies.ts";
+import { tempDir } from "../support/tsvm.ts";
 import { SYSCALLS_X86_64 } from "../../src/sandbox/syscalls_x86_64.ts";
 
 const DIR = join(import.meta.dir, "../../seccomp/x86_64");
@@ -36,5 +37,14 @@ describe("the shipped seccomp policies", () => {
   test("--seccomp-policy-dir reads files from that directory", () => {
     expect(policySource(DIR)("rng_device.policy")).toBe(EMBEDDED_POLICIES["rng_device.policy"]!);
     expect(policySource("/nonexistent")("rng_device.policy")).toBeNull();
+  });
+
+  test("a policy file there that is not a regular file, or too large, is an error naming it (a FIFO would hang)", () => {
+    const dir = tempDir();
+    Bun.spawnSync(["mkfifo", join(dir, "rng_device.policy")]);
+    writeFileSync(join(dir, "common_device.policy"), "#".repeat(MAX_POLICY_FILE + 1));
+    expect(() => policySource(dir)("rng_device.policy")).toThrow(new PolicyError(`${join(dir, "rng_device.policy")}: cannot read it (not a regular file)`));
+    expect(() => compileDeviceFilter("rng", dir, "kill")).toThrow(/rng_device\.policy: cannot read it \(not a regular file\)/);
+    expect(() => policySource(dir)("common_device.policy")).toThrow(/common_device\.policy: cannot read it \(1048577 bytes is more than 1048576\)/);
   });
 });
