@@ -9,7 +9,7 @@ import type { VmRequest } from "./vm_control/messages.ts";
 import { EXIT_CODE } from "./vmm/exit_code.ts";
 import { type DevicesConfig, parseDevicesConfig } from "./devices_config.ts";
 import { DEVICE_JSC, VMM_JSC } from "./base/in_process_jsc.ts";
-import { compileFilters } from "./vmm/device_filters.ts";
+import { builtFilters, compileFilters } from "./vmm/device_filters.ts";
 import { handOff } from "./vmm/hand_off.ts";
 import { VERSION } from "./version.ts";
 
@@ -184,7 +184,7 @@ async function startVm(config: Config, handOffAllowed: boolean): Promise<number>
   if (handOffAllowed) {
     // Only the kinds matter here: the program that runs the VM makes the specs again (and the MACs).
     const kinds = config.sandbox ? virtioDeviceSpecs(config, () => "").map((s) => s.kind) : [];
-    filters = compileFilters(kinds, config.seccompPolicyDir, config.seccompLogFailures);
+    filters = builtFilters(kinds, config.seccompPolicyDir, config.seccompLogFailures) ?? await compileFilters(kinds, config.seccompPolicyDir, config.seccompLogFailures);
     log.debug(`seccomp filters compiled at ${performance.now().toFixed(1)} ms; handing off`);
     handOff({ command: "run", config, filters }, config.sandbox ? VMM_JSC : { ...VMM_JSC, ...DEVICE_JSC });
   }
@@ -196,7 +196,8 @@ async function startVm(config: Config, handOffAllowed: boolean): Promise<number>
 async function startDevices(config: DevicesConfig, handOffAllowed: boolean): Promise<number> {
   let filters: ReadonlyMap<string, Uint8Array> | null = null;
   if (handOffAllowed) {
-    filters = compileFilters(config.sandbox ? config.devices.map((d) => d.spec.kind) : [], config.seccompPolicyDir, config.seccompLogFailures);
+    const kinds = config.sandbox ? config.devices.map((d) => d.spec.kind) : [];
+    filters = builtFilters(kinds, config.seccompPolicyDir, config.seccompLogFailures) ?? await compileFilters(kinds, config.seccompPolicyDir, config.seccompLogFailures);
     handOff({ command: "devices", config, filters }, config.sandbox ? VMM_JSC : { ...VMM_JSC, ...DEVICE_JSC });
   }
   const { serveDevices } = await import("./serve_devices.ts");

@@ -52,7 +52,7 @@ export async function serveDevices(config: DevicesConfig, compiled: ReadonlyMap<
     if (!config.sandbox) await loadDeviceKinds(config.devices.map((d) => d.spec.kind));
     const filters = !config.sandbox
       ? new Map<string, Uint8Array>()
-      : compiled ?? (await import("./vmm/device_filters.ts")).compileFilters(config.devices.map((d) => d.spec.kind), config.seccompPolicyDir, config.seccompLogFailures);
+      : compiled ?? await (await import("./vmm/device_filters.ts")).filtersOf(config.devices.map((d) => d.spec.kind), config.seccompPolicyDir, config.seccompLogFailures);
     for (const d of config.devices) {
       const filter = config.sandbox ? filters.get(d.spec.kind)! : null;
       const resources = openResources(d.spec);

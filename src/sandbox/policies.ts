@@ -1,27 +1,12 @@
-// policies.ts - the seccomp policies embedded in the executable, and --seccomp-policy-dir overrides.
+// policies.ts - where a device policy comes from (the embedded set, or --seccomp-policy-dir), and compiling it.
 import { join } from "node:path";
-import balloon from "../../seccomp/x86_64/balloon_device.policy" with { type: "text" };
-import block from "../../seccomp/x86_64/block_device.policy" with { type: "text" };
-import common from "../../seccomp/x86_64/common_device.policy" with { type: "text" };
-import consolePolicy from "../../seccomp/x86_64/console_device.policy" with { type: "text" };
-import net from "../../seccomp/x86_64/net_device.policy" with { type: "text" };
-import rng from "../../seccomp/x86_64/rng_device.policy" with { type: "text" };
-import vsock from "../../seccomp/x86_64/vsock_device.policy" with { type: "text" };
 import { compilePolicy, type DefaultAction } from "./bpf.ts";
+import { EMBEDDED_POLICIES } from "./embedded_policies.ts";
 import { parsePolicy, PolicyError, type PolicySource } from "./policy.ts";
 import { ERRNO } from "../base/errno.ts";
 import { readUserFile } from "../base/user_file.ts";
 
-/** The policy files shipped in seccomp/x86_64/, by file name. */
-export const EMBEDDED_POLICIES: Readonly<Record<string, string>> = {
-  "common_device.policy": common,
-  "rng_device.policy": rng,
-  "block_device.policy": block,
-  "console_device.policy": consolePolicy,
-  "net_device.policy": net,
-  "balloon_device.policy": balloon,
-  "vsock_device.policy": vsock,
-};
+export { EMBEDDED_POLICIES };
 
 /** The largest policy file read from --seccomp-policy-dir (ours are a few KiB). */
 export const MAX_POLICY_FILE = 1 << 20;

@@ -83,7 +83,7 @@ async function openAndRun(config: Config, compiled: ReadonlyMap<string, Uint8Arr
   const specs = virtioDeviceSpecs(config, () => Array.from(randomMac(), (b) => b.toString(16).padStart(2, "0")).join(":"));
   const filters = !config.sandbox
     ? new Map<string, Uint8Array>()
-    : compiled ?? (await import("./device_filters.ts")).compileFilters(specs.map((s) => s.kind), config.seccompPolicyDir, config.seccompLogFailures);
+    : compiled ?? await (await import("./device_filters.ts")).filtersOf(specs.map((s) => s.kind), config.seccompPolicyDir, config.seccompLogFailures);
   const opened: OpenedDevice[] = [];
   let control: ControlServer | null = null;
   let vhostVsock: VhostVsock | null = null;
