@@ -50,7 +50,8 @@ export function buildVm(openKvm: () => Kvm, spec: VmSpec): BuiltVm {
     while (cleanup.length) cleanup.pop()!();
   };
   try {
-    const kernel = loadKernel(memory, spec.kernel, lowEnd);
+    // New guest memory (a memfd) reads as zeros: the loader need not clear a segment's .bss.
+    const kernel = loadKernel(memory, spec.kernel, lowEnd, { memoryIsZero: true });
     const initrdAddress = spec.initrd ? loadInitrd(memory, kernel, spec.initrd, lowEnd) : 0;
     writeCmdline(memory, CMDLINE_ADDRESS, spec.cmdline, kernel.cmdlineMaxSize);
     const e820 = buildE820(regions);

@@ -1,5 +1,8 @@
 // kernel_image.ts - what a kernel loader produces, and the error every loader raises.
 
+/** How a kernel is loaded: `memoryIsZero` when guest memory is known to read as zeros (just made). */
+export type KernelLoadOptions = { readonly memoryIsZero?: boolean };
+
 /** A kernel image placed in guest memory. */
 export type LoadedKernel = {
   readonly format: "elf" | "bzimage";

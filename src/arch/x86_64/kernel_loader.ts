@@ -2,13 +2,13 @@
 import { type GuestMemory, guestAddress, hex } from "../../memory/mod.ts";
 import { isBzImage, loadBzImage } from "./bzimage.ts";
 import { isElf, loadElf } from "./elf.ts";
-import { KernelLoaderError, type LoadedKernel } from "./kernel_image.ts";
+import { type KernelLoadOptions, KernelLoaderError, type LoadedKernel } from "./kernel_image.ts";
 
 const PAGE_SIZE = 4096;
 
 /** Loads `image` as an ELF vmlinux, or as a bzImage when it is not ELF. */
-export function loadKernel(memory: GuestMemory, image: Uint8Array, lowMemoryEnd: number): LoadedKernel {
-  if (isElf(image)) return loadElf(memory, image);
+export function loadKernel(memory: GuestMemory, image: Uint8Array, lowMemoryEnd: number, options: KernelLoadOptions = {}): LoadedKernel {
+  if (isElf(image)) return loadElf(memory, image, options);
   if (isBzImage(image)) return loadBzImage(memory, image, lowMemoryEnd);
   throw new KernelLoaderError("not_a_kernel", "not a kernel: neither an ELF file nor a bzImage");
 }

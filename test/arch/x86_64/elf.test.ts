@@ -16,6 +16,13 @@ describe("loadElf", () => {
     expect([...mem.slice(ga(0x200000), 5)!]).toEqual([0xf4, 0xeb, 0xfd, 0, 0]);
   });
 
+  test("memory said to read as zeros (a VM's new guest memory) gets no .bss writes: its pages stay untouched", () => {
+    const mem = memory();
+    mem.writeU8(ga(0x200005), 0xee); // not zero after all: shows that nothing wrote there
+    loadElf(mem, craftElf({ entry: 0x200000, segments: [{ paddr: 0x200000, data: code, memsz: 0x10 }] }), { memoryIsZero: true });
+    expect([...mem.slice(ga(0x200000), 6)!]).toEqual([0xf4, 0xeb, 0xfd, 0, 0, 0xee]);
+  });
+
   test("rejects a file without the ELF magic", () => {
     expect(() => loadElf(memory(), new Uint8Array(64))).toThrow(/not an ELF file/);
   });
