@@ -10,10 +10,15 @@ const O_RDONLY = 0;
 const O_NONBLOCK = 0o4000;
 
 /** Why a file could not be read: in words (an errno's name, or what the file is), and the errno if a call failed. */
-export type UserFileError = { readonly reason: string; readonly errno: number | null };
+export type UserFileError = {
+  readonly reason: string;
+  readonly errno: number | null;
+  /** The file's size, when that is why it was refused (more than the caller allows). */
+  readonly tooLarge: number | null;
+};
 
-const failed = (errno: number): Result<never, UserFileError> => err({ reason: errnoName(errno), errno });
-const refused = (reason: string): Result<never, UserFileError> => err({ reason, errno: null });
+const failed = (errno: number): Result<never, UserFileError> => err({ reason: errnoName(errno), errno, tooLarge: null });
+const refused = (reason: string, tooLarge: number | null = null): Result<never, UserFileError> => err({ reason, errno: null, tooLarge });
 
 /** The bytes of the regular file at `path` (at most `maxBytes`), or why they cannot be had. */
 export function readUserFile(path: string, maxBytes: number): Result<Uint8Array, UserFileError> {
@@ -24,7 +29,7 @@ export function readUserFile(path: string, maxBytes: number): Result<Uint8Array,
     const stat = sys.fstat(fd);
     if (typeof stat === "number") return failed(-stat);
     if ((stat.mode & sys.S_IFMT) !== sys.S_IFREG) return refused("not a regular file");
-    if (stat.size > maxBytes) return refused(`${stat.size} bytes is more than ${maxBytes}`);
+    if (stat.size > maxBytes) return refused(`${stat.size} bytes is more than ${maxBytes}`, stat.size);
     const bytes = new Uint8Array(stat.size);
     for (let done = 0; done < bytes.byteLength;) {
       const n = sys.preadRaw(fd, bytes.subarray(done), done);

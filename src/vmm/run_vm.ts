@@ -78,8 +78,8 @@ export async function runVm(config: Config, filters: ReadonlyMap<string, Uint8Ar
 
 /** Opens everything the user named (each failure a usage error naming it), then builds and runs. */
 async function openAndRun(config: Config, compiled: ReadonlyMap<string, Uint8Array> | null, workers: readonly Worker[]): Promise<number> {
-  const kernel = config.kernel === null ? await builtinGuest() : readBootFile("kernel", config.kernel);
-  const initrd = config.initrd === null ? null : readBootFile("initrd", config.initrd);
+  const kernel = config.kernel === null ? await builtinGuest() : readBootFile("kernel", config.kernel, config.memorySize);
+  const initrd = config.initrd === null ? null : readBootFile("initrd", config.initrd, config.memorySize);
   const specs = virtioDeviceSpecs(config, () => Array.from(randomMac(), (b) => b.toString(16).padStart(2, "0")).join(":"));
   const filters = !config.sandbox
     ? new Map<string, Uint8Array>()
@@ -144,11 +144,18 @@ function listenControl(path: string): ControlServer {
 /** The largest kernel or initrd read (a larger one could not fit in the guest's memory anyway). */
 const MAX_BOOT_FILE = 2 ** 31;
 
-/** Reads a kernel or initrd the user named; a failure is a usage error that names the file (base/user_file.ts). */
-function readBootFile(what: string, path: string): Uint8Array {
-  const read = readUserFile(path, MAX_BOOT_FILE);
-  if (!read.ok) throw new ConfigError(`failed to read ${what} ${path}: ${read.error.reason}`);
-  return read.value;
+/**
+ * Reads a kernel or initrd the user named; a failure is a usage error that names the file
+ * (base/user_file.ts). One larger than the guest's memory could never be loaded, so it is refused
+ * by its size, before a byte of it is read.
+ */
+function readBootFile(what: string, path: string, memorySize: number): Uint8Array {
+  const read = readUserFile(path, Math.min(MAX_BOOT_FILE, memorySize));
+  if (read.ok) return read.value;
+  const why = read.error.tooLarge !== null && read.error.tooLarge <= MAX_BOOT_FILE
+    ? `${read.error.tooLarge} bytes do not fit in the guest's ${memorySize} bytes of memory (--mem)`
+    : read.error.reason;
+  throw new ConfigError(`failed to read ${what} ${path}: ${why}`);
 }
 
 /** Puts the devices on the buses, starts the vCPUs and serves until the VM ends; returns the exit code. */

@@ -144,6 +144,11 @@ describe("bad input is refused with one line and exit 2", () => {
     ["a FIFO as a disk image", () => ["run", "--block", `path=${fifo}`], /failed to open disk image .*fifo: not a regular file or block device/],
     ["a qcow2 whose backing file is a FIFO", () => ["run", "--block", `path=${overlayOnFifo()}`], /fifo: not a regular file\n$/],
     ["a FIFO as the kernel", () => ["run", fifo], /failed to read kernel .*fifo: not a regular file\n$/],
+    ["an initrd larger than the guest's memory, refused by its size", () => {
+      const big = join(dir, "big.initrd");
+      Bun.spawnSync(["truncate", "-s", "64M", big]);
+      return ["run", "-m", "16", "--initrd", big];
+    }, /failed to read initrd .*big\.initrd: 67108864 bytes do not fit in the guest's 16777216 bytes of memory \(--mem\)\n$/],
     ["a device as the initrd", () => ["run", "--initrd", "/dev/zero"], /failed to read initrd \/dev\/zero: not a regular file\n$/],
     ["a raw image read as qcow2", () => ["run", "--block", `path=${file("raw.img", new Uint8Array(1 << 20))},format=qcow2`], /raw\.img: not a qcow2 image/],
     ["an unknown disk format", () => ["run", "--block", "path=x.img,format=vmdk"], /format: expected one of raw, qcow2/],
