@@ -159,7 +159,7 @@ export async function main(argv: readonly string[], options: MainOptions = {}): 
     .version(false)
     .exitProcess(false)
     .fail((message, error) => {
-      throw error ?? new ConfigError(withSuggestion(message));
+      throw error ?? new ConfigError(withSuggestion(message, argv[0]));
     });
   try {
     await parser.parseAsync();
@@ -210,6 +210,11 @@ const RUN_FLAGS = [
   "disk", "rwdisk", "root", "rwroot", "net", "host_ip", "netmask", "mac", "socket", "help", "disable-sandbox",
   "seccomp-policy-dir", "seccomp-log-failures", "vhost-user", "shared-dir", "virtiofsd", "vsock", "cid",
 ];
+const DEVICES_FLAGS = [
+  "block", "net", "console", "rng", "balloon", "vsock", "disable-sandbox", "seccomp-policy-dir", "seccomp-log-failures", "log-level", "help",
+];
+/** The long flags of each command whose unknown flags get a "did you mean" (withSuggestion). */
+const COMMAND_FLAGS: Readonly<Record<string, readonly string[]>> = { run: RUN_FLAGS, devices: DEVICES_FLAGS };
 
 /** What the working directory reads as while yargs loads (loadYargs): no path can hold a NUL byte. */
 const NO_FOLDER = "/\0";
@@ -237,14 +242,18 @@ async function loadYargs(): Promise<typeof import("yargs").default> {
   }
 }
 
-/** Adds "did you mean --x?" to yargs' unknown-argument messages when a known flag is close. */
-function withSuggestion(message: string): string {
+/** Adds "did you mean --x?" to yargs' unknown-argument messages when a flag of `command` is close, or names the command a refused flag belongs to. */
+function withSuggestion(message: string, command: string | undefined): string {
   const match = /^Unknown arguments?: (.+)$/.exec(message);
-  if (!match) return message;
+  const flags = command === undefined ? undefined : COMMAND_FLAGS[command];
+  if (!match || flags === undefined) return message;
   const unknown = match[1]!.split(", ")[0]!.replace(/^-+/, "");
+  // A flag of another command: say whose it is rather than suggest the very flag that was refused.
+  const owner = Object.keys(COMMAND_FLAGS).find((other) => other !== command && COMMAND_FLAGS[other]!.includes(unknown));
+  if (owner !== undefined && !flags.includes(unknown)) return `${message}; --${unknown} is a flag of tsvm ${owner}, not of tsvm ${command}`;
   let best: string | null = null;
   let bestDistance = 3; // at most two edits away
-  for (const flag of RUN_FLAGS) {
+  for (const flag of flags) {
     const d = editDistance(unknown, flag);
     if (d < bestDistance) {
       best = flag;

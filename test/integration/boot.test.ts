@@ -138,6 +138,8 @@ describe("bad input is refused with one line and exit 2", () => {
     ["a command line that is too long", () => ["run", "-p", "x".repeat(4000)], /command line is 4014 bytes; the kernel accepts at most 2047/],
     ["an unknown flag", () => ["run", "--bogus"], /Unknown argument: bogus/],
     ["a misspelt flag, with a suggestion", () => ["run", "--cpu", "2"], /Unknown argument: cpu; did you mean --cpus\?/],
+    ["a misspelt flag of tsvm devices, with a suggestion from its own flags", () => ["devices", "--rgn", "vhost=/tmp/x.sock"], /Unknown argument: rgn; did you mean --rng\?/],
+    ["a flag of tsvm run given to tsvm devices, named as such", () => ["devices", "--config", "x.json"], /Unknown argument: config; --config is a flag of tsvm run, not of tsvm devices\n$/],
     ["a FIFO nobody reads as the virtio-console output", () => ["run", "--serial", `type=file,hardware=virtio-console,num=1,path=${fifo}`], /failed to open the virtio-console output: failed to open .*fifo: a FIFO that no program has open for reading \(ENXIO\)\n$/],
     ["a FIFO as the config file", () => ["run", "--config", fifo], /--config .*fifo: cannot read it \(not a regular file\)/],
     ["a config file with an unknown key", () => ["run", "--config", file("bad.json", new TextEncoder().encode('{"memory": "1G"}'))], /memory: unknown key/],
