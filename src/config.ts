@@ -21,21 +21,25 @@ export const MAX_CPUS = 254;
 
 const SIZE_SUFFIX: Readonly<Record<string, number>> = { "": MIB, K: 1024, M: MIB, G: 1024 * MIB, T: 1024 * 1024 * MIB };
 
-/** Parses a memory size: a bare number is MiB (crosvm's -m), or a number with K, M, G or T. */
+/**
+ * Parses a memory size: a bare number is MiB (crosvm's -m), or a number with K, M, G or T; null when
+ * it is not a size, Infinity when it is one too large to count in bytes exactly (so that it fails
+ * the caller's upper bound, which names the limit, rather than reading as malformed).
+ */
 export function parseSize(text: string): number | null {
   const match = /^(\d+)([KMGT]?)(?:i?B)?$/i.exec(text.trim());
   if (!match) return null;
   const size = Number(match[1]) * SIZE_SUFFIX[match[2]!.toUpperCase()]!;
-  return Number.isSafeInteger(size) ? size : null;
+  return Number.isSafeInteger(size) ? size : Infinity;
 }
 
-/** Parses a byte count: a bare number is bytes, or a number with K, M, G or T (binary units). */
+/** Parses a byte count: a bare number is bytes, or a number with K, M, G or T (binary units); null and Infinity as parseSize. */
 export function parseByteSize(text: string): number | null {
   const match = /^(\d+)([KMGT]?)(?:i?B)?$/i.exec(text.trim());
   if (!match) return null;
   const unit = match[2] === "" ? 1 : SIZE_SUFFIX[match[2]!.toUpperCase()]!;
   const size = Number(match[1]) * unit;
-  return Number.isSafeInteger(size) ? size : null;
+  return Number.isSafeInteger(size) ? size : Infinity;
 }
 
 /** The longest path a Unix socket address holds (sun_path is 108 bytes with the NUL). */

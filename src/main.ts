@@ -283,6 +283,7 @@ function socketArg<T>(y: import("yargs").Argv<T>) {
 function byteSize(name: string, text: string): number {
   const n = parseByteSize(text);
   if (n === null) throw new ConfigError(`${name}: expected a size such as 1073741824, 512M or 1G (got ${JSON.stringify(text)})`);
+  if (n === Infinity) throw new ConfigError(`${name}: ${text} is more bytes than tsvm counts (at most ${Number.MAX_SAFE_INTEGER})`);
   return n;
 }
 

@@ -11,6 +11,11 @@ describe("parseSize", () => {
   test("garbage is not a size", () => {
     expect([parseSize("lots"), parseSize("-1"), parseSize("1.5G"), parseSize("")]).toEqual([null, null, null, null]);
   });
+
+  test("a size too large to count in bytes is Infinity, so --mem says what its limit is instead of 'expected a size'", () => {
+    expect([parseSize("99999T"), parseByteSize("99999T"), parseByteSize("9007199254740991")]).toEqual([Infinity, Infinity, 9007199254740991]);
+    expect(() => parseRunConfig({ mem: "99999T" })).toThrow(/--mem: must be at most 1T/);
+  });
 });
 
 describe("parseSerial", () => {

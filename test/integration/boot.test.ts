@@ -134,6 +134,7 @@ describe("bad input is refused with one line and exit 2", () => {
     ["an ELF for another machine", () => ["run", file("arm.elf", craftElf({ entry: 0x200000, machine: 183, segments: [{ paddr: 0x200000, data: Uint8Array.of(0) }] }))], /not x86-64/],
     ["a truncated bzImage", () => ["run", file("short.bzimage", craftBzImage({ truncateBy: 1000 }))], /truncated/],
     ["--mem 0", () => ["run", "--mem", "0"], /--mem: must be at least/],
+    ["a size for tsvm balloon too large to count", () => ["balloon", "99999T", "/tmp/no-such.sock"], /SIZE: 99999T is more bytes than tsvm counts \(at most 9007199254740991\)\n$/],
     ["an unknown --serial key", () => ["run", "--serial", "type=stdout,num=1,baud=9600"], /unknown key "baud"/],
     ["a command line that is too long", () => ["run", "-p", "x".repeat(4000)], /command line is 4014 bytes; the kernel accepts at most 2047/],
     ["an unknown flag", () => ["run", "--bogus"], /Unknown argument: bogus/],
