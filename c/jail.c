@@ -1,7 +1,11 @@
 /* jail.c - creating a device process inside new namespaces, and the one-call lockdown it runs on itself.
  *
  * tsvm_spawn_jailed: clone(2) with new user, PID, mount, network, IPC and UTS namespaces, from a
- * multi-threaded process: between clone and execve the child only makes raw system calls.
+ * multi-threaded process. The child shares the parent's memory until it execs (CLONE_VM, as
+ * posix_spawn does): a fork copied the VMM's page tables, ~1 ms of each device's start. So between
+ * clone and execve the child runs on a stack of its own, makes only raw system calls, first puts
+ * every signal handler back to its default (a parent's handler must never run in it), and the
+ * parent waits until the child has exec'd or died before it frees that stack.
  * tsvm_lockdown: in the device process, before any device code: pivot_root into an empty read-only
  * tmpfs, drop capabilities and root, no_new_privs, and a seccomp filter on every thread (TSYNC). */
 #define _GNU_SOURCE
@@ -12,10 +16,12 @@
 #include <linux/capability.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
+#include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -32,6 +38,10 @@
 #define FD_EXEC (FD_PARKING + 100)
 /* where the child's stderr waits while the other fds are placed */
 #define FD_STDERR (FD_PARKING - 1)
+/* the write end of the pipe that tells the parent the child exec'd or died (close-on-exec) */
+#define FD_STATUS (FD_PARKING + 101)
+/* the child's stack until it execs: it only makes system calls */
+#define CHILD_STACK (64 * 1024)
 
 static int write_file(const char *path, const char *text)
 {
@@ -44,9 +54,29 @@ static int write_file(const char *path, const char *text)
 	return n == (ssize_t)strlen(text) ? 0 : -err;
 }
 
-static void child(int exec_fd, char *const argv[], char *const envp[], const int *fds, int nfds, int stderr_fd, int sync_fd)
+/* struct sigaction as rt_sigaction(2) takes it on x86-64 */
+struct kernel_sigaction {
+	void *handler;
+	unsigned long flags;
+	void *restorer;
+	unsigned long mask;
+};
+
+static void child(int exec_fd, char *const argv[], char *const envp[], const int *fds, int nfds, int stderr_fd, int sync_fd, int status_fd)
 {
 	char go;
+	/* every signal is blocked (the parent blocked them around clone); a handled one goes back to
+	 * its default before any is unblocked below, so no handler of the parent runs on memory the
+	 * child shares with it. Ignored ones stay ignored, as across a fork and exec. */
+	for (int sig = 1; sig <= 64; sig++) {
+		struct kernel_sigaction old;
+		if (sig == SIGKILL || sig == SIGSTOP || syscall(SYS_rt_sigaction, sig, NULL, &old, 8) < 0 || old.handler == SIG_IGN)
+			continue;
+		struct kernel_sigaction dfl = { SIG_DFL, 0, NULL, 0 };
+		syscall(SYS_rt_sigaction, sig, &dfl, NULL, 8);
+	}
+	if (syscall(SYS_dup3, status_fd, FD_STATUS, O_CLOEXEC) < 0)
+		syscall(SYS_exit_group, 120);
 	/* wait until the parent has written our id maps */
 	if (syscall(SYS_read, sync_fd, &go, 1) != 1)
 		syscall(SYS_exit_group, 120);
@@ -78,60 +108,85 @@ static void child(int exec_fd, char *const argv[], char *const envp[], const int
 	    syscall(SYS_dup3, FD_STDERR, 2, 0) < 0)
 		syscall(SYS_exit_group, 126);
 	syscall(SYS_close_range, 3 + nfds, FD_EXEC - 1, 0);
-	syscall(SYS_close_range, FD_EXEC + 1, ~0U, 0);
+	syscall(SYS_close_range, FD_STATUS + 1, ~0U, 0);
 	/* by fd: the program was opened by the parent, so its directories need not be searchable by
 	 * the unprivileged ids the child runs as */
 	syscall(SYS_execveat, FD_EXEC, "", argv, envp, AT_EMPTY_PATH);
 	syscall(SYS_exit_group, 127);
 }
 
+struct child_args {
+	int exec_fd, nfds, stderr_fd, sync_fd, status_fd;
+	char *const *argv;
+	char *const *envp;
+	const int *fds;
+};
+
+static int child_main(void *p)
+{
+	struct child_args *a = p;
+	child(a->exec_fd, a->argv, a->envp, a->fds, a->nfds, a->stderr_fd, a->sync_fd, a->status_fd);
+	return 127;
+}
+
 /* Starts `path` in new namespaces with `fds` at 3, 4, ..., `stderr_fd` as its stderr, and ids 0 and
- * 1 mapped to id_base and id_base + 1. Returns the child's pid (in our namespace) or -errno. */
+ * 1 mapped to id_base and id_base + 1. Returns the child's pid (in our namespace) or -errno; when it
+ * returns, the child has exec'd (or died, which its exit status tells). */
 int tsvm_spawn_jailed(const char *path, char *const argv[], char *const envp[], const int *fds, int nfds, int stderr_fd, unsigned id_base)
 {
-	int sync[2];
+	int sync[2] = { -1, -1 }, status[2] = { -1, -1 };
 	char text[64], file[64];
 	if (nfds < 0 || nfds > 64)
 		return -EINVAL;
 	int exec_fd = open(path, O_PATH | O_CLOEXEC);
 	if (exec_fd < 0)
 		return -errno;
-	if (pipe2(sync, O_CLOEXEC) < 0) {
-		int err = errno;
-		close(exec_fd);
-		return -err;
+	void *stack = MAP_FAILED;
+	int r = 0;
+	if (pipe2(sync, O_CLOEXEC) < 0 || pipe2(status, O_CLOEXEC) < 0)
+		r = -errno;
+	if (r == 0 && (stack = mmap(NULL, CHILD_STACK, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0)) == MAP_FAILED)
+		r = -errno;
+	long pid = -1;
+	if (r == 0) {
+		struct child_args args = { exec_fd, nfds, stderr_fd, sync[0], status[1], argv, envp, fds };
+		sigset_t all, old;
+		sigfillset(&all);
+		pthread_sigmask(SIG_SETMASK, &all, &old);
+		pid = clone(child_main, (char *)stack + CHILD_STACK, JAIL_NS_FLAGS | CLONE_VM | SIGCHLD, &args);
+		if (pid < 0)
+			r = -errno;
+		pthread_sigmask(SIG_SETMASK, &old, NULL);
+		close(status[1]);
+		status[1] = -1;
+		if (r == 0) {
+			snprintf(text, sizeof(text), "0 %u 2\n", id_base);
+			snprintf(file, sizeof(file), "/proc/%ld/uid_map", pid);
+			r = write_file(file, text);
+			/* setgroups stays allowed (the parent maps ids with its own privileges), so the child can drop them */
+			snprintf(file, sizeof(file), "/proc/%ld/gid_map", pid);
+			if (r == 0)
+				r = write_file(file, text);
+			if (r == 0 && write(sync[1], "g", 1) != 1)
+				r = -errno;
+			if (r < 0)
+				kill((pid_t)pid, SIGKILL);
+			/* `args`, the stack and what they point to are the child's until it execs or dies: the
+			 * pipe's last write end closes then */
+			char byte;
+			while (read(status[0], &byte, 1) < 0 && errno == EINTR) {}
+		}
 	}
-	long pid = syscall(SYS_clone, JAIL_NS_FLAGS | SIGCHLD, NULL, NULL, NULL, NULL);
-	if (pid < 0) {
-		int err = errno;
-		close(sync[0]);
-		close(sync[1]);
-		close(exec_fd);
-		return -err;
-	}
-	if (pid == 0) {
-		syscall(SYS_close, sync[1]);
-		child(exec_fd, argv, envp, fds, nfds, stderr_fd, sync[0]);
+	if (stack != MAP_FAILED)
+		munmap(stack, CHILD_STACK);
+	for (int i = 0; i < 2; i++) {
+		if (sync[i] >= 0)
+			close(sync[i]);
+		if (status[i] >= 0)
+			close(status[i]);
 	}
 	close(exec_fd);
-	close(sync[0]);
-	int r = 0;
-	snprintf(text, sizeof(text), "0 %u 2\n", id_base);
-	snprintf(file, sizeof(file), "/proc/%ld/uid_map", pid);
-	if (r == 0)
-		r = write_file(file, text);
-	/* setgroups stays allowed (the parent maps ids with its own privileges), so the child can drop them */
-	snprintf(file, sizeof(file), "/proc/%ld/gid_map", pid);
-	if (r == 0)
-		r = write_file(file, text);
-	if (r == 0 && write(sync[1], "g", 1) != 1)
-		r = -errno;
-	close(sync[1]);
-	if (r < 0) {
-		kill((pid_t)pid, SIGKILL);
-		return r;
-	}
-	return (int)pid;
+	return r < 0 ? r : (int)pid;
 }
 
 /* Jails the calling process (see the file comment). `bpf` holds `len` bytes of sock_filter.

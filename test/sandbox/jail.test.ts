@@ -81,6 +81,28 @@ describe.skipIf(!CAN_JAIL)("the device jail", () => {
     expect([r, status & 0x7f]).toEqual([pid, SIGSYS]);
   });
 
+  // The child shares the parent's memory until it execs (CLONE_VM), so spawning waits for the exec.
+  test("when the spawn returns, the child already runs its program", () => {
+    const [ours, theirs] = socket.seqpacketPair();
+    const filterFd = openSync(filterPath, "r");
+    const pid = jail.spawnJailed(probe, [probe], [], [filterFd, theirs], 2, ID_BASE);
+    const exe = readlinkSync(`/proc/${pid}/exe`);
+    sys.close(filterFd);
+    sys.close(theirs);
+    sys.close(ours); // the probe exits once its socket is gone
+    expect(exe).toBe(probe);
+    expect(jail.waitpid(pid, false)[0]).toBe(pid);
+  });
+
+  test("a program that cannot run: the spawn returns, and the child exits 127 without running anything", () => {
+    for (let i = 0; i < 3; i++) {
+      const pid = jail.spawnJailed(filterPath, [filterPath], [], [], 2, ID_BASE);
+      expect(pid).toBeGreaterThan(0);
+      const [r, status] = jail.waitpid(pid, false);
+      expect([r, status & 0x7f, (status >> 8) & 0xff]).toEqual([pid, 0, 127]);
+    }
+  });
+
   test("closing its socket lets it exit cleanly", () => {
     const { pid, tube } = start();
     tube.close();
