@@ -4,7 +4,7 @@
 // device-specific commands (balloon, disk, console input) go through one `command` per home.
 import { OutputRelay } from "../base/stream_output.ts";
 import { log } from "../base/log.ts";
-import { SysError } from "../base/errno.ts";
+import { ERRNO, errnoName, SysError } from "../base/errno.ts";
 import { describeError, err, ok, type Result } from "../base/result.ts";
 import { sys, socket } from "../../ffi/mod.ts";
 import { pciSlotPin } from "../arch/x86_64/mptable.ts";
@@ -173,6 +173,14 @@ export type VhostUserTarget = {
   readonly diagnose?: () => string | null;
 };
 
+/** Why connecting to the Unix socket `path` failed with `errno`, in words where the errno's name misleads. */
+function whyNoConnection(path: string, errno: number): string {
+  if (errno !== ERRNO.ECONNREFUSED) return errnoName(errno);
+  const stat = sys.lstat(path);
+  if (typeof stat !== "number" && (stat.mode & sys.S_IFMT) !== sys.S_IFSOCK) return "not a socket";
+  return "ECONNREFUSED (no program listens on it)";
+}
+
 /** Puts a device served by the vhost-user back-end at `target.path` on the bus. */
 export function attachVhostUser(ctx: DeviceContext, target: VhostUserTarget): Result<VirtioHandle> {
   const { label, path } = target;
@@ -180,7 +188,7 @@ export function attachVhostUser(ctx: DeviceContext, target: VhostUserTarget): Re
   let settledQueues: number | null = null;
   const connect = (onFailure: (reason: string) => void): Result<VhostUserFrontend> => {
     const fd = socket.unixConnect(path, socket.SOCK_STREAM);
-    if (fd < 0) return err(`failed to connect to the vhost-user back-end at ${path}: ${new SysError("connect", -fd).message.replace("failed to connect: ", "")}`);
+    if (fd < 0) return err(`failed to connect to the vhost-user back-end at ${path}: ${whyNoConnection(path, -fd)}`);
     const queues = settledQueues ?? target.queues;
     const connected = VhostUserFrontend.connect(fd, {
       label, type: target.type, loop: ctx.loop, timeoutMs: VHOST_USER_TIMEOUT_MS, onFailure,

@@ -126,4 +126,17 @@ describe.skipIf(!HAS_KVM || !IS_ROOT)("tsvm run as a vhost-user front-end", () =
     expect(r.stderr).toMatch(/failed to connect to the vhost-user back-end at .*nobody\.sock: ENOENT/);
     expect(r.code).toBe(2);
   }, TIMEOUT);
+
+  test("a path that is not a socket, or a socket nobody listens on, is named as such", async () => {
+    const dir = tempDir();
+    const fifo = join(dir, "fifo.sock");
+    Bun.spawnSync(["mkfifo", fifo]);
+    const notSocket = await runTsvm(["run", "--vhost-user", `block,socket=${fifo}`]);
+    expect([notSocket.code, notSocket.stderr]).toEqual([2, expect.stringMatching(/back-end at .*fifo\.sock: not a socket\n$/)]);
+    // A socket file whose listener is gone: bound, then closed.
+    const stale = join(dir, "stale.sock");
+    Bun.spawnSync(["python3", "-c", `import socket; s = socket.socket(socket.AF_UNIX); s.bind(${JSON.stringify(stale)})`]);
+    const refused = await runTsvm(["run", "--vhost-user", `block,socket=${stale}`]);
+    expect([refused.code, refused.stderr]).toEqual([2, expect.stringMatching(/back-end at .*stale\.sock: ECONNREFUSED \(no program listens on it\)\n$/)]);
+  }, TIMEOUT);
 });
