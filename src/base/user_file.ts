@@ -8,6 +8,7 @@ import { err, ok, type Result } from "./result.ts";
 
 const O_RDONLY = 0;
 const O_NONBLOCK = 0o4000;
+const O_CLOEXEC = 0o2000000;
 
 /** Why a file could not be read: in words (an errno's name, or what the file is), and the errno if a call failed. */
 export type UserFileError = {
@@ -23,7 +24,7 @@ const refused = (reason: string, tooLarge: number | null = null): Result<never, 
 /** The bytes of the regular file at `path` (at most `maxBytes`), or why they cannot be had. */
 export function readUserFile(path: string, maxBytes: number): Result<Uint8Array, UserFileError> {
   // Opened non-blocking (a FIFO's open would wait for a writer), then checked on that fd.
-  const fd = sys.openRaw(path, O_RDONLY | O_NONBLOCK);
+  const fd = sys.openRaw(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
   if (fd < 0) return failed(-fd);
   try {
     const stat = sys.fstat(fd);

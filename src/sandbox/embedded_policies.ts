@@ -6,6 +6,7 @@ import consolePolicy from "../../seccomp/x86_64/console_device.policy" with { ty
 import net from "../../seccomp/x86_64/net_device.policy" with { type: "text" };
 import rng from "../../seccomp/x86_64/rng_device.policy" with { type: "text" };
 import vsock from "../../seccomp/x86_64/vsock_device.policy" with { type: "text" };
+import type { PolicySource } from "./policy.ts";
 
 /** The policy files shipped in seccomp/x86_64/, by file name. */
 export const EMBEDDED_POLICIES: Readonly<Record<string, string>> = {
@@ -17,3 +18,6 @@ export const EMBEDDED_POLICIES: Readonly<Record<string, string>> = {
   "balloon_device.policy": balloon,
   "vsock_device.policy": vsock,
 };
+
+/** The embedded set as a source the policy parser reads from (a name it does not hold: null). */
+export const embeddedSource: PolicySource = (name) => EMBEDDED_POLICIES[name] ?? null;

@@ -1,7 +1,7 @@
 // policies.ts - where a device policy comes from (the embedded set, or --seccomp-policy-dir), and compiling it.
 import { join } from "node:path";
 import { compilePolicy, type DefaultAction } from "./bpf.ts";
-import { EMBEDDED_POLICIES } from "./embedded_policies.ts";
+import { EMBEDDED_POLICIES, embeddedSource } from "./embedded_policies.ts";
 import { parsePolicy, PolicyError, type PolicySource } from "./policy.ts";
 import { ERRNO } from "../base/errno.ts";
 import { readUserFile } from "../base/user_file.ts";
@@ -17,7 +17,7 @@ export const MAX_POLICY_FILE = 1 << 20;
  * file (a FIFO would hang the start) or is larger than MAX_POLICY_FILE is a PolicyError naming it.
  */
 export function policySource(dir: string | null): PolicySource {
-  if (dir === null) return (name) => EMBEDDED_POLICIES[name] ?? null;
+  if (dir === null) return embeddedSource;
   return (name) => {
     const path = join(dir, name);
     const read = readUserFile(path, MAX_POLICY_FILE);

@@ -3,7 +3,7 @@
 // embedded policies, so that `tsvm run` and `tsvm devices` only pick the ones they need and never
 // load the policy parser, the syscall table or the compiler (vmm/device_filters.ts).
 import { compilePolicy } from "./bpf.ts";
-import { EMBEDDED_POLICIES } from "./embedded_policies.ts";
+import { EMBEDDED_POLICIES, embeddedSource } from "./embedded_policies.ts";
 import { parsePolicy } from "./policy.ts";
 
 /** Base64 filters by device kind, for each default action (sandbox/bpf.ts's DefaultAction). */
@@ -16,7 +16,7 @@ export function precompiledFilters(): PrecompiledFilters {
     const kind = /^(\w+)_device\.policy$/.exec(name)?.[1];
     if (kind === undefined || kind === "common") continue;
     for (const mode of ["kill", "log"] as const) {
-      const program = compilePolicy(parsePolicy(name, (file) => EMBEDDED_POLICIES[file] ?? null), mode);
+      const program = compilePolicy(parsePolicy(name, embeddedSource), mode);
       filters[mode][kind] = Buffer.from(program).toString("base64");
     }
   }
