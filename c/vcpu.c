@@ -1,5 +1,6 @@
-/* vcpu.c - KVM_RUN on a Worker's own thread, the vCPU threads that hand each exit to an exit
- * server instead, and the kick signal.
+/* vcpu.c - KVM_RUN on the VMM's main thread, the vCPU threads that hand each exit to an exit
+ * server instead, the kick signal, and the waker that kicks the main thread's vCPU out of the guest
+ * when its control loop has work.
  *
  * A vCPU thread is a plain pthread: no JavaScript realm of its own (a Bun Worker costs megabytes
  * each). It owns one vCPU and loops: KVM_RUN, post the exit reason in its slot, wait until the
@@ -21,6 +22,7 @@
 #include <errno.h>
 #include <linux/futex.h>
 #include <linux/kvm.h>
+#include <poll.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
@@ -307,3 +309,152 @@ int tsvm_kick(int tgid, int tid, int signum)
 
 /* SIGRTMIN as glibc defines it at run time (it reserves the first few real-time signals). */
 int tsvm_sigrtmin(void) { return SIGRTMIN; }
+
+/*
+ * The main thread's vCPU. Its kick signal stays blocked in user space, and KVM unblocks it only
+ * inside KVM_RUN (KVM_SET_SIGNAL_MASK): a kick that lands while the thread serves an exit or runs
+ * its control loop stays pending, and the next KVM_RUN returns -EINTR at once. So no other system
+ * call of that thread (a socket read, an epoll wait, a write) is ever interrupted by a kick, and no
+ * kick is lost. After -EINTR the thread consumes the pending signal (tsvm_kick_consume), since it is
+ * blocked again on the way out of KVM_RUN and would otherwise end every later KVM_RUN at once.
+ */
+int tsvm_vcpu_main_setup(int vcpu_fd, int signum)
+{
+	sigset_t kick, old;
+	sigemptyset(&kick);
+	sigaddset(&kick, signum);
+	int err = pthread_sigmask(SIG_BLOCK, &kick, &old);
+	if (err)
+		return -err;
+	sigdelset(&old, signum);
+	/* The kernel's sigset is 8 bytes on x86-64: the first 8 bytes of glibc's. */
+	struct {
+		struct kvm_signal_mask head;
+		uint8_t set[8];
+	} mask = { .head = { .len = 8 } };
+	memcpy(mask.set, &old, 8);
+	if (ioctl(vcpu_fd, KVM_SET_SIGNAL_MASK, &mask) < 0)
+		return -errno;
+	return 0;
+}
+
+/* write() with `signum` unblocked: on the main thread, a kick ends a write that waits for its
+ * reader with -EINTR (the write then asks whether to go on). Returns the count or -errno. */
+int64_t tsvm_write_kickable(int fd, const void *buf, uint64_t len, int signum)
+{
+	sigset_t kick;
+	sigemptyset(&kick);
+	sigaddset(&kick, signum);
+	pthread_sigmask(SIG_UNBLOCK, &kick, NULL);
+	ssize_t n = write(fd, buf, len);
+	int err = errno;
+	pthread_sigmask(SIG_BLOCK, &kick, NULL);
+	return n < 0 ? -err : n;
+}
+
+/* Takes every pending `signum` off the calling thread (it blocks the signal); returns how many. */
+int tsvm_kick_consume(int signum)
+{
+	sigset_t kick;
+	sigemptyset(&kick);
+	sigaddset(&kick, signum);
+	struct timespec none = { 0, 0 };
+	int n = 0;
+	while (sigtimedwait(&kick, NULL, &none) == signum)
+		n++;
+	return n;
+}
+
+/*
+ * The waker: a thread that watches the control loop's epoll fd while the main thread runs its vCPU,
+ * and kicks that vCPU out of KVM_RUN when the loop has work, or once a slice has passed (the main
+ * thread then gives Bun's event loop a turn). The main thread bumps `generation` when it starts
+ * running the vCPU (odd) and when it stops (even); the waker kicks at most once per odd generation.
+ */
+struct vcpu_waker {
+	int32_t generation;
+	int32_t stop;
+	int epfd;
+	int tid;
+	int signum;
+	int slice_ms;
+};
+
+#define WAKER_STACK_SIZE (64 * 1024)
+
+static void *waker_main(void *arg)
+{
+	struct vcpu_waker *w = arg;
+	pid_t pid = getpid();
+	for (;;) {
+		int32_t g = __atomic_load_n(&w->generation, __ATOMIC_SEQ_CST);
+		if (__atomic_load_n(&w->stop, __ATOMIC_SEQ_CST))
+			break;
+		if ((g & 1) == 0) {
+			futex_wait(&w->generation, g, -1);
+			continue;
+		}
+		struct pollfd p = { .fd = w->epfd, .events = POLLIN };
+		poll(&p, 1, w->slice_ms);
+		if (__atomic_load_n(&w->stop, __ATOMIC_SEQ_CST))
+			break;
+		/* Kick, and again each slice while the main thread has not taken its turn: it may be
+		 * serving an exit that waits (a UART write kickable by tsvm_write_kickable), and a kick that
+		 * landed just before that write began did not end it. */
+		while (__atomic_load_n(&w->generation, __ATOMIC_SEQ_CST) == g && !__atomic_load_n(&w->stop, __ATOMIC_SEQ_CST)) {
+			syscall(SYS_tgkill, pid, w->tid, w->signum);
+			futex_wait(&w->generation, g, w->slice_ms);
+		}
+	}
+	free(w);
+	return NULL;
+}
+
+/* Starts the waker of thread `tid` (named "vcpu waker"); returns its handle, or NULL. */
+void *tsvm_waker_start(int epfd, int tid, int signum, int slice_ms)
+{
+	struct vcpu_waker *w = calloc(1, sizeof(*w));
+	if (!w)
+		return NULL;
+	*w = (struct vcpu_waker){ .epfd = epfd, .tid = tid, .signum = signum, .slice_ms = slice_ms };
+	pthread_attr_t attr;
+	pthread_attr_init(&attr);
+	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+	pthread_attr_setstacksize(&attr, WAKER_STACK_SIZE);
+	/* The waker takes no signals meant for others: block them all while it is created. */
+	sigset_t all, old;
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	pthread_t thread;
+	int err = pthread_create(&thread, &attr, waker_main, w);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	pthread_attr_destroy(&attr);
+	if (err) {
+		free(w);
+		return NULL;
+	}
+	pthread_setname_np(thread, "vcpu waker");
+	return w;
+}
+
+/* The main thread starts (running = 1) or stops (0) running its vCPU. */
+int tsvm_waker_phase(void *waker, int running)
+{
+	struct vcpu_waker *w = waker;
+	int32_t g = __atomic_load_n(&w->generation, __ATOMIC_SEQ_CST);
+	if ((g & 1) == (running ? 1 : 0))
+		return 0;
+	__atomic_store_n(&w->generation, g + 1, __ATOMIC_SEQ_CST);
+	futex_wake(&w->generation, 1);
+	return 0;
+}
+
+/* Ends the waker; it frees itself (within a slice, if it is in its poll). */
+int tsvm_waker_stop(void *waker)
+{
+	struct vcpu_waker *w = waker;
+	__atomic_store_n(&w->stop, 1, __ATOMIC_SEQ_CST);
+	__atomic_fetch_add(&w->generation, 2, __ATOMIC_SEQ_CST);
+	futex_wake(&w->generation, 1);
+	return 0;
+}

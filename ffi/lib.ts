@@ -49,6 +49,12 @@ const symbols = {
   tsvm_kick_install: { args: [i32], returns: i32 },
   tsvm_kick: { args: [i32, i32, i32], returns: i32 },
   tsvm_sigrtmin: { args: [], returns: i32 },
+  tsvm_vcpu_main_setup: { args: [i32, i32], returns: i32 },
+  tsvm_kick_consume: { args: [i32], returns: i32 },
+  tsvm_write_kickable: { args: [i32, pointer, u64, i32], returns: FFIType.i64_fast },
+  tsvm_waker_start: { args: [i32, i32, i32, i32], returns: pointer },
+  tsvm_waker_phase: { args: [pointer, i32], returns: i32 },
+  tsvm_waker_stop: { args: [pointer], returns: i32 },
   // event.c
   tsvm_eventfd: { args: [u32, i32], returns: i32 },
   tsvm_eventfd_write: { args: [i32, u64], returns: i32 },

@@ -61,3 +61,46 @@ export function kickThread(tgid: number, tid: number, signum: number): number {
 export function sigrtmin(): number {
   return native.tsvm_sigrtmin();
 }
+
+/**
+ * Readies the calling thread to run vCPU `vcpuFd` itself (the VMM's main thread): `kickSignal` stays
+ * blocked outside KVM_RUN, so a kick never interrupts another system call of this thread; KVM
+ * unblocks it inside KVM_RUN, which then returns -EINTR (c/vcpu.c).
+ */
+export function setupMainThreadVcpu(vcpuFd: number, kickSignal: number): void {
+  checked(native.tsvm_vcpu_main_setup(vcpuFd, kickSignal), "block the kick signal outside KVM_RUN");
+}
+
+/** write() with `kickSignal` unblocked, so that a kick ends it with -EINTR (main thread); the count or -errno. */
+export function writeKickable(fd: number, bytes: Uint8Array, kickSignal: number): number {
+  return Number(native.tsvm_write_kickable(fd, bytes, bytes.byteLength, kickSignal));
+}
+
+/** Takes the pending kicks off the calling thread (after KVM_RUN returned -EINTR); returns how many. */
+export function consumeKicks(kickSignal: number): number {
+  return native.tsvm_kick_consume(kickSignal);
+}
+
+/**
+ * The thread that kicks the main thread's vCPU out of the guest when the control loop's epoll fd
+ * `epfd` has work, or once `sliceMs` has passed, while the main thread runs its vCPU.
+ */
+export class VcpuWaker {
+  #handle: Pointer | null;
+
+  constructor(epfd: number, tid: number, kickSignal: number, sliceMs: number) {
+    this.#handle = native.tsvm_waker_start(epfd, tid, kickSignal, sliceMs) as Pointer | null;
+    if (this.#handle === null) throw new Error("failed to start the vCPU waker thread");
+  }
+
+  /** The main thread starts (true) or stops (false) running its vCPU. */
+  running(yes: boolean): void {
+    if (this.#handle !== null) native.tsvm_waker_phase(this.#handle, yes ? 1 : 0);
+  }
+
+  /** Ends the thread (it frees itself). */
+  stop(): void {
+    if (this.#handle !== null) native.tsvm_waker_stop(this.#handle);
+    this.#handle = null;
+  }
+}

@@ -34,7 +34,16 @@ export function openOutputFile(path: string): number {
  * reader holds neither tsvm suspend nor tsvm's exit).
  */
 export class FdOutput {
-  constructor(readonly fd: number, readonly owned: boolean, readonly abandon: () => boolean = () => false) {}
+  /**
+   * `writeOnce` is the one write call (the main thread passes one that a kick interrupts, since it
+   * must not sit in write() while its control loop has work: vcpu/vcpu_runner.ts).
+   */
+  constructor(
+    readonly fd: number,
+    readonly owned: boolean,
+    readonly abandon: () => boolean = () => false,
+    readonly writeOnce: (fd: number, bytes: Uint8Array) => number = sys.writeRaw,
+  ) {}
 
   /**
    * Opens (creating or truncating) `path` for a port's output, non-blocking: a FIFO nobody reads
@@ -47,7 +56,7 @@ export class FdOutput {
   write(bytes: Uint8Array): void {
     let done = 0;
     while (done < bytes.byteLength) {
-      const n = sys.writeRaw(this.fd, done === 0 ? bytes : bytes.subarray(done));
+      const n = this.writeOnce(this.fd, done === 0 ? bytes : bytes.subarray(done));
       if (n > 0) {
         done += n;
         continue;

@@ -1,5 +1,5 @@
-// worker_devices.ts - the devices a vCPU Worker serves itself, each over state shared with the
-// control loop (see worker_bus.ts for the layout and why a view exists).
+// worker_devices.ts - the devices a vCPU runner (on the main thread, or the exit server) serves
+// itself, each over state shared with the control loop (worker_bus.ts: the layout, why a view exists).
 import { FdOutput } from "../base/fd_output.ts";
 import { RateLimitedLog } from "../base/log.ts";
 import { describeError } from "../base/result.ts";
@@ -31,9 +31,9 @@ export class RegistersBusDevice implements BusDevice {
  * The factory a vCPU Worker builds its devices with; `vmFd` is the VM's, for the UARTs' interrupt
  * lines; `mapping` the vCPU's kvm_run mapping with the pages after it (KVM's coalesced ring);
  * `outputWaits` is asked whenever a UART's output waits for its reader, and says whether to
- * drop the byte (the VM is going down).
+ * drop the byte (the VM is going down); `writeOnce` is the UARTs' write call (FdOutput).
  */
-export function workerDeviceFactory(vmFd: number, mapping: Uint8Array, outputWaits: () => boolean): WorkerDeviceFactory {
+export function workerDeviceFactory(vmFd: number, mapping: Uint8Array, outputWaits: () => boolean, writeOnce?: (fd: number, bytes: Uint8Array) => number): WorkerDeviceFactory {
   const lines = new IrqLineSetter(vmFd);
   const irqErrors = new RateLimitedLog("error");
   return (view: WorkerView, _space: AddressSpace, remote: BusDevice): BusDevice => {
@@ -53,7 +53,7 @@ export function workerDeviceFactory(vmFd: number, mapping: Uint8Array, outputWai
             }
           },
         };
-        const output = view.outputFd === null ? null : new FdOutput(view.outputFd, false, outputWaits);
+        const output = view.outputFd === null ? null : new FdOutput(view.outputFd, false, outputWaits, writeOnce);
         return new Serial(view.label, irq, output, view.state);
       }
       case "pci_config":

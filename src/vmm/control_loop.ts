@@ -10,12 +10,12 @@ import { LOOP_POLL_NS, WaitContext } from "../base/wait_context.ts";
 import type { DeviceEventLoop } from "../devices/virtio/virtio_device.ts";
 
 /** The loop returns to Bun's event loop this often so Worker events and timers are delivered. */
-const EVENT_LOOP_SLICE_MS = 100;
+export const EVENT_LOOP_SLICE_MS = 100;
 
 /** Why the VM ends: the process exit code and a line to print (null: none). */
 export type Ending = { readonly code: number; readonly message: string | null };
 
-const yieldToEventLoop = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
+export const yieldToEventLoop = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 
 /** The VMM's WaitContext and what runs on it. */
 export class ControlLoop implements DeviceEventLoop {
@@ -33,6 +33,11 @@ export class ControlLoop implements DeviceEventLoop {
 
   unwatch(fd: number): void {
     this.#wait.delete(fd);
+  }
+
+  /** The loop's epoll fd: readable while any watched fd has an event (the vCPU waker watches it). */
+  get epollFd(): number {
+    return this.#wait.fd;
   }
 
   /** How many fds the loop watches (a client or device that leaves must not leave its watch behind). */

@@ -68,7 +68,7 @@ export async function runVm(config: Config, filters: ReadonlyMap<string, Uint8Ar
   restartWithJsc(config.sandbox ? VMM_JSC : { ...VMM_JSC, ...DEVICE_JSC }, tapFds({ command: "run", config }));
   setLogLevel(config.logLevel);
   useNonBlockingStderr();
-  const workers = startVcpuWorkers(config.cpus);
+  const workers = startVcpuWorkers(config.cpus, config.sandbox);
   try {
     return await openAndRun(config, filters, workers);
   } finally {
@@ -235,14 +235,14 @@ async function runBuilt(config: Config, built: BuiltVm, workers: readonly Worker
       for (const d of devices) d.process?.checkDeadlines(now);
     });
 
-    const vcpus = new Vcpus(built, workers, loop, buses);
+    const vcpus = new Vcpus(built, workers, loop, buses, config.sandbox);
     cleanup.push(() => vcpus.close());
     const requests = new ControlRequests({ built, loop, vcpus, devices, memorySize: config.memorySize });
     if (control) serveControl(loop, control, (request, respond) => requests.handle(request, respond));
     vcpus.start();
-    log.debug(`vCPU Workers started at ${performance.now().toFixed(1)} ms`);
+    log.debug(`vCPUs started at ${performance.now().toFixed(1)} ms`);
 
-    const ending: Ending = await loop.run();
+    const ending: Ending = await vcpus.serve();
     await vcpus.stop();
     if (!vcpus.stopped) log.warn("some vCPUs did not stop in time; terminating their Workers");
     if (ending.message) log.error(ending.message);
