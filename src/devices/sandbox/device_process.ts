@@ -89,12 +89,6 @@ export async function runDeviceProcess(): Promise<number> {
     // formats dates: time zone data costs megabytes, and in the jail ICU finds no files (openat
     // fails with ENOENT) and settles for UTC.
     crypto.getRandomValues(new Uint8Array(16));
-    Bun.gc(true);
-    if (process.env.TSVM_HEAPDBG) {
-      const st = (await import("bun:jsc")).heapStats();
-      const top = Object.entries(st.objectTypeCounts).sort((a, b) => b[1] - a[1]).slice(0, 25).map(([k, v]) => `${k}:${v}`).join(" ");
-      log.warn(`HEAP ${setup.spec.kind} heap=${st.heapSize} cap=${st.heapCapacity} extra=${st.extraMemorySize} objs=${st.objectCount} | ${top}`);
-    }
     const locked = jail.lockdown(setup.filter, MAX_FDS);
     if (locked < 0) return fail(`lockdown failed with errno ${-locked}`);
   } catch (e) {

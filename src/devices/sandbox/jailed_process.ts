@@ -35,8 +35,7 @@ const DEVICE_ENV = [
 ];
 /** The environment of a device of `kind`: DEVICE_ENV, and no DFG for devices whose work is only bursts (BURST_DEVICE_JSC). */
 export function deviceEnv(kind: DeviceKind): readonly string[] {
-  const extra = (process.env.TSVM_XENV ?? "").split(" ").filter((x) => x !== "");
-  return BURST_DEVICE_KINDS.has(kind) ? [...extra, ...DEVICE_ENV, ...Object.entries(BURST_DEVICE_JSC).map(([k, v]) => `${k}=${v}`)] : DEVICE_ENV;
+  return BURST_DEVICE_KINDS.has(kind) ? [...DEVICE_ENV, ...Object.entries(BURST_DEVICE_JSC).map(([k, v]) => `${k}=${v}`)] : DEVICE_ENV;
 }
 
 /**
