@@ -38,20 +38,19 @@ int tsvm_fallocate(int fd, int mode, int64_t offset, int64_t len);
 int tsvm_flock(int fd, int operation);
 int tsvm_socket(int domain, int type, int protocol);
 
-/* vcpu.c: vCPU threads, the exit server's side of their slots, and the kick signal */
+/* vcpu.c: vCPU threads, the main thread's side of their slots and its own vCPU, the kick signal */
 int tsvm_vcpu_bind(uint64_t kvm_run_addr);
 int tsvm_vcpu_run(int vcpu_fd);
 int tsvm_vcpu_thread_start(int id, int vcpu_fd, uint64_t kvm_run_addr, void *slot, void *bell, int signum);
 int tsvm_vcpu_answer(void *slot, int answer);
-int tsvm_vcpu_wait_exit(void *bell, void *slots, int stride, int count, int from, int timeout_ms, int64_t *state);
+int tsvm_vcpu_wait_exit(void *bell, void *slots, int stride, int count, int from, int epfd, int timeout_ms, int64_t *state);
 int tsvm_vcpu_main_setup(int vcpu_fd, int signum);
 int tsvm_kick_consume(int signum);
 int64_t tsvm_write_kickable(int fd, const void *buf, uint64_t len, int signum);
 void *tsvm_waker_start(int epfd, int tid, int signum, int slice_ms);
 int tsvm_waker_phase(void *waker, int running);
 int tsvm_waker_stop(void *waker);
-int tsvm_bell_ring(void *bell);
-int tsvm_bell_wait(void *bell, int32_t sequence, int timeout_ms);
+int tsvm_bell_init(void *bell, int wake_fd);
 int tsvm_kick_install(int signum);
 int tsvm_kick(int tgid, int tid, int signum);
 int tsvm_sigrtmin(void);

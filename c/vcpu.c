@@ -1,20 +1,22 @@
-/* vcpu.c - KVM_RUN on the VMM's main thread, the vCPU threads that hand each exit to an exit
- * server instead, the kick signal, and the waker that kicks the main thread's vCPU out of the guest
+/* vcpu.c - KVM_RUN on the VMM's main thread, the vCPU threads that hand each exit to the main
+ * thread instead, the kick signal, and the waker that kicks the main thread's vCPU out of the guest
  * when its control loop has work.
  *
  * A vCPU thread is a plain pthread: no JavaScript realm of its own (a Bun Worker costs megabytes
  * each). It owns one vCPU and loops: KVM_RUN, post the exit reason in its slot, wait until the
- * server says GO (run again) or STOP. One server thread (a Worker) serves the exits of those vCPUs
- * from their kvm_run pages. Both sides poll briefly before they sleep on a futex: a server's answer
- * takes microseconds, and waking a sleeping thread costs tens of them on a VM host.
+ * server says GO (run again) or STOP. The server is the VMM's main thread, which serves the exits
+ * from their kvm_run pages between turns of its control loop, and waits for a post and for the
+ * loop's epoll fd at once. Both sides poll briefly before they sleep: a server's answer takes
+ * microseconds, and waking a sleeping thread costs tens of them on a VM host.
  *
  * Slot (four int32 words, in memory shared with JavaScript, which reads them with Atomics):
- *   state: STARTING, EXIT (reason posted), GO (running), STOP, DONE    reason: exit reason or -errno
- *   tid: the thread's id, for the kick                                 sleeping: 1 while it futex-waits
- * Bell (two int32 words): sequence, sleeping (1 while the server futex-waits on the sequence). A post
- * bumps the sequence and wakes the server only when it sleeps; a ring (resume, stop) always does.
- * Every store the other side waits on is sequentially consistent, so of "I sleep" and "you have
- * work" at least one side sees the other's store (no lost wake-up).
+ *   state: STARTING, EXIT (reason posted), SERVING (the server took it), GO (running), STOP, DONE
+ *   reason: exit reason or -errno     tid: the thread's id, for the kick
+ *   sleeping: 1 while the thread futex-waits for its answer
+ * Bell (three int32 words): sequence, sleeping (1 while the server sleeps in poll), and the eventfd
+ * a post writes to wake a sleeping server. Every store the other side waits on is sequentially
+ * consistent, so of "I sleep" and "you have work" at least one side sees the other's store (no lost
+ * wake-up).
  */
 #define _GNU_SOURCE
 #include "tsvm.h"
@@ -34,7 +36,7 @@
 #include <time.h>
 #include <unistd.h>
 
-enum { SLOT_STARTING = 0, SLOT_EXIT = 2, SLOT_GO = 3, SLOT_STOP = 4, SLOT_DONE = 5 };
+enum { SLOT_STARTING = 0, SLOT_EXIT = 2, SLOT_GO = 3, SLOT_STOP = 4, SLOT_DONE = 5, SLOT_SERVING = 6 };
 
 struct vcpu_slot {
 	int32_t state;
@@ -46,6 +48,7 @@ struct vcpu_slot {
 struct exit_bell {
 	int32_t sequence;
 	int32_t sleeping;
+	int32_t wake_fd;
 };
 
 /* How long a vCPU thread polls for the server's answer before it sleeps (ns). */
@@ -116,17 +119,19 @@ static void post_exit(struct vcpu_slot *slot, struct exit_bell *bell, int reason
 	__atomic_store_n(&slot->state, SLOT_EXIT, __ATOMIC_SEQ_CST);
 	if (__atomic_load_n(&bell->sleeping, __ATOMIC_SEQ_CST)) {
 		__atomic_fetch_add(&bell->sequence, 1, __ATOMIC_SEQ_CST);
-		futex_wake(&bell->sequence, 1);
+		uint64_t one = 1;
+		ssize_t n = write(bell->wake_fd, &one, sizeof(one));
+		(void)n; /* a full counter (never, at 2^64 - 1) wakes the server all the same */
 	}
 }
 
-/* Waits until the server answers the posted exit; returns SLOT_GO or SLOT_STOP. */
+/* Waits until the server answers the posted exit (it may take it first: SERVING); returns SLOT_GO or SLOT_STOP. */
 static int await_answer(struct vcpu_slot *slot)
 {
 	int64_t start = 0;
 	for (unsigned i = 0;; i++) {
 		int state = __atomic_load_n(&slot->state, __ATOMIC_ACQUIRE);
-		if (state != SLOT_EXIT)
+		if (state != SLOT_EXIT && state != SLOT_SERVING)
 			return state;
 		if ((i & 63) == 63) {
 			int64_t now = monotonic_ns();
@@ -139,8 +144,8 @@ static int await_answer(struct vcpu_slot *slot)
 	}
 	__atomic_store_n(&slot->sleeping, 1, __ATOMIC_SEQ_CST);
 	int state;
-	while ((state = __atomic_load_n(&slot->state, __ATOMIC_SEQ_CST)) == SLOT_EXIT)
-		futex_wait(&slot->state, SLOT_EXIT, -1); /* EINTR (a kick), EAGAIN: look again */
+	while ((state = __atomic_load_n(&slot->state, __ATOMIC_SEQ_CST)) == SLOT_EXIT || state == SLOT_SERVING)
+		futex_wait(&slot->state, state, -1); /* EINTR (a kick), EAGAIN: look again */
 	__atomic_store_n(&slot->sleeping, 0, __ATOMIC_RELAXED);
 	return state;
 }
@@ -209,59 +214,89 @@ int tsvm_vcpu_answer(void *slot_ptr, int answer)
 	return 0;
 }
 
-/* Rings the bell: every thread waiting on it (the exit server, a parked vCPU) looks at its flags again. */
-int tsvm_bell_ring(void *bell_ptr)
+/* Sets the eventfd a post writes to when the server sleeps. */
+int tsvm_bell_init(void *bell_ptr, int wake_fd)
 {
 	struct exit_bell *bell = bell_ptr;
-	__atomic_fetch_add(&bell->sequence, 1, __ATOMIC_SEQ_CST);
-	futex_wake(&bell->sequence, INT32_MAX);
+	__atomic_store_n(&bell->wake_fd, wake_fd, __ATOMIC_SEQ_CST);
 	return 0;
 }
 
+/* Finds a posted exit and takes it (EXIT -> SERVING), so that a wait made while it is being served
+ * (the server's control loop turning inside it) does not find it again. */
 static int find_posted(char *slots, int stride, int count, int from)
 {
 	for (int k = 0; k < count; k++) {
 		int i = (from + k) % count;
 		struct vcpu_slot *slot = (struct vcpu_slot *)(slots + (size_t)i * stride);
-		if (__atomic_load_n(&slot->state, __ATOMIC_ACQUIRE) == SLOT_EXIT)
+		int32_t expected = SLOT_EXIT;
+		if (__atomic_load_n(&slot->state, __ATOMIC_ACQUIRE) == SLOT_EXIT &&
+		    __atomic_compare_exchange_n(&slot->state, &expected, SLOT_SERVING, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
 			return i;
 	}
 	return -1;
 }
 
+/* How often a polling server looks at the control loop's epoll fd (ns). */
+#define EPOLL_LOOK_NS 20000
+
+/* Whether `fd` is readable now. */
+static int readable(int fd)
+{
+	struct pollfd p = { .fd = fd, .events = POLLIN };
+	return poll(&p, 1, 0) > 0 && (p.revents & POLLIN);
+}
+
 /*
- * Server side: returns the index of a vCPU whose exit is posted (starting the search after `from`,
- * so that no vCPU starves another), or -EAGAIN when the bell rang with nothing posted, or
+ * Server side: returns the index of a vCPU whose exit is posted, taken (starting the search after
+ * `from`, so that no vCPU starves another), -EAGAIN when the control loop's epoll fd `epfd` has events, or
  * -ETIMEDOUT. It polls first, with the adaptive window of tsvm_epoll_wait_polled (state[0] the
- * window, state[1] its ceiling), yielding between tries so that a vCPU thread sharing this CPU runs.
+ * window, state[1] its ceiling), looking at `epfd` between rounds and yielding so that a vCPU
+ * thread sharing this CPU runs; then it sleeps in poll() on `epfd` and the bell's eventfd.
  */
-int tsvm_vcpu_wait_exit(void *bell_ptr, void *slots, int stride, int count, int from, int timeout_ms, int64_t *state)
+int tsvm_vcpu_wait_exit(void *bell_ptr, void *slots, int stride, int count, int from, int epfd, int timeout_ms, int64_t *state)
 {
 	struct exit_bell *bell = bell_ptr;
-	int32_t sequence = __atomic_load_n(&bell->sequence, __ATOMIC_SEQ_CST);
 	int found = find_posted(slots, stride, count, from);
 	if (found >= 0)
 		return found;
 	int64_t window = state[0], ceiling = state[1];
 	int64_t start = monotonic_ns();
 	if (window > 0) {
+		/* The loop's epoll fd is looked at every EPOLL_LOOK_NS: a poll() is a system call, and one
+		 * in flight when a post lands delays its answer by as long. */
+		int64_t looked = start;
 		for (;;) {
 			for (int i = 0; i < 32; i++) {
 				if ((found = find_posted(slots, stride, count, from)) >= 0)
 					return found; /* found while polling: keep the window */
-				if (__atomic_load_n(&bell->sequence, __ATOMIC_ACQUIRE) != sequence)
-					return -EAGAIN;
 				__builtin_ia32_pause();
 			}
-			if (monotonic_ns() - start >= window)
+			int64_t now = monotonic_ns();
+			if (now - looked >= EPOLL_LOOK_NS) {
+				if (readable(epfd))
+					return -EAGAIN;
+				looked = now;
+			}
+			if (now - start >= window)
 				break;
 			sched_yield();
 		}
 	}
 	__atomic_store_n(&bell->sleeping, 1, __ATOMIC_SEQ_CST);
+	int event = 0;
 	found = find_posted(slots, stride, count, from);
-	if (found < 0 && __atomic_load_n(&bell->sequence, __ATOMIC_SEQ_CST) == sequence)
-		futex_wait(&bell->sequence, sequence, timeout_ms);
+	if (found < 0) {
+		struct pollfd p[2] = { { .fd = epfd, .events = POLLIN }, { .fd = bell->wake_fd, .events = POLLIN } };
+		if (poll(p, 2, timeout_ms) > 0) {
+			event = (p[0].revents & POLLIN) != 0;
+			if (p[1].revents & POLLIN) {
+				uint64_t value;
+				ssize_t n = read(bell->wake_fd, &value, sizeof(value));
+				(void)n;
+			}
+		}
+	}
 	__atomic_store_n(&bell->sleeping, 0, __ATOMIC_RELAXED);
 	if (found < 0)
 		found = find_posted(slots, stride, count, from);
@@ -274,18 +309,7 @@ int tsvm_vcpu_wait_exit(void *bell_ptr, void *slots, int stride, int count, int 
 		state[0] = window == 0 ? 4000 : (window * 2 < ceiling ? window * 2 : ceiling);
 	if (found >= 0)
 		return found;
-	return __atomic_load_n(&bell->sequence, __ATOMIC_SEQ_CST) != sequence ? -EAGAIN : -ETIMEDOUT;
-}
-
-/* Waits (at most timeout_ms) until the bell rings after it read `sequence`. A vCPU thread's post
- * does not ring it for such a waiter (only for a sleeping tsvm_vcpu_wait_exit): keep timeouts short
- * where posts matter. */
-int tsvm_bell_wait(void *bell_ptr, int32_t sequence, int timeout_ms)
-{
-	struct exit_bell *bell = bell_ptr;
-	if (__atomic_load_n(&bell->sequence, __ATOMIC_SEQ_CST) == sequence)
-		futex_wait(&bell->sequence, sequence, timeout_ms);
-	return 0;
+	return event ? -EAGAIN : -ETIMEDOUT;
 }
 
 /* Installs the kick handler without SA_RESTART, so KVM_RUN returns -EINTR. */

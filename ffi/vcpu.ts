@@ -1,4 +1,4 @@
-// vcpu.ts - bindings for c/vcpu.c: vCPU threads, their exit slots, KVM_RUN and the kick signal.
+// vcpu.ts - bindings for c/vcpu.c: vCPU threads, their exit slots, KVM_RUN, the kick signal and the waker.
 import type { Pointer } from "bun:ffi";
 import { checked } from "../src/base/errno.ts";
 import { native } from "./lib.ts";
@@ -30,21 +30,18 @@ export function answerExit(slot: Pointer, answer: number): void {
 
 /**
  * Waits for a posted exit among `count` slots `stride` bytes apart from `slots`, searching from
- * index `from`; polls first within the adaptive window in `pollState` (window ns, ceiling ns).
- * Returns the index, -EAGAIN (the bell rang, nothing posted) or -ETIMEDOUT.
+ * index `from`, and takes it (a wait made while it is served does not find it again), or waits for
+ * an event on the control loop's epoll fd `epfd`; polls first within the
+ * adaptive window in `pollState` (window ns, ceiling ns). Returns the index, -EAGAIN (the loop has
+ * an event) or -ETIMEDOUT.
  */
-export function waitExit(bell: Pointer, slots: Pointer, stride: number, count: number, from: number, timeoutMs: number, pollState: BigInt64Array): number {
-  return native.tsvm_vcpu_wait_exit(bell, slots, stride, count, from, timeoutMs, pollState);
+export function waitExit(bell: Pointer, slots: Pointer, stride: number, count: number, from: number, epfd: number, timeoutMs: number, pollState: BigInt64Array): number {
+  return native.tsvm_vcpu_wait_exit(bell, slots, stride, count, from, epfd, timeoutMs, pollState);
 }
 
-/** Rings the bell at `bell`: a waiting exit server looks at its flags again. */
-export function ringBell(bell: Pointer): void {
-  native.tsvm_bell_ring(bell);
-}
-
-/** Waits at most `timeoutMs` until the bell's sequence differs from `sequence`. */
-export function waitBell(bell: Pointer, sequence: number, timeoutMs: number): void {
-  native.tsvm_bell_wait(bell, sequence, timeoutMs);
+/** Gives the bell at `bell` the eventfd a vCPU thread's post writes when the server sleeps. */
+export function initBell(bell: Pointer, wakeFd: number): void {
+  native.tsvm_bell_init(bell, wakeFd);
 }
 
 /** Installs the kick handler for `signum` (process-wide, no SA_RESTART). */

@@ -10,5 +10,5 @@ mkdir -p dist
 # --bytecode (ESM) precompiles the bundle: it halves the executable's start-up time. --splitting makes
 # separate chunks of the CLI and of each device kind, so a device process loads only its own code.
 "$bun" build --compile --minify --bytecode --splitting --format=esm --no-compile-autoload-bunfig --no-compile-autoload-dotenv \
-  src/tsvm.ts src/vcpu/vcpu_worker.ts --outfile dist/tsvm >/dev/null
+  src/tsvm.ts --outfile dist/tsvm >/dev/null
 echo "built dist/tsvm ($(du -h dist/tsvm | cut -f1))"

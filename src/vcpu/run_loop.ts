@@ -3,7 +3,7 @@
 import { KVM_RUN } from "../kvm/kvm_structs.ts";
 import { exitReasonName, KVM_EXIT, KVM_EXIT_IO_OUT, KVM_INTERNAL_ERROR, KVM_SYSTEM_EVENT } from "../kvm/kvm_sys.ts";
 import type { Bus } from "../devices/bus.ts";
-import type { AddressSpace } from "./bus_mailbox.ts";
+import type { AddressSpace } from "./worker_bus.ts";
 
 const EINTR = 4;
 const EAGAIN = 11;

@@ -1,18 +1,17 @@
-// vcpu_shared.ts - memory shared between the control loop, the exit server and the vCPU threads
-// (one SharedArrayBuffer).
+// vcpu_shared.ts - memory shared between the main thread (control loop, vCPU 0, the server of the
+// others) and the vCPU threads (one SharedArrayBuffer).
 //
 // Layout (little-endian Int32 words, then per-vCPU blocks):
-//   header   [0] exit requested (0/1)   [1] pause requested (0/1)   [2..3] the exit server's bell
+//   header   [0] exit requested (0/1)   [1] pause requested (0/1)   [2..4] the server's bell
 //   per vCPU (VCPU_BLOCK bytes each, after HEADER_SIZE):
 //     state: STARTING | RUNNING | PARKED | STOPPED    tid: the vCPU thread's id for tgkill
 //     outcome: how it stopped                         report length, then the report text (UTF-8)
 //     slot (byte 16): the vCPU thread's posted exit (c/vcpu.c)
-//     mailbox (byte 32): state, flags, address lo/hi, length, 8 data bytes (see bus_mailbox.ts)
 // Every word is read and written with Atomics (or C atomics), so each side sees the other's stores
 // in order.
 import { type Pointer, ptr } from "bun:ffi";
 
-const HEADER_SIZE = 16;
+const HEADER_SIZE = 32;
 const VCPU_BLOCK = 8192;
 const REPORT_OFFSET = 64;
 export const REPORT_CAPACITY = VCPU_BLOCK - REPORT_OFFSET;
@@ -29,10 +28,9 @@ const W_BELL_SEQUENCE = 2;
 const S_STATE = 0;
 const S_REASON = 1;
 const S_TID = 2;
-/** The slot's state while an exit is posted and unanswered (c/vcpu.c: SLOT_EXIT). */
+/** The slot's state while an exit is posted, and once the server took it (c/vcpu.c). */
 const SLOT_EXIT = 2;
-/** The mailbox starts at byte 32 of the block. */
-export const MAILBOX_OFFSET = 32;
+const SLOT_SERVING = 6;
 
 export const VCPU_STATE = { STARTING: 0, RUNNING: 1, STOPPED: 2, PARKED: 3 } as const;
 
@@ -89,14 +87,14 @@ export class VcpuShared {
     return Atomics.load(this.#words, this.#word(id, W_STATE));
   }
 
-  /** Worker side: vCPU `id` is PARKED (held outside KVM_RUN) or RUNNING again. */
+  /** Server side: vCPU `id` is PARKED (held outside KVM_RUN) or RUNNING again. */
   setState(id: number, state: (typeof VCPU_STATE)["RUNNING" | "PARKED"]): void {
     Atomics.store(this.#words, this.#word(id, W_STATE), state);
   }
 
-  /** The address of the exit server's bell (two words), for c/vcpu.c. */
+  /** The address of the server's bell (three words), for c/vcpu.c. */
   bellAddress(): Pointer {
-    return ptr(new Int32Array(this.buffer, BELL_OFFSET, 2));
+    return ptr(new Int32Array(this.buffer, BELL_OFFSET, 3));
   }
 
   bellSequence(): number {
@@ -110,9 +108,10 @@ export class VcpuShared {
 
   static readonly slotStride = VCPU_BLOCK;
 
-  /** Whether vCPU `id`'s thread has posted an exit that is not answered yet. */
+  /** Whether vCPU `id`'s thread has posted an exit that is not answered yet (taken or not). */
   exitPosted(id: number): boolean {
-    return Atomics.load(this.#words, this.#word(id, SLOT_OFFSET / 4 + S_STATE)) === SLOT_EXIT;
+    const state = Atomics.load(this.#words, this.#word(id, SLOT_OFFSET / 4 + S_STATE));
+    return state === SLOT_EXIT || state === SLOT_SERVING;
   }
 
   /** The exit reason (or -errno) the vCPU thread posted. */
@@ -128,13 +127,13 @@ export class VcpuShared {
     return Atomics.load(this.#words, this.#word(id, W_TID));
   }
 
-  /** Called by the Worker of vCPU `id` once its thread (the Worker's, or a C thread) can be kicked. */
+  /** Called by the runner of vCPU `id` once it runs (a C thread: once it can be kicked). */
   markRunning(id: number, tid: number): void {
     Atomics.store(this.#words, this.#word(id, W_TID), tid);
     Atomics.store(this.#words, this.#word(id, W_STATE), VCPU_STATE.RUNNING);
   }
 
-  /** Called by the Worker of vCPU `id` as it stops: how it stopped and, for errors, the report. */
+  /** Called by the runner of vCPU `id` as it stops: how it stopped and, for errors, the report. */
   markStopped(id: number, outcome: VcpuOutcome, report: string): void {
     const encoded = new TextEncoder().encode(report).subarray(0, REPORT_CAPACITY);
     this.#bytes.set(encoded, this.blockOffset(id) + REPORT_OFFSET);

@@ -13,8 +13,10 @@
 // A view is how a Worker serves a device itself, over state in shared memory (worker_devices.ts);
 // the views are fixed when the vCPUs start, so a device added later is served through the mailbox.
 import type { Bus, BusDevice } from "../devices/bus.ts";
-import type { AddressSpace } from "./bus_mailbox.ts";
 import type { CoalescedRingSpec } from "../kvm/coalesced_ring.ts";
+
+/** The two address spaces a vCPU exit can touch. */
+export type AddressSpace = "io" | "mmio";
 
 /** How a vCPU Worker serves a device itself; every buffer is shared with the device's own thread. */
 export type WorkerView =

@@ -9,8 +9,7 @@ import { Serial } from "../devices/serial.ts";
 import { SharedRegisters } from "../devices/shared_registers.ts";
 import { CoalescedRing } from "../kvm/coalesced_ring.ts";
 import { IrqLineSetter } from "../kvm/vm.ts";
-import type { AddressSpace } from "./bus_mailbox.ts";
-import type { WorkerDeviceFactory, WorkerView } from "./worker_bus.ts";
+import type { AddressSpace, WorkerDeviceFactory, WorkerView } from "./worker_bus.ts";
 
 /** Serves reads from a register image where it allows; the rest of the device through the mailbox. */
 export class RegistersBusDevice implements BusDevice {

@@ -20,12 +20,12 @@ import { randomMac } from "../devices/virtio/net/net.ts";
 import { Kvm } from "../kvm/kvm.ts";
 import { ControlServer, ControlSocketError, serveControl } from "../vm_control/server.ts";
 import { builtinGuest } from "../builtin_guest.ts";
-import type { AddressSpace } from "../vcpu/bus_mailbox.ts";
+import type { AddressSpace } from "../vcpu/worker_bus.ts";
 import { ControlLoop, type Ending } from "./control_loop.ts";
 import { ControlRequests } from "./control_requests.ts";
 import { attachLegacyDevices } from "./legacy_devices.ts";
 import { type InputSink, StdinPump } from "./stdin.ts";
-import { EXIT_CODE, startVcpuWorkers, Vcpus } from "./vcpus.ts";
+import { EXIT_CODE, Vcpus } from "./vcpus.ts";
 import { DEVICE_JSC, VMM_JSC } from "../base/in_process_jsc.ts";
 import { restartWithJsc } from "../base/exec_self.ts";
 import { serveHandOff, tapFds } from "./hand_off.ts";
@@ -68,16 +68,11 @@ export async function runVm(config: Config, filters: ReadonlyMap<string, Uint8Ar
   restartWithJsc(config.sandbox ? VMM_JSC : { ...VMM_JSC, ...DEVICE_JSC }, tapFds({ command: "run", config }));
   setLogLevel(config.logLevel);
   useNonBlockingStderr();
-  const workers = startVcpuWorkers(config.cpus, config.sandbox);
-  try {
-    return await openAndRun(config, filters, workers);
-  } finally {
-    for (const w of workers) w.terminate();
-  }
+  return await openAndRun(config, filters);
 }
 
 /** Opens everything the user named (each failure a usage error naming it), then builds and runs. */
-async function openAndRun(config: Config, compiled: ReadonlyMap<string, Uint8Array> | null, workers: readonly Worker[]): Promise<number> {
+async function openAndRun(config: Config, compiled: ReadonlyMap<string, Uint8Array> | null): Promise<number> {
   const kernel = config.kernel === null ? await builtinGuest() : readBootFile("kernel", config.kernel, config.memorySize);
   const initrd = config.initrd === null ? null : readBootFile("initrd", config.initrd, config.memorySize);
   const specs = virtioDeviceSpecs(config, () => Array.from(randomMac(), (b) => b.toString(16).padStart(2, "0")).join(":"));
@@ -112,7 +107,7 @@ async function openAndRun(config: Config, compiled: ReadonlyMap<string, Uint8Arr
       // The devices own their resources from here.
       const handed: OpenedVm = { devices: opened.splice(0), filters, control, vhostVsock };
       vhostVsock = null;
-      return await runBuilt(config, built, workers, handed);
+      return await runBuilt(config, built, handed);
     } finally {
       built.close();
     }
@@ -159,7 +154,7 @@ function readBootFile(what: string, path: string, memorySize: number): Uint8Arra
 }
 
 /** Puts the devices on the buses, starts the vCPUs and serves until the VM ends; returns the exit code. */
-async function runBuilt(config: Config, built: BuiltVm, workers: readonly Worker[], opened: OpenedVm): Promise<number> {
+async function runBuilt(config: Config, built: BuiltVm, opened: OpenedVm): Promise<number> {
   const { filters, control } = opened;
   const cleanup: (() => void)[] = [];
   const loop = new ControlLoop();
@@ -235,7 +230,7 @@ async function runBuilt(config: Config, built: BuiltVm, workers: readonly Worker
       for (const d of devices) d.process?.checkDeadlines(now);
     });
 
-    const vcpus = new Vcpus(built, workers, loop, buses, config.sandbox);
+    const vcpus = new Vcpus(built, loop, buses, config.sandbox);
     cleanup.push(() => vcpus.close());
     const requests = new ControlRequests({ built, loop, vcpus, devices, memorySize: config.memorySize });
     if (control) serveControl(loop, control, (request, respond) => requests.handle(request, respond));
@@ -244,7 +239,7 @@ async function runBuilt(config: Config, built: BuiltVm, workers: readonly Worker
 
     const ending: Ending = await vcpus.serve();
     await vcpus.stop();
-    if (!vcpus.stopped) log.warn("some vCPUs did not stop in time; terminating their Workers");
+    if (!vcpus.stopped) log.warn("some vCPUs did not stop in time");
     if (ending.message) log.error(ending.message);
     return ending.code;
   } finally {

@@ -58,7 +58,7 @@ describe.skipIf(!HAS_KVM)("booting the test guest", () => {
     expect(overridden.stdout).toContain("mptable cpus 1");
   }, TIMEOUT);
 
-  test("four vCPUs all answer INIT/SIPI, and the three served by the exit server serve their port exits", async () => {
+  test("four vCPUs all answer INIT/SIPI, and the APs' port exits are served", async () => {
     const r = await runTsvm(["run", "-c", "4"]);
     expect(r.stdout).toContain("smp online 4 of 4, host bridge id read by 3");
     expect(r.stdout).toContain("ok   smp:");

@@ -3,7 +3,7 @@ import { describe, expect, test } from "bun:test";
 import { Bus, type BusAccess, type BusDevice } from "../../src/devices/bus.ts";
 import { SharedRegisters } from "../../src/devices/shared_registers.ts";
 import { Sink } from "../../src/devices/sink.ts";
-import type { AddressSpace } from "../../src/vcpu/bus_mailbox.ts";
+import type { AddressSpace } from "../../src/vcpu/worker_bus.ts";
 import { readWorkerLayout, WorkerBuses, WorkerBusLayout, type WorkerView } from "../../src/vcpu/worker_bus.ts";
 import { RegistersBusDevice } from "../../src/vcpu/worker_devices.ts";
 import type { LayoutJob } from "../support/layout_worker.ts";
