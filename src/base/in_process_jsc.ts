@@ -45,7 +45,7 @@ export const BURST_DEVICE_KINDS: ReadonlySet<DeviceKind> = new Set<DeviceKind>([
  */
 export const VMM_JSC: Readonly<Record<string, string>> = { BUN_JSC_thresholdForJITAfterWarmUp: "20000", BUN_JSC_useFTLJIT: "0" };
 
-/** Where ffi/lib.ts names the memfd that holds the library, for the Workers of the same process. */
+/** Where ffi/lib.ts names the memfd that holds the library (a device process gets it as an fd: DEVICE_LIBRARY_FD_ENV). */
 export const LIBRARY_ENV = "TSVM_LIBRARY_FD_PATH";
 /**
  * The fd number at which a jailed device process finds the VMM's sealed, read-only memfd of the

@@ -2,10 +2,9 @@
 //
 // One device per range; a device may hold several ranges. Lookup uses only the access's base
 // address, so a 4-byte access at the last byte of a range still goes to that range's device.
-// The control loop's Bus owns the devices; each vCPU Worker serves from its own Bus built from the
+// The control loop's Bus owns the devices; the vCPU runner serves from its own Bus built from the
 // layout the control loop publishes (src/vcpu/worker_bus.ts): a device with a `workerView` is served
-// on the vCPU thread over shared state, any other one through the vCPU's mailbox, one access at a
-// time on the control loop (src/vcpu/bus_mailbox.ts).
+// over shared state, any other one by the control loop's Bus, called directly (one thread).
 import { hex } from "../memory/mod.ts";
 import type { WorkerView } from "../vcpu/worker_bus.ts";
 
@@ -17,7 +16,7 @@ export interface BusDevice {
   readonly debugLabel: string;
   read(access: BusAccess, data: Uint8Array): void;
   write(access: BusAccess, data: Uint8Array): void;
-  /** How a vCPU Worker may serve this device itself; absent or null: through the mailbox. */
+  /** How a vCPU runner may serve this device itself; absent or null: through the control loop's Bus. */
   readonly workerView?: WorkerView | null;
 }
 

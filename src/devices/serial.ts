@@ -9,7 +9,7 @@
 // writes it after releasing the lock, THR reads as busy (LSR) meanwhile, and the THR-empty interrupt
 // follows. So a stalled output reader holds up one vCPU, never the UART or the control loop.
 //
-// The whole state lives in a SharedArrayBuffer behind a lock, so every vCPU Worker serves the UART
+// The whole state lives in a SharedArrayBuffer behind a lock, so every vCPU runner serves the UART
 // itself (output written from the vCPU thread, the interrupt line driven from there) and the control
 // loop only feeds host input: a byte of console output costs no thread hop (see src/vcpu/worker_bus.ts).
 //
@@ -106,7 +106,7 @@ export const SERIAL_PORT_SIZE = 8;
 /** Where a UART's output goes. */
 export interface SerialOutput {
   write(bytes: Uint8Array): void;
-  /** The fd behind it, when a vCPU Worker may write to it directly. */
+  /** The fd behind it, when a vCPU runner may write to it directly. */
   readonly fd?: number;
 }
 
@@ -143,7 +143,7 @@ export class Serial implements BusDevice {
     }
   }
 
-  /** Lets vCPU Workers serve this UART, raising GSI `gsi` themselves. */
+  /** Lets vCPU runners serve this UART, raising GSI `gsi` themselves. */
   shareWithVcpus(gsi: number): void {
     this.#gsi = gsi;
   }

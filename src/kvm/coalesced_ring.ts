@@ -3,7 +3,7 @@
 // A write to a coalesced zone does not exit: KVM appends it to a one-page ring that every vCPU's
 // mapping holds at the same page, and userspace applies it later, in order. That suits a register
 // whose writes only matter to a later read (the PCI configuration address at 0xcf8): whoever reads
-// what such writes set drains the ring first. The ring is one per VM, so the vCPU Workers that
+// what such writes set drains the ring first. The ring is one per VM, so the vCPU runners that
 // drain it take a lock shared between them.
 import { KVM_COALESCED_MMIO, KVM_COALESCED_MMIO_RING } from "./kvm_structs.ts";
 
@@ -12,7 +12,7 @@ const PAGE_SIZE = 4096;
 export const COALESCED_RING_ENTRIES = Math.floor((PAGE_SIZE - KVM_COALESCED_MMIO_RING.entries) / KVM_COALESCED_MMIO.size);
 const MAX_WRITE_BYTES = 8;
 
-/** Where the ring is, for a vCPU Worker: its page in the vCPU mapping, and the drainers' lock. */
+/** Where the ring is, for a vCPU runner: its page in the vCPU mapping, and the drainers' lock. */
 export type CoalescedRingSpec = { readonly page: number; readonly lock: SharedArrayBuffer };
 
 /** Receives one drained write: the address (a port for `pio`), and its bytes (valid during the call). */

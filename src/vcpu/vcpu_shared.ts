@@ -23,7 +23,6 @@ const W_REPORT_LENGTH = 3;
 /** The vCPU thread's slot starts at byte 16 of the block, the bell at byte 8 of the header. */
 const SLOT_OFFSET = 16;
 const BELL_OFFSET = 8;
-const W_BELL_SEQUENCE = 2;
 /** Slot words (c/vcpu.c). */
 const S_STATE = 0;
 const S_REASON = 1;
@@ -95,10 +94,6 @@ export class VcpuShared {
   /** The address of the server's bell (three words), for c/vcpu.c. */
   bellAddress(): Pointer {
     return ptr(new Int32Array(this.buffer, BELL_OFFSET, 3));
-  }
-
-  bellSequence(): number {
-    return Atomics.load(this.#words, W_BELL_SEQUENCE);
   }
 
   /** The address of vCPU `id`'s slot, for c/vcpu.c; slots are `VCPU_BLOCK` bytes apart. */

@@ -1,28 +1,31 @@
-// worker_bus.ts - the bus layout the vCPU Workers serve from, published by the control loop.
+// worker_bus.ts - the bus layout the vCPU runner serves from, published by the control loop.
 //
-// The control loop owns the Buses (devices are inserted there, BARs move there). Each Worker keeps
-// its own copy, rebuilt when the layout changes: the control loop writes the ranges into a table in
-// shared memory under a sequence counter (odd while it writes), and a Worker compares the counter
-// with the one it built from at each port or MMIO exit (one atomic load). A change always happens
+// The control loop owns the Buses (devices are inserted there, BARs move there). The vCPU runner
+// keeps its own copy, rebuilt when the layout changes: the control loop writes the ranges into a
+// table in shared memory under a sequence counter (odd while it writes), and the runner compares the
+// counter with the one it built from at each port or MMIO exit (one atomic load). (It shares the
+// thread with the control loop now; the layout and the views date from vCPU Workers, which needed
+// shared memory, and are kept until serving the control loop's Buses directly is measured.) A change always happens
 // while the control loop serves some access (a BAR write), before it answers, so the vCPU that moved
 // a BAR uses the new layout from its next exit on.
 //
 // Table (Int32 words): [0] sequence  [1] range count  then per range:
 //   space (0 io, 1 mmio), base low, base high, length, view (index into the views, or REMOTE/SINK)
 //
-// A view is how a Worker serves a device itself, over state in shared memory (worker_devices.ts);
-// the views are fixed when the vCPUs start, so a device added later is served through the mailbox.
+// A view is how the runner serves a device itself, over state in shared memory (worker_devices.ts);
+// the views are fixed when the vCPUs start, so a device added later is served by the control loop's
+// Bus.
 import type { Bus, BusDevice } from "../devices/bus.ts";
 import type { CoalescedRingSpec } from "../kvm/coalesced_ring.ts";
 
 /** The two address spaces a vCPU exit can touch. */
 export type AddressSpace = "io" | "mmio";
 
-/** How a vCPU Worker serves a device itself; every buffer is shared with the device's own thread. */
+/** How the vCPU runner serves a device itself; every buffer is shared with the device's own thread. */
 export type WorkerView =
   /** Stateless: writes dropped, reads zero (the debug port). */
   | { readonly kind: "sink" }
-  /** Reads from a SharedRegisters image where it allows; everything else through the mailbox. */
+  /** Reads from a SharedRegisters image where it allows; everything else by the control loop's Bus. */
   | { readonly kind: "registers"; readonly buffer: SharedArrayBuffer }
   /** A 16550A whose whole state is shared (serial.ts); output written by the vCPU itself. */
   | { readonly kind: "serial"; readonly state: SharedArrayBuffer; readonly label: string; readonly outputFd: number | null; readonly gsi: number }
@@ -38,10 +41,10 @@ export const MAX_WORKER_RANGES = 512;
 const VIEW_REMOTE = -1;
 const VIEW_SINK = -2;
 
-/** One range as a Worker reads it back. */
+/** One range as the runner reads it back. */
 export type WorkerRangeEntry = { readonly space: AddressSpace; readonly base: number; readonly length: number; readonly view: number };
 
-/** Control-loop side: the views the Workers know and the table they read the layout from. */
+/** Control-loop side: the views the runner knows and the table they read the layout from. */
 export class WorkerBusLayout {
   readonly table = new SharedArrayBuffer((HEADER_WORDS + MAX_WORKER_RANGES * ENTRY_WORDS) * 4);
   readonly #words = new Int32Array(this.table);
@@ -49,7 +52,7 @@ export class WorkerBusLayout {
   readonly #index = new Map<SharedArrayBuffer, number>();
   #frozen = false;
 
-  /** The views, for the Workers' start message; no view is added after this. */
+  /** The views, for the runner; no view is added after this. */
   freezeViews(): readonly WorkerView[] {
     this.#frozen = true;
     return this.#views;
@@ -65,7 +68,7 @@ export class WorkerBusLayout {
       }
     }
     const count = entries.length / ENTRY_WORDS;
-    if (count > MAX_WORKER_RANGES) throw new Error(`the bus has ${count} ranges; vCPU Workers can follow at most ${MAX_WORKER_RANGES}`);
+    if (count > MAX_WORKER_RANGES) throw new Error(`the bus has ${count} ranges; the vCPU runner can follow at most ${MAX_WORKER_RANGES}`);
     const sequence = Atomics.load(w, W_SEQUENCE);
     Atomics.store(w, W_SEQUENCE, sequence + 1); // odd: being written
     for (let i = 0; i < entries.length; i++) Atomics.store(w, HEADER_WORDS + i, entries[i]!);
@@ -107,10 +110,10 @@ export function readWorkerLayout(table: Int32Array): { sequence: number; ranges:
   }
 }
 
-/** How a Worker makes the device for a view (built once per view and address space). */
+/** How the runner makes the device for a view (built once per view and address space). */
 export type WorkerDeviceFactory = (view: WorkerView, space: AddressSpace, remote: BusDevice) => BusDevice;
 
-/** Worker side: the Buses one vCPU dispatches to, kept equal to the published layout. */
+/** Runner side: the Buses one vCPU dispatches to, kept equal to the published layout. */
 export class WorkerBuses {
   readonly io: Bus;
   readonly mmio: Bus;

@@ -11,7 +11,7 @@ import { CoalescedRing } from "../kvm/coalesced_ring.ts";
 import { IrqLineSetter } from "../kvm/vm.ts";
 import type { AddressSpace, WorkerDeviceFactory, WorkerView } from "./worker_bus.ts";
 
-/** Serves reads from a register image where it allows; the rest of the device through the mailbox. */
+/** Serves reads from a register image where it allows; the rest of the device by the control loop's Bus. */
 export class RegistersBusDevice implements BusDevice {
   readonly debugLabel = "register image";
   readonly #registers: SharedRegisters;
@@ -27,7 +27,7 @@ export class RegistersBusDevice implements BusDevice {
 }
 
 /**
- * The factory a vCPU Worker builds its devices with; `vmFd` is the VM's, for the UARTs' interrupt
+ * The factory the vCPU runner builds its devices with; `vmFd` is the VM's, for the UARTs' interrupt
  * lines; `mapping` the vCPU's kvm_run mapping with the pages after it (KVM's coalesced ring);
  * `outputWaits` is asked whenever a UART's output waits for its reader, and says whether to
  * drop the byte (the VM is going down); `writeOnce` is the UARTs' write call (FdOutput).

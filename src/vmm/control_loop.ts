@@ -1,15 +1,15 @@
 // control_loop.ts - the VMM's main-thread loop: epoll over every fd the VMM serves, each with its
 // handler, until something ends the VM.
 //
-// Handlers come from the vCPU mailboxes, devices, device processes, stdin, signals and the control
-// socket. None of them may take the VMM down: an exception in one is logged and, for a device,
+// Handlers come from the vCPUs (one that stopped), devices, device processes, stdin, signals and the
+// control socket. The vCPUs share the thread (vmm/vcpus.ts runs them between turns). None of them may take the VMM down: an exception in one is logged and, for a device,
 // turned into that device needing a reset (see DeviceLoop); the loop itself only ends through `end`.
 import { log } from "../base/log.ts";
 import { describeError } from "../base/result.ts";
 import { LOOP_POLL_NS, WaitContext } from "../base/wait_context.ts";
 import type { DeviceEventLoop } from "../devices/virtio/virtio_device.ts";
 
-/** The loop returns to Bun's event loop this often so Worker events and timers are delivered. */
+/** The loop returns to Bun's event loop this often so its timers and promises run. */
 export const EVENT_LOOP_SLICE_MS = 100;
 
 /** Why the VM ends: the process exit code and a line to print (null: none). */

@@ -1,7 +1,7 @@
 // legacy_devices.ts - the PC devices on the port-I/O bus: four 16550A UARTs, the i8042, the CMOS RTC,
-// the PCI configuration ports and the debug port. The vCPU Workers serve the UARTs, the PCI
-// configuration reads and the debug port themselves (worker_bus.ts); the i8042 and CMOS through
-// the mailbox (rare accesses, and the i8042's reset ends the VM on the control loop).
+// the PCI configuration ports and the debug port. The vCPU runner serves the UARTs, the PCI
+// configuration reads and the debug port itself (worker_bus.ts); the i8042 and CMOS through the
+// control loop's Bus (rare accesses, and the i8042's reset ends the VM on the control loop).
 import { FdOutput, OutputFileError } from "../base/fd_output.ts";
 import { log } from "../base/log.ts";
 import type { BuiltVm } from "../arch/x86_64/build_vm.ts";
@@ -52,7 +52,7 @@ export function attachLegacyDevices(io: Bus, built: BuiltVm, serials: readonly S
   io.insert(i8042, I8042_COMMAND_PORT, 1, true);
   io.insert(new Cmos({ belowHole: lowMemoryEnd(memorySize), aboveFourGib: memorySize - lowMemoryEnd(memorySize) }), CMOS_INDEX_PORT, 2, true);
   const pciConfig = new PciConfigIo(pciRoot, undefined, pciRoot.configImages);
-  // Address writes that do not exit: the Workers apply them before any access to these ports.
+  // Address writes that do not exit: the vCPU runners apply them before any access to these ports.
   const ringPage = built.vm.coalescePortWrites(PCI_CONFIG_IO_BASE, 4);
   if (ringPage !== null) pciConfig.coalesced = { page: ringPage, lock: new SharedArrayBuffer(4) };
   log.debug(ringPage !== null ? `PCI configuration address writes are coalesced by KVM (ring at page ${ringPage} of each vCPU mapping)` : "KVM cannot coalesce port writes: PCI configuration address writes exit");

@@ -100,10 +100,10 @@ describe.skipIf(!HAS_KVM)("booting the test guest", () => {
     expect(r.code).toBe(1);
   }, TIMEOUT);
 
-  test("SIGTERM stops a running VM promptly and cleanly; its vCPU Workers share one copy of the library", async () => {
+  test("SIGTERM stops a running VM promptly and cleanly; it holds one copy of the library", async () => {
     using vm = new TsvmProcess(["run", "-c", "3", "-p", "tsvm.mode=spin"]);
     await vm.waitForOutput(/\d+ passed, 0 failed/, 30_000);
-    // The built executable copies libtsvm.so into one memfd; a Worker that missed its name made its own.
+    // The built executable copies libtsvm.so into one memfd (device processes map that one too).
     const libraryCopies = readdirSync(`/proc/${vm.child.pid}/fd`)
       .filter((fd) => readlinkSync(`/proc/${vm.child.pid}/fd/${fd}`).startsWith("/memfd:libtsvm.so")).length;
     expect(libraryCopies).toBe(process.env.TSVM_BIN ? 1 : 0);

@@ -76,7 +76,7 @@ export class VirtioPciDriver<L extends DeviceEventLoop = FakeLoop> {
   }
 
   /**
-   * Reads a BAR 0 register. Where the register image lets vCPU Workers read it (shared_registers.ts),
+   * Reads a BAR 0 register. Where the register image lets the vCPU runner read it (shared_registers.ts),
    * the image must say the same as the transport: every test driving a device through here checks it.
    */
   read(offset: number, size: 1 | 2 | 4): number {

@@ -38,7 +38,7 @@ const ioExit = (port: number, out: boolean, value: number, count = 1) => (v: Dat
 };
 const reason = (r: number) => (): number => r;
 
-/** Serves the fake vCPU's exits as the exit server does, until one stops it (a kick stops it once exit is requested). */
+/** Serves the fake vCPU's exits as the main thread serves a vCPU thread's, until one stops it (a kick stops it once exit is requested). */
 function drive(f: { run: () => number }, ctx: ExitContext, exitRequested: () => boolean): VcpuStop {
   const serve = exitHandler(ctx);
   for (;;) {

@@ -1,4 +1,4 @@
-// The bus layout the vCPU Workers serve from: published by the control loop, followed by each Worker.
+// The bus layout the vCPU runner serves from: published by the control loop, followed by the runner.
 import { describe, expect, test } from "bun:test";
 import { Bus, type BusAccess, type BusDevice } from "../../src/devices/bus.ts";
 import { SharedRegisters } from "../../src/devices/shared_registers.ts";

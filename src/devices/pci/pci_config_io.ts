@@ -1,15 +1,15 @@
 // pci_config_io.ts - configuration mechanism #1: the address register at 0xcf8 and data at 0xcfc-0xcff.
 //
 // The address latch lives in shared memory and every function's configuration space has an image
-// (PciRoot.configImages), so a vCPU Worker serves the latch and configuration reads itself; writes,
+// (PciRoot.configImages), so a vCPU runner serves the latch and configuration reads itself; writes,
 // and reads of registers with live contents, go to the PciRoot on the control loop, which renders
 // the image again before it answers (see src/vcpu/worker_bus.ts).
 //
 // Where KVM can, writes to the address register do not exit at all: they are coalesced into KVM's
-// ring (Vm.coalescePortWrites), and a Worker applies them, in order, before it serves any access to
+// ring (Vm.coalescePortWrites), and a vCPU runner applies them, in order, before it serves any access to
 // these ports. A configuration read then costs one exit instead of two. Only a dword write at 0xcf8
 // means anything here (0xcf9's reset control is not emulated), so delaying the others changes
-// nothing; and every access that reads the latch comes through a Worker, which has drained first.
+// nothing; and every access that reads the latch comes through a runner, which has drained first.
 import type { WorkerView } from "../../vcpu/worker_bus.ts";
 import type { BusAccess, BusDevice } from "../bus.ts";
 import type { CoalescedRing, CoalescedRingSpec } from "../../kvm/coalesced_ring.ts";
@@ -33,12 +33,12 @@ export class PciConfigIo implements BusDevice {
   readonly debugLabel = "pci config io";
   readonly latch: SharedArrayBuffer;
   readonly #latch: Int32Array;
-  /** Where KVM coalesces writes to the address register (set by the VMM; Workers drain it). */
+  /** Where KVM coalesces writes to the address register (set by the VMM; the runners drain it). */
   coalesced: CoalescedRingSpec | null = null;
-  /** A Worker's ring, drained before every access. */
+  /** A runner's ring, drained before every access. */
   readonly #pending: CoalescedRing | null;
 
-  /** `images`, when given, lets vCPU Workers serve configuration reads (PciRoot.configImages). */
+  /** `images`, when given, lets vCPU runners serve configuration reads (PciRoot.configImages). */
   constructor(readonly root: PciConfigTarget, latch?: SharedArrayBuffer, readonly images: SharedRegisters | null = null, pending: CoalescedRing | null = null) {
     this.latch = latch ?? new SharedArrayBuffer(4);
     this.#latch = new Int32Array(this.latch);
@@ -100,9 +100,9 @@ function target(address: number): [number, number, number] {
 }
 
 /**
- * A vCPU Worker's view of configuration space: reads from the images where they allow, everything
- * else as the port access it was, through `remote` (the mailbox to the control loop's PciConfigIo,
- * which decodes the same shared latch).
+ * A vCPU runner's view of configuration space: reads from the images where they allow, everything
+ * else as the port access it was, through `remote` (the control loop's PciConfigIo, which
+ * decodes the same shared latch).
  */
 export class WorkerPciConfigTarget implements PciConfigTarget {
   readonly #images: SharedRegisters;

@@ -19,7 +19,7 @@ export interface PciDevice {
    * own must call PciRoot.configChanged.
    */
   readonly liveConfigDwords?: readonly number[];
-  /** How vCPU Workers may serve a BAR themselves (a register image); absent: through the mailbox. */
+  /** How vCPU runners may serve a BAR themselves (a register image); absent: through the control loop's Bus. */
   barView?(index: number): WorkerView | null;
 }
 

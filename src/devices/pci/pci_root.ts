@@ -38,7 +38,7 @@ export type BarWindows = { readonly mmio32: AddressAllocator; readonly mmio64: A
 export class PciRoot {
   readonly #devices: (PciDevice | null)[] = new Array<PciDevice | null>(MAX_DEVICES).fill(null);
   readonly #mappings = new Map<string, Mapping>();
-  /** Every slot's configuration space as vCPU Workers read it (pci_config_io.ts). */
+  /** Every slot's configuration space as vCPU runners read it (pci_config_io.ts). */
   readonly configImages: SharedRegisters = createConfigImages();
   readonly #dword = new Uint8Array(4);
 

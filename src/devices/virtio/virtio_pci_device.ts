@@ -6,7 +6,7 @@
 //   0x2000 device configuration      0x5000 MSI-X pending bits
 //
 // The common configuration is also kept as an image in shared memory (`registers`), rendered after
-// every change, so vCPU Workers serve its reads without a hop; device_feature stays with the device
+// every change, so vCPU runners serve its reads without a hop; device_feature stays with the device
 // (a jailed device's features come from its process), and everything else goes to the transport.
 import { EventFd } from "../../base/event_fd.ts";
 import { RateLimitedLog } from "../../base/log.ts";
@@ -85,7 +85,7 @@ export class VirtioPciDevice implements PciDevice {
   /** Where the notify ioeventfds are registered now (the VMM's own record, not the guest's BAR). */
   #ioeventfdBase: number | null = null;
   readonly #guestErrors = new RateLimitedLog("warn");
-  /** BAR 0 as vCPU Workers read it: the common configuration's image. */
+  /** BAR 0 as vCPU runners read it: the common configuration's image. */
   readonly registers = new SharedRegisters(BAR_SIZE);
   readonly #commonImage = new Uint8Array(COMMON_SIZE);
   readonly liveConfigDwords: readonly number[];

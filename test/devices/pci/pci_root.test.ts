@@ -95,7 +95,7 @@ describe("PciRoot and PciConfigIo", () => {
     expect([...d]).toEqual([0xff, 0xff, 0xff, 0xff]);
   });
 
-  test("a vCPU Worker's view answers every configuration read as the control loop does, asking it only for live registers", () => {
+  test("the vCPU runner's view answers every configuration read as the control loop does, asking it only for live registers", () => {
     const { root, cfg, access, write32 } = setup();
     const rng = new VirtioPciDriver(new Rng(sys.getrandom), GuestMemory.fromBuffers([{ base: 0, bytes: new Uint8Array(1 << 16) }]));
     const rngSlot = root.add(rng.pci);
