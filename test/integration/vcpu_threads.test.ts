@@ -62,6 +62,22 @@ describe.skipIf(!HAS_KVM)("vCPU threads", () => {
     expect(await vm.exit(10_000)).toBe(143);
   }, TIMEOUT);
 
+  test("a one-vCPU guest halted with interrupts off (the main thread in KVM_RUN for good) still answers the control socket and SIGTERM", async () => {
+    const socket = join(tempDir(), "vm.sock");
+    const vm = new TsvmProcess(["run", "-m", "256", "-p", "tsvm.mode=spin", "-s", socket, ...(IS_ROOT ? [] : ["--disable-sandbox"])]);
+    running.push(vm);
+    await vm.waitForOutput(/\d+ passed, 0 failed/, 30_000);
+    await Bun.sleep(200 * TIME_SCALE);
+    // The waker kicks the vCPU out of its halt when the control socket has a client.
+    const started = performance.now();
+    const stats = await runTsvm(["balloon_stats", socket]);
+    expect([stats.code, stats.stderr]).toEqual([0, ""]);
+    for (const command of ["suspend", "resume"]) expect((await runTsvm([command, socket])).code).toBe(0);
+    expect(performance.now() - started).toBeLessThan(5_000 * TIME_SCALE);
+    vm.child.kill("SIGTERM");
+    expect(await vm.exit(5_000)).toBe(143);
+  }, TIMEOUT);
+
   test("with more vCPUs each is a C thread named after it, served by the main thread (no Worker), and they end with the VM", async () => {
     const vm = await serve(4);
     const pid = vm.child.pid;
