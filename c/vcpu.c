@@ -13,8 +13,8 @@
  *   state: STARTING, EXIT (reason posted), SERVING (the server took it), GO (running), STOP, DONE
  *   reason: exit reason or -errno     tid: the thread's id, for the kick
  *   sleeping: 1 while the thread futex-waits for its answer
- * Bell (three int32 words): sequence, sleeping (1 while the server sleeps in poll), and the eventfd
- * a post writes to wake a sleeping server. Every store the other side waits on is sequentially
+ * Bell (two int32 words): sleeping (1 while the server sleeps in poll), and the eventfd a post
+ * writes to wake a sleeping server. Every store the other side waits on is sequentially
  * consistent, so of "I sleep" and "you have work" at least one side sees the other's store (no lost
  * wake-up).
  */
@@ -46,7 +46,6 @@ struct vcpu_slot {
 };
 
 struct exit_bell {
-	int32_t sequence;
 	int32_t sleeping;
 	int32_t wake_fd;
 };
@@ -118,7 +117,6 @@ static void post_exit(struct vcpu_slot *slot, struct exit_bell *bell, int reason
 	__atomic_store_n(&slot->reason, reason, __ATOMIC_RELAXED);
 	__atomic_store_n(&slot->state, SLOT_EXIT, __ATOMIC_SEQ_CST);
 	if (__atomic_load_n(&bell->sleeping, __ATOMIC_SEQ_CST)) {
-		__atomic_fetch_add(&bell->sequence, 1, __ATOMIC_SEQ_CST);
 		uint64_t one = 1;
 		ssize_t n = write(bell->wake_fd, &one, sizeof(one));
 		(void)n; /* a full counter (never, at 2^64 - 1) wakes the server all the same */
@@ -368,13 +366,13 @@ int tsvm_vcpu_main_setup(int vcpu_fd, int signum)
  * reader with -EINTR (the write then asks whether to go on). Returns the count or -errno. */
 int64_t tsvm_write_kickable(int fd, const void *buf, uint64_t len, int signum)
 {
-	sigset_t kick;
+	sigset_t kick, old;
 	sigemptyset(&kick);
 	sigaddset(&kick, signum);
-	pthread_sigmask(SIG_UNBLOCK, &kick, NULL);
+	pthread_sigmask(SIG_UNBLOCK, &kick, &old);
 	ssize_t n = write(fd, buf, len);
 	int err = errno;
-	pthread_sigmask(SIG_BLOCK, &kick, NULL);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	return n < 0 ? -err : n;
 }
 
@@ -395,7 +393,8 @@ int tsvm_kick_consume(int signum)
  * The waker: a thread that watches the control loop's epoll fd while the main thread runs its vCPU,
  * and kicks that vCPU out of KVM_RUN when the loop has work, or once a slice has passed (the main
  * thread then gives Bun's event loop a turn). The main thread bumps `generation` when it starts
- * running the vCPU (odd) and when it stops (even); the waker kicks at most once per odd generation.
+ * running the vCPU (odd) and when it stops (even); while a generation stays odd, the waker kicks
+ * once when the loop has work and again at the end of every slice until the main thread is back.
  */
 struct vcpu_waker {
 	int32_t generation;

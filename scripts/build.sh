@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds dist/tsvm: the C library, the built-in guest, and one executable that embeds both with the
-# vCPU Worker entry point. The executable never reads bunfig.toml or .env from where it runs.
+# Builds dist/tsvm: the C library, the built-in guest, and one executable that embeds both (and the
+# seccomp filters, compiled at build time). The executable never reads bunfig.toml or .env from
+# where it runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bun=node_modules/.bin/bun

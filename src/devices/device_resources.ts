@@ -58,10 +58,17 @@ export function consoleToStdout(resources: DeviceResources): { readonly given: D
   return { given: { kind: "console", output: new StreamOutput(write, true) }, read };
 }
 
-/** Opens a UART's output (null for a sink): written from a vCPU thread, which may wait for it. */
+/**
+ * Opens a UART's output (null for a sink): the vCPU that prints waits for it, and since the main
+ * thread runs or serves the vCPUs, it is written non-blocking (stdout reopened as StreamOutput does),
+ * so that a reader that stopped holds up the printing vCPU and never the control loop.
+ */
 export function openOutput(output: OutputSpec): FdOutput | null {
   switch (output.type) {
-    case "stdout": return new FdOutput(1, false);
+    case "stdout": {
+      const stdout = StreamOutput.reopen(1, true);
+      return new FdOutput(stdout.fd, stdout.owned);
+    }
     case "file": return FdOutput.file(output.path);
     case "sink": return null;
   }
