@@ -1,7 +1,7 @@
 #!/usr/bin/env bun
 // main.ts - the tsvm command line: parse arguments into a Config, then run the subcommand.
 import { drainLog, log } from "./base/log.ts";
-import { type Config, ConfigError, parseByteSize, parseRunConfig, type RawRunOptions, virtioDeviceSpecs } from "./config.ts";
+import { type Config, ConfigError, parseByteSize, parseRunConfig, virtioDeviceSpecs } from "./config.ts";
 import { mergeRunOptions, readConfigFile } from "./config_file.ts";
 import { ControlError, sendRequest } from "./vm_control/client.ts";
 import { createQcow2 } from "./disk/qcow2.ts";
@@ -12,6 +12,7 @@ import { DEVICE_JSC, VMM_JSC } from "./base/in_process_jsc.ts";
 import { builtFilters, compileFilters } from "./vmm/device_filters.ts";
 import { handOff } from "./vmm/hand_off.ts";
 import { VERSION } from "./version.ts";
+import { declareRunOptions, fastRunArgs, rawRunOptions, repeated, RUN_FLAGS, single } from "./run_options.ts";
 
 /** How main runs. */
 export type MainOptions = {
@@ -25,6 +26,9 @@ export type MainOptions = {
 
 /** Runs the CLI with `argv` (without the program name); resolves to the exit code. */
 export async function main(argv: readonly string[], options: MainOptions = {}): Promise<number> {
+  // The common `tsvm run` command lines never load yargs (run_options.ts).
+  const fast = argv[0] === "run" ? fastRunArgs(argv.slice(1)) : null;
+  if (fast !== null) return await reportingErrors(() => runCommand(fast, options));
   let code: number | null = null;
   const yargs = await loadYargs();
   const parser = yargs([...argv])
@@ -33,54 +37,9 @@ export async function main(argv: readonly string[], options: MainOptions = {}): 
     .command(
       "run [kernel]",
       "Boot a kernel (ELF vmlinux or bzImage); with no kernel, boot the built-in test guest",
-      (y) => y
-        .positional("kernel", { type: "string", describe: "kernel image: ELF vmlinux or bzImage" })
-        .option("mem", { alias: "m", type: "string", describe: "guest memory: MiB, or a size with K/M/G/T (default 256)" })
-        .option("cpus", { alias: "c", type: "string", describe: "number of vCPUs (default 1)" })
-        .option("params", { alias: "p", type: "string", describe: "kernel command line parameters (repeatable)" })
-        .option("initrd", { alias: "i", type: "string", describe: "initial ramdisk loaded for the kernel" })
-        .option("serial", {
-          type: "string",
-          describe: "serial port: type=stdout|file|sink,num=1..4[,path=P][,console=true][,stdin=true] (repeatable)",
-        })
-        .option("log-level", { type: "string", describe: "error, warn, info or debug (default warn)" })
-        .option("rng", { type: "boolean", describe: "virtio-rng device, on by default (--no-rng to leave it out)" })
-        .option("balloon", { type: "boolean", describe: "virtio-balloon device, on by default (--no-balloon to leave it out)" })
-        .option("config", { type: "string", describe: "JSON file with these options by long name; flags override it" })
-        .option("disable-sandbox", { type: "boolean", describe: "run the devices inside this process, without jails" })
-        .option("seccomp-policy-dir", { type: "string", describe: "read device seccomp policies from this directory" })
-        .option("seccomp-log-failures", { type: "boolean", describe: "log disallowed system calls instead of killing the device" })
-        .option("block", { type: "string", describe: "virtio-blk disk: path=P[,ro=true][,id=ID][,root=true] (repeatable)" })
-        .option("disk", { alias: "d", type: "string", describe: "read-only disk image (repeatable)" })
-        .option("rwdisk", { type: "string", describe: "read-write disk image (repeatable)" })
-        .option("root", { alias: "r", type: "string", describe: "read-only root disk (adds root=/dev/vda ro)" })
-        .option("rwroot", { type: "string", describe: "read-write root disk (adds root=/dev/vda rw)" })
-        .option("net", { type: "string", describe: "virtio-net on a tap: tap-name=NAME or tap-fd=N, [,mac=MAC] (repeatable)" })
-        .option("vhost-user", { type: "string", describe: "a device served by a vhost-user back-end: TYPE,socket=PATH[,tag=TAG][,reconnect=true] (repeatable)" })
-        .option("shared-dir", { type: "string", describe: "share a host directory through virtio-fs: PATH:TAG (repeatable; runs virtiofsd)" })
-        .option("virtiofsd", { type: "string", describe: "the virtiofsd program for --shared-dir (default: Debian's /usr/lib/qemu/virtiofsd)" })
-        .option("vsock", { type: "string", describe: "virtio-vsock to host Unix sockets: cid=N,uds=PATH (host programs connect to PATH; the guest reaches port P at PATH_P)" })
-        .option("cid", { type: "string", describe: "virtio-vsock through the kernel's vhost-vsock (/dev/vhost-vsock) with this guest CID" })
-        .option("host_ip", { type: "string", describe: "create a tap with this host IPv4 address (with --netmask and --mac)" })
-        .option("netmask", { type: "string", describe: "netmask of the created tap" })
-        .option("mac", { type: "string", describe: "guest MAC address for the created tap" })
-        .option("socket", { alias: "s", type: "string", describe: "control socket path for tsvm stop, suspend, resume, balloon, disk" }),
+      (y) => declareRunOptions(y),
       async (args) => {
-        const raw: RawRunOptions = {
-          kernel: args.kernel, initrd: args.initrd, mem: args.mem, cpus: args.cpus,
-          params: repeated(args.params), serial: repeated(args.serial), logLevel: args["log-level"], rng: args.rng, balloon: args.balloon,
-          block: repeated(args.block), disk: repeated(args.disk), rwdisk: repeated(args.rwdisk),
-          root: single("--root", args.root), rwroot: single("--rwroot", args.rwroot),
-          net: repeated(args.net), vhostUser: repeated(args["vhost-user"]), sharedDir: repeated(args["shared-dir"]),
-          virtiofsd: single("--virtiofsd", args.virtiofsd), vsock: single("--vsock", args.vsock), cid: single("--cid", args.cid), hostIp: single("--host_ip", args.host_ip), netmask: single("--netmask", args.netmask),
-          mac: single("--mac", args.mac), socket: single("--socket", args.socket),
-          disableSandbox: args["disable-sandbox"], seccompPolicyDir: single("--seccomp-policy-dir", args["seccomp-policy-dir"]),
-          seccompLogFailures: args["seccomp-log-failures"],
-        };
-        const configPath = single("--config", args.config);
-        const config = parseRunConfig(configPath === undefined ? raw : mergeRunOptions(readConfigFile(configPath), raw));
-        log.debug(`configuration parsed at ${performance.now().toFixed(1)} ms`);
-        code = await startVm(config, options.handOff === true);
+        code = await runCommand(args, options);
       },
     )
     .command(
@@ -161,8 +120,16 @@ export async function main(argv: readonly string[], options: MainOptions = {}): 
     .fail((message, error) => {
       throw error ?? new ConfigError(withSuggestion(message, argv[0]));
     });
-  try {
+  return await reportingErrors(async () => {
     await parser.parseAsync();
+    return code ?? 0;
+  });
+}
+
+/** Runs `command`; a usage error or any other failure is logged and becomes the exit code. */
+async function reportingErrors(command: () => Promise<number>): Promise<number> {
+  try {
+    return await command();
   } catch (e) {
     if (e instanceof ConfigError) {
       log.error(e.message);
@@ -171,7 +138,15 @@ export async function main(argv: readonly string[], options: MainOptions = {}): 
     log.error(e instanceof Error ? e.message : String(e));
     return EXIT_CODE.VM_ERROR;
   }
-  return code ?? 0;
+}
+
+/** `tsvm run` with its arguments by long name (yargs' or fastRunArgs'). */
+async function runCommand(args: Readonly<Record<string, unknown>>, options: MainOptions): Promise<number> {
+  const raw = rawRunOptions(args);
+  const configPath = single("--config", args.config);
+  const config = parseRunConfig(configPath === undefined ? raw : mergeRunOptions(readConfigFile(configPath), raw));
+  log.debug(`configuration parsed at ${performance.now().toFixed(1)} ms`);
+  return await startVm(config, options.handOff === true);
 }
 
 /**
@@ -204,12 +179,6 @@ async function startDevices(config: DevicesConfig, handOffAllowed: boolean): Pro
   return serveDevices(config, filters);
 }
 
-/** Every long option and alias of `run`, for "did you mean" suggestions. */
-const RUN_FLAGS = [
-  "mem", "cpus", "params", "initrd", "serial", "log-level", "rng", "no-rng", "balloon", "no-balloon", "config", "block",
-  "disk", "rwdisk", "root", "rwroot", "net", "host_ip", "netmask", "mac", "socket", "help", "disable-sandbox",
-  "seccomp-policy-dir", "seccomp-log-failures", "vhost-user", "shared-dir", "virtiofsd", "vsock", "cid",
-];
 const DEVICES_FLAGS = [
   "block", "net", "console", "rng", "balloon", "vsock", "disable-sandbox", "seccomp-policy-dir", "seccomp-log-failures", "log-level", "help",
 ];
@@ -305,19 +274,6 @@ function control(path: string, request: VmRequest): number {
     throw e;
   }
 }
-
-/** Returns a flag that may be given once, refusing repeats. */
-function single(flag: string, value: unknown): string | undefined {
-  if (Array.isArray(value)) throw new ConfigError(`${flag} can be given only once`);
-  return value === undefined ? undefined : String(value);
-}
-
-/** Returns a repeatable flag's values as a list (yargs gives a string for one use, an array for several). */
-function repeated(value: unknown): string[] | undefined {
-  if (value === undefined) return undefined;
-  return (Array.isArray(value) ? value : [value]).map(String);
-}
-
 
 if (import.meta.main) {
   void main(Bun.argv.slice(2)).then((code) => {
