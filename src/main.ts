@@ -3,11 +3,9 @@
 import { drainLog, log } from "./base/log.ts";
 import { type Config, ConfigError, parseByteSize, parseRunConfig, virtioDeviceSpecs } from "./config.ts";
 import { mergeRunOptions, readConfigFile } from "./config_file.ts";
-import { ControlError, sendRequest } from "./vm_control/client.ts";
-import { createQcow2 } from "./disk/qcow2.ts";
 import type { VmRequest } from "./vm_control/messages.ts";
 import { EXIT_CODE } from "./vmm/exit_code.ts";
-import { type DevicesConfig, parseDevicesConfig } from "./devices_config.ts";
+import type { DevicesConfig } from "./devices_config.ts";
 import { DEVICE_JSC, VMM_JSC } from "./base/in_process_jsc.ts";
 import { builtFilters, compileFilters } from "./vmm/device_filters.ts";
 import { handOff } from "./vmm/hand_off.ts";
@@ -28,7 +26,7 @@ export type MainOptions = {
 export async function main(argv: readonly string[], options: MainOptions = {}): Promise<number> {
   // The common `tsvm run` command lines never load yargs (run_options.ts).
   const fast = argv[0] === "run" ? fastRunArgs(argv.slice(1)) : null;
-  if (fast !== null) return await reportingErrors(() => runCommand(fast, options));
+  if (fast !== null) return await reportingErrors(() => runCommand(fast, options, true));
   let code: number | null = null;
   const yargs = await loadYargs();
   const parser = yargs([...argv])
@@ -39,7 +37,7 @@ export async function main(argv: readonly string[], options: MainOptions = {}): 
       "Boot a kernel (ELF vmlinux or bzImage); with no kernel, boot the built-in test guest",
       (y) => declareRunOptions(y),
       async (args) => {
-        code = await runCommand(args, options);
+        code = await runCommand(args, options, false);
       },
     )
     .command(
@@ -57,6 +55,7 @@ export async function main(argv: readonly string[], options: MainOptions = {}): 
         .option("seccomp-log-failures", { type: "boolean", describe: "log disallowed system calls instead of killing the device" })
         .option("log-level", { type: "string", describe: "error, warn, info or debug (default warn)" }),
       async (args) => {
+        const { parseDevicesConfig } = await import("./devices_config.ts");
         const config = parseDevicesConfig({
           block: repeated(args.block), net: repeated(args.net), console: repeated(args.console), rng: repeated(args.rng),
           balloon: repeated(args.balloon), vsock: repeated(args.vsock), disableSandbox: args["disable-sandbox"],
@@ -67,32 +66,33 @@ export async function main(argv: readonly string[], options: MainOptions = {}): 
       },
     )
     .command("stop <socket>", "Stop the VM behind a control socket (disks are flushed; run exits 0)", (y) => socketArg(y),
-      (args) => { code = control(args.socket, { kind: "stop" }); })
+      async (args) => { code = await control(args.socket, { kind: "stop" }); })
     .command("suspend <socket>", "Park the VM's vCPUs and stop its devices", (y) => socketArg(y),
-      (args) => { code = control(args.socket, { kind: "suspend" }); })
+      async (args) => { code = await control(args.socket, { kind: "suspend" }); })
     .command("resume <socket>", "Resume a suspended VM", (y) => socketArg(y),
-      (args) => { code = control(args.socket, { kind: "resume" }); })
+      async (args) => { code = await control(args.socket, { kind: "resume" }); })
     .command("balloon <size> <socket>", "Set the balloon's target size (bytes, or with K/M/G)", (y) => socketArg(y).positional("size", { type: "string", demandOption: true }),
-      (args) => { code = control(args.socket, { kind: "balloon", bytes: byteSize("SIZE", args.size) }); })
+      async (args) => { code = await control(args.socket, { kind: "balloon", bytes: byteSize("SIZE", args.size) }); })
     .command("balloon_stats <socket>", "Print the balloon's size and the guest's memory statistics as JSON", (y) => socketArg(y),
-      (args) => { code = control(args.socket, { kind: "balloon_stats" }); })
+      async (args) => { code = await control(args.socket, { kind: "balloon_stats" }); })
     .command("vsock_stats <socket>", "Print the vsock device's connections and byte counts as JSON", (y) => socketArg(y),
-      (args) => { code = control(args.socket, { kind: "vsock_stats" }); })
+      async (args) => { code = await control(args.socket, { kind: "vsock_stats" }); })
     .command("disk <action> <index> <size> <socket>", "Resize disk INDEX (0-based) to SIZE: tsvm disk resize INDEX SIZE SOCKET",
       (y) => socketArg(y)
         .positional("action", { type: "string", choices: ["resize"], demandOption: true })
         .positional("index", { type: "string", demandOption: true })
         .positional("size", { type: "string", demandOption: true }),
-      (args) => {
+      async (args) => {
         const index = Number(args.index);
         if (!Number.isInteger(index) || index < 0) throw new ConfigError(`INDEX: expected a disk number from 0 (got ${JSON.stringify(args.index)})`);
-        code = control(args.socket, { kind: "disk_resize", index, bytes: byteSize("SIZE", args.size) });
+        code = await control(args.socket, { kind: "disk_resize", index, bytes: byteSize("SIZE", args.size) });
       })
     .command("create_qcow2 <path> <size>", "Create an empty qcow2 (v3) image of SIZE bytes (or with K/M/G/T)",
       (y) => y.positional("path", { type: "string", demandOption: true }).positional("size", { type: "string", demandOption: true }),
-      (args) => {
+      async (args) => {
         const size = byteSize("SIZE", args.size);
         if (size === 0 || size % 512 !== 0) throw new ConfigError(`SIZE: expected a positive multiple of 512 bytes (got ${size})`);
+        const { createQcow2 } = await import("./disk/qcow2.ts");
         try {
           createQcow2(args.path, size);
         } catch (e) {
@@ -140,13 +140,15 @@ async function reportingErrors(command: () => Promise<number>): Promise<number> 
   }
 }
 
-/** `tsvm run` with its arguments by long name (yargs' or fastRunArgs'). */
-async function runCommand(args: Readonly<Record<string, unknown>>, options: MainOptions): Promise<number> {
+/**
+ * `tsvm run` with its arguments by long name: fastRunArgs' (`withoutYargs`) or yargs'.
+ */
+async function runCommand(args: Readonly<Record<string, unknown>>, options: MainOptions, withoutYargs: boolean): Promise<number> {
   const raw = rawRunOptions(args);
   const configPath = single("--config", args.config);
   const config = parseRunConfig(configPath === undefined ? raw : mergeRunOptions(readConfigFile(configPath), raw));
   log.debug(`configuration parsed at ${performance.now().toFixed(1)} ms`);
-  return await startVm(config, options.handOff === true);
+  return await startVm(config, options.handOff === true, withoutYargs);
 }
 
 /**
@@ -154,17 +156,26 @@ async function runCommand(args: Readonly<Record<string, unknown>>, options: Main
  * program runs itself again to run the VM without the CLI's code (vmm/hand_off.ts); the VM runs here
  * when that exec cannot happen, or without `handOff`.
  */
-async function startVm(config: Config, handOffAllowed: boolean): Promise<number> {
+async function startVm(config: Config, handOffAllowed: boolean, withoutYargs: boolean): Promise<number> {
   let filters: ReadonlyMap<string, Uint8Array> | null = null;
+  let inPlace = false;
   if (handOffAllowed) {
     // Only the kinds matter here: the program that runs the VM makes the specs again (and the MACs).
     const kinds = config.sandbox ? virtioDeviceSpecs(config, () => "").map((s) => s.kind) : [];
-    filters = builtFilters(kinds, config.seccompPolicyDir, config.seccompLogFailures) ?? await compileFilters(kinds, config.seccompPolicyDir, config.seccompLogFailures);
-    log.debug(`seccomp filters compiled at ${performance.now().toFixed(1)} ms; handing off`);
-    handOff({ command: "run", config, filters }, config.sandbox ? VMM_JSC : { ...VMM_JSC, ...DEVICE_JSC });
+    const built = builtFilters(kinds, config.seccompPolicyDir, config.seccompLogFailures);
+    filters = built ?? await compileFilters(kinds, config.seccompPolicyDir, config.seccompLogFailures);
+    // This program runs the VM itself when it loaded nothing the VMM would not keep anyway: the
+    // command line read without yargs, the filters built with tsvm, and the devices jailed (the
+    // VMM then takes only run-time JIT settings; devices in the VMM want DEVICE_JSC's, which only a
+    // restart sets). Otherwise it hands off (vmm/hand_off.ts).
+    inPlace = withoutYargs && built !== null && config.sandbox;
+    if (!inPlace) {
+      log.debug(`seccomp filters ready at ${performance.now().toFixed(1)} ms; handing off`);
+      handOff({ command: "run", config, filters }, config.sandbox ? VMM_JSC : { ...VMM_JSC, ...DEVICE_JSC });
+    }
   }
   const { runVm } = await import("./vmm/run_vm.ts");
-  return runVm(config, filters);
+  return runVm(config, filters, inPlace);
 }
 
 /** As startVm, for `tsvm devices`: the filters compiled here, then the hand-off to a program that only serves. */
@@ -257,7 +268,8 @@ function byteSize(name: string, text: string): number {
 }
 
 /** Sends one request and reports the answer: 0 on success, 1 when the VM or the socket says no. */
-function control(path: string, request: VmRequest): number {
+async function control(path: string, request: VmRequest): Promise<number> {
+  const { ControlError, sendRequest } = await import("./vm_control/client.ts");
   try {
     const reply = sendRequest(path, request);
     if (reply.kind === "error") {

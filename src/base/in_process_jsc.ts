@@ -45,6 +45,12 @@ export const BURST_DEVICE_KINDS: ReadonlySet<DeviceKind> = new Set<DeviceKind>([
  */
 export const VMM_JSC: Readonly<Record<string, string>> = { BUN_JSC_thresholdForJITAfterWarmUp: "20000", BUN_JSC_useFTLJIT: "0" };
 
+/**
+ * The JIT policy a VMM that did not restart takes at run time (Bun.unsafe.setJITPolicy scales every
+ * tier-up threshold): the same 40-fold warm-up. It cannot turn FTL off, which only VMM_JSC does.
+ */
+export const VMM_JIT_POLICY = 40;
+
 /** Where ffi/lib.ts names the memfd that holds the library (a device process gets it as an fd: DEVICE_LIBRARY_FD_ENV). */
 export const LIBRARY_ENV = "TSVM_LIBRARY_FD_PATH";
 /**

@@ -1,14 +1,16 @@
-// hand_off.ts - `tsvm run` (and `tsvm devices`) parses in one program and runs the VM (serves the
-// devices) in another, under the same pid.
+// hand_off.ts - `tsvm devices`, and `tsvm run` when it must, parses in one program and serves the
+// devices (runs the VM) in another, under the same pid.
 //
-// The process that reads the command line loads yargs, valibot, the configuration file reader and
-// the seccomp policy compiler, runs each once, and would keep what they loaded and compiled for the
-// VM's whole life (measured in the compiled executable: importing and running yargs' parser kept
-// ~6 MiB, compiling the filters ~1.5 MiB). So once the configuration is checked and the filters are
-// compiled, tsvm runs itself again with `execve` (same pid, same arguments, its JSC settings added;
-// it restarted once for those settings anyway), and passes both in a sealed memfd named by
-// RUN_STATE_ENV. The new program sees that variable first thing (src/tsvm.ts) and loads only the
-// VMM (or only what serves the devices). A failed exec runs them in the first program.
+// The process that reads the command line may load yargs, valibot, the configuration file reader
+// and the seccomp policy compiler, run each once, and would keep what they loaded and compiled for
+// the VM's whole life (measured in the compiled executable: importing and running yargs' parser
+// kept ~6 MiB, compiling the filters ~1.5 MiB). So once the configuration is checked and the
+// filters are compiled, tsvm runs itself again with `execve` (same pid, same arguments, its JSC
+// settings added), and passes both in a sealed memfd named by RUN_STATE_ENV. The new program sees
+// that variable first thing (src/tsvm.ts) and loads only the VMM (or only what serves the
+// devices). A failed exec runs them in the first program. A `tsvm run` whose command line was read
+// without yargs, with filters built with tsvm and jailed devices, loaded none of that and runs the
+// VM in place (src/main.ts, docs/architecture.md).
 //
 // The state is tsvm's own: it is made by the first program and read by the second, and a value a
 // user put in the environment by hand is refused with an error (it would skip the checks, though no

@@ -26,7 +26,7 @@ import { ControlRequests } from "./control_requests.ts";
 import { attachLegacyDevices } from "./legacy_devices.ts";
 import { type InputSink, StdinPump } from "./stdin.ts";
 import { EXIT_CODE, Vcpus } from "./vcpus.ts";
-import { DEVICE_JSC, VMM_JSC } from "../base/in_process_jsc.ts";
+import { DEVICE_JSC, VMM_JIT_POLICY, VMM_JSC } from "../base/in_process_jsc.ts";
 import { restartWithJsc } from "../base/exec_self.ts";
 import { serveHandOff, tapFds } from "./hand_off.ts";
 import { loadDeviceKinds } from "../devices/create_device.ts";
@@ -61,11 +61,14 @@ export async function runHandedOff(): Promise<number> {
 
 /**
  * Runs the VM described by `config`; resolves to the process exit code. `filters` are the jailed
- * devices' compiled seccomp filters when the caller compiled them already.
+ * devices' compiled seccomp filters when the caller compiled them already. `inPlace`: this program
+ * started with JSC's default settings and runs the VM without restarting (src/main.ts says when),
+ * taking VMM_JIT_POLICY at run time instead of VMM_JSC.
  */
-export async function runVm(config: Config, filters: ReadonlyMap<string, Uint8Array> | null = null): Promise<number> {
+export async function runVm(config: Config, filters: ReadonlyMap<string, Uint8Array> | null = null, inPlace = false): Promise<number> {
   // Returns only when the settings are in place (the hand-off has usually put them there already).
-  restartWithJsc(config.sandbox ? VMM_JSC : { ...VMM_JSC, ...DEVICE_JSC }, tapFds({ command: "run", config }));
+  if (inPlace) Bun.unsafe.setJITPolicy(VMM_JIT_POLICY);
+  else restartWithJsc(config.sandbox ? VMM_JSC : { ...VMM_JSC, ...DEVICE_JSC }, tapFds({ command: "run", config }));
   setLogLevel(config.logLevel);
   useNonBlockingStderr();
   return await openAndRun(config, filters);
