@@ -6,6 +6,10 @@
  * clone and execve the child runs on a stack of its own, makes only raw system calls, first puts
  * every signal handler back to its default (a parent's handler must never run in it), and the
  * parent waits until the child has exec'd or died before it frees that stack.
+ * tsvm_spawn_jailed_start / _finish: the same spawn made by the library's spawner thread, so that
+ * the caller goes on while the child starts (the namespaces' creation and the exec take ~1-2 ms a
+ * device, more when the child waits for a CPU). One thread makes every spawn and never exits: a
+ * child's parent-death signal (PR_SET_PDEATHSIG) fires when the *thread* that created it ends.
  * tsvm_lockdown: in the device process, before any device code: pivot_root into an empty read-only
  * tmpfs, drop capabilities and root, no_new_privs, and a seccomp filter on every thread (TSYNC). */
 #define _GNU_SOURCE
@@ -20,6 +24,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
@@ -62,7 +67,7 @@ struct kernel_sigaction {
 	unsigned long mask;
 };
 
-static void child(int exec_fd, char *const argv[], char *const envp[], const int *fds, int nfds, int stderr_fd, int sync_fd, int status_fd)
+static void child(int exec_fd, char *const argv[], char *const envp[], const int *fds, int nfds, int stderr_fd, int sync_fd, int sync_write_fd, int status_fd)
 {
 	char go;
 	/* every signal is blocked (the parent blocked them around clone); a handled one goes back to
@@ -77,6 +82,9 @@ static void child(int exec_fd, char *const argv[], char *const envp[], const int
 	}
 	if (syscall(SYS_dup3, status_fd, FD_STATUS, O_CLOEXEC) < 0)
 		syscall(SYS_exit_group, 120);
+	/* Our copy of the pipe's write end goes, so that a parent killed before it wrote ends the read
+	 * below (end of file) instead of leaving this child waiting for good. */
+	syscall(SYS_close, sync_write_fd);
 	/* wait until the parent has written our id maps */
 	if (syscall(SYS_read, sync_fd, &go, 1) != 1)
 		syscall(SYS_exit_group, 120);
@@ -116,7 +124,7 @@ static void child(int exec_fd, char *const argv[], char *const envp[], const int
 }
 
 struct child_args {
-	int exec_fd, nfds, stderr_fd, sync_fd, status_fd;
+	int exec_fd, nfds, stderr_fd, sync_fd, sync_write_fd, status_fd;
 	char *const *argv;
 	char *const *envp;
 	const int *fds;
@@ -125,7 +133,7 @@ struct child_args {
 static int child_main(void *p)
 {
 	struct child_args *a = p;
-	child(a->exec_fd, a->argv, a->envp, a->fds, a->nfds, a->stderr_fd, a->sync_fd, a->status_fd);
+	child(a->exec_fd, a->argv, a->envp, a->fds, a->nfds, a->stderr_fd, a->sync_fd, a->sync_write_fd, a->status_fd);
 	return 127;
 }
 
@@ -149,7 +157,7 @@ int tsvm_spawn_jailed(const char *path, char *const argv[], char *const envp[], 
 		r = -errno;
 	long pid = -1;
 	if (r == 0) {
-		struct child_args args = { exec_fd, nfds, stderr_fd, sync[0], status[1], argv, envp, fds };
+		struct child_args args = { exec_fd, nfds, stderr_fd, sync[0], sync[1], status[1], argv, envp, fds };
 		sigset_t all, old;
 		sigfillset(&all);
 		pthread_sigmask(SIG_SETMASK, &all, &old);
@@ -249,4 +257,159 @@ int tsvm_execve(const char *path, char *const argv[], char *const envp[])
 {
 	execve(path, argv, envp);
 	return -errno;
+}
+
+/* A spawn handed to the spawner thread: its own copies of everything the child needs. */
+struct spawn_job {
+	struct spawn_job *next;
+	int done;
+	int result;
+	char *path;
+	char **argv;
+	char **envp;
+	int fds[64];
+	int nfds;
+	int stderr_fd;
+	unsigned id_base;
+};
+
+static pthread_mutex_t spawner_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t spawner_work = PTHREAD_COND_INITIALIZER;
+static pthread_cond_t spawner_done = PTHREAD_COND_INITIALIZER;
+static struct spawn_job *spawner_queue;
+static int spawner_started;
+
+#define SPAWNER_STACK_SIZE (128 * 1024)
+
+static void *spawner_main(void *unused)
+{
+	(void)unused;
+	pthread_mutex_lock(&spawner_lock);
+	for (;;) {
+		while (spawner_queue == NULL)
+			pthread_cond_wait(&spawner_work, &spawner_lock);
+		struct spawn_job *job = spawner_queue;
+		spawner_queue = job->next;
+		pthread_mutex_unlock(&spawner_lock);
+		int r = tsvm_spawn_jailed(job->path, job->argv, job->envp, job->fds, job->nfds, job->stderr_fd, job->id_base);
+		for (int i = 0; i < job->nfds; i++)
+			close(job->fds[i]);
+		close(job->stderr_fd);
+		pthread_mutex_lock(&spawner_lock);
+		job->result = r;
+		job->done = 1;
+		pthread_cond_broadcast(&spawner_done);
+	}
+	return NULL;
+}
+
+/* Copies a NULL-terminated string array into malloc'd memory (one block); NULL when out of memory. */
+static char **copy_strings(char *const src[])
+{
+	size_t count = 0, bytes = 0;
+	while (src[count] != NULL)
+		bytes += strlen(src[count++]) + 1;
+	char **copy = malloc((count + 1) * sizeof(char *) + bytes);
+	if (copy == NULL)
+		return NULL;
+	char *text = (char *)(copy + count + 1);
+	for (size_t i = 0; i < count; i++) {
+		size_t n = strlen(src[i]) + 1;
+		memcpy(text, src[i], n);
+		copy[i] = text;
+		text += n;
+	}
+	copy[count] = NULL;
+	return copy;
+}
+
+static void free_job(struct spawn_job *job)
+{
+	free(job->path);
+	free(job->argv);
+	free(job->envp);
+	free(job);
+}
+
+/* Starts a spawn as tsvm_spawn_jailed describes it on the spawner thread and returns at once: the
+ * job takes copies of the strings and of the fds (the caller may close its own). *job_out is for
+ * tsvm_spawn_jailed_finish. Returns 0 or -errno (then nothing was started). */
+int tsvm_spawn_jailed_start(const char *path, char *const argv[], char *const envp[], const int *fds, int nfds, int stderr_fd, unsigned id_base, void **job_out)
+{
+	if (nfds < 0 || nfds > 64)
+		return -EINVAL;
+	struct spawn_job *job = calloc(1, sizeof(*job));
+	if (job == NULL)
+		return -ENOMEM;
+	job->path = strdup(path);
+	job->argv = copy_strings(argv);
+	job->envp = copy_strings(envp);
+	if (job->path == NULL || job->argv == NULL || job->envp == NULL) {
+		free_job(job);
+		return -ENOMEM;
+	}
+	job->nfds = 0;
+	job->stderr_fd = fcntl(stderr_fd, F_DUPFD_CLOEXEC, 3);
+	int r = job->stderr_fd < 0 ? -errno : 0;
+	for (int i = 0; r == 0 && i < nfds; i++) {
+		int fd = fcntl(fds[i], F_DUPFD_CLOEXEC, 3);
+		if (fd < 0)
+			r = -errno;
+		else
+			job->fds[job->nfds++] = fd;
+	}
+	job->id_base = id_base;
+	pthread_mutex_lock(&spawner_lock);
+	if (r == 0 && !spawner_started) {
+		/* The spawner takes no signal: it is created with every signal blocked. */
+		pthread_t thread;
+		pthread_attr_t attr;
+		sigset_t all, old;
+		sigfillset(&all);
+		pthread_attr_init(&attr);
+		pthread_attr_setstacksize(&attr, SPAWNER_STACK_SIZE);
+		pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+		pthread_sigmask(SIG_SETMASK, &all, &old);
+		int e = pthread_create(&thread, &attr, spawner_main, NULL);
+		pthread_sigmask(SIG_SETMASK, &old, NULL);
+		pthread_attr_destroy(&attr);
+		if (e != 0)
+			r = -e;
+		else {
+			pthread_setname_np(thread, "device spawner");
+			spawner_started = 1;
+		}
+	}
+	if (r == 0) {
+		struct spawn_job **tail = &spawner_queue;
+		while (*tail != NULL)
+			tail = &(*tail)->next;
+		*tail = job;
+		pthread_cond_signal(&spawner_work);
+	}
+	pthread_mutex_unlock(&spawner_lock);
+	if (r < 0) {
+		for (int i = 0; i < job->nfds; i++)
+			close(job->fds[i]);
+		if (job->stderr_fd >= 0)
+			close(job->stderr_fd);
+		free_job(job);
+		return r;
+	}
+	*job_out = job;
+	return 0;
+}
+
+/* Waits for a job of tsvm_spawn_jailed_start and frees it; returns what tsvm_spawn_jailed would
+ * have: the child's pid (it has exec'd, or died) or -errno. */
+int tsvm_spawn_jailed_finish(void *job_ptr)
+{
+	struct spawn_job *job = job_ptr;
+	pthread_mutex_lock(&spawner_lock);
+	while (!job->done)
+		pthread_cond_wait(&spawner_done, &spawner_lock);
+	pthread_mutex_unlock(&spawner_lock);
+	int r = job->result;
+	free_job(job);
+	return r;
 }

@@ -87,6 +87,8 @@ int tsvm_shutdown(int fd, int how);
 
 /* jail.c: device processes in namespaces, and their lockdown */
 int tsvm_spawn_jailed(const char *path, char *const argv[], char *const envp[], const int *fds, int nfds, int stderr_fd, unsigned id_base);
+int tsvm_spawn_jailed_start(const char *path, char *const argv[], char *const envp[], const int *fds, int nfds, int stderr_fd, unsigned id_base, void **job_out);
+int tsvm_spawn_jailed_finish(void *job);
 int tsvm_pipe(int *fds_out);
 int tsvm_lockdown(const void *bpf, uint64_t len, uint64_t max_fds);
 int tsvm_waitpid(int pid, int *status_out, int nohang);

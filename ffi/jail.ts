@@ -1,5 +1,5 @@
 // jail.ts - bindings for c/jail.c: spawning device processes in namespaces, and their lockdown.
-import { ptr } from "bun:ffi";
+import { type Pointer, ptr } from "bun:ffi";
 import { native } from "./lib.ts";
 
 export { libraryFd } from "./lib.ts";
@@ -27,6 +27,30 @@ export function spawnJailed(path: string, argv: readonly string[], env: readonly
   void a.keep;
   void e.keep;
   return pid;
+}
+
+/** A spawn the library's spawner thread is making (spawnJailedStart); spawnJailedFinish takes its pid. */
+export type SpawnJob = { readonly handle: Pointer };
+
+/**
+ * As spawnJailed, made by the library's spawner thread: returns at once, with the job or -errno
+ * (nothing started). The job holds its own copies of the strings and fds (the caller may close its
+ * fds), and must be finished (spawnJailedFinish) to free it.
+ */
+export function spawnJailedStart(path: string, argv: readonly string[], env: readonly string[], fds: readonly number[], stderrFd: number, idBase: number): SpawnJob | number {
+  const a = cStringArray(argv);
+  const e = cStringArray(env);
+  const f = Int32Array.from(fds);
+  const out = new BigUint64Array(1);
+  const r = native.tsvm_spawn_jailed_start(Buffer.from(`${path}\0`), a.array, e.array, f.length > 0 ? f : null, f.length, stderrFd, idBase, out);
+  void a.keep;
+  void e.keep;
+  return r < 0 ? r : { handle: Number(out[0]) as Pointer };
+}
+
+/** Waits until the spawner has made `job`'s spawn and frees the job; returns the pid (exec'd, or died) or -errno. */
+export function spawnJailedFinish(job: SpawnJob): number {
+  return native.tsvm_spawn_jailed_finish(job.handle);
 }
 
 /**

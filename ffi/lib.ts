@@ -83,6 +83,8 @@ const symbols = {
   tsvm_shutdown: { args: [i32, i32], returns: i32 },
   // jail.c
   tsvm_spawn_jailed: { args: [cstring, pointer, pointer, pointer, i32, i32, u32], returns: i32 },
+  tsvm_spawn_jailed_start: { args: [cstring, pointer, pointer, pointer, i32, i32, u32, pointer], returns: i32 },
+  tsvm_spawn_jailed_finish: { args: [pointer], returns: i32 },
   tsvm_lockdown: { args: [pointer, u64, u64], returns: i32 },
   tsvm_execve: { args: [cstring, pointer, pointer], returns: i32 },
   tsvm_waitpid: { args: [i32, pointer, i32], returns: i32 },

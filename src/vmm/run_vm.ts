@@ -181,7 +181,8 @@ async function runBuilt(config: Config, built: BuiltVm, opened: OpenedVm): Promi
       for (const d of devices) d.close();
     });
     if (!config.sandbox) await loadDeviceKinds(opened.devices.map((d) => d.spec.kind));
-    // Device processes start in parallel: each is spawned here and waited for on first use.
+    // Device processes start in parallel: each is spawned here (by the C library's spawner thread,
+    // while this thread goes on) and waited for on first use.
     for (const [index, { spec, resources }] of opened.devices.splice(0).entries()) {
       if (!config.sandbox) {
         devices.push(attachInProcess(ctx, spec, resources));

@@ -93,10 +93,17 @@ export type JailedProcessOptions = {
 
 type Pending = { readonly onReply: (reply: DeviceReply) => void; readonly deadline: number };
 
-/** A running jailed device process. */
+/**
+ * A jailed device process. It is started by the C library's spawner thread (the namespaces and the
+ * exec take ~1-2 ms a device, more when the child waits for a CPU), so the VMM goes on attaching
+ * the next device meanwhile; `settle` waits until it has started, and says why it could not.
+ */
 export class JailedProcess {
   readonly label: string;
-  readonly pid: number;
+  /** Until the spawn is settled. */
+  #job: jail.SpawnJob | null;
+  /** The process's id once settled; 0 when it could not be started. */
+  #pid = 0;
   readonly #tube: Tube;
   readonly #stderr: number;
   readonly #loop: DeviceEventLoop;
@@ -113,9 +120,9 @@ export class JailedProcess {
   readonly #hostConnect: ((port: number) => Result<StreamSocket>) | null;
   #logCarry = "";
 
-  private constructor(label: string, pid: number, tube: Tube, stderr: number, options: JailedProcessOptions) {
+  private constructor(label: string, job: jail.SpawnJob, tube: Tube, stderr: number, options: JailedProcessOptions) {
     this.label = label;
-    this.pid = pid;
+    this.#job = job;
     this.#tube = tube;
     this.#stderr = stderr;
     this.#loop = options.loop;
@@ -138,20 +145,18 @@ export class JailedProcess {
       fds.push(library);
       env = [...env, `${DEVICE_LIBRARY_FD_ENV}=${3 + fds.length - 1}`];
     }
-    const pid = jail.spawnJailed(command[0]!, command, env, fds, logWrite, options.idBase);
+    // The job took its own copies of the fds the child gets.
+    const job = jail.spawnJailedStart(command[0]!, command, env, fds, logWrite, options.idBase);
     sys.close(theirs);
     sys.close(logWrite);
-    if (pid < 0) {
+    if (typeof job === "number") {
       sys.close(ours);
       sys.close(logRead);
-      const why = -pid === ERRNO.EPERM
-        ? "jailing device processes needs root (to create their namespaces and map their ids); run as root or with --disable-sandbox"
-        : `errno ${-pid}`;
-      return err(`failed to start the ${label} device process: ${why}`);
+      return err(spawnFailure(label, job));
     }
     sys.addFileFlags(logRead, O_NONBLOCK);
     const tube = new Tube(ours);
-    const child = new JailedProcess(label, pid, tube, logRead, options);
+    const child = new JailedProcess(label, job, tube, logRead, options);
     try {
       tube.send(encodeSetup(options.setup));
     } catch (e) {
@@ -161,6 +166,32 @@ export class JailedProcess {
     options.loop.watch(ours, () => child.#onTube());
     options.loop.watch(logRead, () => child.#onLog());
     return ok(child);
+  }
+
+  /** The process's id (settling its spawn first); 0 when it could not be started. */
+  get pid(): number {
+    this.settle();
+    return this.#pid;
+  }
+
+  /**
+   * Waits until the process has started (exec'd) if it has not yet. One that could not be started
+   * is a failure like any other (ended, its fds released, reported once); the error says why.
+   * The VMM's loop settles each process on its first turn (checkDeadlines), and so does anything
+   * that needs the process.
+   */
+  settle(): Result<null> {
+    if (this.#job !== null) {
+      const pid = jail.spawnJailedFinish(this.#job);
+      this.#job = null;
+      if (pid > 0) this.#pid = pid;
+      else {
+        this.#ended = spawnFailure(this.label, pid);
+        this.#release();
+        this.#onFailure(this.#ended);
+      }
+    }
+    return this.#pid > 0 ? ok(null) : err(this.#ended ?? `the ${this.label} device process was not started`);
   }
 
   /** How the process ended, or null while it runs. */
@@ -210,7 +241,7 @@ export class JailedProcess {
 
   /** Ends a process that missed a deadline; the VMM's loop calls this every time round. */
   checkDeadlines(now: number): void {
-    if (this.#ended !== null) return;
+    if (!this.settle().ok || this.#ended !== null) return;
     if (!this.#ready && now > this.#startDeadline) this.#fail(`did not start within ${START_TIMEOUT_MS / 1000} s`);
     for (const p of this.#pending.values()) {
       if (now > p.deadline) {
@@ -222,11 +253,12 @@ export class JailedProcess {
 
   /** Stops the process (SIGSTOP: tsvm suspend) or lets it go on (SIGCONT). */
   pause(paused: boolean): void {
-    if (this.#ended === null) process.kill(this.pid, paused ? "SIGSTOP" : "SIGCONT");
+    if (this.settle().ok && this.#ended === null) process.kill(this.#pid, paused ? "SIGSTOP" : "SIGCONT");
   }
 
   /** Ends the process and releases its fds (no failure is reported). */
   close(): void {
+    this.settle();
     if (this.#ended === null) {
       this.#ended = `device process ${this.label} (pid ${this.pid}) was stopped`;
       this.#kill();
@@ -338,7 +370,7 @@ export class JailedProcess {
   }
 
   #fail(what: string): void {
-    if (this.#ended !== null || this.#failing) return;
+    if (!this.settle().ok || this.#ended !== null || this.#failing) return;
     this.#failing = true;
     // A process that died closes its sockets just before it can be reaped: if it is on its way out,
     // its own death is the news (a signal, a seccomp kill), not what its closed sockets looked like.
@@ -357,8 +389,9 @@ export class JailedProcess {
   }
 
   #kill(): void {
+    if (this.#pid <= 0) return;
     try {
-      process.kill(this.pid, "SIGKILL");
+      process.kill(this.#pid, "SIGKILL");
     } catch {
       // already gone
     }
@@ -367,8 +400,9 @@ export class JailedProcess {
   /** Reaps the process if it ends within `waitMs`; returns how it ended, or null if it did not. */
   #reap(waitMs: number): string | null {
     const deadline = performance.now() + waitMs;
+    if (this.#pid <= 0) return null;
     for (;;) {
-      const [r, status] = jail.waitpid(this.pid, true);
+      const [r, status] = jail.waitpid(this.#pid, true);
       if (r > 0) {
         const signal = status & 0x7f;
         if (signal === 0) return `exited with status ${(status >> 8) & 0xff}`;
@@ -388,4 +422,12 @@ export class JailedProcess {
     this.#tube.close();
     sys.close(this.#stderr);
   }
+}
+
+/** Why the spawn of `label`'s process failed with `errno` (negative), in words. */
+function spawnFailure(label: string, errno: number): string {
+  const why = -errno === ERRNO.EPERM
+    ? "jailing device processes needs root (to create their namespaces and map their ids); run as root or with --disable-sandbox"
+    : `errno ${-errno}`;
+  return `failed to start the ${label} device process: ${why}`;
 }
