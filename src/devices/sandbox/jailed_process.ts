@@ -181,6 +181,11 @@ export class JailedProcess {
    * that needs the process.
    */
   settle(): Result<null> {
+    return this.#settle(true);
+  }
+
+  /** settle; `report`: whether a spawn that failed is reported (close reports nothing). */
+  #settle(report: boolean): Result<null> {
     if (this.#job !== null) {
       const pid = jail.spawnJailedFinish(this.#job);
       this.#job = null;
@@ -188,7 +193,7 @@ export class JailedProcess {
       else {
         this.#ended = spawnFailure(this.label, pid);
         this.#release();
-        this.#onFailure(this.#ended);
+        if (report) this.#onFailure(this.#ended);
       }
     }
     return this.#pid > 0 ? ok(null) : err(this.#ended ?? `the ${this.label} device process was not started`);
@@ -258,7 +263,7 @@ export class JailedProcess {
 
   /** Ends the process and releases its fds (no failure is reported). */
   close(): void {
-    this.settle();
+    this.#settle(false);
     if (this.#ended === null) {
       this.#ended = `device process ${this.label} (pid ${this.pid}) was stopped`;
       this.#kill();
