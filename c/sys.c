@@ -11,6 +11,7 @@
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #define RET(expr) do { long r_ = (long)(expr); return r_ < 0 ? -errno : (int)r_; } while (0)
@@ -109,3 +110,18 @@ int tsvm_flock(int fd, int operation) { RET(flock(fd, operation)); }
 int tsvm_pipe(int *fds_out) { RET(pipe2(fds_out, O_CLOEXEC)); }
 
 int tsvm_socket(int domain, int type, int protocol) { RET(socket(domain, type | SOCK_CLOEXEC, protocol)); }
+
+/* The CFS/EEVDF slice of thread `tid` (0: the calling thread) for SCHED_OTHER, in ns (Linux >= 6.12
+ * takes sched_runtime as the slice request, clamped to 0.1-100 ms; older kernels ignore it). */
+int tsvm_sched_slice(int tid, uint64_t ns)
+{
+	struct {
+		uint32_t size, policy;
+		uint64_t flags;
+		int32_t nice;
+		uint32_t priority;
+		uint64_t runtime, deadline, period;
+	} attr = { .size = 48, .policy = 0 /* SCHED_OTHER */, .runtime = ns };
+	attr.nice = getpriority(PRIO_PROCESS, 0);
+	RET(syscall(SYS_sched_setattr, tid, &attr, 0));
+}

@@ -27,6 +27,7 @@ int tsvm_ftruncate(int fd, int64_t len);
 int tsvm_mmap(uint64_t *addr_out, uint64_t len, int prot, int flags, int fd, int64_t off);
 int tsvm_munmap(uint64_t addr, uint64_t len);
 int tsvm_madvise(uint64_t addr, uint64_t len, int advice);
+int tsvm_sched_slice(int tid, uint64_t ns);
 int tsvm_fcntl_setfl(int fd, int flags);
 int tsvm_fcntl_int(int fd, int cmd, int arg);
 int tsvm_dup(int fd);

@@ -27,6 +27,7 @@ const symbols = {
   tsvm_mmap: { args: [pointer, u64, i32, i32, i32, i64], returns: i32 },
   tsvm_munmap: { args: [u64, u64], returns: i32 },
   tsvm_madvise: { args: [u64, u64, i32], returns: i32 },
+  tsvm_sched_slice: { args: [i32, u64], returns: i32 },
   tsvm_fcntl_setfl: { args: [i32, i32], returns: i32 },
   tsvm_fcntl_int: { args: [i32, i32, i32], returns: i32 },
   tsvm_dup: { args: [i32], returns: i32 },

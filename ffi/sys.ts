@@ -134,6 +134,11 @@ export function madvise(address: number, length: number, advice: number): number
   return native.tsvm_madvise(address, length, advice);
 }
 
+/** Asks for a scheduler slice of `ns` for thread `tid` (0: the calling thread); returns 0 or -errno. */
+export function schedSlice(tid: number, ns: number): number {
+  return native.tsvm_sched_slice(tid, ns);
+}
+
 /** Adds `flags` (O_NONBLOCK, say) to the file status flags of `fd`. */
 export function addFileFlags(fd: number, flags: number): void {
   checked(native.tsvm_fcntl_setfl(fd, flags), "set file flags");

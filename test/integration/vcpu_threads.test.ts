@@ -2,7 +2,8 @@
 // the threads exist, named, no VM has a Worker, one with many vCPUs costs the VMM little more memory
 // than one with a single vCPU, and the threads stop when the VM does. And the VMM that runs devices itself runs under their JSC settings.
 import { afterEach, describe, expect, test } from "bun:test";
-import { readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { release } from "node:os";
 import { privateDirtyKib, settledMemory, writeBack } from "../support/process_memory.ts";
 import { join } from "node:path";
 import { HAS_KVM, runTsvm, tempDir, TIME_SCALE, TsvmProcess } from "../support/tsvm.ts";
@@ -149,6 +150,17 @@ describe.skipIf(!HAS_KVM)("vCPU threads", () => {
 
 // With --disable-sandbox the devices run in the VMM, which then runs under a device process's JSC
 // settings: JSC reads them only at start, so tsvm runs itself again with them (base/in_process_jsc.ts).
+/** The processes whose parent is `pid` (a VMM's: its device processes). */
+function childPids(pid: number): number[] {
+  return readdirSync("/proc").filter((p) => /^\d+$/.test(p)).map(Number).filter((p) => {
+    try {
+      return readFileSync(`/proc/${p}/stat`, "utf8").split(") ")[1]!.split(" ")[1] === String(pid);
+    } catch {
+      return false; // ended meanwhile
+    }
+  });
+}
+
 const environ = (pid: number): string[] => readFileSync(`/proc/${pid}/environ`, "utf8").split("\0");
 
 describe.skipIf(!HAS_KVM)("devices in the VMM", () => {
@@ -185,13 +197,7 @@ describe.skipIf(!HAS_KVM)("device processes", () => {
     const vm = new TsvmProcess(["run", "-m", "256", "-p", "tsvm.mode=serve", "--block", `path=${image}`, "--vsock", `cid=3,uds=${join(dir, "v.sock")}`]);
     running.push(vm);
     await vm.waitForOutput(/serving/, 30_000);
-    const devices = readdirSync("/proc").filter((p) => /^\d+$/.test(p)).filter((p) => {
-      try {
-        return readFileSync(`/proc/${p}/stat`, "utf8").split(") ")[1]!.split(" ")[1] === String(vm.child.pid);
-      } catch {
-        return false;
-      }
-    });
+    const devices = childPids(vm.child.pid);
     expect(devices.length).toBe(4); // block, rng, balloon, vsock
     // The VMM runs in the program that read the command line (it takes its JIT policy at run time),
     // and none of the devices' settings reach it.
@@ -201,5 +207,27 @@ describe.skipIf(!HAS_KVM)("device processes", () => {
       expect(environ(Number(pid))).toEqual(expect.arrayContaining(["BUN_JSC_useFTLJIT=0", "BUN_JSC_numberOfGCMarkers=1", "BUN_JSC_thresholdForJITAfterWarmUp=20000"]));
     }
     expect(withoutDfg.length).toBe(3);
+  }, TIMEOUT);
+
+  test("device processes ask the scheduler for a 0.1 ms slice (Linux 6.12 and later); the VMM keeps the kernel's default", async () => {
+    const slice = (pid: number): number | null => {
+      const m = /^se\.slice\s*:\s*(\d+)/m.exec(readFileSync(`/proc/${pid}/sched`, "utf8"));
+      return m ? Number(m[1]) : null;
+    };
+    const [major, minor] = release().split(".").map(Number) as [number, number];
+    if (major * 100 + minor < 612 || !existsSync("/proc/self/sched") || slice(process.pid) === null) {
+      console.warn("tsvm tests: this kernel does not show or take a thread's slice (before 6.12, or no /proc/PID/sched); not checked");
+      return;
+    }
+    const dir = tempDir();
+    const image = join(dir, "disk.img");
+    writeFileSync(image, new Uint8Array(1 << 20));
+    const vm = await serve(1, ["--block", `path=${image}`]);
+    const devices = childPids(vm.child.pid);
+    expect(devices.length).toBe(IS_ROOT ? 3 : 0); // block, rng, balloon (in the VMM without root)
+    // Each thread the process starts after asking inherits it (the block device's I/O threads);
+    // the runtime's own, started before, keep the default.
+    for (const pid of devices) expect(slice(pid)).toBe(100_000);
+    expect(slice(vm.child.pid)).not.toBe(100_000);
   }, TIMEOUT);
 });

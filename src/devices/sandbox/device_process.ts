@@ -12,7 +12,7 @@ import { setLogLevel, log, type LogLevel } from "../../base/log.ts";
 import { describeError, err, ok, type Result } from "../../base/result.ts";
 import { StreamSocket } from "../../base/stream_socket.ts";
 import { Tube } from "../../base/tube.ts";
-import { LOOP_POLL_NS, WaitContext } from "../../base/wait_context.ts";
+import { DEVICE_SLICE_NS, LOOP_POLL_NS, WaitContext } from "../../base/wait_context.ts";
 import { createDevice, type CreatedDevice, loadDeviceKinds, resourcesFromFds } from "../create_device.ts";
 import { VhostUserBackend } from "../vhost_user/backend.ts";
 import type { DeviceEventLoop } from "../virtio/virtio_device.ts";
@@ -45,6 +45,8 @@ export async function runDeviceProcess(): Promise<number> {
   const decoded = decodeTubeMessage(first.bytes);
   if (!decoded.ok || decoded.value.kind !== "setup") return 3;
   const setup = decoded.value.setup;
+  // Before any thread of ours starts (the I/O pool's inherit it); a kernel before 6.12 ignores it.
+  if (DEVICE_SLICE_NS > 0) sys.schedSlice(0, DEVICE_SLICE_NS);
   setLogLevel(setup.logLevel as LogLevel);
   const label = setup.spec.label;
   const fail = (reason: string): number => {
