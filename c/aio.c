@@ -165,6 +165,7 @@ static int bounced_transfer(int fd, const struct iovec *iov, int iovcnt, int64_t
 static int transfer(int fd, struct iovec *iov, int iovcnt, int64_t offset, uint32_t align, int write)
 {
 	if (align > 1 && !aligned(iov, iovcnt, offset, align)) return bounced_transfer(fd, iov, iovcnt, offset, align, write);
+	if (align > 1) tsvm_prefer_huge(iov, iovcnt); /* O_DIRECT pins each page of the buffers (c/sys.c) */
 	return plain_transfer(fd, iov, iovcnt, offset, write);
 }
 

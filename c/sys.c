@@ -3,6 +3,8 @@
 #include "tsvm.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
 #include <fcntl.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
@@ -79,6 +81,134 @@ int tsvm_mmap(uint64_t *addr_out, uint64_t len, int prot, int flags, int fd, int
 		return -errno;
 	*addr_out = (uint64_t)(uintptr_t)p;
 	return 0;
+}
+
+/*
+ * mmap of `fd` at an address congruent with `off` modulo `align` (a power of two): each aligned block
+ * of the file then falls on one aligned block of addresses, which a huge page can map whole. A
+ * reservation of len + align addresses is made first, the file mapped over part of it, the rest
+ * given back.
+ */
+int tsvm_mmap_aligned(uint64_t *addr_out, uint64_t len, int prot, int flags, int fd, int64_t off, uint64_t align)
+{
+	if (align == 0 || (align & (align - 1)) || len == 0 || len > UINT64_MAX - align)
+		return -EINVAL;
+	void *r = mmap(NULL, len + align, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (r == MAP_FAILED)
+		return -errno;
+	uintptr_t base = (uintptr_t)r;
+	uintptr_t at = base + (((uintptr_t)off - base) & (align - 1));
+	void *p = mmap((void *)at, len, prot, flags | MAP_FIXED, fd, off);
+	if (p == MAP_FAILED) {
+		int e = errno;
+		munmap(r, len + align);
+		return -e;
+	}
+	if (at > base)
+		munmap(r, at - base);
+	if (base + len + align > at + len)
+		munmap((void *)(at + len), base + len + align - (at + len));
+	*addr_out = (uint64_t)at;
+	return 0;
+}
+
+/*
+ * Huge pages for guest memory that takes O_DIRECT transfers. A memfd gets transparent huge pages
+ * only where the host allows them for shared memory (shmem_enabled), which it does not by default;
+ * anonymous memory (QEMU's guest RAM) gets them under the usual `enabled = madvise`. An O_DIRECT
+ * request pins and maps every page of its buffers: 16 of them for 64 KiB in 4 KiB pages, one in a
+ * huge page. So the ranges registered here (guest memory mappings, 2 MiB aligned with their file)
+ * are collapsed into huge pages (MADV_COLLAPSE, Linux 6.1+) 2 MiB at a time, the first times an
+ * O_DIRECT transfer's buffer lies in a block: at most twice a block (a block with no page yet
+ * cannot collapse; the transfer gives it one), never again once it collapsed. Only when wanted
+ * (the host's THP `enabled` is not `never`: the VMM decides and tells its device processes).
+ */
+#define HUGE_SHIFT 21
+#define HUGE_RANGES 16
+#define HUGE_TRIES 2
+#ifndef MADV_COLLAPSE
+#define MADV_COLLAPSE 25
+#endif
+struct huge_range {
+	uintptr_t start, end; /* whole 2 MiB blocks */
+	uint8_t *tries;       /* per block: attempts made, HUGE_TRIES + 1 once collapsed */
+};
+static struct huge_range huge_ranges[HUGE_RANGES];
+static pthread_mutex_t huge_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* Registers [addr, addr + len) for collapsing (its whole 2 MiB blocks); 0, -ENOSPC or -ENOMEM. */
+int tsvm_huge_range_add(uint64_t addr, uint64_t len)
+{
+	uintptr_t start = ((uintptr_t)addr + (1UL << HUGE_SHIFT) - 1) & ~((1UL << HUGE_SHIFT) - 1);
+	uintptr_t end = ((uintptr_t)addr + len) & ~((1UL << HUGE_SHIFT) - 1);
+	if (end <= start)
+		return 0;
+	uint8_t *tries = calloc((end - start) >> HUGE_SHIFT, 1);
+	if (!tries)
+		return -ENOMEM;
+	pthread_mutex_lock(&huge_lock);
+	for (int i = 0; i < HUGE_RANGES; i++) {
+		if (huge_ranges[i].tries == NULL) {
+			huge_ranges[i] = (struct huge_range){ start, end, tries };
+			pthread_mutex_unlock(&huge_lock);
+			return 0;
+		}
+	}
+	pthread_mutex_unlock(&huge_lock);
+	free(tries);
+	return -ENOSPC;
+}
+
+/* Forgets the range registered at `addr` (before it is unmapped). */
+void tsvm_huge_range_remove(uint64_t addr, uint64_t len)
+{
+	uintptr_t start = ((uintptr_t)addr + (1UL << HUGE_SHIFT) - 1) & ~((1UL << HUGE_SHIFT) - 1);
+	uintptr_t end = ((uintptr_t)addr + len) & ~((1UL << HUGE_SHIFT) - 1);
+	pthread_mutex_lock(&huge_lock);
+	for (int i = 0; i < HUGE_RANGES; i++) {
+		if (huge_ranges[i].tries != NULL && huge_ranges[i].start == start && huge_ranges[i].end == end) {
+			free(huge_ranges[i].tries);
+			huge_ranges[i] = (struct huge_range){ 0, 0, NULL };
+		}
+	}
+	pthread_mutex_unlock(&huge_lock);
+}
+
+/* Collapses the blocks of registered ranges that `iov`'s buffers touch, as the comment above says. */
+void tsvm_prefer_huge(const struct iovec *iov, int iovcnt)
+{
+	for (int i = 0; i < iovcnt; i++) {
+		uintptr_t from = (uintptr_t)iov[i].iov_base >> HUGE_SHIFT;
+		uintptr_t to = ((uintptr_t)iov[i].iov_base + iov[i].iov_len - 1) >> HUGE_SHIFT;
+		if (iov[i].iov_len == 0)
+			continue;
+		for (uintptr_t block = from; block <= to; block++) {
+			uintptr_t at = block << HUGE_SHIFT;
+			int ask = 0;
+			pthread_mutex_lock(&huge_lock);
+			for (int r = 0; r < HUGE_RANGES; r++) {
+				struct huge_range *h = &huge_ranges[r];
+				if (h->tries != NULL && at >= h->start && at < h->end) {
+					uint8_t *t = &h->tries[(at - h->start) >> HUGE_SHIFT];
+					if (*t < HUGE_TRIES) {
+						(*t)++;
+						ask = 1;
+					}
+					break;
+				}
+			}
+			pthread_mutex_unlock(&huge_lock);
+			if (!ask || madvise((void *)at, 1UL << HUGE_SHIFT, MADV_COLLAPSE) != 0)
+				continue;
+			pthread_mutex_lock(&huge_lock);
+			for (int r = 0; r < HUGE_RANGES; r++) {
+				struct huge_range *h = &huge_ranges[r];
+				if (h->tries != NULL && at >= h->start && at < h->end)
+					h->tries[(at - h->start) >> HUGE_SHIFT] = HUGE_TRIES + 1;
+			}
+			pthread_mutex_unlock(&huge_lock);
+		}
+	}
 }
 
 int tsvm_munmap(uint64_t addr, uint64_t len) { RET(munmap((void *)(uintptr_t)addr, len)); }

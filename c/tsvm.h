@@ -28,6 +28,11 @@ int tsvm_mmap(uint64_t *addr_out, uint64_t len, int prot, int flags, int fd, int
 int tsvm_munmap(uint64_t addr, uint64_t len);
 int tsvm_madvise(uint64_t addr, uint64_t len, int advice);
 int tsvm_sched_slice(int tid, uint64_t ns);
+int tsvm_mmap_aligned(uint64_t *addr_out, uint64_t len, int prot, int flags, int fd, int64_t off, uint64_t align);
+int tsvm_huge_range_add(uint64_t addr, uint64_t len);
+void tsvm_huge_range_remove(uint64_t addr, uint64_t len);
+struct iovec;
+void tsvm_prefer_huge(const struct iovec *iov, int iovcnt);
 int tsvm_fcntl_setfl(int fd, int flags);
 int tsvm_fcntl_int(int fd, int cmd, int arg);
 int tsvm_dup(int fd);

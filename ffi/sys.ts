@@ -124,6 +124,26 @@ export function mmap(length: number, prot: number, flags: number, fd: number, of
   return Number(out[0]);
 }
 
+/** mmap at an address congruent with `offset` modulo `align` (a power of two; 2 MiB lets huge pages map the file's blocks whole). */
+export function mmapAligned(length: number, prot: number, flags: number, fd: number, offset: number, align: number): number {
+  const out = new BigUint64Array(1);
+  checked(native.tsvm_mmap_aligned(out, length, prot, flags, fd, offset, align), "map memory");
+  return Number(out[0]);
+}
+
+/**
+ * Registers a mapping whose 2 MiB blocks O_DIRECT transfers collapse into huge pages (c/sys.c,
+ * tsvm_prefer_huge); returns 0 or -errno (-ENOSPC: 16 ranges are registered already).
+ */
+export function hugeRangeAdd(address: number, length: number): number {
+  return native.tsvm_huge_range_add(address, length);
+}
+
+/** Forgets a range given to hugeRangeAdd; called before it is unmapped. */
+export function hugeRangeRemove(address: number, length: number): void {
+  native.tsvm_huge_range_remove(address, length);
+}
+
 /** Unmaps a range returned by mmap. No view over it may be used afterwards. */
 export function munmap(address: number, length: number): void {
   checked(native.tsvm_munmap(address, length), "unmap memory");

@@ -18,6 +18,30 @@ const MAP_NORESERVE = 0x4000;
  * RAM gets huge pages under the usual `enabled = madvise`, 61-64k).
  */
 const MADV_HUGEPAGE = 14;
+/** Guest memory is mapped 2 MiB aligned with its file, so a huge page can map a block whole. */
+const HUGE_PAGE_SIZE = 2 * 1024 * 1024;
+const O_RDONLY_CLOEXEC = 0o2000000;
+/**
+ * Whether this process asks for guest memory that takes O_DIRECT transfers to be collapsed into
+ * huge pages (c/sys.c, tsvm_prefer_huge): wherever the host has not turned transparent huge pages
+ * off (`enabled` = `never`), as QEMU's anonymous guest RAM gets them there. A device process
+ * cannot read /sys in its jail: its VMM tells it through TSVM_GUEST_HUGE_PAGES (1 or 0), which
+ * also overrides what the host says (tests, benchmarks).
+ */
+export const GUEST_HUGE_PAGES: boolean = hugePagesWanted(process.env.TSVM_GUEST_HUGE_PAGES);
+function hugePagesWanted(setting: string | undefined): boolean {
+  if (setting === "0" || setting === "1") return setting === "1";
+  const fd = sys.openRaw("/sys/kernel/mm/transparent_hugepage/enabled", O_RDONLY_CLOEXEC);
+  if (fd < 0) return false;
+  try {
+    const text = new Uint8Array(128);
+    const n = sys.readRaw(fd, text);
+    return n > 0 && !new TextDecoder().decode(text.subarray(0, n)).includes("[never]");
+  } finally {
+    sys.close(fd);
+  }
+}
+
 const MFD_CLOEXEC = 1;
 const MFD_ALLOW_SEALING = 2;
 const F_ADD_SEALS = 1033;
@@ -57,6 +81,17 @@ export class GuestMemoryError extends Error {
 
 type Mapping = { readonly address: number; readonly size: number };
 
+/** Advises a new mapping of guest memory for huge pages, and registers it for collapsing (GUEST_HUGE_PAGES). */
+function preferHugePages(address: number, size: number): void {
+  sys.madvise(address, size, MADV_HUGEPAGE); // a hint: nothing depends on it being taken
+  if (GUEST_HUGE_PAGES) sys.hugeRangeAdd(address, size); // the same: 16 mappings at most are registered
+}
+
+function unmap(m: Mapping): void {
+  if (GUEST_HUGE_PAGES) sys.hugeRangeRemove(m.address, m.size);
+  sys.munmap(m.address, m.size);
+}
+
 /**
  * Guest physical memory. Accesses never cross a region boundary: anything that would is refused,
  * never truncated. Views handed out stay valid until `close`.
@@ -84,8 +119,8 @@ export class GuestMemory {
     try {
       sys.ftruncate(fd, total);
       sys.fcntlInt(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL, "seal guest memory");
-      const address = sys.mmap(total, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0);
-      sys.madvise(address, total, MADV_HUGEPAGE); // a hint: nothing depends on it being taken
+      const address = sys.mmapAligned(total, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0, HUGE_PAGE_SIZE);
+      preferHugePages(address, total);
       let fdOffset = 0;
       const regions = specs.map((s) => {
         const region = mappedRegion(guestAddress(s.base), s.size, fd, fdOffset, address + fdOffset);
@@ -113,16 +148,16 @@ export class GuestMemory {
         // mmap wants a page-aligned file offset; a region may start anywhere in its file.
         const mapOffset = m.fdOffset - (m.fdOffset % PAGE_SIZE);
         const delta = m.fdOffset - mapOffset;
-        const address = sys.mmap(delta + m.size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, m.fd, mapOffset);
+        const address = sys.mmapAligned(delta + m.size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, m.fd, mapOffset, HUGE_PAGE_SIZE);
         maps.push({ address, size: delta + m.size });
-        sys.madvise(address, delta + m.size, MADV_HUGEPAGE); // as create does
+        preferHugePages(address, delta + m.size);
         for (let at = 0; at < m.size; at += MAX_REGION_SIZE) {
           const size = Math.min(MAX_REGION_SIZE, m.size - at);
           regions.push(mappedRegion(guestAddress(m.base + at), size, m.fd, m.fdOffset + at, address + delta + at));
         }
       }
     } catch (e) {
-      for (const map of maps) sys.munmap(map.address, map.size);
+      for (const map of maps) unmap(map);
       throw e;
     }
     return new GuestMemory(regions, maps, [...new Set(sorted.map((m) => m.fd))]);
@@ -264,7 +299,7 @@ export class GuestMemory {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    for (const m of this.#mappings) sys.munmap(m.address, m.size);
+    for (const m of this.#mappings) unmap(m);
     for (const fd of this.#ownedFds) sys.close(fd);
   }
 

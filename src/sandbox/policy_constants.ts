@@ -18,6 +18,7 @@ export const POLICY_CONSTANTS: Readonly<Record<string, bigint>> = {
   MADV_DODUMP: 17n,
   MADV_HUGEPAGE: 14n,
   MADV_NOHUGEPAGE: 15n,
+  MADV_COLLAPSE: 25n,
   F_GETFL: 3n,
   F_SETFL: 4n,
   F_GET_SEALS: 1034n,

@@ -1,5 +1,10 @@
 import { describe, expect, test } from "bun:test";
-import { readFileSync } from "node:fs";
+import { toArrayBuffer } from "bun:ffi";
+import { readFileSync, writeFileSync } from "node:fs";
+import { release } from "node:os";
+import { join } from "node:path";
+import { diskTransfer } from "../../ffi/aio.ts";
+import { tempDir } from "../support/tsvm.ts";
 import { sys } from "../../ffi/mod.ts";
 import {
   checkedAdd, guestAddress, guestAddress as ga, guestAddressFromHalves, guestAddressFromU64, GuestMemory,
@@ -90,5 +95,65 @@ describe("guest addresses", () => {
   test("guest u64 values at or above 2^52 are not addresses, so 2^53 and up never lose precision", () => {
     expect<unknown[]>([guestAddressFromU64(2n ** 52n - 1n), guestAddressFromU64(2n ** 52n), guestAddressFromU64(2n ** 64n - 1n)]).toEqual([2 ** 52 - 1, null, null]);
     expect<unknown[]>([guestAddressFromHalves(0xffff_ffff, 0xf_ffff), guestAddressFromHalves(0, 0x10_0000), guestAddressFromHalves(1, 0xffff_ffff)]).toEqual([2 ** 52 - 1, null, null]);
+  });
+});
+
+// Guest memory under O_DIRECT transfers is collapsed into huge pages (c/sys.c, tsvm_prefer_huge).
+describe("huge pages for O_DIRECT transfers", () => {
+  const HUGE = 2 * 1024 * 1024;
+  const O_RDONLY_DIRECT_CLOEXEC = 0o40000 | 0o2000000;
+
+  /** ShmemPmdMapped of the mapping of this process that holds `address` (KiB). */
+  function pmdMappedKib(address: number): number {
+    let inside = false;
+    for (const line of readFileSync("/proc/self/smaps", "utf8").split("\n")) {
+      const range = /^([0-9a-f]+)-([0-9a-f]+) /.exec(line);
+      if (range) inside = parseInt(range[1]!, 16) <= address && address < parseInt(range[2]!, 16);
+      const m = /^ShmemPmdMapped:\s+(\d+) kB/.exec(line);
+      if (inside && m) return Number(m[1]);
+    }
+    return -1;
+  }
+
+  test("guest memory is mapped 2 MiB aligned with its file, also from a file offset that is not", () => {
+    using mem = GuestMemory.create([{ base: 0, size: 2 * HUGE }, { base: 0x1_0000_0000, size: HUGE + PAGE }]);
+    for (const r of mem.regions) expect((r.hostAddress - r.fdOffset) % HUGE).toBe(0);
+    using mapped = GuestMemory.fromMappings([{ base: ga(0), size: HUGE, fd: sys.dup(mem.regions[0]!.fd), fdOffset: 3 * PAGE }]);
+    expect((mapped.regions[0]!.hostAddress - 3 * PAGE) % HUGE).toBe(0);
+    mapped.writeU32(ga(0), 0x12345678);
+    expect(mem.readU32(ga(3 * PAGE))).toBe(0x12345678);
+  });
+
+  test("an O_DIRECT read into a registered range collapses the 2 MiB block it lands in; a buffered one, or an unregistered range, does not", () => {
+    const [major, minor] = release().split(".").map(Number) as [number, number];
+    if (major * 100 + minor < 601) return console.warn("skipping: MADV_COLLAPSE needs Linux 6.1");
+    const path = join(tempDir(), "disk.img");
+    writeFileSync(path, Uint8Array.from({ length: 1 << 20 }, (_, i) => (i * 13) & 0xff));
+    const direct = sys.openRaw(path, O_RDONLY_DIRECT_CLOEXEC);
+    if (direct < 0) return console.warn(`skipping: the temporary directory does not support O_DIRECT (errno ${-direct})`);
+    const buffered = sys.openRaw(path, 0o2000000);
+    const fd = sys.memfdCreate("huge_test", 1);
+    try {
+      sys.ftruncate(fd, 4 * HUGE);
+      // One mapping per 2 MiB block, as smaps counts huge pages per mapping.
+      const blocks = [0, 1, 2, 3].map((k) => sys.mmapAligned(HUGE, 3, 1, fd, k * HUGE, HUGE));
+      for (const address of blocks) expect(address % HUGE).toBe(0);
+      for (const k of [0, 1, 2]) expect(sys.hugeRangeAdd(blocks[k]!, HUGE)).toBe(0); // the 4th stays out
+      const view = (k: number): Uint8Array => new Uint8Array(toArrayBuffer(blocks[k]!, 65536, 65536));
+      expect(diskTransfer(buffered, [view(0)], 65536, 1, false)).toBe(0);
+      for (let i = 0; i < 2; i++) expect(diskTransfer(direct, [view(3)], 65536, 4096, false)).toBe(0);
+      expect([pmdMappedKib(blocks[0]!), pmdMappedKib(blocks[3]!)]).toEqual([0, 0]);
+      // The block's first transfer finds it empty (nothing to collapse); the second collapses it.
+      for (let i = 0; i < 2; i++) expect(diskTransfer(direct, [view(1)], 65536, 4096, false)).toBe(0);
+      expect(pmdMappedKib(blocks[1]!)).toBe(2048);
+      expect(Buffer.from(view(1)).equals(readFileSync(path).subarray(65536, 131072))).toBe(true);
+      sys.hugeRangeRemove(blocks[2]!, HUGE);
+      for (let i = 0; i < 2; i++) expect(diskTransfer(direct, [view(2)], 65536, 4096, false)).toBe(0);
+      expect(pmdMappedKib(blocks[2]!)).toBe(0); // forgotten: not collapsed
+      for (const k of [0, 1]) sys.hugeRangeRemove(blocks[k]!, HUGE);
+      for (const address of blocks) sys.munmap(address, HUGE);
+    } finally {
+      for (const f of [fd, direct, buffered]) sys.close(f);
+    }
   });
 });

@@ -41,7 +41,7 @@ describe("parsePolicy", () => {
   }
 
   test("named constants match the kernel headers", () => {
-    const c = `#include <sys/mman.h>\n#include <fcntl.h>\n#include <sys/prctl.h>\n#include <linux/if_tun.h>\n#include <sys/ioctl.h>\n#include <linux/futex.h>\n#include <signal.h>\n#include <stdio.h>\n#include <linux/falloc.h>\n#include <time.h>\n#include <sys/socket.h>\nint main(void){\n${
+    const c = `#include <sys/mman.h>\n#include <linux/mman.h>\n#include <fcntl.h>\n#include <sys/prctl.h>\n#include <linux/if_tun.h>\n#include <sys/ioctl.h>\n#include <linux/futex.h>\n#include <signal.h>\n#include <stdio.h>\n#include <linux/falloc.h>\n#include <time.h>\n#include <sys/socket.h>\nint main(void){\n${
       Object.keys(POLICY_CONSTANTS).filter((k) => k !== "CLONE_THREAD_FLAGS").map((k) => `printf("${k} %llu\\n", (unsigned long long)(${k}));`).join("\n")
     }\nreturn 0;}\n`;
     const dir = tempDir();
