@@ -122,6 +122,18 @@ int tsvm_accept(int fd)
 	return r < 0 ? -errno : r;
 }
 
+/*
+ * Sets the send buffer of socket `fd` to `bytes` (the kernel doubles it for its bookkeeping):
+ * SO_SNDBUFFORCE where the caller may pass net.core.wmem_max (CAP_NET_ADMIN), else SO_SNDBUF, which
+ * the kernel caps there. Returns 0 or -errno.
+ */
+int tsvm_set_send_buffer(int fd, int bytes)
+{
+	if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &bytes, sizeof bytes) == 0)
+		return 0;
+	return setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof bytes) == 0 ? 0 : -errno;
+}
+
 /* Waits up to timeout_ms for `fd` to become readable: 1 readable, 0 timed out, -errno. */
 int tsvm_wait_readable(int fd, int timeout_ms)
 {

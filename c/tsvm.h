@@ -87,6 +87,7 @@ int64_t tsvm_recv_with_fds(int fd, void *buf, uint64_t len, int *fds_out, int ma
 int tsvm_unix_listen(const char *path, int type);
 int tsvm_unix_connect(const char *path, int type);
 int tsvm_accept(int fd);
+int tsvm_set_send_buffer(int fd, int bytes);
 int tsvm_wait_readable(int fd, int timeout_ms);
 int tsvm_poll(int fd, int events, int timeout_ms);
 int tsvm_shutdown(int fd, int how);

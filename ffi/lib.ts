@@ -82,6 +82,7 @@ const symbols = {
   tsvm_unix_listen: { args: [cstring, i32], returns: i32 },
   tsvm_unix_connect: { args: [cstring, i32], returns: i32 },
   tsvm_accept: { args: [i32], returns: i32 },
+  tsvm_set_send_buffer: { args: [i32, i32], returns: i32 },
   tsvm_wait_readable: { args: [i32, i32], returns: i32 },
   tsvm_poll: { args: [i32, i32, i32], returns: i32 },
   tsvm_shutdown: { args: [i32, i32], returns: i32 },

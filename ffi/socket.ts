@@ -60,6 +60,11 @@ export function accept(fd: number): number {
   return native.tsvm_accept(fd);
 }
 
+/** Sets the send buffer of socket `fd` to `bytes` (forced past net.core.wmem_max where allowed); 0 or -errno. */
+export function setSendBuffer(fd: number, bytes: number): number {
+  return native.tsvm_set_send_buffer(fd, bytes);
+}
+
 /** Waits up to `timeoutMs` for `fd` to be readable: 1 readable, 0 timed out, or -errno. */
 export function waitReadable(fd: number, timeoutMs: number): number {
   return native.tsvm_wait_readable(fd, timeoutMs);

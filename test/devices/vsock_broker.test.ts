@@ -5,6 +5,7 @@ import { socket, sys } from "../../ffi/mod.ts";
 import type { StreamSocket } from "../../src/base/stream_socket.ts";
 import { listenUnix } from "../../src/base/unix_listener.ts";
 import { MAX_HANDSHAKES, VsockBroker } from "../../src/devices/vsock_broker.ts";
+import { CONNECTION_BUFFER } from "../../src/devices/virtio/vsock/connection.ts";
 import { tempDir } from "../support/tsvm.ts";
 import { TestLoop } from "../support/vhost_user_driver.ts";
 
@@ -53,6 +54,31 @@ describe("VsockBroker", () => {
     const rest = new Uint8Array(16);
     expect(b.delivered[0]!.socket.read(rest)).toBe(5);
     expect(new TextDecoder().decode(rest.subarray(0, 5))).toBe("hello");
+  });
+
+  test("the device's end of a host connection takes the guest's whole credit before a program that does not read yet blocks it, both ways of connecting", () => {
+    const b = start();
+    const listening = listenUnix(`${b.path}_77`, socket.SOCK_STREAM, "the test host program");
+    if (!listening.ok) throw new Error(listening.error);
+    cleanup.push(() => sys.close(listening.value));
+    b.client("CONNECT 5\n");
+    b.pump();
+    const outgoing = b.broker.connect(77);
+    if (!outgoing.ok) throw new Error(outgoing.error);
+    cleanup.push(() => outgoing.value.close());
+    const chunk = new Uint8Array(64 * 1024);
+    for (const s of [b.delivered[0]!.socket, outgoing.value]) {
+      let taken = 0;
+      for (;;) {
+        const n = s.send(chunk);
+        if (n === "broken") throw new Error("the socket broke");
+        taken += n;
+        if (n < chunk.byteLength) break;
+      }
+      // The kernel's default (208 KiB here, net.core.wmem_default) takes less than one window.
+      if (process.getuid?.() === 0) expect(taken).toBeGreaterThanOrEqual(CONNECTION_BUFFER);
+      else expect(taken).toBeGreaterThan(0);
+    }
   });
 
   test("a line that arrives in pieces is read whole", () => {
