@@ -88,6 +88,9 @@ export async function serveDevices(config: DevicesConfig, compiled: ReadonlyMap<
           cleanup.push(() => relay.close());
         }
         const child = started.value;
+        // As under `tsvm run`: the spawn settles on the loop's first turn, and a process that does
+        // not say READY in time is ended (and this program with it) instead of serving nobody.
+        loop.everyTick(() => child.checkDeadlines(performance.now()));
         broker?.start(loop, (host, port) => child.sendHostConnection(host, port));
         cleanup.push(() => child.close());
       } else {

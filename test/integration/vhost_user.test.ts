@@ -104,6 +104,13 @@ describe.skipIf(!HAS_KVM || !IS_ROOT)("tsvm run as a vhost-user front-end", () =
     expect(vm.stderr).toMatch(new RegExp(`stopping: the vhost-user back-end of vhost-user-rng0 at ${sock} failed: (back-end channel: )?the peer closed the connection`));
   }, TIMEOUT);
 
+  test("tsvm devices ends a device process that says READY after its start deadline, with one line naming it, exit 1", async () => {
+    const sock = join(tempDir(), "rng.sock");
+    const r = await runTsvm(["devices", "--rng", `vhost=${sock}`], { env: { TSVM_DEVICE_START_TIMEOUT_MS: "1" } });
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/stopping: device process rng\S* \(pid \d+\) did not start within 0\.001 s/);
+  }, TIMEOUT);
+
   test("with reconnect=true the VM waits for a back-end that died, carries on with the next, and stops cleanly", async () => {
     const dir = tempDir();
     const sock = join(dir, "rng.sock");

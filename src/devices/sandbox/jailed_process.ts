@@ -315,8 +315,12 @@ export class JailedProcess {
         return;
       }
       const v = message.value;
-      if (v.kind === "ready" && !this.#ready) this.#ready = true;
-      else if (v.kind === "failed" && !this.#ready) this.#fail(`failed to start: ${sanitize(v.reason)}`);
+      if (v.kind === "ready" && !this.#ready) {
+        // A READY that comes after the start deadline is as late as none (the loop's check may
+        // not have come round yet).
+        this.checkDeadlines(performance.now());
+        if (this.#ended === null && !this.#failing) this.#ready = true;
+      } else if (v.kind === "failed" && !this.#ready) this.#fail(`failed to start: ${sanitize(v.reason)}`);
       else if (v.kind === "reply" && this.#pending.has(v.id)) {
         const p = this.#pending.get(v.id)!;
         this.#pending.delete(v.id);
