@@ -80,6 +80,8 @@ export class DiskFile extends OwnedFd implements DiskImage {
    * lengths and buffers it needs (requests that break it go through an aligned bounce buffer).
    */
   readonly align: number;
+  /** The fd and alignment the I/O pool uses, made once (every request at depth names it). */
+  readonly poolTarget: PoolTarget;
   #size: number;
 
   private constructor(fd: number, readOnly: boolean) {
@@ -88,6 +90,7 @@ export class DiskFile extends OwnedFd implements DiskImage {
     this.#size = sys.fileSize(fd);
     const flags = sys.fcntlIntRaw(fd, F_GETFL, 0);
     this.align = flags >= 0 && (flags & O_DIRECT) !== 0 ? aio.directAlignment(fd) : 1;
+    this.poolTarget = { fd, align: this.align };
   }
 
   /** Wraps an fd opened (and locked) by another process, as a jailed device process receives it (O_DIRECT kept). */
@@ -135,10 +138,6 @@ export class DiskFile extends OwnedFd implements DiskImage {
 
   get chainFds(): readonly number[] {
     return [this.fd];
-  }
-
-  get poolTarget(): PoolTarget {
-    return { fd: this.fd, align: this.align };
   }
 
   /** A raw file maps one to one (reads past its end give zeros). */

@@ -253,11 +253,11 @@ export class Queue {
       const views = memory.slices(address, length);
       if (views === null) return `buffer 0x${address.toString(16)}+${length} lies outside guest RAM`;
       if (flags & VIRTQ_DESC_F_WRITE) {
-        writable.push(...views);
+        for (let i = 0; i < views.length; i++) writable.push(views[i]!); // (no spread: this runs per buffer)
         writableLength += length;
       } else {
         if (writable.length > 0) return "device-readable buffer after a device-writable one";
-        readable.push(...views);
+        for (let i = 0; i < views.length; i++) readable.push(views[i]!);
         readableLength += length;
       }
       if (!(flags & VIRTQ_DESC_F_NEXT)) break;

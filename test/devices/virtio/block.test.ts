@@ -87,6 +87,23 @@ describe("Block", () => {
     expect(new TextDecoder().decode(d.memory.slice(ga(DATA), 9)!)).toBe("serial-42");
   });
 
+  test("the status goes to the last writable byte, past data the device did not fill and an empty last buffer", () => {
+    const { file } = disk();
+    const d = new VirtqueueDriver();
+    d.memory.writeU32(ga(HDR), VIRTIO_BLK_T.GET_ID);
+    d.memory.writeU64(ga(HDR + 8), 0n);
+    d.memory.write(ga(DATA), new Uint8Array(40).fill(0xee));
+    d.writeDesc(0, { addr: HDR, len: 16, flags: VIRTQ_DESC_F_NEXT, next: 1 });
+    d.writeDesc(1, { addr: DATA, len: 31, flags: VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_WRITE, next: 2 }); // 20 of id, 10 unused, status
+    d.writeDesc(2, { addr: DATA + 0x100, len: 0, flags: VIRTQ_DESC_F_WRITE, next: 0 });
+    d.publish(0);
+    const r = d.queue.pop();
+    if (r?.kind !== "chain") throw new Error("expected a chain");
+    expect(new Block(file, "serial-7").handle(r.chain)).toBe(31);
+    expect(new TextDecoder().decode(d.memory.slice(ga(DATA), 8)!)).toBe("serial-7");
+    expect([...d.memory.slice(ga(DATA + 20), 11)!]).toEqual([...new Array<number>(10).fill(0xee), VIRTIO_BLK_S.OK]);
+  });
+
   test("unknown request types are unsupported", () => {
     const { file } = disk();
     expect(request(new Block(file, "id"), new VirtqueueDriver(), 77, 0, 0, false).status).toBe(VIRTIO_BLK_S.UNSUPP);

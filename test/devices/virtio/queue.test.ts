@@ -31,6 +31,34 @@ describe("Queue.pop", () => {
     expect([w.written, d.memory.readU8(ga(BUFFERS + 0x100))]).toEqual([2, 9]);
   });
 
+  test("reads and writes cross buffer boundaries, byte by byte for a few bytes and in bulk for many, and refuse more than is left", () => {
+    const d = new VirtqueueDriver();
+    const source = Uint8Array.from({ length: 200 }, (_, i) => i + 1);
+    d.memory.write(ga(BUFFERS), source.subarray(0, 10));
+    d.memory.write(ga(BUFFERS + 0x100), source.subarray(10, 200));
+    d.writeDesc(0, { addr: BUFFERS, len: 10, flags: NEXT, next: 1 });
+    d.writeDesc(1, { addr: BUFFERS + 0x100, len: 190, flags: NEXT, next: 2 });
+    d.writeDesc(2, { addr: BUFFERS + 0x400, len: 3, flags: WRITE | NEXT, next: 3 });
+    d.writeDesc(3, { addr: BUFFERS + 0x500, len: 150, flags: WRITE, next: 0 });
+    d.publish(0);
+    const r = d.queue.pop();
+    if (r?.kind !== "chain") throw new Error("expected a chain");
+    const reader = new ChainReader(r.chain);
+    const small = new Uint8Array(16); // 10 bytes of the first buffer, 6 of the second
+    const large = new Uint8Array(184);
+    expect(reader.read(small)).toBe(true);
+    expect(reader.read(large.subarray(0, 5))).toBe(true);
+    expect(reader.read(new Uint8Array(180))).toBe(false); // 179 left: nothing read
+    expect(reader.read(large.subarray(5, 184))).toBe(true);
+    expect([...small, ...large.subarray(0, 184)]).toEqual([...source]);
+    const writer = new ChainWriter(r.chain);
+    const out = Uint8Array.from({ length: 100 }, (_, i) => 200 - i);
+    expect(writer.write(out)).toBe(true); // 3 bytes, then 97 in bulk
+    expect(writer.write(new Uint8Array(54))).toBe(false);
+    expect(writer.written).toBe(100);
+    expect([...d.memory.slice(ga(BUFFERS + 0x400), 3)!, ...d.memory.slice(ga(BUFFERS + 0x500), 97)!]).toEqual([...out]);
+  });
+
   test("follows an indirect table", () => {
     const d = new VirtqueueDriver();
     const table = BUFFERS + 0x1000;

@@ -39,8 +39,6 @@ export const VIRTIO_BLK_F = {
 /** Request types and status values (§5.2.6). */
 export const VIRTIO_BLK_T = { IN: 0, OUT: 1, FLUSH: 4, GET_ID: 8, DISCARD: 11, WRITE_ZEROES: 13 } as const;
 export const VIRTIO_BLK_S = { OK: 0, IOERR: 1, UNSUPP: 2 } as const;
-/** The status byte of each, made once (a request's status is copied out of it). */
-const STATUS_BYTES: readonly Uint8Array[] = [Uint8Array.of(VIRTIO_BLK_S.OK), Uint8Array.of(VIRTIO_BLK_S.IOERR), Uint8Array.of(VIRTIO_BLK_S.UNSUPP)];
 /** struct virtio_blk_req header: le32 type, le32 reserved, le64 sector. */
 const HEADER_SIZE = 16;
 /** struct virtio_blk_discard_write_zeroes: le64 sector, le32 num_sectors, le32 flags. */
@@ -237,7 +235,7 @@ export class Block implements VirtioDevice, ControllableDevice {
     // The status byte is the last writable byte; without one the request cannot even fail.
     if (chain.writableLength < 1) return 0;
     const writer = new ChainWriter(chain);
-    if (!reader.read(this.#header)) return this.finish(writer, chain, VIRTIO_BLK_S.IOERR);
+    if (!reader.read(this.#header)) return this.finish(chain, VIRTIO_BLK_S.IOERR);
     const h = this.#headerView;
     // le64 sector as two halves: no BigInt per request (a sector past 2^53 is out of range anyway).
     const sector = h.getUint32(8, true) + h.getUint32(12, true) * 2 ** 32;
@@ -251,27 +249,27 @@ export class Block implements VirtioDevice, ControllableDevice {
       case VIRTIO_BLK_T.IN: {
         const views = writer.take(dataIn)!;
         const ok = this.inRange(sector, dataIn) && this.disk.readInto(views, sector * SECTOR_SIZE);
-        return this.finish(writer, chain, ok ? VIRTIO_BLK_S.OK : VIRTIO_BLK_S.IOERR);
+        return this.finish(chain, ok ? VIRTIO_BLK_S.OK : VIRTIO_BLK_S.IOERR);
       }
       case VIRTIO_BLK_T.OUT: {
         const length = reader.remaining;
         const ok = !this.disk.readOnly && this.inRange(sector, length) && this.disk.writeFrom(reader.take(length)!, sector * SECTOR_SIZE) &&
           this.#durable();
-        return this.finish(writer, chain, ok ? VIRTIO_BLK_S.OK : VIRTIO_BLK_S.IOERR);
+        return this.finish(chain, ok ? VIRTIO_BLK_S.OK : VIRTIO_BLK_S.IOERR);
       }
       case VIRTIO_BLK_T.FLUSH:
-        return this.finish(writer, chain, this.disk.flush() ? VIRTIO_BLK_S.OK : VIRTIO_BLK_S.IOERR);
+        return this.finish(chain, this.disk.flush() ? VIRTIO_BLK_S.OK : VIRTIO_BLK_S.IOERR);
       case VIRTIO_BLK_T.GET_ID: {
         const n = Math.min(dataIn, VIRTIO_BLK_ID_BYTES);
         writer.write(this.#id.subarray(0, n));
-        return this.finish(writer, chain, VIRTIO_BLK_S.OK);
+        return this.finish(chain, VIRTIO_BLK_S.OK);
       }
       case VIRTIO_BLK_T.DISCARD:
       case VIRTIO_BLK_T.WRITE_ZEROES:
-        if (this.disk.readOnly) return this.finish(writer, chain, VIRTIO_BLK_S.IOERR);
-        return this.finish(writer, chain, this.#ranges(reader, type) && this.#durable() ? VIRTIO_BLK_S.OK : VIRTIO_BLK_S.IOERR);
+        if (this.disk.readOnly) return this.finish(chain, VIRTIO_BLK_S.IOERR);
+        return this.finish(chain, this.#ranges(reader, type) && this.#durable() ? VIRTIO_BLK_S.OK : VIRTIO_BLK_S.IOERR);
       default:
-        return this.finish(writer, chain, VIRTIO_BLK_S.UNSUPP);
+        return this.finish(chain, VIRTIO_BLK_S.UNSUPP);
     }
   }
 
@@ -311,12 +309,19 @@ export class Block implements VirtioDevice, ControllableDevice {
     return true;
   }
 
-  /** Writes the status into the last writable byte; returns the used length. */
-  finish(writer: ChainWriter, chain: DescriptorChain, status: number): number {
-    const skip = chain.writableLength - 1 - writer.written;
-    if (skip > 0) writer.take(skip);
-    writer.write(STATUS_BYTES[status] ?? Uint8Array.of(status));
-    return status === VIRTIO_BLK_S.OK ? writer.written : 1;
+  /**
+   * Writes the status into the chain's last writable byte (parse made sure there is one); returns
+   * the used length: the whole writable length once the data is in, only the status byte otherwise.
+   */
+  finish(chain: DescriptorChain, status: number): number {
+    const writable = chain.writable;
+    for (let i = writable.length - 1; i >= 0; i--) {
+      const last = writable[i]!;
+      if (last.byteLength === 0) continue;
+      last[last.byteLength - 1] = status;
+      break;
+    }
+    return status === VIRTIO_BLK_S.OK ? chain.writableLength : 1;
   }
 }
 
@@ -339,10 +344,10 @@ type Pending = {
 };
 /** A FLUSH waiting for the writes in flight before it. */
 type WaitingFlush = { readonly request: BlockRequest; readonly queue: Queue };
-/** One pool request of a data request: some of its guest buffers, at a host offset of one file. */
-type Part = { readonly target: PoolTarget; readonly views: Uint8Array[]; readonly offset: number };
+/** One pool request of a data request: some of its guest buffers (`bytes` in all), at a host offset of one file. */
+type Part = { readonly target: PoolTarget; readonly views: readonly Uint8Array[]; readonly offset: number; readonly bytes: number };
 /** A part taken from the rings in this batch, not yet on the pool (see `#submitStaged`). */
-type Staged = { readonly op: number; readonly part: Part; readonly bytes: number; readonly tag: number };
+type Staged = { readonly op: number; readonly part: Part; readonly tag: number };
 
 /**
  * A device's requests in flight, from all its queues, on one pool of C threads (c/aio.c): a read or
@@ -416,13 +421,13 @@ class InFlight {
     switch (type) {
       case VIRTIO_BLK_T.IN: {
         const length = chain.writableLength - 1;
-        if (!this.block.inRange(sector, length)) return this.block.finish(writer, chain, VIRTIO_BLK_S.IOERR);
+        if (!this.block.inRange(sector, length)) return this.block.finish(chain, VIRTIO_BLK_S.IOERR);
         return this.#transfer(queue, request, "read", writer.take(length)!, sector * SECTOR_SIZE, length);
       }
       case VIRTIO_BLK_T.OUT: {
         const length = reader.remaining;
         const views = this.block.inRange(sector, length) ? disk.writable(reader.take(length)!, sector * SECTOR_SIZE) : null;
-        if (views === null) return this.block.finish(writer, chain, VIRTIO_BLK_S.IOERR);
+        if (views === null) return this.block.finish(chain, VIRTIO_BLK_S.IOERR);
         return this.#transfer(queue, request, "write", views, sector * SECTOR_SIZE, length);
       }
       case VIRTIO_BLK_T.FLUSH:
@@ -444,30 +449,33 @@ class InFlight {
     if (extents === null) return this.#serveAlone(request);
     const parts: Part[] = [];
     const zeros: Uint8Array[] = [];
-    const cursor = new BufferCursor(views, length);
-    for (const extent of extents) {
-      const taken = cursor.take(extent.length) ?? []; // the extents add up to `length`
-      if (extent.target === null) zeros.push(...taken);
-      else parts.push({ target: extent.target, views: taken, offset: extent.hostOffset });
+    const only = extents.length === 1 ? extents[0]! : null;
+    if (only !== null && only.target !== null) {
+      parts.push({ target: only.target, views, offset: only.hostOffset, bytes: length }); // a raw image: the buffers as they are
+    } else {
+      const cursor = new BufferCursor(views, length);
+      for (const extent of extents) {
+        const taken = cursor.take(extent.length) ?? []; // the extents add up to `length`
+        if (extent.target === null) zeros.push(...taken);
+        else parts.push({ target: extent.target, views: taken, offset: extent.hostOffset, bytes: extent.length });
+      }
     }
     // O_DIRECT on a device whose blocks are larger than the request's alignment: a partial block is
     // read, modified and written back, which must not race with other requests on that block.
-    const misaligned = parts.some(({ target: { align }, views: vs, offset: at }) =>
-      align > 1 && (at % align !== 0 || vs.reduce((n, v) => n + v.byteLength, 0) % align !== 0)
-    );
+    const misaligned = parts.some(({ target: { align }, bytes, offset: at }) => align > 1 && (at % align !== 0 || bytes % align !== 0));
     // The pool holds a queue's worth of parts per queue: a request of more parts than there is room
     // for now (a scattered qcow2 read at depth) is served here.
     if (misaligned || this.#pending.size + parts.length > this.#pool.capacity) return this.#serveAlone(request);
     for (const z of zeros) z.fill(0);
     if (this.block.serveCachedOnLoop && (kind === "read" || !this.block.writeThrough)) this.#moveWhatIsCached(parts, kind === "write");
-    if (parts.length === 0) return this.block.finish(request.writer, request.chain, VIRTIO_BLK_S.OK);
+    if (parts.length === 0) return this.block.finish(request.chain, VIRTIO_BLK_S.OK);
     const op = kind === "read" ? AIO_OP.READ : AIO_OP.WRITE | (this.block.writeThrough ? AIO_SYNC : 0);
     const pending: Pending = { request, queue, kind, parts: parts.length, failed: false, buffers: views };
     for (const part of parts) {
       const tag = this.#nextTag;
       this.#nextTag = (tag + 1) >>> 0;
       this.#pending.set(tag, pending);
-      this.#staged.push({ op, part, bytes: part.views.reduce((n, v) => n + v.byteLength, 0), tag });
+      this.#staged.push({ op, part, tag });
     }
     this.#began(queue);
     if (kind === "write") this.#writes++;
@@ -492,7 +500,7 @@ class InFlight {
         if (write && this.#writeOnLoop(part)) parts.splice(i--, 1);
         continue;
       }
-      const bytes = part.views.reduce((n, v) => n + v.byteLength, 0);
+      const bytes = part.bytes;
       const moved = diskTry(fd, part.views, part.offset, write);
       if (moved === -ERRNO.EOPNOTSUPP) this.#noWait.add(key);
       if (moved <= 0) continue;
@@ -503,7 +511,7 @@ class InFlight {
       // Part of it was cached: the pool moves the rest.
       const rest = new BufferCursor(part.views, bytes);
       rest.take(moved);
-      parts[i] = { target: part.target, views: rest.take(bytes - moved)!, offset: part.offset + moved };
+      parts[i] = { target: part.target, views: rest.take(bytes - moved)!, offset: part.offset + moved, bytes: bytes - moved };
     }
   }
 
@@ -551,12 +559,12 @@ class InFlight {
       const next = staged[i]!;
       const last = run.at(-1);
       const continues = last !== undefined && last.part.target.fd === next.part.target.fd && last.op === next.op &&
-        last.part.target.align === next.part.target.align && last.part.offset + last.bytes === next.part.offset &&
-        bytes + next.bytes <= (next.part.target.align > 1 ? MERGE_MAX_DIRECT_BYTES : MERGE_MAX_BYTES) && segments + next.part.views.length <= AIO_MAX_SEGMENTS;
+        last.part.target.align === next.part.target.align && last.part.offset + last.part.bytes === next.part.offset &&
+        bytes + next.part.bytes <= (next.part.target.align > 1 ? MERGE_MAX_DIRECT_BYTES : MERGE_MAX_BYTES) && segments + next.part.views.length <= AIO_MAX_SEGMENTS;
       if (!continues) submitRun();
       run.push(next);
       segments += next.part.views.length;
-      bytes += next.bytes;
+      bytes += next.part.bytes;
     }
     submitRun();
   }
@@ -626,8 +634,8 @@ class InFlight {
     this.#requests--;
     this.#perQueue.set(pending.queue, this.#perQueue.get(pending.queue)! - 1);
     if (pending.kind === "write") this.#writes--;
-    const { chain, writer } = pending.request;
-    pending.queue.addUsed(chain.head, this.block.finish(writer, chain, pending.failed ? VIRTIO_BLK_S.IOERR : VIRTIO_BLK_S.OK));
+    const { chain } = pending.request;
+    pending.queue.addUsed(chain.head, this.block.finish(chain, pending.failed ? VIRTIO_BLK_S.IOERR : VIRTIO_BLK_S.OK));
     this.#used.add(pending.queue);
   }
 
