@@ -346,6 +346,29 @@ describe("Block requests in flight (raw image, I/O pool)", () => {
     t.file.close();
   });
 
+  test("writes into the page cache that continue one another are written on the loop in one call, before a read and a FLUSH taken after them", () => {
+    const t = activated(32, FEATURES, DISK_SIZE, false, true);
+    const SLOT_16K = 0x4000;
+    const statuses: number[] = [];
+    for (let n = 0; n < 3; n++) {
+      const { data, status } = post(t.d, n, VIRTIO_BLK_T.OUT, n * 8, 4096, SLOT_16K); // 4 KiB each, one after another
+      t.d.memory.write(ga(data), new Uint8Array(4096).fill(0x11 * (n + 1)));
+      statuses.push(status);
+    }
+    const read = post(t.d, 3, VIRTIO_BLK_T.IN, 0, 3 * 4096, SLOT_16K);
+    statuses.push(read.status, post(t.d, 4, VIRTIO_BLK_T.FLUSH, 0, 0, SLOT_16K).status);
+    t.loop.handlers.get(t.kick.fd)!();
+    t.pump(5);
+    expect(t.d.usedIdx()).toBe(5);
+    expect(statuses.map((at) => t.d.memory.readU8(ga(at)))).toEqual([0, 0, 0, 0, 0]);
+    expect(t.dev.loopWrites).toEqual({ calls: 1, parts: 3 });
+    const expected = [0x11, 0x22, 0x33].flatMap((b) => new Array<number>(4096).fill(b));
+    expect([...t.d.memory.slice(ga(read.data), 3 * 4096)!]).toEqual(expected); // the read saw the writes
+    expect([...readFileSync(t.path).subarray(0, 3 * 4096)]).toEqual(expected);
+    t.worker.stop();
+    t.file.close();
+  });
+
   test("a ring the driver breaks while requests are in flight stops the device: no other ring is served after", () => {
     const path = join(tempDir(), "mq.img");
     writeFileSync(path, new Uint8Array(1 << 20));
