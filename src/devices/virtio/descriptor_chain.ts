@@ -45,20 +45,17 @@ export class BufferCursor {
       const n = Math.min(buf.byteLength - this.#offset, left);
       out.push(buf.subarray(this.#offset, this.#offset + n));
       left -= n;
-      this.#offset += n;
-      if (this.#offset === buf.byteLength) {
-        this.#index++;
-        this.#offset = 0;
-      }
+      this.#advance(buf, n);
     }
     this.#taken += length;
     return out;
   }
 
   /**
-   * Copies the next bytes into `into` (reading) or from it (writing); false, moving nothing, when
-   * fewer remain. A few bytes (a request header, a status byte) are copied one by one: no view is
-   * made for them, which on a device's hot path cost more than the copy.
+   * Copies the next `bytes.byteLength` bytes into `bytes` ("out": reading the chain) or from it
+   * ("in": writing the chain); false, moving nothing, when fewer remain. A few bytes (a request
+   * header, a status byte) are copied one by one: no view is made for them, which on a device's hot
+   * path cost more than the copy.
    */
   copy(bytes: Uint8Array, direction: "out" | "in"): boolean {
     const length = bytes.byteLength;
@@ -75,14 +72,19 @@ export class BufferCursor {
       } else if (direction === "out") bytes.set(buf.subarray(this.#offset, this.#offset + n), at);
       else buf.set(bytes.subarray(at, at + n), this.#offset);
       at += n;
-      this.#offset += n;
-      if (this.#offset === buf.byteLength) {
-        this.#index++;
-        this.#offset = 0;
-      }
+      this.#advance(buf, n);
     }
     this.#taken += length;
     return true;
+  }
+
+  /** Moves `n` bytes on in `buf`, the current buffer, to the next buffer at its end. */
+  #advance(buf: Uint8Array, n: number): void {
+    this.#offset += n;
+    if (this.#offset === buf.byteLength) {
+      this.#index++;
+      this.#offset = 0;
+    }
   }
 }
 
