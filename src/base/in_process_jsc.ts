@@ -5,10 +5,24 @@
 import type { DeviceKind } from "../devices/device_spec.ts";
 
 /**
- * The JSC settings of a device process (jailed_process.ts says why): no FTL, JSC's top JIT tier,
- * and one GC marker.
+ * Every tsvm process collects its garbage once a GC cycle has allocated GC_CYCLE_BYTES (JSC's
+ * `gcMaxHeapSize`, which despite its name caps the bytes allocated between collections, not the
+ * heap). JSC otherwise sizes a cycle in proportion to the heap it believes it has, and it counts
+ * every ArrayBuffer's bytes in that heap, the views over guest memory too: with 256 MiB of guest RAM
+ * mapped, a block device serving 64 KiB reads first collected after ~250 MiB of request garbage,
+ * and every page of it was a fresh page fault (the device process grew from 50 to 120 MiB over
+ * 96,000 requests with 1 GiB of guest RAM, and would have kept growing towards the guest's size).
+ * A cycle of 4 MiB costs an eden collection of ~0.4 ms every ~3,000 such requests.
+ * test/base/in_process_jsc.test.ts shows both.
  */
-export const DEVICE_JSC: Readonly<Record<string, string>> = { BUN_JSC_useFTLJIT: "0", BUN_JSC_numberOfGCMarkers: "1" };
+export const GC_CYCLE_BYTES = 4 * 1024 * 1024;
+const GC_CYCLE = { BUN_JSC_gcMaxHeapSize: String(GC_CYCLE_BYTES) };
+
+/**
+ * The JSC settings of a device process (jailed_process.ts says why): no FTL, JSC's top JIT tier,
+ * one GC marker, and collections every GC_CYCLE_BYTES.
+ */
+export const DEVICE_JSC: Readonly<Record<string, string>> = { BUN_JSC_useFTLJIT: "0", BUN_JSC_numberOfGCMarkers: "1", ...GC_CYCLE };
 
 /**
  * What a device process of its own adds: JSC's baseline JIT only after 40 times its usual warm-up
@@ -41,9 +55,9 @@ export const BURST_DEVICE_KINDS: ReadonlySet<DeviceKind> = new Set<DeviceKind>([
  * byte 4-5 ms sooner (40 ms against 44-45, median of 15, the settings preset), the exit round trip
  * the same (1.04×-1.05× the C loop). And no FTL, as the exit server's handlers already had none:
  * the exit round trip measured the same without it (1.05× / 1.04×), the VMM 0.3-0.5 MiB smaller,
- * and its compiles no longer land on CPUs the vCPUs keep busy.
+ * and its compiles no longer land on CPUs the vCPUs keep busy. And collections every GC_CYCLE_BYTES.
  */
-export const VMM_JSC: Readonly<Record<string, string>> = { BUN_JSC_thresholdForJITAfterWarmUp: "20000", BUN_JSC_useFTLJIT: "0" };
+export const VMM_JSC: Readonly<Record<string, string>> = { BUN_JSC_thresholdForJITAfterWarmUp: "20000", BUN_JSC_useFTLJIT: "0", ...GC_CYCLE };
 
 /**
  * The JIT policy a VMM that did not restart takes at run time (Bun.unsafe.setJITPolicy scales every

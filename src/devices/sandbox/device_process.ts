@@ -146,10 +146,11 @@ export async function runDeviceProcess(): Promise<number> {
         process.exit(5);
     }
   });
-  // JSC collects garbage on timers of Bun's event loop, which never run while this loop blocks in
-  // epoll: left alone, the garbage of a few thousand requests grows the heap by 10 MiB and more.
-  // So once enough events were served and nothing is ready, collect the young generation (tens of
-  // microseconds on a heap this small) before blocking again.
+  // JSC collects once a cycle has allocated GC_CYCLE_BYTES (in_process_jsc.ts); its other
+  // collections run on timers of Bun's event loop, which never run while this loop blocks in epoll.
+  // So that a burst's garbage does not wait for the next one, once enough events were served and
+  // nothing is ready, collect the young generation (tens of microseconds on a heap this small)
+  // before blocking again.
   // And once the device has gone idle for IDLE_COLLECTION_MS after serving, a full collection gives
   // back what the burst left (a block process held 0.2-0.3 MiB less after one), then the loop
   // blocks until the next event.
