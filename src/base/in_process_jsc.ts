@@ -9,9 +9,9 @@ import type { DeviceKind } from "../devices/device_spec.ts";
  * `gcMaxHeapSize`, which despite its name caps the bytes allocated between collections, not the
  * heap). JSC otherwise sizes a cycle in proportion to the heap it believes it has, and it counts
  * every ArrayBuffer's bytes in that heap, the views over guest memory too: with 256 MiB of guest RAM
- * mapped, a block device serving 64 KiB reads first collected after ~250 MiB of request garbage,
- * and every page of it was a fresh page fault (the device process grew from 50 to 120 MiB over
- * 96,000 requests with 1 GiB of guest RAM, and would have kept growing towards the guest's size).
+ * mapped, a block device serving 19,200 64 KiB reads never collected (~24 MiB of garbage, every
+ * page of it a fresh page fault), a probe kept ~300 MiB uncollected, and the device process grew from 50 to 120 MiB over
+ * 96,000 requests with 1 GiB of guest RAM; to 138 MiB over 480,000 with 2 GiB, 46 MiB with the cap).
  * A cycle of 4 MiB costs an eden collection of ~0.4 ms every ~3,000 such requests.
  * test/base/in_process_jsc.test.ts shows both.
  */
