@@ -360,6 +360,13 @@ function continues(last: Staged, next: Staged): boolean {
     last.part.offset + last.part.bytes === next.part.offset;
 }
 
+/** What is left of `part` after its first `moved` bytes (0 < moved < part.bytes) were moved. */
+function restOf(part: Part, moved: number): Part {
+  const cursor = new BufferCursor(part.views, part.bytes);
+  cursor.take(moved);
+  return { target: part.target, views: cursor.take(part.bytes - moved)!, offset: part.offset + moved, bytes: part.bytes - moved };
+}
+
 /**
  * A device's requests in flight, from all its queues, on one pool of C threads (c/aio.c): a read or
  * write is mapped to host extents (one for a raw image; the clusters of a qcow2 image), each
@@ -534,10 +541,7 @@ class InFlight {
         parts.splice(i--, 1);
         continue;
       }
-      // Part of it was cached: the pool reads the rest.
-      const rest = new BufferCursor(part.views, part.bytes);
-      rest.take(moved);
-      parts[i] = { target: part.target, views: rest.take(part.bytes - moved)!, offset: part.offset + moved, bytes: part.bytes - moved };
+      parts[i] = restOf(part, moved); // part of it was cached: the pool reads the rest
     }
   }
 
@@ -573,10 +577,7 @@ class InFlight {
     if (i === run.length || moved === 0) return run.slice(i);
     // The first part left was partly written: the pool writes the rest of it.
     const { op, part, tag } = run[i]!;
-    const rest = new BufferCursor(part.views, part.bytes);
-    rest.take(moved);
-    const left = { target: part.target, views: rest.take(part.bytes - moved)!, offset: part.offset + moved, bytes: part.bytes - moved };
-    return [{ op, part: left, tag }, ...run.slice(i + 1)];
+    return [{ op, part: restOf(part, moved), tag }, ...run.slice(i + 1)];
   }
 
   /** Adds `next` to the run the loop moves, moving the run first when `next` does not continue it. */
