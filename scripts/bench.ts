@@ -477,11 +477,14 @@ if (want(7)) {
     client.write(toHostData);
     await toHost;
     const toHostMs = toHostRate.msPerMib();
+    // Timed as the vsock row is: until the reader, having all of it, shuts its end and the writer
+    // sees the end of stream (the guest sends SHUTDOWN once it has the whole MiB).
     let back = 0;
-    const toGuest = new Promise<void>((r) => client.on("data", (chunk: Buffer) => {
+    client.on("data", (chunk: Buffer) => {
       back += chunk.byteLength;
-      if (back >= MIB) r();
-    }));
+      if (back >= MIB) client.end();
+    });
+    const toGuest = new Promise<void>((r) => serverSide!.on("end", () => r()));
     mark = performance.now();
     serverSide!.write(toGuestData);
     await toGuest;
