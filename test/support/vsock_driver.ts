@@ -90,6 +90,11 @@ export class VsockDriver {
     this.pci.kick(1);
   }
 
+  /** Whether the device wants to hear of new rx buffers (VIRTQ_USED_F_NO_NOTIFY clear in the rx used ring). */
+  get rxNotificationsWanted(): boolean {
+    return (this.memory.readU16(ga(RINGS[0]!.used)) & 1) === 0;
+  }
+
   /** How many transmit buffers the device has returned. */
   get txUsed(): number {
     return this.memory.readU16(ga(RINGS[1]!.used + 2));

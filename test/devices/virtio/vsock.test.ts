@@ -5,7 +5,7 @@ import { StreamSocket } from "../../../src/base/stream_socket.ts";
 import { Connection, CONNECTION_BUFFER } from "../../../src/devices/virtio/vsock/connection.ts";
 import { HOST_CID, SHUTDOWN_RCV, SHUTDOWN_SEND, VSOCK_OP } from "../../../src/devices/virtio/vsock/packet.ts";
 import { GUEST_ANSWER_TIMEOUT_MS, MAX_CONNECTIONS, MAX_QUEUED_RESETS } from "../../../src/devices/virtio/vsock/vsock.ts";
-import { GUEST_CID, type Received, VsockDriver } from "../../support/vsock_driver.ts";
+import { GUEST_CID, type Received, RX_BUFFER_SIZE, VsockDriver } from "../../support/vsock_driver.ts";
 
 const open: VsockDriver[] = [];
 afterEach(() => {
@@ -129,6 +129,22 @@ describe("virtio-vsock", () => {
     got = await d.receiveUntil((all) => all.filter((p) => p.header.op === VSOCK_OP.RW).reduce((n, p) => n + p.payload.byteLength, 0) >= 100, 2000);
     expect(got.filter((p) => p.header.op === VSOCK_OP.RW).reduce((n, p) => n + p.payload.byteLength, 0)).toBe(100);
     expect(d.device.stats().bytesToGuest).toBe(200);
+  });
+
+  test("the device asks to hear of new rx buffers only while something waits for one", async () => {
+    const d = driver(2);
+    const host = await guestConnects(d, 7, 5000);
+    d.pump();
+    expect(d.rxNotificationsWanted).toBe(false); // nothing to send: the driver's refills need no notify
+    // More than the two buffers hold: the rest waits for a buffer, so the device wants the next one.
+    const total = 3 * RX_BUFFER_SIZE;
+    writeAll(host, new Uint8Array(total).fill(0x62));
+    d.pump();
+    expect(d.rxNotificationsWanted).toBe(true);
+    const got = await d.receiveUntil((all) => payloadOf(all).length >= total, 2000);
+    expect(payloadOf(got)).toBe("b".repeat(total));
+    d.pump();
+    expect(d.rxNotificationsWanted).toBe(false);
   });
 
   test("guest to a host that does not read: held up to the credit offered, and a guest that sends beyond it is reset", async () => {

@@ -431,9 +431,16 @@ class VsockWorker {
         if (this.#writePacket(rx, chain)) used++;
         else rx.undoPop(1);
       }
+      if (!this.#nextWork()) {
+        // Nothing waits for a buffer: the driver need not tell us of the ones it adds (each notify
+        // is an exit and a wake-up of this loop for nothing); whatever brings work next (a host
+        // socket, a packet, the timer) looks at the ring itself.
+        rx.disableNotification();
+        break;
+      }
       rx.enableNotification();
       // A buffer the driver added before notifications were re-armed brings no kick: look again.
-      again = rx.hasAvailable() && this.#nextWork();
+      again = rx.hasAvailable();
     }
     if (used === PACKETS_PER_WAKEUP) this.#ctx.kicks[RX]!.signal(); // more to do after the rest of the loop
     if (used > 0 && rx.shouldNotify()) this.#ctx.interrupt.signalUsedQueue(RX);
