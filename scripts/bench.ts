@@ -350,7 +350,14 @@ if (want(6)) {
 if (want(7)) {
   step("7. vsock");
   const MIB = 1024 * 1024;
-  type VsockRound = { setupMs: number; toHostMs: number; toGuestMs: number };
+  /**
+   * Each VM exchanges VSOCK_EXCHANGES MiB each way, one connection after another (tsvm.vsock=N): the
+   * first exchange is what a fresh VM gives, the last what a device that has run a while gives
+   * (its pages mapped, its code and caches warm).
+   */
+  const VSOCK_EXCHANGES = 4;
+  type Exchange = { toHostMs: number; toGuestMs: number };
+  type VsockRound = Exchange & { setupMs: number; last?: Exchange };
   /**
    * The pace of a stream from its first chunk to its last, as milliseconds per MiB: what came after
    * the first chunk over the time since it came. Guest to host, the host cannot see when the guest
@@ -380,13 +387,13 @@ if (want(7)) {
   const vsockRound = async (): Promise<VsockRound> => {
     const uds = join(dir, `v${Math.random().toString(36).slice(2, 8)}.sock`);
     const reply = payload();
-    let toHostMs = 0;
-    let toGuestMs = 0;
+    const exchanges: Exchange[] = [];
     const done = new Promise<void>((resolveDone) => {
       const server = createServer((socket) => {
         socket.on("error", (e) => console.error(`bench: the guest's port-5000 connection failed on the host: ${e.message}`));
         const rate = new ArrivalRate();
         let got = 0;
+        let toHostMs = 0;
         socket.on("data", (chunk: Buffer) => {
           got += chunk.byteLength;
           rate.arrived(chunk.byteLength);
@@ -395,7 +402,8 @@ if (want(7)) {
             const sent = performance.now();
             socket.write(reply);
             socket.on("end", () => { // the guest shuts the connection down once it has all of it
-              toGuestMs = performance.now() - sent;
+              exchanges.push({ toHostMs, toGuestMs: performance.now() - sent });
+              if (exchanges.length < VSOCK_EXCHANGES) return;
               server.close();
               resolveDone();
             });
@@ -404,7 +412,7 @@ if (want(7)) {
       });
       server.listen(`${uds}_5000`);
     });
-    const vm = Bun.spawn([TSVM, "run", "--serial", "type=stdout,num=1", "-p", "tsvm.vsock=1", "--vsock", `cid=3,uds=${uds}`], { stdout: "pipe", stderr: "ignore" });
+    const vm = Bun.spawn([TSVM, "run", "--serial", "type=stdout,num=1", "-p", `tsvm.vsock=${VSOCK_EXCHANGES}`, "--vsock", `cid=3,uds=${uds}`], { stdout: "pipe", stderr: "ignore" });
     const reader = (vm.stdout as ReadableStream<Uint8Array>).getReader();
     let text = "";
     const stopVm = async (): Promise<void> => {
@@ -444,12 +452,12 @@ if (want(7)) {
       await stopVm();
       throw new Error(`${e instanceof Error ? e.message : e}; guest console:\n${text.slice(-2000)}`);
     });
-    await within(120_000, "1 MiB each way over vsock", done).catch(async (e) => {
+    await within(120_000, `${VSOCK_EXCHANGES} MiB each way over vsock`, done).catch(async (e) => {
       await stopVm();
       throw new Error(`${e instanceof Error ? e.message : e}; guest console:\n${text.slice(-2000)}`);
     });
     await stopVm();
-    return { setupMs, toHostMs, toGuestMs };
+    return { setupMs, ...exchanges[0]!, last: exchanges.at(-1)! };
   };
   const pairRound = async (): Promise<VsockRound> => {
     const path = join(dir, `p${Math.random().toString(36).slice(2, 8)}.sock`);
@@ -500,13 +508,16 @@ if (want(7)) {
     vsockRounds.push(await vsockRound());
     pairRounds.push(await pairRound());
     const [v, p] = [vsockRounds.at(-1)!, pairRounds.at(-1)!];
-    step(`vsock round ${i + 1}: ms per MiB guest→host ${v.toHostMs.toFixed(2)} (pair ${p.toHostMs.toFixed(2)}), host→guest ${v.toGuestMs.toFixed(2)} (pair ${p.toGuestMs.toFixed(2)})`);
+    step(`vsock round ${i + 1}: ms per MiB guest→host ${v.toHostMs.toFixed(2)}, exchange ${VSOCK_EXCHANGES} ${v.last!.toHostMs.toFixed(2)} (pair ${p.toHostMs.toFixed(2)}), host→guest ${v.toGuestMs.toFixed(2)}, exchange ${VSOCK_EXCHANGES} ${v.last!.toGuestMs.toFixed(2)} (pair ${p.toGuestMs.toFixed(2)})`);
   }
-  const m = (rs: VsockRound[], k: keyof VsockRound): number => median(rs.map((r) => r[k]));
+  const m = (rs: VsockRound[], k: keyof Exchange | "setupMs"): number => median(rs.map((r) => r[k]));
+  const lastOf = vsockRounds.map((r) => r.last!);
   const mibps = (ms: number): string => (1000 / ms).toPrecision(3);
   row(`| vsock connection set-up, host program to guest port (ms, median of ${vsockRounds.length}) | ${m(vsockRounds, "setupMs").toFixed(2)} | host Unix socket ${m(pairRounds, "setupMs").toFixed(2)} | ${(m(vsockRounds, "setupMs") / m(pairRounds, "setupMs")).toFixed(1)}× | report |`);
-  row(`| vsock 1 MiB guest→host (MiB/s, median of ${vsockRounds.length}) | ${mibps(m(vsockRounds, "toHostMs"))} | host Unix socket ${mibps(m(pairRounds, "toHostMs"))} | ${(m(vsockRounds, "toHostMs") / m(pairRounds, "toHostMs")).toFixed(1)}× the time | ≤ 2× |`);
-  row(`| vsock 1 MiB host→guest (MiB/s, median of ${vsockRounds.length}) | ${mibps(m(vsockRounds, "toGuestMs"))} | host Unix socket ${mibps(m(pairRounds, "toGuestMs"))} | ${(m(vsockRounds, "toGuestMs") / m(pairRounds, "toGuestMs")).toFixed(1)}× the time | ≤ 2× |`);
+  row(`| vsock 1 MiB guest→host, a fresh VM's first (MiB/s, median of ${vsockRounds.length}) | ${mibps(m(vsockRounds, "toHostMs"))} | host Unix socket ${mibps(m(pairRounds, "toHostMs"))} | ${(m(vsockRounds, "toHostMs") / m(pairRounds, "toHostMs")).toFixed(1)}× the time | ≤ 2× |`);
+  row(`| vsock 1 MiB host→guest, a fresh VM's first (MiB/s, median of ${vsockRounds.length}) | ${mibps(m(vsockRounds, "toGuestMs"))} | host Unix socket ${mibps(m(pairRounds, "toGuestMs"))} | ${(m(vsockRounds, "toGuestMs") / m(pairRounds, "toGuestMs")).toFixed(1)}× the time | ≤ 2× |`);
+  row(`| vsock 1 MiB guest→host, a VM's exchange ${VSOCK_EXCHANGES} (MiB/s, median of ${vsockRounds.length}) | ${mibps(median(lastOf.map((e) => e.toHostMs)))} | host Unix socket ${mibps(m(pairRounds, "toHostMs"))} | ${(median(lastOf.map((e) => e.toHostMs)) / m(pairRounds, "toHostMs")).toFixed(1)}× the time | ≤ 2× |`);
+  row(`| vsock 1 MiB host→guest, a VM's exchange ${VSOCK_EXCHANGES} (MiB/s, median of ${vsockRounds.length}) | ${mibps(median(lastOf.map((e) => e.toGuestMs)))} | host Unix socket ${mibps(m(pairRounds, "toGuestMs"))} | ${(median(lastOf.map((e) => e.toGuestMs)) / m(pairRounds, "toGuestMs")).toFixed(1)}× the time | ≤ 2× |`);
 }
 
 // 8. virtio-blk at queue depth: the test guest keeps 1 or 32 requests in flight (4 KiB random and

@@ -365,7 +365,9 @@ void guest_main(const uint8_t *zero_page, const uint8_t *pvh_start_info)
 	hostile_bars_mode = option_is("tsvm.hostile", "bars");
 	console_rx_mode = option_is("tsvm.console_rx", "1");
 	net_rx_mode = option_is("tsvm.net_rx", "1");
-	vsock_mode = option_is("tsvm.vsock", "1");
+	/* tsvm.vsock=N (1-9): the vsock checks with N exchanges of 1 MiB each way, one connection each */
+	const char *vsock = option("tsvm.vsock");
+	vsock_mode = vsock && vsock[0] >= '1' && vsock[0] <= '9' && (vsock[1] == 0 || vsock[1] == ' ') ? vsock[0] - '0' : 0;
 	check_pci();
 	check_virtio();
 	if (mp_cpus > 1) check_smp();
