@@ -202,7 +202,7 @@ if (want(4)) {
   for (const [name, mode] of [["4 KiB reads", "blk:3000"], ["4 KiB writes", "blkw:3000"]] as const) {
     const r: number[] = [];
     const q: number[] = [];
-    for (let i = 0; i < ROUNDS; i++) {
+    for (let i = 0; i < Math.max(3, Math.floor(ROUNDS / 2)); i++) {
       r.push(perRequest(sh([TSVM, "run", "--serial", "type=stdout,num=1", "-p", `tsvm.bench=${mode}`, "--block", `path=${raw}`])));
       q.push(perRequest(sh([TSVM, "run", "--serial", "type=stdout,num=1", "-p", `tsvm.bench=${mode}`, "--block", `path=${qcow}`])));
     }
@@ -292,7 +292,7 @@ if (want(5)) {
   sh(blkq([])); // reads the image into the page cache
   const sb: number[] = [];
   const ip: number[] = [];
-  for (let i = 0; i < ROUNDS; i++) {
+  for (let i = 0; i < Math.max(3, Math.floor(ROUNDS / 2)); i++) {
     sb.push(perRequest(sh(blkq([]))));
     ip.push(perRequest(sh(blkq(["--disable-sandbox"]))));
   }
@@ -329,7 +329,7 @@ if (want(6)) {
   const ours: number[] = [];
   const theirs: number[] = [];
   const jailed: number[] = [];
-  for (let i = 0; i < ROUNDS; i++) {
+  for (let i = 0; i < Math.max(3, Math.floor(ROUNDS / 2)); i++) {
     ours.push(await overVhostUser([TSVM, "devices", "--block", `vhost=${join(dir, "tsvm-blk.sock")},path=${image}`], join(dir, "tsvm-blk.sock")));
     if (qsd) {
       theirs.push(await overVhostUser([qsd, "--blockdev", `driver=file,node-name=disk,filename=${image},cache.direct=off`,
