@@ -7,7 +7,7 @@ import { diskTransfer } from "../../ffi/aio.ts";
 import { tempDir } from "../support/tsvm.ts";
 import { sys } from "../../ffi/mod.ts";
 import {
-  checkedAdd, guestAddress, guestAddress as ga, guestAddressFromHalves, guestAddressFromU64, GuestMemory,
+  checkedAdd, guestAddress, guestAddress as ga, guestAddressFromHalves, guestAddressFromU64, GuestMemory, mapForWriting,
 } from "../../src/memory/mod.ts";
 
 const PAGE = 4096;
@@ -45,6 +45,28 @@ describe("GuestMemory", () => {
     };
     expect(flagsOf(mem.regions[0]!.hostAddress)).toContain("hg");
     expect(flagsOf(other.regions[0]!.hostAddress)).toContain("hg");
+  });
+
+  test("mapForWriting maps a device's view of guest pages with a read every 64 KiB, and changes no byte", () => {
+    const MIB = 1 << 20;
+    using mem = GuestMemory.create([{ base: 0, size: 4 * MIB }]);
+    const fd = mem.regions[0]!.fd;
+    // The guest's pages exist in the memfd (written through the file, so no mapping holds them yet).
+    const pattern = new Uint8Array(MIB).map((_, i) => (i * 7) & 0xff);
+    expect(sys.pwriteRaw(fd, pattern, MIB)).toBe(MIB);
+    using device = GuestMemory.fromMappings([{ base: ga(0), size: 4 * MIB, fd: sys.dup(fd), fdOffset: 0 }]);
+    const rssKib = (): number => {
+      const smaps = readFileSync("/proc/self/smaps", "utf8").split("\n");
+      const at = smaps.findIndex((l) => l.startsWith(`${device.regions[0]!.hostAddress.toString(16)}-`));
+      return Number(/\d+/.exec(smaps.slice(at).find((l) => l.startsWith("Rss:"))!)![0]);
+    };
+    expect(rssKib()).toBe(0);
+    const buffers = [device.slice(ga(MIB), MIB / 2)!, device.slice(ga(MIB + MIB / 2), MIB / 2)!];
+    mapForWriting(buffers);
+    // The kernel's fault-around maps the 64 KiB around each read (the default; a host may change it).
+    expect(rssKib()).toBeGreaterThanOrEqual(MIB / 1024);
+    expect(device.slice(ga(MIB), MIB)!.every((b, i) => b === pattern[i])).toBe(true);
+    mapForWriting([new Uint8Array(0)]); // an empty buffer reads nothing
   });
 
   test("an access that would cross out of a region is refused, not truncated", () => {

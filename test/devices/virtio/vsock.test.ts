@@ -3,7 +3,9 @@ import { readdirSync } from "node:fs";
 import { socket, sys } from "../../../ffi/mod.ts";
 import { StreamSocket } from "../../../src/base/stream_socket.ts";
 import { Connection, CONNECTION_BUFFER } from "../../../src/devices/virtio/vsock/connection.ts";
-import { HOST_CID, SHUTDOWN_RCV, SHUTDOWN_SEND, VSOCK_OP } from "../../../src/devices/virtio/vsock/packet.ts";
+import {
+  decodeHeader, encodeHeader, HEADER_SIZE, headerView, HOST_CID, SHUTDOWN_RCV, SHUTDOWN_SEND, VSOCK_OP, VSOCK_TYPE_STREAM, writeHeader,
+} from "../../../src/devices/virtio/vsock/packet.ts";
 import { GUEST_ANSWER_TIMEOUT_MS, MAX_CONNECTIONS, MAX_QUEUED_RESETS } from "../../../src/devices/virtio/vsock/vsock.ts";
 import { GUEST_CID, type Received, RX_BUFFER_SIZE, VsockDriver } from "../../support/vsock_driver.ts";
 
@@ -52,6 +54,21 @@ function payloadOf(packets: Received[]): string {
 }
 
 describe("virtio-vsock", () => {
+  test("the device's header writer lays out a stream header as the spec's encoder does, over stale bytes", () => {
+    const h = {
+      srcCid: HOST_CID, dstCid: 0xfffffffe, srcPort: 0x40000001, dstPort: 0xffffffff, len: 65492, type: VSOCK_TYPE_STREAM,
+      op: VSOCK_OP.RW, flags: 3, bufAlloc: 256 * 1024, fwdCnt: 0xfffffff0,
+    };
+    const expected = new Uint8Array(HEADER_SIZE);
+    encodeHeader(h, expected);
+    const out = new Uint8Array(HEADER_SIZE + 4).fill(0xee); // a reused buffer holds the last header's bytes
+    const view = headerView(out.subarray(2));
+    writeHeader(view, h.srcCid, h.dstCid, h.srcPort, h.dstPort, h.len, h.op, h.flags, h.bufAlloc, h.fwdCnt);
+    expect([...out.subarray(2, 2 + HEADER_SIZE)]).toEqual([...expected]);
+    expect([out[0], out[1], out[HEADER_SIZE + 2], out[HEADER_SIZE + 3]]).toEqual([0xee, 0xee, 0xee, 0xee]);
+    expect(decodeHeader(out.subarray(2), view)).toEqual(h);
+  });
+
   test("the configuration space holds the guest's CID as a le64", () => {
     const d = driver();
     const config = new Uint8Array(8);

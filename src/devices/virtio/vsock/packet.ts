@@ -36,9 +36,14 @@ function cid(view: DataView, at: number): number {
   return view.getUint32(at + 4, true) === 0 ? view.getUint32(at, true) : -1;
 }
 
-/** Decodes the 44 bytes of `bytes` (which must hold them). */
-export function decodeHeader(bytes: Uint8Array): PacketHeader {
-  const v = new DataView(bytes.buffer, bytes.byteOffset, HEADER_SIZE);
+/** A DataView over the first 44 bytes of `bytes`. */
+export function headerView(bytes: Uint8Array): DataView {
+  return new DataView(bytes.buffer, bytes.byteOffset, HEADER_SIZE);
+}
+
+/** Decodes the 44 bytes of `bytes` (which must hold them); `view` may be a headerView of `bytes` kept for reuse. */
+export function decodeHeader(bytes: Uint8Array, view: DataView = headerView(bytes)): PacketHeader {
+  const v = view;
   return {
     srcCid: cid(v, 0), dstCid: cid(v, 8), srcPort: v.getUint32(16, true), dstPort: v.getUint32(20, true),
     len: v.getUint32(24, true), type: v.getUint16(28, true), op: v.getUint16(30, true), flags: v.getUint32(32, true),
@@ -48,7 +53,7 @@ export function decodeHeader(bytes: Uint8Array): PacketHeader {
 
 /** Encodes `h` into the first 44 bytes of `out`. */
 export function encodeHeader(h: PacketHeader, out: Uint8Array): void {
-  const v = new DataView(out.buffer, out.byteOffset, HEADER_SIZE);
+  const v = headerView(out);
   v.setBigUint64(0, BigInt(h.srcCid), true);
   v.setBigUint64(8, BigInt(h.dstCid), true);
   v.setUint32(16, h.srcPort, true);
@@ -59,6 +64,28 @@ export function encodeHeader(h: PacketHeader, out: Uint8Array): void {
   v.setUint32(32, h.flags, true);
   v.setUint32(36, h.bufAlloc >>> 0, true);
   v.setUint32(40, h.fwdCnt >>> 0, true);
+}
+
+/**
+ * Writes a stream packet's header through `v` (a headerView), field by field: the device's path to
+ * the guest, where a header object and a BigInt per CID for each packet cost more than the writes.
+ * CIDs must be below 2^32 (a guest's CID is checked at start-up; the host's is 2).
+ */
+export function writeHeader(
+  v: DataView, srcCid: number, dstCid: number, srcPort: number, dstPort: number, len: number, op: number, flags: number, bufAlloc: number, fwdCnt: number,
+): void {
+  v.setUint32(0, srcCid >>> 0, true);
+  v.setUint32(4, 0, true);
+  v.setUint32(8, dstCid >>> 0, true);
+  v.setUint32(12, 0, true);
+  v.setUint32(16, srcPort, true);
+  v.setUint32(20, dstPort, true);
+  v.setUint32(24, len, true);
+  v.setUint16(28, VSOCK_TYPE_STREAM, true);
+  v.setUint16(30, op, true);
+  v.setUint32(32, flags, true);
+  v.setUint32(36, bufAlloc >>> 0, true);
+  v.setUint32(40, fwdCnt >>> 0, true);
 }
 
 /** The name of an operation, for logs. */

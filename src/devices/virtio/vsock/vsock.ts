@@ -10,6 +10,7 @@
 import type { Result } from "../../../base/result.ts";
 import type { StreamSocket } from "../../../base/stream_socket.ts";
 import { Timer } from "../../../base/timer.ts";
+import { mapForWriting } from "../../../memory/mod.ts";
 import { EPOLLET, EPOLLIN, EPOLLOUT, EPOLLRDHUP, WaitContext } from "../../../base/wait_context.ts";
 import { ChainReader, ChainWriter, type DescriptorChain } from "../descriptor_chain.ts";
 import { type ControllableDevice, type DeviceCommand, type DeviceReply, unsupported, type VsockStats } from "../device_control.ts";
@@ -18,7 +19,7 @@ import type { Queue } from "../queue.ts";
 import { type ActivateContext, TSVM_RING_FEATURES, VIRTIO_ID, type VirtioDevice, type VirtioWorker } from "../virtio_device.ts";
 import { Connection, CONNECTION_BUFFER, connectionKey } from "./connection.ts";
 import {
-  decodeHeader, encodeHeader, HEADER_SIZE, HOST_CID, type PacketHeader, SHUTDOWN_RCV, SHUTDOWN_SEND, VSOCK_OP, VSOCK_TYPE_STREAM,
+  decodeHeader, HEADER_SIZE, headerView, HOST_CID, type PacketHeader, SHUTDOWN_RCV, SHUTDOWN_SEND, VSOCK_OP, VSOCK_TYPE_STREAM, writeHeader,
 } from "./packet.ts";
 
 const QUEUE_SIZE = 256;
@@ -141,6 +142,15 @@ class VsockWorker {
   /** Rings for the next connections' host-bound data (Connection.useHostBuffer), made off any connection's path. */
   readonly #spareRings: Uint8Array[] = [new Uint8Array(CONNECTION_BUFFER)];
   #nextHostPort = FIRST_HOST_PORT;
+  /**
+   * The header being read from the guest or made for it, reused: on the path of every packet,
+   * allocations and copies cost more than the work, the more as this device's code mostly runs in
+   * JSC's interpreter (in_process_jsc.ts).
+   */
+  readonly #headerBytes = new Uint8Array(HEADER_SIZE);
+  readonly #headerView = headerView(this.#headerBytes);
+  /** The connection of the last packet from the guest (most packets belong to the one before's). */
+  #lastConnection: Connection | null = null;
   /** When the timer fires (0: disarmed). */
   #timerAt = 0;
   #stopped = false;
@@ -195,6 +205,7 @@ class VsockWorker {
     loop.unwatch(this.#timer.fd);
     for (const c of this.#connections.values()) c.close();
     this.#connections.clear();
+    this.#lastConnection = null;
     this.#spareRings.length = 0;
     this.#sending.clear();
     this.#creditUpdates.clear();
@@ -221,12 +232,11 @@ class VsockWorker {
 
   #onPacket(chain: DescriptorChain): void {
     const reader = new ChainReader(chain);
-    const headerBytes = new Uint8Array(HEADER_SIZE);
-    if (!reader.read(headerBytes)) {
+    if (!reader.read(this.#headerBytes)) {
       this.#device.counters.malformed++;
       return;
     }
-    const h = decodeHeader(headerBytes);
+    const h = decodeHeader(this.#headerBytes, this.#headerView);
     const counters = this.#device.counters;
     // A packet claiming another source is not the guest's to send: drop it without an answer.
     if (h.srcCid !== this.#device.cid) {
@@ -237,12 +247,14 @@ class VsockWorker {
       if (h.op !== VSOCK_OP.RST) this.#strayReset(h);
       return;
     }
-    const c = this.#connections.get(connectionKey(h.srcPort, h.dstPort));
+    const last = this.#lastConnection;
+    const c = last !== null && last.guestPort === h.srcPort && last.hostPort === h.dstPort ? last : this.#connections.get(connectionKey(h.srcPort, h.dstPort));
     if (c === undefined) {
       if (h.op === VSOCK_OP.REQUEST) this.#guestConnects(h);
       else if (h.op !== VSOCK_OP.RST) this.#strayReset(h);
       return;
     }
+    this.#lastConnection = c;
     c.peerBufAlloc = h.bufAlloc;
     c.peerFwdCnt = h.fwdCnt;
     if (c.peerCredit > 0) c.creditRequested = false;
@@ -291,8 +303,8 @@ class VsockWorker {
         counters.malformed++;
         return this.#reset(c);
     }
-    // Any header may have brought credit.
-    if (this.#connections.get(c.key) === c) this.#wantToSend(c);
+    // Any header may have brought credit (unless the packet ended the connection: #drop forgets it).
+    if (this.#lastConnection === c) this.#wantToSend(c);
   }
 
   /** The guest asks to connect to host port `h.dstPort`. */
@@ -412,6 +424,7 @@ class VsockWorker {
     const ring = c.takeHostBuffer();
     if (ring !== null && this.#spareRings.length < SPARE_RINGS) this.#spareRings.push(ring);
     c.close();
+    if (this.#lastConnection === c) this.#lastConnection = null;
     this.#connections.delete(c.key);
     this.#sending.delete(c);
     this.#creditUpdates.delete(c);
@@ -470,11 +483,11 @@ class VsockWorker {
   /** Writes the next packet into `chain` and returns it used; false if there was nothing to write after all. */
   #writePacket(rx: Queue, chain: DescriptorChain): boolean {
     const writer = new ChainWriter(chain);
-    const header = new Uint8Array(HEADER_SIZE);
-    const out = this.#outgoing.shift();
+    const header = this.#headerBytes;
+    const out = this.#outgoing.length > 0 ? this.#outgoing.shift() : undefined;
     if (out !== undefined) {
       if (out.reset) this.#queuedResets--;
-      this.#header(header, out.guestPort, out.hostPort, out.op, out.flags, 0, out.connection);
+      this.#header(out.guestPort, out.hostPort, out.op, out.flags, 0, out.connection);
       writer.write(header);
       rx.addUsed(chain.head, HEADER_SIZE);
       if (out.op === VSOCK_OP.REQUEST && out.connection !== null && this.#connections.get(out.connection.key) === out.connection) {
@@ -483,11 +496,11 @@ class VsockWorker {
       }
       return true;
     }
-    const update = this.#creditUpdates.values().next();
-    if (!update.done) {
+    const update = this.#creditUpdates.size > 0 ? this.#creditUpdates.values().next() : null;
+    if (update !== null && !update.done) {
       const c = update.value;
       this.#creditUpdates.delete(c);
-      this.#header(header, c.guestPort, c.hostPort, VSOCK_OP.CREDIT_UPDATE, 0, 0, c);
+      this.#header(c.guestPort, c.hostPort, VSOCK_OP.CREDIT_UPDATE, 0, 0, c);
       writer.write(header);
       rx.addUsed(chain.head, HEADER_SIZE);
       return true;
@@ -506,7 +519,7 @@ class VsockWorker {
       const room = Math.min(writer.remaining - HEADER_SIZE, credit, MAX_PAYLOAD);
       if (room <= 0) {
         // A buffer with no room for data: it carries our credit instead, and the data waits its turn.
-        this.#header(header, c.guestPort, c.hostPort, VSOCK_OP.CREDIT_UPDATE, 0, 0, c);
+        this.#header(c.guestPort, c.hostPort, VSOCK_OP.CREDIT_UPDATE, 0, 0, c);
         writer.write(header);
         rx.addUsed(chain.head, HEADER_SIZE);
         this.#sending.add(c);
@@ -521,7 +534,7 @@ class VsockWorker {
       if (read === "eof" || read === "broken") {
         // The host program finished sending (or went away): the guest hears it in this buffer.
         c.hostDone = true;
-        this.#header(header, c.guestPort, c.hostPort, VSOCK_OP.SHUTDOWN, SHUTDOWN_SEND | (read === "broken" ? SHUTDOWN_RCV : 0), 0, c);
+        this.#header(c.guestPort, c.hostPort, VSOCK_OP.SHUTDOWN, SHUTDOWN_SEND | (read === "broken" ? SHUTDOWN_RCV : 0), 0, c);
         copyInto(headerView, header);
         rx.addUsed(chain.head, HEADER_SIZE);
         if (read === "broken") this.#drop(c);
@@ -530,7 +543,7 @@ class VsockWorker {
       c.txCnt = (c.txCnt + read) >>> 0;
       c.bytesToGuest += read;
       this.#device.counters.bytesToGuest += read;
-      this.#header(header, c.guestPort, c.hostPort, VSOCK_OP.RW, 0, read, c);
+      this.#header(c.guestPort, c.hostPort, VSOCK_OP.RW, 0, read, c);
       copyInto(headerView, header);
       rx.addUsed(chain.head, HEADER_SIZE + read);
       this.#sending.add(c); // back of the line: the others get their turn
@@ -539,17 +552,16 @@ class VsockWorker {
     return false;
   }
 
-  #header(out: Uint8Array, guestPort: number, hostPort: number, op: number, flags: number, len: number, c: Connection | null): void {
+  /** Makes the header of a packet to the guest in #headerBytes. */
+  #header(guestPort: number, hostPort: number, op: number, flags: number, len: number, c: Connection | null): void {
     if (c !== null) c.reportedFwdCnt = c.fwdCnt;
-    encodeHeader({
-      srcCid: HOST_CID, dstCid: this.#device.cid, srcPort: hostPort, dstPort: guestPort, len, type: VSOCK_TYPE_STREAM, op, flags,
-      bufAlloc: c === null ? 0 : CONNECTION_BUFFER, fwdCnt: c === null ? 0 : c.fwdCnt,
-    }, out);
+    writeHeader(this.#headerView, HOST_CID, this.#device.cid, hostPort, guestPort, len, op, flags, c === null ? 0 : CONNECTION_BUFFER, c === null ? 0 : c.fwdCnt);
   }
 }
 
 /** Reads from `socket` into `views` in order until one is not filled; the total, or what stopped the first read. */
 function readInto(socket: StreamSocket, views: readonly Uint8Array[]): number | "again" | "eof" | "broken" {
+  mapForWriting(views);
   let total = 0;
   for (const view of views) {
     const n = socket.read(view);
