@@ -355,7 +355,7 @@ const probe = { sink: 0 };
  * FAULT_AROUND_BYTES around it (the pages the memfd holds): on this host, mapping 1 MiB of guest
  * pages took ~360 us by writing them and ~50 us by reading a byte in every 64 KiB first (a C loop
  * over a memfd). A vsock device's faults during a fresh VM's first 1 MiB to the guest went from
- * 114-126 to 51-68. Pages already mapped cost a load each; the bytes read are not used.
+ * 114-126 to 36-68 in most runs. Pages already mapped cost a load each; the bytes read are not used.
  */
 export function mapForWriting(views: readonly Uint8Array[]): void {
   let sink = 0;
