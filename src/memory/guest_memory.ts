@@ -340,30 +340,25 @@ export class GuestMemory {
   }
 }
 
-/**
- * The span one read fault maps at once in a file mapping (the kernel's fault-around, 64 KiB unless
- * the host changed /sys/kernel/debug/fault_around_bytes), of the pages the memfd already holds.
- */
-const FAULT_AROUND_BYTES = 64 * 1024;
 /** Where `mapForWriting` leaves what it read, so the compiler cannot drop the reads. */
 const probe = { sink: 0 };
 
 /**
  * Maps the guest pages under `views` into this process before the device writes them in bulk (a
- * read from a socket into a guest's receive buffers). The first write to a page of guest memory
- * this process has not mapped costs a fault per 4 KiB page, while a read fault maps the
- * FAULT_AROUND_BYTES around it (the pages the memfd holds): on this host, mapping 1 MiB of guest
- * pages took ~360 us by writing them and ~50 us by reading a byte in every 64 KiB first (a C loop
- * over a memfd). A vsock device's faults during a fresh VM's first 1 MiB to the guest went from
- * 114-126 to 36-68 in most runs. Pages already mapped cost a load each; the bytes read are not used.
+ * read from a socket into a guest's receive buffers), by reading a byte of each page first. A write
+ * to a page of guest memory this process has not mapped costs a fault per 4 KiB page, while a read
+ * fault on a file mapping maps the 64 KiB around it that the memfd holds (the kernel's fault-around;
+ * it happens only for an access that faults, hence a read of every page, not one per 64 KiB): on
+ * this host, mapping 1 MiB of guest pages took ~360 us by writing them and ~50 us with a read first
+ * (a C loop over a memfd). A page already mapped costs a load; the bytes read are not used.
  */
 export function mapForWriting(views: readonly Uint8Array[]): void {
   let sink = 0;
   for (const view of views) {
     const n = view.byteLength;
     if (n === 0) continue;
-    for (let at = 0; at < n; at += FAULT_AROUND_BYTES) sink ^= view[at]!;
-    sink ^= view[n - 1]!; // the span the last byte is in, when `at` stepped over its start
+    for (let at = 0; at < n; at += PAGE_SIZE) sink ^= view[at]!;
+    sink ^= view[n - 1]!; // the last page, when `at` stepped over its start
   }
   probe.sink = sink;
 }
