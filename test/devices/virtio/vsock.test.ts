@@ -378,6 +378,28 @@ describe("virtio-vsock against a hostile driver", () => {
     expect(text(drain(second))).toBe("fresh");
   });
 
+  test("packets go to their own connection when two interleave, and to the new one when a reset connection's ports come back", async () => {
+    // (The device tries the last packet's connection before its map: this is what that must not get wrong.)
+    const d = driver();
+    const a = await guestConnects(d, 40000, 5000);
+    const b = await guestConnects(d, 40001, 5000);
+    for (const [port, word] of [[40000, "a1"], [40001, "b1"], [40001, "b2"], [40000, "a2"]] as const) {
+      d.send({ op: VSOCK_OP.RW, srcPort: port, dstPort: 5000 }, bytesOf(word));
+      d.pump();
+    }
+    expect([text(drain(a)), text(drain(b))]).toEqual(["a1a2", "b1b2"]);
+    d.send({ op: VSOCK_OP.RST, srcPort: 40000, dstPort: 5000 });
+    d.pump();
+    expect(sys.readRaw(a, new Uint8Array(8))).toBe(0); // the old host socket is closed
+    const again = await guestConnects(d, 40000, 5000);
+    expect(again).not.toBe(a);
+    d.send({ op: VSOCK_OP.RW, srcPort: 40000, dstPort: 5000 }, bytesOf("new"));
+    d.pump();
+    expect(text(drain(again))).toBe("new");
+    expect(d.device.stats()).toMatchObject({ connections: 2, guestInitiated: 3, bytesFromGuest: 11 });
+    for (const fd of [a, b]) sys.close(fd);
+  });
+
   test("every ring and header field at random never throws and leaves no host socket open", () => {
     const fdsBefore = readdirSync("/proc/self/fd").length;
     const d = driver();
