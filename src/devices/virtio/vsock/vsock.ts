@@ -10,8 +10,8 @@
 import type { Result } from "../../../base/result.ts";
 import type { StreamSocket } from "../../../base/stream_socket.ts";
 import { Timer } from "../../../base/timer.ts";
-import { mapForWriting } from "../../../memory/mod.ts";
 import { EPOLLET, EPOLLIN, EPOLLOUT, EPOLLRDHUP, WaitContext } from "../../../base/wait_context.ts";
+import { mapForWriting } from "../../../memory/mod.ts";
 import { ChainReader, ChainWriter, type DescriptorChain } from "../descriptor_chain.ts";
 import { type ControllableDevice, type DeviceCommand, type DeviceReply, unsupported, type VsockStats } from "../device_control.ts";
 import { drainQueue } from "../drain.ts";
