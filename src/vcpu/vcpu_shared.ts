@@ -2,7 +2,7 @@
 // others) and the vCPU threads (one SharedArrayBuffer).
 //
 // Layout (little-endian Int32 words, then per-vCPU blocks):
-//   header   [0] exit requested (0/1)   [1] pause requested (0/1)   [2..3] the server's bell
+//   header   [0] exit requested (0/1)   [1] pause requested (0/1)   [2..5] the server's bell
 //   per vCPU (VCPU_BLOCK bytes each, after HEADER_SIZE):
 //     state: STARTING | RUNNING | PARKED | STOPPED    tid: the vCPU thread's id for tgkill
 //     outcome: how it stopped                         report length, then the report text (UTF-8)
@@ -91,7 +91,7 @@ export class VcpuShared {
     Atomics.store(this.#words, this.#word(id, W_STATE), state);
   }
 
-  /** The address of the server's bell (two words), for c/vcpu.c. */
+  /** The address of the server's bell (two words and a 64-bit time), for c/vcpu.c. */
   bellAddress(): Pointer {
     return ptr(new Int32Array(this.buffer, BELL_OFFSET, 2));
   }
