@@ -93,7 +93,7 @@ export class VcpuShared {
 
   /** The address of the server's bell (two words and a 64-bit time), for c/vcpu.c. */
   bellAddress(): Pointer {
-    return ptr(new Int32Array(this.buffer, BELL_OFFSET, 2));
+    return ptr(new Int32Array(this.buffer, BELL_OFFSET, 4)); // c/vcpu.c struct exit_bell: 16 bytes
   }
 
   /** The address of vCPU `id`'s slot, for c/vcpu.c; slots are `VCPU_BLOCK` bytes apart. */
