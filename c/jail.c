@@ -199,8 +199,20 @@ int tsvm_spawn_jailed(const char *path, char *const argv[], char *const envp[], 
 
 /* Jails the calling process (see the file comment). `bpf` holds `len` bytes of sock_filter.
  * Returns 0 or -errno; on failure the process should exit. */
+static void *no_op_thread(void *unused)
+{
+	return unused;
+}
+
 int tsvm_lockdown(const void *bpf, uint64_t len, uint64_t max_fds)
 {
+	/* 0. glibc installs the handlers of the signals its threads use (SIGCANCEL, SIGSETXID) with
+	 * rt_sigaction when a process creates its first thread. A device process may have none yet (JSC
+	 * starts its helper threads lazily), and the policies do not allow rt_sigaction: one thread made
+	 * and joined here does that set-up before the filter, whatever thread comes first later. */
+	pthread_t first;
+	if (pthread_create(&first, NULL, no_op_thread, NULL) != 0 || pthread_join(first, NULL) != 0)
+		return -EAGAIN;
 	/* 1. an empty, read-only root */
 	if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
 		return -errno;

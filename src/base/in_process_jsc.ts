@@ -23,9 +23,17 @@ const GC_CYCLE = { BUN_JSC_gcMaxHeapSize: String(GC_CYCLE_BYTES) };
 
 /**
  * The JSC settings of a device process (jailed_process.ts says why): no FTL, JSC's top JIT tier,
- * one GC marker, and collections every GC_CYCLE_BYTES.
+ * one GC marker, collections every GC_CYCLE_BYTES, and no thread that keeps heap blocks warm.
+ * JSC's `useWarmUpMarkedBlocks` starts a thread (JSCWarmUp) that prepares 32 heap blocks ahead of
+ * the allocator and wakes every few milliseconds: in a block process serving 64 KiB writes at depth
+ * 32 it ran ~44 ms of every second, 373 wake-ups, on the CPUs the device's loop and the vCPU need
+ * (the loop was preempted 442 times a second with it, 161 without), and the blocks it keeps are
+ * memory: without it bench section 5's device processes held 3.0-3.3 MiB each against 3.4-3.9,
+ * the tree 21.0 MiB against 23.0, an extra disk 3.3 against 3.7.
  */
-export const DEVICE_JSC: Readonly<Record<string, string>> = { BUN_JSC_useFTLJIT: "0", BUN_JSC_numberOfGCMarkers: "1", ...GC_CYCLE };
+export const DEVICE_JSC: Readonly<Record<string, string>> = {
+  BUN_JSC_useFTLJIT: "0", BUN_JSC_numberOfGCMarkers: "1", BUN_JSC_useWarmUpMarkedBlocks: "0", ...GC_CYCLE,
+};
 
 /**
  * What a device process of its own adds: JSC's baseline JIT only after 40 times its usual warm-up

@@ -205,6 +205,9 @@ describe.skipIf(!HAS_KVM)("device processes", () => {
     const withoutDfg = devices.filter((pid) => environ(Number(pid)).includes("BUN_JSC_useDFGJIT=0"));
     for (const pid of devices) {
       expect(environ(Number(pid))).toEqual(expect.arrayContaining(["BUN_JSC_useFTLJIT=0", "BUN_JSC_numberOfGCMarkers=1", "BUN_JSC_thresholdForJITAfterWarmUp=20000"]));
+      // no JSC thread that keeps heap blocks warm (DEVICE_JSC says why)
+      const threads = readdirSync(`/proc/${pid}/task`).map((tid) => readFileSync(`/proc/${pid}/task/${tid}/comm`, "utf8").trim());
+      expect(threads).not.toContain("JSCWarmUp");
     }
     expect(withoutDfg.length).toBe(3);
   }, TIMEOUT);

@@ -13,6 +13,8 @@ const CAN_JAIL = process.getuid?.() === 0;
 if (!CAN_JAIL) console.warn("tsvm tests: not root; the jail tests are skipped");
 const SIGSYS = 31;
 const PROBE_POLICY = "read: 1\nwrite: 1\nsendto: 1\nrecvfrom: 1\nexit_group: 1\n";
+/** What starting a thread takes, as the device policies allow it; rt_sigaction is not among them. */
+const THREAD_POLICY = `${PROBE_POLICY}mmap: 1\nmprotect: 1\nmunmap: 1\nmadvise: 1\nclone3: return 38\nclone: 1\nset_robust_list: 1\nrseq: 1\nfutex: 1\nexit: 1\nrt_sigprocmask: 1\n`;
 const ID_BASE = 200000;
 
 describe.skipIf(!CAN_JAIL)("the device jail", () => {
@@ -26,6 +28,8 @@ describe.skipIf(!CAN_JAIL)("the device jail", () => {
   if (cc.exitCode !== 0) throw new Error(cc.stderr.toString());
   const filterPath = join(dir, "probe.bpf");
   writeFileSync(filterPath, compilePolicy(parsePolicy("probe.policy", (n) => (n === "probe.policy" ? PROBE_POLICY : null))));
+  const threadFilterPath = join(dir, "probe-thread.bpf");
+  writeFileSync(threadFilterPath, compilePolicy(parsePolicy("thread.policy", (n) => (n === "thread.policy" ? THREAD_POLICY : null))));
   const children: number[] = [];
   afterAll(() => {
     for (const pid of children) {
@@ -38,8 +42,8 @@ describe.skipIf(!CAN_JAIL)("the device jail", () => {
   });
 
   /** Starts a jailed probe; resolves once it reports being locked down. */
-  function start(): { pid: number; tube: Tube } {
-    const filterFd = openSync(filterPath, "r");
+  function start(filter = filterPath): { pid: number; tube: Tube } {
+    const filterFd = openSync(filter, "r");
     const [ours, theirs] = socket.seqpacketPair();
     const pid = jail.spawnJailed(probe, [probe], [], [filterFd, theirs], 2, ID_BASE);
     sys.close(filterFd);
@@ -79,6 +83,18 @@ describe.skipIf(!CAN_JAIL)("the device jail", () => {
     tube.send(new TextEncoder().encode("socket"));
     const [r, status] = jail.waitpid(pid, false);
     expect([r, status & 0x7f]).toEqual([pid, SIGSYS]);
+  });
+
+  // glibc installs its threads' signal handlers (rt_sigaction) when a process starts its first
+  // thread; a device process may start that thread only after lockdown (an I/O pool thread), so
+  // lockdown does glibc's set-up first.
+  test("a single-threaded process locked down can start its first thread without rt_sigaction", () => {
+    const { pid, tube } = start(threadFilterPath);
+    tube.send(new TextEncoder().encode("thread"));
+    const reply = tube.receive(10_000);
+    expect(reply.kind === "message" && new TextDecoder().decode(reply.bytes)).toBe("thread ok");
+    tube.close();
+    expect(jail.waitpid(pid, false)).toEqual([pid, 0]);
   });
 
   // The child shares the parent's memory until it execs (CLONE_VM), so spawning waits for the exec.

@@ -1,7 +1,9 @@
 /* jail_probe.c - stands in for a device process in the jail tests: reads a seccomp filter from fd 3,
  * locks itself down with tsvm_lockdown, says "locked" on the seqpacket at fd 4, then waits there:
- * a message "socket" makes it call socket(2) (forbidden), end of input makes it exit. */
+ * a message "socket" makes it call socket(2) (forbidden), "thread" makes it start and join its first
+ * thread and answer "thread ok", end of input makes it exit. */
 #define _GNU_SOURCE
+#include <pthread.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -9,6 +11,11 @@
 #include <unistd.h>
 
 int tsvm_lockdown(const void *bpf, uint64_t len, uint64_t max_fds);
+
+static void *no_op(void *arg)
+{
+	return arg;
+}
 
 int main(void)
 {
@@ -35,5 +42,10 @@ int main(void)
 		long got = syscall(SYS_recvfrom, 4, buf, sizeof(buf) - 1, 0, NULL, NULL);
 		if (got <= 0) syscall(SYS_exit_group, 0);
 		if (!strcmp(buf, "socket")) syscall(SYS_socket, AF_INET, SOCK_STREAM, 0);
+		if (!strcmp(buf, "thread")) {
+			pthread_t t;
+			int ok = pthread_create(&t, NULL, no_op, NULL) == 0 && pthread_join(t, NULL) == 0;
+			if (syscall(SYS_sendto, 4, ok ? "thread ok" : "thread failed", ok ? 9 : 13, 0, NULL, 0) < 0) return 12;
+		}
 	}
 }
