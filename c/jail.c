@@ -197,13 +197,13 @@ int tsvm_spawn_jailed(const char *path, char *const argv[], char *const envp[], 
 	return r < 0 ? r : (int)pid;
 }
 
-/* Jails the calling process (see the file comment). `bpf` holds `len` bytes of sock_filter.
- * Returns 0 or -errno; on failure the process should exit. */
 static void *no_op_thread(void *unused)
 {
 	return unused;
 }
 
+/* Jails the calling process (see the file comment). `bpf` holds `len` bytes of sock_filter.
+ * Returns 0 or -errno; on failure the process should exit. */
 int tsvm_lockdown(const void *bpf, uint64_t len, uint64_t max_fds)
 {
 	/* 0. glibc installs the handlers of the signals its threads use (SIGCANCEL, SIGSETXID) with
@@ -211,8 +211,10 @@ int tsvm_lockdown(const void *bpf, uint64_t len, uint64_t max_fds)
 	 * starts its helper threads lazily), and the policies do not allow rt_sigaction: one thread made
 	 * and joined here does that set-up before the filter, whatever thread comes first later. */
 	pthread_t first;
-	if (pthread_create(&first, NULL, no_op_thread, NULL) != 0 || pthread_join(first, NULL) != 0)
-		return -EAGAIN;
+	int started = pthread_create(&first, NULL, no_op_thread, NULL);
+	if (started != 0)
+		return -started;
+	pthread_join(first, NULL);
 	/* 1. an empty, read-only root */
 	if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
 		return -errno;
