@@ -94,6 +94,9 @@ async function firstByte(cmd: string[]): Promise<number> {
 
 if (!existsSync(TSVM)) throw new Error("dist/tsvm is missing: run `npm run build` first");
 const dir = mkdtempSync(join(tmpdir(), "tsvm-bench-"));
+// The scratch folder holds disk images of up to 256 MiB: it goes when the run ends or fails. (A
+// signal handler would not help: most of the run is synchronous, and a handler would only delay Ctrl-C.)
+process.on("exit", () => rmSync(dir, { recursive: true, force: true }));
 const cLoop = join(dir, "c_exit_loop");
 sh(["gcc", "-O2", "-o", cLoop, join(ROOT, "scripts/bench/c_exit_loop.c")]);
 
