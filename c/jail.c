@@ -10,8 +10,9 @@
  * the caller goes on while the child starts (the namespaces' creation and the exec take ~1-2 ms a
  * device, more when the child waits for a CPU). One thread makes every spawn and never exits: a
  * child's parent-death signal (PR_SET_PDEATHSIG) fires when the *thread* that created it ends.
- * tsvm_lockdown: in the device process, before any device code: pivot_root into an empty read-only
- * tmpfs, drop capabilities and root, no_new_privs, and a seccomp filter on every thread (TSYNC). */
+ * tsvm_lockdown: in the device process, before any device code: glibc's first-thread set-up done,
+ * pivot_root into an empty read-only tmpfs, drop capabilities and root, no_new_privs, and a seccomp
+ * filter on every thread (TSYNC). */
 #define _GNU_SOURCE
 #include "tsvm.h"
 

@@ -28,8 +28,8 @@ const GC_CYCLE = { BUN_JSC_gcMaxHeapSize: String(GC_CYCLE_BYTES) };
  * the allocator and wakes every few milliseconds: in a block process serving 64 KiB writes at depth
  * 32 it ran ~44 ms of every second, 373 wake-ups, on the CPUs the device's loop and the vCPU need
  * (the loop was preempted 442 times a second with it, 161 without), and the blocks it keeps are
- * memory: without it bench section 5's device processes held 3.0-3.3 MiB each against 3.4-3.9,
- * the tree 21.0 MiB against 23.0, an extra disk 3.3 against 3.7. Not in VMM_JSC: `tsvm devices`
+ * memory: without it bench section 5's device processes held 3.0-3.4 MiB each against 3.4-3.9,
+ * the tree 21.0-21.4 MiB against 23.0, an extra disk 3.2-3.3 against 3.7. Not in VMM_JSC: `tsvm devices`
  * without it held 5.8 MiB against 4.7 (its device processes 3.1 and 2.9 MiB either way, 3.4 each
  * with the thread).
  */
