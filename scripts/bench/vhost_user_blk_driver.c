@@ -1,11 +1,16 @@
 // vhost_user_blk_driver.c - the smallest vhost-user-blk front-end: one queue in a memfd it shares with
-// the back-end, one 4 KiB read in flight at a time, each waited for on the call eventfd (as a guest
-// waits for its interrupt). It times every request, so two back-ends (tsvm devices, qemu-storage-daemon)
-// can be compared with nothing else in the way: no VM, no guest, the same front-end for both.
+// the back-end, each completion waited for on the call eventfd (as a guest waits for its interrupt).
+// It times the requests, so two back-ends (tsvm devices, qemu-storage-daemon) can be compared with
+// nothing else in the way: no VM, no guest, the same front-end for both.
 //
-// Usage: vhost_user_blk_driver SOCKET IMAGE REQUESTS
-// Checks the first requests' bytes against IMAGE (read with pread), then times REQUESTS random 4 KiB
-// reads within IMAGE's size and prints "requests N median-ns M mean-ns A p99-ns P".
+// Usage: vhost_user_blk_driver SOCKET IMAGE REQUESTS [SIZE DEPTH read|write]
+// Default: 4096 1 read. 4 KiB requests go to random blocks, larger ones run sequentially through the
+// image (wrapping), as section 8's rows do. Reads are checked against IMAGE (read with pread) for the
+// first requests. At depth 1 it times each request and prints
+// "requests N median-ns M mean-ns A p99-ns P"; at a depth above 1 it keeps DEPTH requests in flight,
+// resubmitting each slot as it completes (one kick per batch, none while the back-end asks for none),
+// and prints "requests N depth D ns-per-request T" over the whole timed run. FLUSH is negotiated when
+// offered, so a write completes from the back-end's cache for every back-end alike.
 #define _GNU_SOURCE
 #include <errno.h>
 #include <stdbool.h>
@@ -31,14 +36,15 @@ enum {
 #define VERSION 0x1
 #define F_VERSION_1 (1ull << 32)
 #define F_PROTOCOL_FEATURES (1ull << 30)
+#define F_FLUSH (1ull << 9)
 #define QSIZE 256
-#define MEM_SIZE (1 << 20)
+#define MAX_DEPTH 128
+#define MAX_SIZE (1 << 20)
 #define DESC 0x0000
 #define AVAIL 0x1000
 #define USED 0x2000
-#define HEADER 0x3000
-#define STATUS 0x3010
-#define DATA 0x4000
+#define HEADERS 0x4000 /* one 16-byte header and one status byte per slot: 32 bytes a slot */
+#define DATA 0x10000   /* one SIZE buffer per slot */
 #define BLOCK 4096
 #define CHECKED 64
 #define WARMUP 500
@@ -112,18 +118,66 @@ static int by_value(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
+static uint8_t *mem;
+static uint64_t blocks, size, position, seed = 0x9e3779b97f4a7c15ull;
+static bool writing;
+
+/* Where the next request goes: a random block for 4 KiB requests, the next SIZE bytes otherwise. */
+static uint64_t next_offset(void)
+{
+	if (size == BLOCK) {
+		seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+		return (seed >> 17) % blocks * BLOCK;
+	}
+	uint64_t offset = position;
+	position = position + 2 * size > blocks * BLOCK ? 0 : position + size;
+	return offset;
+}
+
+/* Fills slot `slot`'s header and status for a request at `offset`; its three descriptors are fixed. */
+static void prepare(uint32_t slot, uint64_t offset)
+{
+	uint32_t head[4] = { writing ? 1 : 0, 0, (uint32_t)(offset / 512), (uint32_t)(offset / 512 >> 32) };
+	memcpy(mem + HEADERS + slot * 32, head, 16);
+	mem[HEADERS + slot * 32 + 16] = 0xff;
+	if (writing)
+		memset(mem + DATA + slot * size, (int)(offset / size), 64);
+}
+
+static void wait_call(int call)
+{
+	/* A back-end that dropped the connection (or stalled) ends the run instead of hanging it. */
+	struct pollfd fds[2] = { { call, POLLIN, 0 }, { sock, POLLIN, 0 } };
+	uint64_t got;
+	if (poll(fds, 2, 10000) <= 0 || fds[1].revents)
+		die("no completion (the back-end closed the connection or stalled)");
+	if (read(call, &got, 8) != 8 && errno != EINTR)
+		die("call");
+}
+
 int main(int argc, char **argv)
 {
-	if (argc != 4) {
-		fprintf(stderr, "usage: %s SOCKET IMAGE REQUESTS\n", argv[0]);
+	if (argc != 4 && argc != 7) {
+		fprintf(stderr, "usage: %s SOCKET IMAGE REQUESTS [SIZE DEPTH read|write]\n", argv[0]);
 		return 2;
 	}
 	long requests = atol(argv[3]);
+	size = argc == 7 ? strtoull(argv[4], NULL, 0) : BLOCK;
+	uint32_t depth = argc == 7 ? (uint32_t)atoi(argv[5]) : 1;
+	writing = argc == 7 && strcmp(argv[6], "write") == 0;
+	if (argc == 7 && !writing && strcmp(argv[6], "read") != 0) {
+		fprintf(stderr, "vhost_user_blk_driver: the direction is read or write, not %s\n", argv[6]);
+		return 2;
+	}
+	if (size < 512 || size % 512 || size > MAX_SIZE || depth < 1 || depth > MAX_DEPTH || requests <= 0) {
+		fprintf(stderr, "vhost_user_blk_driver: SIZE must be a multiple of 512 up to 1 MiB, DEPTH 1 to %d\n", MAX_DEPTH);
+		return 2;
+	}
 	int image = open(argv[2], O_RDONLY);
 	struct stat st;
-	if (image < 0 || fstat(image, &st) < 0 || st.st_size < BLOCK || requests <= 0)
+	if (image < 0 || fstat(image, &st) < 0 || (uint64_t)st.st_size < 2 * size)
 		die("image");
-	uint64_t blocks = st.st_size / BLOCK;
+	blocks = st.st_size / BLOCK;
 
 	sock = socket(AF_UNIX, SOCK_STREAM, 0);
 	struct sockaddr_un addr = { .sun_family = AF_UNIX };
@@ -132,10 +186,12 @@ int main(int argc, char **argv)
 		die("connect");
 
 	/* Sealed against shrinking, as back-ends that map it require (tsvm's does). */
+	uint64_t mem_size = DATA + (uint64_t)depth * size;
+	mem_size = (mem_size + 0xfffff) & ~0xfffffull;
 	int memfd = memfd_create("driver-memory", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-	if (memfd < 0 || ftruncate(memfd, MEM_SIZE) < 0 || fcntl(memfd, F_ADD_SEALS, F_SEAL_SHRINK) < 0)
+	if (memfd < 0 || ftruncate(memfd, mem_size) < 0 || fcntl(memfd, F_ADD_SEALS, F_SEAL_SHRINK) < 0)
 		die("memfd");
-	uint8_t *mem = mmap(NULL, MEM_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
+	mem = mmap(NULL, mem_size, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
 	if (mem == MAP_FAILED)
 		die("mmap");
 	int kick = eventfd(0, EFD_CLOEXEC), call = eventfd(0, EFD_CLOEXEC);
@@ -144,14 +200,14 @@ int main(int argc, char **argv)
 	if (!(features & F_VERSION_1))
 		die("back-end without VIRTIO_F_VERSION_1");
 	bool protocol = features & F_PROTOCOL_FEATURES;
-	set_u64(SET_FEATURES, features & (F_VERSION_1 | F_PROTOCOL_FEATURES), -1);
+	set_u64(SET_FEATURES, features & (F_VERSION_1 | F_PROTOCOL_FEATURES | F_FLUSH), -1);
 	if (protocol) {
 		get_u64(GET_PROTOCOL_FEATURES);
 		set_u64(SET_PROTOCOL_FEATURES, 0, -1);
 	}
 	send_msg(SET_OWNER, NULL, 0, NULL, 0);
 	struct { uint32_t count, padding; uint64_t guest_address, size, user_address, offset; } table = {
-		1, 0, 0, MEM_SIZE, (uintptr_t)mem, 0,
+		1, 0, 0, mem_size, (uintptr_t)mem, 0,
 	};
 	send_msg(SET_MEM_TABLE, &table, sizeof table, &memfd, 1);
 	set_state(SET_VRING_NUM, 0, QSIZE);
@@ -165,51 +221,79 @@ int main(int argc, char **argv)
 	if (protocol)
 		set_state(SET_VRING_ENABLE, 0, 1);
 
+	/* Slot s owns descriptors 3s (header), 3s+1 (data) and 3s+2 (status). */
 	struct desc *desc = (struct desc *)(mem + DESC);
-	desc[0] = (struct desc){ HEADER, 16, 1, 1 };
-	desc[1] = (struct desc){ DATA, BLOCK, 1 | 2, 2 };
-	desc[2] = (struct desc){ STATUS, 1, 2, 0 };
+	for (uint32_t s = 0; s < depth; s++) {
+		desc[3 * s] = (struct desc){ HEADERS + s * 32, 16, 1, (uint16_t)(3 * s + 1) };
+		desc[3 * s + 1] = (struct desc){ DATA + s * size, (uint32_t)size, writing ? 1 : 1 | 2, (uint16_t)(3 * s + 2) };
+		desc[3 * s + 2] = (struct desc){ HEADERS + s * 32 + 16, 1, 2, 0 };
+	}
 	volatile uint16_t *avail = (uint16_t *)(mem + AVAIL);
+	volatile uint16_t *used_flags = (uint16_t *)(mem + USED);
 	volatile uint16_t *used_idx = (uint16_t *)(mem + USED + 2);
-	volatile uint32_t *used_len = (uint32_t *)(mem + USED + 4 + 4);
+	volatile uint32_t *used_ring = (uint32_t *)(mem + USED + 4);
 	uint64_t *latency = calloc(requests, sizeof *latency);
-	uint8_t expected[BLOCK];
-	uint64_t seed = 0x9e3779b97f4a7c15ull;
-	long total = WARMUP + requests;
-	for (long i = 0; i < total; i++) {
-		seed = seed * 6364136223846793005ull + 1442695040888963407ull;
-		uint64_t block = (seed >> 17) % blocks;
-		uint32_t head[4] = { 0, 0, (uint32_t)(block * 8), (uint32_t)(block * 8 >> 32) }; /* IN, sector */
-		memcpy(mem + HEADER, head, 16);
-		mem[STATUS] = 0xff;
-		uint64_t start = now_ns();
-		uint16_t idx = (uint16_t)i;
-		avail[2 + idx % QSIZE] = 0;
-		__atomic_store_n(&avail[1], (uint16_t)(idx + 1), __ATOMIC_RELEASE);
-		uint64_t one = 1, got;
-		if (write(kick, &one, 8) != 8)
-			die("kick");
-		while (__atomic_load_n(used_idx, __ATOMIC_ACQUIRE) != (uint16_t)(idx + 1)) {
-			/* A back-end that dropped the connection (or stalled) ends the run instead of hanging it. */
-			struct pollfd fds[2] = { { call, POLLIN, 0 }, { sock, POLLIN, 0 } };
-			if (poll(fds, 2, 10000) <= 0 || fds[1].revents)
-				die("no completion (the back-end closed the connection or stalled)");
-			if (read(call, &got, 8) != 8 && errno != EINTR)
-				die("call");
+	uint64_t *started = calloc(depth, sizeof *started), *offsets = calloc(depth, sizeof *offsets);
+	uint8_t *expected = malloc(size);
+	long total = WARMUP + requests, submitted = 0, completed = 0;
+	uint16_t avail_idx = 0, seen = 0;
+	uint64_t timed_from = 0;
+	uint64_t one = 1;
+	/* Fill the queue, then resubmit each slot as it completes. */
+	for (uint32_t s = 0; s < depth && submitted < total; s++, submitted++) {
+		offsets[s] = next_offset();
+		prepare(s, offsets[s]);
+		started[s] = now_ns();
+		avail[2 + avail_idx++ % QSIZE] = (uint16_t)(3 * s);
+	}
+	__atomic_store_n(&avail[1], avail_idx, __ATOMIC_RELEASE);
+	if (write(kick, &one, 8) != 8)
+		die("kick");
+	while (completed < total) {
+		uint16_t now = __atomic_load_n(used_idx, __ATOMIC_ACQUIRE);
+		if (now == seen) {
+			wait_call(call);
+			continue;
 		}
-		uint64_t took = now_ns() - start;
-		if (mem[STATUS] != 0 || used_len[(idx % QSIZE) * 2] < BLOCK + 1) {
-			fprintf(stderr, "vhost_user_blk_driver: request %ld failed (status %u)\n", i, mem[STATUS]);
-			return 1;
-		}
-		if (i < CHECKED) {
-			if (pread(image, expected, BLOCK, block * BLOCK) != BLOCK || memcmp(expected, mem + DATA, BLOCK) != 0) {
-				fprintf(stderr, "vhost_user_blk_driver: request %ld read the wrong bytes\n", i);
+		bool added = false;
+		for (; seen != now; seen++) {
+			uint32_t id = used_ring[(seen % QSIZE) * 2], len = used_ring[(seen % QSIZE) * 2 + 1];
+			uint32_t s = id / 3;
+			uint8_t status = mem[HEADERS + s * 32 + 16];
+			if (id % 3 || s >= depth || status != 0 || len < (writing ? 1 : size + 1)) {
+				fprintf(stderr, "vhost_user_blk_driver: request %ld failed (head %u, status %u, len %u)\n", completed, id, status, len);
 				return 1;
 			}
+			uint64_t end = now_ns();
+			if (!writing && completed < CHECKED &&
+			    (pread(image, expected, size, offsets[s]) != (ssize_t)size || memcmp(expected, mem + DATA + s * size, size) != 0)) {
+				fprintf(stderr, "vhost_user_blk_driver: request %ld read the wrong bytes\n", completed);
+				return 1;
+			}
+			if (completed >= WARMUP)
+				latency[completed - WARMUP] = end - started[s];
+			if (++completed == WARMUP)
+				timed_from = end;
+			if (submitted < total) {
+				offsets[s] = next_offset();
+				prepare(s, offsets[s]);
+				started[s] = now_ns();
+				avail[2 + avail_idx++ % QSIZE] = (uint16_t)(3 * s);
+				submitted++;
+				added = true;
+			}
 		}
-		if (i >= WARMUP)
-			latency[i - WARMUP] = took;
+		if (added) {
+			__atomic_store_n(&avail[1], avail_idx, __ATOMIC_RELEASE);
+			__atomic_thread_fence(__ATOMIC_SEQ_CST);
+			if (!(__atomic_load_n(used_flags, __ATOMIC_ACQUIRE) & 1) && write(kick, &one, 8) != 8)
+				die("kick");
+		}
+	}
+	uint64_t elapsed = now_ns() - timed_from;
+	if (depth > 1) {
+		printf("requests %ld depth %u ns-per-request %llu\n", requests, depth, (unsigned long long)(elapsed / requests));
+		return 0;
 	}
 	uint64_t sum = 0;
 	for (long i = 0; i < requests; i++)
