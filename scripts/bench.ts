@@ -18,7 +18,7 @@
 //      `tsvm devices` jailed and in-process vs qemu-storage-daemon; then 32 requests in flight
 //      (4 KiB random reads, 64 KiB sequential reads and writes), jailed vs qemu-storage-daemon.
 // Usage: bun scripts/bench.ts [--rounds N] [--exits N] [--only 1,6,7] [--blk-rounds N] [--blk-direct-only | --blk-cache-only] [--acc-rounds N] [--vu-requests N]   (needs dist/tsvm; installs QEMU if missing)
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { childPids, privateDirtyKib, settledMemory, writeBack } from "../test/support/process_memory.ts";
@@ -715,6 +715,21 @@ if (want(10)) {
   const image = join(dir, "backend.img");
   sh(["dd", "if=/dev/urandom", `of=${image}`, "bs=1M", "count=64", "status=none"]);
   const requests = arg("--vu-requests", 20000);
+  /** CPU time (user + system, in clock ticks) of `pid` and its descendants so far. */
+  const cpuTicks = (pid: number): number => {
+    let ticks = 0;
+    for (const p of [pid, ...childPids(pid).flatMap((c) => [c, ...childPids(c)])]) {
+      try {
+        const fields = readFileSync(`/proc/${p}/stat`, "utf8").split(") ")[1]!.split(" ");
+        ticks += Number(fields[11]) + Number(fields[12]); // utime, stime
+      } catch {
+        // gone meanwhile
+      }
+    }
+    return ticks;
+  };
+  /** CPU microseconds the back-end's processes spent per request in the last `served` run. */
+  let cpuPerRequest = 0;
   const served = async (command: string[], socketPath: string, oneCpu: boolean, load: string[] = []): Promise<number> => {
     const pin = oneCpu ? ["taskset", "-c", "0"] : [];
     const backend = [...pin, ...command];
@@ -726,7 +741,10 @@ if (want(10)) {
         if (child.exitCode !== null || Date.now() > deadline) throw new Error(`${command[0]} never listened on ${socketPath}`);
         await Bun.sleep(20);
       }
+      const before = cpuTicks(child.pid);
       const out = sh([...pin, driver, socketPath, image, String(requests), ...load]);
+      // Clock ticks are 10 ms (CLK_TCK 100); the driver's warm-up requests count too.
+      cpuPerRequest = ((cpuTicks(child.pid) - before) * 10_000) / requests;
       const m = /(?:median-ns|ns-per-request) (\d+)/.exec(out);
       if (!m) throw new Error(`no result from the driver: ${out.slice(-500)}`);
       return Number(m[1]);
@@ -767,12 +785,17 @@ if (want(10)) {
     if (!qsd) break;
     const jailed: number[] = [];
     const theirs: number[] = [];
+    const jailedCpu: number[] = [];
+    const theirCpu: number[] = [];
     for (let i = 0; i < rounds; i++) {
       jailed.push(await served([TSVM, "devices", "--block", `vhost=${sock},path=${image}`], sock, false, [...load]));
+      jailedCpu.push(cpuPerRequest);
       theirs.push(await served([qsd, "--blockdev", `driver=file,node-name=disk,filename=${image},cache.direct=off`,
         "--export", `type=vhost-user-blk,id=exp,node-name=disk,addr.type=unix,addr.path=${sock},writable=on`], sock, false, [...load]));
+      theirCpu.push(cpuPerRequest);
     }
-    row(`| vhost-user-blk ${name}, back-end alone (ns per request, median of ${rounds}×${requests}) | jailed ${median(jailed)} | qemu-storage-daemon ${median(theirs)} | ${(median(theirs) / median(jailed)).toFixed(2)}× its rate (${(Math.min(...theirs) / Math.max(...jailed)).toFixed(2)}–${(Math.max(...theirs) / Math.min(...jailed)).toFixed(2)}) | - |`);
+    const cpu = (xs: number[]): string => median(xs).toFixed(1);
+    row(`| vhost-user-blk ${name}, back-end alone (ns per request, median of ${rounds}×${requests}; CPU µs per request, all its processes) | jailed ${median(jailed)}, CPU ${cpu(jailedCpu)} | qemu-storage-daemon ${median(theirs)}, CPU ${cpu(theirCpu)} | ${(median(theirs) / median(jailed)).toFixed(2)}× its rate (${(Math.min(...theirs) / Math.max(...jailed)).toFixed(2)}–${(Math.max(...theirs) / Math.min(...jailed)).toFixed(2)}) | - |`);
   }
   rmSync(image, { force: true });
 }
