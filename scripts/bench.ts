@@ -23,6 +23,10 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { childPids, privateDirtyKib, settledMemory, writeBack } from "../test/support/process_memory.ts";
 
+// Where Bun is not installed, the compiled tsvm runs this script (`BUN_BE_BUN=1 dist/tsvm
+// scripts/bench.ts`). The tsvm processes it starts must not inherit that switch, and Bun's spawn
+// without `env` passes the environment the process started with: every spawn here passes process.env.
+delete process.env.BUN_BE_BUN;
 const ROOT = resolve(import.meta.dir, "..");
 const GUEST = join(ROOT, "build/guest/tsvm-guest.elf");
 const TSVM = join(ROOT, "dist/tsvm");
@@ -80,7 +84,7 @@ function cyclesPerExit(output: string): number {
 /** Time from spawn to the first byte on stdout, in milliseconds; the process is killed after it. */
 async function firstByte(cmd: string[]): Promise<number> {
   const start = performance.now();
-  const child = Bun.spawn(cmd, { stdout: "pipe", stderr: "ignore", stdin: "ignore" });
+  const child = Bun.spawn(cmd, { env: process.env, stdout: "pipe", stderr: "ignore", stdin: "ignore" });
   const reader = (child.stdout as ReadableStream<Uint8Array>).getReader();
   for (;;) {
     const { value, done } = await reader.read();
@@ -221,7 +225,7 @@ if (want(4)) {
 type TreeMemory = { readonly vmm: number; readonly devices: readonly number[]; readonly total: number };
 /** Starts `cmd`, waits for `ready` on its stdout (or 3 s), and measures its process tree (KiB) once it has settled. */
 async function memoryOf(cmd: string[], ready: RegExp | null): Promise<TreeMemory> {
-  const child = Bun.spawn(cmd, { stdout: "pipe", stderr: "ignore", stdin: "ignore" });
+  const child = Bun.spawn(cmd, { env: process.env, stdout: "pipe", stderr: "ignore", stdin: "ignore" });
   try {
     const reader = (child.stdout as ReadableStream<Uint8Array>).getReader();
     let text = "";
@@ -319,7 +323,7 @@ if (want(6)) {
   };
   const overVhostUser = async (backend: string[], socketPath: string): Promise<number> => {
     rmSync(socketPath, { force: true });
-    const child = Bun.spawn(backend, { stdout: "ignore", stderr: "ignore" });
+    const child = Bun.spawn(backend, { env: process.env, stdout: "ignore", stderr: "ignore" });
     try {
       await waitForSocket(socketPath, child);
       step(`vhost-user blk over ${backend[0] === TSVM ? "tsvm devices" : backend[0]}`);
@@ -416,7 +420,7 @@ if (want(7)) {
       });
       server.listen(`${uds}_5000`);
     });
-    const vm = Bun.spawn([TSVM, "run", "--serial", "type=stdout,num=1", "-p", `tsvm.vsock=${VSOCK_EXCHANGES}`, "--vsock", `cid=3,uds=${uds}`], { stdout: "pipe", stderr: "ignore" });
+    const vm = Bun.spawn([TSVM, "run", "--serial", "type=stdout,num=1", "-p", `tsvm.vsock=${VSOCK_EXCHANGES}`, "--vsock", `cid=3,uds=${uds}`], { env: process.env, stdout: "pipe", stderr: "ignore" });
     const reader = (vm.stdout as ReadableStream<Uint8Array>).getReader();
     let text = "";
     const stopVm = async (): Promise<void> => {
@@ -734,7 +738,7 @@ if (want(10)) {
     const pin = oneCpu ? ["taskset", "-c", "0"] : [];
     const backend = [...pin, ...command];
     rmSync(socketPath, { force: true });
-    const child = Bun.spawn(backend, { stdout: "ignore", stderr: "ignore" });
+    const child = Bun.spawn(backend, { env: process.env, stdout: "ignore", stderr: "ignore" });
     try {
       const deadline = Date.now() + 30_000 * TIME_SCALE;
       while (!existsSync(socketPath)) {
