@@ -14,15 +14,32 @@
  * The same transfer code serves synchronous callers (tsvm_disk_transfer), so O_DIRECT's alignment
  * rule lives in one place: a request whose buffers, offset or length are not multiples of the
  * image's alignment goes through an aligned bounce buffer (read-modify-write for a partial write).
+ *
+ * Small aligned O_DIRECT reads (up to KERNEL_MAX_BYTES) skip the threads: they go to the kernel's
+ * own asynchronous I/O (io_submit, the interface QEMU calls aio=native; not io_uring), which puts
+ * them on the disk's queue from the submitting thread and signals the same eventfd when each
+ * finishes. A request to a thread costs two wake-ups and a few futex calls, which on a virtualized
+ * host cost more than the disk's own time for a 4 KiB read. The submission asks not to block
+ * (RWF_NOWAIT): a read the file system would have to wait for comes back -EAGAIN and goes to a
+ * thread. Measured with bench section 10's front-end alone (O_DIRECT, 32 in flight): 4 KiB random
+ * reads took 19.6-23 µs a request this way against 35-43 µs through the threads. Writes and large
+ * reads stay on the threads, where they measured faster: 64 KiB writes 39-45 µs against 22-25 (the
+ * file system completes a direct write through a kernel worker anyway), and merged sequential reads
+ * 44 µs against 23 (submitting a request of hundreds of pages is CPU work that the threads spread
+ * over the CPUs and io_submit keeps on the device's loop). If the kernel has no asynchronous I/O for
+ * the pool (io_setup fails), every request goes to the threads.
  */
 #define _GNU_SOURCE
 #include "tsvm.h"
 
 #include <errno.h>
+#include <linux/aio_abi.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 enum { AIO_READ = 0, AIO_WRITE = 1, AIO_FLUSH = 2 };
@@ -32,6 +49,8 @@ enum { AIO_READ = 0, AIO_WRITE = 1, AIO_FLUSH = 2 };
 /* scatter lists up to this long live inside the request; longer ones are allocated */
 #define INLINE_IOV 4
 #define STACK_SIZE (256 * 1024)
+/* the largest O_DIRECT read given to the kernel's asynchronous I/O (see the top of this file) */
+#define KERNEL_MAX_BYTES (64 * 1024)
 
 struct aio_request {
 	int op;
@@ -63,6 +82,15 @@ struct tsvm_aio {
 	unsigned running;    /* requests a thread is executing */
 	unsigned waiting;    /* threads waiting for work */
 	int stopping;
+	/* the kernel's asynchronous I/O for aligned O_DIRECT requests: the context (made at the first
+	 * such request; kernel_state -1 once io_setup failed), and each request in it by slot */
+	aio_context_t kernel;
+	int kernel_state;
+	struct aio_request *kernel_requests; /* [capacity], a request's iov kept for a short transfer */
+	unsigned *kernel_free;              /* free slots, a stack of kernel_free_count */
+	unsigned kernel_free_count;
+	unsigned kernel_running;            /* submitted to the kernel, not yet harvested */
+	unsigned kernel_submitted;          /* requests the kernel took, all told (for tests) */
 	unsigned max_threads, threads;
 	pthread_t tids[];
 };
@@ -213,6 +241,135 @@ static void *worker(void *arg)
 	return NULL;
 }
 
+/* Starts a thread if none waits and fewer run than there is work for; called with the lock held.
+ * Returns 0, or pthread_create's error when the pool has no thread at all. */
+static int add_thread_if_needed(struct tsvm_aio *aio)
+{
+	if (aio->waiting || aio->threads >= aio->max_threads || aio->threads >= aio->pending_count + aio->running + 1)
+		return 0;
+	pthread_attr_t attr;
+	pthread_attr_init(&attr);
+	pthread_attr_setstacksize(&attr, STACK_SIZE);
+	int r = pthread_create(&aio->tids[aio->threads], &attr, worker, aio);
+	pthread_attr_destroy(&attr);
+	if (!r) aio->threads++;
+	return r && !aio->threads ? r : 0;
+}
+
+/* Queues `req` (its iov already owned by it) for a thread; called with the lock held. */
+static void enqueue(struct tsvm_aio *aio, const struct aio_request *req)
+{
+	unsigned slot = (aio->pending_head + aio->pending_count) % aio->capacity;
+	aio->pending[slot] = *req;
+	if (req->iov == req->inline_iov) aio->pending[slot].iov = aio->pending[slot].inline_iov;
+	aio->pending_count++;
+	pthread_cond_signal(&aio->work);
+}
+
+static int kernel_ready(struct tsvm_aio *aio)
+{
+	if (aio->kernel_state) return aio->kernel_state > 0;
+	aio->kernel_requests = calloc(aio->capacity, sizeof *aio->kernel_requests);
+	aio->kernel_free = calloc(aio->capacity, sizeof *aio->kernel_free);
+	if (!aio->kernel_requests || !aio->kernel_free || syscall(SYS_io_setup, aio->capacity, &aio->kernel) != 0) {
+		free(aio->kernel_requests);
+		free(aio->kernel_free);
+		aio->kernel_requests = NULL;
+		aio->kernel_free = NULL;
+		aio->kernel_state = -1;
+		return 0;
+	}
+	for (unsigned i = 0; i < aio->capacity; i++) aio->kernel_free[i] = aio->capacity - 1 - i;
+	aio->kernel_free_count = aio->capacity;
+	aio->kernel_state = 1;
+	return 1;
+}
+
+/* Submits `req` (aligned O_DIRECT, read or write) to the kernel; called with the lock held.
+ * Returns 0, or -errno when the kernel did not take it (the caller gives it to a thread). */
+static int kernel_submit(struct tsvm_aio *aio, struct aio_request *req)
+{
+	if (!kernel_ready(aio) || !aio->kernel_free_count) return -EAGAIN;
+	unsigned slot = aio->kernel_free[aio->kernel_free_count - 1];
+	struct aio_request *kept = &aio->kernel_requests[slot];
+	*kept = *req;
+	if (req->iov == req->inline_iov) kept->iov = kept->inline_iov;
+	struct iocb cb = {
+		.aio_data = slot,
+		.aio_rw_flags = RWF_NOWAIT,
+		.aio_lio_opcode = IOCB_CMD_PREADV,
+		.aio_fildes = (uint32_t)req->fd,
+		.aio_buf = (uintptr_t)kept->iov,
+		.aio_nbytes = (uint64_t)kept->iovcnt,
+		.aio_offset = req->offset,
+		.aio_flags = IOCB_FLAG_RESFD,
+		.aio_resfd = (uint32_t)aio->notify_fd,
+	};
+	struct iocb *list[1] = { &cb };
+	long n = syscall(SYS_io_submit, aio->kernel, 1, list);
+	if (n != 1) return n < 0 ? -errno : -EAGAIN;
+	aio->kernel_free_count--;
+	aio->kernel_running++;
+	aio->kernel_submitted++;
+	return 0;
+}
+
+/* Turns finished kernel requests into completions; waits for at least `wait_for` of them. Called
+ * with the lock held (dropped while waiting). A request that would have blocked goes to a thread; a
+ * short transfer (a read at the end of the file) is finished here, as a thread would. */
+static void kernel_harvest(struct tsvm_aio *aio, unsigned wait_for)
+{
+	if (aio->kernel_state <= 0 || !aio->kernel_running) return;
+	struct io_event events[64];
+	for (;;) {
+		long want = aio->kernel_running < 64 ? aio->kernel_running : 64;
+		long min = wait_for < (unsigned)want ? wait_for : want;
+		struct timespec none = { 0, 0 };
+		if (min) pthread_mutex_unlock(&aio->lock);
+		long n = syscall(SYS_io_getevents, aio->kernel, min, want, events, min ? NULL : &none);
+		int failed = n < 0 ? errno : 0;
+		if (min) pthread_mutex_lock(&aio->lock);
+		if (n < 0 && failed == EINTR) continue;
+		if (n <= 0) return;
+		for (long i = 0; i < n; i++) {
+			unsigned slot = (unsigned)events[i].data;
+			struct aio_request *req = &aio->kernel_requests[slot];
+			int64_t expected = total_length(req->iov, req->iovcnt);
+			int64_t res = events[i].res;
+			aio->kernel_running--;
+			aio->kernel_free[aio->kernel_free_count++] = slot;
+			if (res == -EAGAIN) {
+				enqueue(aio, req); /* the thread owns its iov now */
+				add_thread_if_needed(aio);
+				continue;
+			}
+			int result = res < 0 ? (int)res : 0;
+			if (res >= 0 && res < expected) {
+				/* the rest, from where the kernel stopped (a read past the end fills zeros) */
+				int64_t moved = 0;
+				struct iovec *iov = req->iov;
+				int iovcnt = req->iovcnt;
+				int64_t skip = res;
+				while (iovcnt > 0 && skip >= (int64_t)iov->iov_len) {
+					skip -= (int64_t)iov->iov_len;
+					iov++;
+					iovcnt--;
+				}
+				if (iovcnt > 0) {
+					iov->iov_base = (char *)iov->iov_base + skip;
+					iov->iov_len -= (size_t)skip;
+				}
+				result = flagged_transfer(req->fd, iov, iovcnt, req->offset + res, (req->op & 0xff) == AIO_WRITE, 0, &moved);
+			}
+			if (req->iov != req->inline_iov) free(req->iov);
+			aio->done[aio->done_count++] = (struct aio_completion){ req->tag, result };
+		}
+		if (wait_for <= (unsigned)n) wait_for = 0;
+		else wait_for -= (unsigned)n;
+		if (!aio->kernel_running || (!wait_for && n < want)) return;
+	}
+}
+
 /* A pool of at most `max_threads` threads for up to `capacity` requests; completions signal `notify_fd`. */
 struct tsvm_aio *tsvm_aio_create(int max_threads, int capacity, int notify_fd)
 {
@@ -254,38 +411,34 @@ int tsvm_aio_submit(struct tsvm_aio *aio, int op, int fd, const void *iov, int i
 		if (!copy) return -ENOMEM;
 		memcpy(copy, iov, (size_t)iovcnt * sizeof *copy);
 	}
+	struct aio_request req = { .op = op, .fd = fd, .offset = offset, .tag = tag, .iovcnt = iovcnt, .align = align > 1 ? align : 1 };
+	if (copy) {
+		req.iov = copy;
+	} else {
+		if (iovcnt) memcpy(req.inline_iov, iov, (size_t)iovcnt * sizeof *copy);
+		req.iov = req.inline_iov;
+	}
 	pthread_mutex_lock(&aio->lock);
 	if (aio->outstanding >= aio->capacity) {
 		pthread_mutex_unlock(&aio->lock);
 		free(copy);
 		return -EAGAIN;
 	}
-	if (!aio->waiting && aio->threads < aio->max_threads && aio->threads < aio->pending_count + aio->running + 1) {
-		pthread_attr_t attr;
-		pthread_attr_init(&attr);
-		pthread_attr_setstacksize(&attr, STACK_SIZE);
-		int r = pthread_create(&aio->tids[aio->threads], &attr, worker, aio);
-		pthread_attr_destroy(&attr);
-		if (r && !aio->threads) {
-			pthread_mutex_unlock(&aio->lock);
-			free(copy);
-			return -r;
-		}
-		if (!r) aio->threads++;
+	/* small aligned O_DIRECT reads go to the kernel when it takes them */
+	if (kind == AIO_READ && req.align > 1 && iovcnt > 0 && total_length(req.iov, iovcnt) <= KERNEL_MAX_BYTES &&
+	    aligned(req.iov, iovcnt, offset, req.align) && kernel_submit(aio, &req) == 0) {
+		aio->outstanding++;
+		pthread_mutex_unlock(&aio->lock);
+		return 0;
 	}
-	unsigned slot = (aio->pending_head + aio->pending_count) % aio->capacity;
-	struct aio_request *req = &aio->pending[slot];
-	*req = (struct aio_request){ .op = op, .fd = fd, .offset = offset, .tag = tag, .iovcnt = iovcnt,
-				     .align = align > 1 ? align : 1 };
-	if (copy) {
-		req->iov = copy;
-	} else {
-		if (iovcnt) memcpy(req->inline_iov, iov, (size_t)iovcnt * sizeof *copy);
-		req->iov = req->inline_iov;
+	int r = add_thread_if_needed(aio);
+	if (r) {
+		pthread_mutex_unlock(&aio->lock);
+		free(copy);
+		return -r;
 	}
-	aio->pending_count++;
+	enqueue(aio, &req);
 	aio->outstanding++;
-	pthread_cond_signal(&aio->work);
 	pthread_mutex_unlock(&aio->lock);
 	return 0;
 }
@@ -295,6 +448,7 @@ int tsvm_aio_reap(struct tsvm_aio *aio, void *out, int max)
 {
 	struct aio_completion *dst = out;
 	pthread_mutex_lock(&aio->lock);
+	kernel_harvest(aio, 0);
 	unsigned n = aio->done_count < (unsigned)max ? aio->done_count : (unsigned)max;
 	memcpy(dst, aio->done, n * sizeof *dst);
 	memmove(aio->done, aio->done + n, (aio->done_count - n) * sizeof *dst);
@@ -308,8 +462,21 @@ int tsvm_aio_reap(struct tsvm_aio *aio, void *out, int max)
 int tsvm_aio_wait_idle(struct tsvm_aio *aio)
 {
 	pthread_mutex_lock(&aio->lock);
-	while (aio->pending_count || aio->running) pthread_cond_wait(&aio->idle, &aio->lock);
+	for (;;) {
+		while (aio->pending_count || aio->running) pthread_cond_wait(&aio->idle, &aio->lock);
+		if (!aio->kernel_running) break;
+		kernel_harvest(aio, aio->kernel_running); /* (what would have blocked goes to a thread: wait again) */
+	}
 	int n = (int)aio->done_count;
+	pthread_mutex_unlock(&aio->lock);
+	return n;
+}
+
+/* How many requests the kernel's asynchronous I/O took since the pool was made (for tests). */
+int tsvm_aio_kernel_requests(struct tsvm_aio *aio)
+{
+	pthread_mutex_lock(&aio->lock);
+	int n = (int)aio->kernel_submitted;
 	pthread_mutex_unlock(&aio->lock);
 	return n;
 }
@@ -323,6 +490,9 @@ void tsvm_aio_destroy(struct tsvm_aio *aio)
 	pthread_cond_broadcast(&aio->work);
 	pthread_mutex_unlock(&aio->lock);
 	for (unsigned i = 0; i < aio->threads; i++) pthread_join(aio->tids[i], NULL);
+	if (aio->kernel_state > 0) syscall(SYS_io_destroy, aio->kernel);
+	free(aio->kernel_requests);
+	free(aio->kernel_free);
 	pthread_cond_destroy(&aio->work);
 	pthread_cond_destroy(&aio->idle);
 	pthread_mutex_destroy(&aio->lock);

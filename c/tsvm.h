@@ -101,12 +101,14 @@ int tsvm_lockdown(const void *bpf, uint64_t len, uint64_t max_fds);
 int tsvm_waitpid(int pid, int *status_out, int nohang);
 int tsvm_execve(const char *path, char *const argv[], char *const envp[]);
 
-/* aio.c: disk requests in flight on a pool of threads, completions told through an eventfd */
+/* aio.c: disk requests in flight on a pool of threads (small O_DIRECT reads on the kernel's
+ * asynchronous I/O), completions told through an eventfd */
 struct tsvm_aio;
 struct tsvm_aio *tsvm_aio_create(int max_threads, int capacity, int notify_fd);
 int tsvm_aio_submit(struct tsvm_aio *aio, int op, int fd, const void *iov, int iovcnt, int64_t offset, uint32_t tag, uint32_t align);
 int tsvm_aio_reap(struct tsvm_aio *aio, void *out, int max);
 int tsvm_aio_wait_idle(struct tsvm_aio *aio);
+int tsvm_aio_kernel_requests(struct tsvm_aio *aio);
 void tsvm_aio_destroy(struct tsvm_aio *aio);
 int tsvm_dio_probe_align(int fd);
 int tsvm_disk_try(int fd, const void *iov, int iovcnt, int64_t offset, int write);

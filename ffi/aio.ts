@@ -1,5 +1,6 @@
-// aio.ts - bindings for c/aio.c: disk requests in flight on a pool of C threads, and the same
-// transfer (O_DIRECT alignment included) for synchronous callers.
+// aio.ts - bindings for c/aio.c: disk requests in flight on a pool of C threads (small O_DIRECT
+// reads on the kernel's asynchronous I/O), and the same transfer (O_DIRECT alignment included) for
+// synchronous callers.
 import type { Pointer } from "bun:ffi";
 import { native } from "./lib.ts";
 import { fillIovecs, iovecs, MAX_IOV } from "./sys.ts";
@@ -16,7 +17,9 @@ export type AioCompletion = { tag: number; result: number };
 
 /**
  * A pool of C threads running one fd's requests; each completion makes `notifyFd` (an eventfd)
- * readable. The buffers a request names must stay mapped until it is reaped (guest memory).
+ * readable. Aligned O_DIRECT reads of up to 64 KiB go to the kernel's asynchronous I/O instead
+ * (c/aio.c says why), with the same completions. The buffers a request names must stay mapped until
+ * it is reaped (guest memory).
  */
 export class AioPool {
   #handle: Pointer | null;
@@ -51,6 +54,11 @@ export class AioPool {
   /** Blocks until nothing is queued or running; returns how many completions wait to be reaped. */
   waitIdle(): number {
     return native.tsvm_aio_wait_idle(this.#live());
+  }
+
+  /** How many requests went to the kernel's asynchronous I/O instead of a thread (for tests). */
+  get kernelRequests(): number {
+    return native.tsvm_aio_kernel_requests(this.#live());
   }
 
   /** Waits for what is in flight, then stops the threads. */

@@ -98,6 +98,7 @@ const symbols = {
   tsvm_aio_submit: { args: [pointer, i32, i32, pointer, i32, i64, u32, u32], returns: i32 },
   tsvm_aio_reap: { args: [pointer, pointer, i32], returns: i32 },
   tsvm_aio_wait_idle: { args: [pointer], returns: i32 },
+  tsvm_aio_kernel_requests: { args: [pointer], returns: i32 },
   tsvm_aio_destroy: { args: [pointer], returns: FFIType.void },
   tsvm_dio_probe_align: { args: [i32], returns: i32 },
   tsvm_disk_transfer: { args: [i32, pointer, i32, i64, u32, i32], returns: i32 },
