@@ -53,13 +53,18 @@ describe.skipIf(!HAS_KVM)("virtio devices under the test guest", () => {
     expect(written).toBeGreaterThan(32);
   }, TIMEOUT);
 
-  test("with o_direct=true at depth 32, huge pages asked for, every read completes in the jailed device, which collapses guest memory under its transfers (its policy allows MADV_COLLAPSE)", async () => {
+  test("with o_direct=true at depth 32, huge pages asked for, every read completes in the jailed device, which collapses guest memory under its transfers (its policy allows MADV_COLLAPSE) and reads small blocks through io_submit", async () => {
     const path = makeDisk("direct.img");
     const env = { TSVM_GUEST_HUGE_PAGES: "1" }; // whatever the host's THP setting
     const reads = await runTsvm(["run", "-p", "tsvm.bench=blkq:sr:64:32:400", "--block", `path=${path},o_direct=true`], { env });
     if (/does not support O_DIRECT/.test(reads.stderr)) return console.warn("skipping: the temporary directory does not support O_DIRECT");
     expect([reads.code, reads.stderr]).toEqual([0, ""]);
     expect(reads.stdout).toMatch(/bench blkq read sequential bytes 65536 depth 32 ring 3 requests 400 failures 0 tsc-per-request \d+/);
+    // 4 KiB random reads: these go to the kernel's asynchronous I/O (io_submit), which the block
+    // policy must allow in the jail.
+    const small = await runTsvm(["run", "-p", "tsvm.bench=blkq:rr:4:32:400", "--block", `path=${path},o_direct=true`], { env });
+    expect([small.code, small.stderr]).toEqual([0, ""]);
+    expect(small.stdout).toMatch(/bench blkq read random bytes 4096 depth 32 ring 3 requests 400 failures 0 tsc-per-request \d+/);
   }, TIMEOUT);
 
   test("a disk image another VM holds read-write is refused with exit 2", async () => {
