@@ -15,19 +15,20 @@
  * rule lives in one place: a request whose buffers, offset or length are not multiples of the
  * image's alignment goes through an aligned bounce buffer (read-modify-write for a partial write).
  *
- * Small aligned O_DIRECT reads (up to KERNEL_MAX_BYTES) skip the threads: they go to the kernel's
- * own asynchronous I/O (io_submit, the interface QEMU calls aio=native; not io_uring), which puts
- * them on the disk's queue from the submitting thread and signals the same eventfd when each
- * finishes. A request to a thread costs two wake-ups and a few futex calls, which on a virtualized
- * host cost more than the disk's own time for a 4 KiB read. The submission asks not to block
- * (RWF_NOWAIT): a read the file system would have to wait for comes back -EAGAIN and goes to a
- * thread. Measured with bench section 10's front-end alone (O_DIRECT, 32 in flight): 4 KiB random
- * reads took 19.6-23 µs a request this way against 35-43 µs through the threads. Writes and large
- * reads stay on the threads, where they measured faster: 64 KiB writes 39-45 µs against 22-25 (the
- * file system completes a direct write through a kernel worker anyway), and merged sequential reads
- * 44 µs against 23 (submitting a request of hundreds of pages is CPU work that the threads spread
- * over the CPUs and io_submit keeps on the device's loop). If the kernel has no asynchronous I/O for
- * the pool (io_setup fails), every request goes to the threads.
+ * Small aligned O_DIRECT reads and writes (up to KERNEL_MAX_BYTES; not write-through writes, whose
+ * fdatasync a thread does) skip the threads: they go to the kernel's own asynchronous I/O
+ * (io_submit, the interface QEMU calls aio=native; not io_uring), which puts them on the disk's
+ * queue from the submitting thread and signals the same eventfd when each finishes. A request to a
+ * thread costs two wake-ups and a few futex calls, which on a virtualized host cost more than the
+ * disk's own time for a 4 KiB request. The submission asks not to block (RWF_NOWAIT): a request the
+ * file system would have to wait for (a write that must allocate blocks, or update the file's
+ * times) comes back -EAGAIN and goes to a thread. Measured with bench section 10's front-end alone
+ * (O_DIRECT, 32 in flight): 4 KiB random reads took 19.6-23 µs a request this way against 35-43 µs
+ * through the threads, 4 KiB random writes 21-23 µs against 42-48. Larger requests (sequential ones
+ * merged up to 2 MiB) stay on the threads, where they measured faster: merged 64 KiB writes 39-45 µs
+ * against 22-25, reads 44 against 23 (submitting a request of hundreds of pages is CPU work that the
+ * threads spread over the CPUs and io_submit would keep on the device's loop). If the kernel has no
+ * asynchronous I/O for the pool (io_setup fails), every request goes to the threads.
  */
 #define _GNU_SOURCE
 #include "tsvm.h"
@@ -49,7 +50,7 @@ enum { AIO_READ = 0, AIO_WRITE = 1, AIO_FLUSH = 2 };
 /* scatter lists up to this long live inside the request; longer ones are allocated */
 #define INLINE_IOV 4
 #define STACK_SIZE (256 * 1024)
-/* the largest O_DIRECT read given to the kernel's asynchronous I/O (see the top of this file) */
+/* the largest O_DIRECT request given to the kernel's asynchronous I/O (see the top of this file) */
 #define KERNEL_MAX_BYTES (64 * 1024)
 
 struct aio_request {
@@ -297,7 +298,7 @@ static int kernel_submit(struct tsvm_aio *aio, struct aio_request *req)
 	struct iocb cb = {
 		.aio_data = slot,
 		.aio_rw_flags = RWF_NOWAIT,
-		.aio_lio_opcode = IOCB_CMD_PREADV,
+		.aio_lio_opcode = (req->op & 0xff) == AIO_WRITE ? IOCB_CMD_PWRITEV : IOCB_CMD_PREADV,
 		.aio_fildes = (uint32_t)req->fd,
 		.aio_buf = (uintptr_t)kept->iov,
 		.aio_nbytes = (uint64_t)kept->iovcnt,
@@ -424,8 +425,8 @@ int tsvm_aio_submit(struct tsvm_aio *aio, int op, int fd, const void *iov, int i
 		free(copy);
 		return -EAGAIN;
 	}
-	/* small aligned O_DIRECT reads go to the kernel when it takes them */
-	if (kind == AIO_READ && req.align > 1 && iovcnt > 0 && total_length(req.iov, iovcnt) <= KERNEL_MAX_BYTES &&
+	/* small aligned O_DIRECT reads and writes (not write-through ones) go to the kernel when it takes them */
+	if (kind != AIO_FLUSH && !(op & AIO_SYNC) && req.align > 1 && iovcnt > 0 && total_length(req.iov, iovcnt) <= KERNEL_MAX_BYTES &&
 	    aligned(req.iov, iovcnt, offset, req.align) && kernel_submit(aio, &req) == 0) {
 		aio->outstanding++;
 		pthread_mutex_unlock(&aio->lock);

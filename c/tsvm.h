@@ -101,7 +101,7 @@ int tsvm_lockdown(const void *bpf, uint64_t len, uint64_t max_fds);
 int tsvm_waitpid(int pid, int *status_out, int nohang);
 int tsvm_execve(const char *path, char *const argv[], char *const envp[]);
 
-/* aio.c: disk requests in flight on a pool of threads (small O_DIRECT reads on the kernel's
+/* aio.c: disk requests in flight on a pool of threads (small O_DIRECT requests on the kernel's
  * asynchronous I/O), completions told through an eventfd */
 struct tsvm_aio;
 struct tsvm_aio *tsvm_aio_create(int max_threads, int capacity, int notify_fd);

@@ -1,5 +1,5 @@
 // aio.ts - bindings for c/aio.c: disk requests in flight on a pool of C threads (small O_DIRECT
-// reads on the kernel's asynchronous I/O), and the same transfer (O_DIRECT alignment included) for
+// requests on the kernel's asynchronous I/O), and the same transfer (O_DIRECT alignment included) for
 // synchronous callers.
 import type { Pointer } from "bun:ffi";
 import { native } from "./lib.ts";
@@ -17,9 +17,9 @@ export type AioCompletion = { tag: number; result: number };
 
 /**
  * A pool of C threads running one fd's requests; each completion makes `notifyFd` (an eventfd)
- * readable. Aligned O_DIRECT reads of up to 64 KiB go to the kernel's asynchronous I/O instead
- * (c/aio.c says why), with the same completions. The buffers a request names must stay mapped until
- * it is reaped (guest memory).
+ * readable. Aligned O_DIRECT reads and writes of up to 64 KiB go to the kernel's asynchronous I/O
+ * instead (c/aio.c says why), with the same completions. The buffers a request names must stay
+ * mapped until it is reaped (guest memory).
  */
 export class AioPool {
   #handle: Pointer | null;
