@@ -17,7 +17,7 @@
 //  10. vhost-user-blk back-ends alone (no VM): 4 KiB QD1 random reads from a minimal C front-end,
 //      `tsvm devices` jailed and in-process vs qemu-storage-daemon; then 32 requests in flight
 //      (4 KiB random reads, 64 KiB sequential reads and writes), jailed vs qemu-storage-daemon; then
-//      O_DIRECT at depth 1 and 32 (4 KiB random reads, 64 KiB sequential writes).
+//      O_DIRECT at depth 1 and 32 (4 KiB random reads and writes, 64 KiB sequential reads and writes).
 // Usage: bun scripts/bench.ts [--rounds N] [--exits N] [--only 1,6,7] [--blk-rounds N] [--blk-direct-only | --blk-cache-only] [--acc-rounds N] [--vu-requests N]   (needs dist/tsvm; installs QEMU if missing)
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -813,7 +813,10 @@ if (want(10)) {
   const directRequests = Math.max(1000, Math.floor(requests / 4));
   // Time per request as throughput at both depths: the mean at depth 1, so the ratio is of rates.
   const perRequestTime = /(?:mean-ns|ns-per-request) (\d+)/;
-  for (const [name, size, op] of [["4 KiB random reads", "4096", "read"], ["64 KiB sequential writes", "65536", "write"]] as const) {
+  for (const [name, size, op] of [
+    ["4 KiB random reads", "4096", "read"], ["4 KiB random writes", "4096", "write"],
+    ["64 KiB sequential reads", "65536", "read"], ["64 KiB sequential writes", "65536", "write"],
+  ] as const) {
     if (!qsd) break;
     const ns = new Map<string, number>();
     for (const depth of ["1", "32"]) {
