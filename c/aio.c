@@ -87,6 +87,7 @@ struct tsvm_aio {
 	 * such request; kernel_state -1 once io_setup failed), and each request in it by slot */
 	aio_context_t kernel;
 	int kernel_state;
+	int kernel_refused;                 /* io_submit said the kernel cannot take such requests at all */
 	struct aio_request *kernel_requests; /* [capacity], a request's iov kept for a short transfer */
 	unsigned *kernel_free;              /* free slots, a stack of kernel_free_count */
 	unsigned kernel_free_count;
@@ -290,7 +291,7 @@ static int kernel_ready(struct tsvm_aio *aio)
  * Returns 0, or -errno when the kernel did not take it (the caller gives it to a thread). */
 static int kernel_submit(struct tsvm_aio *aio, struct aio_request *req)
 {
-	if (!kernel_ready(aio) || !aio->kernel_free_count) return -EAGAIN;
+	if (aio->kernel_refused || !kernel_ready(aio) || !aio->kernel_free_count) return -EAGAIN;
 	unsigned slot = aio->kernel_free[aio->kernel_free_count - 1];
 	struct aio_request *kept = &aio->kernel_requests[slot];
 	*kept = *req;
@@ -308,7 +309,12 @@ static int kernel_submit(struct tsvm_aio *aio, struct aio_request *req)
 	};
 	struct iocb *list[1] = { &cb };
 	long n = syscall(SYS_io_submit, aio->kernel, 1, list);
-	if (n != 1) return n < 0 ? -errno : -EAGAIN;
+	if (n != 1) {
+		int e = n < 0 ? errno : EAGAIN;
+		/* a kernel without RWF_NOWAIT for this interface, or a file it cannot serve so: stop asking */
+		if (e == EINVAL || e == EOPNOTSUPP || e == ENOSYS) aio->kernel_refused = 1;
+		return -e;
+	}
 	aio->kernel_free_count--;
 	aio->kernel_running++;
 	aio->kernel_submitted++;
