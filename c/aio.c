@@ -104,6 +104,20 @@ static int64_t total_length(const struct iovec *iov, int iovcnt)
 	return total;
 }
 
+/* Moves `*iov` (of `*iovcnt` segments) past its first `n` bytes, shortening the segment it ends in. */
+static void skip_bytes(struct iovec **iov, int *iovcnt, int64_t n)
+{
+	while (*iovcnt > 0 && n >= (int64_t)(*iov)->iov_len) {
+		n -= (int64_t)(*iov)->iov_len;
+		(*iov)++;
+		(*iovcnt)--;
+	}
+	if (*iovcnt > 0) {
+		(*iov)->iov_base = (char *)(*iov)->iov_base + n;
+		(*iov)->iov_len -= (size_t)n;
+	}
+}
+
 /* preadv2/pwritev2 with `flags` until everything moved (a read past the end of the file fills
  * zeros); `*moved` counts the bytes done, so a caller passing RWF_NOWAIT knows where it stopped. */
 static int flagged_transfer(int fd, struct iovec *iov, int iovcnt, int64_t offset, int write, int flags, int64_t *moved)
@@ -127,15 +141,7 @@ static int flagged_transfer(int fd, struct iovec *iov, int iovcnt, int64_t offse
 		}
 		*moved += n;
 		offset += n;
-		while (iovcnt > 0 && (size_t)n >= iov->iov_len) {
-			n -= (ssize_t)iov->iov_len;
-			iov++;
-			iovcnt--;
-		}
-		if (iovcnt > 0) {
-			iov->iov_base = (char *)iov->iov_base + n;
-			iov->iov_len -= (size_t)n;
-		}
+		skip_bytes(&iov, &iovcnt, n);
 	}
 }
 
@@ -356,16 +362,7 @@ static void kernel_harvest(struct tsvm_aio *aio, unsigned wait_for)
 				int64_t moved = 0;
 				struct iovec *iov = req->iov;
 				int iovcnt = req->iovcnt;
-				int64_t skip = res;
-				while (iovcnt > 0 && skip >= (int64_t)iov->iov_len) {
-					skip -= (int64_t)iov->iov_len;
-					iov++;
-					iovcnt--;
-				}
-				if (iovcnt > 0) {
-					iov->iov_base = (char *)iov->iov_base + skip;
-					iov->iov_len -= (size_t)skip;
-				}
+				skip_bytes(&iov, &iovcnt, res);
 				result = flagged_transfer(req->fd, iov, iovcnt, req->offset + res, (req->op & 0xff) == AIO_WRITE, 0, &moved);
 			}
 			if (req->iov != req->inline_iov) free(req->iov);

@@ -38,103 +38,91 @@ function reapAll(pool: AioPool, done: EventFd, count: number): AioCompletion[] {
   return out;
 }
 
-describe("AioPool", () => {
-  test("32 aligned 4 KiB O_DIRECT reads in flight go to the kernel's asynchronous I/O and each returns its own block", () => {
-    const opened = directFile(64);
-    if (opened === null) return;
-    const { file } = opened;
-    const memory = GuestMemory.create([{ base: 0, size: 64 * BLOCK }]);
-    const done = new EventFd();
-    const pool = new AioPool(4, 64, done.fd);
-    for (let n = 0; n < 32; n++) {
-      const block = (n * 7) % 64;
-      const view = memory.slice(ga(n * BLOCK), BLOCK)!;
-      expect(pool.submit(AIO_OP.READ, file.poolTarget.fd, [view], block * BLOCK, 1000 + n, file.align)).toBe(0);
-    }
-    const completions = reapAll(pool, done, 32);
-    expect(completions.map((c) => c.tag).sort((a, b) => a - b)).toEqual(Array.from({ length: 32 }, (_, n) => 1000 + n));
-    expect(completions.every((c) => c.result === 0)).toBe(true);
-    for (let n = 0; n < 32; n++) {
-      const view = memory.slice(ga(n * BLOCK), BLOCK)!;
-      expect(view.every((b) => b === ((n * 7) % 64) + 1)).toBe(true);
-    }
-    expect(pool.kernelRequests).toBe(32);
+type Setup = { file: DiskFile; path: string; memory: GuestMemory; done: EventFd; pool: AioPool };
+/** Runs `body` with an O_DIRECT file of `blocks` blocks, `blocks` blocks of memory and a pool; closes them after. */
+function withPool(blocks: number, threads: number, body: (t: Setup) => void): void {
+  const opened = directFile(blocks);
+  if (opened === null) return;
+  const memory = GuestMemory.create([{ base: 0, size: blocks * BLOCK }]);
+  const done = new EventFd();
+  const pool = new AioPool(threads, 64, done.fd);
+  try {
+    body({ ...opened, memory, done, pool });
+  } finally {
     pool.close();
     done.close();
-    file.close();
+    opened.file.close();
+  }
+}
+
+describe("AioPool", () => {
+  test("32 aligned 4 KiB O_DIRECT reads in flight go to the kernel's asynchronous I/O and each returns its own block", () => {
+    withPool(64, 4, ({ file, memory, done, pool }) => {
+      for (let n = 0; n < 32; n++) {
+        const block = (n * 7) % 64;
+        const view = memory.slice(ga(n * BLOCK), BLOCK)!;
+        expect(pool.submit(AIO_OP.READ, file.poolTarget.fd, [view], block * BLOCK, 1000 + n, file.align)).toBe(0);
+      }
+      const completions = reapAll(pool, done, 32);
+      expect(completions.map((c) => c.tag).sort((a, b) => a - b)).toEqual(Array.from({ length: 32 }, (_, n) => 1000 + n));
+      expect(completions.every((c) => c.result === 0)).toBe(true);
+      for (let n = 0; n < 32; n++) {
+        expect(memory.slice(ga(n * BLOCK), BLOCK)!.every((b) => b === ((n * 7) % 64) + 1)).toBe(true);
+      }
+      expect(pool.kernelRequests).toBe(32);
+    });
   });
 
   test("a kernel read that ends past the end of the file is finished as the threads finish it: the rest reads zeros", () => {
-    const opened = directFile(2);
-    if (opened === null) return;
-    const { file } = opened;
-    const memory = GuestMemory.create([{ base: 0, size: 4 * BLOCK }]);
-    memory.slice(ga(0), 2 * BLOCK)!.fill(0xee);
-    const done = new EventFd();
-    const pool = new AioPool(2, 8, done.fd);
-    // 8 KiB from the second block of a two-block file: one block of data, then the end of the file
-    expect(pool.submit(AIO_OP.READ, file.poolTarget.fd, [memory.slice(ga(0), 2 * BLOCK)!], BLOCK, 7, file.align)).toBe(0);
-    expect(reapAll(pool, done, 1)).toEqual([{ tag: 7, result: 0 }]);
-    expect(pool.kernelRequests).toBe(1);
-    const got = memory.slice(ga(0), 2 * BLOCK)!;
-    expect(got.subarray(0, BLOCK).every((b) => b === 2)).toBe(true);
-    expect(got.subarray(BLOCK).every((b) => b === 0)).toBe(true);
-    pool.close();
-    done.close();
-    file.close();
+    withPool(2, 2, ({ file, memory, done, pool }) => {
+      const got = memory.slice(ga(0), 2 * BLOCK)!;
+      got.fill(0xee);
+      // 8 KiB from the second block of a two-block file: one block of data, then the end of the file
+      expect(pool.submit(AIO_OP.READ, file.poolTarget.fd, [got], BLOCK, 7, file.align)).toBe(0);
+      expect(reapAll(pool, done, 1)).toEqual([{ tag: 7, result: 0 }]);
+      expect(pool.kernelRequests).toBe(1);
+      expect(got.subarray(0, BLOCK).every((b) => b === 2)).toBe(true);
+      expect(got.subarray(BLOCK).every((b) => b === 0)).toBe(true);
+    });
   });
 
   test("aligned 4 KiB O_DIRECT writes go to the kernel too and land where they were sent", () => {
-    const opened = directFile(16);
-    if (opened === null) return;
-    const { file, path } = opened;
-    const memory = GuestMemory.create([{ base: 0, size: 16 * BLOCK }]);
-    const done = new EventFd();
-    const pool = new AioPool(2, 16, done.fd);
-    for (let n = 0; n < 8; n++) {
-      const view = memory.slice(ga(n * BLOCK), BLOCK)!;
-      view.fill(0xa0 + n);
-      expect(pool.submit(AIO_OP.WRITE, file.poolTarget.fd, [view], (15 - n) * BLOCK, n, file.align)).toBe(0);
-    }
-    const completions = reapAll(pool, done, 8);
-    expect(completions.map((c) => c.tag).sort()).toEqual([0, 1, 2, 3, 4, 5, 6, 7]);
-    expect(completions.every((c) => c.result === 0)).toBe(true);
-    expect(pool.kernelRequests).toBe(8);
-    pool.close();
-    done.close();
-    file.close();
-    const disk = readFileSync(path);
-    for (let b = 0; b < 16; b++) {
-      const want = b >= 8 ? 0xa0 + (15 - b) : b + 1;
-      expect(disk.subarray(b * BLOCK, (b + 1) * BLOCK).every((x) => x === want)).toBe(true);
-    }
+    withPool(16, 2, ({ file, path, memory, done, pool }) => {
+      for (let n = 0; n < 8; n++) {
+        const view = memory.slice(ga(n * BLOCK), BLOCK)!;
+        view.fill(0xa0 + n);
+        expect(pool.submit(AIO_OP.WRITE, file.poolTarget.fd, [view], (15 - n) * BLOCK, n, file.align)).toBe(0);
+      }
+      const completions = reapAll(pool, done, 8);
+      expect(completions.map((c) => c.tag).sort()).toEqual([0, 1, 2, 3, 4, 5, 6, 7]);
+      expect(completions.every((c) => c.result === 0)).toBe(true);
+      expect(pool.kernelRequests).toBe(8);
+      const disk = readFileSync(path);
+      for (let b = 0; b < 16; b++) {
+        const want = b >= 8 ? 0xa0 + (15 - b) : b + 1;
+        expect(disk.subarray(b * BLOCK, (b + 1) * BLOCK).every((x) => x === want)).toBe(true);
+      }
+    });
   });
 
   test("write-through writes, reads over 64 KiB and unaligned reads go to the threads; waitIdle waits for the kernel's reads too", () => {
-    const opened = directFile(64);
-    if (opened === null) return;
-    const { file, path } = opened;
-    const memory = GuestMemory.create([{ base: 0, size: 64 * BLOCK }]);
-    const done = new EventFd();
-    const pool = new AioPool(4, 64, done.fd);
-    const fd = file.poolTarget.fd;
-    memory.slice(ga(0), BLOCK)!.fill(0x5a);
-    expect(pool.submit(AIO_OP.WRITE | AIO_SYNC, fd, [memory.slice(ga(0), BLOCK)!], 63 * BLOCK, 1, file.align)).toBe(0);
-    expect(pool.submit(AIO_OP.READ, fd, [memory.slice(ga(BLOCK), 32 * BLOCK)!], 0, 2, file.align)).toBe(0);
-    // (an unaligned buffer: the threads read it through a bounce buffer)
-    expect(pool.submit(AIO_OP.READ, fd, [memory.slice(ga(40 * BLOCK + 1), BLOCK)!], 5 * BLOCK, 3, file.align)).toBe(0);
-    expect(pool.submit(AIO_OP.READ, fd, [memory.slice(ga(48 * BLOCK), BLOCK)!], 9 * BLOCK, 4, file.align)).toBe(0);
-    expect(pool.waitIdle()).toBe(4);
-    const completions = pool.reap();
-    expect(completions.map((c) => c.tag).sort()).toEqual([1, 2, 3, 4]);
-    expect(completions.every((c) => c.result === 0)).toBe(true);
-    expect(pool.kernelRequests).toBe(1);
-    expect(memory.slice(ga(BLOCK), 32 * BLOCK)!.every((b, i) => b === Math.floor(i / BLOCK) + 1)).toBe(true);
-    expect(memory.slice(ga(40 * BLOCK + 1), BLOCK)!.every((b) => b === 6)).toBe(true);
-    expect(memory.slice(ga(48 * BLOCK), BLOCK)!.every((b) => b === 10)).toBe(true);
-    pool.close();
-    done.close();
-    file.close();
-    expect(readFileSync(path).subarray(63 * BLOCK).every((b) => b === 0x5a)).toBe(true);
+    withPool(64, 4, ({ file, path, memory, pool }) => {
+      const fd = file.poolTarget.fd;
+      memory.slice(ga(0), BLOCK)!.fill(0x5a);
+      expect(pool.submit(AIO_OP.WRITE | AIO_SYNC, fd, [memory.slice(ga(0), BLOCK)!], 63 * BLOCK, 1, file.align)).toBe(0);
+      expect(pool.submit(AIO_OP.READ, fd, [memory.slice(ga(BLOCK), 32 * BLOCK)!], 0, 2, file.align)).toBe(0);
+      // (an unaligned buffer: the threads read it through a bounce buffer)
+      expect(pool.submit(AIO_OP.READ, fd, [memory.slice(ga(40 * BLOCK + 1), BLOCK)!], 5 * BLOCK, 3, file.align)).toBe(0);
+      expect(pool.submit(AIO_OP.READ, fd, [memory.slice(ga(48 * BLOCK), BLOCK)!], 9 * BLOCK, 4, file.align)).toBe(0);
+      expect(pool.waitIdle()).toBe(4);
+      const completions = pool.reap();
+      expect(completions.map((c) => c.tag).sort()).toEqual([1, 2, 3, 4]);
+      expect(completions.every((c) => c.result === 0)).toBe(true);
+      expect(pool.kernelRequests).toBe(1);
+      expect(memory.slice(ga(BLOCK), 32 * BLOCK)!.every((b, i) => b === Math.floor(i / BLOCK) + 1)).toBe(true);
+      expect(memory.slice(ga(40 * BLOCK + 1), BLOCK)!.every((b) => b === 6)).toBe(true);
+      expect(memory.slice(ga(48 * BLOCK), BLOCK)!.every((b) => b === 10)).toBe(true);
+      expect(readFileSync(path).subarray(63 * BLOCK).every((b) => b === 0x5a)).toBe(true);
+    });
   });
 });
