@@ -351,12 +351,16 @@ static void kernel_harvest(struct tsvm_aio *aio, unsigned wait_for)
 			int64_t res = events[i].res;
 			aio->kernel_running--;
 			aio->kernel_free[aio->kernel_free_count++] = slot;
+			int result = res < 0 ? (int)res : 0;
 			if (res == -EAGAIN) {
 				enqueue(aio, req); /* the thread owns its iov now */
-				add_thread_if_needed(aio);
-				continue;
+				if (!add_thread_if_needed(aio)) continue;
+				/* the pool has no thread and none could start: take it back and do it here */
+				aio->pending_count--;
+				req = &aio->pending[(aio->pending_head + aio->pending_count) % aio->capacity];
+				result = execute(req);
+				res = expected;
 			}
-			int result = res < 0 ? (int)res : 0;
 			if (res >= 0 && res < expected) {
 				/* the rest, from where the kernel stopped (a read past the end fills zeros) */
 				int64_t moved = 0;
