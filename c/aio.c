@@ -24,7 +24,7 @@
  * file system would have to wait for (a write that must allocate blocks, or update the file's
  * times) comes back -EAGAIN and goes to a thread. Measured with bench section 10's front-end alone
  * (O_DIRECT, 32 in flight): 4 KiB random reads took 19.6-23 µs a request this way against 35-43 µs
- * through the threads, 4 KiB random writes 21-23 µs against 42-48. Larger requests (sequential ones
+ * through the threads, 4 KiB random writes 19-23 µs against 31-48. Larger requests (sequential ones
  * merged up to 2 MiB) stay on the threads, where they measured faster: merged 64 KiB writes 39-45 µs
  * against 22-25, reads 44 against 23 (submitting a request of hundreds of pages is CPU work that the
  * threads spread over the CPUs and io_submit would keep on the device's loop). If the kernel has no
