@@ -19,10 +19,10 @@
  *   tsvm.hostile=bars     move one device's BAR over another's and drive it through its PCI_CFG window
  *   tsvm.bench=blk:N      N sequential 4 KiB virtio-blk reads, one in flight (blk64k:N: 64 KiB;
  *                         blkw:N: 4 KiB writes)
- *   tsvm.bench=blkq:OP:KIB:DEPTH:N[:RING]  N virtio-blk requests of KIB KiB kept DEPTH (1-32) in
- *                         flight, polled from ring 3 (RING 0: from ring 0); OP: rr/sr random/sequential
- *                         reads, rw/sw random/sequential writes; starts after under a second, runs
- *                         twice, times the second
+ *   tsvm.bench=blkq:OP:KIB:DEPTH:N[:RING[:WARM]]  N virtio-blk requests of KIB KiB kept DEPTH
+ *                         (1-32) in flight, polled from ring 3 (RING 0: from ring 0); OP: rr/sr
+ *                         random/sequential reads, rw/sw random/sequential writes; starts after under
+ *                         a second, runs an untimed pass of WARM requests (N by default), then times N
  *   tsvm.bench=acc:KIND:N[:3]  N single accesses of KIND (cfg: a virtio common-config read, from ring 3
  *                         with :3; uart: LSR read + THR write on COM1; pcicfg: 0xCF8/0xCFC read;
  *                         notify: a virtio notify through its ioeventfd); starts after under a second,
@@ -310,16 +310,18 @@ void guest_main(const uint8_t *zero_page, const uint8_t *pvh_start_info)
 
 	const char *b = option("tsvm.bench");
 	if (b && b[0] == 'b' && b[3] == 'q') {
-		/* blkq:OP:KIB:DEPTH:N[:RING], OP one of rr (random reads), sr (sequential reads), rw, sw;
-		 * RING 3 (the default) or 0: where the polling loop runs */
-		const char *f[6] = { b, 0, 0, 0, 0, 0 };
-		for (int i = 1; i < 6; i++) {
+		/* blkq:OP:KIB:DEPTH:N[:RING[:WARM]], OP one of rr (random reads), sr (sequential reads), rw,
+		 * sw; RING 3 (the default) or 0: where the polling loop runs; WARM: requests in the untimed
+		 * pass (N by default) */
+		const char *f[7] = { b, 0, 0, 0, 0, 0, 0 };
+		for (int i = 1; i < 7; i++) {
 			const char *c = f[i - 1];
 			while (*c && *c != ':') c++;
 			f[i] = *c ? c + 1 : c;
 		}
 		interrupts_init();
-		bench_blk_depth(f[1][1] == 'w', f[1][0] == 'r', (uint32_t)parse_u64(f[2]) * 1024, (uint32_t)parse_u64(f[3]), parse_u64(f[4]), f[5][0] != '0');
+		bench_blk_depth(f[1][1] == 'w', f[1][0] == 'r', (uint32_t)parse_u64(f[2]) * 1024, (uint32_t)parse_u64(f[3]), parse_u64(f[4]), f[5][0] != '0',
+			f[6][0] ? parse_u64(f[6]) : parse_u64(f[4]));
 		reset();
 	}
 	if (b && b[0] == 'a' && b[1] == 'c' && b[2] == 'c') {

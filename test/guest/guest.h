@@ -47,7 +47,7 @@ void check_virtio(void);
 void serve(void);
 void writer(void);
 void bench_virtio(const char *kind, uint64_t n, uint32_t size);
-void bench_blk_depth(int write, int random, uint32_t size, uint32_t depth, uint64_t n, int ring3);
+void bench_blk_depth(int write, int random, uint32_t size, uint32_t depth, uint64_t n, int ring3, uint64_t warm);
 void ring3_init(void);
 void bench_access(const char *kind, uint64_t n, int ring3);
 void settle_devices(void);

@@ -724,9 +724,10 @@ static uint8_t user_stack[16384] __attribute__((aligned(16)));
  * `depth` in flight: all posted with one notify, then each completion found by polling the used
  * ring is re-posted at once, with one notify per pass over the ring. The loop runs in ring 3 with
  * `ring3` (these machines emulate guest ring 0, which would hide the device behind the emulator).
- * It waits under a second, runs twice and prints TSC cycles per request of the second run.
+ * It waits under a second, runs an untimed pass of `warm` requests, then `n` requests timed, and
+ * prints TSC cycles per request of the timed pass.
  */
-void bench_blk_depth(int write, int random, uint32_t size, uint32_t depth, uint64_t n, int ring3)
+void bench_blk_depth(int write, int random, uint32_t size, uint32_t depth, uint64_t n, int ring3, uint64_t warm)
 {
 	const char *kind = "blkq";
 	struct vdev d;
@@ -757,7 +758,6 @@ void bench_blk_depth(int write, int random, uint32_t size, uint32_t depth, uint6
 	b.write = write;
 	b.random = random;
 	b.depth = depth;
-	b.n = n;
 	b.sectors = size / 512;
 	b.slots = capacity / b.sectors;
 	b.rng = 0x9e3779b97f4a7c15ull;
@@ -768,12 +768,13 @@ void bench_blk_depth(int write, int random, uint32_t size, uint32_t depth, uint6
 		if (write) memset(bq_buf[r], (int)(0x41 + r), size);
 	}
 	if (ring3) ring3_init();
-	/* Timed once the VMM has settled (settle_vmm), then the whole loop twice, the second timed: the
-	 * first warms what a VMM sets up lazily (JIT tiers, page faults, a device thread's placement),
-	 * as a guest that keeps doing I/O finds it. */
+	/* Timed once the VMM has settled (settle_vmm), after an untimed pass that warms what a VMM sets
+	 * up lazily (JIT tiers, page faults, a device thread's placement), as a guest that keeps doing
+	 * I/O finds it. */
 	settle_vmm();
 	uint64_t t0 = 0, t1 = 0, failures = 0;
 	for (int pass = 0; pass < 2; pass++) {
+		b.n = pass ? n : warm;
 		b.posted = b.done = b.skipped = 0;
 		t0 = rdtsc();
 		if (ring3) run_in_ring3(blkq_loop, &b, user_stack + sizeof(user_stack));

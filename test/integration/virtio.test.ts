@@ -51,6 +51,16 @@ describe.skipIf(!HAS_KVM)("virtio devices under the test guest", () => {
       if (block[0]! >= 0x41 && block[0]! < 0x41 + 32 && block.every((b) => b === block[0])) written++;
     }
     expect(written).toBeGreaterThan(32);
+    // An untimed pass of WARM requests first (the 7th field), then N timed: sequential writes go on
+    // where the untimed pass stopped, so 100 + 60 distinct blocks are written, and 60 are counted.
+    const fresh = makeDisk("warm.img");
+    const warm = await runTsvm(["run", "-p", "tsvm.bench=blkq:sw:4:32:60:3:100", "--block", `path=${fresh}`]);
+    expect([warm.code, warm.stderr]).toEqual([0, ""]);
+    expect(warm.stdout).toMatch(/bench blkq write sequential bytes 4096 depth 32 ring 3 requests 60 failures 0 tsc-per-request \d+/);
+    const blocks = readFileSync(fresh);
+    let sequential = 0;
+    for (let at = 0; at < DISK_SIZE; at += 4096) if (blocks[at]! >= 0x41 && blocks.subarray(at, at + 4096).every((b) => b === blocks[at])) sequential++;
+    expect(sequential).toBe(160);
   }, TIMEOUT);
 
   test("with o_direct=true at depth 32, huge pages asked for, every read completes in the jailed device, which collapses guest memory under its transfers (its policy allows MADV_COLLAPSE) and reads small blocks through io_submit", async () => {
