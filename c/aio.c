@@ -29,6 +29,16 @@
  * against 22-25, reads 44 against 23 (submitting a request of hundreds of pages is CPU work that the
  * threads spread over the CPUs and io_submit would keep on the device's loop). If the kernel has no
  * asynchronous I/O for the pool (io_setup fails), every request goes to the threads.
+ *
+ * A device that submits a drain's worth of requests at once wraps them in a batch (tsvm_aio_batch):
+ * the kernel's requests then start together, up to KERNEL_MAX_BATCH per io_submit. One system call
+ * starts several, and the block layer plugs them, so a virtual disk below is notified once per batch
+ * (that notification is a VM exit on a virtualized host: an eighth of the device process's time on 4 KiB
+ * O_DIRECT requests at depth 32). Measured through the jailed device with bench section 10's
+ * front-end (4 KiB random, 32 in flight, where a drain takes about 31 requests): batches of 8 took
+ * 12.2-17.5 µs a read against 17.3-30.3 µs unbatched, and 18.2-20.9 µs a write against 20.6-25.5.
+ * Batches of the whole drain made writes slower (16.3-20.4 µs against 15.3-16.3 unbatched, in an
+ * earlier run): the disk then waits idle while the loop prepares the next lot.
  */
 #define _GNU_SOURCE
 #include "tsvm.h"
@@ -52,6 +62,8 @@ enum { AIO_READ = 0, AIO_WRITE = 1, AIO_FLUSH = 2 };
 #define STACK_SIZE (256 * 1024)
 /* the largest O_DIRECT request given to the kernel's asynchronous I/O (see the top of this file) */
 #define KERNEL_MAX_BYTES (64 * 1024)
+/* the most requests a batch (tsvm_aio_batch) holds back before they start (see the top of this file) */
+#define KERNEL_MAX_BATCH 8
 
 struct aio_request {
 	int op;
@@ -93,6 +105,12 @@ struct tsvm_aio {
 	unsigned kernel_free_count;
 	unsigned kernel_running;            /* submitted to the kernel, not yet harvested */
 	unsigned kernel_submitted;          /* requests the kernel took, all told (for tests) */
+	unsigned kernel_calls;              /* io_submit calls that took requests (for tests) */
+	/* while the caller batches (tsvm_aio_batch), kernel requests wait here for one io_submit */
+	int batching;
+	struct iocb *kernel_batch;          /* [capacity] */
+	struct iocb **kernel_batch_list;    /* [capacity], pointers into kernel_batch */
+	unsigned kernel_batch_count;
 	unsigned max_threads, threads;
 	pthread_t tids[];
 };
@@ -279,11 +297,18 @@ static int kernel_ready(struct tsvm_aio *aio)
 	if (aio->kernel_state) return aio->kernel_state > 0;
 	aio->kernel_requests = calloc(aio->capacity, sizeof *aio->kernel_requests);
 	aio->kernel_free = calloc(aio->capacity, sizeof *aio->kernel_free);
-	if (!aio->kernel_requests || !aio->kernel_free || syscall(SYS_io_setup, aio->capacity, &aio->kernel) != 0) {
+	aio->kernel_batch = calloc(aio->capacity, sizeof *aio->kernel_batch);
+	aio->kernel_batch_list = calloc(aio->capacity, sizeof *aio->kernel_batch_list);
+	if (!aio->kernel_requests || !aio->kernel_free || !aio->kernel_batch || !aio->kernel_batch_list ||
+	    syscall(SYS_io_setup, aio->capacity, &aio->kernel) != 0) {
 		free(aio->kernel_requests);
 		free(aio->kernel_free);
+		free(aio->kernel_batch);
+		free(aio->kernel_batch_list);
 		aio->kernel_requests = NULL;
 		aio->kernel_free = NULL;
+		aio->kernel_batch = NULL;
+		aio->kernel_batch_list = NULL;
 		aio->kernel_state = -1;
 		return 0;
 	}
@@ -293,8 +318,57 @@ static int kernel_ready(struct tsvm_aio *aio)
 	return 1;
 }
 
-/* Submits `req` (aligned O_DIRECT, read or write) to the kernel; called with the lock held.
- * Returns 0, or -errno when the kernel did not take it (the caller gives it to a thread). */
+/* The errors with which io_submit says it cannot take such requests at all (not just this one now):
+ * a kernel without RWF_NOWAIT for this interface, or a file it cannot serve so. */
+static int kernel_refuses(int e)
+{
+	return e == EINVAL || e == EOPNOTSUPP || e == ENOSYS;
+}
+
+/* Gives a request the kernel did not take (its slot already freed) to a thread, or, when the pool
+ * has no thread and none can start, does it here and announces its completion. Lock held. */
+static void kernel_declined(struct tsvm_aio *aio, struct aio_request *req)
+{
+	enqueue(aio, req); /* the thread owns its iov now */
+	if (!add_thread_if_needed(aio)) return;
+	aio->pending_count--;
+	req = &aio->pending[(aio->pending_head + aio->pending_count) % aio->capacity];
+	int result = execute(req);
+	if (req->iov != req->inline_iov) free(req->iov);
+	aio->done[aio->done_count++] = (struct aio_completion){ req->tag, result };
+	uint64_t one = 1;
+	ssize_t ignored = write(aio->notify_fd, &one, sizeof one);
+	(void)ignored;
+}
+
+/* Submits the batched kernel requests with as few io_submit calls as the kernel allows; one it
+ * refuses goes to a thread. Called with the lock held. */
+static void kernel_flush_batch(struct tsvm_aio *aio)
+{
+	unsigned count = aio->kernel_batch_count, i = 0;
+	aio->kernel_batch_count = 0;
+	while (i < count) {
+		long n = aio->kernel_refused ? -1 : syscall(SYS_io_submit, aio->kernel, (long)(count - i), aio->kernel_batch_list + i);
+		if (n > 0) {
+			aio->kernel_running += (unsigned)n;
+			aio->kernel_submitted += (unsigned)n;
+			aio->kernel_calls++;
+			i += (unsigned)n;
+			continue;
+		}
+		/* the first of the rest was not taken (io_submit stops there): it goes to a thread */
+		int e = n < 0 ? errno : EAGAIN;
+		if (!aio->kernel_refused && kernel_refuses(e)) aio->kernel_refused = 1;
+		unsigned slot = (unsigned)aio->kernel_batch_list[i]->aio_data;
+		aio->kernel_free[aio->kernel_free_count++] = slot;
+		kernel_declined(aio, &aio->kernel_requests[slot]);
+		i++;
+	}
+}
+
+/* Submits `req` (aligned O_DIRECT, read or write) to the kernel, or adds it to the batch; called
+ * with the lock held. Returns 0, or -errno when the kernel did not take it (the caller gives it to
+ * a thread). */
 static int kernel_submit(struct tsvm_aio *aio, struct aio_request *req)
 {
 	if (aio->kernel_refused || !kernel_ready(aio) || !aio->kernel_free_count) return -EAGAIN;
@@ -302,7 +376,8 @@ static int kernel_submit(struct tsvm_aio *aio, struct aio_request *req)
 	struct aio_request *kept = &aio->kernel_requests[slot];
 	*kept = *req;
 	if (req->iov == req->inline_iov) kept->iov = kept->inline_iov;
-	struct iocb cb = {
+	struct iocb *cb = aio->batching ? &aio->kernel_batch[aio->kernel_batch_count] : &(struct iocb){ 0 };
+	*cb = (struct iocb){
 		.aio_data = slot,
 		.aio_rw_flags = RWF_NOWAIT,
 		.aio_lio_opcode = (req->op & 0xff) == AIO_WRITE ? IOCB_CMD_PWRITEV : IOCB_CMD_PREADV,
@@ -313,17 +388,22 @@ static int kernel_submit(struct tsvm_aio *aio, struct aio_request *req)
 		.aio_flags = IOCB_FLAG_RESFD,
 		.aio_resfd = (uint32_t)aio->notify_fd,
 	};
-	struct iocb *list[1] = { &cb };
-	long n = syscall(SYS_io_submit, aio->kernel, 1, list);
+	if (aio->batching) {
+		aio->kernel_batch_list[aio->kernel_batch_count++] = cb;
+		aio->kernel_free_count--;
+		if (aio->kernel_batch_count >= KERNEL_MAX_BATCH) kernel_flush_batch(aio);
+		return 0;
+	}
+	long n = syscall(SYS_io_submit, aio->kernel, 1, &cb);
 	if (n != 1) {
 		int e = n < 0 ? errno : EAGAIN;
-		/* a kernel without RWF_NOWAIT for this interface, or a file it cannot serve so: stop asking */
-		if (e == EINVAL || e == EOPNOTSUPP || e == ENOSYS) aio->kernel_refused = 1;
+		if (kernel_refuses(e)) aio->kernel_refused = 1; /* stop asking */
 		return -e;
 	}
 	aio->kernel_free_count--;
 	aio->kernel_running++;
 	aio->kernel_submitted++;
+	aio->kernel_calls++;
 	return 0;
 }
 
@@ -466,10 +546,26 @@ int tsvm_aio_reap(struct tsvm_aio *aio, void *out, int max)
 	return (int)n;
 }
 
-/* Waits until no request is queued or running (their completions stay to be reaped); returns how many wait to be reaped. */
+/*
+ * Batches while `on`: the kernel's requests submitted meanwhile go to it together when the batch
+ * ends (tsvm_aio_batch(aio, 0)), in one io_submit where it takes them all. One system call then
+ * starts the lot, and the block layer sees them as one plugged batch: a virtual disk below is
+ * notified once for it, not once a request. Thread requests start at once either way.
+ */
+void tsvm_aio_batch(struct tsvm_aio *aio, int on)
+{
+	pthread_mutex_lock(&aio->lock);
+	aio->batching = on != 0;
+	if (!on && aio->kernel_batch_count) kernel_flush_batch(aio);
+	pthread_mutex_unlock(&aio->lock);
+}
+
+/* Waits until no request is queued or running (their completions stay to be reaped); returns how
+ * many wait to be reaped. A batch still open is submitted first, and stays open. */
 int tsvm_aio_wait_idle(struct tsvm_aio *aio)
 {
 	pthread_mutex_lock(&aio->lock);
+	if (aio->kernel_batch_count) kernel_flush_batch(aio);
 	for (;;) {
 		while (aio->pending_count || aio->running) pthread_cond_wait(&aio->idle, &aio->lock);
 		if (!aio->kernel_running) break;
@@ -489,6 +585,15 @@ int tsvm_aio_kernel_requests(struct tsvm_aio *aio)
 	return n;
 }
 
+/* How many io_submit calls those took (for tests: a batch takes one). */
+int tsvm_aio_kernel_calls(struct tsvm_aio *aio)
+{
+	pthread_mutex_lock(&aio->lock);
+	int n = (int)aio->kernel_calls;
+	pthread_mutex_unlock(&aio->lock);
+	return n;
+}
+
 /* Waits for what is in flight, stops the threads and frees the pool. */
 void tsvm_aio_destroy(struct tsvm_aio *aio)
 {
@@ -501,6 +606,8 @@ void tsvm_aio_destroy(struct tsvm_aio *aio)
 	if (aio->kernel_state > 0) syscall(SYS_io_destroy, aio->kernel);
 	free(aio->kernel_requests);
 	free(aio->kernel_free);
+	free(aio->kernel_batch);
+	free(aio->kernel_batch_list);
 	pthread_cond_destroy(&aio->work);
 	pthread_cond_destroy(&aio->idle);
 	pthread_mutex_destroy(&aio->lock);

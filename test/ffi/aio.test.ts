@@ -105,6 +105,46 @@ describe("AioPool", () => {
     });
   });
 
+  test("a batch's kernel reads start together when it ends, at most 8 to an io_submit, and each returns its own block", () => {
+    withPool(64, 2, ({ file, memory, done, pool }) => {
+      const read = (n: number): number =>
+        pool.submit(AIO_OP.READ, file.poolTarget.fd, [memory.slice(ga(n * BLOCK), BLOCK)!], ((n * 5) % 64) * BLOCK, n, file.align);
+      pool.batch(() => {
+        for (let n = 0; n < 3; n++) expect(read(n)).toBe(0);
+        expect(pool.kernelCalls).toBe(0); // held back
+      });
+      expect([pool.kernelRequests, pool.kernelCalls]).toEqual([3, 1]);
+      pool.batch(() => {
+        for (let n = 3; n < 23; n++) expect(read(n)).toBe(0);
+        expect([pool.kernelRequests, pool.kernelCalls]).toEqual([19, 3]); // two full batches of 8 started
+      });
+      expect([pool.kernelRequests, pool.kernelCalls]).toEqual([23, 4]);
+      const completions = reapAll(pool, done, 23);
+      expect(completions.map((c) => c.tag).sort((a, b) => a - b)).toEqual(Array.from({ length: 23 }, (_, n) => n));
+      expect(completions.every((c) => c.result === 0)).toBe(true);
+      for (let n = 0; n < 23; n++) expect(memory.slice(ga(n * BLOCK), BLOCK)!.every((b) => b === ((n * 5) % 64) + 1)).toBe(true);
+    });
+  });
+
+  test("in a batch, thread requests start at once, and waitIdle starts the kernel's requests it holds and waits for them", () => {
+    withPool(64, 2, ({ file, path, memory, pool }) => {
+      const fd = file.poolTarget.fd;
+      memory.slice(ga(0), BLOCK)!.fill(0x77);
+      pool.batch(() => {
+        expect(pool.submit(AIO_OP.READ, fd, [memory.slice(ga(BLOCK), BLOCK)!], 9 * BLOCK, 1, file.align)).toBe(0);
+        expect(pool.submit(AIO_OP.WRITE | AIO_SYNC, fd, [memory.slice(ga(0), BLOCK)!], 60 * BLOCK, 2, file.align)).toBe(0);
+        expect(pool.submit(AIO_OP.READ, fd, [memory.slice(ga(2 * BLOCK), BLOCK)!], 11 * BLOCK, 3, file.align)).toBe(0);
+        expect(pool.waitIdle()).toBe(3);
+        expect([pool.kernelRequests, pool.kernelCalls]).toEqual([2, 1]);
+        expect(pool.reap().map((c) => [c.tag, c.result]).sort()).toEqual([[1, 0], [2, 0], [3, 0]]);
+      });
+      expect(pool.kernelCalls).toBe(1); // nothing left to start
+      expect(memory.slice(ga(BLOCK), BLOCK)!.every((b) => b === 10)).toBe(true);
+      expect(memory.slice(ga(2 * BLOCK), BLOCK)!.every((b) => b === 12)).toBe(true);
+      expect(readFileSync(path).subarray(60 * BLOCK, 61 * BLOCK).every((b) => b === 0x77)).toBe(true);
+    });
+  });
+
   test("write-through writes, reads over 64 KiB and unaligned reads go to the threads; waitIdle waits for the kernel's reads too", () => {
     withPool(64, 4, ({ file, path, memory, pool }) => {
       const fd = file.poolTarget.fd;

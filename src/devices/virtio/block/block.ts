@@ -641,17 +641,20 @@ class InFlight {
       segments = 0;
       bytes = 0;
     };
-    for (const i of order) {
-      const next = staged[i]!;
-      const last = run.at(-1);
-      const fits = bytes + next.part.bytes <= (next.part.target.align > 1 ? MERGE_MAX_DIRECT_BYTES : MERGE_MAX_BYTES) &&
-        segments + next.part.views.length <= AIO_MAX_SEGMENTS;
-      if (last === undefined || !continues(last, next) || !fits) submitRun();
-      run.push(next);
-      segments += next.part.views.length;
-      bytes += next.part.bytes;
-    }
-    submitRun();
+    // One batch: the requests the kernel's asynchronous I/O takes start with one system call.
+    this.#pool.batch(() => {
+      for (const i of order) {
+        const next = staged[i]!;
+        const last = run.at(-1);
+        const fits = bytes + next.part.bytes <= (next.part.target.align > 1 ? MERGE_MAX_DIRECT_BYTES : MERGE_MAX_BYTES) &&
+          segments + next.part.views.length <= AIO_MAX_SEGMENTS;
+        if (last === undefined || !continues(last, next) || !fits) submitRun();
+        run.push(next);
+        segments += next.part.views.length;
+        bytes += next.part.bytes;
+      }
+      submitRun();
+    });
   }
 
   /** Submits `run` (parts that continue one another) as one pool request, or serves it here. */
