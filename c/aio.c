@@ -32,13 +32,13 @@
  *
  * A device that submits a drain's worth of requests at once wraps them in a batch (tsvm_aio_batch):
  * the kernel's requests then start together, up to KERNEL_MAX_BATCH per io_submit. One system call
- * starts several, and the block layer plugs them, so a virtual disk below is notified once per batch
- * (that notification is a VM exit on a virtualized host: an eighth of the device process's time on 4 KiB
- * O_DIRECT requests at depth 32). Measured through the jailed device with bench section 10's
- * front-end (4 KiB random, 32 in flight, where a drain takes about 31 requests): batches of 8 took
- * 12.2-17.5 µs a read against 17.3-30.3 µs unbatched, and 18.2-20.9 µs a write against 20.6-25.5.
- * Batches of the whole drain made writes slower (16.3-20.4 µs against 15.3-16.3 unbatched, in an
- * earlier run): the disk then waits idle while the loop prepares the next lot.
+ * starts several, and the block layer plugs them, so a virtual disk below is notified once per
+ * batch (that notification is a VM exit on a virtualized host: an eighth of the device process's
+ * time on 4 KiB O_DIRECT requests at depth 32). Measured through the device (in-process) with bench
+ * section 10's front-end (4 KiB random, 32 in flight, where a drain takes about 31 requests):
+ * batches of 8 took 12.2-17.5 µs a read against 17.3-30.3 µs unbatched, and 18.2-20.9 µs a write
+ * against 20.6-25.5. Batches of the whole drain made writes slower (16.3-20.4 µs against 15.3-16.3
+ * unbatched, in an earlier run): the disk then waits idle while the loop prepares the next lot.
  */
 #define _GNU_SOURCE
 #include "tsvm.h"
