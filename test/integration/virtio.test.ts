@@ -1,6 +1,6 @@
 // The test guest drives tsvm's virtio devices under real KVM as a spec-following (and a hostile) driver.
 import { describe, expect, test } from "bun:test";
-import { readFileSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { HAS_NETNS, TapNamespace, withTapFd } from "../support/net_ns.ts";
 import { HAS_KVM, runTsvm, tempDir, tsvmCommand, TsvmProcess, TIME_SCALE } from "../support/tsvm.ts";
@@ -10,8 +10,9 @@ if (HAS_KVM && !HAS_NETNS) console.warn("tsvm tests: no root, ip or python3 here
 const TIMEOUT = 60_000 * TIME_SCALE;
 const DISK_SIZE = 1 << 20;
 
-function makeDisk(name: string): string {
-  const path = join(tempDir(), name);
+/** Makes a 1 MiB image named `name` in a fresh temporary directory, or in `dir`. */
+function makeDisk(name: string, dir = tempDir()): string {
+  const path = join(dir, name);
   const bytes = new Uint8Array(DISK_SIZE);
   bytes.set(new TextEncoder().encode("TSVMDISK"));
   writeFileSync(path, bytes);
@@ -63,18 +64,33 @@ describe.skipIf(!HAS_KVM)("virtio devices under the test guest", () => {
     expect(sequential).toBe(160);
   }, TIMEOUT);
 
-  test("with o_direct=true at depth 32, huge pages asked for, every read completes in the jailed device, which collapses guest memory under its transfers (its policy allows MADV_COLLAPSE) and reads small blocks through io_submit", async () => {
-    const path = makeDisk("direct.img");
-    const env = { TSVM_GUEST_HUGE_PAGES: "1" }; // whatever the host's THP setting
-    const reads = await runTsvm(["run", "-p", "tsvm.bench=blkq:sr:64:32:400", "--block", `path=${path},o_direct=true`], { env });
-    if (/does not support O_DIRECT/.test(reads.stderr)) return console.warn("skipping: the temporary directory does not support O_DIRECT");
-    expect([reads.code, reads.stderr]).toEqual([0, ""]);
-    expect(reads.stdout).toMatch(/bench blkq read sequential bytes 65536 depth 32 ring 3 requests 400 failures 0 tsc-per-request \d+/);
-    // 4 KiB random reads: these go to the kernel's asynchronous I/O (io_submit), which the block
-    // policy must allow in the jail.
-    const small = await runTsvm(["run", "-p", "tsvm.bench=blkq:rr:4:32:400", "--block", `path=${path},o_direct=true`], { env });
-    expect([small.code, small.stderr]).toEqual([0, ""]);
-    expect(small.stdout).toMatch(/bench blkq read random bytes 4096 depth 32 ring 3 requests 400 failures 0 tsc-per-request \d+/);
+  test("with o_direct=true at depth 32, huge pages asked for, every read and write completes in the jailed device, which collapses guest memory under its transfers (its policy allows MADV_COLLAPSE) and moves small blocks through io_submit", async () => {
+    // TSVM_TEST_DIRECT_DIR: a directory with O_DIRECT where the temporary one has none (test_kvm.sh
+    // sets it under nested KVM, whose /tmp is a tmpfs).
+    const dir = process.env.TSVM_TEST_DIRECT_DIR ? mkdtempSync(join(process.env.TSVM_TEST_DIRECT_DIR, "direct-")) : tempDir();
+    try {
+      const path = makeDisk("direct.img", dir);
+      const env = { TSVM_GUEST_HUGE_PAGES: "1" }; // whatever the host's THP setting
+      const reads = await runTsvm(["run", "-p", "tsvm.bench=blkq:sr:64:32:400", "--block", `path=${path},o_direct=true`], { env });
+      if (/does not support O_DIRECT/.test(reads.stderr)) return console.warn("skipping: the temporary directory does not support O_DIRECT");
+      expect([reads.code, reads.stderr]).toEqual([0, ""]);
+      expect(reads.stdout).toMatch(/bench blkq read sequential bytes 65536 depth 32 ring 3 requests 400 failures 0 tsc-per-request \d+/);
+      // 4 KiB random reads and writes: these go to the kernel's asynchronous I/O (io_submit, in
+      // batches), which the block policy must allow in the jail.
+      const small = await runTsvm(["run", "-p", "tsvm.bench=blkq:rr:4:32:400", "--block", `path=${path},o_direct=true`], { env });
+      expect([small.code, small.stderr]).toEqual([0, ""]);
+      expect(small.stdout).toMatch(/bench blkq read random bytes 4096 depth 32 ring 3 requests 400 failures 0 tsc-per-request \d+/);
+      const writes = await runTsvm(["run", "-p", "tsvm.bench=blkq:rw:4:32:400", "--block", `path=${path},o_direct=true`], { env });
+      expect([writes.code, writes.stderr]).toEqual([0, ""]);
+      expect(writes.stdout).toMatch(/bench blkq write random bytes 4096 depth 32 ring 3 requests 400 failures 0 tsc-per-request \d+/);
+      // Request slot r writes 4 KiB of 0x41 + r wherever it lands.
+      const disk = readFileSync(path);
+      let written = 0;
+      for (let at = 0; at < DISK_SIZE; at += 4096) if (disk[at]! >= 0x41 && disk[at]! < 0x41 + 32 && disk.subarray(at, at + 4096).every((b) => b === disk[at])) written++;
+      expect(written).toBeGreaterThan(32);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   }, TIMEOUT);
 
   test("a disk image another VM holds read-write is refused with exit 2", async () => {
