@@ -1,7 +1,7 @@
 // The I/O pool of c/aio.c through its bindings: small aligned O_DIRECT reads and writes go to the
 // kernel's asynchronous I/O, everything else to the threads, and both report through the same eventfd.
 import { describe, expect, test } from "bun:test";
-import { readFileSync, writeFileSync } from "node:fs";
+import { closeSync, openSync, readFileSync, truncateSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { AIO_OP, AIO_SYNC, type AioCompletion, AioPool } from "../../ffi/aio.ts";
 import { socket } from "../../ffi/mod.ts";
@@ -123,6 +123,50 @@ describe("AioPool", () => {
       expect(completions.map((c) => c.tag).sort((a, b) => a - b)).toEqual(Array.from({ length: 23 }, (_, n) => n));
       expect(completions.every((c) => c.result === 0)).toBe(true);
       for (let n = 0; n < 23; n++) expect(memory.slice(ga(n * BLOCK), BLOCK)!.every((b) => b === ((n * 5) % 64) + 1)).toBe(true);
+    });
+  });
+
+  test("a batch's write the file system would block on (into a hole) is written by a thread, and lands", () => {
+    withPool(64, 2, ({ file, path, memory, done, pool }) => {
+      truncateSync(path, 128 * BLOCK); // blocks 64-127: a hole, which a write must allocate
+      const fd = file.poolTarget.fd;
+      memory.slice(ga(0), BLOCK)!.fill(0x3c);
+      pool.batch(() => {
+        expect(pool.submit(AIO_OP.READ, fd, [memory.slice(ga(BLOCK), BLOCK)!], 3 * BLOCK, 1, file.align)).toBe(0);
+        expect(pool.submit(AIO_OP.WRITE, fd, [memory.slice(ga(0), BLOCK)!], 100 * BLOCK, 2, file.align)).toBe(0);
+        expect(pool.submit(AIO_OP.READ, fd, [memory.slice(ga(2 * BLOCK), BLOCK)!], 5 * BLOCK, 3, file.align)).toBe(0);
+      });
+      const completions = reapAll(pool, done, 3);
+      expect(completions.map((c) => [c.tag, c.result]).sort()).toEqual([[1, 0], [2, 0], [3, 0]]);
+      // io_submit takes all three in one call; the write, which would have to wait for the blocks'
+      // allocation (RWF_NOWAIT), comes back -EAGAIN and a thread writes it.
+      expect([pool.kernelRequests, pool.kernelCalls]).toEqual([3, 1]);
+      expect(memory.slice(ga(BLOCK), BLOCK)!.every((b) => b === 4)).toBe(true);
+      expect(memory.slice(ga(2 * BLOCK), BLOCK)!.every((b) => b === 6)).toBe(true);
+      expect(readFileSync(path).subarray(100 * BLOCK, 101 * BLOCK).every((b) => b === 0x3c)).toBe(true);
+    });
+  });
+
+  test("a batch whose first request io_submit refuses outright (a file without RWF_NOWAIT) goes to the threads, the rest of the batch too", () => {
+    withPool(64, 2, ({ file, memory, done, pool }) => {
+      const proc = openSync("/proc/self/stat", "r"); // procfs files cannot be read with RWF_NOWAIT
+      try {
+        pool.batch(() => {
+          expect(pool.submit(AIO_OP.READ, proc, [memory.slice(ga(0), BLOCK)!], 0, 1, 512)).toBe(0);
+          expect(pool.submit(AIO_OP.READ, file.poolTarget.fd, [memory.slice(ga(BLOCK), BLOCK)!], 7 * BLOCK, 2, file.align)).toBe(0);
+        });
+        const completions = reapAll(pool, done, 2);
+        expect(completions.map((c) => [c.tag, c.result]).sort()).toEqual([[1, 0], [2, 0]]);
+        expect([pool.kernelRequests, pool.kernelCalls]).toEqual([0, 0]);
+        expect(new TextDecoder().decode(memory.slice(ga(0), 16)!)).toMatch(/^\d+ \(/); // "PID (comm) ..."
+        expect(memory.slice(ga(BLOCK), BLOCK)!.every((b) => b === 8)).toBe(true);
+        // and later requests do not ask the kernel again
+        expect(pool.submit(AIO_OP.READ, file.poolTarget.fd, [memory.slice(ga(2 * BLOCK), BLOCK)!], 9 * BLOCK, 3, file.align)).toBe(0);
+        expect(reapAll(pool, done, 1)).toEqual([{ tag: 3, result: 0 }]);
+        expect(pool.kernelRequests).toBe(0);
+      } finally {
+        closeSync(proc);
+      }
     });
   });
 
