@@ -94,6 +94,22 @@ describe.skipIf(!READY)("Linux's virtio drivers against tsvm devices (QEMU TCG f
     expect(existsSync(sock("blk"))).toBe(false);
   }, TIMEOUT);
 
+  test("virtio-blk with o_direct=true (small requests through io_submit, in batches): Linux mounts and writes ext4", async () => {
+    const dir = tempDir();
+    const disk = join(dir, "disk.img");
+    copyFileSync(join(LINUX, "disk.img"), disk);
+    const blk = join(dir, "blk.sock");
+    using devices = new TsvmProcess(["devices", "--log-level", "info", "--block", `vhost=${blk},path=${disk},o_direct=true`]);
+    await devices.waitForOutput(/block0: serving vhost-user|does not support O_DIRECT/, 30_000, "stderr");
+    if (/does not support O_DIRECT/.test(devices.stderr)) return console.warn("skipping: the temporary directory does not support O_DIRECT");
+    const out = await bootLinux(["-chardev", `socket,id=blk,path=${blk}`, "-device", "vhost-user-blk-pci,chardev=blk,num-queues=1"], "tsvm.write=written-directly");
+    if (!out.includes("result done")) expect({ out, devices: devices.stderr }).toEqual({ out: "(the guest reached 'result done')", devices: "" });
+    expect(out).toContain("result blk: ok (wrote /written.txt)");
+    devices.child.kill("SIGTERM");
+    expect(await devices.exit(10_000)).toBe(0);
+    expect(sh("debugfs", "-R", "cat /written.txt", disk).trim()).toBe("written-directly");
+  }, TIMEOUT);
+
   test("virtio-vsock: Linux's vsock driver connects to a host program and accepts one, through tsvm devices --vsock", async () => {
     const dir = tempDir();
     const vhost = join(dir, "vsock.vhost");
