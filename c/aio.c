@@ -325,8 +325,9 @@ static int kernel_refuses(int e)
 	return e == EINVAL || e == EOPNOTSUPP || e == ENOSYS;
 }
 
-/* Gives a request the kernel did not take (its slot already freed) to a thread, or, when the pool
- * has no thread and none can start, does it here and announces its completion. Lock held. */
+/* Gives a request the kernel did not take, or that came back -EAGAIN (its slot already freed), to a
+ * thread, or, when the pool has no thread and none can start, does it here and announces its
+ * completion. Lock held. */
 static void kernel_declined(struct tsvm_aio *aio, struct aio_request *req)
 {
 	enqueue(aio, req); /* the thread owns its iov now */
@@ -376,7 +377,8 @@ static int kernel_submit(struct tsvm_aio *aio, struct aio_request *req)
 	struct aio_request *kept = &aio->kernel_requests[slot];
 	*kept = *req;
 	if (req->iov == req->inline_iov) kept->iov = kept->inline_iov;
-	struct iocb *cb = aio->batching ? &aio->kernel_batch[aio->kernel_batch_count] : &(struct iocb){ 0 };
+	struct iocb single;
+	struct iocb *cb = aio->batching ? &aio->kernel_batch[aio->kernel_batch_count] : &single;
 	*cb = (struct iocb){
 		.aio_data = slot,
 		.aio_rw_flags = RWF_NOWAIT,
@@ -431,16 +433,11 @@ static void kernel_harvest(struct tsvm_aio *aio, unsigned wait_for)
 			int64_t res = events[i].res;
 			aio->kernel_running--;
 			aio->kernel_free[aio->kernel_free_count++] = slot;
-			int result = res < 0 ? (int)res : 0;
 			if (res == -EAGAIN) {
-				enqueue(aio, req); /* the thread owns its iov now */
-				if (!add_thread_if_needed(aio)) continue;
-				/* the pool has no thread and none could start: take it back and do it here */
-				aio->pending_count--;
-				req = &aio->pending[(aio->pending_head + aio->pending_count) % aio->capacity];
-				result = execute(req);
-				res = expected;
+				kernel_declined(aio, req);
+				continue;
 			}
+			int result = res < 0 ? (int)res : 0;
 			if (res >= 0 && res < expected) {
 				/* the rest, from where the kernel stopped (a read past the end fills zeros) */
 				int64_t moved = 0;
