@@ -66,6 +66,19 @@ export class AioPool {
     return native.tsvm_aio_kernel_calls(this.#live());
   }
 
+  /** How many of those calls a pool thread made (batches offloaded: see `offload`). */
+  get kernelOffloadedCalls(): number {
+    return native.tsvm_aio_kernel_offloaded_calls(this.#live());
+  }
+
+  /**
+   * Where a batch's io_submit runs from the next batch on: on a pool thread (true), so the caller's
+   * loop goes on while the kernel starts the requests, or on the caller's thread (false, the default).
+   */
+  offload(on: boolean): void {
+    native.tsvm_aio_offload(this.#live(), on ? 1 : 0);
+  }
+
   /**
    * Submits `submitAll`'s requests as one batch: those for the kernel's asynchronous I/O start
    * together when it returns (one io_submit, one plugged batch for the disk); thread requests start

@@ -39,13 +39,17 @@ function reapAll(pool: AioPool, done: EventFd, count: number): AioCompletion[] {
 }
 
 type Setup = { file: DiskFile; path: string; memory: GuestMemory; done: EventFd; pool: AioPool };
-/** Runs `body` with an O_DIRECT file of `blocks` blocks, `blocks` blocks of memory and a pool; closes them after. */
-function withPool(blocks: number, threads: number, body: (t: Setup) => void): void {
+/**
+ * Runs `body` with an O_DIRECT file of `blocks` blocks, `blocks` blocks of memory and a pool whose
+ * batches start on the caller's thread (or, with `offload`, on a pool thread); closes them after.
+ */
+function withPool(blocks: number, threads: number, body: (t: Setup) => void, offload = false): void {
   const opened = directFile(blocks);
   if (opened === null) return;
   const memory = GuestMemory.create([{ base: 0, size: blocks * BLOCK }]);
   const done = new EventFd();
   const pool = new AioPool(threads, 64, done.fd);
+  pool.offload(offload);
   try {
     body({ ...opened, memory, done, pool });
   } finally {
@@ -208,5 +212,86 @@ describe("AioPool", () => {
       expect(memory.slice(ga(48 * BLOCK), BLOCK)!.every((b) => b === 10)).toBe(true);
       expect(readFileSync(path).subarray(63 * BLOCK).every((b) => b === 0x5a)).toBe(true);
     });
+  });
+});
+
+describe("AioPool with batches offloaded to a pool thread", () => {
+  test("a pool thread starts each batch's kernel reads, at most 8 to an io_submit; each returns its own block, and waitIdle waits for the starting", () => {
+    withPool(64, 2, ({ file, memory, done, pool }) => {
+      const read = (n: number): number =>
+        pool.submit(AIO_OP.READ, file.poolTarget.fd, [memory.slice(ga(n * BLOCK), BLOCK)!], ((n * 5) % 64) * BLOCK, n, file.align);
+      pool.batch(() => {
+        for (let n = 0; n < 3; n++) expect(read(n)).toBe(0);
+        expect(pool.kernelCalls).toBe(0); // held back
+      });
+      pool.batch(() => {
+        for (let n = 3; n < 23; n++) expect(read(n)).toBe(0);
+      });
+      expect(pool.waitIdle()).toBe(23);
+      expect(pool.kernelRequests).toBe(23);
+      // the thread takes what waits, up to 8 at a time: 3, 8, 8 and 4 at most, 3 calls at least
+      expect(pool.kernelCalls).toBeGreaterThanOrEqual(3);
+      expect(pool.kernelCalls).toBeLessThanOrEqual(23);
+      expect(pool.kernelOffloadedCalls).toBe(pool.kernelCalls); // none on this thread
+      const completions = pool.reap();
+      expect(completions.map((c) => c.tag).sort((a, b) => a - b)).toEqual(Array.from({ length: 23 }, (_, n) => n));
+      expect(completions.every((c) => c.result === 0)).toBe(true);
+      for (let n = 0; n < 23; n++) expect(memory.slice(ga(n * BLOCK), BLOCK)!.every((b) => b === ((n * 5) % 64) + 1)).toBe(true);
+      expect(done.read()).toBeGreaterThan(0); // and the eventfd said so
+    }, true);
+  });
+
+  test("an offloaded write the file system would block on (into a hole) comes back -EAGAIN and a thread writes it", () => {
+    withPool(64, 2, ({ file, path, memory, done, pool }) => {
+      truncateSync(path, 128 * BLOCK);
+      const fd = file.poolTarget.fd;
+      memory.slice(ga(0), BLOCK)!.fill(0x3d);
+      pool.batch(() => {
+        expect(pool.submit(AIO_OP.READ, fd, [memory.slice(ga(BLOCK), BLOCK)!], 3 * BLOCK, 1, file.align)).toBe(0);
+        expect(pool.submit(AIO_OP.WRITE, fd, [memory.slice(ga(0), BLOCK)!], 100 * BLOCK, 2, file.align)).toBe(0);
+      });
+      const completions = reapAll(pool, done, 2);
+      expect(completions.map((c) => [c.tag, c.result]).sort()).toEqual([[1, 0], [2, 0]]);
+      expect([pool.kernelRequests, pool.kernelCalls, pool.kernelOffloadedCalls]).toEqual([2, 1, 1]);
+      expect(memory.slice(ga(BLOCK), BLOCK)!.every((b) => b === 4)).toBe(true);
+      expect(readFileSync(path).subarray(100 * BLOCK, 101 * BLOCK).every((b) => b === 0x3d)).toBe(true);
+    }, true);
+  });
+
+  test("an offloaded batch io_submit refuses outright (a file without RWF_NOWAIT) goes to the threads, and later ones stay there", () => {
+    withPool(64, 2, ({ file, memory, done, pool }) => {
+      const proc = openSync("/proc/self/stat", "r");
+      try {
+        pool.batch(() => {
+          expect(pool.submit(AIO_OP.READ, proc, [memory.slice(ga(0), BLOCK)!], 0, 1, 512)).toBe(0);
+          expect(pool.submit(AIO_OP.READ, file.poolTarget.fd, [memory.slice(ga(BLOCK), BLOCK)!], 7 * BLOCK, 2, file.align)).toBe(0);
+        });
+        expect(reapAll(pool, done, 2).map((c) => [c.tag, c.result]).sort()).toEqual([[1, 0], [2, 0]]);
+        expect(new TextDecoder().decode(memory.slice(ga(0), 16)!)).toMatch(/^\d+ \(/);
+        expect(memory.slice(ga(BLOCK), BLOCK)!.every((b) => b === 8)).toBe(true);
+        pool.batch(() => {
+          expect(pool.submit(AIO_OP.READ, file.poolTarget.fd, [memory.slice(ga(2 * BLOCK), BLOCK)!], 9 * BLOCK, 3, file.align)).toBe(0);
+        });
+        expect(reapAll(pool, done, 1)).toEqual([{ tag: 3, result: 0 }]);
+        expect(memory.slice(ga(2 * BLOCK), BLOCK)!.every((b) => b === 10)).toBe(true);
+        expect([pool.kernelRequests, pool.kernelCalls]).toEqual([0, 0]);
+      } finally {
+        closeSync(proc);
+      }
+    }, true);
+  });
+
+  test("closing the pool right after a batch waits for the thread's io_submit and the requests it started", () => {
+    for (let round = 0; round < 20; round++) {
+      withPool(64, 2, ({ file, path, memory, pool }) => {
+        for (let n = 0; n < 16; n++) memory.slice(ga(n * BLOCK), BLOCK)!.fill(round + n);
+        pool.batch(() => {
+          for (let n = 0; n < 16; n++) expect(pool.submit(AIO_OP.WRITE, file.poolTarget.fd, [memory.slice(ga(n * BLOCK), BLOCK)!], n * BLOCK, n, file.align)).toBe(0);
+        });
+        pool.close(); // (withPool's close then does nothing)
+        const disk = readFileSync(path);
+        for (let n = 0; n < 16; n++) expect(disk.subarray(n * BLOCK, (n + 1) * BLOCK).every((b) => b === ((round + n) & 0xff))).toBe(true);
+      }, true);
+    }
   });
 });

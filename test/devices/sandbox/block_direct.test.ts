@@ -1,7 +1,8 @@
 // A jailed block device with o_direct=true serving 4 KiB reads at depth 32: those go to the kernel's
 // asynchronous I/O (c/aio.c), so its seccomp policy must allow io_setup, io_submit and io_getevents.
 // Served by `tsvm devices` (jailed as under `tsvm run`) to the C front-end bench section 10 uses,
-// which checks the first requests' bytes against the image; no KVM needed.
+// which checks the first requests' bytes against the image; no KVM needed. Also with the device's
+// batches started by a pool thread (TSVM_AIO_OFFLOAD=1): io_submit then runs on a thread of its own.
 import { describe, expect, test } from "bun:test";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -18,7 +19,10 @@ function directIo(dir: string): boolean {
   return probe.exitCode === 0;
 }
 
-describe("a jailed block device with o_direct=true", () => {
+describe.each([
+  ["", []],
+  [", its batches started by a pool thread (TSVM_AIO_OFFLOAD=1)", ["env", "TSVM_AIO_OFFLOAD=1"]],
+] as const)("a jailed block device with o_direct=true%s", (_, prefix) => {
   test.skipIf(!IS_ROOT)("serves 4 KiB reads at depth 32 through the kernel's asynchronous I/O, with the right bytes", async () => {
     const dir = tempDir();
     if (!directIo(dir)) return console.warn(`skipping: ${dir} does not support O_DIRECT`);
@@ -28,7 +32,7 @@ describe("a jailed block device with o_direct=true", () => {
     const image = join(dir, "disk.img");
     writeFileSync(image, Uint8Array.from({ length: 4 << 20 }, (_, i) => (i * 131 + (i >> 12)) & 0xff));
     const sock = join(dir, "blk.sock");
-    using devices = new TsvmProcess(["devices", "--log-level", "info", "--block", `vhost=${sock},path=${image},o_direct=true`]);
+    using devices = new TsvmProcess(["devices", "--log-level", "info", "--block", `vhost=${sock},path=${image},o_direct=true`], prefix);
     await devices.waitForOutput(/serving vhost-user/, 20_000, "stderr");
     // The device process makes an asynchronous I/O context at its first such read, and the kernel
     // maps the context's ring as "[aio]" until the pool closes (when the front-end goes away).

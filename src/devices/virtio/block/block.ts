@@ -29,6 +29,12 @@ const MERGE_MAX_BYTES = 512 * 1024;
  * was slower than 512 KiB (186-257k against 181-198k).
  */
 const MERGE_MAX_DIRECT_BYTES = GUEST_HUGE_PAGES ? 2 * 1024 * 1024 : MERGE_MAX_BYTES;
+/**
+ * Whether a batch of O_DIRECT requests for the kernel's asynchronous I/O is started by a pool thread
+ * (its io_submit off the loop) rather than by the loop (c/aio.c says when each is faster):
+ * TSVM_AIO_OFFLOAD=1; off by default. A jailed device gets its VMM's setting.
+ */
+export const AIO_OFFLOAD: boolean = process.env.TSVM_AIO_OFFLOAD === "1";
 /** A buffered write on the loop that takes longer sends writes to the pool for POOL_WRITES_MS. */
 const SLOW_WRITE_MS = 5;
 const POOL_WRITES_MS = 1000;
@@ -186,12 +192,19 @@ export class Block implements VirtioDevice, ControllableDevice {
    * #writeRunOnLoop). Tests of the pool on small cached files turn it off.
    */
   serveCachedOnLoop = true;
+  /** Where batches of kernel requests are submitted (AIO_OFFLOAD; tests set it), from the next activation. */
+  aioOffload: boolean = AIO_OFFLOAD;
   /** A buffered write on the loop slower than this sends writes to the pool for a while (InFlight.#writeOnLoop). */
   slowWriteMs = SLOW_WRITE_MS;
 
   /** Pool requests made since activation, and the request parts they carried (merging makes fewer). */
   get poolRequests(): { readonly submitted: number; readonly parts: number } {
     return { submitted: this.#inFlight?.submissions ?? 0, parts: this.#inFlight?.partsSubmitted ?? 0 };
+  }
+
+  /** io_submit calls that started kernel requests since activation, and how many a pool thread made (aioOffload; for tests). */
+  get kernelSubmissions(): { readonly calls: number; readonly offloaded: number } {
+    return this.#inFlight?.kernelSubmissions ?? { calls: 0, offloaded: 0 };
   }
 
   /** Buffered writes made on the loop since activation (#writeRunOnLoop), and the request parts they carried. */
@@ -426,7 +439,13 @@ class InFlight {
   /** `drain(queue)` serves what the driver made available meanwhile, once a batch of `queue`'s requests finished. */
   constructor(readonly block: Block, readonly ctx: ActivateContext, readonly drain: (queue: Queue) => void) {
     this.#pool = new AioPool(MAX_IO_THREADS, QUEUE_SIZE * block.queueMaxSizes.length, this.#done.fd);
+    this.#pool.offload(block.aioOffload);
     ctx.loop.watch(this.#done.fd, () => this.#completions());
+  }
+
+  /** The pool's io_submit calls, and those a pool thread made (for tests). */
+  get kernelSubmissions(): { readonly calls: number; readonly offloaded: number } {
+    return { calls: this.#pool.kernelCalls, offloaded: this.#pool.kernelOffloadedCalls };
   }
 
   /** Whether `queue` has requests in flight (and will be drained again when they finish). */
