@@ -1,4 +1,5 @@
 import { describe, expect, test } from "bun:test";
+import { closeSync, openSync } from "node:fs";
 import { Console } from "../../../src/devices/virtio/console.ts";
 import { GuestMemory, guestAddress as ga } from "../../../src/memory/mod.ts";
 import { VirtioPciDriver } from "../../support/virtio_pci_driver.ts";
@@ -64,7 +65,8 @@ describe("virtio-console", () => {
   });
 
   test("an output that is full holds the guest's buffers until it has room, then takes them in order", () => {
-    const OUTPUT_FD = 99;
+    // A real descriptor's number, so no eventfd of the device (the loop's keys are fd numbers) can have it.
+    const OUTPUT_FD = openSync("/dev/null", "w");
     let room = 4;
     let broken = false;
     const written: number[] = [];
@@ -113,6 +115,7 @@ describe("virtio-console", () => {
     post(3, 0x43000, "lost");
     d.kick(1);
     expect([text(), used(), d.loop.writable.has(OUTPUT_FD)]).toEqual(["hello world!", 4, false]);
+    closeSync(OUTPUT_FD);
   });
 
   test("a device without commands other than input refuses them by name", () => {
