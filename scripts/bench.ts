@@ -18,7 +18,7 @@
 //      `tsvm devices` jailed and in-process vs qemu-storage-daemon; then 32 requests in flight
 //      (4 KiB random reads, 64 KiB sequential reads and writes), jailed vs qemu-storage-daemon; then
 //      O_DIRECT at depth 1 and 32 (4 KiB random reads and writes, 64 KiB sequential reads and writes).
-// Usage: bun scripts/bench.ts [--rounds N] [--exits N] [--only 1,6,7] [--blk-rounds N] [--blk-warm N] [--blk-direct-only | --blk-cache-only] [--acc-rounds N] [--vu-requests N]   (needs dist/tsvm; installs QEMU if missing)
+// Usage: bun scripts/bench.ts [--rounds N] [--exits N] [--only 1,6,7] [--blk-rounds N] [--blk-warm N] [--blk-depths 1,32] [--blk-direct-only | --blk-cache-only] [--acc-rounds N] [--vu-requests N]   (needs dist/tsvm; installs QEMU if missing)
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
@@ -555,6 +555,9 @@ if (want(8) && qemu) {
   // pass first, of at least BLK_WARM requests: a fresh jailed device takes ~15,000 requests to reach
   // its steady rate (JIT tiers, the I/O pool's threads), which section 10 shows (QEMU's rate is flat).
   const BLK_WARM = arg("--blk-warm", 20000);
+  // --blk-depths 32 runs only that depth (a lent machine's minutes; the depth-gain rows then skip).
+  const depthsAt = Bun.argv.indexOf("--blk-depths");
+  const BLK_DEPTHS = depthsAt > 0 ? (Bun.argv[depthsAt + 1] ?? "").split(",").map(Number).filter((d) => d === 1 || d === 32) : [1, 32];
   const kinds: [string, string, number, number][] = [
     ["4 KiB random reads", "rr:4", 5000, 48000], ["4 KiB random writes", "rw:4", 5000, 24000],
     ["64 KiB sequential reads", "sr:64", 2000, 9600], ["64 KiB sequential writes", "sw:64", 2000, 9600],
@@ -565,7 +568,7 @@ if (want(8) && qemu) {
     const cache = direct ? "O_DIRECT" : "page cache";
     const depthOne = new Map<string, number>();
     for (const [name, op, atDepth1, atDepth32] of kinds) {
-      for (const depth of [1, 32]) {
+      for (const depth of BLK_DEPTHS) {
         const requests = depth === 1 ? atDepth1 : atDepth32;
         const mode = `${op}:${depth}:${requests}:3:${Math.max(requests, BLK_WARM)}`;
         step(`blk ${name}, depth ${depth}, ${cache}`);
