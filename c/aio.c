@@ -47,7 +47,7 @@
  * the kernel starts these. What is being submitted already counts as running, so a completion that
  * comes before io_submit returns is harvested; waits for idleness wait for the submitting too. It
  * moves CPU, it does not save any: through the jailed device, the loop thread's CPU a request fell
- * from 8.4-11.9 µs to 4.4-8.3 µs (reads) and 8.0-13.6 to 5.0-7.9 µs (writes), but on a host of two
+ * from 7.2-11.9 µs to 5.2-8.3 µs (reads) and 8.0-13.6 to 5.0-7.9 µs (writes), but on a host of two
  * CPUs, where the driver, the loop and the submitting thread share them, requests took longer (reads
  * 13.7 µs, the median of five, against 10.0; writes 12.9 against 11.7). It is off by default; bench
  * sections 8 and 10 measure it beside the default, for hosts with CPUs to spare.
@@ -262,6 +262,7 @@ static void signal_if_idle(struct tsvm_aio *aio)
 static void *worker(void *arg)
 {
 	struct tsvm_aio *aio = arg;
+	pthread_setname_np(pthread_self(), "aio pool"); /* (ps, top, /proc: the device's loop is its main thread) */
 	pthread_mutex_lock(&aio->lock);
 	for (;;) {
 		while (!aio->pending_count && !aio->kernel_jobs_count && !aio->stopping) {
