@@ -19,10 +19,11 @@
 //      (4 KiB random reads, 64 KiB sequential reads and writes), jailed vs qemu-storage-daemon; then
 //      O_DIRECT at depth 1 and 32 (4 KiB random reads and writes, 64 KiB sequential reads and writes).
 // Usage: bun scripts/bench.ts [--rounds N] [--exits N] [--only 1,6,7] [--blk-rounds N] [--blk-warm N] [--blk-depths 1,32] [--blk-direct-only | --blk-cache-only] [--acc-rounds N] [--vu-requests N]   (needs dist/tsvm; installs QEMU if missing)
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { childPids, privateDirtyKib, settledMemory, writeBack } from "../test/support/process_memory.ts";
+import { deviceShares, shSampled } from "./bench/thread_cpu.ts";
 
 // Where Bun is not installed, the compiled tsvm runs this script (`BUN_BE_BUN=1 dist/tsvm
 // scripts/bench.ts`). The tsvm processes it starts must not inherit that switch, and Bun's spawn
@@ -61,79 +62,6 @@ function sh(cmd: string[], timeoutMs = 120_000, env: Record<string, string> = {}
     throw new Error(`${cmd.join(" ")} ${why}:\n${r.stdout.toString().slice(-2000)}\n${r.stderr.toString().slice(-2000)}`);
   }
   return r.stdout.toString();
-}
-
-/** One thread's CPU time (schedstat, ns) at the last sample, and whose it is. */
-type ThreadCpu = { pid: number; tid: number; comm: string; ns: number };
-
-/**
- * Runs `cmd` as `sh` does, and meanwhile samples every 25 ms the CPU time of each thread of its
- * process tree (children found through /proc/PID/task/TID/children, so jailed device processes
- * too). Each thread comes back with its last sample: a thread's time up to its last 25 ms.
- */
-async function shSampled(cmd: string[], timeoutMs: number, env: Record<string, string> = {}): Promise<{ out: string; threads: ThreadCpu[] }> {
-  const child = Bun.spawn(cmd, { stdout: "pipe", stderr: "pipe", env: { ...process.env, ...env } });
-  const threads = new Map<number, ThreadCpu>();
-  const read = (path: string): string | null => {
-    try {
-      return readFileSync(path, "utf8");
-    } catch {
-      return null; // gone meanwhile
-    }
-  };
-  const sample = (): void => {
-    const pids = [child.pid];
-    for (let i = 0; i < pids.length && i < 64; i++) {
-      const pid = pids[i]!;
-      let tids: string[];
-      try {
-        tids = readdirSync(`/proc/${pid}/task`);
-      } catch {
-        continue;
-      }
-      for (const t of tids) {
-        const stat = read(`/proc/${pid}/task/${t}/schedstat`);
-        if (stat !== null) {
-          const tid = Number(t);
-          const entry = threads.get(tid) ?? { pid, tid, comm: "", ns: 0 };
-          entry.ns = Number(stat.split(" ")[0]);
-          entry.comm = (read(`/proc/${pid}/task/${t}/comm`) ?? entry.comm).trim(); // (a thread may name itself late)
-          threads.set(tid, entry);
-        }
-        for (const c of (read(`/proc/${pid}/task/${t}/children`) ?? "").split(" ").filter(Boolean)) pids.push(Number(c));
-      }
-    }
-  };
-  const timer = setInterval(sample, 25);
-  const killer = setTimeout(() => child.kill("SIGKILL"), timeoutMs * TIME_SCALE);
-  const [out, errors] = await Promise.all([new Response(child.stdout).text(), new Response(child.stderr).text()]);
-  await child.exited;
-  clearInterval(timer);
-  clearTimeout(killer);
-  if (child.exitCode !== 0) {
-    const why = child.exitCode === null ? `was killed after ${timeoutMs * TIME_SCALE} ms` : `failed (exit ${child.exitCode})`;
-    throw new Error(`${cmd.join(" ")} ${why}:\n${out.slice(-2000)}\n${errors.slice(-2000)}`);
-  }
-  return { out, threads: [...threads.values()] };
-}
-
-/**
- * From a `tsvm run`'s sampled threads (process `vmm`): the block device process's loop (its main
- * thread), its I/O pool threads ("aio pool") and its other threads, each as a share of the vCPU
- * threads' time. A ring-3 driver polls, so its vCPU is busy from boot to the end: a loop near 100% of
- * it is what bounds the request rate. The block device is the device process that used the most CPU.
- */
-function deviceShares(threads: readonly ThreadCpu[], vmm: number): { loop: number; pool: number; other: number } | null {
-  const vcpu = threads.filter((t) => t.pid === vmm && /^vcpu \d+$/.test(t.comm)).reduce((sum, t) => sum + t.ns, 0);
-  const byProcess = new Map<number, number>();
-  for (const t of threads) if (t.pid !== vmm) byProcess.set(t.pid, (byProcess.get(t.pid) ?? 0) + t.ns);
-  const block = [...byProcess].sort((a, b) => b[1] - a[1])[0]?.[0];
-  if (vcpu === 0 || block === undefined) return null;
-  const mine = threads.filter((t) => t.pid === block);
-  const loop = mine.filter((t) => t.tid === block).reduce((sum, t) => sum + t.ns, 0);
-  const pool = mine.filter((t) => t.comm === "aio pool").reduce((sum, t) => sum + t.ns, 0);
-  const all = mine.reduce((sum, t) => sum + t.ns, 0);
-  return { loop: loop / vcpu, pool: pool / vcpu, other: (all - loop - pool) / vcpu };
 }
 
 /** Resolves as `promise` does, or rejects naming `what` once `ms` (scaled) have passed. */
@@ -668,7 +596,7 @@ if (want(8) && qemu) {
               const [into, command, env] = runs[(i + k) % runs.length]!;
               sh(["sync", image]);
               if (sampled && shares.has(into)) {
-                const { out, threads } = await shSampled(command(), 600_000, env);
+                const { out, threads } = await shSampled(command(), 600_000 * TIME_SCALE, env);
                 into.push(perRequest(out));
                 const share = deviceShares(threads, threads.find((t) => /^vcpu \d+$/.test(t.comm))?.pid ?? -1);
                 if (share !== null) shares.get(into)!.push(share);
