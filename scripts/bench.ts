@@ -11,13 +11,16 @@
 //      and vhost-user vs tsvm's own jailed block device;
 //   7. vsock connection set-up and 1 MiB each way (the test guest's driver) vs a host Unix socket pair.
 //   8. virtio-blk at queue depth 1 and 32 (4 KiB random, 64 KiB sequential; reads and writes; page
-//      cache and O_DIRECT): tsvm jailed and in-process vs QEMU's virtio-blk-pci, same guest and image.
+//      cache and O_DIRECT): tsvm jailed and in-process vs QEMU's virtio-blk-pci, same guest and image;
+//      at depth 32 with O_DIRECT also jailed with the device's batches offloaded (TSVM_AIO_OFFLOAD=1),
+//      and how busy the jailed device's threads were; then the I/O pool alone (no VM) on that disk.
 //   9. single accesses: a virtio common-config read (ring 0 and ring 3), a COM1 byte (LSR + THR), a PCI
 //      configuration read, a virtio notify: tsvm jailed and in-process vs QEMU, same guest code.
 //  10. vhost-user-blk back-ends alone (no VM): 4 KiB QD1 random reads from a minimal C front-end,
 //      `tsvm devices` jailed and in-process vs qemu-storage-daemon; then 32 requests in flight
 //      (4 KiB random reads, 64 KiB sequential reads and writes), jailed vs qemu-storage-daemon; then
-//      O_DIRECT at depth 1 and 32 (4 KiB random reads and writes, 64 KiB sequential reads and writes).
+//      O_DIRECT at depth 1 and 32 (4 KiB random reads and writes, 64 KiB sequential reads and writes;
+//      at depth 32 also with the device's batches offloaded).
 // Usage: bun scripts/bench.ts [--rounds N] [--exits N] [--only 1,6,7] [--blk-rounds N] [--blk-warm N] [--blk-depths 1,32] [--blk-direct-only | --blk-cache-only] [--acc-rounds N] [--vu-requests N]   (needs dist/tsvm; installs QEMU if missing)
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
