@@ -59,6 +59,19 @@ function withPool(blocks: number, threads: number, body: (t: Setup) => void, off
   }
 }
 
+/** Submits a read of block (n × 5) mod 64 into memory block n, tagged n. */
+function scatteredRead({ file, memory, pool }: Setup, n: number): number {
+  return pool.submit(AIO_OP.READ, file.poolTarget.fd, [memory.slice(ga(n * BLOCK), BLOCK)!], ((n * 5) % 64) * BLOCK, n, file.align);
+}
+
+/** Reads into memory blocks 0-2 in one batch, checking that none starts before the batch ends. */
+function batchOfThree(setup: Setup): void {
+  setup.pool.batch(() => {
+    for (let n = 0; n < 3; n++) expect(scatteredRead(setup, n)).toBe(0);
+    expect(setup.pool.kernelCalls).toBe(0); // held back
+  });
+}
+
 describe("AioPool", () => {
   test("32 aligned 4 KiB O_DIRECT reads in flight go to the kernel's asynchronous I/O and each returns its own block", () => {
     withPool(64, 4, ({ file, memory, done, pool }) => {
@@ -110,13 +123,10 @@ describe("AioPool", () => {
   });
 
   test("a batch's kernel reads start together when it ends, at most 8 to an io_submit, and each returns its own block", () => {
-    withPool(64, 2, ({ file, memory, done, pool }) => {
-      const read = (n: number): number =>
-        pool.submit(AIO_OP.READ, file.poolTarget.fd, [memory.slice(ga(n * BLOCK), BLOCK)!], ((n * 5) % 64) * BLOCK, n, file.align);
-      pool.batch(() => {
-        for (let n = 0; n < 3; n++) expect(read(n)).toBe(0);
-        expect(pool.kernelCalls).toBe(0); // held back
-      });
+    withPool(64, 2, (setup) => {
+      const { memory, done, pool } = setup;
+      const read = (n: number): number => scatteredRead(setup, n);
+      batchOfThree(setup);
       expect([pool.kernelRequests, pool.kernelCalls]).toEqual([3, 1]);
       pool.batch(() => {
         for (let n = 3; n < 23; n++) expect(read(n)).toBe(0);
@@ -217,13 +227,10 @@ describe("AioPool", () => {
 
 describe("AioPool with batches offloaded to a pool thread", () => {
   test("a pool thread starts each batch's kernel reads, at most 8 to an io_submit; each returns its own block, and waitIdle waits for the starting", () => {
-    withPool(64, 2, ({ file, memory, done, pool }) => {
-      const read = (n: number): number =>
-        pool.submit(AIO_OP.READ, file.poolTarget.fd, [memory.slice(ga(n * BLOCK), BLOCK)!], ((n * 5) % 64) * BLOCK, n, file.align);
-      pool.batch(() => {
-        for (let n = 0; n < 3; n++) expect(read(n)).toBe(0);
-        expect(pool.kernelCalls).toBe(0); // held back
-      });
+    withPool(64, 2, (setup) => {
+      const { memory, done, pool } = setup;
+      const read = (n: number): number => scatteredRead(setup, n);
+      batchOfThree(setup);
       pool.batch(() => {
         for (let n = 3; n < 23; n++) expect(read(n)).toBe(0);
       });
