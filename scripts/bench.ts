@@ -599,9 +599,9 @@ if (want(8) && qemu) {
               const [into, command, env] = runs[(i + k) % runs.length]!;
               sh(["sync", image]);
               if (sampled && shares.has(into)) {
-                const { out, threads } = await shSampled(command(), 600_000 * TIME_SCALE, env);
+                const { out, threads, root } = await shSampled(command(), 600_000 * TIME_SCALE, env);
                 into.push(perRequest(out));
-                const share = deviceShares(threads, threads.find((t) => /^vcpu \d+$/.test(t.comm))?.pid ?? -1);
+                const share = deviceShares(threads, root);
                 if (share !== null) shares.get(into)!.push(share);
               } else {
                 into.push(perRequest(sh(command(), 600_000, env)));

@@ -8,8 +8,9 @@ describe("shSampled", () => {
   test("samples every process of the tree, a busy grandchild included, and returns the command's output", async () => {
     // bash -> bash -> bash counting to 200,000 (a few hundred ms of CPU)
     const busy = "n=0; while [ $n -lt 200000 ]; do n=$((n+1)); done";
-    const { out, threads } = await shSampled(["bash", "-c", `bash -c '${busy} & wait' & wait; echo done`], 30_000);
+    const { out, threads, root } = await shSampled(["bash", "-c", `bash -c '${busy} & wait' & wait; echo done`], 30_000);
     expect(out).toBe("done\n");
+    expect(threads[0]!.pid).toBe(root);
     expect(new Set(threads.map((t) => t.pid)).size).toBe(3);
     const busiest = [...threads].sort((a, b) => b.ns - a.ns)[0]!;
     expect(busiest.ns).toBeGreaterThan(50_000_000); // 50 ms or more
@@ -37,8 +38,13 @@ describe("deviceShares", () => {
     expect(shares.other).toBeCloseTo(0.03);
   });
 
-  test("without a vCPU thread or a device process there is nothing to say", () => {
-    expect(deviceShares([thread(vmm, 100, "tsvm", 10), thread(300, 300, "tsvm", 10)], vmm)).toBeNull();
-    expect(deviceShares([thread(vmm, 101, "vcpu 0", 10)], vmm)).toBeNull();
+  test("with one vCPU, the VMM's main thread (which runs it) is the vCPU", () => {
+    const threads = [thread(vmm, 100, "tsvm", 2000), thread(vmm, 102, "vcpu waker", 5), thread(300, 300, "tsvm", 500), thread(300, 301, "aio pool", 100)];
+    expect(deviceShares(threads, vmm)).toEqual({ loop: 0.25, pool: 0.05, other: 0 });
+  });
+
+  test("without a device process, or with no vCPU time, there is nothing to say", () => {
+    expect(deviceShares([thread(vmm, 100, "tsvm", 10)], vmm)).toBeNull();
+    expect(deviceShares([thread(vmm, 100, "tsvm", 0), thread(300, 300, "tsvm", 10)], vmm)).toBeNull();
   });
 });
