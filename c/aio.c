@@ -412,29 +412,16 @@ static void kernel_submit_list(struct tsvm_aio *aio, struct iocb **list, unsigne
 	}
 }
 
-/* Starts the batched kernel requests: here, or (offloading) on a pool thread. Lock held. */
+/* Starts the batched kernel requests: on a pool thread when offloading and the pool has one (it
+ * takes them from kernel_jobs), else here. Lock held. */
 static void kernel_flush_batch(struct tsvm_aio *aio)
 {
 	unsigned count = aio->kernel_batch_count;
 	aio->kernel_batch_count = 0;
-	if (aio->offload) {
+	if (aio->offload && !add_thread_if_needed(aio) && aio->threads) {
 		for (unsigned i = 0; i < count; i++)
 			aio->kernel_jobs[(aio->kernel_jobs_head + aio->kernel_jobs_count++) % aio->capacity] = aio->kernel_batch_list[i];
-		if (!add_thread_if_needed(aio) && aio->threads) {
-			pthread_cond_signal(&aio->work);
-			return;
-		}
-		/* no thread to take them: submit them here */
-		unsigned n = aio->kernel_jobs_count;
-		struct iocb *local[KERNEL_MAX_BATCH * 4];
-		while (n) {
-			unsigned take = n < sizeof local / sizeof *local ? n : sizeof local / sizeof *local;
-			for (unsigned i = 0; i < take; i++) local[i] = aio->kernel_jobs[(aio->kernel_jobs_head + i) % aio->capacity];
-			aio->kernel_jobs_head = (aio->kernel_jobs_head + take) % aio->capacity;
-			aio->kernel_jobs_count -= take;
-			kernel_submit_list(aio, local, take, 0);
-			n -= take;
-		}
+		pthread_cond_signal(&aio->work);
 		return;
 	}
 	kernel_submit_list(aio, aio->kernel_batch_list, count, 0);
