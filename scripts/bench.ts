@@ -561,7 +561,8 @@ if (want(8) && qemu) {
   const BLK_WARM = arg("--blk-warm", 20000);
   // --blk-depths 32 runs only that depth (a lent machine's minutes; the depth-gain rows then skip).
   const depthsAt = Bun.argv.indexOf("--blk-depths");
-  const BLK_DEPTHS = depthsAt > 0 ? (Bun.argv[depthsAt + 1] ?? "").split(",").map(Number).filter((d) => d === 1 || d === 32) : [1, 32];
+  const BLK_DEPTHS = depthsAt > 0 ? (Bun.argv[depthsAt + 1] ?? "").split(",").map(Number) : [1, 32];
+  if (BLK_DEPTHS.length === 0 || BLK_DEPTHS.some((d) => d !== 1 && d !== 32)) throw new Error(`--blk-depths takes 1, 32 or 1,32, not ${Bun.argv[depthsAt + 1]}`);
   const kinds: [string, string, number, number][] = [
     ["4 KiB random reads", "rr:4", 5000, 48000], ["4 KiB random writes", "rw:4", 5000, 24000],
     ["64 KiB sequential reads", "sr:64", 2000, 9600], ["64 KiB sequential writes", "sw:64", 2000, 9600],
