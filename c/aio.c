@@ -125,6 +125,8 @@ struct tsvm_aio {
 	unsigned kernel_batch_count;
 	/* with `offload`, a batch goes to a pool thread, which calls io_submit (the loop goes on) */
 	int offload;
+	/* with `threads_only`, every request goes to a thread (QEMU's aio=threads), none to the kernel */
+	int threads_only;
 	struct iocb **kernel_jobs;          /* [capacity], a ring of iocbs waiting for a thread to submit them */
 	unsigned kernel_jobs_head, kernel_jobs_count;
 	unsigned kernel_submitting;         /* iocbs a thread is submitting now */
@@ -584,7 +586,7 @@ int tsvm_aio_submit(struct tsvm_aio *aio, int op, int fd, const void *iov, int i
 		return -EAGAIN;
 	}
 	/* small aligned O_DIRECT reads and writes (not write-through ones) go to the kernel when it takes them */
-	if (kind != AIO_FLUSH && !(op & AIO_SYNC) && req.align > 1 && iovcnt > 0 && total_length(req.iov, iovcnt) <= KERNEL_MAX_BYTES &&
+	if (!aio->threads_only && kind != AIO_FLUSH && !(op & AIO_SYNC) && req.align > 1 && iovcnt > 0 && total_length(req.iov, iovcnt) <= KERNEL_MAX_BYTES &&
 	    aligned(req.iov, iovcnt, offset, req.align) && kernel_submit(aio, &req) == 0) {
 		aio->outstanding++;
 		pthread_mutex_unlock(&aio->lock);
@@ -637,6 +639,15 @@ void tsvm_aio_offload(struct tsvm_aio *aio, int on)
 {
 	pthread_mutex_lock(&aio->lock);
 	aio->offload = on != 0;
+	pthread_mutex_unlock(&aio->lock);
+}
+
+/* Whether requests from now on all go to the threads (`on`), the kernel's asynchronous I/O taking
+ * none; a new pool gives it the small aligned O_DIRECT ones (see the top of this file). */
+void tsvm_aio_threads_only(struct tsvm_aio *aio, int on)
+{
+	pthread_mutex_lock(&aio->lock);
+	aio->threads_only = on != 0;
 	pthread_mutex_unlock(&aio->lock);
 }
 

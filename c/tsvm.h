@@ -112,6 +112,7 @@ int tsvm_aio_kernel_requests(struct tsvm_aio *aio);
 int tsvm_aio_kernel_calls(struct tsvm_aio *aio);
 void tsvm_aio_batch(struct tsvm_aio *aio, int on);
 void tsvm_aio_offload(struct tsvm_aio *aio, int on);
+void tsvm_aio_threads_only(struct tsvm_aio *aio, int on);
 int tsvm_aio_kernel_offloaded_calls(struct tsvm_aio *aio);
 void tsvm_aio_destroy(struct tsvm_aio *aio);
 int tsvm_dio_probe_align(int fd);

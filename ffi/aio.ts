@@ -80,6 +80,15 @@ export class AioPool {
   }
 
   /**
+   * Whether requests from now on all go to the threads (true: QEMU's aio=threads, for comparing the
+   * two on a host), the kernel's asynchronous I/O taking none; false, the default, gives it small
+   * aligned O_DIRECT reads and writes.
+   */
+  threadsOnly(on: boolean): void {
+    native.tsvm_aio_threads_only(this.#live(), on ? 1 : 0);
+  }
+
+  /**
    * Submits `submitAll`'s requests as one batch: those for the kernel's asynchronous I/O start
    * together when it returns (one io_submit, one plugged batch for the disk); thread requests start
    * at once as always.

@@ -102,6 +102,7 @@ const symbols = {
   tsvm_aio_kernel_calls: { args: [pointer], returns: i32 },
   tsvm_aio_batch: { args: [pointer, i32], returns: FFIType.void },
   tsvm_aio_offload: { args: [pointer, i32], returns: FFIType.void },
+  tsvm_aio_threads_only: { args: [pointer, i32], returns: FFIType.void },
   tsvm_aio_kernel_offloaded_calls: { args: [pointer], returns: i32 },
   tsvm_aio_destroy: { args: [pointer], returns: FFIType.void },
   tsvm_dio_probe_align: { args: [i32], returns: i32 },

@@ -302,3 +302,31 @@ describe("AioPool with batches offloaded to a pool thread", () => {
     }
   });
 });
+
+describe("AioPool with every request on the threads", () => {
+  test("aligned 4 KiB O_DIRECT reads and writes in a batch all go to the threads, none to io_submit, and land; turned back, a read goes to the kernel", () => {
+    withPool(64, 8, (setup) => {
+      const { file, path, memory, done, pool } = setup;
+      pool.threadsOnly(true);
+      pool.batch(() => {
+        for (let n = 0; n < 16; n++) expect(scatteredRead(setup, n)).toBe(0);
+        for (let n = 0; n < 8; n++) {
+          const view = memory.slice(ga((16 + n) * BLOCK), BLOCK)!;
+          view.fill(0xc0 + n);
+          expect(pool.submit(AIO_OP.WRITE, file.poolTarget.fd, [view], (40 + n) * BLOCK, 100 + n, file.align)).toBe(0);
+        }
+      });
+      const completions = reapAll(pool, done, 24);
+      expect(completions.map((c) => c.tag).sort((a, b) => a - b)).toEqual([...Array.from({ length: 16 }, (_, n) => n), ...Array.from({ length: 8 }, (_, n) => 100 + n)]);
+      expect(completions.every((c) => c.result === 0)).toBe(true);
+      expect([pool.kernelRequests, pool.kernelCalls]).toEqual([0, 0]);
+      for (let n = 0; n < 16; n++) expect(memory.slice(ga(n * BLOCK), BLOCK)!.every((b) => b === ((n * 5) % 64) + 1)).toBe(true);
+      const disk = readFileSync(path);
+      for (let n = 0; n < 8; n++) expect(disk.subarray((40 + n) * BLOCK, (41 + n) * BLOCK).every((b) => b === 0xc0 + n)).toBe(true);
+      pool.threadsOnly(false);
+      expect(scatteredRead(setup, 30)).toBe(0);
+      expect(reapAll(pool, done, 1)).toEqual([{ tag: 30, result: 0 }]);
+      expect(pool.kernelRequests).toBe(1);
+    });
+  });
+});

@@ -28,12 +28,14 @@ import { decodeTubeMessage, type DeviceSetup, encodeCommand, encodeHostConnected
  * GC marker: a device's heap is a few MiB, and parallel marking woke JSC's helper threads at every
  * collection (thousands a second while a driver notifies fast), which the scheduler put on whatever
  * CPU was free, often the one a vCPU was about to run on. The baseline JIT late (DEVICE_PROCESS_JSC
- * says why). And the VMM's loop-polling, device-slice and huge-page settings, and its TSVM_AIO_OFFLOAD if set.
+ * says why). And the VMM's loop-polling, device-slice and huge-page settings, and its
+ * TSVM_AIO_OFFLOAD and TSVM_AIO_THREADS if set.
  */
 const DEVICE_ENV = [
   "BUN_RUNTIME_TRANSPILER_CACHE_PATH=0", ...Object.entries({ ...DEVICE_JSC, ...DEVICE_PROCESS_JSC }).map(([k, v]) => `${k}=${v}`),
   `TSVM_LOOP_POLL_NS=${LOOP_POLL_NS}`, `TSVM_DEVICE_SLICE_NS=${DEVICE_SLICE_NS}`, `TSVM_GUEST_HUGE_PAGES=${GUEST_HUGE_PAGES ? 1 : 0}`,
   ...(process.env.TSVM_AIO_OFFLOAD === "1" ? ["TSVM_AIO_OFFLOAD=1"] : []),
+  ...(process.env.TSVM_AIO_THREADS === "1" ? ["TSVM_AIO_THREADS=1"] : []),
 ];
 /** The environment of a device of `kind`: DEVICE_ENV, and no DFG for devices whose work is only bursts (BURST_DEVICE_JSC). */
 export function deviceEnv(kind: DeviceKind): readonly string[] {

@@ -13,6 +13,9 @@ import { socket } from "../../../ffi/mod.ts";
 import { diskTry } from "../../../ffi/aio.ts";
 import { BUFFERS, VirtqueueDriver } from "../../support/virtqueue_driver.ts";
 
+/** How a device's I/O pool starts its requests (Block.aioOffload, Block.aioThreadsOnly); unset: the default. */
+type AioMode = { readonly offload?: boolean; readonly threadsOnly?: boolean };
+
 const HAS_QEMU_IMG = Bun.which("qemu-img") !== null && Bun.which("qemu-io") !== null;
 if (!HAS_QEMU_IMG) console.warn("tsvm tests: qemu-img/qemu-io (Debian qemu-utils) missing; the qcow2 requests-in-flight test is skipped");
 
@@ -206,20 +209,22 @@ describe("Block durability (virtio 1.2 §5.2.6.2)", () => {
 describe("Block requests in flight (raw image, I/O pool)", () => {
   const SLOT = 0x2000; // bytes of guest memory per request: header, data, status
   /** An activated block device on a queue of `size`, its driver, loop and interrupt count. */
-  function activated(size: number, features: bigint, bytes = DISK_SIZE, direct = false, cachedOnLoop = false, aioOffload = false) {
+  function activated(size: number, features: bigint, bytes = DISK_SIZE, direct = false, cachedOnLoop = false, aio: AioMode = {}) {
     const path = join(tempDir(), "disk.img");
     writeFileSync(path, Uint8Array.from({ length: bytes }, (_, i) => (i * 7 + (i >> 9)) & 0xff));
     const file = DiskFile.open(path, false, direct);
-    return { path, file, ...activatedOn(file, size, features, cachedOnLoop, aioOffload) };
+    return { path, file, ...activatedOn(file, size, features, cachedOnLoop, aio) };
   }
   /**
    * Block over `image`, activated on a queue of `size`; requests at depth go to the pool unless
-   * `cachedOnLoop`; with `aioOffload`, a pool thread starts its batches of kernel requests.
+   * `cachedOnLoop`; with `aio.offload`, a pool thread starts its batches of kernel requests, with
+   * `aio.threadsOnly` the pool's threads serve every request.
    */
-  function activatedOn(image: DiskImage, size: number, features: bigint, cachedOnLoop = false, aioOffload = false) {
+  function activatedOn(image: DiskImage, size: number, features: bigint, cachedOnLoop = false, aio: AioMode = {}) {
     const dev = new Block(image, "id");
     dev.serveCachedOnLoop = cachedOnLoop;
-    dev.aioOffload = aioOffload;
+    dev.aioOffload = aio.offload ?? false;
+    dev.aioThreadsOnly = aio.threadsOnly ?? false;
     const d = new VirtqueueDriver(size);
     const kick = new EventFd();
     const loop = new FakeLoop();
@@ -668,42 +673,49 @@ describe("Block requests in flight (raw image, I/O pool)", () => {
     t.file.close();
   });
 
-  test("with o_direct=true and batches offloaded to a pool thread, 32 reads and writes in flight return their bytes and land", () => {
-    let t;
-    try {
-      t = activated(128, 1n << 32n | (1n << VIRTIO_BLK_F.FLUSH), 64 * 4096, true, false, true);
-    } catch (e) {
-      if (e instanceof Error && /does not support O_DIRECT/.test(e.message)) return console.warn(`skipping: ${e.message}`);
-      throw e;
-    }
-    const before = readFileSync(t.path);
-    // 20 reads of blocks 0, 2, ... 38 and 12 writes of blocks 41, 43, ... 63, 4 KiB each, none
-    // continuing another (nothing merges): all go to the kernel
-    const reads = Array.from({ length: 20 }, (_, n) => post(t.d, n, VIRTIO_BLK_T.IN, 2 * n * 8, 4096));
-    const writes = Array.from({ length: 12 }, (_, n) => {
-      const w = post(t.d, 20 + n, VIRTIO_BLK_T.OUT, (41 + 2 * n) * 8, 4096);
-      t.d.memory.write(ga(w.data), new Uint8Array(4096).fill(0x90 + n));
-      return w;
+  for (const [how, aio] of [["batches offloaded to a pool thread", { offload: true }], ["every request on the pool's threads", { threadsOnly: true }]] as const) {
+    test(`with o_direct=true and ${how}, 32 reads and writes in flight return their bytes and land`, () => {
+      let t;
+      try {
+        t = activated(128, 1n << 32n | (1n << VIRTIO_BLK_F.FLUSH), 64 * 4096, true, false, aio);
+      } catch (e) {
+        if (e instanceof Error && /does not support O_DIRECT/.test(e.message)) return console.warn(`skipping: ${e.message}`);
+        throw e;
+      }
+      const before = readFileSync(t.path);
+      // 20 reads of blocks 0, 2, ... 38 and 12 writes of blocks 41, 43, ... 63, 4 KiB each, none
+      // continuing another (nothing merges): all go to the kernel, or all to the threads
+      const reads = Array.from({ length: 20 }, (_, n) => post(t.d, n, VIRTIO_BLK_T.IN, 2 * n * 8, 4096));
+      const writes = Array.from({ length: 12 }, (_, n) => {
+        const w = post(t.d, 20 + n, VIRTIO_BLK_T.OUT, (41 + 2 * n) * 8, 4096);
+        t.d.memory.write(ga(w.data), new Uint8Array(4096).fill(0x90 + n));
+        return w;
+      });
+      t.loop.handlers.get(t.kick.fd)!();
+      t.pump(32);
+      expect(t.d.usedIdx()).toBe(32);
+      reads.forEach(({ data, status }, n) => {
+        expect(t.d.memory.readU8(ga(status))).toBe(VIRTIO_BLK_S.OK);
+        expect(Buffer.from(t.d.memory.slice(ga(data), 4096)!).equals(before.subarray(2 * n * 4096, (2 * n + 1) * 4096))).toBe(true);
+      });
+      for (const { status } of writes) expect(t.d.memory.readU8(ga(status))).toBe(VIRTIO_BLK_S.OK);
+      const after = readFileSync(t.path);
+      for (let block = 0; block < 64; block++) {
+        const n = (block - 41) / 2;
+        const got = after.subarray(block * 4096, (block + 1) * 4096);
+        if (block >= 41 && Number.isInteger(n)) expect(got.every((b) => b === 0x90 + n)).toBe(true);
+        else expect(got.equals(before.subarray(block * 4096, (block + 1) * 4096))).toBe(true);
+      }
+      const { calls, offloaded } = t.dev.kernelSubmissions;
+      if ("offload" in aio) {
+        expect(calls).toBeGreaterThanOrEqual(4); // 32 requests, at most 8 a call
+        expect(offloaded).toBe(calls); // every one on the pool's thread
+      } else {
+        expect(calls).toBe(0); // no io_submit at all
+        expect(t.dev.poolRequests).toEqual({ submitted: 32, parts: 32 });
+      }
+      t.worker.stop();
+      t.file.close();
     });
-    t.loop.handlers.get(t.kick.fd)!();
-    t.pump(32);
-    expect(t.d.usedIdx()).toBe(32);
-    reads.forEach(({ data, status }, n) => {
-      expect(t.d.memory.readU8(ga(status))).toBe(VIRTIO_BLK_S.OK);
-      expect(Buffer.from(t.d.memory.slice(ga(data), 4096)!).equals(before.subarray(2 * n * 4096, (2 * n + 1) * 4096))).toBe(true);
-    });
-    for (const { status } of writes) expect(t.d.memory.readU8(ga(status))).toBe(VIRTIO_BLK_S.OK);
-    const after = readFileSync(t.path);
-    for (let block = 0; block < 64; block++) {
-      const n = (block - 41) / 2;
-      const got = after.subarray(block * 4096, (block + 1) * 4096);
-      if (block >= 41 && Number.isInteger(n)) expect(got.every((b) => b === 0x90 + n)).toBe(true);
-      else expect(got.equals(before.subarray(block * 4096, (block + 1) * 4096))).toBe(true);
-    }
-    const { calls, offloaded } = t.dev.kernelSubmissions;
-    expect(calls).toBeGreaterThanOrEqual(4); // 32 requests, at most 8 a call
-    expect(offloaded).toBe(calls); // every one on the pool's thread
-    t.worker.stop();
-    t.file.close();
-  });
+  }
 });

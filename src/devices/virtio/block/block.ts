@@ -35,6 +35,15 @@ const MERGE_MAX_DIRECT_BYTES = GUEST_HUGE_PAGES ? 2 * 1024 * 1024 : MERGE_MAX_BY
  * TSVM_AIO_OFFLOAD=1; off by default. A jailed device gets its VMM's setting.
  */
 export const AIO_OFFLOAD: boolean = process.env.TSVM_AIO_OFFLOAD === "1";
+/**
+ * Whether every request goes to the pool's threads, the kernel's asynchronous I/O taking none, as
+ * QEMU's aio=threads (TSVM_AIO_THREADS=1; off by default): bench sections 8 and 10 compare the two
+ * on a host. The pool may then grow to THREADS_ONLY_MAX_IO_THREADS, as many as QEMU's, so a queue's
+ * depth of small O_DIRECT requests can all be on the disk at once. A jailed device gets its VMM's
+ * setting.
+ */
+export const AIO_THREADS_ONLY: boolean = process.env.TSVM_AIO_THREADS === "1";
+const THREADS_ONLY_MAX_IO_THREADS = 64;
 /** A buffered write on the loop that takes longer sends writes to the pool for POOL_WRITES_MS. */
 const SLOW_WRITE_MS = 5;
 const POOL_WRITES_MS = 1000;
@@ -194,6 +203,8 @@ export class Block implements VirtioDevice, ControllableDevice {
   serveCachedOnLoop = true;
   /** Where batches of kernel requests are submitted (AIO_OFFLOAD; tests set it), from the next activation. */
   aioOffload: boolean = AIO_OFFLOAD;
+  /** Whether every request goes to the pool's threads (AIO_THREADS_ONLY; tests set it), from the next activation. */
+  aioThreadsOnly: boolean = AIO_THREADS_ONLY;
   /** A buffered write on the loop slower than this sends writes to the pool for a while (InFlight.#writeOnLoop). */
   slowWriteMs = SLOW_WRITE_MS;
 
@@ -438,8 +449,9 @@ class InFlight {
 
   /** `drain(queue)` serves what the driver made available meanwhile, once a batch of `queue`'s requests finished. */
   constructor(readonly block: Block, readonly ctx: ActivateContext, readonly drain: (queue: Queue) => void) {
-    this.#pool = new AioPool(MAX_IO_THREADS, QUEUE_SIZE * block.queueMaxSizes.length, this.#done.fd);
+    this.#pool = new AioPool(block.aioThreadsOnly ? THREADS_ONLY_MAX_IO_THREADS : MAX_IO_THREADS, QUEUE_SIZE * block.queueMaxSizes.length, this.#done.fd);
     this.#pool.offload(block.aioOffload);
+    this.#pool.threadsOnly(block.aioThreadsOnly);
     ctx.loop.watch(this.#done.fd, () => this.#completions());
   }
 
