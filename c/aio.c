@@ -125,6 +125,8 @@ struct tsvm_aio {
 	unsigned kernel_batch_count;
 	/* with `offload`, a batch goes to a pool thread, which calls io_submit (the loop goes on) */
 	int offload;
+	/* set when work for a thread was queued under the lock: unlock_and_wake signals it after */
+	int wake_after_unlock;
 	/* with `threads_only`, every request goes to a thread (QEMU's aio=threads), none to the kernel */
 	int threads_only;
 	struct iocb **kernel_jobs;          /* [capacity], a ring of iocbs waiting for a thread to submit them */
@@ -317,13 +319,34 @@ static int add_thread_if_needed(struct tsvm_aio *aio)
 	return r && !aio->threads ? r : 0;
 }
 
-/* Queues `req` (its iov already owned by it) for a thread; called with the lock held. */
-static void enqueue(struct tsvm_aio *aio, const struct aio_request *req)
+/* Queues `req` (its iov already owned by it) for a thread; called with the lock held. The caller
+ * wakes a thread (enqueue does). */
+static void enqueue_unsignalled(struct tsvm_aio *aio, const struct aio_request *req)
 {
 	unsigned slot = (aio->pending_head + aio->pending_count) % aio->capacity;
 	aio->pending[slot] = *req;
 	if (req->iov == req->inline_iov) aio->pending[slot].iov = aio->pending[slot].inline_iov;
 	aio->pending_count++;
+}
+
+/*
+ * Unlocks, then wakes a thread if work for one was queued meanwhile (wake_after_unlock). Woken after
+ * the unlock, the thread finds the lock free; woken before, it would block on it at once: two more
+ * futex calls and a context switch a request (with every request on the threads, 4 KiB O_DIRECT
+ * writes at depth 32 went from 31.0-40.8 µs a request to 24.9-36.6 µs, five alternating rounds).
+ */
+static void unlock_and_wake(struct tsvm_aio *aio)
+{
+	int wake = aio->wake_after_unlock;
+	aio->wake_after_unlock = 0;
+	pthread_mutex_unlock(&aio->lock);
+	if (wake) pthread_cond_signal(&aio->work);
+}
+
+/* Queues `req` for a thread and wakes one; called with the lock held. */
+static void enqueue(struct tsvm_aio *aio, const struct aio_request *req)
+{
+	enqueue_unsignalled(aio, req);
 	pthread_cond_signal(&aio->work);
 }
 
@@ -423,7 +446,7 @@ static void kernel_flush_batch(struct tsvm_aio *aio)
 	if (aio->offload && !add_thread_if_needed(aio) && aio->threads) {
 		for (unsigned i = 0; i < count; i++)
 			aio->kernel_jobs[(aio->kernel_jobs_head + aio->kernel_jobs_count++) % aio->capacity] = aio->kernel_batch_list[i];
-		pthread_cond_signal(&aio->work);
+		aio->wake_after_unlock = 1;
 		return;
 	}
 	kernel_submit_list(aio, aio->kernel_batch_list, count, 0);
@@ -589,7 +612,7 @@ int tsvm_aio_submit(struct tsvm_aio *aio, int op, int fd, const void *iov, int i
 	if (!aio->threads_only && kind != AIO_FLUSH && !(op & AIO_SYNC) && req.align > 1 && iovcnt > 0 && total_length(req.iov, iovcnt) <= KERNEL_MAX_BYTES &&
 	    aligned(req.iov, iovcnt, offset, req.align) && kernel_submit(aio, &req) == 0) {
 		aio->outstanding++;
-		pthread_mutex_unlock(&aio->lock);
+		unlock_and_wake(aio); /* (a batch that filled may have gone to a thread) */
 		return 0;
 	}
 	int r = add_thread_if_needed(aio);
@@ -598,9 +621,10 @@ int tsvm_aio_submit(struct tsvm_aio *aio, int op, int fd, const void *iov, int i
 		free(copy);
 		return -r;
 	}
-	enqueue(aio, &req);
+	enqueue_unsignalled(aio, &req);
 	aio->outstanding++;
-	pthread_mutex_unlock(&aio->lock);
+	aio->wake_after_unlock = 1;
+	unlock_and_wake(aio);
 	return 0;
 }
 
@@ -630,7 +654,7 @@ void tsvm_aio_batch(struct tsvm_aio *aio, int on)
 	pthread_mutex_lock(&aio->lock);
 	aio->batching = on != 0;
 	if (!on && aio->kernel_batch_count) kernel_flush_batch(aio);
-	pthread_mutex_unlock(&aio->lock);
+	unlock_and_wake(aio);
 }
 
 /* Where a batch's io_submit runs from the next batch on: `on`, on a pool thread (see the top of
@@ -657,6 +681,10 @@ int tsvm_aio_wait_idle(struct tsvm_aio *aio)
 {
 	pthread_mutex_lock(&aio->lock);
 	if (aio->kernel_batch_count) kernel_flush_batch(aio);
+	if (aio->wake_after_unlock) { /* (the wait below drops the lock at once) */
+		aio->wake_after_unlock = 0;
+		pthread_cond_signal(&aio->work);
+	}
 	for (;;) {
 		while (aio->pending_count || aio->running || aio->kernel_jobs_count || aio->kernel_submitting)
 			pthread_cond_wait(&aio->idle, &aio->lock);

@@ -12,15 +12,16 @@
 //   7. vsock connection set-up and 1 MiB each way (the test guest's driver) vs a host Unix socket pair.
 //   8. virtio-blk at queue depth 1 and 32 (4 KiB random, 64 KiB sequential; reads and writes; page
 //      cache and O_DIRECT): tsvm jailed and in-process vs QEMU's virtio-blk-pci, same guest and image;
-//      at depth 32 with O_DIRECT also jailed with the device's batches offloaded (TSVM_AIO_OFFLOAD=1),
-//      and how busy the jailed device's threads were; then the I/O pool alone (no VM) on that disk.
+//      at depth 32 with O_DIRECT also jailed with the device's batches offloaded (TSVM_AIO_OFFLOAD=1)
+//      and with every request on its pool's threads (TSVM_AIO_THREADS=1), and how busy the jailed
+//      device's threads were; then the I/O pool alone (no VM) on that disk, the same three ways.
 //   9. single accesses: a virtio common-config read (ring 0 and ring 3), a COM1 byte (LSR + THR), a PCI
 //      configuration read, a virtio notify: tsvm jailed and in-process vs QEMU, same guest code.
 //  10. vhost-user-blk back-ends alone (no VM): 4 KiB QD1 random reads from a minimal C front-end,
 //      `tsvm devices` jailed and in-process vs qemu-storage-daemon; then 32 requests in flight
 //      (4 KiB random reads, 64 KiB sequential reads and writes), jailed vs qemu-storage-daemon; then
 //      O_DIRECT at depth 1 and 32 (4 KiB random reads and writes, 64 KiB sequential reads and writes;
-//      at depth 32 also with the device's batches offloaded).
+//      at depth 32 also with the device's batches offloaded, and on its pool's threads only).
 // Usage: bun scripts/bench.ts [--rounds N] [--exits N] [--only 1,6,7] [--blk-rounds N] [--blk-warm N] [--blk-depths 1,32] [--blk-direct-only | --blk-cache-only] [--acc-rounds N] [--vu-requests N]   (needs dist/tsvm; installs QEMU if missing)
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -588,12 +589,17 @@ if (want(8) && qemu) {
           // (TSVM_AIO_OFFLOAD=1, off by default: c/aio.c says where each is faster).
           // There the jailed runs also sample the device's threads' CPU (deviceShares): whether its
           // loop is what bounds the rate.
+          // And jailed with every request on the pool's threads (TSVM_AIO_THREADS=1, QEMU's model).
           const offloaded: number[] = [];
+          const threaded: number[] = [];
           const sampled = direct && depth === 32;
-          const shares = new Map<number[], { loop: number; pool: number; other: number }[]>([[jailed, []], [offloaded, []]]);
+          const shares = new Map<number[], { loop: number; pool: number; other: number }[]>([[jailed, []], [offloaded, []], [threaded, []]]);
           const runs: [number[], () => string[], Record<string, string>][] = [
             [q, () => qemuBlk(direct, mode), {}], [jailed, () => tsvmBlk(direct, mode, true), {}], [inProcess, () => tsvmBlk(direct, mode, false), {}],
-            ...(sampled ? [[offloaded, () => tsvmBlk(direct, mode, true), { TSVM_AIO_OFFLOAD: "1" }] as [number[], () => string[], Record<string, string>]] : []),
+            ...(sampled ? [
+              [offloaded, () => tsvmBlk(direct, mode, true), { TSVM_AIO_OFFLOAD: "1" }],
+              [threaded, () => tsvmBlk(direct, mode, true), { TSVM_AIO_THREADS: "1" }],
+            ] as [number[], () => string[], Record<string, string>][] : []),
           ];
           for (let i = 0; i < blkRounds; i++) {
             for (let k = 0; k < runs.length; k++) {
@@ -610,8 +616,9 @@ if (want(8) && qemu) {
             }
           }
           const rate = (xs: number[]): string => `${(median(q) / median(xs)).toFixed(2)}× (${(Math.min(...q) / Math.max(...xs)).toFixed(2)}–${(Math.max(...q) / Math.min(...xs)).toFixed(2)})`;
-          const withOffload = offloaded.length > 0 ? `, jailed with batches offloaded ${median(offloaded)}` : "";
-          const offloadRate = offloaded.length > 0 ? `, offloaded ${rate(offloaded)}` : "";
+          const withOffload = (offloaded.length > 0 ? `, jailed with batches offloaded ${median(offloaded)}` : "") +
+            (threaded.length > 0 ? `, jailed on threads only ${median(threaded)}` : "");
+          const offloadRate = (offloaded.length > 0 ? `, offloaded ${rate(offloaded)}` : "") + (threaded.length > 0 ? `, threads only ${rate(threaded)}` : "");
           row(`| virtio-blk ${name}, depth ${depth}, ${cache} (TSC cycles per request, median of ${blkRounds}) | jailed ${median(jailed)}, in-process ${median(inProcess)}${withOffload} | QEMU ${median(q)} | QEMU's rate: jailed ${rate(jailed)}, in-process ${rate(inProcess)}${offloadRate} | ≥ 1.0× |`);
           const busy = (xs: { loop: number; pool: number; other: number }[]): string => {
             const pct = (k: "loop" | "pool" | "other"): string => `${Math.round(median(xs.map((x) => x[k])) * 100)}%`;
@@ -619,7 +626,8 @@ if (want(8) && qemu) {
           };
           if (sampled && shares.get(jailed)!.length > 0) {
             const off = shares.get(offloaded)!;
-            row(`| virtio-blk ${name}, depth 32, O_DIRECT: the jailed block device's threads busy, as a share of the polling vCPU's time (boot to end, median of ${shares.get(jailed)!.length}) | ${busy(shares.get(jailed)!)} | ${off.length > 0 ? `batches offloaded: ${busy(off)}` : ""} | | report |`);
+            const thr = shares.get(threaded)!;
+            row(`| virtio-blk ${name}, depth 32, O_DIRECT: the jailed block device's threads busy, as a share of the polling vCPU's time (boot to end, median of ${shares.get(jailed)!.length}) | ${busy(shares.get(jailed)!)} | ${off.length > 0 ? `batches offloaded: ${busy(off)}` : ""} | ${thr.length > 0 ? `threads only: ${busy(thr)}` : ""} | report |`);
           }
           if (depth === 1) depthOne.set(name, median(jailed));
           else if (direct && depthOne.has(name)) {
@@ -664,10 +672,11 @@ if (want(8) && qemu) {
         for (let i = 0; i < requests; i++) diskTransfer(file.fd, [buffers.subarray(0, size)], nextOffset(), file.align, write);
         return (performance.now() - start) / requests;
       };
-      const deep = (offload: boolean): number => {
+      const deep = (how: "inline" | "offloaded" | "threads"): number => {
         const done = new EventFd();
-        const pool = new AioPool(16, 64, done.fd);
-        pool.offload(offload);
+        const pool = new AioPool(how === "threads" ? 64 : 16, 64, done.fd); // (as the block device makes it)
+        pool.offload(how === "offloaded");
+        pool.threadsOnly(how === "threads");
         const op = write ? AIO_OP.WRITE : AIO_OP.READ;
         const submit = (tag: number): void => {
           const r = tag % 32;
@@ -697,14 +706,16 @@ if (want(8) && qemu) {
       const ones: number[] = [];
       const deeps: number[] = [];
       const offloadedDeeps: number[] = [];
+      const threadDeeps: number[] = [];
       for (let i = 0; i < blkRounds; i++) {
         ones.push(one());
-        deeps.push(deep(false));
-        offloadedDeeps.push(deep(true));
+        deeps.push(deep("inline"));
+        offloadedDeeps.push(deep("offloaded"));
+        threadDeeps.push(deep("threads"));
       }
       file.close();
       const name = `${size / 1024} KiB ${sequential ? "sequential" : "random"} ${write ? "writes" : "reads"}`;
-      row(`| I/O pool alone (no VM), O_DIRECT ${name}: 32 in flight vs one at a time (µs per request, median of ${blkRounds}) | ${(median(deeps) * 1000).toFixed(1)} (batches offloaded: ${(median(offloadedDeeps) * 1000).toFixed(1)}) | one at a time ${(median(ones) * 1000).toFixed(1)} | ${(median(ones) / median(deeps)).toFixed(2)}× the rate (offloaded ${(median(ones) / median(offloadedDeeps)).toFixed(2)}×) | ${sequential ? "report (the disk's ceiling)" : "≥ 4×"} |`);
+      row(`| I/O pool alone (no VM), O_DIRECT ${name}: 32 in flight vs one at a time (µs per request, median of ${blkRounds}) | ${(median(deeps) * 1000).toFixed(1)} (batches offloaded: ${(median(offloadedDeeps) * 1000).toFixed(1)}; threads only: ${(median(threadDeeps) * 1000).toFixed(1)}) | one at a time ${(median(ones) * 1000).toFixed(1)} | ${(median(ones) / median(deeps)).toFixed(2)}× the rate (offloaded ${(median(ones) / median(offloadedDeeps)).toFixed(2)}×, threads only ${(median(ones) / median(threadDeeps)).toFixed(2)}×) | ${sequential ? "report (the disk's ceiling)" : "≥ 4×"} |`);
       // How much of what this disk gives at depth the VM's requests reach (the 4× goal assumes a disk that gives it).
       const gain = vmGain.get(name);
       if (gain !== undefined) {
@@ -872,16 +883,21 @@ if (want(10)) {
     for (const depth of ["1", "32"]) {
       const jailed: number[] = [];
       const theirs: number[] = [];
-      // at depth 32 also with the device's batches started by a pool thread (TSVM_AIO_OFFLOAD=1)
+      // at depth 32 also with the device's batches started by a pool thread (TSVM_AIO_OFFLOAD=1), and
+      // with every request on the pool's threads (TSVM_AIO_THREADS=1, qemu-storage-daemon's model)
       const offloaded: number[] = [];
+      const threaded: number[] = [];
+      const ours = (env: Record<string, string> = {}): Promise<number> =>
+        served([TSVM, "devices", "--block", `vhost=${sock},path=${directImage},o_direct=true`], sock, false, [size, depth, op], directRequests, directImage, perRequestTime, env);
       try {
         for (let i = 0; i < rounds; i++) {
           sh(["sync", directImage]);
-          jailed.push(await served([TSVM, "devices", "--block", `vhost=${sock},path=${directImage},o_direct=true`], sock, false, [size, depth, op], directRequests, directImage, perRequestTime));
+          jailed.push(await ours());
           if (depth === "32") {
             sh(["sync", directImage]);
-            offloaded.push(await served([TSVM, "devices", "--block", `vhost=${sock},path=${directImage},o_direct=true`], sock, false, [size, depth, op], directRequests, directImage, perRequestTime,
-              { TSVM_AIO_OFFLOAD: "1" }));
+            offloaded.push(await ours({ TSVM_AIO_OFFLOAD: "1" }));
+            sh(["sync", directImage]);
+            threaded.push(await ours({ TSVM_AIO_THREADS: "1" }));
           }
           sh(["sync", directImage]);
           theirs.push(await served([qsd, "--blockdev", `driver=file,node-name=disk,filename=${directImage},cache.direct=on,aio=threads`,
@@ -894,8 +910,8 @@ if (want(10)) {
       ns.set(`tsvm${depth}`, median(jailed));
       ns.set(`qsd${depth}`, median(theirs));
       const spread = (xs: number[]): string => `${(median(theirs) / median(xs)).toFixed(2)}× its rate (${(Math.min(...theirs) / Math.max(...xs)).toFixed(2)}–${(Math.max(...theirs) / Math.min(...xs)).toFixed(2)})`;
-      const withOffload = offloaded.length > 0 ? `, batches offloaded ${median(offloaded)}` : "";
-      const offloadRate = offloaded.length > 0 ? `; offloaded ${spread(offloaded)}` : "";
+      const withOffload = (offloaded.length > 0 ? `, batches offloaded ${median(offloaded)}` : "") + (threaded.length > 0 ? `, threads only ${median(threaded)}` : "");
+      const offloadRate = (offloaded.length > 0 ? `; offloaded ${spread(offloaded)}` : "") + (threaded.length > 0 ? `; threads only ${spread(threaded)}` : "");
       row(`| vhost-user-blk ${name} QD${depth}, O_DIRECT, back-end alone (ns per request, median of ${rounds}×${directRequests}) | jailed ${median(jailed)}${withOffload} | qemu-storage-daemon ${median(theirs)} | ${spread(jailed)}${offloadRate} | - |`);
     }
     if (ns.size === 4) {

@@ -12,7 +12,8 @@
 # directory with O_DIRECT for TSVM_BENCH_DIR, and first runs each VMM once on a small O_DIRECT job
 # with a 60 s limit, so a VMM that cannot start there says so in a minute, not at the bench's
 # ten-minute deadline. With no arguments it runs section 8 with O_DIRECT at depth 32 (with the device's
-# batches offloaded beside the default), then at depth 1, then its page-cache rows, while BUDGET
+# batches offloaded, and with every request on its threads, beside the default), then at depth 1,
+# then its page-cache rows, while BUDGET
 # seconds (default 540) last. (Split by depth, the depth-gain rows need a run of both: pass
 # `--only 8 --blk-direct-only --blk-rounds 3` for that.)
 set -uo pipefail
@@ -59,6 +60,16 @@ run)
   done
   echo "a directory with O_DIRECT: ${dir:-none (the O_DIRECT rows will fail)}"
   dir=${dir:-/tmp}
+  # the disk under it: how many hardware queues it has says whether submitting from one thread (the
+  # device's loop) or from many (a pool's threads) can reach more of it
+  part=$(basename "$(readlink -f "$(df --output=source "$dir" | tail -1)")")
+  disk=/sys/class/block/$part
+  [ -e "$disk/partition" ] && disk=$(dirname "$(readlink -f "$disk")")
+  if [ -d "$disk/queue" ]; then
+    echo "its disk: $(basename "$disk"), $(ls "$disk/mq" 2>/dev/null | wc -l) hardware queues, scheduler $(cat "$disk/queue/scheduler"), rotational $(cat "$disk/queue/rotational")"
+  else
+    echo "its disk: $part (no block queue found)"
+  fi
   dd if=/dev/urandom of="$dir/probe.img" bs=1M count=16 status=none
   probe() {
     local t0 out
