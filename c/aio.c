@@ -51,6 +51,16 @@
  * CPUs, where the driver, the loop and the submitting thread share them, requests took longer (reads
  * 13.7 µs, the median of five, against 10.0; writes 12.9 against 11.7). It is off by default; bench
  * sections 8 and 10 measure it beside the default, for hosts with CPUs to spare.
+ *
+ * tsvm_aio_threads_only sends every request to the threads, as QEMU's aio=threads does; also off by
+ * default, and measured beside it. The kernel's asynchronous I/O is not free for writes either: on
+ * ext4 every O_DIRECT write it completes goes through a kernel worker (the file system's direct I/O
+ * completion work; 40,372 queued work items for 40,000 writes, none for reads), where a thread's
+ * synchronous write completes on the thread itself. On a 2-CPU host the threads lose: 4 KiB writes at
+ * depth 32 through the jailed device, five alternating rounds, took 13.7-18.5 µs a request by
+ * default and 31.2-35.7 µs on the threads (qemu-storage-daemon's threads: 27.2-31.4). A host with
+ * many CPUs and a disk of many hardware queues (blk-mq maps them CPU by CPU, so one submitting
+ * thread reaches one) is where threads may win, and where QEMU's wrote faster than tsvm.
  */
 #define _GNU_SOURCE
 #include "tsvm.h"
@@ -333,7 +343,7 @@ static void enqueue_unsignalled(struct tsvm_aio *aio, const struct aio_request *
  * Unlocks, then wakes a thread if work for one was queued meanwhile (wake_after_unlock). Woken after
  * the unlock, the thread finds the lock free; woken before, it would block on it at once: two more
  * futex calls and a context switch a request (with every request on the threads, 4 KiB O_DIRECT
- * writes at depth 32 went from 31.0-40.8 µs a request to 24.9-36.6 µs, five alternating rounds).
+ * writes at depth 32 took 24.9-36.6 µs a request against 31.0-40.8, five alternating rounds).
  */
 static void unlock_and_wake(struct tsvm_aio *aio)
 {
