@@ -13,9 +13,8 @@
 # with a 60 s limit, so a VMM that cannot start there says so in a minute, not at the bench's
 # ten-minute deadline. With no arguments it runs section 8 with O_DIRECT at depth 32 (with the device's
 # batches offloaded, and with every request on its threads, beside the default), then at depth 1,
-# then its page-cache rows, while BUDGET
-# seconds (default 540) last. (Split by depth, the depth-gain rows need a run of both: pass
-# `--only 8 --blk-direct-only --blk-rounds 3` for that.)
+# then its page-cache rows, while BUDGET seconds (default 540) last. (Split by depth, the depth-gain
+# rows need a run of both: pass `--only 8 --blk-direct-only --blk-rounds 3` for that.)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bundle=build/bundle
