@@ -7,7 +7,8 @@
  * only the calls the block policy already allows (plus clone pinned to pthread_create's flags).
  *
  * Requests carry a 32-bit tag chosen by the caller; completions come back as {tag, result} in the
- * order they finish, result 0 or -errno. Threads start on demand, up to the pool's limit, and stay.
+ * order they finish, result 0 or -errno. Threads start on demand, up to the pool's limit, and stay;
+ * the limit is larger once the threads serve every request (thread_limit).
  * The scatter list of a request is copied at submission; the buffers it names (guest memory) must
  * stay mapped until the request completes.
  *
@@ -143,7 +144,9 @@ struct tsvm_aio {
 	unsigned kernel_jobs_head, kernel_jobs_count;
 	unsigned kernel_submitting;         /* iocbs a thread is submitting now */
 	unsigned kernel_offloaded_calls;    /* io_submit calls a pool thread made (for tests) */
-	unsigned max_threads, threads;
+	/* the most threads: max_threads while the kernel's asynchronous I/O may take the small O_DIRECT
+	 * requests, max_threads_alone once the threads serve every request (see thread_limit) */
+	unsigned max_threads, max_threads_alone, threads;
 	pthread_t tids[];
 };
 
@@ -314,11 +317,24 @@ static void *worker(void *arg)
 	return NULL;
 }
 
+/*
+ * How many threads the pool may have now. While the kernel's asynchronous I/O takes the small
+ * O_DIRECT requests, the threads see only the rest (large requests, flushes, writes into holes), and
+ * max_threads of them do. Once the threads serve every request, as QEMU's aio=threads does (threads
+ * only, or the kernel has no asynchronous I/O for the pool, or its io_submit refused it: under nested
+ * KVM with the image on virtio-fs), a queue of small requests needs a thread each to be on the disk
+ * at once, and the pool may grow to max_threads_alone. Lock held.
+ */
+static unsigned thread_limit(const struct tsvm_aio *aio)
+{
+	return aio->threads_only || aio->kernel_refused || aio->kernel_state < 0 ? aio->max_threads_alone : aio->max_threads;
+}
+
 /* Starts a thread if none waits and fewer run than there is work for; called with the lock held.
  * Returns 0, or pthread_create's error when the pool has no thread at all. */
 static int add_thread_if_needed(struct tsvm_aio *aio)
 {
-	if (aio->waiting || aio->threads >= aio->max_threads || aio->threads >= aio->pending_count + aio->running + 1)
+	if (aio->waiting || aio->threads >= thread_limit(aio) || aio->threads >= aio->pending_count + aio->running + 1)
 		return 0;
 	pthread_attr_t attr;
 	pthread_attr_init(&attr);
@@ -564,11 +580,12 @@ static void kernel_harvest(struct tsvm_aio *aio, unsigned wait_for)
 	}
 }
 
-/* A pool of at most `max_threads` threads for up to `capacity` requests; completions signal `notify_fd`. */
-struct tsvm_aio *tsvm_aio_create(int max_threads, int capacity, int notify_fd)
+/* A pool of at most `max_threads` threads, or `max_threads_alone` once they serve every request (see
+ * thread_limit), for up to `capacity` requests; completions signal `notify_fd`. */
+struct tsvm_aio *tsvm_aio_create(int max_threads, int max_threads_alone, int capacity, int notify_fd)
 {
-	if (max_threads < 1 || capacity < 1 || capacity > 65536) return NULL;
-	struct tsvm_aio *aio = calloc(1, sizeof *aio + (size_t)max_threads * sizeof(pthread_t));
+	if (max_threads < 1 || max_threads_alone < max_threads || capacity < 1 || capacity > 65536) return NULL;
+	struct tsvm_aio *aio = calloc(1, sizeof *aio + (size_t)max_threads_alone * sizeof(pthread_t));
 	if (!aio) return NULL;
 	aio->pending = calloc((size_t)capacity, sizeof *aio->pending);
 	aio->done = calloc((size_t)capacity, sizeof *aio->done);
@@ -584,6 +601,7 @@ struct tsvm_aio *tsvm_aio_create(int max_threads, int capacity, int notify_fd)
 	aio->notify_fd = notify_fd;
 	aio->capacity = (unsigned)capacity;
 	aio->max_threads = (unsigned)max_threads;
+	aio->max_threads_alone = (unsigned)max_threads_alone;
 	return aio;
 }
 
@@ -729,6 +747,15 @@ int tsvm_aio_kernel_calls(struct tsvm_aio *aio)
 {
 	pthread_mutex_lock(&aio->lock);
 	int n = (int)aio->kernel_calls;
+	pthread_mutex_unlock(&aio->lock);
+	return n;
+}
+
+/* How many threads the pool has started (they stay). */
+int tsvm_aio_threads(struct tsvm_aio *aio)
+{
+	pthread_mutex_lock(&aio->lock);
+	int n = (int)aio->threads;
 	pthread_mutex_unlock(&aio->lock);
 	return n;
 }

@@ -104,7 +104,7 @@ int tsvm_execve(const char *path, char *const argv[], char *const envp[]);
 /* aio.c: disk requests in flight on a pool of threads (small O_DIRECT requests on the kernel's
  * asynchronous I/O), completions told through an eventfd */
 struct tsvm_aio;
-struct tsvm_aio *tsvm_aio_create(int max_threads, int capacity, int notify_fd);
+struct tsvm_aio *tsvm_aio_create(int max_threads, int max_threads_alone, int capacity, int notify_fd);
 int tsvm_aio_submit(struct tsvm_aio *aio, int op, int fd, const void *iov, int iovcnt, int64_t offset, uint32_t tag, uint32_t align);
 int tsvm_aio_reap(struct tsvm_aio *aio, void *out, int max);
 int tsvm_aio_wait_idle(struct tsvm_aio *aio);
@@ -114,6 +114,7 @@ void tsvm_aio_batch(struct tsvm_aio *aio, int on);
 void tsvm_aio_offload(struct tsvm_aio *aio, int on);
 void tsvm_aio_threads_only(struct tsvm_aio *aio, int on);
 int tsvm_aio_kernel_offloaded_calls(struct tsvm_aio *aio);
+int tsvm_aio_threads(struct tsvm_aio *aio);
 void tsvm_aio_destroy(struct tsvm_aio *aio);
 int tsvm_dio_probe_align(int fd);
 int tsvm_disk_try(int fd, const void *iov, int iovcnt, int64_t offset, int write);

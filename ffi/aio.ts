@@ -25,10 +25,14 @@ export class AioPool {
   #handle: Pointer | null;
   readonly #reaped: Int32Array;
 
-  /** Throws if the pool cannot be made (bad sizes, no memory). */
-  constructor(maxThreads: number, readonly capacity: number, notifyFd: number) {
-    this.#handle = native.tsvm_aio_create(maxThreads, capacity, notifyFd) as Pointer | null;
-    if (this.#handle === null) throw new Error(`failed to create an I/O pool of ${maxThreads} threads for ${capacity} requests`);
+  /**
+   * Makes a pool of at most `maxThreads` threads, or `maxThreadsAlone` (not fewer) once the threads
+   * serve every request: threads only, or the kernel's asynchronous I/O unavailable or refused for
+   * the fd (c/aio.c's thread_limit). Throws if the pool cannot be made (bad sizes, no memory).
+   */
+  constructor(maxThreads: number, readonly capacity: number, notifyFd: number, maxThreadsAlone: number = maxThreads) {
+    this.#handle = native.tsvm_aio_create(maxThreads, maxThreadsAlone, capacity, notifyFd) as Pointer | null;
+    if (this.#handle === null) throw new Error(`failed to create an I/O pool of ${maxThreads} (alone ${maxThreadsAlone}) threads for ${capacity} requests`);
     this.#reaped = new Int32Array(capacity * 2);
   }
 
@@ -69,6 +73,11 @@ export class AioPool {
   /** How many of those calls a pool thread made (batches offloaded: see `offload`). */
   get kernelOffloadedCalls(): number {
     return native.tsvm_aio_kernel_offloaded_calls(this.#live());
+  }
+
+  /** How many threads the pool has started (they stay until it closes). */
+  get threads(): number {
+    return native.tsvm_aio_threads(this.#live());
   }
 
   /**

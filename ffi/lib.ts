@@ -94,7 +94,7 @@ const symbols = {
   tsvm_execve: { args: [cstring, pointer, pointer], returns: i32 },
   tsvm_waitpid: { args: [i32, pointer, i32], returns: i32 },
   // aio.c
-  tsvm_aio_create: { args: [i32, i32, i32], returns: pointer },
+  tsvm_aio_create: { args: [i32, i32, i32, i32], returns: pointer },
   tsvm_aio_submit: { args: [pointer, i32, i32, pointer, i32, i64, u32, u32], returns: i32 },
   tsvm_aio_reap: { args: [pointer, pointer, i32], returns: i32 },
   tsvm_aio_wait_idle: { args: [pointer], returns: i32 },
@@ -104,6 +104,7 @@ const symbols = {
   tsvm_aio_offload: { args: [pointer, i32], returns: FFIType.void },
   tsvm_aio_threads_only: { args: [pointer, i32], returns: FFIType.void },
   tsvm_aio_kernel_offloaded_calls: { args: [pointer], returns: i32 },
+  tsvm_aio_threads: { args: [pointer], returns: i32 },
   tsvm_aio_destroy: { args: [pointer], returns: FFIType.void },
   tsvm_dio_probe_align: { args: [i32], returns: i32 },
   tsvm_disk_transfer: { args: [i32, pointer, i32, i64, u32, i32], returns: i32 },

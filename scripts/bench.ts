@@ -674,7 +674,7 @@ if (want(8) && qemu) {
       };
       const deep = (how: "inline" | "offloaded" | "threads"): number => {
         const done = new EventFd();
-        const pool = new AioPool(how === "threads" ? 64 : 16, 64, done.fd); // (as the block device makes it)
+        const pool = new AioPool(16, 64, done.fd, 64); // (as the block device makes it)
         pool.offload(how === "offloaded");
         pool.threadsOnly(how === "threads");
         const op = write ? AIO_OP.WRITE : AIO_OP.READ;

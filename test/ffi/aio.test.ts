@@ -9,6 +9,7 @@ import { EventFd } from "../../src/base/event_fd.ts";
 import { DiskFile } from "../../src/disk/disk_file.ts";
 import { GuestMemory, guestAddress as ga } from "../../src/memory/mod.ts";
 import { tempDir } from "../support/tsvm.ts";
+import { HeldMemory } from "../support/userfault.ts";
 
 const BLOCK = 4096;
 
@@ -328,5 +329,46 @@ describe("AioPool with every request on the threads", () => {
       expect(reapAll(pool, done, 1)).toEqual([{ tag: 30, result: 0 }]);
       expect(pool.kernelRequests).toBe(1);
     });
+  });
+});
+
+describe("AioPool's thread limit", () => {
+  test("the pool stops at its limit while the kernel may take small O_DIRECT requests, and grows to the larger one once io_submit refused them", () => {
+    const opened = directFile(64);
+    if (opened === null) return;
+    const { file, path } = opened;
+    const memory = GuestMemory.create([{ base: 0, size: 16 * BLOCK }]);
+    const done = new EventFd();
+    const pool = new AioPool(2, 64, done.fd, 6);
+    const held = HeldMemory.hold(memory.slice(ga(0), 16 * BLOCK)!); // every request below stays on its thread until released
+    const plain = openSync(path, "r");
+    const proc = openSync("/proc/self/stat", "r"); // procfs files cannot be read with RWF_NOWAIT
+    const into = (n: number): Uint8Array => memory.slice(ga(n * BLOCK), BLOCK)!;
+    try {
+      if (held === null) return;
+      try {
+        // page-cache reads (threads' work in either mode): two threads take two, the others wait
+        for (let n = 0; n < 4; n++) expect(pool.submit(AIO_OP.READ, plain, [into(n)], n * BLOCK, n, 1)).toBe(0);
+        expect(pool.threads).toBe(2);
+        // a small O_DIRECT read io_submit refuses outright goes to a thread, and so do the ones after it
+        expect(pool.submit(AIO_OP.READ, proc, [into(4)], 0, 4, 512)).toBe(0);
+        for (let n = 5; n < 10; n++) expect(pool.submit(AIO_OP.READ, file.poolTarget.fd, [into(n)], n * BLOCK, n, file.align)).toBe(0);
+        expect(pool.kernelRequests).toBe(0);
+        expect(pool.threads).toBe(6);
+      } finally {
+        held.release();
+      }
+      const completions = reapAll(pool, done, 10);
+      expect(completions.map((c) => [c.tag, c.result]).sort((a, b) => a[0]! - b[0]!)).toEqual(Array.from({ length: 10 }, (_, n) => [n, 0]));
+      for (const n of [0, 1, 2, 3, 5, 6, 7, 8, 9]) expect(into(n).every((b) => b === n + 1)).toBe(true);
+      expect(new TextDecoder().decode(into(4).subarray(0, 16))).toMatch(/^\d+ \(/); // "PID (comm) ..."
+      expect(pool.threads).toBe(6);
+    } finally {
+      pool.close();
+      closeSync(proc);
+      closeSync(plain);
+      done.close();
+      file.close();
+    }
   });
 });

@@ -16,8 +16,16 @@ import { GUEST_HUGE_PAGES } from "../../../memory/guest_memory.ts";
 export const SECTOR_SIZE = 512;
 const SECTOR_SHIFT = 9;
 const QUEUE_SIZE = 256;
-/** At most this many I/O threads per device, whatever its queue count (started as requests need them). */
+/**
+ * At most this many I/O threads per device, whatever its queue count (started as requests need them,
+ * and they stay): MAX_IO_THREADS while the kernel's asynchronous I/O takes small O_DIRECT requests
+ * (the threads then see large ones, flushes and page-cache images), ALONE_MAX_IO_THREADS, as many as
+ * QEMU's pool, once the threads serve every request (TSVM_AIO_THREADS=1, or the kernel refused the
+ * image, as under nested KVM on virtio-fs), so a queue's depth of small requests can all be on the
+ * disk at once.
+ */
 const MAX_IO_THREADS = 16;
+const ALONE_MAX_IO_THREADS = 64;
 /** The largest pool request that merging parts of sequential requests makes (8 requests of 64 KiB). */
 const MERGE_MAX_BYTES = 512 * 1024;
 /**
@@ -38,12 +46,9 @@ export const AIO_OFFLOAD: boolean = process.env.TSVM_AIO_OFFLOAD === "1";
 /**
  * Whether every request goes to the pool's threads, the kernel's asynchronous I/O taking none, as
  * QEMU's aio=threads (TSVM_AIO_THREADS=1; off by default): bench sections 8 and 10 compare the two
- * on a host. The pool may then grow to THREADS_ONLY_MAX_IO_THREADS, as many as QEMU's, so a queue's
- * depth of small O_DIRECT requests can all be on the disk at once. A jailed device gets its VMM's
- * setting.
+ * on a host. The pool may then grow to ALONE_MAX_IO_THREADS. A jailed device gets its VMM's setting.
  */
 export const AIO_THREADS_ONLY: boolean = process.env.TSVM_AIO_THREADS === "1";
-const THREADS_ONLY_MAX_IO_THREADS = 64;
 /** A buffered write on the loop that takes longer sends writes to the pool for POOL_WRITES_MS. */
 const SLOW_WRITE_MS = 5;
 const POOL_WRITES_MS = 1000;
@@ -449,7 +454,7 @@ class InFlight {
 
   /** `drain(queue)` serves what the driver made available meanwhile, once a batch of `queue`'s requests finished. */
   constructor(readonly block: Block, readonly ctx: ActivateContext, readonly drain: (queue: Queue) => void) {
-    this.#pool = new AioPool(block.aioThreadsOnly ? THREADS_ONLY_MAX_IO_THREADS : MAX_IO_THREADS, QUEUE_SIZE * block.queueMaxSizes.length, this.#done.fd);
+    this.#pool = new AioPool(MAX_IO_THREADS, QUEUE_SIZE * block.queueMaxSizes.length, this.#done.fd, ALONE_MAX_IO_THREADS);
     this.#pool.offload(block.aioOffload);
     this.#pool.threadsOnly(block.aioThreadsOnly);
     ctx.loop.watch(this.#done.fd, () => this.#completions());
