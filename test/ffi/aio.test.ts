@@ -340,11 +340,11 @@ describe("AioPool's thread limit", () => {
     const memory = GuestMemory.create([{ base: 0, size: 16 * BLOCK }]);
     const done = new EventFd();
     const pool = new AioPool(2, 64, done.fd, 6);
-    const held = HeldMemory.hold(memory.slice(ga(0), 16 * BLOCK)!); // every request below stays on its thread until released
     const plain = openSync(path, "r");
     const proc = openSync("/proc/self/stat", "r"); // procfs files cannot be read with RWF_NOWAIT
     const into = (n: number): Uint8Array => memory.slice(ga(n * BLOCK), BLOCK)!;
     try {
+      const held = HeldMemory.hold(memory.slice(ga(0), 16 * BLOCK)!); // every request below stays on its thread until released
       if (held === null) return;
       try {
         // page-cache reads (threads' work in either mode): two threads take two, the others wait
